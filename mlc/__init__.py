@@ -1,0 +1,19 @@
+"""mlc: a compiler-centric machine-learning stack.
+
+    import mlc
+    @mlc.jit
+    def f(x, w): return mlc.relu(x @ w)
+"""
+__version__ = "0.1.0"
+
+from .ir.types import (DType, TensorType, dtype, float16, float32, float64, int8, int32, int64, uint8,  # noqa: E402
+                       bool_)
+from .frontend.trace import trace, TraceError  # noqa: E402
+from .frontend.api import OP_FUNCTIONS as _OPS  # noqa: E402
+from .driver import compile, jit  # noqa: E402
+from .target import Target  # noqa: E402
+
+globals().update(_OPS)   # mlc.exp, mlc.matmul, mlc.sum, ... one per registered op
+
+__all__ = ["trace", "jit", "compile", "Target", "TraceError", "DType", "TensorType", "dtype", "float16",
+           "float32", "float64", "int8", "int32", "int64", "uint8", "bool_", *sorted(_OPS)]

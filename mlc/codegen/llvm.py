@@ -1,0 +1,528 @@
+"""Loop IR -> LLVM IR (llvmlite) -> optimized machine code for the CPU.
+
+One LLVM module per compiled graph: every kernel function plus ``mlc_entry``,
+which runs the whole plan over one workspace::
+
+    void mlc_entry(void **inputs, void **outputs, void **params, char *workspace)
+
+``vector`` loops are emitted as LLVM vector code (contiguous accesses become
+vector loads/stores, others gather/scatter lane by lane); ``unroll`` loops are
+unrolled here; ``parallel`` loops are outlined and run with libgomp's
+``GOMP_parallel`` (static chunks), or serially with one warning when libgomp
+cannot be loaded.
+"""
+from __future__ import annotations
+
+import ctypes.util
+import threading
+import warnings
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
+import llvmlite.ir as ir
+
+from ..ir import expr as E
+from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, substitute, uses_var
+from ..ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store
+from ..ir.types import DType
+
+_INIT_LOCK = threading.Lock()
+_INITIALIZED = False
+_GOMP: bool | None = None
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+PTR = ir.PointerType()
+VOID = ir.VoidType()
+FLOAT_FLAGS = ("contract",)
+
+
+def init_llvm() -> None:
+    global _INITIALIZED
+    with _INIT_LOCK:
+        if not _INITIALIZED:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            _INITIALIZED = True
+
+
+def llvm_host_info() -> tuple[str, str, str]:
+    init_llvm()
+    return llvm.get_process_triple(), llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def gomp_available() -> bool:
+    """Load libgomp into the process for GOMP_parallel; warn once if it is missing."""
+    global _GOMP
+    if _GOMP is None:
+        init_llvm()
+        name = ctypes.util.find_library("gomp") or "libgomp.so.1"
+        try:
+            llvm.load_library_permanently(name)
+            _GOMP = True
+        except RuntimeError:
+            _GOMP = False
+            warnings.warn("libgomp could not be loaded: parallel loops will run on one thread", RuntimeWarning)
+    return _GOMP
+
+
+def scalar_type(dt: DType) -> ir.Type:
+    if dt.is_float:
+        return {16: ir.HalfType(), 32: ir.FloatType(), 64: ir.DoubleType()}[dt.bits]
+    if dt.is_bool:
+        return I1
+    return ir.IntType(dt.bits)
+
+
+def memory_type(dt: DType) -> ir.Type:
+    return I8 if dt.is_bool else scalar_type(dt)
+
+
+def _suffix(t: ir.Type) -> str:
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{_suffix(t.element)}"
+    if isinstance(t, ir.HalfType):
+        return "f16"
+    if isinstance(t, ir.FloatType):
+        return "f32"
+    if isinstance(t, ir.DoubleType):
+        return "f64"
+    return f"i{t.width}"
+
+
+# ----------------------------------------------------------------------------- plan given to codegen
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a kernel argument lives: ``input``/``output``/``param`` (index into the
+    pointer array) or ``workspace`` (byte offset into the arena)."""
+    space: str
+    index: int
+
+
+@dataclass
+class EntryCall:
+    func: Func
+    args: list[Slot]
+
+
+# ----------------------------------------------------------------------------- module
+
+class ModuleBuilder:
+    def __init__(self, name: str, triple: str, parallel: bool):
+        self.module = ir.Module(name)
+        self.module.triple = triple
+        self.parallel = parallel
+        self.functions: dict[str, ir.Function] = {}
+        self._outlined = 0
+
+    def declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        fn = self.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ret, args), name)
+        return fn
+
+    def outlined_name(self, base: str) -> str:
+        self._outlined += 1
+        return f"{base}.par{self._outlined}"
+
+    def add_func(self, func: Func) -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(func.params)), f"mlc_{func.name}")
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        for a in fn.args:
+            a.add_attribute("noalias")
+        em = FuncEmitter(self, fn, {b: a for b, a in zip(func.params, fn.args)}, {})
+        em.stmt(func.body)
+        em.builder.ret_void()
+        self.functions[func.name] = fn
+        return fn
+
+    def add_entry(self, calls: list[EntryCall], name: str = "mlc_entry") -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * 4), name)
+        fn.attributes.add("nounwind")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ins, outs, params, ws = fn.args
+        arrays = {"input": ins, "output": outs, "param": params}
+        for call in calls:
+            kfn = self.functions[call.func.name]
+            args = []
+            for slot in call.args:
+                if slot.space == "workspace":
+                    args.append(b.gep(ws, [ir.Constant(I64, slot.index)], source_etype=I8))
+                else:
+                    p = b.gep(arrays[slot.space], [ir.Constant(I64, slot.index)], source_etype=PTR)
+                    args.append(b.load(p, typ=PTR))
+            b.call(kfn, args)
+        b.ret_void()
+        return fn
+
+
+def _alloca(builder: ir.IRBuilder, typ: ir.Type, name: str):
+    # llvmlite types an alloca as a typed pointer; mlc uses opaque pointers throughout
+    ptr = builder.alloca(typ, name=name)
+    ptr.type = PTR
+    return ptr
+
+
+class FuncEmitter:
+    """Emits statements and expressions into one LLVM function."""
+
+    def __init__(self, mb: ModuleBuilder, fn: ir.Function, buffers: dict, env: dict, in_parallel: bool = False):
+        self.mb = mb
+        self.fn = fn
+        self.entry = fn.append_basic_block("entry") if not fn.blocks else fn.blocks[0]
+        self.builder = ir.IRBuilder(self.entry)
+        self.buffers = dict(buffers)       # Buffer -> pointer value
+        self.env = dict(env)               # Var -> i64 value
+        self.vec: tuple[Var, int] | None = None
+        self.in_parallel = in_parallel
+
+    # --------------------------------------------------------------- statements
+    def stmt(self, s: Stmt) -> None:
+        if isinstance(s, Seq):
+            for x in s.stmts:
+                self.stmt(x)
+        elif isinstance(s, For):
+            self.for_(s)
+        elif isinstance(s, Store):
+            self.store(s)
+        elif isinstance(s, Alloc):
+            self.alloc(s)
+        elif isinstance(s, If):
+            self.if_(s)
+        else:
+            raise TypeError(f"cannot emit {type(s).__name__}")
+
+    def alloc(self, s: Alloc) -> None:
+        b = s.buffer
+        with self.builder.goto_block(self.entry):
+            self.builder.position_at_start(self.entry)
+            size = max(1, b.type.size)
+            ptr = _alloca(self.builder, ir.ArrayType(memory_type(b.dtype), size), b.name)
+            ptr.align = 64
+        self.buffers[b] = ptr
+        self.stmt(s.body)
+        del self.buffers[b]
+
+    def if_(self, s: If) -> None:
+        cond = self.expr(s.cond)
+        if isinstance(cond.type, ir.VectorType):
+            raise ValueError("an `if` inside a vector loop must not depend on the vector lane")
+        if s.orelse is None:
+            with self.builder.if_then(cond):
+                self.stmt(s.then)
+        else:
+            with self.builder.if_else(cond) as (then, orelse):
+                with then:
+                    self.stmt(s.then)
+                with orelse:
+                    self.stmt(s.orelse)
+
+    def for_(self, s: For) -> None:
+        if s.kind == "vector":
+            if self.vec is not None:
+                raise ValueError("nested vector loops")
+            if not (isinstance(s.extent, Const) and isinstance(s.start, Const) and s.start.value == 0):
+                raise ValueError(f"vector loop {s.var.name} needs start 0 and a constant extent")
+            if s.extent.value == 1:
+                self.env[s.var] = ir.Constant(I64, 0)
+                self.stmt(s.body)
+                del self.env[s.var]
+                return
+            self.vec = (s.var, s.extent.value)
+            try:
+                self.stmt(s.body)
+            finally:
+                self.vec = None
+            return
+        if s.kind == "unroll":
+            if not isinstance(s.extent, Const):
+                raise ValueError(f"unrolled loop {s.var.name} needs a constant extent")
+            start = self.expr(s.start)
+            for k in range(s.extent.value):
+                self.env[s.var] = self.builder.add(start, ir.Constant(I64, k)) if k else start
+                self.stmt(s.body)
+            del self.env[s.var]
+            return
+        if s.kind == "parallel" and not self.in_parallel and self.vec is None and self.mb.parallel:
+            self.parallel_for(s)
+            return
+        start = self.expr(s.start)
+        end = self.builder.add(start, self.expr(s.extent))
+        self.loop(s.var, start, end, lambda: self.stmt(s.body))
+
+    def loop(self, var: Var, start, end, emit_body) -> None:
+        b = self.builder
+        pre = b.block
+        header = self.fn.append_basic_block(f"{var.name}.header")
+        body = self.fn.append_basic_block(f"{var.name}.body")
+        exit_ = self.fn.append_basic_block(f"{var.name}.exit")
+        b.branch(header)
+        b.position_at_end(header)
+        i = b.phi(I64, name=var.name)
+        i.add_incoming(start, pre)
+        b.cbranch(b.icmp_signed("<", i, end), body, exit_)
+        b.position_at_end(body)
+        self.env[var] = i
+        emit_body()
+        nxt = b.add(i, ir.Constant(I64, 1), name=f"{var.name}.next")
+        i.add_incoming(nxt, b.block)
+        b.branch(header)
+        b.position_at_end(exit_)
+        del self.env[var]
+
+    def parallel_for(self, s: For) -> None:
+        """Outline the loop into fn(void *captures) and run it with GOMP_parallel."""
+        b = self.builder
+        captured = [(k, v) for k, v in self.buffers.items()] + [(k, v) for k, v in self.env.items()]
+        with b.goto_block(self.entry):
+            b.position_at_start(self.entry)
+            data = _alloca(b, ir.ArrayType(I64, max(1, len(captured))), "captures")
+        for n, (key, val) in enumerate(captured):
+            slot = b.gep(data, [ir.Constant(I64, n)], source_etype=I64)
+            b.store(b.ptrtoint(val, I64) if val.type == PTR or isinstance(val.type, ir.PointerType) else val, slot)
+        outlined = ir.Function(self.mb.module, ir.FunctionType(VOID, [PTR]), self.mb.outlined_name(self.fn.name))
+        outlined.linkage = "internal"
+        outlined.attributes.add("nounwind")
+        sub = FuncEmitter(self.mb, outlined, {}, {}, in_parallel=True)
+        sb = sub.builder
+        for n, (key, val) in enumerate(captured):
+            slot = sb.gep(outlined.args[0], [ir.Constant(I64, n)], source_etype=I64)
+            raw = sb.load(slot, typ=I64)
+            if isinstance(key, Buffer):
+                sub.buffers[key] = sb.inttoptr(raw, PTR)
+            else:
+                sub.env[key] = raw
+        tid = sb.sext(sb.call(self.mb.declare("omp_get_thread_num", I32, []), []), I64)
+        nth = sb.sext(sb.call(self.mb.declare("omp_get_num_threads", I32, []), []), I64)
+        start = sub.expr(s.start)
+        extent = sub.expr(s.extent)
+        chunk = sb.sdiv(sb.add(extent, sb.sub(nth, ir.Constant(I64, 1))), nth)
+        lo = sb.add(start, sb.mul(tid, chunk))
+        end = sb.add(start, extent)
+        hi = sb.add(lo, chunk)
+        hi = sb.select(sb.icmp_signed("<", hi, end), hi, end)
+        sub.loop(s.var, lo, hi, lambda: sub.stmt(s.body))
+        sb.ret_void()
+        gomp = self.mb.declare("GOMP_parallel", VOID, [PTR, PTR, I32, I32])
+        b.call(gomp, [outlined, data, ir.Constant(I32, 0), ir.Constant(I32, 0)])
+
+    # --------------------------------------------------------------- memory
+    def _address(self, buf: Buffer, indices) -> tuple[Expr, int | None]:
+        """Flat element offset, and its stride along the vector lane (None: not affine)."""
+        off: Expr = Const(0)
+        for i, n in zip(indices, buf.shape):
+            off = off * n + i
+        if self.vec is None or not uses_var(off, self.vec[0]):
+            return off, 0
+        return off, linear_coefficient(off, self.vec[0])
+
+    def _lane_offsets(self, off: Expr):
+        var, lanes = self.vec
+        return [self.expr(substitute(off, {var: Const(l)})) for l in range(lanes)]
+
+    def _ptr(self, buf: Buffer, offset_value) -> ir.Value:
+        return self.builder.gep(self.buffers[buf], [offset_value], source_etype=memory_type(buf.dtype))
+
+    def load(self, e: Load):
+        buf = e.source
+        if buf not in self.buffers:
+            raise KeyError(f"buffer {buf.name} is not in scope")
+        b = self.builder
+        mt, st = memory_type(buf.dtype), scalar_type(buf.dtype)
+        off, stride = self._address(buf, e.indices)
+        if stride == 0:
+            v = b.load(self._ptr(buf, self.expr(off)), typ=mt, align=buf.dtype.itemsize)
+        elif stride == 1:
+            var, lanes = self.vec
+            base = self.expr(substitute(off, {var: Const(0)}))
+            mt = ir.VectorType(mt, lanes)
+            v = b.load(self._ptr(buf, base), typ=mt, align=buf.dtype.itemsize)
+        else:
+            lanes = self.vec[1]
+            v = ir.Constant(ir.VectorType(mt, lanes), None)
+            for l, o in enumerate(self._lane_offsets(off)):
+                x = b.load(self._ptr(buf, o), typ=mt, align=buf.dtype.itemsize)
+                v = b.insert_element(v, x, ir.Constant(I32, l))
+        if buf.dtype.is_bool:
+            zero = ir.Constant(v.type, None)
+            v = b.icmp_unsigned("!=", v, zero)
+        return v
+
+    def store(self, s: Store) -> None:
+        buf = s.buffer
+        b = self.builder
+        value = self.expr(s.value)
+        off, stride = self._address(buf, s.indices)
+        is_vec = isinstance(value.type, ir.VectorType)
+        if buf.dtype.is_bool:
+            value = b.zext(value, ir.VectorType(I8, value.type.count) if is_vec else I8)
+        if stride == 0:
+            if is_vec:
+                raise ValueError(f"store to {buf.name}: every vector lane writes the same element")
+            b.store(value, self._ptr(buf, self.expr(off)), align=buf.dtype.itemsize)
+            return
+        var, lanes = self.vec
+        if not is_vec:
+            value = self.splat(value, lanes)
+        if stride == 1:
+            base = self.expr(substitute(off, {var: Const(0)}))
+            b.store(value, self._ptr(buf, base), align=buf.dtype.itemsize)
+        else:
+            for l, o in enumerate(self._lane_offsets(off)):
+                b.store(b.extract_element(value, ir.Constant(I32, l)), self._ptr(buf, o), align=buf.dtype.itemsize)
+
+    # --------------------------------------------------------------- expressions
+    def splat(self, v, lanes: int):
+        b = self.builder
+        vt = ir.VectorType(v.type, lanes)
+        if isinstance(v, ir.Constant):
+            return ir.Constant(vt, [v] * lanes)
+        x = b.insert_element(ir.Constant(vt, None), v, ir.Constant(I32, 0))
+        return b.shuffle_vector(x, ir.Constant(vt, None), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+    def _match(self, *vals):
+        if any(isinstance(v.type, ir.VectorType) for v in vals):
+            lanes = next(v.type.count for v in vals if isinstance(v.type, ir.VectorType))
+            return [v if isinstance(v.type, ir.VectorType) else self.splat(v, lanes) for v in vals]
+        return list(vals)
+
+    def expr(self, e: Expr):
+        if isinstance(e, Const):
+            t = scalar_type(e.dtype)
+            return ir.Constant(t, e.value if not e.dtype.is_bool else int(e.value))
+        if isinstance(e, Var):
+            if self.vec is not None and e is self.vec[0]:
+                lanes = self.vec[1]
+                return ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+            try:
+                return self.env[e]
+            except KeyError:
+                raise KeyError(f"loop variable {e.name} is not in scope") from None
+        if isinstance(e, Load):
+            return self.load(e)
+        if isinstance(e, BinOp):
+            a, b = self._match(self.expr(e.a), self.expr(e.b))
+            return self.binop(e.op, e.a.dtype, a, b)
+        if isinstance(e, Call):
+            return self.call(e.fn, e.dtype, self.expr(e.args[0]))
+        if isinstance(e, Select):
+            c, a, b = self._match(self.expr(e.cond), self.expr(e.a), self.expr(e.b))
+            return self.builder.select(c, a, b)
+        if isinstance(e, Cast):
+            return self.cast(self.expr(e.value), e.value.dtype, e.dtype)
+        raise TypeError(f"cannot emit {type(e).__name__}")
+
+    def binop(self, op: str, dt: DType, a, b):
+        bld = self.builder
+        if dt.is_float:
+            simple = {"add": bld.fadd, "sub": bld.fsub, "mul": bld.fmul, "div": bld.fdiv}
+            if op in simple:
+                return simple[op](a, b, flags=FLOAT_FLAGS)
+            if op in ("max", "min", "pow"):
+                name = {"max": "llvm.maximum", "min": "llvm.minimum", "pow": "llvm.pow"}[op]
+                fn = self.mb.declare(f"{name}.{_suffix(a.type)}", a.type, [a.type, a.type])
+                return bld.call(fn, [a, b])
+            if op in ("lt", "le", "gt", "ge", "eq"):
+                sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}[op]
+                return bld.fcmp_ordered(sym, a, b)
+            if op == "ne":
+                return bld.fcmp_unordered("!=", a, b)
+            if op == "floordiv":
+                return self.call("floor", dt, bld.fdiv(a, b))
+            raise ValueError(f"float op {op}")
+        signed = dt.kind == "int"
+        if op in ("and", "or") or (dt.is_bool and op in ("max", "min")):
+            return bld.and_(a, b) if op in ("and", "min") else bld.or_(a, b)
+        simple = {"add": bld.add, "sub": bld.sub, "mul": bld.mul}
+        if op in simple:
+            return simple[op](a, b)
+        if op in ("floordiv", "div"):
+            return bld.sdiv(a, b) if signed else bld.udiv(a, b)
+        if op == "mod":
+            return bld.srem(a, b) if signed else bld.urem(a, b)
+        if op in ("max", "min"):
+            cmp = (bld.icmp_signed if signed else bld.icmp_unsigned)(">" if op == "max" else "<", a, b)
+            return bld.select(cmp, a, b)
+        if op in ("lt", "le", "gt", "ge", "eq", "ne"):
+            sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[op]
+            return (bld.icmp_signed if signed else bld.icmp_unsigned)(sym, a, b)
+        raise ValueError(f"integer op {op}")
+
+    def call(self, fn: str, dt: DType, x):
+        b = self.builder
+        if fn == "not":
+            return b.not_(x)
+        if fn == "neg":
+            return b.fneg(x) if dt.is_float else b.neg(x)
+        if not dt.is_float:
+            if fn == "abs":
+                f = self.mb.declare(f"llvm.abs.{_suffix(x.type)}", x.type, [x.type, I1])
+                return b.call(f, [x, ir.Constant(I1, 0)])
+            raise ValueError(f"{fn} on {dt}")
+        if fn in ("exp", "log", "sqrt", "sin", "cos", "floor", "abs"):
+            name = "fabs" if fn == "abs" else fn
+            f = self.mb.declare(f"llvm.{name}.{_suffix(x.type)}", x.type, [x.type])
+            return b.call(f, [x])
+        if fn in ("tanh", "erf"):
+            return self.libm(fn, dt, x)
+        raise ValueError(f"unknown function {fn}")
+
+    def libm(self, fn: str, dt: DType, x):
+        """Call the C math library (float or double version), lane by lane for vectors."""
+        b = self.builder
+        if isinstance(x.type, ir.VectorType):
+            out = ir.Constant(x.type, None)
+            for l in range(x.type.count):
+                lane = b.extract_element(x, ir.Constant(I32, l))
+                out = b.insert_element(out, self.libm(fn, dt, lane), ir.Constant(I32, l))
+            return out
+        if dt.bits == 64:
+            return b.call(self.mb.declare(fn, ir.DoubleType(), [ir.DoubleType()]), [x])
+        f32 = ir.FloatType()
+        xf = b.fpext(x, f32) if dt.bits == 16 else x
+        r = b.call(self.mb.declare(fn + "f", f32, [f32]), [xf])
+        return b.fptrunc(r, x.type) if dt.bits == 16 else r
+
+    def cast(self, v, src: DType, dst: DType):
+        b = self.builder
+        if src is dst:
+            return v
+        lanes = v.type.count if isinstance(v.type, ir.VectorType) else None
+        t = scalar_type(dst)
+        if lanes:
+            t = ir.VectorType(t, lanes)
+        if dst.is_bool:
+            zero = ir.Constant(v.type, None)
+            return b.fcmp_unordered("!=", v, zero) if src.is_float else b.icmp_unsigned("!=", v, zero)
+        if src.is_float and dst.is_float:
+            return b.fpext(v, t) if dst.bits > src.bits else b.fptrunc(v, t)
+        if src.is_float:
+            return b.fptosi(v, t) if dst.kind == "int" else b.fptoui(v, t)
+        if dst.is_float:
+            return b.sitofp(v, t) if src.kind == "int" else b.uitofp(v, t)
+        sbits = 1 if src.is_bool else src.bits
+        if dst.bits > sbits:
+            return b.sext(v, t) if src.kind == "int" else b.zext(v, t)
+        if dst.bits < sbits:
+            return b.trunc(v, t)
+        return v
+
+
+# ----------------------------------------------------------------------------- compile to machine code
+
+def target_machine(triple: str, cpu: str, features: str):
+    init_llvm()
+    return llvm.Target.from_triple(triple).create_target_machine(
+        cpu=cpu, features=features, opt=3, reloc="pic", codemodel="default")
+
+
+def optimize(module_text: str, tm) -> "llvm.ModuleRef":
+    mod = llvm.parse_assembly(module_text)
+    mod.verify()
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return mod

@@ -1,0 +1,366 @@
+"""Tracing: run a Python function on ``Tracer`` stand-ins and record a Graph.
+
+Arrays passed as arguments become graph inputs; numpy arrays the function
+captures and Python scalars become constants (scalars adopt the dtype of the
+tensors they meet, as numpy's weak scalars do). A type or shape error is raised
+at trace time with the op, the operand types and the user's ``file:line``.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import sys
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .. import ops
+from ..ir.graph import Graph, GraphBuilder, Value
+from ..ir.types import DType, TensorType, dtype as to_dtype, float64, int64, bool_
+from ..ops.registry import OpTypeError
+
+_MLC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TraceError(Exception):
+    """An error in the traced program, located at the user's line."""
+
+
+def user_location() -> str | None:
+    """``file:line`` of the innermost stack frame outside the mlc package."""
+    f = sys._getframe(1)
+    while f is not None:
+        path = os.path.abspath(f.f_code.co_filename)
+        if not path.startswith(_MLC_DIR + os.sep):
+            return f"{f.f_code.co_filename}:{f.f_lineno}"
+        f = f.f_back
+    return None
+
+
+class _TraceContext:
+    def __init__(self, name: str):
+        self.builder = GraphBuilder(name, ops.infer)
+        self.constants: dict[int, Value] = {}   # id(numpy array) -> constant value (dedups captures)
+        self.keepalive: list = []
+
+
+_STACK: list[_TraceContext] = []
+
+
+class Tracer:
+    """A symbolic tensor inside ``mlc.trace``; supports numpy-style operators."""
+
+    __slots__ = ("value", "_ctx")
+    __array_ufunc__ = None   # replaced below: numpy ufuncs on tracers map to mlc ops
+
+    def __init__(self, value: Value, ctx: _TraceContext):
+        self.value = value
+        self._ctx = ctx
+
+    # --- metadata
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.type.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.value.type.dtype.np
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return self.value.type.size
+
+    def __repr__(self) -> str:
+        return f"Tracer({self.value.type})"
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d traced tensor")
+        return self.shape[0]
+
+    def __bool__(self):
+        raise TraceError(f"the value of a traced tensor ({self.value.type}) is not known while tracing, so it "
+                         f"cannot decide an `if`, `while`, `and`/`or` or bool(); use mlc.where to select values"
+                         + _at(user_location()))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    __hash__ = object.__hash__
+
+    # --- arithmetic
+    def __add__(self, o): return apply("add", self, o)
+    def __radd__(self, o): return apply("add", o, self)
+    def __sub__(self, o): return apply("sub", self, o)
+    def __rsub__(self, o): return apply("sub", o, self)
+    def __mul__(self, o): return apply("mul", self, o)
+    def __rmul__(self, o): return apply("mul", o, self)
+    def __truediv__(self, o): return apply("div", self, o)
+    def __rtruediv__(self, o): return apply("div", o, self)
+    def __pow__(self, o): return apply("pow", self, o)
+    def __rpow__(self, o): return apply("pow", o, self)
+    def __matmul__(self, o): return apply("matmul", self, o)
+    def __rmatmul__(self, o): return apply("matmul", o, self)
+    def __neg__(self): return apply("neg", self)
+    def __pos__(self): return self
+    def __abs__(self): return apply("abs", self)
+
+    # --- comparisons (<=, >=, != are the negations of >, <, ==)
+    def __lt__(self, o): return apply("less", self, o)
+    def __gt__(self, o): return apply("greater", self, o)
+    def __eq__(self, o): return apply("equal", self, o)
+    def __le__(self, o): return _logical_not(apply("greater", self, o))
+    def __ge__(self, o): return _logical_not(apply("less", self, o))
+    def __ne__(self, o): return _logical_not(apply("equal", self, o))
+
+    # --- methods
+    @property
+    def T(self): return apply("transpose", self)
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return apply("transpose", self, axes=axes or None)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return apply("reshape", self, shape=shape)
+
+    def astype(self, dtype): return apply("cast", self, dtype=dtype)
+    def sum(self, axis=None, keepdims=False): return apply("sum", self, axis=axis, keepdims=keepdims)
+    def mean(self, axis=None, keepdims=False): return apply("mean", self, axis=axis, keepdims=keepdims)
+    def max(self, axis=None, keepdims=False): return apply("max", self, axis=axis, keepdims=keepdims)
+    def min(self, axis=None, keepdims=False): return apply("min", self, axis=axis, keepdims=keepdims)
+    def prod(self, axis=None, keepdims=False): return apply("prod", self, axis=axis, keepdims=keepdims)
+
+    def __getitem__(self, key):
+        return _index(self, key)
+
+
+def _at(loc: str | None) -> str:
+    return f" (at {loc})" if loc else ""
+
+
+def _logical_not(t):
+    return apply("where", t, False, True)
+
+
+_UFUNCS = {np.add: "add", np.subtract: "sub", np.multiply: "mul", np.true_divide: "div", np.power: "pow",
+           np.maximum: "maximum", np.minimum: "minimum", np.equal: "equal", np.less: "less",
+           np.greater: "greater", np.negative: "neg", np.absolute: "abs", np.exp: "exp", np.log: "log",
+           np.sqrt: "sqrt", np.tanh: "tanh", np.sin: "sin", np.cos: "cos", np.matmul: "matmul"}
+
+
+def _array_ufunc(self, ufunc, method, *inputs, **kwargs):
+    if method == "__call__" and ufunc in _UFUNCS and not kwargs:
+        return apply(_UFUNCS[ufunc], *inputs)
+    raise TraceError(f"numpy.{ufunc.__name__} ({method}) cannot be applied to a traced tensor; "
+                     f"use the mlc function instead" + _at(user_location()))
+
+
+Tracer.__array_ufunc__ = _array_ufunc
+
+
+# ----------------------------------------------------------------------------- indexing
+
+def _index(t: Tracer, key):
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+    if n_real > t.ndim:
+        raise TraceError(f"too many indices for a tensor of rank {t.ndim}: {key}" + _at(user_location()))
+    if Ellipsis in key:
+        e = key.index(Ellipsis)
+        key = key[:e] + (slice(None),) * (t.ndim - n_real) + key[e + 1:]
+    key = key + (slice(None),) * (t.ndim - n_real)
+    begin, end, step, out_shape = [], [], [], []
+    d = 0
+    for k in key:
+        if k is None:
+            out_shape.append(1)
+            continue
+        n = t.shape[d]
+        if isinstance(k, slice):
+            b, e, s = k.indices(n)
+            begin.append(b), end.append(e), step.append(s)
+            out_shape.append(len(range(b, e, s)))
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            i = int(k)
+            if not -n <= i < n:
+                raise TraceError(f"index {i} is out of bounds for axis {d} with size {n}" + _at(user_location()))
+            i %= n
+            begin.append(i), end.append(i + 1), step.append(1)
+        else:
+            raise TraceError(f"unsupported index {k!r}: traced tensors take ints, slices, None and ..."
+                             + _at(user_location()))
+        d += 1
+    out = t
+    if any((b, e, s) != (0, n, 1) for b, e, s, n in zip(begin, end, step, t.shape)):
+        out = apply("slice", t, begin=tuple(begin), end=tuple(end), step=tuple(step))
+    if tuple(out_shape) != out.shape:
+        out = apply("reshape", out, shape=tuple(out_shape))
+    return out
+
+
+# ----------------------------------------------------------------------------- applying ops
+
+def _weak_dtype(x, strong: DType | None) -> DType:
+    """numpy's rule for a Python scalar meeting tensors of dtype ``strong``."""
+    if isinstance(x, (bool, np.bool_)):
+        return bool_
+    if isinstance(x, (int, np.integer)) and not isinstance(x, np.integer):
+        return strong if strong is not None and not strong.is_bool else int64
+    if isinstance(x, float):
+        return strong if strong is not None and strong.is_float else float64
+    return to_dtype(np.asarray(x).dtype)
+
+
+def _is_python_scalar(x) -> bool:
+    return isinstance(x, (bool, int, float)) and not isinstance(x, np.generic)
+
+
+def apply(name: str, *args, **kwargs):
+    """Apply op ``name`` to tracers, arrays and scalars: inside a trace this records a
+    node; outside, with plain arrays, it evaluates the numpy reference."""
+    op = ops.get(name)
+    inputs, attrs = op.bind(args, kwargs)
+    ctx = next((x._ctx for x in inputs if isinstance(x, Tracer)), _STACK[-1] if _STACK else None)
+    loc = user_location()
+    if ctx is None:
+        return _eager(op, inputs, attrs, loc)
+    strong = None
+    tensor_dtypes = [to_dtype(x.dtype) for x in inputs if not _is_python_scalar(x)]
+    if tensor_dtypes:
+        from ..ir.types import promote
+        try:
+            strong = promote(*tensor_dtypes)
+        except TypeError:
+            strong = tensor_dtypes[0]
+    values = []
+    for x in inputs:
+        if isinstance(x, Tracer):
+            if x._ctx is not ctx:
+                raise TraceError(f"{name}: a tensor from another trace was used here" + _at(loc))
+            values.append(x.value)
+        elif _is_python_scalar(x):
+            values.append(_constant(ctx, np.array(x, dtype=_weak_dtype(x, strong).np)))
+        else:
+            values.append(_constant(ctx, _as_array(x, name, loc)))
+    in_types = [v.type for v in values]
+    try:
+        attrs = op.canonical_attrs(in_types, attrs)
+        out_types = op.infer(in_types, **attrs)
+    except OpTypeError as e:
+        raise TraceError(f"{name}: {e}; operand types: ({', '.join(map(str, in_types))})" + _at(loc)) from None
+    outs = ctx.builder.node(name, values, attrs, out_types, loc=loc)
+    wrapped = [Tracer(v, ctx) for v in outs]
+    return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+
+def _as_array(x, name, loc) -> np.ndarray:
+    if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray):
+        x = np.from_dlpack(x)
+    a = np.asarray(x)
+    try:
+        to_dtype(a.dtype)
+    except TypeError as e:
+        raise TraceError(f"{name}: {e}" + _at(loc)) from None
+    return a
+
+
+def _constant(ctx: _TraceContext, array: np.ndarray) -> Value:
+    key = id(array)
+    if key in ctx.constants and ctx.constants[key].type == TensorType.of(array) and array.ndim > 0:
+        return ctx.constants[key]
+    ctx.keepalive.append(array)
+    v = ctx.builder.constant(np.array(array, copy=True))
+    ctx.constants[key] = v
+    return v
+
+
+def _eager(op, inputs, attrs, loc):
+    arrays = [np.asarray(x) if not _is_python_scalar(x) else x for x in inputs]
+    strong_types = [to_dtype(a.dtype) for a in arrays if isinstance(a, np.ndarray)]
+    from ..ir.types import promote
+    strong = promote(*strong_types) if strong_types else None
+    arrays = [a if isinstance(a, np.ndarray) else np.array(a, dtype=_weak_dtype(a, strong).np) for a in arrays]
+    in_types = [TensorType.of(a) for a in arrays]
+    try:
+        attrs = op.canonical_attrs(in_types, attrs)
+        out_types = op.infer(in_types, **attrs)
+    except OpTypeError as e:
+        raise TraceError(f"{op.name}: {e}; operand types: ({', '.join(map(str, in_types))})" + _at(loc)) from None
+    with np.errstate(all="ignore"):
+        r = op.reference(*arrays, **attrs)
+    rs = r if isinstance(r, (tuple, list)) else (r,)
+    rs = [np.asarray(x).astype(t.dtype.np, copy=False) for x, t in zip(rs, out_types)]
+    return rs[0] if len(rs) == 1 else tuple(rs)
+
+
+# ----------------------------------------------------------------------------- trace
+
+def _sanitize(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", name) or "fn"
+    return name if not name[0].isdigit() else "_" + name
+
+
+def arg_names(fn: Callable, n: int) -> list[str]:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i in range(n):
+        p = params[i] if i < len(params) else None
+        if p is None or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            names.append(f"arg{i}")
+        else:
+            names.append(_sanitize(p.name))
+    return names
+
+
+def trace_info(fn: Callable, args: Sequence, name: str | None = None) -> tuple[Graph, bool]:
+    """Trace ``fn`` on example ``args``; returns (graph, whether fn returned a tuple/list).
+    An argument may be an array (a graph input), a ``TensorType`` (an input of that
+    type) or a Python scalar (a constant baked into the graph)."""
+    gname = _sanitize(name or getattr(fn, "__name__", "fn"))
+    ctx = _TraceContext(gname)
+    names = arg_names(fn, len(args))
+    tracer_args = []
+    for n, a in zip(names, args):
+        if _is_python_scalar(a):
+            tracer_args.append(a)
+            continue
+        t = a if isinstance(a, TensorType) else TensorType.of(_as_array(a, "trace", None))
+        tracer_args.append(Tracer(ctx.builder.input(n, t), ctx))
+    _STACK.append(ctx)
+    try:
+        result = fn(*tracer_args)
+    finally:
+        _STACK.pop()
+    is_tuple = isinstance(result, (tuple, list))
+    results = list(result) if is_tuple else [result]
+    outs = []
+    for r in results:
+        if isinstance(r, Tracer):
+            if r._ctx is not ctx:
+                raise TraceError(f"{gname} returned a tensor from another trace")
+            outs.append(r.value)
+        elif r is None:
+            raise TraceError(f"{gname} returned None; a traced function must return tensors")
+        else:
+            outs.append(_constant(ctx, np.asarray(r) if not _is_python_scalar(r) else
+                                  np.array(r, dtype=_weak_dtype(r, None).np)))
+    return ctx.builder.build(outs), is_tuple
+
+
+def trace(fn: Callable, *args) -> Graph:
+    """Trace ``fn`` on example arguments into a Graph: ``print(mlc.trace(f, x))``."""
+    return trace_info(fn, args)[0]

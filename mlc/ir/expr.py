@@ -1,0 +1,273 @@
+"""Scalar expressions shared by the tensor and loop levels.
+
+Index arithmetic is int64. ``Load`` reads an element of anything with ``name``,
+``shape`` and ``dtype`` (a tensor-level stage or a loop-level Buffer).
+Python operators build expressions, so ``i * 4 + j`` is an ``Expr``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .types import DType, bool_, int64, float64, promote
+
+# binary operators: name -> printed symbol (infix) or None (printed as a call)
+BINARY_OPS = {
+    "add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%",
+    "max": None, "min": None, "pow": None,
+    "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
+    "and": "&&", "or": "||",
+}
+COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
+# unary math functions understood by codegen
+UNARY_FUNCS = {"neg", "abs", "exp", "log", "sqrt", "tanh", "sin", "cos", "erf", "not", "floor"}
+
+
+class Expr:
+    dtype: DType
+
+    def _wrap(self, other) -> "Expr":
+        return as_expr(other, self.dtype)
+
+    def __add__(self, o): return binop("add", self, self._wrap(o))
+    def __radd__(self, o): return binop("add", self._wrap(o), self)
+    def __sub__(self, o): return binop("sub", self, self._wrap(o))
+    def __rsub__(self, o): return binop("sub", self._wrap(o), self)
+    def __mul__(self, o): return binop("mul", self, self._wrap(o))
+    def __rmul__(self, o): return binop("mul", self._wrap(o), self)
+    def __truediv__(self, o): return binop("div", self, self._wrap(o))
+    def __floordiv__(self, o): return binop("floordiv", self, self._wrap(o))
+    def __mod__(self, o): return binop("mod", self, self._wrap(o))
+    def __neg__(self): return Call("neg", [self])
+
+    def __str__(self) -> str:
+        return format_expr(self)
+
+    __repr__ = __str__
+
+
+class Const(Expr):
+    __slots__ = ("value", "dtype")
+
+    def __init__(self, value, dtype: DType = int64):
+        self.dtype = dtype
+        if dtype.is_float:
+            self.value = float(value)
+        elif dtype.is_bool:
+            self.value = bool(value)
+        else:
+            self.value = int(value)
+
+
+class Var(Expr):
+    """A loop or index variable (int64). Identity matters, names are for printing."""
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name: str, dtype: DType = int64):
+        self.name = name
+        self.dtype = dtype
+
+
+class BinOp(Expr):
+    __slots__ = ("op", "a", "b", "dtype")
+
+    def __init__(self, op: str, a: Expr, b: Expr):
+        assert op in BINARY_OPS, op
+        if a.dtype is not b.dtype:
+            raise TypeError(f"{op}: operand dtypes differ ({a.dtype} vs {b.dtype})")
+        self.op, self.a, self.b = op, a, b
+        self.dtype = bool_ if op in COMPARISONS else a.dtype
+
+
+class Call(Expr):
+    """A unary math function (exp, log, ...) or ``not``; the result has the operand's dtype."""
+    __slots__ = ("fn", "args", "dtype")
+
+    def __init__(self, fn: str, args: Sequence[Expr]):
+        assert fn in UNARY_FUNCS, fn
+        self.fn, self.args = fn, list(args)
+        self.dtype = self.args[0].dtype
+
+
+class Select(Expr):
+    __slots__ = ("cond", "a", "b", "dtype")
+
+    def __init__(self, cond: Expr, a: Expr, b: Expr):
+        if not cond.dtype.is_bool or a.dtype is not b.dtype:
+            raise TypeError(f"select({cond.dtype}, {a.dtype}, {b.dtype})")
+        self.cond, self.a, self.b = cond, a, b
+        self.dtype = a.dtype
+
+
+class Cast(Expr):
+    __slots__ = ("value", "dtype")
+
+    def __init__(self, dtype: DType, value: Expr):
+        self.dtype, self.value = dtype, value
+
+
+class Load(Expr):
+    __slots__ = ("source", "indices", "dtype")
+
+    def __init__(self, source, indices: Sequence[Expr]):
+        indices = [as_expr(i) for i in indices]
+        if len(indices) != len(source.shape):
+            raise IndexError(f"{source.name} has rank {len(source.shape)}, indexed with {len(indices)} indices")
+        self.source, self.indices, self.dtype = source, indices, source.dtype
+
+
+def as_expr(x, dtype: DType = int64) -> Expr:
+    if isinstance(x, Expr):
+        return x
+    if isinstance(x, bool):
+        return Const(x, bool_)
+    if isinstance(x, float) and not dtype.is_float:
+        return Const(x, float64)
+    return Const(x, dtype)
+
+
+def cast(dtype: DType, e: Expr) -> Expr:
+    if e.dtype is dtype:
+        return e
+    if isinstance(e, Const):
+        return Const(e.value, dtype) if not (dtype.is_int and e.dtype.is_float) else Const(int(e.value), dtype)
+    return Cast(dtype, e)
+
+
+def binop(op: str, a, b) -> Expr:
+    """Build ``a op b`` with light constant folding of index arithmetic."""
+    a, b = as_expr(a), as_expr(b)
+    if a.dtype is not b.dtype:
+        dt = promote(a.dtype, b.dtype)
+        a, b = cast(dt, a), cast(dt, b)
+    if isinstance(a, Const) and isinstance(b, Const) and a.dtype.is_int and op in ("add", "sub", "mul"):
+        return Const({"add": a.value + b.value, "sub": a.value - b.value, "mul": a.value * b.value}[op], a.dtype)
+    if a.dtype.is_int:
+        if op == "add":
+            if _is(b, 0): return a
+            if _is(a, 0): return b
+        if op == "sub" and _is(b, 0): return a
+        if op == "mul":
+            if _is(b, 1): return a
+            if _is(a, 1): return b
+            if _is(a, 0) or _is(b, 0): return Const(0, a.dtype)
+        if op in ("floordiv",) and _is(b, 1): return a
+        if op == "mod" and _is(b, 1): return Const(0, a.dtype)
+    return BinOp(op, a, b)
+
+
+def _is(e: Expr, v) -> bool:
+    return isinstance(e, Const) and e.value == v
+
+
+def maximum(a, b): return binop("max", a, b)
+def minimum(a, b): return binop("min", a, b)
+def call(fn: str, x: Expr) -> Expr: return Call(fn, [x])
+
+
+def select(cond: Expr, a: Expr, b: Expr) -> Expr:
+    return Select(cond, a, b)
+
+
+# ----------------------------------------------------------------------------- utilities
+
+def children(e: Expr) -> list[Expr]:
+    if isinstance(e, BinOp):
+        return [e.a, e.b]
+    if isinstance(e, Call):
+        return list(e.args)
+    if isinstance(e, Select):
+        return [e.cond, e.a, e.b]
+    if isinstance(e, Cast):
+        return [e.value]
+    if isinstance(e, Load):
+        return list(e.indices)
+    return []
+
+
+def walk(e: Expr):
+    yield e
+    for c in children(e):
+        yield from walk(c)
+
+
+def substitute(e: Expr, vmap: dict, smap: dict | None = None) -> Expr:
+    """Replace Vars (by identity, ``vmap``) and Load sources (``smap``)."""
+    if isinstance(e, Var):
+        return vmap.get(e, e)
+    if isinstance(e, Const):
+        return e
+    if isinstance(e, BinOp):
+        return binop(e.op, substitute(e.a, vmap, smap), substitute(e.b, vmap, smap))
+    if isinstance(e, Call):
+        return Call(e.fn, [substitute(a, vmap, smap) for a in e.args])
+    if isinstance(e, Select):
+        return Select(*(substitute(x, vmap, smap) for x in (e.cond, e.a, e.b)))
+    if isinstance(e, Cast):
+        return cast(e.dtype, substitute(e.value, vmap, smap))
+    if isinstance(e, Load):
+        src = smap.get(e.source, e.source) if smap else e.source
+        return Load(src, [substitute(i, vmap, smap) for i in e.indices])
+    raise TypeError(f"unknown expression {type(e).__name__}")
+
+
+def linear_coefficient(e: Expr, var: Var):
+    """The integer c with e = c*var + (terms free of var), or None if e is not affine in var."""
+    if isinstance(e, Var):
+        return 1 if e is var else 0
+    if isinstance(e, Const):
+        return 0
+    if isinstance(e, BinOp) and e.op in ("add", "sub"):
+        ca, cb = linear_coefficient(e.a, var), linear_coefficient(e.b, var)
+        if ca is None or cb is None:
+            return None
+        return ca + cb if e.op == "add" else ca - cb
+    if isinstance(e, BinOp) and e.op == "mul":
+        ca, cb = linear_coefficient(e.a, var), linear_coefficient(e.b, var)
+        if ca == 0 and cb == 0:
+            return 0
+        if ca is not None and cb == 0 and isinstance(e.b, Const):
+            return ca * e.b.value
+        if cb is not None and ca == 0 and isinstance(e.a, Const):
+            return cb * e.a.value
+        return None
+    return 0 if not uses_var(e, var) else None
+
+
+def uses_var(e: Expr, var: Var) -> bool:
+    return any(x is var for x in walk(e))
+
+
+# ----------------------------------------------------------------------------- printer
+
+_PREC = {"or": 1, "and": 2, "lt": 3, "le": 3, "gt": 3, "ge": 3, "eq": 3, "ne": 3,
+         "add": 4, "sub": 4, "mul": 5, "div": 5, "floordiv": 5, "mod": 5}
+
+
+def format_expr(e: Expr, prec: int = 0) -> str:
+    if isinstance(e, Var):
+        return e.name
+    if isinstance(e, Const):
+        if e.dtype.is_bool:
+            return "true" if e.value else "false"
+        if e.dtype.is_float:
+            s = repr(e.value)
+            return s if e.dtype.bits == 64 else f"{s}{'' if e.dtype.bits == 32 else ':' + e.dtype.short}"
+        return str(e.value) if e.dtype is int64 else f"{e.value}:{e.dtype.short}"
+    if isinstance(e, BinOp):
+        sym = BINARY_OPS[e.op]
+        if sym is None:
+            return f"{e.op}({format_expr(e.a)}, {format_expr(e.b)})"
+        p = _PREC[e.op]
+        s = f"{format_expr(e.a, p)} {sym} {format_expr(e.b, p + 1)}"
+        return f"({s})" if p < prec else s
+    if isinstance(e, Call):
+        if e.fn == "neg":
+            return f"-{format_expr(e.args[0], 9)}"
+        return f"{e.fn}({', '.join(format_expr(a) for a in e.args)})"
+    if isinstance(e, Select):
+        return f"select({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
+    if isinstance(e, Cast):
+        return f"{e.dtype.short}({format_expr(e.value)})"
+    if isinstance(e, Load):
+        return f"{e.source.name}[{', '.join(format_expr(i) for i in e.indices)}]"
+    raise TypeError(type(e).__name__)

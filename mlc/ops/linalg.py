@@ -1,0 +1,61 @@
+"""matmul with numpy semantics: batched, broadcasting batch dims, 1-D operands."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.expr import Const, cast
+from ..ir.tensor import compute, reduce
+from ..ir.types import TensorType, float32
+from .registry import OpDef, OpTypeError, broadcast_shapes, check, numpy_result_dtype
+
+
+def _matmul_shapes(a, b):
+    check(a.rank >= 1 and b.rank >= 1, f"matmul needs operands of rank >= 1, got {a} and {b}")
+    sa = (1,) + a.shape if a.rank == 1 else a.shape
+    sb = b.shape + (1,) if b.rank == 1 else b.shape
+    if sa[-1] != sb[-2]:
+        raise OpTypeError(f"matmul contraction dims differ: {a} @ {b} ({sa[-1]} != {sb[-2]})")
+    batch = broadcast_shapes(sa[:-2], sb[:-2])
+    out = batch + (sa[-2],) * (a.rank > 1) + (sb[-1],) * (b.rank > 1)
+    return sa, sb, batch, out
+
+
+def _infer(ins):
+    a, b = ins
+    *_, out = _matmul_shapes(a, b)
+    return [TensorType(out, numpy_result_dtype(np.matmul, a.dtype, b.dtype))]
+
+
+def _lower(ins, outs):
+    (a, b), (o,) = ins, outs
+    sa, sb, batch, _ = _matmul_shapes(a.type, b.type)
+    K = sa[-1]
+    acc = float32 if o.dtype.is_float and o.dtype.bits < 32 else o.dtype
+    nb = len(batch)
+
+    def operand_index(t, full_shape, bidx, row, col):
+        # batch dims broadcast (size-1 reads index 0); a 1-D operand drops its unit dim
+        tb = full_shape[:-2]
+        lead = [Const(0) if n == 1 else i for n, i in zip(tb, bidx[nb - len(tb):])] if tb else []
+        if len(t.shape) == 1:
+            return lead + [col if t is a else row]
+        return lead + [row, col]
+
+    def fn(*idx):
+        bidx = idx[:nb]
+        rest = list(idx[nb:])
+        i = rest.pop(0) if a.type.rank > 1 else Const(0)
+        j = rest.pop(0) if b.type.rank > 1 else Const(0)
+        return reduce("sum", [K], lambda k: cast(acc, a[tuple(operand_index(a, sa, bidx, i, k))])
+                      * cast(acc, b[tuple(operand_index(b, sb, bidx, k, j))]))
+
+    stage = compute(o.shape, fn)
+    if acc is not o.dtype:
+        return [stage, compute(o.shape, lambda *i: cast(o.dtype, stage[i]))]
+    return [stage]
+
+
+OPS = [
+    OpDef("matmul", "contraction", _infer, np.matmul, _lower, params=("a", "b"),
+          doc="Matrix product with numpy.matmul semantics."),
+]

@@ -1,0 +1,137 @@
+"""The op record: everything the stack needs to know about one op, in one place.
+
+An op module defines ``OpDef`` records and lists them in ``OPS``; ``mlc.ops``
+builds the registry from those lists explicitly (no registration side effects).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..ir.expr import Const, Expr, cast
+from ..ir.tensor import Compute, Tensor
+from ..ir.types import DType, TensorType, dtype as to_dtype
+
+KINDS = ("injective", "reduction", "contraction", "opaque", "collective")
+
+
+class OpTypeError(TypeError):
+    """A type rule refused its operands; the message says why (without the location,
+    which the tracer adds)."""
+
+
+@dataclass
+class OpDef:
+    name: str
+    kind: str
+    infer: Callable[..., list[TensorType]]      # infer(input_types, **attrs) -> output types
+    reference: Callable[..., object]            # reference(*np arrays, **attrs) -> array(s)
+    lower: Callable[..., list[Compute]]         # lower(input tensors, output types, **attrs) -> stages
+    params: tuple[str, ...] = ("x",)            # input names; "*xs" takes a list of tensors
+    attrs: dict = field(default_factory=dict)   # attribute name -> default value
+    canonicalize: Callable[..., dict] | None = None   # (input_types, attrs) -> canonical attrs
+    vjp: Callable | None = None                 # gradient rule, filled by the autodiff work
+    doc: str = ""
+
+    def __post_init__(self):
+        assert self.kind in KINDS, self.kind
+
+    @property
+    def variadic(self) -> bool:
+        return len(self.params) == 1 and self.params[0].startswith("*")
+
+    def bind(self, args: Sequence, kwargs: dict) -> tuple[list, dict]:
+        """Split a user call ``op(*args, **kwargs)`` into (inputs, attrs)."""
+        args = list(args)
+        if self.variadic:
+            if not args:
+                raise TypeError(f"{self.name}() needs a sequence of tensors")
+            inputs = list(args.pop(0))
+            if not inputs:
+                raise TypeError(f"{self.name}() needs at least one tensor")
+        else:
+            n = len(self.params)
+            if len(args) < n:
+                missing = [p for p in self.params[len(args):] if p not in kwargs]
+                if missing:
+                    raise TypeError(f"{self.name}() missing input(s): {', '.join(missing)}")
+                args += [kwargs.pop(p) for p in self.params[len(args):]]
+            inputs, args = args[:n], args[n:]
+        names = list(self.attrs)
+        if len(args) > len(names):
+            raise TypeError(f"{self.name}() takes {len(self.params) + len(names)} arguments, got more")
+        attrs = dict(self.attrs)
+        for k, v in zip(names, args):
+            attrs[k] = v
+        for k, v in kwargs.items():
+            if k not in attrs:
+                raise TypeError(f"{self.name}() got an unexpected argument {k!r}")
+            attrs[k] = v
+        return inputs, attrs
+
+    def canonical_attrs(self, in_types: Sequence[TensorType], attrs: dict) -> dict:
+        full = dict(self.attrs)
+        full.update(attrs)
+        return self.canonicalize(list(in_types), full) if self.canonicalize else full
+
+
+# ----------------------------------------------------------------------------- helpers for op files
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise OpTypeError(msg)
+
+
+def numpy_result_dtype(fn: Callable, *dtypes: DType) -> DType:
+    """The dtype numpy gives ``fn`` on arrays of these dtypes: the type rules follow numpy."""
+    with np.errstate(all="ignore"):
+        try:
+            r = np.asarray(fn(*[np.ones(1, dtype=d.np) for d in dtypes]))
+        except TypeError as e:
+            raise OpTypeError(str(e).split("\n")[0]) from None
+    try:
+        return to_dtype(r.dtype)
+    except TypeError as e:
+        raise OpTypeError(str(e)) from None
+
+
+def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
+    except ValueError:
+        raise OpTypeError("shapes " + " and ".join(str(list(s)) for s in shapes)
+                          + " cannot be broadcast together") from None
+
+
+def broadcast_load(t: Tensor, out_axes: Sequence[Expr]) -> Expr:
+    """Read ``t`` at an output index under numpy broadcasting (size-1 dims read index 0)."""
+    rank = len(t.shape)
+    idx = list(out_axes[len(out_axes) - rank:]) if rank else []
+    idx = [Const(0) if n == 1 else i for n, i in zip(t.shape, idx)]
+    return t[tuple(idx)]
+
+
+def normalize_axis(axis: int, rank: int, op: str) -> int:
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise OpTypeError(f"{op}: axis must be an int, got {axis!r}")
+    if not -rank <= axis < max(rank, 1) or (rank == 0 and axis not in (0, -1)):
+        raise OpTypeError(f"{op}: axis {axis} is out of range for rank {rank}")
+    return int(axis) % max(rank, 1)
+
+
+def normalize_axes(axis, rank: int, op: str) -> tuple[int, ...]:
+    """None -> all axes; int or sequence -> sorted, non-negative, unique."""
+    if axis is None:
+        return tuple(range(rank))
+    if isinstance(axis, (int, np.integer)):
+        axis = (axis,)
+    axes = tuple(sorted(normalize_axis(a, rank, op) for a in axis))
+    if len(set(axes)) != len(axes):
+        raise OpTypeError(f"{op}: repeated axis in {tuple(axis)}")
+    return axes
+
+
+def to_compute(t: TensorType, e: Expr) -> Expr:
+    return cast(t.dtype, e)

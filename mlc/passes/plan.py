@@ -1,0 +1,106 @@
+"""Memory plan: where every kernel argument lives at run time.
+
+Graph inputs, outputs and constant parameters are caller-provided pointers;
+intermediate values and kernel scratch buffers get byte offsets in one workspace
+arena (64-byte aligned). Buffers whose lifetimes do not overlap share space:
+a value is live from the call that writes it to the last call that reads it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..codegen.llvm import EntryCall, Slot
+from ..ir.graph import Value
+from ..ir.loop import Func
+from .lower import LoweredGraph
+
+ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass
+class MemoryPlan:
+    calls: list[EntryCall]
+    workspace_bytes: int
+    naive_bytes: int           # the sum of all intermediate sizes, without reuse
+
+
+class _Arena:
+    """First-fit allocator over a growing arena of aligned blocks."""
+
+    def __init__(self):
+        self.free: list[tuple[int, int]] = []   # (offset, size), sorted by offset
+        self.top = 0
+
+    def alloc(self, size: int) -> int:
+        size = _align(max(size, 1))
+        for n, (off, sz) in enumerate(self.free):
+            if sz >= size:
+                if sz == size:
+                    self.free.pop(n)
+                else:
+                    self.free[n] = (off + size, sz - size)
+                return off
+        off, self.top = self.top, self.top + size
+        return off
+
+    def release(self, off: int, size: int) -> None:
+        size = _align(max(size, 1))
+        self.free.append((off, size))
+        self.free.sort()
+        merged: list[tuple[int, int]] = []
+        for o, s in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + s)
+            else:
+                merged.append((o, s))
+        self.free = merged
+
+
+def plan_memory(lowered: LoweredGraph, funcs: list[Func]) -> MemoryPlan:
+    graph = lowered.graph
+    fixed: dict[Value, Slot] = {}
+    for n, v in enumerate(graph.inputs):
+        fixed[v] = Slot("input", n)
+    for n, v in enumerate(lowered.params):
+        fixed[v] = Slot("param", n)
+    for n, v in enumerate(lowered.outputs):
+        fixed[v] = Slot("output", n)
+
+    last_use: dict[Value, int] = {}
+    for t, call in enumerate(lowered.calls):
+        for v in call.inputs:
+            last_use[v] = t
+
+    arena = _Arena()
+    where: dict[Value, int] = {}
+    naive = 0
+    calls = []
+    for t, (call, func) in enumerate(zip(lowered.calls, funcs)):
+        args = [fixed.get(v) or Slot("workspace", where[v]) for v in call.inputs]
+        outs = []
+        for v in call.outputs:
+            if v in fixed:
+                outs.append(fixed[v])
+            else:
+                where[v] = arena.alloc(v.type.nbytes)
+                naive += _align(v.type.nbytes)
+                outs.append(Slot("workspace", where[v]))
+        scratch = []
+        for b in func.scratch:
+            off = arena.alloc(b.type.nbytes)
+            naive += _align(b.type.nbytes)
+            scratch.append((off, b.type.nbytes))
+        calls.append(EntryCall(func, args + outs + [Slot("workspace", off) for off, _ in scratch]))
+        for off, size in scratch:
+            arena.release(off, size)
+        for v in call.inputs:
+            if last_use.get(v) == t and v in where:
+                arena.release(where[v], v.type.nbytes)
+        for v in call.outputs:   # written but never read
+            if v in where and v not in last_use:
+                arena.release(where[v], v.type.nbytes)
+    return MemoryPlan(calls, arena.top, naive)

@@ -1,0 +1,269 @@
+"""Default schedules by rule: tensor-level Kernel -> loop-level Func.
+
+Each stage becomes its own loop nest, in stage order. The rules, by stage shape:
+
+* injective: the innermost axis is vectorized (main loop of whole vectors plus a
+  scalar tail) when every read is contiguous or invariant along it; the outermost
+  non-trivial axis is parallel when the stage is large enough.
+* reduction whose reads are contiguous/invariant along the innermost *output*
+  axis (matmul, column sums): a register tile of R rows x U vectors of
+  accumulators, the reduction loop inside it -- the classic micro-kernel.
+* reduction contiguous along the innermost *reduced* axis (row sums, softmax):
+  a vector of partial accumulators, folded into one value at the end.
+* anything else: plain loops with a scalar accumulator.
+"""
+from __future__ import annotations
+
+from ..ir import expr as E
+from ..ir.expr import Const, Expr, Load, Var, linear_coefficient, substitute
+from ..ir.loop import Alloc, Buffer, For, Func, Seq, Stmt, Store
+from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, reduce_identity
+from ..target import Target
+
+PARALLEL_MIN_WORK = 1 << 15     # elementwise operations below which threads cost more than they give
+MICRO_ROWS = 4                  # register tile rows for contraction-like reductions
+MICRO_VECTORS = 2               # register tile width in vectors
+
+
+def combine(combiner: str, acc: Expr, x: Expr) -> Expr:
+    if combiner == "sum":
+        return acc + x if not acc.dtype.is_bool else E.binop("or", acc, x)
+    if combiner == "prod":
+        return acc * x if not acc.dtype.is_bool else E.binop("and", acc, x)
+    return E.maximum(acc, x) if combiner == "max" else E.minimum(acc, x)
+
+
+def flat_offset(indices, shape) -> Expr:
+    off: Expr = Const(0)
+    for i, n in zip(indices, shape):
+        off = off * n + i
+    return off
+
+
+def load_stride(e: Expr, var: Var) -> set:
+    """Flat-offset coefficients of ``var`` over every global Load in ``e`` (None = not affine)."""
+    out = set()
+    for x in E.walk(e):
+        if isinstance(x, Load):
+            out.add(linear_coefficient(flat_offset(x.indices, x.source.shape), var))
+    return out
+
+
+def _contiguous(e: Expr, var: Var) -> bool:
+    return load_stride(e, var) <= {0, 1}
+
+
+class _Counter:
+    def __init__(self):
+        self.n = 0
+
+    def var(self, name: str) -> Var:
+        self.n += 1
+        return Var(f"{name}{self.n}" if self.n > 1 else name)
+
+
+def schedule_kernel(kernel: Kernel, target: Target) -> Func:
+    buffers: dict = {}
+    inputs = []
+    for t in kernel.inputs:
+        if isinstance(t, Placeholder):
+            buffers[t] = Buffer(t.name, t.shape, t.dtype)
+            inputs.append(buffers[t])
+    outputs, scratch = [], []
+    for s in kernel.stages:
+        buffers[s] = Buffer(s.name, s.shape, s.dtype)
+        (outputs if s in kernel.outputs else scratch).append(buffers[s])
+    outputs = [buffers[s] for s in kernel.outputs]
+    names = _Counter()
+    body = Seq([_schedule_stage(s, buffers, target, names) for s in kernel.stages])
+    return Func(kernel.name, inputs, outputs, body, scratch)
+
+
+def _schedule_stage(stage: Compute, buffers: dict, target: Target, names: _Counter) -> Stmt:
+    out = buffers[stage]
+    if isinstance(stage.body, Reduce):
+        red = stage.body
+        body = substitute(red.body, {}, buffers)
+        return _reduction(stage, out, red, body, target)
+    body = substitute(stage.body, {}, buffers)
+    return _injective(stage.axes, stage.shape, out, body, target)
+
+
+# ----------------------------------------------------------------------------- injective
+
+def _injective(axes, shape, out: Buffer, body: Expr, target: Target) -> Stmt:
+    rank = len(shape)
+    if rank == 0:
+        return Store(out, [], body)
+    work = out.type.size
+    lanes = target.lanes(out.dtype.itemsize)
+    inner = axes[-1]
+    par_axis = next((d for d in range(rank - 1) if shape[d] > 1), None) if work >= PARALLEL_MIN_WORK else None
+    vectorize = shape[-1] >= lanes and lanes > 1 and _contiguous(body, inner)
+
+    def store_at(j: Expr) -> Stmt:
+        vmap = {inner: j}
+        return Store(out, [*axes[:-1], j], substitute(body, vmap))
+
+    if vectorize:
+        n = shape[-1]
+        vo, vi = Var(inner.name + "o"), Var(inner.name + "v")
+        main_kind = "parallel" if (work >= PARALLEL_MIN_WORK and par_axis is None) else "serial"
+        nest: Stmt = For(vo, n // lanes, For(vi, lanes, store_at(vo * lanes + vi), "vector"), main_kind)
+        if n % lanes:
+            nest = Seq([nest, For(inner, n % lanes, store_at(inner), "serial", start=n - n % lanes)])
+    else:
+        kind = "parallel" if (work >= PARALLEL_MIN_WORK and par_axis is None and rank == 1) else "serial"
+        nest = For(inner, shape[-1], store_at(inner), kind)
+    for d in range(rank - 2, -1, -1):
+        nest = For(axes[d], shape[d], nest, "parallel" if d == par_axis else "serial")
+    return nest
+
+
+# ----------------------------------------------------------------------------- reductions
+
+def _reduction(stage: Compute, out: Buffer, red: Reduce, body: Expr, target: Target) -> Stmt:
+    axes, shape = stage.axes, stage.shape
+    acc_dt = red.dtype
+    lanes = target.lanes(acc_dt.itemsize)
+    work = out.type.size * max(1, _prod(red.extents))
+    if shape and shape[-1] >= lanes > 1 and _contiguous(body, axes[-1]):
+        return _register_tile(stage, out, red, body, target, lanes, work)
+    if red.extents and red.extents[-1] >= lanes > 1 and _contiguous(body, red.axes[-1]):
+        return _vector_reduce(stage, out, red, body, lanes, work)
+    return _scalar_reduce(stage, out, red, body, work)
+
+
+def _prod(xs) -> int:
+    p = 1
+    for x in xs:
+        p *= x
+    return p
+
+
+def _spatial_loops(axes, shape, inner: Stmt, work: int, skip: int = 0) -> Stmt:
+    """Wrap ``inner`` in serial loops over axes[:len-skip], the outermost >1 axis parallel."""
+    rank = len(shape) - skip
+    par = next((d for d in range(rank) if shape[d] > 1), None) if work >= PARALLEL_MIN_WORK else None
+    for d in range(rank - 1, -1, -1):
+        inner = For(axes[d], shape[d], inner, "parallel" if d == par else "serial")
+    return inner
+
+
+def _reduce_loops(red: Reduce, vmap: dict, make_body) -> Stmt:
+    """Serial loops over the reduction axes (fresh vars) around make_body(vmap)."""
+    fresh = [Var(v.name) for v in red.axes]
+    m = dict(vmap)
+    m.update(zip(red.axes, fresh))
+    nest = make_body(m)
+    for v, n in zip(reversed(fresh), reversed(red.extents)):
+        nest = For(v, n, nest)
+    return nest
+
+
+def _scalar_reduce(stage, out, red, body, work) -> Stmt:
+    acc = Buffer("acc", [1], red.dtype, "local")
+    zero = [Const(0)]
+    init = Store(acc, zero, reduce_identity(red.combiner, red.dtype))
+    update = _reduce_loops(red, {}, lambda m: Store(acc, zero, combine(red.combiner, Load(acc, zero), substitute(body, m))))
+    fin = Store(out, list(stage.axes), Load(acc, zero))
+    return _spatial_loops(stage.axes, stage.shape, Alloc(acc, Seq([init, update, fin])), work)
+
+
+def _vector_reduce(stage, out, red, body, lanes, work) -> Stmt:
+    """Partial sums in a vector of accumulators along the contiguous innermost reduced axis."""
+    k, nk = red.axes[-1], red.extents[-1]
+    vacc = Buffer("vacc", [lanes], red.dtype, "local")
+    acc = Buffer("acc", [1], red.dtype, "local")
+    zero = [Const(0)]
+    ident = reduce_identity(red.combiner, red.dtype)
+    v, ko, kt = Var("kv"), Var("ko"), Var("kt")
+    outer = Reduce(red.combiner, red.axes[:-1], red.extents[:-1], body)
+
+    def per_outer(m):
+        main = For(ko, nk // lanes, For(v, lanes, Store(vacc, [v], combine(
+            red.combiner, Load(vacc, [v]), substitute(body, {**m, k: ko * lanes + v}))), "vector"))
+        parts = [main]
+        if nk % lanes:
+            parts.append(For(kt, nk % lanes, Store(acc, zero, combine(
+                red.combiner, Load(acc, zero), substitute(body, {**m, k: kt}))), start=nk - nk % lanes))
+        return Seq(parts)
+
+    lane = Var("l")
+    stmts = Seq([
+        For(v, lanes, Store(vacc, [v], ident), "vector"),
+        Store(acc, zero, ident),
+        _reduce_loops(outer, {}, per_outer),
+        For(lane, lanes, Store(acc, zero, combine(red.combiner, Load(acc, zero), Load(vacc, [lane]))), "unroll"),
+        Store(out, list(stage.axes), Load(acc, zero)),
+    ])
+    return _spatial_loops(stage.axes, stage.shape, Alloc(vacc, Alloc(acc, stmts)), work)
+
+
+def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
+    """R x (U*lanes) accumulators over the two innermost output axes; the reduction
+    runs inside, so each loaded value is used R or U*lanes times from registers."""
+    axes, shape = stage.axes, stage.shape
+    j, nj = axes[-1], shape[-1]
+    has_rows = len(shape) >= 2
+    i, ni = (axes[-2], shape[-2]) if has_rows else (None, 1)
+    width = MICRO_VECTORS * lanes
+    rows = MICRO_ROWS if has_rows and ni >= MICRO_ROWS else 1
+    ident = reduce_identity(red.combiner, red.dtype)
+
+    def tile(i_base: Expr | None, R: int, j_base: Expr, cols: int, vec: bool) -> Stmt:
+        """Accumulate a R x cols block starting at (i_base, j_base)."""
+        acc = Buffer("acc", [R, cols], red.dtype, "local")
+        r, c = Var("r"), Var("c")
+        cv, cu = Var("cv"), Var("cu")
+
+        def over_block(make) -> Stmt:
+            if vec:
+                inner = For(cu, cols // lanes, For(cv, lanes, make(cu * lanes + cv), "vector"), "unroll")
+            else:
+                inner = For(c, cols, make(c), "unroll" if cols > 1 else "serial")
+            return For(r, R, inner, "unroll") if R > 1 else inner
+
+        def point(m, col):
+            mm = dict(m)
+            mm[j] = j_base + col
+            if i is not None:
+                mm[i] = i_base + r if R > 1 else i_base
+            return mm
+
+        init = over_block(lambda col: Store(acc, [r if R > 1 else Const(0), col], ident))
+        update = _reduce_loops(red, {}, lambda m: over_block(lambda col: Store(
+            acc, [r if R > 1 else Const(0), col],
+            combine(red.combiner, Load(acc, [r if R > 1 else Const(0), col]), substitute(body, point(m, col))))))
+        idx = lambda col: [*axes[:-2], *( [i_base + r if R > 1 else i_base] if i is not None else []), j_base + col]
+        fin = over_block(lambda col: Store(out, idx(col), Load(acc, [r if R > 1 else Const(0), col])))
+        return Alloc(acc, Seq([init, update, fin]))
+
+    def columns(i_base: Expr | None, R: int) -> Stmt:
+        jo, jt = Var("jo"), Var("jt")
+        parts = []
+        if nj // width:
+            parts.append(For(jo, nj // width, tile(i_base, R, jo * width, width, True)))
+        rest = nj % width
+        if rest // lanes:
+            parts.append(tile(i_base, R, Const(nj - rest), (rest // lanes) * lanes, True))
+        if rest % lanes:
+            parts.append(For(jt, rest % lanes, tile(i_base, R, jt, 1, False), start=nj - rest % lanes))
+        return Seq(parts)
+
+    if has_rows:
+        io, it = Var(i.name + "o"), Var(i.name + "t")
+        par = work >= PARALLEL_MIN_WORK
+        nest = []
+        outer_par = next((d for d in range(len(shape) - 2) if shape[d] > 1), None) if par else None
+        if ni // rows:
+            kind = "parallel" if par and outer_par is None and ni // rows > 1 else "serial"
+            nest.append(For(io, ni // rows, columns(io * rows, rows), kind))
+        if ni % rows:
+            nest.append(For(it, ni % rows, columns(it, 1), start=ni - ni % rows))
+        inner: Stmt = Seq(nest)
+        for d in range(len(shape) - 3, -1, -1):
+            inner = For(axes[d], shape[d], inner, "parallel" if d == outer_par else "serial")
+        return inner
+    return columns(None, 1)
+
