@@ -179,7 +179,8 @@ def _index(t: Tracer, key):
     if Ellipsis in key:
         e = key.index(Ellipsis)
         key = key[:e] + (slice(None),) * (t.ndim - n_real) + key[e + 1:]
-    key = key + (slice(None),) * (t.ndim - n_real)
+    else:
+        key = key + (slice(None),) * (t.ndim - n_real)
     begin, end, step, out_shape = [], [], [], []
     d = 0
     for k in key:
@@ -189,7 +190,7 @@ def _index(t: Tracer, key):
         n = t.shape[d]
         if isinstance(k, slice):
             b, e, s = k.indices(n)
-            begin.append(b), end.append(e), step.append(s)
+            begin.append(b), end.append(e if e >= 0 else None), step.append(s)   # e < 0: through index 0
             out_shape.append(len(range(b, e, s)))
         elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
             i = int(k)
@@ -202,7 +203,7 @@ def _index(t: Tracer, key):
                              + _at(user_location()))
         d += 1
     out = t
-    if any((b, e, s) != (0, n, 1) for b, e, s, n in zip(begin, end, step, t.shape)):
+    if any((b, e, s) != (0, n, 1) for b, e, s, n in zip(begin, end, step, t.shape)):  # not the whole axis
         out = apply("slice", t, begin=tuple(begin), end=tuple(end), step=tuple(step))
     if tuple(out_shape) != out.shape:
         out = apply("reshape", out, shape=tuple(out_shape))
@@ -258,10 +259,17 @@ def apply(name: str, *args, **kwargs):
         attrs = op.canonical_attrs(in_types, attrs)
         out_types = op.infer(in_types, **attrs)
     except OpTypeError as e:
-        raise TraceError(f"{name}: {e}; operand types: ({', '.join(map(str, in_types))})" + _at(loc)) from None
+        raise TraceError(_op_error(name, e, in_types) + _at(loc)) from None
     outs = ctx.builder.node(name, values, attrs, out_types, loc=loc)
     wrapped = [Tracer(v, ctx) for v in outs]
     return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+
+def _op_error(name: str, e: Exception, in_types) -> str:
+    msg = str(e)
+    if not msg.startswith(name + ":"):
+        msg = f"{name}: {msg}"
+    return f"{msg}; operand types: ({', '.join(map(str, in_types))})"
 
 
 def _as_array(x, name, loc) -> np.ndarray:
@@ -296,7 +304,7 @@ def _eager(op, inputs, attrs, loc):
         attrs = op.canonical_attrs(in_types, attrs)
         out_types = op.infer(in_types, **attrs)
     except OpTypeError as e:
-        raise TraceError(f"{op.name}: {e}; operand types: ({', '.join(map(str, in_types))})" + _at(loc)) from None
+        raise TraceError(_op_error(op.name, e, in_types) + _at(loc)) from None
     with np.errstate(all="ignore"):
         r = op.reference(*arrays, **attrs)
     rs = r if isinstance(r, (tuple, list)) else (r,)

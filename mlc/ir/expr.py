@@ -250,8 +250,11 @@ def format_expr(e: Expr, prec: int = 0) -> str:
         if e.dtype.is_bool:
             return "true" if e.value else "false"
         if e.dtype.is_float:
-            s = repr(e.value)
-            return s if e.dtype.bits == 64 else f"{s}{'' if e.dtype.bits == 32 else ':' + e.dtype.short}"
+            if e.dtype.bits == 64:
+                return repr(e.value)
+            s = str(e.dtype.np.type(e.value))   # shortest text that reads back as this f32/f16
+            s = s if any(c in s for c in ".eni") else s + ".0"
+            return s if e.dtype.bits == 32 else f"{s}:{e.dtype.short}"
         return str(e.value) if e.dtype is int64 else f"{e.value}:{e.dtype.short}"
     if isinstance(e, BinOp):
         sym = BINARY_OPS[e.op]

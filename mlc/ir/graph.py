@@ -125,7 +125,7 @@ class GraphBuilder:
         return v
 
     def constant(self, array) -> Value:
-        array = np.ascontiguousarray(array)
+        array = np.array(array, order="C")   # a copy; keeps 0-d arrays 0-d
         return self.node("constant", [], {"value": array}, [TensorType.of(array)])[0]
 
     def node(self, op: str, inputs: Sequence[Value], attrs: dict | None = None,

@@ -152,6 +152,9 @@ def _concat_lower(ins, outs, axis):
 # ----------------------------------------------------------------------------- slice
 
 def _slice_canon(ins, attrs):
+    """Per-axis Python slices, normalized so that canonicalizing again changes nothing:
+    begin/end resolved against the axis size, and an end before index 0 (a negative
+    step running through the start) written as ``none``."""
     x = ins[0]
     begin, end, step = attrs["begin"], attrs["end"], attrs["step"]
     n = len(begin)
@@ -165,17 +168,20 @@ def _slice_canon(ins, attrs):
             b, e, s = slice(begin[d], end[d], step[d]).indices(x.shape[d])
         else:
             b, e, s = 0, x.shape[d], 1
-        b2.append(b), e2.append(e), s2.append(s)
+        b2.append(b), e2.append(e if e >= 0 else None), s2.append(s)
     return {"begin": tuple(b2), "end": tuple(e2), "step": tuple(s2)}
 
 
+def _slice_ranges(shape, begin, end, step):
+    return [range(*slice(b, e, s).indices(n)) for n, b, e, s in zip(shape, begin, end, step)]
+
+
 def _slice_infer(ins, begin, end, step):
-    shape = [len(range(b, e, s)) for b, e, s in zip(begin, end, step)]
-    return [TensorType(shape, ins[0].dtype)]
+    return [TensorType([len(r) for r in _slice_ranges(ins[0].shape, begin, end, step)], ins[0].dtype)]
 
 
 def _slice_ref(x, begin, end, step):
-    return np.asarray(x)[tuple(slice(b, e if e >= 0 else None, s) for b, e, s in zip(begin, end, step))]
+    return np.asarray(x)[tuple(slice(b, e, s) for b, e, s in zip(begin, end, step))]
 
 
 def _slice_lower(ins, outs, begin, end, step):
