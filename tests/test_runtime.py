@@ -1,0 +1,200 @@
+"""The JIT and the runtime: caching (in memory and on disk), argument checking,
+zero-copy and copying inputs, threads, and the MLP end to end."""
+import os
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+import mlc
+from mlc.examples import mlp, mlp_inputs, mlp_numpy
+from mlc.runtime import cache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def f32(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_mlp_jit_matches_numpy():
+    inputs = mlp_inputs()
+    y = mlc.jit(mlp)(*inputs)
+    ref = mlp_numpy(*inputs)
+    assert y.dtype == np.float32 and y.shape == (32, 10)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_mlp_ir_prints_at_every_level():
+    exe = mlc.compile(mlp, *mlp_inputs())
+    graph, tensor, loop, llvm = (exe.ir(level) for level in ("graph", "tensor", "loop", "llvm"))
+    assert graph.startswith("graph @mlp(%x: f32[32,784]") and "softmax(%3) {axis=1}" in graph
+    assert "kernel @matmul_0(A: f32[32,784], B: f32[784,128]) -> f32[32,128]" in tensor
+    assert "out[i, j] = sum[k < 784] A[i, k] * B[k, j]" in tensor
+    assert "func @matmul_0(" in loop and "vector cv in [0," in loop and "parallel io in" in loop
+    assert "define void @\"mlc_entry\"" in llvm and "fmul contract <" in llvm
+    assert "GOMP_parallel" in llvm
+    with pytest.raises(ValueError, match="unknown IR level"):
+        exe.ir("bogus")
+
+
+def test_jit_caches_per_signature():
+    calls = []
+
+    @mlc.jit
+    def f(x, scale):
+        calls.append(1)
+        return x * scale
+
+    x = f32(3)
+    np.testing.assert_allclose(f(x, 2.0), x * 2)
+    np.testing.assert_allclose(f(x, 2.0), x * 2)
+    assert len(calls) == 1                       # traced once
+    np.testing.assert_allclose(f(x, 3.0), x * 3)  # a new static scalar retraces
+    np.testing.assert_allclose(f(f32(4), 3.0), f32(4) * 3)  # a new shape retraces
+    np.testing.assert_allclose(f(x.astype(np.float64), 3.0), x.astype(np.float64) * 3)
+    assert len(calls) == 4
+
+
+def test_wrong_shape_or_dtype_at_call_time():
+    exe = mlc.compile(lambda x, w: x @ w, f32(2, 3), f32(3, 4))
+    with pytest.raises(TypeError, match=r"argument 'w' expects f32\[3,4\].*got float32 array of shape \(3, 5\)"):
+        exe(f32(2, 3), f32(3, 5))
+    with pytest.raises(TypeError, match=r"argument 'x' expects f32\[2,3\] \(numpy float32.*got float64 array"):
+        exe(f32(2, 3).astype(np.float64), f32(3, 4))
+    with pytest.raises(TypeError, match=r"takes 2 array argument\(s\) \(x, w\), got 1"):
+        exe(f32(2, 3))
+    with pytest.raises(TypeError, match="argument 'x' must be an array, got object"):
+        exe(object(), f32(3, 4))
+
+
+def test_non_contiguous_input_is_copied_not_misread():
+    base = f32(6, 8)
+    exe = mlc.compile(lambda x: x * 2.0, base[:, :4])
+    views = [base[:, :4], base[::-1, 2:6], np.asfortranarray(base[:, :4]), base.T.T[:, 3:7]]
+    for view in views:
+        assert view.shape == (6, 4)
+        np.testing.assert_array_equal(exe(view), view * 2)
+    assert not views[0].flags.c_contiguous and not views[1].flags.c_contiguous
+
+
+def test_dlpack_input_zero_copy():
+    class DLPackOnly:
+        """An array from another library: only __dlpack__ / __dlpack_device__."""
+
+        def __init__(self, a):
+            self.a = a
+
+        def __dlpack__(self, **kw):
+            return self.a.__dlpack__(**kw)
+
+        def __dlpack_device__(self):
+            return self.a.__dlpack_device__()
+
+    x = f32(5, 3)
+    exe = mlc.compile(lambda x: mlc.exp(x), x)
+    np.testing.assert_allclose(exe(DLPackOnly(x)), np.exp(x), rtol=1e-6)
+
+
+def test_outputs_are_fresh_arrays_and_tuples_round_trip():
+    x = f32(4)
+    exe = mlc.compile(lambda x: (x + 1.0, x, x), x)
+    a, b, c = exe(x)
+    np.testing.assert_array_equal(a, x + 1)
+    np.testing.assert_array_equal(b, x)
+    assert b is not x and not np.shares_memory(b, c)
+
+
+def test_constant_output_and_scalar_output():
+    exe = mlc.compile(lambda x: (np.arange(4, dtype=np.int32), x.sum()), f32(3))
+    a, s = exe(f32(3))
+    np.testing.assert_array_equal(a, np.arange(4, dtype=np.int32))
+    assert s.shape == () and np.isclose(s, f32(3).sum())
+
+
+def test_concurrent_calls_from_threads():
+    x = f32(256, 300)
+    w = f32(300, 64, seed=1)
+    exe = mlc.compile(lambda x, w: mlc.softmax(x @ w, axis=-1), x, w)
+    want = exe(x, w)
+    errors = []
+
+    def worker(seed):
+        xi = f32(256, 300, seed=seed)
+        ref = exe(xi, w)
+        for _ in range(5):
+            if not np.array_equal(exe(xi, w), ref):
+                errors.append(seed)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    np.testing.assert_array_equal(exe(x, w), want)
+
+
+_SCRIPT = """
+import numpy as np, mlc, time
+from mlc.runtime import cache
+x = np.linspace(-1, 1, 1000, dtype=np.float32)
+exe = mlc.compile(lambda x: mlc.tanh(x) * 3.0 + x, x)
+np.testing.assert_allclose(exe(x), np.tanh(x) * 3 + x, rtol=1e-5)
+print(sum(len(f) for _, _, f in __import__("os").walk(cache.cache_dir())))
+"""
+
+
+def test_disk_cache_is_shared_between_processes(tmp_path):
+    env = dict(os.environ, MLC_CACHE_DIR=str(tmp_path), PYTHONPATH=ROOT)
+    first = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, check=True)
+    entries = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs]
+    assert len(entries) == 1 and entries[0].endswith(".o")
+    mtime = os.stat(entries[0]).st_mtime_ns
+    second = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, check=True)
+    assert first.stdout.strip() == second.stdout.strip() == "1"
+    assert os.stat(entries[0]).st_mtime_ns == mtime        # reused, not rewritten
+
+
+def test_corrupted_cache_entry_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLC_CACHE_DIR", str(tmp_path))
+    x = np.linspace(0, 1, 50, dtype=np.float32)
+
+    def f(x):
+        return mlc.sqrt(x) + 1.0
+
+    np.testing.assert_allclose(mlc.compile(f, x)(x), np.sqrt(x) + 1, rtol=1e-6)
+    (entry,) = [os.path.join(d, n) for d, _, ns in os.walk(tmp_path) for n in ns]
+    blob = bytearray(open(entry, "rb").read())
+    blob[len(blob) // 2] ^= 0xFF                               # flip one byte of code
+    open(entry, "wb").write(bytes(blob))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        exe = mlc.compile(f, x)
+    assert any("corrupted" in str(m.message) for m in w)
+    np.testing.assert_allclose(exe(x), np.sqrt(x) + 1, rtol=1e-6)
+    assert cache.load(os.path.basename(entry)[:-2]) is not None   # rewritten whole
+
+    open(entry, "wb").write(b"MLCOBJ01short")                    # truncated
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        np.testing.assert_allclose(mlc.compile(f, x)(x), np.sqrt(x) + 1, rtol=1e-6)
+    assert any("corrupted" in str(m.message) for m in w)
+
+
+def test_cache_can_be_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLC_CACHE_DIR", "off")
+    assert cache.cache_dir() is None
+    x = f32(3)
+    np.testing.assert_allclose(mlc.compile(lambda x: x * x, x)(x), x * x)
+
+
+def test_parallel_kernels_use_threads_and_agree_with_serial(monkeypatch):
+    x = f32(512, 512)
+    w = f32(512, 256, seed=1)
+    exe = mlc.compile(lambda x, w: mlc.relu(x @ w), x, w)
+    assert "GOMP_parallel" in exe.ir("llvm")
+    np.testing.assert_allclose(exe(x, w), np.maximum(x @ w, 0), rtol=2e-4, atol=2e-4)
