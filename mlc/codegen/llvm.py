@@ -25,6 +25,7 @@ from ..ir import expr as E
 from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, substitute, uses_var
 from ..ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store
 from ..ir.types import DType
+from . import fastmath
 
 _INIT_LOCK = threading.Lock()
 _INITIALIZED = False
@@ -460,6 +461,8 @@ class FuncEmitter:
                 f = self.mb.declare(f"llvm.abs.{_suffix(x.type)}", x.type, [x.type, I1])
                 return b.call(f, [x, ir.Constant(I1, 0)])
             raise ValueError(f"{fn} on {dt}")
+        if fn == "exp" and dt.bits == 32:
+            return fastmath.exp_f32(b, x, self.mb.declare)
         if fn in ("exp", "log", "sqrt", "sin", "cos", "floor", "abs"):
             name = "fabs" if fn == "abs" else fn
             f = self.mb.declare(f"llvm.{name}.{_suffix(x.type)}", x.type, [x.type])
