@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import ops
 from ..ir.graph import Graph, GraphBuilder, Value
-from ..ir.types import DType, TensorType, dtype as to_dtype, float64, int64, bool_
+from ..ir.types import DType, TensorType, bool_, dtype as to_dtype, float64, int64, promote
 from ..ops.registry import OpTypeError
 
 _MLC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,6 +227,27 @@ def _is_python_scalar(x) -> bool:
     return isinstance(x, (bool, int, float)) and not isinstance(x, np.generic)
 
 
+def _strong_dtype(inputs) -> DType | None:
+    """The promoted dtype of the tensor (non-scalar) operands: what Python scalars adopt."""
+    dts = [to_dtype(x.dtype) for x in inputs if not _is_python_scalar(x)]
+    if not dts:
+        return None
+    try:
+        return promote(*dts)
+    except TypeError:
+        return dts[0]
+
+
+def _typed(op, in_types, attrs, loc):
+    """Canonical attrs and output types, or a TraceError naming op, types and line."""
+    try:
+        attrs = op.canonical_attrs(in_types, attrs)
+        return attrs, op.infer(in_types, **attrs)
+    except OpTypeError as e:
+        msg = str(e) if str(e).startswith(op.name + ":") else f"{op.name}: {e}"
+        raise TraceError(f"{msg}; operand types: ({', '.join(map(str, in_types))})" + _at(loc)) from None
+
+
 def apply(name: str, *args, **kwargs):
     """Apply op ``name`` to tracers, arrays and scalars: inside a trace this records a
     node; outside, with plain arrays, it evaluates the numpy reference."""
@@ -234,16 +255,9 @@ def apply(name: str, *args, **kwargs):
     inputs, attrs = op.bind(args, kwargs)
     ctx = next((x._ctx for x in inputs if isinstance(x, Tracer)), _STACK[-1] if _STACK else None)
     loc = user_location()
+    strong = _strong_dtype(inputs)
     if ctx is None:
-        return _eager(op, inputs, attrs, loc)
-    strong = None
-    tensor_dtypes = [to_dtype(x.dtype) for x in inputs if not _is_python_scalar(x)]
-    if tensor_dtypes:
-        from ..ir.types import promote
-        try:
-            strong = promote(*tensor_dtypes)
-        except TypeError:
-            strong = tensor_dtypes[0]
+        return _eager(op, inputs, attrs, strong, loc)
     values = []
     for x in inputs:
         if isinstance(x, Tracer):
@@ -254,22 +268,21 @@ def apply(name: str, *args, **kwargs):
             values.append(_constant(ctx, np.array(x, dtype=_weak_dtype(x, strong).np)))
         else:
             values.append(_constant(ctx, _as_array(x, name, loc)))
-    in_types = [v.type for v in values]
-    try:
-        attrs = op.canonical_attrs(in_types, attrs)
-        out_types = op.infer(in_types, **attrs)
-    except OpTypeError as e:
-        raise TraceError(_op_error(name, e, in_types) + _at(loc)) from None
+    attrs, out_types = _typed(op, [v.type for v in values], attrs, loc)
     outs = ctx.builder.node(name, values, attrs, out_types, loc=loc)
     wrapped = [Tracer(v, ctx) for v in outs]
     return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
 
-def _op_error(name: str, e: Exception, in_types) -> str:
-    msg = str(e)
-    if not msg.startswith(name + ":"):
-        msg = f"{name}: {msg}"
-    return f"{msg}; operand types: ({', '.join(map(str, in_types))})"
+def _eager(op, inputs, attrs, strong, loc):
+    arrays = [np.array(x, dtype=_weak_dtype(x, strong).np) if _is_python_scalar(x) else _as_array(x, op.name, loc)
+              for x in inputs]
+    attrs, out_types = _typed(op, [TensorType.of(a) for a in arrays], attrs, loc)
+    with np.errstate(all="ignore"):
+        r = op.reference(*arrays, **attrs)
+    rs = r if isinstance(r, (tuple, list)) else (r,)
+    rs = [np.asarray(x).astype(t.dtype.np, copy=False) for x, t in zip(rs, out_types)]
+    return rs[0] if len(rs) == 1 else tuple(rs)
 
 
 def _as_array(x, name, loc) -> np.ndarray:
@@ -288,28 +301,9 @@ def _constant(ctx: _TraceContext, array: np.ndarray) -> Value:
     if key in ctx.constants and ctx.constants[key].type == TensorType.of(array) and array.ndim > 0:
         return ctx.constants[key]
     ctx.keepalive.append(array)
-    v = ctx.builder.constant(np.array(array, copy=True))
+    v = ctx.builder.constant(array)
     ctx.constants[key] = v
     return v
-
-
-def _eager(op, inputs, attrs, loc):
-    arrays = [np.asarray(x) if not _is_python_scalar(x) else x for x in inputs]
-    strong_types = [to_dtype(a.dtype) for a in arrays if isinstance(a, np.ndarray)]
-    from ..ir.types import promote
-    strong = promote(*strong_types) if strong_types else None
-    arrays = [a if isinstance(a, np.ndarray) else np.array(a, dtype=_weak_dtype(a, strong).np) for a in arrays]
-    in_types = [TensorType.of(a) for a in arrays]
-    try:
-        attrs = op.canonical_attrs(in_types, attrs)
-        out_types = op.infer(in_types, **attrs)
-    except OpTypeError as e:
-        raise TraceError(_op_error(op.name, e, in_types) + _at(loc)) from None
-    with np.errstate(all="ignore"):
-        r = op.reference(*arrays, **attrs)
-    rs = r if isinstance(r, (tuple, list)) else (r,)
-    rs = [np.asarray(x).astype(t.dtype.np, copy=False) for x, t in zip(rs, out_types)]
-    return rs[0] if len(rs) == 1 else tuple(rs)
 
 
 # ----------------------------------------------------------------------------- trace
