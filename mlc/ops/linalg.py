@@ -14,7 +14,7 @@ def _matmul_shapes(a, b):
     sa = (1,) + a.shape if a.rank == 1 else a.shape
     sb = b.shape + (1,) if b.rank == 1 else b.shape
     if sa[-1] != sb[-2]:
-        raise OpTypeError(f"matmul contraction dims differ: {a} @ {b} ({sa[-1]} != {sb[-2]})")
+        raise OpTypeError(f"matmul: contraction dims differ: {a} @ {b} ({sa[-1]} != {sb[-2]})")
     batch = broadcast_shapes(sa[:-2], sb[:-2])
     out = batch + (sa[-2],) * (a.rank > 1) + (sb[-1],) * (b.rank > 1)
     return sa, sb, batch, out

@@ -1,0 +1,25 @@
+"""Every tutorial runs end to end as a user would run it."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TUTORIALS = sorted(glob.glob(os.path.join(ROOT, "tutorials", "*.py")))
+
+
+def test_there_are_tutorials():
+    assert TUTORIALS
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=os.path.basename)
+def test_tutorial_runs(path):
+    r = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stdout
+    if path.endswith("01_trace_and_jit.py"):
+        assert "matches numpy: True" in r.stdout
+        assert "error: matmul: contraction dims differ" in r.stdout
