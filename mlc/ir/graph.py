@@ -11,7 +11,9 @@ Text form (the printer and the parser round-trip exactly)::
 
 Constants are ``constant`` nodes whose ``value`` attribute holds a numpy array,
 printed as ``dense<f32[2]: [1.0, 2.0]>`` (small) or as raw little-endian hex
-(large), so a printed graph parses back bit-identically.
+(large, or holding a NaN with a payload or sign bit that ``nan`` would lose), so a
+printed graph parses back bit-identically. Graph and input names are limited to
+``[A-Za-z0-9_.]`` (the verifier checks), and numbered results skip input names.
 
 This module knows nothing about individual ops: the verifier takes the type
 rule as a callback (``mlc.ops.verify`` supplies the registry's).
@@ -24,7 +26,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .types import DType, TensorType, dtype as to_dtype
+from .types import ALL_DTYPES, DType, TensorType
+
+# A graph or input name prints as ``@name`` / ``%name``; only these characters parse back.
+_NAME = re.compile(r"[A-Za-z0-9_.]+")
 
 
 class Value:
@@ -125,7 +130,9 @@ class GraphBuilder:
         return v
 
     def constant(self, array) -> Value:
-        array = np.array(array, order="C")   # a copy; keeps 0-d arrays 0-d
+        array = np.asarray(array)
+        # a C-ordered copy in native byte order (compiled code reads the raw bytes); keeps 0-d arrays 0-d
+        array = np.array(array, dtype=array.dtype.newbyteorder("="), order="C")
         return self.node("constant", [], {"value": array}, [TensorType.of(array)])[0]
 
     def node(self, op: str, inputs: Sequence[Value], attrs: dict | None = None,
@@ -155,11 +162,15 @@ def verify(graph: Graph, infer: Callable | None = None) -> None:
     output types are what the op's type rule says."""
     defined: set[int] = set()
     names: set[str] = set()
+    if not isinstance(graph.name, str) or not _NAME.fullmatch(graph.name):
+        raise VerificationError(f"graph name {graph.name!r} is not made of letters, digits, '_' and '.'")
     for v in graph.inputs:
         if v.producer is not None:
             raise VerificationError(f"graph input {v.name} is produced by a node")
         if not v.name or v.name in names:
             raise VerificationError(f"graph input name {v.name!r} is empty or repeated")
+        if not isinstance(v.name, str) or not _NAME.fullmatch(v.name):
+            raise VerificationError(f"graph input name {v.name!r} is not made of letters, digits, '_' and '.'")
         names.add(v.name)
         defined.add(id(v))
     for i, n in enumerate(graph.nodes):
@@ -194,7 +205,7 @@ _DENSE_INLINE_MAX = 64
 
 
 def format_attr(v) -> str:
-    if isinstance(v, bool):
+    if isinstance(v, (bool, np.bool_)):
         return "true" if v else "false"
     if isinstance(v, (int, np.integer)):
         return str(int(v))
@@ -221,9 +232,20 @@ def _format_float(f: float) -> str:
     return repr(f)
 
 
+def _nan_bits_canonical(a: np.ndarray) -> bool:
+    """Whether every NaN in float array ``a`` has the bits that parsing ``nan`` gives back
+    (a NaN with another payload or with the sign bit set prints only as hex)."""
+    a = a.astype(a.dtype.newbyteorder("="), copy=False)
+    nans = a[np.isnan(a)]
+    if nans.size == 0:
+        return True
+    uint = np.dtype(f"u{a.dtype.itemsize}")
+    return bool(np.all(nans.view(uint) == np.array(np.nan, dtype=a.dtype).view(uint)))
+
+
 def _format_dense(a: np.ndarray) -> str:
     t = TensorType.of(a)
-    if a.size <= _DENSE_INLINE_MAX:
+    if a.size <= _DENSE_INLINE_MAX and (not t.dtype.is_float or _nan_bits_canonical(a)):
         flat = a.reshape(-1)
         if t.dtype.is_float:
             # str() of a numpy float scalar is its shortest round-tripping decimal
@@ -242,6 +264,7 @@ def print_graph(graph: Graph, elide_constants: bool = False) -> str:
     """The graph as text. With ``elide_constants``, constants above the inline size
     print only their type (used for structural hashing, not parseable)."""
     names: dict[int, str] = {}
+    taken = {v.name for v in graph.inputs}   # numbered results skip names the inputs use
     params = []
     for v in graph.inputs:
         names[id(v)] = "%" + v.name
@@ -251,6 +274,8 @@ def print_graph(graph: Graph, elide_constants: bool = False) -> str:
     for n in graph.nodes:
         outs = []
         for o in n.outputs:
+            while str(counter) in taken:
+                counter += 1
             names[id(o)] = f"%{counter}"
             outs.append(names[id(o)])
             counter += 1
@@ -266,7 +291,8 @@ def print_graph(graph: Graph, elide_constants: bool = False) -> str:
             attrs = " {" + ", ".join(items) + "}"
         types = ", ".join(str(o.type) for o in n.outputs)
         lines.append(f"  {', '.join(outs)} = {n.op}({args}){attrs} : {types}")
-    lines.append("  return " + ", ".join(names[id(v)] for v in graph.outputs))
+    outs = ", ".join(names[id(v)] for v in graph.outputs)
+    lines.append("  return" + (" " + outs if outs else ""))
     lines.append("}")
     return "\n".join(lines)
 
@@ -305,6 +331,10 @@ def _tokenize(text: str):
     return out
 
 
+# the dtype spellings the text form accepts: the IR's (f32) and numpy's names (float32)
+_DTYPES = {d.short: d for d in ALL_DTYPES} | {d.name: d for d in ALL_DTYPES}
+
+
 class _Parser:
     def __init__(self, text: str):
         self.toks = _tokenize(text)
@@ -315,7 +345,8 @@ class _Parser:
 
     def next(self):
         t = self.toks[self.i]
-        self.i += 1
+        if t[0] != "eof":
+            self.i += 1
         return t
 
     def expect(self, value: str | None = None, kind: str | None = None):
@@ -331,26 +362,32 @@ class _Parser:
             return True
         return False
 
-    def error(self, msg: str):
-        raise ParseError(f"line {self.peek()[2]}: {msg}")
+    def error(self, msg: str, line: int | None = None):
+        raise ParseError(f"line {self.peek()[2] if line is None else line}: {msg}")
+
+    def dtype(self) -> DType:
+        k, v, line = self.next()
+        if k != "ident" or v not in _DTYPES:
+            raise ParseError(f"line {line}: unknown dtype {v or 'end of input'!r} "
+                             f"(expected one of {', '.join(d.short for d in ALL_DTYPES)})")
+        return _DTYPES[v]
 
     def type(self) -> TensorType:
-        k, v, line = self.next()
-        try:
-            dt = to_dtype(v)
-        except TypeError:
-            raise ParseError(f"line {line}: unknown dtype {v!r}") from None
+        dt = self.dtype()
         self.expect("[")
         dims = []
         while not self.accept("]"):
-            dims.append(int(self.expect(kind="num")))
+            k, v, line = self.next()
+            if k != "num" or not re.fullmatch(r"\d+", v):
+                raise ParseError(f"line {line}: bad dimension {v or 'end of input'!r} (expected an integer >= 0)")
+            dims.append(int(v))
             if self.peek()[1] != "]":
                 self.expect(",")
         return TensorType(dims, dt)
 
     def attr_value(self):
         k, v, line = self.peek()
-        if v == "[":
+        if v == "[" and k == "punct":
             self.next()
             items = []
             while not self.accept("]"):
@@ -364,7 +401,10 @@ class _Parser:
         if k == "num":
             return _parse_number(v)
         if k == "str":
-            return json.loads(v)
+            try:
+                return json.loads(v)
+            except ValueError as e:
+                raise ParseError(f"line {line}: bad string {v}: {e}") from None
         if k == "ident":
             if v in ("true", "false"):
                 return v == "true"
@@ -372,11 +412,9 @@ class _Parser:
                 return None
             if v == "nan":
                 return float("nan")
-            try:
-                return to_dtype(v)
-            except TypeError:
-                pass
-        raise ParseError(f"line {line}: bad attribute value {v!r}")
+            if v in _DTYPES:
+                return _DTYPES[v]
+        raise ParseError(f"line {line}: bad attribute value {v or 'end of input'!r}")
 
     def dense(self) -> np.ndarray:
         self.expect("dense")
@@ -386,6 +424,8 @@ class _Parser:
         k, v, line = self.peek()
         if k == "hex":
             self.next()
+            if len(v) % 2:
+                raise ParseError(f"line {line}: dense hex data has an odd number of digits")
             data = bytes.fromhex(v[2:])
             if len(data) != t.nbytes:
                 raise ParseError(f"line {line}: dense {t} needs {t.nbytes} bytes, found {len(data)}")
@@ -394,28 +434,36 @@ class _Parser:
             self.expect("[")
             items = []
             while not self.accept("]"):
-                k2, v2, _ = self.next()
-                if k2 == "num":
-                    items.append(v2)
-                elif v2 in ("true", "false"):
-                    items.append(v2 == "true")
-                elif v2 == "nan":
-                    items.append("nan")
-                else:
-                    raise ParseError(f"line {line}: bad dense element {v2!r}")
+                items.append(self.dense_element(t))
                 if self.peek()[1] != "]":
                     self.expect(",")
             if len(items) != t.size:
                 raise ParseError(f"line {line}: dense {t} needs {t.size} elements, found {len(items)}")
             if t.dtype.is_float:
-                arr = np.array([float(x) for x in items], dtype=np.float64).astype(t.dtype.np)
-            elif t.dtype.is_bool:
-                arr = np.array(items, dtype=bool)
+                arr = np.array(items, dtype=np.float64).astype(t.dtype.np)
             else:
-                arr = np.array([int(x) for x in items], dtype=t.dtype.np)
+                arr = np.array(items, dtype=t.dtype.np)
             arr = arr.reshape(t.shape)
         self.expect(">")
         return arr
+
+    def dense_element(self, t: TensorType):
+        k, v, line = self.next()
+        dt = t.dtype
+        if dt.is_float:
+            if k == "num":
+                return float(v)
+            if k == "ident" and v == "nan":
+                return float("nan")
+        elif dt.is_bool:
+            if k == "ident" and v in ("true", "false"):
+                return v == "true"
+        elif k == "num" and re.fullmatch(r"-?\d+", v):
+            info = np.iinfo(dt.np)
+            if not info.min <= int(v) <= info.max:
+                raise ParseError(f"line {line}: dense element {v} is out of range for {dt}")
+            return int(v)
+        raise ParseError(f"line {line}: bad dense element {v or 'end of input'!r} for {dt}")
 
     def graph(self) -> Graph:
         self.expect("graph")
@@ -424,11 +472,12 @@ class _Parser:
         inputs = []
         self.expect("(")
         while not self.accept(")"):
+            line = self.peek()[2]
             vname = self.expect(kind="val")[1:]
             self.expect(":")
             v = Value(self.type(), name=vname)
             if vname in env:
-                self.error(f"input %{vname} declared twice")
+                self.error(f"input %{vname} declared twice", line)
             env[vname] = v
             inputs.append(v)
             if self.peek()[1] != ")":
@@ -437,12 +486,15 @@ class _Parser:
         nodes = []
         while True:
             if self.accept("return"):
-                outs = [self.use(env)]
-                while self.accept(","):
+                outs = []
+                if self.peek()[1] != "}":
                     outs.append(self.use(env))
+                    while self.accept(","):
+                        outs.append(self.use(env))
                 self.expect("}")
                 self.expect(kind="eof")
                 return Graph(name, inputs, nodes, outs)
+            line = self.peek()[2]
             results = [self.expect(kind="val")[1:]]
             while self.accept(","):
                 results.append(self.expect(kind="val")[1:])
@@ -457,7 +509,10 @@ class _Parser:
             attrs = {}
             if self.accept("{"):
                 while not self.accept("}"):
+                    key_line = self.peek()[2]
                     key = self.expect(kind="ident")
+                    if key in attrs:
+                        self.error(f"attribute {key!r} of {op} is given twice", key_line)
                     self.expect("=")
                     attrs[key] = self.attr_value()
                     if self.peek()[1] != "}":
@@ -467,18 +522,18 @@ class _Parser:
             while self.accept(","):
                 types.append(self.type())
             if len(types) != len(results):
-                self.error(f"{op} defines {len(results)} values but lists {len(types)} types")
+                self.error(f"{op} defines {len(results)} values but lists {len(types)} types", line)
             node = Node(op, args, attrs, types)
             for r, o in zip(results, node.outputs):
                 if r in env:
-                    self.error(f"%{r} is defined twice")
+                    self.error(f"%{r} is defined twice", line)
                 env[r] = o
             nodes.append(node)
 
     def use(self, env) -> Value:
         k, v, line = self.next()
         if k != "val":
-            raise ParseError(f"line {line}: expected a value, found {v!r}")
+            raise ParseError(f"line {line}: expected a value, found {v or 'end of input'!r}")
         if v[1:] not in env:
             raise ParseError(f"line {line}: {v} is used before it is defined")
         return env[v[1:]]

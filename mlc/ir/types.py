@@ -5,6 +5,7 @@ A ``DType`` is a small immutable record; the module-level singletons
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -67,6 +68,8 @@ def dtype(x) -> DType:
         return x
     if isinstance(x, str) and x in _BY_NAME:
         return _BY_NAME[x]
+    if x is None:   # numpy reads None as float64; here it is a missing dtype
+        raise TypeError("not a dtype: None")
     try:
         name = np.dtype(x).name
     except TypeError:
@@ -75,6 +78,9 @@ def dtype(x) -> DType:
         supported = ", ".join(d.name for d in ALL_DTYPES)
         raise TypeError(f"dtype {name} is not supported by mlc (supported: {supported})")
     return _BY_NAME[name]
+
+
+_to_dtype = dtype   # TensorType's ``dtype`` field and parameter shadow the function
 
 
 def promote(*dtypes: DType) -> DType:
@@ -87,12 +93,16 @@ class TensorType:
     shape: tuple[int, ...]
     dtype: DType
 
-    def __init__(self, shape: Sequence[int], dt):
-        shape = tuple(int(s) for s in shape)
+    def __init__(self, shape: Sequence[int], dtype):
+        shape = tuple(shape)
+        try:
+            shape = tuple(operator.index(s) for s in shape)
+        except TypeError:
+            raise TypeError(f"dimensions must be integers, got shape {shape!r}") from None
         if any(s < 0 for s in shape):
             raise ValueError(f"negative dimension in shape {shape}")
         object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "dtype", dtype(dt))
+        object.__setattr__(self, "dtype", _to_dtype(dtype))
 
     @property
     def rank(self) -> int:
