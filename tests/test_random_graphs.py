@@ -32,12 +32,9 @@ UNARY = ["exp", "tanh", "sigmoid", "relu", "neg", "abs", "sin", "cos"]
 BINARY = ["add", "sub", "mul", "maximum", "minimum", "div"]
 REDUCE = ["sum", "mean", "max", "min"]
 
-# Known bug in mlc/passes/plan.py: a value that one kernel call reads twice, as in
-# ``mul(%0, %0)``, is released twice when that call is its last use, so its workspace
-# block is later handed to two live values at once (test_value_read_twice_by_one_call
-# reproduces it). Until that is fixed the compile property gives no op the same value
-# twice; set this to True when the xfail test starts passing.
-REPEATED_OPERANDS_COMPILE = False
+# Ops may read one value twice (``mul(%0, %0)``): the memory planner once released such
+# a value's workspace twice (test_value_read_twice_by_one_call pins that down).
+REPEATED_OPERANDS_COMPILE = True
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -368,8 +365,6 @@ def test_print_parse_round_trip(prog, traced, seed):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-@pytest.mark.xfail(strict=True, reason="mlc/passes/plan.py releases a value's workspace block once per operand "
-                                       "slot, so mul(a, a) frees it twice and two live values then share it")
 def test_value_read_twice_by_one_call():
     def f(x, y):
         a = -x

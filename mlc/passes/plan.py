@@ -97,7 +97,7 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func]) -> MemoryPlan:
         calls.append(EntryCall(func, args + outs + [Slot("workspace", off) for off, _ in scratch]))
         for off, size in scratch:
             arena.release(off, size)
-        for v in call.inputs:
+        for v in dict.fromkeys(call.inputs):   # a value read twice by one call is freed once
             if last_use.get(v) == t and v in where:
                 arena.release(where[v], v.type.nbytes)
         for v in call.outputs:   # written but never read
