@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from ..ir import expr as E
 from ..ir.expr import Const, Expr, Load, Var, linear_coefficient, substitute
-from ..ir.loop import Alloc, Buffer, For, Func, Seq, Stmt, Store
+from ..ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store
 from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, reduce_identity
 from ..target import Target
 
 PARALLEL_MIN_WORK = 1 << 15     # elementwise operations below which threads cost more than they give
-MICRO_ROWS = 4                  # register tile rows for contraction-like reductions
-MICRO_VECTORS = 2               # register tile width in vectors
+MICRO_ROWS = 6                  # register tile rows for contraction-like reductions
+MICRO_VECTORS = 2               # register tile width in vectors (6 x 2 accumulators + 3 operands fit 16 registers)
+BLOCK_N = 256                   # output columns per cache block
+BLOCK_K = 256                   # reduction extent per cache block: a 256 x 256 f32 block is 256 KiB (L2)
 
 
 def combine(combiner: str, acc: Expr, x: Expr) -> Expr:
@@ -200,9 +202,27 @@ def _vector_reduce(stage, out, red, body, lanes, work) -> Stmt:
     return _spatial_loops(stage.axes, stage.shape, Alloc(vacc, Alloc(acc, stmts)), work)
 
 
+def _blocks(var: Var, extent: int, size: int, make) -> Stmt:
+    """``make(start, width)`` over [0, extent) in blocks of ``size``: a loop over the
+    whole blocks, then the remainder as one smaller block (widths stay static)."""
+    if extent <= size:
+        return make(Const(0), extent)
+    parts = [For(var, extent // size, make(var * size, size))]
+    if extent % size:
+        parts.append(make(Const(extent - extent % size), extent % size))
+    return Seq(parts)
+
+
 def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
-    """R x (U*lanes) accumulators over the two innermost output axes; the reduction
-    runs inside, so each loaded value is used R or U*lanes times from registers."""
+    """The micro-kernel schedule for contraction-like reductions (matmul).
+
+    The two innermost output axes are cut into R x (U*lanes) tiles of register
+    accumulators with the reduction loop inside, so each value loaded is used R or
+    U*lanes times from registers. Around the tiles, columns (NC) and a single
+    reduction axis (KC) are blocked so that the block of the right-hand operand in
+    use stays in the L2 cache while every row tile sweeps it; a tile continues from
+    the partial result in ``out`` after the first reduction block.
+    """
     axes, shape = stage.axes, stage.shape
     j, nj = axes[-1], shape[-1]
     has_rows = len(shape) >= 2
@@ -210,12 +230,14 @@ def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
     width = MICRO_VECTORS * lanes
     rows = MICRO_ROWS if has_rows and ni >= MICRO_ROWS else 1
     ident = reduce_identity(red.combiner, red.dtype)
+    k_blocked = len(red.axes) == 1 and red.extents[0] > BLOCK_K
+    kvar = red.axes[0] if k_blocked else None
 
-    def tile(i_base: Expr | None, R: int, j_base: Expr, cols: int, vec: bool) -> Stmt:
-        """Accumulate a R x cols block starting at (i_base, j_base)."""
+    def tile(i_base, R: int, j_base: Expr, cols: int, vec: bool, k0: Expr, kw: int, first) -> Stmt:
+        """Accumulate an R x cols block at (i_base, j_base) over reduction [k0, k0 + kw)."""
         acc = Buffer("acc", [R, cols], red.dtype, "local")
-        r, c = Var("r"), Var("c")
-        cv, cu = Var("cv"), Var("cu")
+        r, c, cv, cu = Var("r"), Var("c"), Var("cv"), Var("cu")
+        row = (lambda: [r if R > 1 else Const(0)])
 
         def over_block(make) -> Stmt:
             if vec:
@@ -224,6 +246,10 @@ def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
                 inner = For(c, cols, make(c), "unroll" if cols > 1 else "serial")
             return For(r, R, inner, "unroll") if R > 1 else inner
 
+        def out_index(col):
+            rows_idx = [i_base + r if R > 1 else i_base] if i is not None else []
+            return [*axes[:-2], *rows_idx, j_base + col]
+
         def point(m, col):
             mm = dict(m)
             mm[j] = j_base + col
@@ -231,39 +257,66 @@ def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
                 mm[i] = i_base + r if R > 1 else i_base
             return mm
 
-        init = over_block(lambda col: Store(acc, [r if R > 1 else Const(0), col], ident))
-        update = _reduce_loops(red, {}, lambda m: over_block(lambda col: Store(
-            acc, [r if R > 1 else Const(0), col],
-            combine(red.combiner, Load(acc, [r if R > 1 else Const(0), col]), substitute(body, point(m, col))))))
-        idx = lambda col: [*axes[:-2], *( [i_base + r if R > 1 else i_base] if i is not None else []), j_base + col]
-        fin = over_block(lambda col: Store(out, idx(col), Load(acc, [r if R > 1 else Const(0), col])))
-        return Alloc(acc, Seq([init, update, fin]))
+        start_fresh = over_block(lambda col: Store(acc, [*row(), col], ident))
+        resume = over_block(lambda col: Store(acc, [*row(), col], Load(out, out_index(col))))
+        if first is True:
+            init = start_fresh
+        elif first is False:
+            init = resume
+        else:
+            init = If(first, start_fresh, resume)
 
-    def columns(i_base: Expr | None, R: int) -> Stmt:
+        def update(m):
+            return over_block(lambda col: Store(acc, [*row(), col], combine(
+                red.combiner, Load(acc, [*row(), col]), substitute(body, point(m, col)))))
+
+        if k_blocked:
+            kk = Var(kvar.name)
+            loop = For(kk, kw, update({kvar: kk}), start=k0)
+        else:
+            loop = _reduce_loops(red, {}, update)
+        fin = over_block(lambda col: Store(out, out_index(col), Load(acc, [*row(), col])))
+        return Alloc(acc, Seq([init, loop, fin]))
+
+    def columns(i_base, R: int, c0: Expr, cw: int, k0, kw, first) -> Stmt:
+        """Tiles over columns [c0, c0 + cw): whole vector tiles, a narrower vector tile, scalar columns."""
         jo, jt = Var("jo"), Var("jt")
         parts = []
-        if nj // width:
-            parts.append(For(jo, nj // width, tile(i_base, R, jo * width, width, True)))
-        rest = nj % width
+        if cw // width:
+            parts.append(For(jo, cw // width, tile(i_base, R, c0 + jo * width, width, True, k0, kw, first)))
+        rest = cw % width
         if rest // lanes:
-            parts.append(tile(i_base, R, Const(nj - rest), (rest // lanes) * lanes, True))
+            parts.append(tile(i_base, R, c0 + (cw - rest), (rest // lanes) * lanes, True, k0, kw, first))
         if rest % lanes:
-            parts.append(For(jt, rest % lanes, tile(i_base, R, jt, 1, False), start=nj - rest % lanes))
+            parts.append(For(jt, rest % lanes, tile(i_base, R, c0 + jt, 1, False, k0, kw, first),
+                             start=cw - rest % lanes))
         return Seq(parts)
 
-    if has_rows:
-        io, it = Var(i.name + "o"), Var(i.name + "t")
-        par = work >= PARALLEL_MIN_WORK
-        nest = []
-        outer_par = next((d for d in range(len(shape) - 2) if shape[d] > 1), None) if par else None
-        if ni // rows:
-            kind = "parallel" if par and outer_par is None and ni // rows > 1 else "serial"
-            nest.append(For(io, ni // rows, columns(io * rows, rows), kind))
-        if ni % rows:
-            nest.append(For(it, ni % rows, columns(it, 1), start=ni - ni % rows))
-        inner: Stmt = Seq(nest)
-        for d in range(len(shape) - 3, -1, -1):
-            inner = For(axes[d], shape[d], inner, "parallel" if d == outer_par else "serial")
-        return inner
-    return columns(None, 1)
+    outer_par = next((d for d in range(len(shape) - 2) if shape[d] > 1), None) if work >= PARALLEL_MIN_WORK else None
 
+    def all_rows(c0, cw, k0, kw, first) -> Stmt:
+        if not has_rows:
+            return columns(None, 1, c0, cw, k0, kw, first)
+        io, it = Var(i.name + "o"), Var(i.name + "t")
+        nest = []
+        if ni // rows:
+            par = work >= PARALLEL_MIN_WORK and outer_par is None and ni // rows > 1
+            nest.append(For(io, ni // rows, columns(io * rows, rows, c0, cw, k0, kw, first),
+                            "parallel" if par else "serial"))
+        if ni % rows:
+            nest.append(For(it, ni % rows, columns(it, 1, c0, cw, k0, kw, first), start=ni - ni % rows))
+        return Seq(nest)
+
+    def k_blocks(c0, cw) -> Stmt:
+        if not k_blocked:
+            return all_rows(c0, cw, None, None, True)
+        kb = Var("kb")
+        nk = red.extents[0]
+        return _blocks(kb, nk, BLOCK_K, lambda k0, kw: all_rows(
+            c0, cw, k0, kw, True if (isinstance(k0, Const) and k0.value == 0) else
+            (False if isinstance(k0, Const) else E.binop("eq", kb, Const(0)))))
+
+    inner = _blocks(Var("jb"), nj, BLOCK_N, k_blocks)
+    for d in range(len(shape) - 3, -1, -1):
+        inner = For(axes[d], shape[d], inner, "parallel" if d == outer_par else "serial")
+    return inner
