@@ -24,7 +24,7 @@ import llvmlite.ir as ir
 from ..ir import expr as E
 from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, substitute, uses_var
 from ..ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store
-from ..ir.types import DType
+from ..ir.types import DType, float64
 from . import fastmath
 
 _INIT_LOCK = threading.Lock()
@@ -438,6 +438,8 @@ class FuncEmitter:
         simple = {"add": bld.add, "sub": bld.sub, "mul": bld.mul}
         if op in simple:
             return simple[op](a, b)
+        if op == "pow":
+            return self.int_pow(a, b)
         if op in ("floordiv", "div"):
             return bld.sdiv(a, b) if signed else bld.udiv(a, b)
         if op == "mod":
@@ -449,6 +451,50 @@ class FuncEmitter:
             sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[op]
             return (bld.icmp_signed if signed else bld.icmp_unsigned)(sym, a, b)
         raise ValueError(f"integer op {op}")
+
+    def int_pow(self, a, e):
+        """a ** e for integers by squaring: exact, and wrapping on overflow like numpy.
+        (A negative e, an error in numpy, acts as its unsigned bit pattern.)"""
+        bld = self.builder
+        t = a.type
+        vec = isinstance(t, ir.VectorType)
+        width = (t.element if vec else t).width
+        const = lambda v: ir.Constant(t, [ir.Constant(t.element, v)] * t.count) if vec else ir.Constant(t, v)
+        if isinstance(e, ir.Constant):   # a literal exponent (maybe splat): multiply out its bits
+            ks = {int(c.constant) for c in e.constant} if vec else {int(e.constant)}
+            if len(ks) == 1:
+                k = ks.pop() & ((1 << width) - 1)
+                result, base = const(1), a
+                while k:
+                    if k & 1:
+                        result = bld.mul(result, base)
+                    k >>= 1
+                    if k:
+                        base = bld.mul(base, base)
+                return result
+        if vec:                          # lane by lane
+            out = ir.Constant(t, None)
+            for lane in range(t.count):
+                i = ir.Constant(I32, lane)
+                out = bld.insert_element(out, self.int_pow(bld.extract_element(a, i), bld.extract_element(e, i)), i)
+            return out
+        # a loop over the bits of e: r *= base where the bit is set, base *= base, e >>= 1
+        pre = bld.block
+        header, body, done = (self.fn.append_basic_block(f"pow.{n}") for n in ("header", "body", "done"))
+        bld.branch(header)
+        bld.position_at_end(header)
+        r, base, k = bld.phi(t), bld.phi(t), bld.phi(t)
+        r.add_incoming(const(1), pre)
+        base.add_incoming(a, pre)
+        k.add_incoming(e, pre)
+        bld.cbranch(bld.icmp_unsigned("!=", k, const(0)), body, done)
+        bld.position_at_end(body)
+        r.add_incoming(bld.select(bld.trunc(k, I1), bld.mul(r, base), r), body)
+        base.add_incoming(bld.mul(base, base), body)
+        k.add_incoming(bld.lshr(k, const(1)), body)
+        bld.branch(header)
+        bld.position_at_end(done)
+        return r
 
     def call(self, fn: str, dt: DType, x):
         b = self.builder
@@ -487,6 +533,23 @@ class FuncEmitter:
         r = b.call(self.mb.declare(fn + "f", f32, [f32]), [xf])
         return b.fptrunc(r, x.type) if dt.bits == 16 else r
 
+    def f64_to_f32_round_to_odd(self, v):
+        """f64 -> f32 rounded toward zero, the last bit set when inexact ("round to odd"):
+        rounding that to f16 gives the correctly rounded f16 (f32 has >= 2*11+2 bits)."""
+        b = self.builder
+        lanes = v.type.count if isinstance(v.type, ir.VectorType) else None
+        f32, i32, one = ir.FloatType(), I32, ir.Constant(I32, 1)
+        if lanes:
+            f32, i32 = ir.VectorType(f32, lanes), ir.VectorType(i32, lanes)
+            one = ir.Constant(i32, [one] * lanes)
+        f = b.fptrunc(v, f32)                      # to nearest
+        back = b.fpext(f, v.type)
+        bits = b.bitcast(f, i32)
+        away = b.fcmp_ordered(">", self.call("abs", float64, back), self.call("abs", float64, v))
+        bits = b.select(away, b.sub(bits, one), bits)   # rounded away from zero: one ulp back
+        bits = b.select(b.fcmp_unordered("!=", back, v), b.or_(bits, one), bits)
+        return b.bitcast(bits, f32)
+
     def cast(self, v, src: DType, dst: DType):
         b = self.builder
         if src is dst:
@@ -499,7 +562,12 @@ class FuncEmitter:
             zero = ir.Constant(v.type, None)
             return b.fcmp_unordered("!=", v, zero) if src.is_float else b.icmp_unsigned("!=", v, zero)
         if src.is_float and dst.is_float:
-            return b.fpext(v, t) if dst.bits > src.bits else b.fptrunc(v, t)
+            if dst.bits > src.bits:
+                return b.fpext(v, t)
+            if src.bits == 64 and dst.bits == 16:
+                # LLVM lowers this to a call of __truncdfhf2, which the JIT cannot resolve
+                return b.fptrunc(self.f64_to_f32_round_to_odd(v), t)
+            return b.fptrunc(v, t)
         if src.is_float:
             return b.fptosi(v, t) if dst.kind == "int" else b.fptoui(v, t)
         if dst.is_float:

@@ -13,7 +13,7 @@ from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import ScalarConstant, compute
 from ..ir.types import TensorType, bool_, dtype as to_dtype
-from .registry import OpDef, broadcast_load, broadcast_shapes, check, numpy_result_dtype
+from .registry import OpDef, OpTypeError, broadcast_load, broadcast_shapes, check, numpy_result_dtype
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -76,10 +76,7 @@ def _pow_scalar(a, b):
             return a
         if b.value == 0.5:
             return E.call("sqrt", a)
-    if a.dtype.is_float:
-        return E.binop("pow", a, b)
-    f64 = to_dtype("float64")
-    return cast(a.dtype, E.binop("pow", cast(f64, a), cast(f64, b)))
+    return E.binop("pow", a, b)   # integers: exact, wrapping like numpy (see codegen)
 
 
 # name -> (numpy reference, scalar builder on operands of the compute dtype)
@@ -98,6 +95,17 @@ _BINARY = {
 _COMPARISONS = {"equal", "less", "greater"}
 
 
+def _compare_dtype(a, b):
+    """The dtype a comparison computes in: numpy's promotion, except that int8 with
+    uint8 promotes to int16, which mlc lacks; int32 holds both exactly."""
+    try:
+        return numpy_result_dtype(np.add, a, b)
+    except OpTypeError:
+        if a.is_int and b.is_int:
+            return to_dtype("int32")
+        raise
+
+
 def _binary(name: str, ref, scalar) -> OpDef:
     def infer(ins):
         a, b = ins
@@ -106,7 +114,7 @@ def _binary(name: str, ref, scalar) -> OpDef:
     def lower(ins, outs):
         (a, b), (o,) = ins, outs
         # comparisons compare in the promoted dtype; arithmetic computes in the result dtype
-        cdt = numpy_result_dtype(np.add, a.dtype, b.dtype) if name in _COMPARISONS else o.dtype
+        cdt = _compare_dtype(a.dtype, b.dtype) if name in _COMPARISONS else o.dtype
         return [compute(o.shape, lambda *i: scalar(cast(cdt, broadcast_load(a, i)), cast(cdt, broadcast_load(b, i))))]
 
     return OpDef(name, "injective", infer, ref, lower, params=("a", "b"),

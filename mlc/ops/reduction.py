@@ -100,20 +100,20 @@ def _softmax_infer(ins, axis):
 def _softmax_stages(x, axis):
     """max over the axis, then the sum of exp(x - max); both keep the axis as size 1."""
     acc = float32 if x.dtype.bits < 32 else x.dtype
-    m = reduce_stage(x, (axis,), True, "max", x.dtype, name="max")
+    axes = (axis,) if x.shape else ()    # a 0-d tensor: reduce over no axes
+    m = reduce_stage(x, axes, True, "max", x.dtype, name="max")
 
     def shifted(idx):
-        mi = list(idx)
-        mi[axis] = Const(0)
-        return cast(acc, x[tuple(idx)]) - cast(acc, m[tuple(mi)])
+        return cast(acc, x[tuple(idx)]) - cast(acc, m[_at_axis0(idx, axis)])
 
-    s = reduce_stage(x, (axis,), True, "sum", acc, body=lambda idx: E.call("exp", shifted(idx)), name="sum")
+    s = reduce_stage(x, axes, True, "sum", acc, body=lambda idx: E.call("exp", shifted(idx)), name="sum")
     return m, s, shifted, acc
 
 
 def _at_axis0(idx, axis):
     j = list(idx)
-    j[axis] = Const(0)
+    if j:
+        j[axis] = Const(0)
     return tuple(j)
 
 

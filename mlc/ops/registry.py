@@ -116,13 +116,15 @@ def broadcast_load(t: Tensor, out_axes: Sequence[Expr]) -> Expr:
 def normalize_axis(axis: int, rank: int, op: str) -> int:
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise OpTypeError(f"{op}: axis must be an int, got {axis!r}")
-    if not -rank <= axis < max(rank, 1) or (rank == 0 and axis not in (0, -1)):
+    # like numpy, a 0-d tensor accepts axis 0 and -1 (as if it had one axis of size 1)
+    if not -max(rank, 1) <= axis < max(rank, 1):
         raise OpTypeError(f"{op}: axis {axis} is out of range for rank {rank}")
     return int(axis) % max(rank, 1)
 
 
 def normalize_axes(axis, rank: int, op: str) -> tuple[int, ...]:
-    """None -> all axes; int or sequence -> sorted, non-negative, unique."""
+    """None -> all axes; int or sequence -> sorted, non-negative, unique. A 0-d tensor
+    has no axes, so the axis 0 (or -1) that numpy accepts for it normalizes to none."""
     if axis is None:
         return tuple(range(rank))
     if isinstance(axis, (int, np.integer)):
@@ -130,7 +132,7 @@ def normalize_axes(axis, rank: int, op: str) -> tuple[int, ...]:
     axes = tuple(sorted(normalize_axis(a, rank, op) for a in axis))
     if len(set(axes)) != len(axes):
         raise OpTypeError(f"{op}: repeated axis in {tuple(axis)}")
-    return axes
+    return axes if rank else ()
 
 
 def to_compute(t: TensorType, e: Expr) -> Expr:

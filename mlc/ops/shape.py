@@ -135,16 +135,26 @@ def _concat_infer(ins, axis):
 
 def _concat_lower(ins, outs, axis):
     o = outs[0]
+    offsets = [int(n) for n in np.cumsum([0] + [t.shape[axis] for t in ins])]
+    total = offsets[-1]
+    # empty pieces hold nothing to read (all empty: the output is empty, any piece will do)
+    pieces = [k for k, t in enumerate(ins) if t.shape[axis] > 0] or [0]
 
     def fn(*i):
         # select among the pieces by the position along axis, last piece as the default
-        offsets = np.cumsum([0] + [t.shape[axis] for t in ins])
         value = None
-        for k in range(len(ins) - 1, -1, -1):
+        for k in reversed(pieces):
+            # a select evaluates both arms, so every piece is read at every position:
+            # clamp the index into the piece, or the reads run past its ends (and fault)
+            j = i[axis] - offsets[k]
+            if offsets[k] > 0:
+                j = E.maximum(j, Const(0))
+            if offsets[k + 1] < total:
+                j = E.minimum(j, Const(offsets[k + 1] - offsets[k] - 1))
             idx = list(i)
-            idx[axis] = i[axis] - int(offsets[k])
+            idx[axis] = j
             piece = cast(o.dtype, ins[k][tuple(idx)])
-            value = piece if value is None else E.select(E.binop("lt", i[axis], Const(int(offsets[k + 1]))), piece, value)
+            value = piece if value is None else E.select(E.binop("lt", i[axis], Const(offsets[k + 1])), piece, value)
         return value
     return [compute(o.shape, fn)]
 
