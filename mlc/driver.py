@@ -49,7 +49,7 @@ class Compiled:
         return cg.target_machine(self.target.triple, self.target.cpu, self.target.features)
 
     def cache_key(self) -> str:
-        return cache.key_of(__version__, llvmlite.__version__, self.target.key, str(self.parallel),
+        return cache.key_of(__version__, cache.source_hash(), llvmlite.__version__, self.target.key, str(self.parallel),
                             print_graph(self.graph, elide_constants=True))
 
     def object_code(self) -> bytes:

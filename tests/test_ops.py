@@ -309,13 +309,7 @@ def test_comparison_operators_on_tracers(dtype):
         check(got, fn(a, k))
 
 
-# The tracer builds a <= b as not(a > b) and a >= b as not(a < b), which is true
-# where either side is NaN: a bug in mlc/frontend/trace.py (Tracer.__le__/__ge__).
-_NAN_XFAIL = pytest.mark.xfail(strict=True, reason="frontend: <= and >= are negations of > and <, wrong for NaN")
-
-
-@pytest.mark.parametrize("sym", ["==", "!=", "<", ">", pytest.param("<=", marks=_NAN_XFAIL),
-                                 pytest.param(">=", marks=_NAN_XFAIL)])
+@pytest.mark.parametrize("sym", ["==", "!=", "<", ">", "<=", ">="])
 def test_comparison_operators_with_nan(sym):
     # every comparison with NaN is false, except != which is true
     a = np.array([np.nan, 1.0, np.nan, 2.0, 0.0], dtype=F32)

@@ -110,12 +110,13 @@ class Tracer:
     def __pos__(self): return self
     def __abs__(self): return apply("abs", self)
 
-    # --- comparisons (<=, >=, != are the negations of >, <, ==)
+    # --- comparisons: a <= b is (a < b) or (a == b), so NaN compares false as in numpy;
+    # a != b is not (a == b), true for NaN as in numpy
     def __lt__(self, o): return apply("less", self, o)
     def __gt__(self, o): return apply("greater", self, o)
     def __eq__(self, o): return apply("equal", self, o)
-    def __le__(self, o): return _logical_not(apply("greater", self, o))
-    def __ge__(self, o): return _logical_not(apply("less", self, o))
+    def __le__(self, o): return apply("where", apply("less", self, o), True, apply("equal", self, o))
+    def __ge__(self, o): return apply("where", apply("greater", self, o), True, apply("equal", self, o))
     def __ne__(self, o): return _logical_not(apply("equal", self, o))
 
     # --- methods
