@@ -112,20 +112,18 @@ class JitFunction:
         self._cache: dict = {}
         functools.update_wrapper(self, fn)
 
-    def _signature(self, args):
-        sig = []
-        for a in args:
-            if _is_static(a):
-                sig.append(("static", type(a).__name__, a))
-            else:
-                if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-                    a = np.asarray(a)
-                sig.append((tuple(a.shape), str(np.dtype(a.dtype)) if not hasattr(a, "__dlpack__") or
-                            isinstance(a, np.ndarray) else str(np.from_dlpack(a).dtype)))
-        return tuple(sig), Target.get(self.target).key
+    def _arrays(self, args) -> list:
+        """Arguments as numpy arrays (zero-copy for __dlpack__ objects); scalars stay static."""
+        return [a if _is_static(a) or isinstance(a, np.ndarray) else
+                np.from_dlpack(a) if hasattr(a, "__dlpack__") else np.asarray(a) for a in args]
 
     def lower(self, *args) -> Executable:
-        key = self._signature(args)
+        """The Executable for these arguments, compiling it on first use."""
+        return self._executable(self._arrays(args))
+
+    def _executable(self, args) -> Executable:
+        key = (tuple(("static", type(a).__name__, a) if _is_static(a) else (a.shape, a.dtype.str) for a in args),
+               Target.get(self.target).key)
         exe = self._cache.get(key)
         if exe is None:
             exe = compile(self.fn, *args, target=self.target)
@@ -135,8 +133,8 @@ class JitFunction:
     def __call__(self, *args):
         if any(isinstance(a, Tracer) for a in args):   # called inside another trace: inline it
             return self.fn(*args)
-        exe = self.lower(*args)
-        return exe(*[a for a in args if not _is_static(a)])
+        args = self._arrays(args)
+        return self._executable(args)(*[a for a in args if not _is_static(a)])
 
 
 def jit(fn: Callable | None = None, *, target="host"):
