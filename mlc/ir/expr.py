@@ -190,23 +190,29 @@ def walk(e: Expr):
         yield from walk(c)
 
 
-def substitute(e: Expr, vmap: dict, smap: dict | None = None) -> Expr:
-    """Replace Vars (by identity, ``vmap``) and Load sources (``smap``)."""
+def substitute(e: Expr, vmap: dict, smap: dict | None = None, loads: dict | None = None) -> Expr:
+    """Replace Vars (by identity, ``vmap``), Load sources (``smap``), and whole Loads of
+    a source (``loads``: source -> function of the substituted indices giving the new expression)."""
+    def sub(x):
+        return substitute(x, vmap, smap, loads)
+
     if isinstance(e, Var):
         return vmap.get(e, e)
     if isinstance(e, Const):
         return e
     if isinstance(e, BinOp):
-        return binop(e.op, substitute(e.a, vmap, smap), substitute(e.b, vmap, smap))
+        return binop(e.op, sub(e.a), sub(e.b))
     if isinstance(e, Call):
-        return Call(e.fn, [substitute(a, vmap, smap) for a in e.args])
+        return Call(e.fn, [sub(a) for a in e.args])
     if isinstance(e, Select):
-        return Select(*(substitute(x, vmap, smap) for x in (e.cond, e.a, e.b)))
+        return Select(*(sub(x) for x in (e.cond, e.a, e.b)))
     if isinstance(e, Cast):
-        return cast(e.dtype, substitute(e.value, vmap, smap))
+        return cast(e.dtype, sub(e.value))
     if isinstance(e, Load):
-        src = smap.get(e.source, e.source) if smap else e.source
-        return Load(src, [substitute(i, vmap, smap) for i in e.indices])
+        indices = [sub(i) for i in e.indices]
+        if loads and e.source in loads:
+            return loads[e.source](indices)
+        return Load(smap.get(e.source, e.source) if smap else e.source, indices)
     raise TypeError(f"unknown expression {type(e).__name__}")
 
 

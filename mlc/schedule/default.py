@@ -25,6 +25,7 @@ MICRO_ROWS = 6                  # register tile rows for contraction-like reduct
 MICRO_VECTORS = 2               # register tile width in vectors (6 x 2 accumulators + 3 operands fit 16 registers)
 BLOCK_N = 256                   # output columns per cache block
 BLOCK_K = 256                   # reduction extent per cache block: a 256 x 256 f32 block is 256 KiB (L2)
+PACK_MIN_ROWS = 48              # rows that must share a packed block for packing to pay for itself
 
 
 def combine(combiner: str, acc: Expr, x: Expr) -> Expr:
@@ -55,15 +56,6 @@ def _contiguous(e: Expr, var: Var) -> bool:
     return load_stride(e, var) <= {0, 1}
 
 
-class _Counter:
-    def __init__(self):
-        self.n = 0
-
-    def var(self, name: str) -> Var:
-        self.n += 1
-        return Var(f"{name}{self.n}" if self.n > 1 else name)
-
-
 def schedule_kernel(kernel: Kernel, target: Target) -> Func:
     buffers: dict = {}
     inputs = []
@@ -76,17 +68,17 @@ def schedule_kernel(kernel: Kernel, target: Target) -> Func:
         buffers[s] = Buffer(s.name, s.shape, s.dtype)
         (outputs if s in kernel.outputs else scratch).append(buffers[s])
     outputs = [buffers[s] for s in kernel.outputs]
-    names = _Counter()
-    body = Seq([_schedule_stage(s, buffers, target, names) for s in kernel.stages])
+    body = Seq([_schedule_stage(s, buffers, target, scratch) for s in kernel.stages])
     return Func(kernel.name, inputs, outputs, body, scratch)
 
 
-def _schedule_stage(stage: Compute, buffers: dict, target: Target, names: _Counter) -> Stmt:
+def _schedule_stage(stage: Compute, buffers: dict, target: Target, scratch: list) -> Stmt:
+    """Loops for one stage; buffers the schedule itself needs are appended to ``scratch``."""
     out = buffers[stage]
     if isinstance(stage.body, Reduce):
         red = stage.body
         body = substitute(red.body, {}, buffers)
-        return _reduction(stage, out, red, body, target)
+        return _reduction(stage, out, red, body, target, scratch)
     body = substitute(stage.body, {}, buffers)
     return _injective(stage.axes, stage.shape, out, body, target)
 
@@ -124,13 +116,13 @@ def _injective(axes, shape, out: Buffer, body: Expr, target: Target) -> Stmt:
 
 # ----------------------------------------------------------------------------- reductions
 
-def _reduction(stage: Compute, out: Buffer, red: Reduce, body: Expr, target: Target) -> Stmt:
+def _reduction(stage: Compute, out: Buffer, red: Reduce, body: Expr, target: Target, scratch: list) -> Stmt:
     axes, shape = stage.axes, stage.shape
     acc_dt = red.dtype
     lanes = target.lanes(acc_dt.itemsize)
     work = out.type.size * max(1, _prod(red.extents))
     if shape and shape[-1] >= lanes > 1 and _contiguous(body, axes[-1]):
-        return _register_tile(stage, out, red, body, target, lanes, work)
+        return _register_tile(stage, out, red, body, target, lanes, work, scratch)
     if red.extents and red.extents[-1] >= lanes > 1 and _contiguous(body, red.axes[-1]):
         return _vector_reduce(stage, out, red, body, lanes, work)
     return _scalar_reduce(stage, out, red, body, work)
@@ -213,7 +205,21 @@ def _blocks(var: Var, extent: int, size: int, make) -> Stmt:
     return Seq(parts)
 
 
-def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
+def _packable_load(body: Expr, i: Var | None, j: Var, k: Var) -> Load | None:
+    """The operand worth packing: read contiguously along the output column j, varying
+    with the reduction k and not with the row i (matmul's right-hand side), and read
+    the same way wherever the body reads its buffer."""
+    for x in E.walk(body):
+        if isinstance(x, Load):
+            off = flat_offset(x.indices, x.source.shape)
+            if (linear_coefficient(off, j) == 1 and linear_coefficient(off, k) not in (0, None)
+                    and (i is None or not E.uses_var(off, i))):
+                same = {str(y) for y in E.walk(body) if isinstance(y, Load) and y.source is x.source}
+                return x if same == {str(x)} else None
+    return None
+
+
+def _register_tile(stage, out, red, body, target, lanes, work, scratch) -> Stmt:
     """The micro-kernel schedule for contraction-like reductions (matmul).
 
     The two innermost output axes are cut into R x (U*lanes) tiles of register
@@ -221,7 +227,9 @@ def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
     U*lanes times from registers. Around the tiles, columns (NC) and a single
     reduction axis (KC) are blocked so that the block of the right-hand operand in
     use stays in the L2 cache while every row tile sweeps it; a tile continues from
-    the partial result in ``out`` after the first reduction block.
+    the partial result in ``out`` after the first reduction block. When enough rows
+    share it, that block is first packed into panels of tile width, so the
+    micro-kernel reads it sequentially instead of one cache line per matrix row.
     """
     axes, shape = stage.axes, stage.shape
     j, nj = axes[-1], shape[-1]
@@ -232,9 +240,18 @@ def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
     ident = reduce_identity(red.combiner, red.dtype)
     k_blocked = len(red.axes) == 1 and red.extents[0] > BLOCK_K
     kvar = red.axes[0] if k_blocked else None
+    outer_par = next((d for d in range(len(shape) - 2) if shape[d] > 1), None) if work >= PARALLEL_MIN_WORK else None
+    packed_load = packed = None
+    if len(red.axes) == 1 and has_rows and ni >= PACK_MIN_ROWS and nj >= width and outer_par is None:
+        packed_load = _packable_load(body, i, j, red.axes[0])
+    if packed_load is not None:
+        krows = min(red.extents[0], BLOCK_K)
+        packed = Buffer(f"packed{len(scratch)}", [min(nj, BLOCK_N) // width, krows, width], packed_load.dtype)
+        scratch.append(packed)
 
-    def tile(i_base, R: int, j_base: Expr, cols: int, vec: bool, k0: Expr, kw: int, first) -> Stmt:
-        """Accumulate an R x cols block at (i_base, j_base) over reduction [k0, k0 + kw)."""
+    def tile(i_base, R: int, j_base: Expr, cols: int, vec: bool, k0: Expr, kw: int, first, panel=None) -> Stmt:
+        """Accumulate an R x cols block at (i_base, j_base) over reduction [k0, k0 + kw);
+        with ``panel``, the packed operand is read from that panel of ``packed``."""
         acc = Buffer("acc", [R, cols], red.dtype, "local")
         r, c, cv, cu = Var("r"), Var("c"), Var("cv"), Var("cu")
         row = (lambda: [r if R > 1 else Const(0)])
@@ -266,9 +283,16 @@ def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
         else:
             init = If(first, start_fresh, resume)
 
+        def value(m, col):
+            if panel is None:
+                return substitute(body, point(m, col))
+            kk = m[red.axes[0]]
+            return substitute(body, point(m, col), loads={
+                packed_load.source: lambda idx: Load(packed, [panel, kk - (k0 if k0 is not None else 0), col])})
+
         def update(m):
             return over_block(lambda col: Store(acc, [*row(), col], combine(
-                red.combiner, Load(acc, [*row(), col]), substitute(body, point(m, col)))))
+                red.combiner, Load(acc, [*row(), col]), value(m, col))))
 
         if k_blocked:
             kk = Var(kvar.name)
@@ -283,7 +307,8 @@ def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
         jo, jt = Var("jo"), Var("jt")
         parts = []
         if cw // width:
-            parts.append(For(jo, cw // width, tile(i_base, R, c0 + jo * width, width, True, k0, kw, first)))
+            parts.append(For(jo, cw // width, tile(i_base, R, c0 + jo * width, width, True, k0, kw, first,
+                                                    jo if packed is not None else None)))
         rest = cw % width
         if rest // lanes:
             parts.append(tile(i_base, R, c0 + (cw - rest), (rest // lanes) * lanes, True, k0, kw, first))
@@ -292,7 +317,14 @@ def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
                              start=cw - rest % lanes))
         return Seq(parts)
 
-    outer_par = next((d for d in range(len(shape) - 2) if shape[d] > 1), None) if work >= PARALLEL_MIN_WORK else None
+    def pack(c0, cw, k0, kw) -> Stmt:
+        """packed[p, kk, c] = the operand at reduction index k0 + kk, column c0 + p * width + c."""
+        kk, p, cu, cv = Var("kk"), Var("p"), Var("pu"), Var("pv")
+        k0, kw = (k0, kw) if k0 is not None else (Const(0), red.extents[0])
+        value = substitute(packed_load, {red.axes[0]: k0 + kk, j: c0 + p * width + (cu * lanes + cv)})
+        store = Store(packed, [p, kk, cu * lanes + cv], value)
+        return For(kk, kw, For(p, cw // width, For(cu, width // lanes, For(cv, lanes, store, "vector"), "unroll")),
+                   "parallel" if work >= PARALLEL_MIN_WORK else "serial")
 
     def all_rows(c0, cw, k0, kw, first) -> Stmt:
         if not has_rows:
@@ -305,6 +337,8 @@ def _register_tile(stage, out, red, body, target, lanes, work) -> Stmt:
                             "parallel" if par else "serial"))
         if ni % rows:
             nest.append(For(it, ni % rows, columns(it, 1, c0, cw, k0, kw, first), start=ni - ni % rows))
+        if packed is not None and cw >= width:
+            nest.insert(0, pack(c0, cw, k0, kw))
         return Seq(nest)
 
     def k_blocks(c0, cw) -> Stmt:
