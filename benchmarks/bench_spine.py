@@ -16,11 +16,14 @@ import mlc
 
 
 def timeit(fn, repeat: int, min_time: float = 0.2) -> float:
-    """Median seconds per call over ``repeat`` rounds of enough calls to last min_time/repeat."""
-    fn()
+    """Median seconds per call over ``repeat`` rounds of enough calls to last min_time/repeat,
+    after a warm-up of about min_time/4 (first-touch page faults, thread start-up)."""
     t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
+    calls = 0
+    while calls < 2 or time.perf_counter() - t0 < min_time / 4:
+        fn()
+        calls += 1
+    once = max((time.perf_counter() - t0) / calls, 1e-7)
     inner = max(1, int(min_time / repeat / once))
     rounds = []
     for _ in range(repeat):

@@ -110,6 +110,7 @@ class JitFunction:
         self.fn = fn
         self.target = target
         self._cache: dict = {}
+        self._target_key = Target.get(target).key
         functools.update_wrapper(self, fn)
 
     def _arrays(self, args) -> list:
@@ -123,7 +124,7 @@ class JitFunction:
 
     def _executable(self, args) -> Executable:
         key = (tuple(("static", type(a).__name__, a) if _is_static(a) else (a.shape, a.dtype.str) for a in args),
-               Target.get(self.target).key)
+               self._target_key)
         exe = self._cache.get(key)
         if exe is None:
             exe = compile(self.fn, *args, target=self.target)

@@ -591,7 +591,7 @@ def target_machine(triple: str, cpu: str, features: str):
 def optimize(module_text: str, tm) -> "llvm.ModuleRef":
     mod = llvm.parse_assembly(module_text)
     mod.verify()
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto = llvm.create_pipeline_tuning_options(speed_level=2)
     pto.loop_vectorization = True
     pto.slp_vectorization = True
     pb = llvm.create_pass_builder(tm, pto)

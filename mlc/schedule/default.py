@@ -25,7 +25,7 @@ MICRO_ROWS = 6                  # register tile rows for contraction-like reduct
 MICRO_VECTORS = 2               # register tile width in vectors (6 x 2 accumulators + 3 operands fit 16 registers)
 BLOCK_N = 256                   # output columns per cache block
 BLOCK_K = 256                   # reduction extent per cache block: a 256 x 256 f32 block is 256 KiB (L2)
-PACK_MIN_ROWS = 48              # rows that must share a packed block for packing to pay for itself
+PACK_MIN_ROWS = 48              # rows that must share a cache block for blocking and packing to pay off
 
 
 def combine(combiner: str, acc: Expr, x: Expr) -> Expr:
@@ -238,11 +238,13 @@ def _register_tile(stage, out, red, body, target, lanes, work, scratch) -> Stmt:
     width = MICRO_VECTORS * lanes
     rows = MICRO_ROWS if has_rows and ni >= MICRO_ROWS else 1
     ident = reduce_identity(red.combiner, red.dtype)
-    k_blocked = len(red.axes) == 1 and red.extents[0] > BLOCK_K
+    # cache blocks and packing pay off only when many row tiles reuse the same block
+    blocked = has_rows and ni >= PACK_MIN_ROWS
+    k_blocked = blocked and len(red.axes) == 1 and red.extents[0] > BLOCK_K
     kvar = red.axes[0] if k_blocked else None
     outer_par = next((d for d in range(len(shape) - 2) if shape[d] > 1), None) if work >= PARALLEL_MIN_WORK else None
     packed_load = packed = None
-    if len(red.axes) == 1 and has_rows and ni >= PACK_MIN_ROWS and nj >= width and outer_par is None:
+    if blocked and len(red.axes) == 1 and nj >= width and outer_par is None:
         packed_load = _packable_load(body, i, j, red.axes[0])
     if packed_load is not None:
         krows = min(red.extents[0], BLOCK_K)
@@ -350,7 +352,7 @@ def _register_tile(stage, out, red, body, target, lanes, work, scratch) -> Stmt:
             c0, cw, k0, kw, True if (isinstance(k0, Const) and k0.value == 0) else
             (False if isinstance(k0, Const) else E.binop("eq", kb, Const(0)))))
 
-    inner = _blocks(Var("jb"), nj, BLOCK_N, k_blocks)
+    inner = _blocks(Var("jb"), nj, BLOCK_N if blocked else nj, k_blocks)
     for d in range(len(shape) - 3, -1, -1):
         inner = For(axes[d], shape[d], inner, "parallel" if d == outer_par else "serial")
     return inner
