@@ -29,6 +29,18 @@ def cmd_ir(args) -> int:
     return 0
 
 
+def _median_call_time(fn, calls: int = 200) -> float:
+    """Median seconds of one call, after a warm-up: robust to a descheduled thread."""
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def cmd_demo(args) -> int:
     import numpy as np
     import mlc
@@ -47,17 +59,10 @@ def cmd_demo(args) -> int:
     exe = jitted.lower(*inputs)
     print(f"\nfirst call (trace + compile + run): {t_compile * 1e3:.1f} ms, {exe.kernel_count} kernels; "
           f"{exe.memory_report()}")
-    n = 200
-    t0 = time.perf_counter()
-    for _ in range(n):
-        jitted(*inputs)
-    t_mlc = (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
-    for _ in range(n):
-        mlp_numpy(*inputs)
-    t_np = (time.perf_counter() - t0) / n
+    t_mlc = _median_call_time(lambda: jitted(*inputs))
+    t_np = _median_call_time(lambda: mlp_numpy(*inputs))
     print(f"max relative error vs numpy: {err:.2e}")
-    print(f"per call: mlc {t_mlc * 1e6:.0f} us, numpy {t_np * 1e6:.0f} us (numpy/mlc = {t_np / t_mlc:.2f}x)")
+    print(f"per call (median): mlc {t_mlc * 1e6:.0f} us, numpy {t_np * 1e6:.0f} us (numpy/mlc = {t_np / t_mlc:.2f}x)")
     print("\nOne kernel at the loop level (mlc ir mlp prints every level):")
     print(exe.ir("loop").split("\n\n")[0])
     ok = err < 1e-5
