@@ -18,20 +18,24 @@ from .registry import OpDef, OpTypeError, broadcast_load, broadcast_shapes, chec
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
+def _float_result(x: np.ndarray) -> np.dtype:
+    """The dtype numpy's float functions (exp, sqrt, ...) give for x's dtype."""
+    return np.exp(np.ones(1, x.dtype)).dtype
+
+
 def _np_erf(x):
     x = np.asarray(x)
-    out_dt = np.exp(np.ones(1, x.dtype)).dtype
-    return _erf(x.astype(np.float64)).astype(out_dt)
+    return _erf(x.astype(np.float64)).astype(_float_result(x))
 
 
 def _np_sigmoid(x):
     x = np.asarray(x)
-    return (1 / (1 + np.exp(-x.astype(np.exp(np.ones(1, x.dtype)).dtype)))).astype(np.exp(np.ones(1, x.dtype)).dtype)
+    return (1 / (1 + np.exp(-x.astype(_float_result(x))))).astype(_float_result(x))
 
 
 def _np_rsqrt(x):
     x = np.asarray(x)
-    return (1 / np.sqrt(x)).astype(np.sqrt(np.ones(1, x.dtype)).dtype)
+    return (1 / np.sqrt(x)).astype(_float_result(x))
 
 
 # ----------------------------------------------------------------------------- unary
