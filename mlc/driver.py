@@ -15,11 +15,10 @@ from . import __version__, ops
 from .codegen import llvm as cg
 from .frontend.trace import Tracer, trace_info
 from .ir.graph import Graph, print_graph
-from .ir.types import TensorType
 from .passes.lower import lower_graph
 from .passes.plan import plan_memory
 from .runtime import cache
-from .runtime.executable import Executable, LoadedCode, as_input_array
+from .runtime.executable import Executable, LoadedCode
 from .schedule.default import schedule_kernel
 from .target import Target
 

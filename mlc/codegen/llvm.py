@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
-from ..ir import expr as E
 from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, substitute, uses_var
 from ..ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store
 from ..ir.types import DType, float64
@@ -330,7 +329,7 @@ class FuncEmitter:
         if buf not in self.buffers:
             raise KeyError(f"buffer {buf.name} is not in scope")
         b = self.builder
-        mt, st = memory_type(buf.dtype), scalar_type(buf.dtype)
+        mt = memory_type(buf.dtype)
         off, stride = self._address(buf, e.indices)
         if stride == 0:
             v = b.load(self._ptr(buf, self.expr(off)), typ=mt, align=buf.dtype.itemsize)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -550,9 +550,3 @@ def _parse_number(s: str):
 def parse_graph(text: str) -> Graph:
     """Parse the text form printed by ``print_graph``."""
     return _Parser(text).graph()
-
-
-def topological_values(graph: Graph) -> Iterable[Value]:
-    yield from graph.inputs
-    for n in graph.nodes:
-        yield from n.outputs

@@ -11,8 +11,8 @@ import numpy as np
 
 from ..ir import expr as E
 from ..ir.expr import Const, cast
-from ..ir.tensor import ScalarConstant, compute
-from ..ir.types import TensorType, bool_, dtype as to_dtype
+from ..ir.tensor import compute
+from ..ir.types import TensorType, dtype as to_dtype
 from .registry import OpDef, OpTypeError, broadcast_load, broadcast_shapes, check, numpy_result_dtype
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])

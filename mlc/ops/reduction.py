@@ -9,7 +9,7 @@ import numpy as np
 
 from ..ir import expr as E
 from ..ir.expr import Const, cast
-from ..ir.tensor import Compute, compute, reduce, reduce_identity
+from ..ir.tensor import Compute, compute, reduce
 from ..ir.types import TensorType, float32, int64
 from .registry import OpDef, check, normalize_axes, normalize_axis, numpy_result_dtype
 

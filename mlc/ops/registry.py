@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..ir.expr import Const, Expr, cast
+from ..ir.expr import Const, Expr
 from ..ir.tensor import Compute, Tensor
 from ..ir.types import DType, TensorType, dtype as to_dtype
 
@@ -133,7 +133,3 @@ def normalize_axes(axis, rank: int, op: str) -> tuple[int, ...]:
     if len(set(axes)) != len(axes):
         raise OpTypeError(f"{op}: repeated axis in {tuple(axis)}")
     return axes if rank else ()
-
-
-def to_compute(t: TensorType, e: Expr) -> Expr:
-    return cast(t.dtype, e)

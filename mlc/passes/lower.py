@@ -15,7 +15,6 @@ import numpy as np
 from .. import ops
 from ..ir.graph import Graph, Node, Value
 from ..ir.tensor import Kernel, Placeholder, ScalarConstant, stages_of
-from ..ir.types import TensorType
 
 
 @dataclass

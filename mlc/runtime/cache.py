@@ -91,7 +91,3 @@ def store(key: str, payload: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:   # a read-only or full disk costs the cache, not the compile
         warnings.warn(f"mlc could not write its cache entry {path}: {e}", RuntimeWarning)
-
-
-def entry_path(key: str) -> str | None:
-    return _path(key)
