@@ -348,9 +348,15 @@ def _register_tile(stage, out, red, body, target, lanes, work, scratch) -> Stmt:
             return all_rows(c0, cw, None, None, True)
         kb = Var("kb")
         nk = red.extents[0]
-        return _blocks(kb, nk, BLOCK_K, lambda k0, kw: all_rows(
-            c0, cw, k0, kw, True if (isinstance(k0, Const) and k0.value == 0) else
-            (False if isinstance(k0, Const) else E.binop("eq", kb, Const(0)))))
+
+        def first_block(k0):
+            """Whether the block at k0 starts the reduction: known statically for the
+            tail block (a Const start), decided at run time inside the block loop."""
+            if isinstance(k0, Const):
+                return k0.value == 0
+            return E.binop("eq", kb, Const(0))
+
+        return _blocks(kb, nk, BLOCK_K, lambda k0, kw: all_rows(c0, cw, k0, kw, first_block(k0)))
 
     inner = _blocks(Var("jb"), nj, BLOCK_N if blocked else nj, k_blocks)
     for d in range(len(shape) - 3, -1, -1):
