@@ -508,6 +508,8 @@ class FuncEmitter:
             raise ValueError(f"{fn} on {dt}")
         if fn == "exp" and dt.bits == 32:
             return fastmath.exp_f32(b, x, self.mb.declare)
+        if fn == "tanh" and dt.bits == 32:
+            return fastmath.tanh_f32(b, x, self.mb.declare)
         if fn in ("exp", "log", "sqrt", "sin", "cos", "floor", "abs"):
             name = "fabs" if fn == "abs" else fn
             f = self.mb.declare(f"llvm.{name}.{_suffix(x.type)}", x.type, [x.type])
