@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Callable
 
 import llvmlite
@@ -21,6 +22,9 @@ from .runtime import cache
 from .runtime.executable import Executable, LoadedCode
 from .schedule.default import schedule_kernel
 from .target import Target
+
+
+_LLVM_LOCK = threading.RLock()
 
 
 class Compiled:
@@ -69,15 +73,17 @@ class Compiled:
         if level == "llvm":
             return self.llvm_module
         if level in ("llvm-opt", "asm"):
-            mod = cg.optimize(self.llvm_module, self.tm)
-            return str(mod) if level == "llvm-opt" else self.tm.emit_assembly(mod)
+            with _LLVM_LOCK:
+                mod = cg.optimize(self.llvm_module, self.tm)
+                return str(mod) if level == "llvm-opt" else self.tm.emit_assembly(mod)
         raise ValueError(f"unknown IR level {level!r}: use graph, tensor, loop, llvm, llvm-opt or asm")
 
 
 def compile_graph(graph: Graph, target="host", single_output: bool | None = None) -> Executable:
     target = Target.get(target)
-    c = Compiled(graph, target)
-    code = LoadedCode(c.object_code(), c.tm)
+    with _LLVM_LOCK:   # LLVM's global context is not safe for concurrent compiles
+        c = Compiled(graph, target)
+        code = LoadedCode(c.object_code(), c.tm)
     single = len(graph.outputs) == 1 if single_output is None else single_output
     return Executable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
                       [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,

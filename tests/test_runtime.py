@@ -198,3 +198,27 @@ def test_parallel_kernels_use_threads_and_agree_with_serial(monkeypatch):
     exe = mlc.compile(lambda x, w: mlc.relu(x @ w), x, w)
     assert "GOMP_parallel" in exe.ir("llvm")
     np.testing.assert_allclose(exe(x, w), np.maximum(x @ w, 0), rtol=2e-4, atol=2e-4)
+
+
+def test_first_calls_from_many_threads_compile_safely():
+    @mlc.jit
+    def f(x):
+        return mlc.tanh(x) @ x.T
+
+    xs = [f32(16, 8 + n, seed=n) for n in range(4)]     # four signatures, compiled concurrently
+    results, errors = {}, []
+
+    def worker(n):
+        try:
+            results[n] = f(xs[n])
+        except Exception as e:   # collected and reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for n, x in enumerate(xs):
+        np.testing.assert_allclose(results[n], np.tanh(x) @ x.T, rtol=1e-5, atol=1e-6)

@@ -55,6 +55,8 @@ def reduce_stage(x, axes, keepdims, combiner, acc_dtype, body=None, name="T") ->
 def _reduction(name: str, np_fn, combiner: str) -> OpDef:
     def infer(ins, axis, keepdims):
         (x,) = ins
+        if combiner in ("max", "min"):   # no identity element: numpy refuses empty reductions too
+            check(all(x.shape[d] > 0 for d in axis), f"{name}: cannot reduce an empty axis of {x} (no identity)")
         return [TensorType(_reduced_shape(x.shape, axis, keepdims), _reduce_dtype(np_fn, x.dtype))]
 
     def lower(ins, outs, axis, keepdims):
@@ -93,7 +95,8 @@ def _softmax_canon(ins, attrs):
 
 def _softmax_infer(ins, axis):
     (x,) = ins
-    check(x.dtype.is_float, f"softmax expects a floating-point tensor, got {x.dtype}")
+    check(x.dtype.is_float, f"expects a floating-point tensor, got {x.dtype}")
+    check(not x.shape or x.shape[axis] > 0, f"axis {axis} of {x} is empty")
     return [x]
 
 
