@@ -847,3 +847,15 @@ def test_reference_interpreter_agrees_with_compiled_code(name):
     direct = list(direct) if isinstance(direct, tuple) else [direct]
     for r, d in zip(ref, direct):
         check(np.asarray(d), r, LOOSE)
+
+
+@pytest.mark.parametrize("name", ["floor", "ceil", "round"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_rounding_ops(name, dtype):
+    x = (np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 1.2, -1.7, 3.49, -0.0, 7.5]) * (1 if dtype != np.int32 else 2))
+    x = x.astype(dtype)
+    exe = mlc.compile(lambda x: getattr(mlc, name)(x), x)
+    want = getattr(np, name)(x)
+    got = exe(x)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)   # round: half to even, as numpy

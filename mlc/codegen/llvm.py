@@ -510,8 +510,9 @@ class FuncEmitter:
             return fastmath.exp_f32(b, x, self.mb.declare)
         if fn == "tanh" and dt.bits == 32:
             return fastmath.tanh_f32(b, x, self.mb.declare)
-        if fn in ("exp", "log", "sqrt", "sin", "cos", "floor", "abs"):
-            name = "fabs" if fn == "abs" else fn
+        if fn in ("exp", "log", "sqrt", "sin", "cos", "floor", "ceil", "round", "abs"):
+            # round is numpy's round-half-to-even
+            name = {"abs": "fabs", "round": "roundeven"}.get(fn, fn)
             f = self.mb.declare(f"llvm.{name}.{_suffix(x.type)}", x.type, [x.type])
             return b.call(f, [x])
         if fn in ("tanh", "erf"):

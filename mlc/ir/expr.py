@@ -19,7 +19,7 @@ BINARY_OPS = {
 }
 COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
 # unary math functions understood by codegen
-UNARY_FUNCS = {"neg", "abs", "exp", "log", "sqrt", "tanh", "sin", "cos", "erf", "not", "floor"}
+UNARY_FUNCS = {"neg", "abs", "exp", "log", "sqrt", "tanh", "sin", "cos", "erf", "not", "floor", "ceil", "round"}
 
 
 class Expr:

@@ -54,6 +54,9 @@ _UNARY = {
     "sin": (np.sin, lambda x: E.call("sin", x)),
     "cos": (np.cos, lambda x: E.call("cos", x)),
     "erf": (_np_erf, lambda x: E.call("erf", x)),
+    "floor": (np.floor, lambda x: E.call("floor", x) if x.dtype.is_float else x),
+    "ceil": (np.ceil, lambda x: E.call("ceil", x) if x.dtype.is_float else x),
+    "round": (np.round, lambda x: E.call("round", x) if x.dtype.is_float else x),
 }
 
 
