@@ -252,9 +252,20 @@ def _typed(op, in_types, attrs, loc):
 def apply(name: str, *args, **kwargs):
     """Apply op ``name`` to tracers, arrays and scalars: inside a trace this records a
     node; outside, with plain arrays, it evaluates the numpy reference."""
+    return _apply(name, args, kwargs, eager_without_tracers=False)
+
+
+def evaluate_or_record(name: str, *args, **kwargs):
+    """Like ``apply``, but with no tracer among the inputs the op is evaluated now even
+    inside a trace: how an importer folds constant subgraphs (shape arithmetic)."""
+    return _apply(name, args, kwargs, eager_without_tracers=True)
+
+
+def _apply(name: str, args, kwargs, eager_without_tracers: bool):
     op = ops.get(name)
     inputs, attrs = op.bind(args, kwargs)
-    ctx = next((x._ctx for x in inputs if isinstance(x, Tracer)), _STACK[-1] if _STACK else None)
+    fallback = _STACK[-1] if _STACK and not eager_without_tracers else None
+    ctx = next((x._ctx for x in inputs if isinstance(x, Tracer)), fallback)
     loc = user_location()
     strong = _strong_dtype(inputs)
     if ctx is None:
@@ -329,13 +340,15 @@ def arg_names(fn: Callable, n: int) -> list[str]:
     return names
 
 
-def trace_info(fn: Callable, args: Sequence, name: str | None = None) -> tuple[Graph, bool]:
+def trace_info(fn: Callable, args: Sequence, name: str | None = None,
+               input_names: Sequence[str] | None = None) -> tuple[Graph, bool]:
     """Trace ``fn`` on example ``args``; returns (graph, whether fn returned a tuple/list).
     An argument may be an array (a graph input), a ``TensorType`` (an input of that
-    type) or a Python scalar (a constant baked into the graph)."""
+    type) or a Python scalar (a constant baked into the graph). Inputs are named after
+    fn's parameters unless ``input_names`` is given."""
     gname = _sanitize(name or getattr(fn, "__name__", "fn"))
     ctx = _TraceContext(gname)
-    names = arg_names(fn, len(args))
+    names = [_sanitize(n) for n in input_names] if input_names is not None else arg_names(fn, len(args))
     tracer_args = []
     for n, a in zip(names, args):
         if _is_python_scalar(a):

@@ -1,0 +1,680 @@
+"""ONNX import: an ONNX model becomes an mlc Graph.
+
+    g = mlc.frontend.onnx.from_onnx("resnet50.onnx")
+    exe = mlc.compile(g)
+
+Each ONNX node maps onto mlc ops (or a small composition of them); the importer
+defines no semantics of its own. Weights (initializers) become graph constants,
+which the compiler passes to the generated code as parameters. Subgraphs that
+only compute on constants -- typically shape arithmetic (Shape, Gather, Concat,
+Reshape on shapes) -- are evaluated at import time, so the graph holds only the
+real computation.
+
+Errors are ``OnnxImportError`` and name the problem: a corrupted or truncated
+file, a missing external-data file, every unsupported op type at once (with
+domain and opset), a node whose types do not fit its op, declared output shapes
+that contradict the computed ones.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+from ..ir.graph import Graph
+from ..ir.types import TensorType
+from .trace import TraceError, Tracer, evaluate_or_record, trace_info
+
+
+class OnnxImportError(Exception):
+    pass
+
+
+MIN_OPSET = 7
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:  # onnx is a core dependency; this only guards a broken install
+        raise OnnxImportError("the onnx package is required to import ONNX models: pip install onnx") from None
+    return onnx
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_model(model_or_path):
+    """An onnx.ModelProto from a path, bytes or a ModelProto, with clear errors."""
+    onnx = _onnx()
+    if isinstance(model_or_path, onnx.ModelProto):
+        return model_or_path
+    if isinstance(model_or_path, (bytes, bytearray)):
+        try:
+            return onnx.load_from_string(bytes(model_or_path))
+        except Exception as e:
+            raise OnnxImportError(f"the bytes given are not a valid ONNX model ({_short(e)})") from None
+    path = os.fspath(model_or_path)
+    if not os.path.exists(path):
+        raise OnnxImportError(f"no such ONNX file: {path}")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:
+        raise OnnxImportError(f"{path} is not a valid ONNX model: the file is truncated or corrupted "
+                              f"({_short(e)})") from None
+    _load_external_data(model, os.path.dirname(os.path.abspath(path)), path)
+    return model
+
+
+def _load_external_data(model, base_dir: str, path: str) -> None:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data, load_external_data_for_tensor
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            info = {e.key: e.value for e in tensor.external_data}
+            location = os.path.join(base_dir, info.get("location", ""))
+            if not os.path.isfile(location):
+                raise OnnxImportError(f"{path}: tensor {tensor.name!r} keeps its data in the external file "
+                                      f"{info.get('location')!r}, which is missing (looked in {base_dir})")
+            try:
+                load_external_data_for_tensor(tensor, base_dir)
+            except Exception as e:
+                raise OnnxImportError(f"{path}: cannot read the external data of tensor {tensor.name!r} from "
+                                      f"{location}: {_short(e)}") from None
+            expected = int(np.prod(tensor.dims, dtype=np.int64)) * _itemsize(tensor.data_type)
+            if expected and len(tensor.raw_data) != expected:
+                raise OnnxImportError(f"{path}: external data of tensor {tensor.name!r} in {location} has "
+                                      f"{len(tensor.raw_data)} bytes, its shape {list(tensor.dims)} needs {expected}")
+            del tensor.external_data[:]
+            tensor.data_location = 0   # DEFAULT: the data is now inline
+
+
+def _itemsize(onnx_dtype: int) -> int:
+    from onnx import helper
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(onnx_dtype)).itemsize
+    except Exception:
+        return 0
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()
+    return (msg[0] if msg else type(e).__name__)[:200]
+
+
+# ----------------------------------------------------------------------------- converters
+
+class _Node:
+    """What a converter sees of one ONNX node."""
+
+    def __init__(self, proto, opset: int):
+        from onnx import helper
+        self.proto = proto
+        self.op_type = proto.op_type
+        self.name = proto.name
+        self.opset = opset
+        self.attrs = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
+        for k, v in list(self.attrs.items()):
+            if isinstance(v, bytes):
+                self.attrs[k] = v.decode()
+
+    def attr(self, name, default=None):
+        return self.attrs.get(name, default)
+
+
+def op(name: str, *args, **attrs):
+    """Apply an mlc op to importer values (tracers or constant numpy arrays)."""
+    return evaluate_or_record(name, *args, **attrs)
+
+
+NEEDS_CONSTANT = "must be a constant (or computable from shapes) at import time"
+
+
+def _const(v, what: str):
+    """The numpy value of an input that must be known at import time."""
+    if isinstance(v, Tracer):
+        raise OnnxImportError(f"{what} {NEEDS_CONSTANT}")
+    return np.asarray(v)
+
+
+def _shape(v) -> tuple[int, ...]:
+    return tuple(v.shape)
+
+
+def _ints(v, what) -> list[int]:
+    return [int(x) for x in _const(v, what).reshape(-1)]
+
+
+CONVERTERS: dict[str, Callable] = {}
+
+
+def converter(*names: str):
+    def register(fn):
+        for n in names:
+            CONVERTERS[n] = fn
+        return fn
+    return register
+
+
+_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Pow": "pow", "Equal": "equal", "Less": "less",
+           "Greater": "greater"}
+_UNARY = {"Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Tanh": "tanh",
+          "Sigmoid": "sigmoid", "Relu": "relu", "Sin": "sin", "Cos": "cos", "Erf": "erf", "Floor": "floor",
+          "Ceil": "ceil", "Round": "round"}
+
+
+@converter(*_BINARY)
+def _binary(n, a, b):
+    out = op(_BINARY[n.op_type], a, b)
+    if n.op_type == "Pow":   # ONNX Pow keeps the base's dtype
+        out = op("cast", out, dtype=a.dtype)
+    return out
+
+
+@converter("Div")
+def _div(n, a, b):
+    if np.dtype(a.dtype).kind in "iu":   # ONNX integer division truncates toward zero, as a cast does
+        return op("cast", op("div", a, b), dtype=a.dtype)
+    return op("div", a, b)
+
+
+@converter(*_UNARY)
+def _unary(n, x):
+    return op(_UNARY[n.op_type], x)
+
+
+@converter("Reciprocal")
+def _reciprocal(n, x):
+    return op("div", np.ones((), dtype=x.dtype), x)
+
+
+@converter("LessOrEqual", "GreaterOrEqual")
+def _le_ge(n, a, b):
+    strict = op("less" if n.op_type == "LessOrEqual" else "greater", a, b)
+    return op("where", strict, True, op("equal", a, b))
+
+
+@converter("Not")
+def _not(n, x):
+    return op("where", x, False, True)
+
+
+@converter("Max", "Min", "Sum", "Mean")
+def _variadic(n, *xs):
+    fn = {"Max": "maximum", "Min": "minimum", "Sum": "add", "Mean": "add"}[n.op_type]
+    out = xs[0]
+    for x in xs[1:]:
+        out = op(fn, out, x)
+    if n.op_type == "Mean":
+        out = op("div", out, np.asarray(len(xs), dtype=xs[0].dtype))
+    return out
+
+
+@converter("Where")
+def _where(n, c, a, b):
+    return op("where", c, a, b)
+
+
+@converter("Cast")
+def _cast(n, x):
+    from onnx import helper
+    return op("cast", x, dtype=np.dtype(helper.tensor_dtype_to_np_dtype(n.attr("to"))))
+
+
+@converter("Identity")
+def _identity(n, x):
+    return x
+
+
+@converter("Dropout")
+def _dropout(n, x, *rest):
+    """Inference: the identity, and a mask of all true."""
+    return x, np.ones(_shape(x), dtype=bool)
+
+
+@converter("CastLike")
+def _cast_like(n, x, like):
+    return op("cast", x, dtype=like.dtype)
+
+
+@converter("And", "Or", "Xor")
+def _logical(n, a, b):
+    if n.op_type == "And":
+        return op("where", a, b, False)
+    if n.op_type == "Or":
+        return op("where", a, True, b)
+    return op("where", op("equal", a, b), False, True)
+
+
+@converter("Mod")
+def _mod(n, a, b):
+    """fmod=0: the result takes the divisor's sign (Python's %); fmod=1: the dividend's (C fmod).
+    Integers are computed exactly through float64 (|values| < 2**53)."""
+    dt = a.dtype
+    fa, fb = (op("cast", a, dtype="float64"), op("cast", b, dtype="float64")) if np.dtype(dt).kind in "iu" else (a, b)
+    q = op("div", fa, fb)
+    q = op("floor", q) if not n.attr("fmod", 0) else op("where", op("less", q, 0.0), op("ceil", q), op("floor", q))
+    return op("cast", op("sub", fa, op("mul", q, fb)), dtype=dt)
+
+
+@converter("Sign")
+def _sign(n, x):
+    one, zero = np.ones((), x.dtype), np.zeros((), x.dtype)
+    return op("where", op("greater", x, zero), one, op("where", op("less", x, zero), op("neg", one), zero))
+
+
+@converter("IsNaN")
+def _isnan(n, x):
+    return op("where", op("equal", x, x), False, True)
+
+
+@converter("IsInf")
+def _isinf(n, x):
+    pos = op("equal", x, np.array(np.inf, x.dtype)) if n.attr("detect_positive", 1) else False
+    neg = op("equal", x, np.array(-np.inf, x.dtype)) if n.attr("detect_negative", 1) else False
+    if pos is False and neg is False:
+        return op("less", x, np.array(np.nan, x.dtype))   # all false, with x's shape
+    if pos is False or neg is False:
+        return neg if pos is False else pos
+    return op("where", pos, True, neg)
+
+
+@converter("Softsign")
+def _softsign(n, x):
+    return op("div", x, op("add", op("abs", x), 1.0))
+
+
+@converter("ThresholdedRelu")
+def _thresholded_relu(n, x):
+    return op("where", op("greater", x, float(n.attr("alpha", 1.0))), x, 0.0)
+
+
+@converter("PRelu")
+def _prelu(n, x, slope):
+    return op("where", op("less", x, 0.0), op("mul", x, slope), x)
+
+
+@converter("Shrink")
+def _shrink(n, x):
+    lambd, bias = float(n.attr("lambd", 0.5)), float(n.attr("bias", 0.0))
+    return op("where", op("less", x, -lambd), op("add", x, bias),
+              op("where", op("greater", x, lambd), op("sub", x, bias), 0.0))
+
+
+@converter("Tan")
+def _tan(n, x):
+    return op("div", op("sin", x), op("cos", x))
+
+
+@converter("Sinh", "Cosh")
+def _sinh_cosh(n, x):
+    e, em = op("exp", x), op("exp", op("neg", x))
+    return op("mul", op("sub" if n.op_type == "Sinh" else "add", e, em), 0.5)
+
+
+@converter("MatMul")
+def _matmul(n, a, b):
+    return op("matmul", a, b)
+
+
+@converter("Gemm")
+def _gemm(n, a, b, c=None):
+    if n.attr("transA", 0):
+        a = op("transpose", a)
+    if n.attr("transB", 0):
+        b = op("transpose", b)
+    y = op("matmul", a, b)
+    alpha, beta = float(n.attr("alpha", 1.0)), float(n.attr("beta", 1.0))
+    if alpha != 1.0:
+        y = op("mul", y, alpha)
+    if c is not None:
+        y = op("add", y, c if beta == 1.0 else op("mul", c, beta))
+    return y
+
+
+@converter("Constant")
+def _constant(n):
+    from onnx import numpy_helper
+    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        if key in n.attrs:
+            v = n.attrs[key]
+            if key == "value":
+                return numpy_helper.to_array(v)
+            return np.asarray(v, dtype=np.float32 if "float" in key else np.int64)
+    raise OnnxImportError(f"Constant node {n.name!r} has an unsupported value attribute ({', '.join(n.attrs)})")
+
+
+@converter("Shape")
+def _shape_op(n, x):
+    shape = np.array(_shape(x), dtype=np.int64)
+    start, end = n.attr("start", 0), n.attr("end", None)
+    return shape[start:end]
+
+
+@converter("Size")
+def _size(n, x):
+    return np.array(int(np.prod(_shape(x), dtype=np.int64)), dtype=np.int64)
+
+
+@converter("ConstantOfShape")
+def _constant_of_shape(n, shape):
+    from onnx import numpy_helper
+    value = numpy_helper.to_array(n.attr("value")) if "value" in n.attrs else np.zeros(1, np.float32)
+    return np.full(_ints(shape, "ConstantOfShape's shape"), value.reshape(-1)[0], dtype=value.dtype)
+
+
+@converter("Range")
+def _range(n, start, limit, delta):
+    s, l, d = (_const(v, "Range's inputs") for v in (start, limit, delta))
+    return np.arange(s, l, d, dtype=s.dtype)
+
+
+@converter("Reshape")
+def _reshape(n, x, shape=None):
+    target = _ints(shape, "Reshape's shape") if shape is not None else list(n.attr("shape"))
+    if not n.attr("allowzero", 0):   # 0 copies the input's dimension
+        target = [_shape(x)[i] if d == 0 else d for i, d in enumerate(target)]
+    return op("reshape", x, shape=tuple(target))
+
+
+@converter("Flatten")
+def _flatten(n, x):
+    shape = _shape(x)
+    axis = n.attr("axis", 1) % max(len(shape), 1) if len(shape) else 0
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    return op("reshape", x, shape=(outer, int(np.prod(shape[axis:], dtype=np.int64))))
+
+
+@converter("Transpose")
+def _transpose(n, x):
+    perm = n.attr("perm")
+    return op("transpose", x, axes=tuple(perm) if perm is not None else None)
+
+
+def _axes_arg(n, axes_input, name="axes"):
+    """Axes from the attribute (older opsets) or the optional input (newer ones)."""
+    if axes_input is not None:
+        return _ints(axes_input, f"{n.op_type}'s axes")
+    a = n.attr(name)
+    return list(a) if a is not None else None
+
+
+@converter("Squeeze")
+def _squeeze(n, x, axes=None):
+    ax = _axes_arg(n, axes)
+    return op("squeeze", x, axis=tuple(ax) if ax else None)
+
+
+@converter("Unsqueeze")
+def _unsqueeze(n, x, axes=None):
+    return op("expand_dims", x, axis=tuple(_axes_arg(n, axes)))
+
+
+@converter("Concat")
+def _concat(n, *xs):
+    return op("concatenate", list(xs), axis=n.attr("axis"))
+
+
+@converter("Expand")
+def _expand(n, x, shape):
+    target = _ints(shape, "Expand's shape")
+    return op("broadcast_to", x, shape=tuple(np.broadcast_shapes(_shape(x), tuple(target))))
+
+
+@converter("Slice")
+def _slice(n, x, starts=None, ends=None, axes=None, steps=None):
+    if starts is None:   # opset < 10: attributes
+        st, en, ax, sp = list(n.attr("starts")), list(n.attr("ends")), n.attr("axes"), None
+    else:
+        st, en = _ints(starts, "Slice's starts"), _ints(ends, "Slice's ends")
+        ax = _ints(axes, "Slice's axes") if axes is not None else None
+        sp = _ints(steps, "Slice's steps") if steps is not None else None
+    rank = len(_shape(x))
+    ax = [a % rank for a in ax] if ax is not None else list(range(len(st)))
+    sp = sp or [1] * len(st)
+    begin, end, step = [0] * rank, [None] * rank, [1] * rank
+    for a, b, e, s in zip(ax, st, en, sp):
+        dim = _shape(x)[a]
+        # ONNX clamps; Python slices clamp the same way, except for huge negative ends with negative steps
+        begin[a], step[a] = b, s
+        end[a] = None if (s < 0 and e < -dim) else e
+    begin = [min(max(b, -2 ** 62), 2 ** 62) for b in begin]
+    end = [None if e is None else min(max(e, -2 ** 62), 2 ** 62) for e in end]
+    return op("slice", x, begin=tuple(begin), end=tuple(end), step=tuple(step))
+
+
+def _reduce_axes(n, x, axes_input):
+    ax = _axes_arg(n, axes_input)
+    if not ax:
+        if n.attr("noop_with_empty_axes", 0):
+            return ()
+        return None
+    return tuple(ax)
+
+
+@converter("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare",
+           "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceLogSum")
+def _reduce(n, x, axes=None):
+    ax = _reduce_axes(n, x, axes)
+    keep = bool(n.attr("keepdims", 1))
+    kind = n.op_type
+    if kind == "ReduceSumSquare":
+        return op("sum", op("mul", x, x), axis=ax, keepdims=keep)
+    if kind == "ReduceL1":
+        return op("sum", op("abs", x), axis=ax, keepdims=keep)
+    if kind == "ReduceL2":
+        return op("sqrt", op("sum", op("mul", x, x), axis=ax, keepdims=keep))
+    if kind == "ReduceLogSum":
+        return op("log", op("sum", x, axis=ax, keepdims=keep))
+    if kind == "ReduceLogSumExp":
+        return op("log", op("sum", op("exp", x), axis=ax, keepdims=keep))
+    fn = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}[kind]
+    shape = _shape(x)
+    reduced = range(len(shape)) if ax is None else [a % len(shape) for a in ax]
+    if fn in ("max", "min") and any(shape[a] == 0 for a in reduced):
+        # ONNX defines the empty max/min as the lowest/highest value of the type
+        dt = np.dtype(x.dtype)
+        info = np.finfo(dt) if dt.kind == "f" else (np.iinfo(dt) if dt.kind in "iu" else None)
+        value = (-np.inf if fn == "max" else np.inf) if dt.kind == "f" else \
+            ((fn == "min") if info is None else (info.min if fn == "max" else info.max))
+        out_shape = [1 if a in reduced else d for a, d in enumerate(shape)] if keep else \
+            [d for a, d in enumerate(shape) if a not in reduced]
+        return np.full(out_shape, value, dtype=dt)
+    out = op(fn, x, axis=ax, keepdims=keep)
+    return op("cast", out, dtype=x.dtype) if out.dtype != x.dtype else out   # ONNX keeps the input dtype
+
+
+@converter("Softmax", "LogSoftmax")
+def _softmax(n, x):
+    name = "softmax" if n.op_type == "Softmax" else "log_softmax"
+    shape = _shape(x)
+    if n.opset >= 13:
+        return op(name, x, axis=n.attr("axis", -1))
+    # before opset 13 the input is viewed as 2-D: [prod(shape[:axis]), prod(shape[axis:])]
+    axis = n.attr("axis", 1) % max(len(shape), 1)
+    flat = op("reshape", x, shape=(int(np.prod(shape[:axis], dtype=np.int64)), -1))
+    return op("reshape", op(name, flat, axis=1), shape=shape)
+
+
+# ----------------------------------------------------------------------------- the importer
+
+def _value_type(vi) -> tuple[list, np.dtype | None]:
+    from onnx import helper
+    t = vi.type.tensor_type
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else None
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim] \
+        if t.HasField("shape") else None
+    return dims, dtype
+
+
+def supported_op_types() -> list[str]:
+    return sorted(CONVERTERS)
+
+
+def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None = None,
+              constant_inputs: dict | None = None) -> Graph:
+    """Import an ONNX model (a path, bytes or onnx.ModelProto) as an mlc Graph.
+
+    ``input_shapes`` gives shapes for inputs whose declared shape has symbolic
+    dimensions (e.g. a batch dimension ``N``). ``constant_inputs`` binds graph inputs
+    to values known now (inputs that decide shapes, such as axes or a target shape
+    passed as an input), which then leave the graph's signature."""
+    onnx = _onnx()
+    model = load_model(model_or_path)
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    newest = onnx.defs.onnx_opset_version()
+    if opset is None:
+        raise OnnxImportError("the model imports no version of the default ONNX domain (opset_import)")
+    if not MIN_OPSET <= opset <= newest:
+        raise OnnxImportError(f"the model uses opset {opset}; mlc imports opsets {MIN_OPSET} to {newest}")
+
+    unsupported = {}
+    for node in graph.node:
+        domain = node.domain or "ai.onnx"
+        if domain not in ("ai.onnx",) or node.op_type not in CONVERTERS:
+            version = next((o.version for o in model.opset_import if (o.domain or "ai.onnx") == domain), "?")
+            unsupported.setdefault((node.op_type, domain, version), 0)
+            unsupported[(node.op_type, domain, version)] += 1
+    if unsupported:
+        listing = ", ".join(f"{t} (domain {d}, opset {v}; {c} node{'s' * (c > 1)})"
+                            for (t, d, v), c in sorted(unsupported.items()))
+        raise OnnxImportError(f"the model uses {len(unsupported)} op type(s) mlc does not support: {listing}")
+
+    from onnx import numpy_helper
+    weights = {}
+    for init in graph.initializer:
+        try:
+            weights[init.name] = numpy_helper.to_array(init)
+        except Exception as e:
+            raise OnnxImportError(f"initializer {init.name!r} cannot be read: {_short(e)}") from None
+    for k, v in (constant_inputs or {}).items():
+        weights[k] = np.asarray(v)
+    inputs = [vi for vi in graph.input if vi.name not in weights]   # old models list weights as inputs too
+    input_shapes = dict(input_shapes or {})
+    types = []
+    for vi in inputs:
+        dims, dtype = _value_type(vi)
+        if vi.name in input_shapes:
+            dims = list(input_shapes.pop(vi.name))
+        if dims is None or any(not isinstance(d, int) for d in dims):
+            raise OnnxImportError(f"input {vi.name!r} has shape {dims}, which is not static; pass "
+                                  f"input_shapes={{{vi.name!r}: (...)}}")
+        if dtype is None:
+            raise OnnxImportError(f"input {vi.name!r} declares no element type")
+        try:
+            types.append(TensorType(dims, dtype))
+        except TypeError as e:
+            raise OnnxImportError(f"input {vi.name!r}: {e}") from None
+    if input_shapes:
+        raise OnnxImportError(f"input_shapes names unknown inputs: {', '.join(input_shapes)}")
+
+    def build(*tracers):
+        env: dict = dict(weights)
+        env.update({vi.name: t for vi, t in zip(inputs, tracers)})
+        env[""] = None   # an omitted optional input
+        for i, node in enumerate(graph.node):
+            n = _Node(node, opset)
+            try:
+                args = [env[x] for x in node.input]
+            except KeyError as e:
+                raise OnnxImportError(f"node {i} {node.name!r} ({node.op_type}) uses {e.args[0]!r}, "
+                                      f"which no earlier node or input defines") from None
+            while args and args[-1] is None:
+                args.pop()
+            try:
+                result = CONVERTERS[node.op_type](n, *args)
+            except (TraceError, OnnxImportError, TypeError, ValueError) as e:
+                raise OnnxImportError(f"node {i} {node.name!r} ({node.op_type}): {e}") from None
+            results = result if isinstance(result, (tuple, list)) else (result,)
+            for out_name, r in zip(node.output, results):
+                if out_name:
+                    env[out_name] = r
+        return tuple(env[o.name] for o in graph.output)
+
+    try:
+        g, _ = trace_info(build, types, name=name or graph.name or "onnx_model",
+                          input_names=[vi.name for vi in inputs])
+    except TraceError as e:
+        raise OnnxImportError(str(e)) from None
+    _check_declared_outputs(graph, g)
+    return g
+
+
+def _check_declared_outputs(graph, g: Graph) -> None:
+    for vi, v in zip(graph.output, g.outputs):
+        dims, dtype = _value_type(vi)
+        if dtype is not None and np.dtype(dtype) != v.dtype.np:
+            raise OnnxImportError(f"output {vi.name!r} is declared {dtype} but the model computes {v.type}")
+        if dims and all(isinstance(d, int) for d in dims) and tuple(dims) != v.shape:
+            raise OnnxImportError(f"output {vi.name!r} is declared with shape {dims} but the model computes "
+                                  f"{list(v.shape)}")
+
+
+# ----------------------------------------------------------------------------- ONNX Backend
+
+def _backend_classes():
+    from onnx.backend.base import Backend, BackendRep, namedtupledict
+
+    class MlcBackendRep(BackendRep):
+        """A compiled model: ``run(inputs)`` takes arrays in graph-input order (or a dict).
+
+        Inputs that decide shapes (an ``axes`` or ``shape`` tensor given as a graph
+        input) cannot stay inputs of a statically shaped program: such a model is
+        compiled at ``run``, specialized on the values of its integer inputs."""
+
+        def __init__(self, model, exe, input_names, output_names):
+            self.model = model
+            self.exe = exe
+            self.input_names = input_names
+            self.output_names = output_names
+            self._specialized: dict = {}
+
+        def run(self, inputs, **kwargs):
+            if isinstance(inputs, dict):
+                inputs = [inputs[n] for n in self.input_names]
+            elif isinstance(inputs, np.ndarray):
+                inputs = [inputs]
+            inputs = [np.asarray(x) for x in inputs]
+            exe, args = self.exe, inputs
+            if exe is None:
+                fixed = {n: x for n, x in zip(self.input_names, inputs) if x.dtype.kind in "iu"}
+                key = tuple((n, x.dtype.str, x.shape, x.tobytes()) for n, x in fixed.items())
+                exe = self._specialized.get(key)
+                if exe is None:
+                    from ..driver import compile_graph
+                    exe = compile_graph(from_onnx(self.model, constant_inputs=fixed), single_output=False)
+                    self._specialized[key] = exe
+                args = [x for n, x in zip(self.input_names, inputs) if n not in fixed]
+            outs = exe(*args)
+            return namedtupledict("Outputs", self.output_names)(*outs)
+
+    class MlcBackend(Backend):
+        """mlc as an ONNX backend (``onnx.backend.base.Backend``), on the CPU."""
+
+        @classmethod
+        def prepare(cls, model, device: str = "CPU", **kwargs):
+            super().prepare(model, device, **kwargs)
+            from ..driver import compile_graph
+            names = [vi.name for vi in model.graph.input
+                     if vi.name not in {i.name for i in model.graph.initializer}]
+            try:
+                exe = compile_graph(from_onnx(model), single_output=False)
+            except OnnxImportError as e:
+                if NEEDS_CONSTANT not in str(e):
+                    raise
+                exe = None   # compiled at run time, specialized on the shape-deciding inputs
+            return MlcBackendRep(model, exe, names, [o.name for o in model.graph.output])
+
+        @classmethod
+        def supports_device(cls, device: str) -> bool:
+            return device.upper().startswith("CPU")
+
+    return MlcBackend, MlcBackendRep
+
+
+def __getattr__(name):   # the Backend classes are built on first use: onnx.backend imports are slow
+    if name in ("MlcBackend", "MlcBackendRep"):
+        backend, rep = _backend_classes()
+        globals().update(MlcBackend=backend, MlcBackendRep=rep)
+        return globals()[name]
+    raise AttributeError(name)
