@@ -1,4 +1,614 @@
-"""(in progress)"""
+"""Convolution and pooling with ONNX semantics, layout (N, C, *spatial), 1-D to 3-D.
+
+Ops and their attributes (all lists are per spatial axis; ``pads`` is ONNX order
+``[x1_begin, x2_begin, ..., x1_end, x2_end, ...]``):
+
+* ``conv(x, w, strides, dilations, pads, group, auto_pad, kernel_shape)``:
+  x [N, C, *S], w [M, C/group, *K] -> [N, M, *O]. There is no bias input: ONNX
+  ``Conv(X, W, B)`` is ``conv(x, w) + reshape(b, (M, 1, ..., 1))``.
+* ``conv_transpose(x, w, strides, dilations, pads, output_padding, output_shape,
+  group, auto_pad, kernel_shape)``: x [N, C, *S], w [C, M/group, *K] -> [N, M, *O]
+  with O = strides*(S-1) + output_padding + (K-1)*dilations + 1 - pad_begin - pad_end.
+  No bias input either (add it as for conv).
+* ``max_pool(x, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)``:
+  ONNX MaxPool's first output (no indices); floats and integers.
+* ``avg_pool(x, kernel_shape, strides, pads, dilations, ceil_mode,
+  count_include_pad, auto_pad)``: ONNX AveragePool.
+* ``global_avg_pool(x)``, ``global_max_pool(x)``: over all spatial axes, keeping
+  them as size 1.
+
+``canonicalize`` resolves defaults (None -> ones / zeros), ``auto_pad``
+("SAME_UPPER", "SAME_LOWER", "VALID") and conv_transpose's ``output_shape`` into
+explicit ``pads`` (then ``auto_pad`` is "NOTSET" and ``output_shape`` None), and
+``kernel_shape`` of the convolutions into the weight's spatial shape.
+
+Lowering: padding never reads outside the input. A first stage copies the input
+into a zero (or -inf) padded buffer, split by stride phase along strided axes --
+``P[n, c, *phase, *q] = x[n, c, q*s + phase - pad_begin]`` -- so that a window
+element ``o*s + k*d`` is ``P[(k*d) % s, o + (k*d) // s]``: every read of the main
+stage is then contiguous along the innermost output axis, whatever the stride,
+and the default schedule gives it the register-tile (matmul-like) micro-kernel.
+The convolution is ``sum[ci < C/group, *k < K]`` over that buffer; float16 is
+accumulated in float32.
+"""
 from __future__ import annotations
 
-OPS: list = []
+import itertools
+import math
+
+import numpy as np
+
+from ..ir import expr as E
+from ..ir.expr import Const, cast
+from ..ir.tensor import compute, reduce, reduce_identity
+from ..ir.types import TensorType, float32
+from .registry import OpDef, OpTypeError, check
+from .reduction import reduce_stage
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+# ============================================================================ attribute helpers
+
+def _ints(v, n: int, default: int, what: str, op: str, minimum: int | None = None) -> tuple[int, ...]:
+    if v is None:
+        return (default,) * n
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        v = (v,)
+    try:
+        v = tuple(v)
+    except TypeError:
+        raise OpTypeError(f"{op}: {what} must be a list of ints, got {v!r}") from None
+    if not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in v):
+        raise OpTypeError(f"{op}: {what} must be a list of ints, got {v!r}")
+    check(len(v) == n, f"{op}: {what} needs {n} values for {n // (2 if what == 'pads' else 1)} "
+                       f"spatial axes, got {len(v)}: {list(v)}")
+    v = tuple(int(a) for a in v)
+    if minimum is not None:
+        check(all(a >= minimum for a in v), f"{op}: {what} must be >= {minimum}, got {list(v)}")
+    return v
+
+
+def _spatial_rank(x: TensorType, op: str) -> int:
+    check(x.rank >= 3, f"{op}: expects an input of rank 3 to 5 (N, C, spatial...), got {x}")
+    check(x.rank <= 5, f"{op}: supports 1 to 3 spatial axes, got {x}")
+    return x.rank - 2
+
+
+def _auto_pad(auto_pad, op: str) -> str:
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    check(auto_pad in AUTO_PADS, f"{op}: auto_pad must be one of {', '.join(AUTO_PADS)}, got {auto_pad!r}")
+    return auto_pad
+
+
+def _same_pads(mode: str, S, K, strides, dilations) -> tuple[int, ...]:
+    """Explicit pads for auto_pad: SAME_* gives ceil(S / stride) outputs, the odd pad
+    at the end (UPPER) or the beginning (LOWER); VALID pads nothing."""
+    D = len(S)
+    if mode == "VALID":
+        return (0,) * (2 * D)
+    begin, end = [], []
+    for n, k, s, d in zip(S, K, strides, dilations):
+        out = -(-n // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - n)
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else big)
+        end.append(big if mode == "SAME_UPPER" else small)
+    return tuple(begin + end)
+
+
+def _window_out(n, k, s, d, pb, pe, ceil_mode, op, axis):
+    """Outputs along one axis of a window of k taps, dilation d, stride s."""
+    span = (k - 1) * d + 1
+    padded = n + pb + pe
+    check(padded >= span, f"{op}: the window ({span} along spatial axis {axis}, kernel {k}, dilation {d}) "
+                          f"is larger than the padded input ({padded} = {n} + pads {pb} + {pe})")
+    if not ceil_mode:
+        return (padded - span) // s + 1
+    out = -(-(padded - span) // s) + 1
+    if (out - 1) * s >= n + pb:      # the last window must start inside the input or the begin padding
+        out -= 1
+    return out
+
+
+# ============================================================================ staged (padded) input
+
+def _padded_source(x, out_sp, K, strides, dilations, pads, fill):
+    """How the main stage reads the padded input, and the stage that pads it (if any).
+
+    Returns (stages, read) with ``read(n, c, os, ks)`` the padded input at window
+    position ``o*s + k*d - pad_begin`` per spatial axis (``os``, ``ks`` index exprs)."""
+    D = len(out_sp)
+    S = x.shape[2:]
+    pb, pe = pads[:D], pads[D:]
+    # largest padded position read, per axis
+    need = [(o - 1) * s + (k - 1) * d for o, k, s, d in zip(out_sp, K, strides, dilations)]
+    no_pad = all(p == 0 for p in pb) and all(nd < n for nd, n in zip(need, S))
+    if no_pad and all(s == 1 for s in strides):
+        return [], lambda n, c, os, ks: x[(n, c, *[o + k * d for o, k, d in zip(os, ks, dilations)])]
+
+    Sq = [o + (k - 1) * d // s for o, k, s, d in zip(out_sp, K, strides, dilations)]
+    shape = list(x.shape[:2]) + list(strides) + Sq
+
+    def body(n, c, *rest):
+        ph, q = rest[:D], rest[D:]
+        idx, conds = [n, c], []
+        for a in range(D):
+            pos = q[a] * strides[a] + ph[a] - pb[a]
+            hi = (Sq[a] - 1) * strides[a] + strides[a] - 1 - pb[a]     # largest pos this stage visits
+            if pb[a] > 0:
+                conds.append(E.binop("ge", pos, Const(0)))
+                pos = E.maximum(pos, Const(0))
+            if hi >= S[a]:
+                conds.append(E.binop("lt", q[a] * strides[a] + ph[a] - pb[a], Const(S[a])))
+                pos = E.minimum(pos, Const(S[a] - 1))
+            idx.append(pos)
+        value = x[tuple(idx)]
+        if not conds:
+            return value
+        cond = conds[0]
+        for cnd in conds[1:]:
+            cond = E.binop("and", cond, cnd)
+        return E.select(cond, value, Const(fill, x.dtype))
+
+    padded = compute(shape, body, "pad")
+
+    def read(n, c, os, ks):
+        phases, qs = [], []
+        for o, k, s, d in zip(os, ks, strides, dilations):
+            if d % s == 0:
+                phases.append(Const(0))
+                qs.append(o + k * (d // s))
+            else:
+                phases.append((k * d) % s)
+                qs.append(o + (k * d) // s)
+        return padded[(n, c, *phases, *qs)]
+
+    return [padded], read
+
+
+def _acc_dtype(dt):
+    return float32 if dt.is_float and dt.bits < 32 else dt
+
+
+def _finish(stage, o, stages):
+    if stage.dtype is not o.dtype:
+        stages.append(compute(o.shape, lambda *i: cast(o.dtype, stage[i])))
+    return stages
+
+
+# ============================================================================ conv
+
+def _conv_canon(ins, attrs, transpose=False):
+    op = "conv_transpose" if transpose else "conv"
+    x, w = ins
+    D = _spatial_rank(x, op)
+    check(w.rank == x.rank, f"{op}: the weight must have rank {x.rank} like the input, got {w}")
+    K = w.shape[2:]
+    ks = attrs["kernel_shape"]
+    if ks is not None:
+        check(_ints(ks, D, 1, "kernel_shape", op) == K, f"{op}: kernel_shape {list(ks)} differs from the weight {w}")
+    strides = _ints(attrs["strides"], D, 1, "strides", op, 1)
+    dilations = _ints(attrs["dilations"], D, 1, "dilations", op, 1)
+    group = attrs["group"]
+    check(isinstance(group, (int, np.integer)) and not isinstance(group, bool) and group >= 1,
+          f"{op}: group must be a positive int, got {group!r}")
+    auto_pad = _auto_pad(attrs["auto_pad"], op)
+    out = {"strides": strides, "dilations": dilations}
+    if not transpose:
+        if auto_pad == "NOTSET":
+            pads = _ints(attrs["pads"], 2 * D, 0, "pads", op, 0)
+        else:
+            pads = _same_pads(auto_pad, x.shape[2:], K, strides, dilations)
+        out.update(pads=pads, group=int(group), auto_pad="NOTSET", kernel_shape=tuple(K))
+        return out
+    opad = _ints(attrs["output_padding"], D, 0, "output_padding", op, 0)
+    oshape = attrs["output_shape"]
+    S = x.shape[2:]
+    if oshape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if oshape is None:
+            oshape = [n * s for n, s in zip(S, strides)]
+        else:
+            oshape = list(oshape)
+            if len(oshape) == D + 2:     # some exporters give the whole shape
+                oshape = oshape[2:]
+            oshape = _ints(oshape, D, 1, "output_shape", op, 1)
+        begin, end = [], []
+        for n, k, s, d, p, o in zip(S, K, strides, dilations, opad, oshape):
+            total = s * (n - 1) + p + (k - 1) * d + 1 - o
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else big)
+            end.append(big if auto_pad == "SAME_UPPER" else small)
+        pads = tuple(begin + end)
+    elif auto_pad == "VALID":
+        pads = (0,) * (2 * D)
+    else:
+        pads = _ints(attrs["pads"], 2 * D, 0, "pads", op)
+    out.update(pads=pads, output_padding=opad, output_shape=None, group=int(group), auto_pad="NOTSET",
+               kernel_shape=tuple(K))
+    return out
+
+
+def _float_operands(x, w, op):
+    check(x.dtype.is_float, f"{op}: expects floating-point tensors, got {x}")
+    check(w.dtype is x.dtype, f"{op}: input and weight dtypes differ: {x} and {w}")
+
+
+def _conv_out_shape(x, w, strides, dilations, pads, group):
+    D = x.rank - 2
+    N, C = x.shape[:2]
+    M, Cg = w.shape[:2]
+    check(C % group == 0, f"conv: {C} input channels do not split into {group} groups")
+    check(Cg * group == C, f"conv: the weight {w} expects {Cg} channels per group ({Cg * group} in all, "
+                           f"group={group}), the input {x} has {C}")
+    check(M % group == 0, f"conv: {M} output channels (weight {w}) do not split into {group} groups")
+    out = [_window_out(n, k, s, d, pb, pe, False, "conv", a)
+           for a, (n, k, s, d, pb, pe) in enumerate(zip(x.shape[2:], w.shape[2:], strides, dilations,
+                                                          pads[:D], pads[D:]))]
+    return (N, M, *out)
+
+
+def _conv_infer(ins, strides, dilations, pads, group, auto_pad, kernel_shape):
+    x, w = ins
+    _float_operands(x, w, "conv")
+    return [TensorType(_conv_out_shape(x, w, strides, dilations, pads, group), x.dtype)]
+
+
+def _conv_lower(ins, outs, strides, dilations, pads, group, auto_pad, kernel_shape):
+    (x, w), (o,) = ins, outs
+    M, Cg, *K = w.shape
+    Mg = M // group
+    acc = _acc_dtype(o.dtype)
+    stages, read = _padded_source(x, o.shape[2:], K, strides, dilations, pads, 0)
+
+    def fn(n, m, *os):
+        base = (m // Mg) * Cg if group > 1 else Const(0)
+
+        def body(ci, *ks):
+            return cast(acc, read(n, base + ci, os, ks)) * cast(acc, w[(m, ci, *ks)])
+        return reduce("sum", [Cg, *K], body)
+
+    stage = compute(o.shape, fn, "conv")
+    return _finish(stage, o, stages + [stage])
+
+
+def _np_pad(x, pads, value):
+    D = x.ndim - 2
+    return np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[D + a]) for a in range(D)], constant_values=value)
+
+
+def _windows(xp, out_sp, K, strides, dilations):
+    """xp[n, c, *(o*s + k*d)] as an array [N, C, *O, *K] (xp padded far enough)."""
+    D = len(K)
+    span = [(k - 1) * d + 1 for k, d in zip(K, dilations)]
+    v = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + D)))
+    idx = (slice(None), slice(None)) + tuple(slice(None, (o - 1) * s + 1, s) for o, s in zip(out_sp, strides)) \
+        + tuple(slice(None, None, d) for d in dilations)
+    return v[idx]
+
+
+_LETTERS = "ABCDEFGHIJ"   # spatial axes in einsum subscripts (lowercase: n, g, c, m)
+
+
+def _np_conv(x, w, strides, dilations, pads, group, auto_pad, kernel_shape):
+    x, w = np.asarray(x), np.asarray(w)
+    D = x.ndim - 2
+    N, C, *S = x.shape
+    M, Cg, *K = w.shape
+    out_sp = [(n + pb + pe - (k - 1) * d - 1) // s + 1
+              for n, k, s, d, pb, pe in zip(S, K, strides, dilations, pads[:D], pads[D:])]
+    win = _windows(_np_pad(x.astype(np.float64), pads, 0), out_sp, K, strides, dilations)
+    win = win.reshape(N, group, Cg, *out_sp, *K)
+    wg = w.astype(np.float64).reshape(group, M // group, Cg, *K)
+    o_, k_ = _LETTERS[:D], _LETTERS[D:2 * D]
+    y = np.einsum(f"ngc{o_}{k_},gmc{k_}->ngm{o_}", win, wg)
+    return y.reshape(N, M, *out_sp).astype(x.dtype)
+
+
+# ============================================================================ conv_transpose
+
+def _convt_out_shape(x, w, strides, dilations, pads, output_padding, group):
+    D = x.rank - 2
+    N, C = x.shape[:2]
+    Cw, Mg = w.shape[:2]
+    op = "conv_transpose"
+    check(Cw == C, f"{op}: the weight {w} is for {Cw} input channels, the input {x} has {C}")
+    check(C % group == 0, f"{op}: {C} input channels do not split into {group} groups")
+    out = []
+    for a, (n, k, s, d, p, pb, pe) in enumerate(zip(x.shape[2:], w.shape[2:], strides, dilations,
+                                                     output_padding, pads[:D], pads[D:])):
+        o = s * (n - 1) + p + (k - 1) * d + 1 - pb - pe
+        check(o >= 1, f"{op}: spatial axis {a} has {o} outputs (input {n}, kernel {k}, stride {s}, "
+                      f"dilation {d}, output_padding {p}, pads {pb} + {pe})")
+        out.append(o)
+    return (N, Mg * group, *out)
+
+
+def _convt_infer(ins, strides, dilations, pads, output_padding, output_shape, group, auto_pad, kernel_shape):
+    x, w = ins
+    _float_operands(x, w, "conv_transpose")
+    return [TensorType(_convt_out_shape(x, w, strides, dilations, pads, output_padding, group), x.dtype)]
+
+
+def _convt_lower(ins, outs, strides, dilations, pads, output_padding, output_shape, group, auto_pad,
+                 kernel_shape):
+    """y[o] = sum over i, k with i*s + k*d - pad_begin = o of x[i] * w[k]. The input is
+    first spread out (s - 1 zeros between elements) and padded, into Z with
+    Z[o + k'*d] = x[i] for the flipped tap k' = K-1-k, so y is a stride-1 conv of Z."""
+    (x, w), (o,) = ins, outs
+    D = x.type.rank - 2
+    C, Mg, *K = w.shape
+    Cg = C // group
+    S = x.shape[2:]
+    O = o.shape[2:]
+    acc = _acc_dtype(o.dtype)
+    P0 = [(k - 1) * d - pb for k, d, pb in zip(K, dilations, pads[:D])]
+    Zlen = [n + (k - 1) * d for n, k, d in zip(O, K, dilations)]
+
+    def zbody(n, c, *t):
+        idx, conds = [n, c], []
+        for a in range(D):
+            s = strides[a]
+            if s == 1:
+                i = t[a] - P0[a]
+                lo_ok = P0[a] > 0                       # t >= P0 can fail
+            else:
+                A = max(0, -(-P0[a] // s))              # u = t - P0 + A*s >= 0 for every t >= 0
+                u = t[a] + (A * s - P0[a])
+                conds.append(E.binop("eq", u % s, Const(0)))
+                i = u // s - A
+                lo_ok = A > 0
+            if lo_ok:
+                conds.append(E.binop("ge", i, Const(0)))
+                i = E.maximum(i, Const(0))
+            if (Zlen[a] - 1 - P0[a]) // s >= S[a] or (Zlen[a] - 1 - P0[a]) >= S[a] * s:
+                conds.append(E.binop("lt", i, Const(S[a])))
+                i = E.minimum(i, Const(S[a] - 1))
+            idx.append(i)
+        value = x[tuple(idx)]
+        if not conds:
+            return value
+        cond = conds[0]
+        for cnd in conds[1:]:
+            cond = E.binop("and", cond, cnd)
+        return E.select(cond, value, Const(0, x.dtype))
+
+    z = compute([*x.shape[:2], *Zlen], zbody, "spread")
+
+    def fn(n, m, *os):
+        g = m // Mg if group > 1 else Const(0)
+        mm = m % Mg if group > 1 else m
+
+        def body(ci, *ks):
+            c = g * Cg + ci
+            zi = [oo + kk * d for oo, kk, d in zip(os, ks, dilations)]
+            wi = [Const(k - 1) - kk for k, kk in zip(K, ks)]
+            return cast(acc, z[(n, c, *zi)]) * cast(acc, w[(c, mm, *wi)])
+        return reduce("sum", [Cg, *K], body)
+
+    stage = compute(o.shape, fn, "conv_transpose")
+    return _finish(stage, o, [z, stage])
+
+
+def _np_conv_transpose(x, w, strides, dilations, pads, output_padding, output_shape, group, auto_pad,
+                       kernel_shape):
+    """Scatter: every input element adds x[i] * w[k] at full position i*s + k*d, then
+    the full result is cropped by the pads (or extended, for negative pads)."""
+    x, w = np.asarray(x), np.asarray(w)
+    D = x.ndim - 2
+    N, C, *S = x.shape
+    _, Mg, *K = w.shape
+    Cg = C // group
+    pb, pe = pads[:D], pads[D:]
+    full = [(n - 1) * s + (k - 1) * d + 1 for n, k, s, d in zip(S, K, strides, dilations)]
+    lead = [max(0, -p) for p in pb]
+    out_sp = [f + op - b - e for f, op, b, e in zip(full, output_padding, pb, pe)]
+    buf = np.zeros([N, group, Mg] + [l + f + op + max(0, -e) for l, f, op, e in
+                                     zip(lead, full, output_padding, pe)], np.float64)
+    xg = x.astype(np.float64).reshape(N, group, Cg, *S)
+    wg = w.astype(np.float64).reshape(group, Cg, Mg, *K)
+    s_ = _LETTERS[:D]
+    for ks in itertools.product(*[range(k) for k in K]):
+        contrib = np.einsum(f"ngc{s_},gcm->ngm{s_}", xg, wg[(slice(None),) * 3 + ks])
+        at = tuple(slice(l + k * d, l + k * d + (n - 1) * s + 1, s)
+                   for l, k, d, n, s in zip(lead, ks, dilations, S, strides))
+        buf[(slice(None),) * 3 + at] += contrib
+    crop = tuple(slice(l + b, l + b + o) for l, b, o in zip(lead, pb, out_sp))
+    y = buf[(slice(None),) * 3 + crop]
+    return y.reshape(N, group * Mg, *out_sp).astype(x.dtype)
+
+
+# ============================================================================ pools
+
+def _pool_canon(op):
+    def canon(ins, attrs):
+        (x,) = ins
+        D = _spatial_rank(x, op)
+        check(attrs["kernel_shape"] is not None, f"{op}: kernel_shape is required")
+        K = _ints(attrs["kernel_shape"], D, 1, "kernel_shape", op, 1)
+        strides = _ints(attrs["strides"], D, 1, "strides", op, 1)
+        dilations = _ints(attrs["dilations"], D, 1, "dilations", op, 1)
+        auto_pad = _auto_pad(attrs["auto_pad"], op)
+        ceil_mode = bool(attrs["ceil_mode"])
+        if auto_pad == "NOTSET":
+            pads = _ints(attrs["pads"], 2 * D, 0, "pads", op, 0)
+        else:
+            pads = _same_pads(auto_pad, x.shape[2:], K, strides, dilations)
+            ceil_mode = False
+        out = {"kernel_shape": K, "strides": strides, "pads": pads, "dilations": dilations, "ceil_mode": ceil_mode}
+        if op == "avg_pool":
+            out["count_include_pad"] = bool(attrs["count_include_pad"])
+        out["auto_pad"] = "NOTSET"
+        return out
+    return canon
+
+
+def _pool_out_spatial(shape, kernel_shape, strides, pads, dilations, ceil_mode, op):
+    D = len(shape) - 2
+    return [_window_out(n, k, s, d, pb, pe, ceil_mode, op, a)
+            for a, (n, k, s, d, pb, pe) in enumerate(zip(shape[2:], kernel_shape, strides, dilations,
+                                                         pads[:D], pads[D:]))]
+
+
+def _max_pool_infer(ins, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+    (x,) = ins
+    check(x.dtype.is_float or x.dtype.is_int, f"max_pool: expects a float or integer tensor, got {x}")
+    out = _pool_out_spatial(x.shape, kernel_shape, strides, pads, dilations, ceil_mode, "max_pool")
+    return [TensorType((*x.shape[:2], *out), x.dtype)]
+
+
+def _avg_pool_infer(ins, kernel_shape, strides, pads, dilations, ceil_mode, count_include_pad, auto_pad):
+    (x,) = ins
+    check(x.dtype.is_float, f"avg_pool: expects a floating-point tensor, got {x}")
+    out = _pool_out_spatial(x.shape, kernel_shape, strides, pads, dilations, ceil_mode, "avg_pool")
+    return [TensorType((*x.shape[:2], *out), x.dtype)]
+
+
+def _max_pool_lower(ins, outs, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+    (x,), (o,) = ins, outs
+    fill = reduce_identity("max", x.dtype).value
+    stages, read = _padded_source(x, o.shape[2:], kernel_shape, strides, dilations, pads, fill)
+    stage = compute(o.shape, lambda n, c, *os: reduce("max", list(kernel_shape),
+                                                        lambda *ks: read(n, c, os, ks)), "max_pool")
+    return stages + [stage]
+
+
+def sum_selects(o, k, s, d, pb, lo, hi):
+    total = None
+    for j in range(k):
+        pos = o * s + (j * d - pb)
+        inside = E.binop("and", E.binop("ge", pos, Const(lo)), E.binop("lt", pos, Const(hi)))
+        term = E.select(inside, Const(1), Const(0))
+        total = term if total is None else total + term
+    return total
+
+
+def _avg_pool_lower(ins, outs, kernel_shape, strides, pads, dilations, ceil_mode, count_include_pad, auto_pad):
+    (x,), (o,) = ins, outs
+    D = x.type.rank - 2
+    acc = _acc_dtype(o.dtype)
+    O = o.shape[2:]
+    stages, read = _padded_source(x, O, kernel_shape, strides, dilations, pads, 0)
+    total = compute(o.shape, lambda n, c, *os: reduce("sum", list(kernel_shape),
+                                                        lambda *ks: cast(acc, read(n, c, os, ks))), "window_sum")
+    # the divisor per axis: taps inside the input, or inside the padded input
+    per_axis = []
+    for a in range(D):
+        n, k, s, d, pb, pe = x.shape[2 + a], kernel_shape[a], strides[a], dilations[a], pads[a], pads[D + a]
+        lo, hi = (-pb, n + pe) if count_include_pad else (0, n)
+        counts = {sum(1 for j in range(k) if lo <= oo * s + j * d - pb < hi) for oo in range(O[a])}
+        per_axis.append(counts.pop() if len(counts) == 1 else (k, s, d, pb, lo, hi))
+    const = math.prod(c for c in per_axis if isinstance(c, int))
+
+    def fn(n, c, *os):
+        div = Const(const)
+        for a, spec in enumerate(per_axis):
+            if not isinstance(spec, int):
+                k, s, d, pb, lo, hi = spec
+                div = div * sum_selects(os[a], k, s, d, pb, lo, hi)
+        return cast(o.dtype, total[(n, c, *os)] / cast(acc, div))
+
+    return stages + [total, compute(o.shape, fn, "avg_pool")]
+
+
+def _np_pool_windows(xp, x_shape, kernel_shape, strides, pads, dilations, ceil_mode, fill):
+    """Windows [N, C, *O, *K] of ``xp`` (the input with its pads already applied),
+    padded further at the end with ``fill`` where ceil_mode's last window runs past."""
+    D = len(x_shape) - 2
+    out_sp = _pool_out_spatial(x_shape, kernel_shape, strides, pads, dilations, ceil_mode, "pool")
+    extra = [max(0, (o - 1) * s + (k - 1) * d + 1 - n)
+             for o, s, k, d, n in zip(out_sp, strides, kernel_shape, dilations, xp.shape[2:])]
+    xp = _np_pad(xp, (0,) * D + tuple(extra), fill)
+    return _windows(xp, out_sp, kernel_shape, strides, dilations)
+
+
+def _np_max_pool(x, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+    x = np.asarray(x)
+    D = x.ndim - 2
+    fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    win = _np_pool_windows(_np_pad(x, pads, fill), x.shape, kernel_shape, strides, pads, dilations, ceil_mode,
+                           fill)
+    return win.max(axis=tuple(range(-D, 0))).astype(x.dtype)
+
+
+def _np_avg_pool(x, kernel_shape, strides, pads, dilations, ceil_mode, count_include_pad, auto_pad):
+    x = np.asarray(x)
+    D = x.ndim - 2
+    args = (x.shape, kernel_shape, strides, pads, dilations, ceil_mode, 0.0)
+    win = _np_pool_windows(_np_pad(x.astype(np.float64), pads, 0.0), *args)
+    # the positions that count: the input, or the input with its pads (not ceil_mode's overhang)
+    ones = np.ones((1, 1, *x.shape[2:]))
+    mask = _np_pad(ones, pads, 1.0 if count_include_pad else 0.0)
+    count = _np_pool_windows(mask, *args)
+    axes = tuple(range(-D, 0))
+    with np.errstate(all="ignore"):
+        return (win.sum(axis=axes) / count.sum(axis=axes)).astype(x.dtype)
+
+
+# ============================================================================ global pools
+
+def _global_infer(op):
+    def infer(ins):
+        (x,) = ins
+        _spatial_rank(x, op)
+        check(x.dtype.is_float or (op == "global_max_pool" and x.dtype.is_int),
+              f"{op}: expects a floating-point tensor, got {x}")
+        check(all(n > 0 for n in x.shape[2:]), f"{op}: the spatial axes of {x} are empty")
+        return [TensorType((*x.shape[:2], *([1] * (x.rank - 2))), x.dtype)]
+    return infer
+
+
+def _global_lower(combiner):
+    def lower(ins, outs):
+        (x,), (o,) = ins, outs
+        axes = tuple(range(2, len(x.shape)))
+        acc = _acc_dtype(o.dtype) if combiner == "sum" else o.dtype
+        stage = reduce_stage(x, axes, True, combiner, acc)
+        if combiner == "max":
+            return [stage]
+        n = math.prod(x.shape[2:])
+        return [stage, compute(o.shape, lambda *i: cast(o.dtype, stage[i] * Const(1.0 / n, acc)))]
+    return lower
+
+
+def _np_global(fn):
+    def ref(x):
+        x = np.asarray(x)
+        axes = tuple(range(2, x.ndim))
+        if fn is np.mean:
+            return np.mean(x.astype(np.float64), axis=axes, keepdims=True).astype(x.dtype)
+        return np.max(x, axis=axes, keepdims=True)
+    return ref
+
+
+# ============================================================================ records
+
+_CONV_ATTRS = {"strides": None, "dilations": None, "pads": None, "group": 1, "auto_pad": "NOTSET",
+               "kernel_shape": None}
+_CONVT_ATTRS = {"strides": None, "dilations": None, "pads": None, "output_padding": None, "output_shape": None,
+                "group": 1, "auto_pad": "NOTSET", "kernel_shape": None}
+_POOL_ATTRS = {"kernel_shape": None, "strides": None, "pads": None, "dilations": None, "ceil_mode": False}
+
+OPS = [
+    OpDef("conv", "contraction", _conv_infer, _np_conv, _conv_lower, params=("x", "w"), attrs=dict(_CONV_ATTRS),
+          canonicalize=_conv_canon,
+          doc="ONNX Conv without bias: x [N, C, *S], w [M, C/group, *K] -> [N, M, *O]; pads are "
+              "[begin..., end...]; auto_pad resolves to pads. Add a bias b[M] as reshape(b, (M, 1, ...)) "
+              "after the conv."),
+    OpDef("conv_transpose", "contraction", _convt_infer, _np_conv_transpose, _convt_lower, params=("x", "w"),
+          attrs=dict(_CONVT_ATTRS), canonicalize=lambda ins, a: _conv_canon(ins, a, transpose=True),
+          doc="ONNX ConvTranspose without bias: x [N, C, *S], w [C, M/group, *K] -> [N, M, *O]; "
+              "output_shape / auto_pad resolve to pads."),
+    OpDef("max_pool", "reduction", _max_pool_infer, _np_max_pool, _max_pool_lower,
+          attrs={**_POOL_ATTRS, "auto_pad": "NOTSET"}, canonicalize=_pool_canon("max_pool"),
+          doc="ONNX MaxPool (values only): windows of kernel_shape over the spatial axes, padding never wins."),
+    OpDef("avg_pool", "reduction", _avg_pool_infer, _np_avg_pool, _avg_pool_lower,
+          attrs={**_POOL_ATTRS, "count_include_pad": False, "auto_pad": "NOTSET"},
+          canonicalize=_pool_canon("avg_pool"),
+          doc="ONNX AveragePool: the window mean over the input (count_include_pad: over the padded input)."),
+    OpDef("global_avg_pool", "reduction", _global_infer("global_avg_pool"), _np_global(np.mean),
+          _global_lower("sum"), doc="ONNX GlobalAveragePool: mean over the spatial axes, kept as size 1."),
+    OpDef("global_max_pool", "reduction", _global_infer("global_max_pool"), _np_global(np.max),
+          _global_lower("max"), doc="ONNX GlobalMaxPool: max over the spatial axes, kept as size 1."),
+]
