@@ -1,0 +1,138 @@
+"""The ONNX importer on models built here: what it imports, what it folds, and
+the errors a user sees for bad or unsupported input."""
+import os
+
+import numpy as np
+import onnx
+import onnx.reference
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import mlc
+from mlc.frontend.onnx import OnnxImportError, from_onnx
+
+
+def model(nodes, inputs, outputs, initializers=(), opset=17):
+    g = helper.make_graph(nodes, "m", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def mlp_model():
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["z"]), helper.make_node("Softmax", ["z"], ["y"], axis=-1)]
+    return model(nodes, [vi("x", [2, 4])], [vi("y", [2, 3])], [w1, b1, w2])
+
+
+def test_mlp_imports_and_matches_onnx_reference():
+    m = mlp_model()
+    g = from_onnx(m)
+    assert [n.op for n in g.nodes if n.op != "constant"] == ["matmul", "add", "relu", "matmul", "softmax"]
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    want = onnx.reference.ReferenceEvaluator(m).run(None, {"x": x})[0]
+    np.testing.assert_allclose(mlc.compile(g)(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_shape_subgraph_is_folded_at_import():
+    # y = reshape(x, [shape(x)[0], -1]) computed through Shape, Gather, Unsqueeze, Concat
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["d0"], axis=0),
+             helper.make_node("Unsqueeze", ["d0", "axes"], ["d0u"]),
+             helper.make_node("Concat", ["d0u", "minus1"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus1")]
+    m = model(nodes, [vi("x", [3, 4, 5])], [vi("y", [3, 20])], inits)
+    if "Gather" not in mlc.frontend.onnx.CONVERTERS:
+        pytest.skip("Gather is not mapped yet")
+    g = from_onnx(m)
+    assert [n.op for n in g.nodes] == ["reshape"]
+
+
+def test_initializers_listed_as_inputs_are_weights():
+    m = mlp_model()
+    m.graph.input.extend([vi("w1", [4, 8]), vi("b1", [8]), vi("w2", [8, 3])])   # as old exporters did
+    g = from_onnx(m)
+    assert [v.name for v in g.inputs] == ["x"]
+
+
+def test_every_unsupported_op_is_listed_once():
+    nodes = [helper.make_node("FancyOp", ["x"], ["a"]), helper.make_node("FancyOp", ["a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["c"]),
+             helper.make_node("MyOp", ["c"], ["y"], domain="com.example")]
+    m = model(nodes, [vi("x", [2])], [vi("y", [2])])
+    m.opset_import.extend([helper.make_opsetid("com.example", 3)])
+    with pytest.raises(OnnxImportError) as e:
+        from_onnx(m)
+    msg = str(e.value)
+    assert "2 op type(s) mlc does not support" in msg
+    assert "FancyOp (domain ai.onnx, opset 17; 2 nodes)" in msg
+    assert "MyOp (domain com.example, opset 3; 1 node)" in msg
+
+
+def test_truncated_and_corrupted_files(tmp_path):
+    data = mlp_model().SerializeToString()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OnnxImportError, match=r"m.onnx is not a valid ONNX model: the file is truncated or corrupted"):
+        from_onnx(str(path))
+    path.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(OnnxImportError, match="truncated or corrupted"):
+        from_onnx(str(path))
+    with pytest.raises(OnnxImportError, match="no such ONNX file"):
+        from_onnx(str(tmp_path / "missing.onnx"))
+
+
+def test_missing_external_data_file(tmp_path):
+    m = mlp_model()
+    path = str(tmp_path / "ext.onnx")
+    onnx.save_model(mlp_model(), path, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
+                    size_threshold=0)
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(mlc.compile(from_onnx(path))(x), mlc.compile(from_onnx(m))(x))
+    os.remove(tmp_path / "weights.bin")
+    with pytest.raises(OnnxImportError, match=r"keeps its data in the external file 'weights.bin', which is missing"):
+        from_onnx(path)
+
+
+def test_declared_shape_contradicting_the_ops():
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2, 3])], [vi("y", [3, 2])])
+    with pytest.raises(OnnxImportError, match=r"output 'y' is declared with shape \[3, 2\] but the model computes \[2, 3\]"):
+        from_onnx(m)
+    m = model([helper.make_node("MatMul", ["x", "x"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 2])])
+    with pytest.raises(OnnxImportError, match=r"node 0 '' \(MatMul\): matmul: contraction dims differ"):
+        from_onnx(m)
+
+
+def test_symbolic_shapes_need_input_shapes():
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", ["N", 3])], [vi("y", ["N", 3])])
+    with pytest.raises(OnnxImportError, match=r"input 'x' has shape \['N', 3\], which is not static; pass input_shapes"):
+        from_onnx(m)
+    g = from_onnx(m, input_shapes={"x": (5, 3)})
+    assert g.inputs[0].shape == (5, 3)
+
+
+def test_opset_range_is_checked():
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2])], opset=6)
+    with pytest.raises(OnnxImportError, match=r"opset 6; mlc imports opsets 7 to \d+"):
+        from_onnx(m)
+
+
+def test_backend_specializes_shape_inputs():
+    # Reshape's target shape arrives as a graph input: compiled at run time for its value
+    m = model([helper.make_node("Reshape", ["x", "shape"], ["y"])],
+              [vi("x", [2, 6]), vi("shape", [2], TensorProto.INT64)], [vi("y", ["a", "b"])])
+    rep = mlc.frontend.onnx.MlcBackend.prepare(m)
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    (y,) = rep.run([x, np.array([3, 4], np.int64)])
+    np.testing.assert_array_equal(y, x.reshape(3, 4))
+    (y,) = rep.run([x, np.array([4, 3], np.int64)])
+    np.testing.assert_array_equal(y, x.reshape(4, 3))
