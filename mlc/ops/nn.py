@@ -17,7 +17,7 @@ from ..ir.expr import Const, cast
 from ..ir.tensor import compute, reduce
 from ..ir.types import TensorType, float32
 from .reduction import reduce_stage
-from .registry import OpDef, broadcast_load, broadcast_shapes, check, normalize_axis
+from .registry import OpDef, broadcast_load, check, normalize_axis
 
 
 def _acc(dt):
@@ -51,6 +51,14 @@ def _softplus(x):
 
 def _np_softplus(x):
     return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def _broadcasts_to(shape, target) -> bool:
+    """numpy broadcasting of ``shape`` gives exactly ``target`` (ONNX unidirectional broadcasting)."""
+    try:
+        return len(shape) <= len(target) and np.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except ValueError:
+        return False
 
 
 def _tanh(x):
@@ -173,7 +181,7 @@ def _prelu_infer(ins):
     x, slope = ins
     check(x.dtype.is_float and slope.dtype.is_float,
           f"prelu: expects floating-point tensors, got {x} and {slope}")
-    check(broadcast_shapes(x.shape, slope.shape) == x.shape,
+    check(_broadcasts_to(slope.shape, x.shape),
           f"prelu: slope {slope} does not broadcast to the shape of {x}")
     return [x]
 
@@ -293,7 +301,7 @@ def _layer_norm_infer(ins, axis, epsilon):
     norm_shape = x.shape[axis:]
     for name, p in (("scale", scale), ("bias", bias)):
         check(p.dtype.is_float, f"layer_norm: {name} must be floating-point, got {p}")
-        check(p.rank <= len(norm_shape) and broadcast_shapes(norm_shape, p.shape) == norm_shape,
+        check(_broadcasts_to(p.shape, norm_shape),
               f"layer_norm: {name} {p} does not broadcast to the normalized shape {list(norm_shape)}")
     check(x.dtype.is_float, f"layer_norm: expects a floating-point input, got {x}")
     return [x]
