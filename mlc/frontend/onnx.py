@@ -495,6 +495,58 @@ def _softmax(n, x):
     return op("reshape", op(name, flat, axis=1), shape=shape)
 
 
+def _spatial_attrs(n, names):
+    out = {}
+    for k in names:
+        v = n.attr(k)
+        if v is not None:
+            out[k] = tuple(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def _add_channel_bias(y, b):
+    """ONNX's optional conv bias b[M] added along axis 1."""
+    if b is None:
+        return y
+    rank = len(_shape(y))
+    return op("add", y, op("reshape", b, shape=(-1,) + (1,) * (rank - 2)))
+
+
+@converter("Conv")
+def _conv(n, x, w, b=None):
+    attrs = _spatial_attrs(n, ("strides", "dilations", "pads", "group", "auto_pad", "kernel_shape"))
+    return _add_channel_bias(op("conv", x, w, **attrs), b)
+
+
+@converter("ConvTranspose")
+def _conv_transpose(n, x, w, b=None):
+    attrs = _spatial_attrs(n, ("strides", "dilations", "pads", "output_padding", "output_shape", "group",
+                                "auto_pad", "kernel_shape"))
+    return _add_channel_bias(op("conv_transpose", x, w, **attrs), b)
+
+
+@converter("MaxPool")
+def _max_pool(n, x):
+    if len(n.proto.output) > 1 and n.proto.output[1]:
+        raise OnnxImportError("MaxPool's second output (Indices) is not supported")
+    attrs = _spatial_attrs(n, ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"))
+    if n.attr("storage_order", 0):
+        raise OnnxImportError("MaxPool with storage_order=1 is not supported")
+    return op("max_pool", x, **attrs)
+
+
+@converter("AveragePool")
+def _avg_pool(n, x):
+    attrs = _spatial_attrs(n, ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"))
+    attrs["count_include_pad"] = bool(n.attr("count_include_pad", 0))
+    return op("avg_pool", x, **attrs)
+
+
+@converter("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(n, x):
+    return op("global_avg_pool" if n.op_type == "GlobalAveragePool" else "global_max_pool", x)
+
+
 # ----------------------------------------------------------------------------- the importer
 
 def _value_type(vi) -> tuple[list, np.dtype | None]:
@@ -549,7 +601,9 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
             raise OnnxImportError(f"initializer {init.name!r} cannot be read: {_short(e)}") from None
     for k, v in (constant_inputs or {}).items():
         weights[k] = np.asarray(v)
-    inputs = [vi for vi in graph.input if vi.name not in weights]   # old models list weights as inputs too
+    # old models list weights as inputs too, and some list values their own nodes compute
+    produced = {o for node in graph.node for o in node.output}
+    inputs = [vi for vi in graph.input if vi.name not in weights and vi.name not in produced]
     input_shapes = dict(input_shapes or {})
     types = []
     for vi in inputs:
