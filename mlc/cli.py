@@ -70,6 +70,105 @@ def cmd_demo(args) -> int:
     return 0 if ok else 1
 
 
+def _parse_inputs(specs, graph):
+    """``name=file.npy`` pairs -> arrays in graph-input order (names as in the model)."""
+    import numpy as np
+    given = {}
+    for spec in specs or []:
+        if "=" not in spec:
+            raise SystemExit(f"mlc run: --input takes name=file.npy, got {spec!r}")
+        name, path = spec.split("=", 1)
+        try:
+            given[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"mlc run: cannot read input {name!r} from {path}: {e}")
+    return given
+
+
+def cmd_run(args) -> int:
+    import os
+    import numpy as np
+    import mlc
+    from .frontend.onnx import OnnxImportError, from_onnx
+    try:
+        graph = from_onnx(args.model, input_shapes=_shape_overrides(args.shape))
+    except OnnxImportError as e:
+        print(f"mlc run: {e}", file=sys.stderr)
+        return 1
+    given = _parse_inputs(args.input, graph)
+    names = {v.name: v for v in graph.inputs}
+    unknown = [n for n in given if n not in names and _sanitized(n) not in names]
+    if unknown:
+        raise SystemExit(f"mlc run: the model has no input {', '.join(map(repr, unknown))}; its inputs are "
+                         + ", ".join(f"{v.name}: {v.type}" for v in graph.inputs))
+    by_sanitized = {_sanitized(k): v for k, v in given.items()}
+    missing = [v for v in graph.inputs if v.name not in by_sanitized]
+    if missing and not args.random_inputs:
+        raise SystemExit("mlc run: no data for input(s) " + ", ".join(f"{v.name}: {v.type}" for v in missing)
+                         + "; give --input name=file.npy, or --random-inputs to use random data")
+    rng = np.random.default_rng(args.seed)
+    arrays = []
+    for v in graph.inputs:
+        if v.name in by_sanitized:
+            arrays.append(by_sanitized[v.name])
+        else:
+            print(f"input {v.name}: random {v.type} (seed {args.seed})")
+            arrays.append(_random_array(rng, v.type))
+    t0 = time.perf_counter()
+    exe = mlc.compile(graph)
+    t_compile = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    try:
+        outs = exe(*arrays)
+    except TypeError as e:
+        raise SystemExit(f"mlc run: {e}")
+    t_run = time.perf_counter() - t0
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    print(f"compiled in {t_compile:.2f} s ({exe.kernel_count} kernels), ran in {t_run * 1e3:.2f} ms")
+    import onnx
+    out_names = [o.name for o in onnx.load(args.model, load_external_data=False).graph.output]
+    for name, o in zip(out_names, outs):
+        summary = ""
+        if o.size and o.dtype.kind in "fiub":
+            f = o.astype(np.float64)
+            summary = f" min {f.min():.6g} max {f.max():.6g} mean {f.mean():.6g}"
+            if o.ndim == 2 and o.shape[0] == 1 and o.shape[1] > 1:
+                summary += f" argmax {int(o[0].argmax())}"
+        print(f"output {name}: {o.dtype}{list(o.shape)}{summary}")
+        if args.output_dir:
+            os.makedirs(args.output_dir, exist_ok=True)
+            path = os.path.join(args.output_dir, _sanitized(name) + ".npy")
+            np.save(path, o)
+            print(f"  saved to {path}")
+    return 0
+
+
+def _sanitized(name: str) -> str:
+    import re
+    name = re.sub(r"[^A-Za-z0-9_]", "_", name) or "fn"
+    return name if not name[0].isdigit() else "_" + name
+
+
+def _shape_overrides(specs):
+    shapes = {}
+    for spec in specs or []:
+        name, _, dims = spec.partition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise SystemExit(f"mlc run: --shape takes name=d0,d1,..., got {spec!r}")
+    return shapes
+
+
+def _random_array(rng, t):
+    import numpy as np
+    if t.dtype.is_float:
+        return rng.standard_normal(t.shape).astype(t.dtype.np)
+    if t.dtype.is_bool:
+        return rng.random(t.shape) < 0.5
+    return rng.integers(0, 10, size=t.shape).astype(t.dtype.np)
+
+
 def main(argv=None) -> int:
     from . import __version__
     p = argparse.ArgumentParser(prog="mlc", description="mlc: trace, compile and run ML models as native code.")
@@ -83,6 +182,15 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="compile and run the bundled MLP, compare with numpy")
     demo.add_argument("--batch", type=int, default=32)
     demo.set_defaults(func=cmd_demo)
+    run = sub.add_parser("run", help="import an ONNX model, compile it and run it on given or random inputs")
+    run.add_argument("model", help="an .onnx file")
+    run.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="data for one input (repeatable)")
+    run.add_argument("--random-inputs", action="store_true", help="use random data for inputs not given")
+    run.add_argument("--seed", type=int, default=0, help="seed for --random-inputs (default 0)")
+    run.add_argument("--shape", action="append", metavar="NAME=D0,D1,...",
+                     help="a static shape for an input declared with symbolic dimensions")
+    run.add_argument("--output-dir", help="save each output as NAME.npy in this folder")
+    run.set_defaults(func=cmd_run)
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
         p.print_help()

@@ -41,3 +41,54 @@ def test_demo_runs_and_checks_against_numpy():
     r = run("demo", "--batch", "8")
     assert r.returncode == 0, r.stderr
     assert "demo OK" in r.stdout and "max relative error vs numpy" in r.stdout
+
+
+LIGHT = os.path.join(os.path.dirname(__import__("onnx").__file__), "backend", "test", "data", "light")
+
+
+def _light_input(model_path):
+    import numpy as np
+    import onnx
+    m = onnx.load(model_path)
+    produced = {o for n in m.graph.node for o in n.output}
+    (vi,) = [vi for vi in m.graph.input if vi.name not in produced and vi.name not in {i.name for i in m.graph.initializer}]
+    shape = tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+    n = int(np.prod(shape))
+    return vi.name, (np.arange(n).reshape(shape) / n).astype(np.float32)   # what ONNX's runner feeds it
+
+
+def test_run_onnx_model_matches_stored_output(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    model = os.path.join(LIGHT, "light_squeezenet.onnx")
+    name, x = _light_input(model)
+    np.save(tmp_path / "x.npy", x)
+    r = run("run", model, "--input", f"{name}=" + str(tmp_path / "x.npy"), "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "output softmaxout_1: float32[1, 1000, 1, 1]" in r.stdout
+    got = np.load(tmp_path / "out" / "softmaxout_1.npy")
+    want = numpy_helper.to_array(onnx.load_tensor(os.path.join(LIGHT, "light_squeezenet_output_0.pb")))
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-7)
+
+
+def test_run_asks_for_inputs_or_random_inputs(tmp_path):
+    model = os.path.join(LIGHT, "light_squeezenet.onnx")
+    r = run("run", model)
+    assert r.returncode != 0
+    assert "no data for input(s) data_0: f32[1,3,224,224]; give --input name=file.npy, or --random-inputs" in r.stderr
+    r = run("run", model, "--input", "nosuch=" + str(tmp_path / "x.npy"))
+    assert r.returncode != 0 and "cannot read input 'nosuch'" in r.stderr
+
+
+def test_run_reports_unsupported_ops_in_one_message(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    nodes = [helper.make_node("Foo", ["x"], ["a"]), helper.make_node("Bar", ["a"], ["y"])]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, tmp_path / "m.onnx")
+    r = run("run", str(tmp_path / "m.onnx"), "--random-inputs")
+    assert r.returncode == 1
+    assert "2 op type(s) mlc does not support: Bar (domain ai.onnx, opset 17; 1 node), Foo" in r.stderr
