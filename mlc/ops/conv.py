@@ -23,13 +23,15 @@ explicit ``pads`` (then ``auto_pad`` is "NOTSET" and ``output_shape`` None), and
 ``kernel_shape`` of the convolutions into the weight's spatial shape.
 
 Lowering: padding never reads outside the input. A first stage copies the input
-into a zero (or -inf) padded buffer, split by stride phase along strided axes --
-``P[n, c, *phase, *q] = x[n, c, q*s + phase - pad_begin]`` -- so that a window
-element ``o*s + k*d`` is ``P[(k*d) % s, o + (k*d) // s]``: every read of the main
-stage is then contiguous along the innermost output axis, whatever the stride,
-and the default schedule gives it the register-tile (matmul-like) micro-kernel.
-The convolution is ``sum[ci < C/group, *k < K]`` over that buffer; float16 is
-accumulated in float32.
+into a zero (or -inf) padded buffer with clamped indices and a select; when the
+innermost spatial axis is strided it is unfolded there into (tap, output) --
+``P[n, c, ..., kw, ow] = x[n, c, ..., ow*s + kw*d - pad_begin]`` -- so every read
+of the main stage is contiguous along the innermost output axis, whatever the
+stride, and the default schedule gives it the register-tile (matmul-like)
+micro-kernel. The convolution is ``sum[ci < C/group, *k < K]`` over that buffer;
+float16 is accumulated in float32. conv_transpose first spreads the input out
+(stride - 1 zeros between elements) and pads it, then runs a stride-1 conv with
+the flipped kernel.
 """
 from __future__ import annotations
 
@@ -128,22 +130,27 @@ def _padded_source(x, out_sp, K, strides, dilations, pads, fill):
     if no_pad and all(s == 1 for s in strides):
         return [], lambda n, c, os, ks: x[(n, c, *[o + k * d for o, k, d in zip(os, ks, dilations)])]
 
-    Sq = [o + (k - 1) * d // s for o, k, s, d in zip(out_sp, K, strides, dilations)]
-    shape = list(x.shape[:2]) + list(strides) + Sq
+    # padded extent per axis; a strided innermost axis is unfolded into (tap, output)
+    span = [(o - 1) * s + (k - 1) * d + 1 for o, k, s, d in zip(out_sp, K, strides, dilations)]
+    unfold = strides[-1] > 1
+    shape = list(x.shape[:2]) + span[:-1] + ([K[-1], out_sp[-1]] if unfold else [span[-1]])
 
     def body(n, c, *rest):
-        ph, q = rest[:D], rest[D:]
+        pos = [r - p for r, p in zip(rest[:D - 1], pb)]
+        if unfold:
+            pos.append(rest[D] * strides[-1] + rest[D - 1] * dilations[-1] - pb[-1])
+        else:
+            pos.append(rest[D - 1] - pb[-1])
         idx, conds = [n, c], []
         for a in range(D):
-            pos = q[a] * strides[a] + ph[a] - pb[a]
-            hi = (Sq[a] - 1) * strides[a] + strides[a] - 1 - pb[a]     # largest pos this stage visits
+            p = pos[a]
             if pb[a] > 0:
-                conds.append(E.binop("ge", pos, Const(0)))
-                pos = E.maximum(pos, Const(0))
-            if hi >= S[a]:
-                conds.append(E.binop("lt", q[a] * strides[a] + ph[a] - pb[a], Const(S[a])))
-                pos = E.minimum(pos, Const(S[a] - 1))
-            idx.append(pos)
+                conds.append(E.binop("ge", pos[a], Const(0)))
+                p = E.maximum(p, Const(0))
+            if span[a] - pb[a] > S[a]:
+                conds.append(E.binop("lt", pos[a], Const(S[a])))
+                p = E.minimum(p, Const(S[a] - 1))
+            idx.append(p)
         value = x[tuple(idx)]
         if not conds:
             return value
@@ -155,15 +162,9 @@ def _padded_source(x, out_sp, K, strides, dilations, pads, fill):
     padded = compute(shape, body, "pad")
 
     def read(n, c, os, ks):
-        phases, qs = [], []
-        for o, k, s, d in zip(os, ks, strides, dilations):
-            if d % s == 0:
-                phases.append(Const(0))
-                qs.append(o + k * (d // s))
-            else:
-                phases.append((k * d) % s)
-                qs.append(o + (k * d) // s)
-        return padded[(n, c, *phases, *qs)]
+        idx = [o * s + k * d for o, k, s, d in zip(os[:-1], ks[:-1], strides, dilations)]
+        idx += [ks[-1], os[-1]] if unfold else [os[-1] + ks[-1] * dilations[-1]]
+        return padded[(n, c, *idx)]
 
     return [padded], read
 
