@@ -44,8 +44,8 @@ from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import compute, reduce, reduce_identity
 from ..ir.types import TensorType, float32
-from .registry import OpDef, OpTypeError, check
 from .reduction import reduce_stage
+from .registry import OpDef, OpTypeError, check
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -123,7 +123,7 @@ def _padded_source(x, out_sp, K, strides, dilations, pads, fill):
     position ``o*s + k*d - pad_begin`` per spatial axis (``os``, ``ks`` index exprs)."""
     D = len(out_sp)
     S = x.shape[2:]
-    pb, pe = pads[:D], pads[D:]
+    pb = pads[:D]
     # largest padded position read, per axis
     need = [(o - 1) * s + (k - 1) * d for o, k, s, d in zip(out_sp, K, strides, dilations)]
     no_pad = all(p == 0 for p in pb) and all(nd < n for nd, n in zip(need, S))
@@ -295,7 +295,7 @@ _LETTERS = "ABCDEFGHIJ"   # spatial axes in einsum subscripts (lowercase: n, g, 
 def _np_conv(x, w, strides, dilations, pads, group, auto_pad, kernel_shape):
     x, w = np.asarray(x), np.asarray(w)
     D = x.ndim - 2
-    N, C, *S = x.shape
+    N, _, *S = x.shape
     M, Cg, *K = w.shape
     out_sp = [(n + pb + pe - (k - 1) * d - 1) // s + 1
               for n, k, s, d, pb, pe in zip(S, K, strides, dilations, pads[:D], pads[D:])]
