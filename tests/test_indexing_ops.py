@@ -115,6 +115,13 @@ def test_gather_type_errors():
         mlc.trace(lambda x, i: mlc.gather_elements(x, i), x, np.zeros((3, 5), I64))
 
 
+def test_large_shapes_take_the_parallel_path():
+    x = rand((300, 130))   # 39000 elements: over the parallel threshold, 130 % 8 != 0
+    idx = _RNG.integers(-130, 130, size=(300, 131)).astype(I64)
+    check_all(lambda x, i: mlc.gather(x, i, axis=1), [x, idx], np.take(x, np.where(idx < 0, idx + 130, idx), axis=1))
+    check_all(lambda x: mlc.pad(x, pads=[3, 9, 5, 2], mode="reflect"), [x], np.pad(x, [(3, 5), (9, 2)], "reflect"))
+
+
 # ============================================================================ pad
 
 PAD_CASES = [
@@ -167,6 +174,8 @@ def test_pad_type_errors():
         mlc.trace(lambda x: mlc.pad(x, pads=[1, 0, 1, 0], mode="edge"), np.zeros((0, 4), F32))
     with pytest.raises(mlc.TraceError, match="pad: value 300 does not fit u8"):
         mlc.trace(lambda x: mlc.pad(x, pads=[1, 0, 1, 0], value=300), np.zeros((2, 4), U8))
+    with pytest.raises(mlc.TraceError, match="pad: value nan does not fit i32"):
+        mlc.trace(lambda x: mlc.pad(x, pads=[1, 0, 1, 0], value=float("nan")), np.zeros((2, 4), I32))
 
 
 # ============================================================================ tile, split

@@ -237,3 +237,12 @@ def test_lrn_other_ranks_and_errors():
         mlc.trace(lambda x: mlc.lrn(x, size=3), np.zeros(4, F32))
     with pytest.raises(mlc.TraceError, match="lrn: size must be a positive int"):
         mlc.trace(lambda x: mlc.lrn(x, size=0), np.zeros((1, 4), F32))
+
+
+def test_large_shapes_take_the_parallel_path():
+    x = rand((300, 130), F32, -3, 3)   # 39000 elements: over the parallel threshold, 130 % 8 != 0
+    scale, bias = rand((130,)), rand((130,))
+    (want,) = onnx_run("LayerNormalization", [x, scale, bias], {"axis": -1})
+    check_all(lambda x, s, b: mlc.layer_norm(x, s, b), [x, scale, bias], want)
+    (want,) = onnx_run("Gelu", [x])
+    check_all(mlc.gelu, [x], want)

@@ -145,6 +145,7 @@ def _pad_canon(ins, attrs):
     value = attrs["value"]
     check(isinstance(value, (int, float, bool, np.number, np.bool_)), f"pad: value must be a number, got {value!r}")
     dt = x.dtype
+    check(dt.is_float or np.isfinite(value), f"pad: value {value} does not fit {dt}")
     value = bool(value) if dt.is_bool else float(value) if dt.is_float else int(value)
     if dt.is_int:
         info = np.iinfo(dt.np)
