@@ -72,16 +72,16 @@ def ids(cases):
 
 # ============================================================================ the op list itself
 
-TESTED_OPS = {
-    "neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "sin", "cos", "erf",
-    "add", "sub", "mul", "div", "pow", "maximum", "minimum", "equal", "less", "greater",
-    "where", "cast", "copy", "sum", "mean", "max", "min", "prod", "softmax", "log_softmax", "matmul",
-    "reshape", "transpose", "broadcast_to", "expand_dims", "squeeze", "concatenate", "slice",
-}
-
-
 def test_every_registered_op_is_tested():
-    assert set(ops.REGISTRY) - {"constant"} == TESTED_OPS
+    """Each op of the registry is exercised by name in some test module."""
+    import glob
+    import os
+    import re
+    here = os.path.dirname(os.path.abspath(__file__))
+    text = "\n".join(open(f).read() for f in glob.glob(os.path.join(here, "test_*.py")))
+    untested = [name for name in ops.REGISTRY if name != "constant"
+                and not re.search(rf"(mlc\.{name}\b|[\"']{name}[\"'])", text)]
+    assert not untested, untested
 
 
 # ============================================================================ unary

@@ -278,21 +278,6 @@ def _isinf(n, x):
     return op("where", pos, True, neg)
 
 
-@converter("Softsign")
-def _softsign(n, x):
-    return op("div", x, op("add", op("abs", x), 1.0))
-
-
-@converter("ThresholdedRelu")
-def _thresholded_relu(n, x):
-    return op("where", op("greater", x, float(n.attr("alpha", 1.0))), x, 0.0)
-
-
-@converter("PRelu")
-def _prelu(n, x, slope):
-    return op("where", op("less", x, 0.0), op("mul", x, slope), x)
-
-
 @converter("Shrink")
 def _shrink(n, x):
     lambd, bias = float(n.attr("lambd", 0.5)), float(n.attr("bias", 0.0))
@@ -547,6 +532,123 @@ def _global_pool(n, x):
     return op("global_avg_pool" if n.op_type == "GlobalAveragePool" else "global_max_pool", x)
 
 
+_ACTIVATIONS = {  # ONNX op -> (mlc op, ONNX attribute -> mlc attribute)
+    "LeakyRelu": ("leaky_relu", {"alpha": "alpha"}),
+    "Elu": ("elu", {"alpha": "alpha"}),
+    "Selu": ("selu", {"alpha": "alpha", "gamma": "gamma"}),
+    "Celu": ("celu", {"alpha": "alpha"}),
+    "Gelu": ("gelu", {"approximate": "approximate"}),
+    "HardSigmoid": ("hard_sigmoid", {"alpha": "alpha", "beta": "beta"}),
+    "HardSwish": ("hard_swish", {}),
+    "Softplus": ("softplus", {}),
+    "Softsign": ("softsign", {}),
+    "Mish": ("mish", {}),
+    "ThresholdedRelu": ("thresholded_relu", {"alpha": "alpha"}),
+}
+
+
+@converter(*_ACTIVATIONS)
+def _activation(n, x):
+    name, names = _ACTIVATIONS[n.op_type]
+    return op(name, x, **{m: n.attr(k) for k, m in names.items() if k in n.attrs})
+
+
+@converter("PRelu")
+def _prelu(n, x, slope):
+    return op("prelu", x, slope)
+
+
+@converter("Clip")
+def _clip(n, x, lo=None, hi=None):
+    if n.opset < 11:   # bounds were attributes
+        lo, hi = n.attr("min"), n.attr("max")
+    else:
+        lo = None if lo is None else _const(lo, "Clip's min").item()
+        hi = None if hi is None else _const(hi, "Clip's max").item()
+    return op("clip", x, min=lo, max=hi)
+
+
+@converter("BatchNormalization")
+def _batch_norm(n, x, scale, bias, mean, var):
+    if len([o for o in n.proto.output if o]) > 1 or n.attr("training_mode", 0):
+        raise OnnxImportError("BatchNormalization in training mode (running statistics outputs) is not supported")
+    return op("batch_norm", x, scale, bias, mean, var, epsilon=float(n.attr("epsilon", 1e-5)))
+
+
+@converter("LayerNormalization")
+def _layer_norm(n, x, scale, bias=None):
+    if len([o for o in n.proto.output if o]) > 1:
+        raise OnnxImportError("LayerNormalization's Mean and InvStdDev outputs are not supported")
+    if bias is None:
+        bias = np.zeros(_shape(scale), dtype=scale.dtype)
+    return op("layer_norm", x, scale, bias, axis=n.attr("axis", -1), epsilon=float(n.attr("epsilon", 1e-5)))
+
+
+@converter("LRN")
+def _lrn(n, x):
+    return op("lrn", x, size=n.attr("size"), alpha=float(n.attr("alpha", 1e-4)), beta=float(n.attr("beta", 0.75)),
+              bias=float(n.attr("bias", 1.0)))
+
+
+@converter("Gather")
+def _gather(n, data, indices):
+    return op("gather", data, indices, axis=n.attr("axis", 0))
+
+
+@converter("GatherElements")
+def _gather_elements(n, data, indices):
+    return op("gather_elements", data, indices, axis=n.attr("axis", 0))
+
+
+@converter("Pad")
+def _pad(n, x, pads=None, value=None, axes=None):
+    if pads is None:   # opset < 11: attributes
+        p, v = list(n.attr("pads")), float(n.attr("value", 0.0))
+    else:
+        p = _ints(pads, "Pad's pads")
+        v = _const(value, "Pad's constant value").item() if value is not None else 0
+    if axes is not None:   # pads only for these axes: spread over all of them
+        rank = len(_shape(x))
+        ax = [a % rank for a in _ints(axes, "Pad's axes")]
+        full = [0] * (2 * rank)
+        for k, a in enumerate(ax):
+            full[a], full[a + rank] = p[k], p[k + len(ax)]
+        p = full
+    return op("pad", x, pads=tuple(p), mode=n.attr("mode", "constant"), value=v)
+
+
+@converter("Tile")
+def _tile(n, x, repeats):
+    return op("tile", x, repeats=tuple(_ints(repeats, "Tile's repeats")))
+
+
+@converter("Split")
+def _split(n, x, split=None):
+    sizes = _ints(split, "Split's split") if split is not None else n.attr("split")
+    outs = op("split", x, axis=n.attr("axis", 0), sizes=tuple(sizes) if sizes else None,
+              num_outputs=None if sizes else len(n.proto.output))
+    return outs if isinstance(outs, tuple) else (outs,)
+
+
+@converter("CumSum")
+def _cumsum(n, x, axis):
+    return op("cumsum", x, axis=int(_const(axis, "CumSum's axis").item()),
+              exclusive=bool(n.attr("exclusive", 0)), reverse=bool(n.attr("reverse", 0)))
+
+
+@converter("ArgMax", "ArgMin")
+def _argmax(n, x):
+    return op(n.op_type.lower(), x, axis=n.attr("axis", 0), keepdims=bool(n.attr("keepdims", 1)),
+              select_last_index=bool(n.attr("select_last_index", 0)))
+
+
+@converter("TopK")
+def _top_k(n, x, k=None):
+    kk = int(_const(k, "TopK's k").reshape(-1)[0]) if k is not None else int(n.attr("k"))
+    return op("top_k", x, k=kk, axis=n.attr("axis", -1), largest=bool(n.attr("largest", 1)),
+              sorted=bool(n.attr("sorted", 1)))
+
+
 # ----------------------------------------------------------------------------- the importer
 
 def _value_type(vi) -> tuple[list, np.dtype | None]:
@@ -672,9 +774,10 @@ def _backend_classes():
     class MlcBackendRep(BackendRep):
         """A compiled model: ``run(inputs)`` takes arrays in graph-input order (or a dict).
 
-        Inputs that decide shapes (an ``axes`` or ``shape`` tensor given as a graph
-        input) cannot stay inputs of a statically shaped program: such a model is
-        compiled at ``run``, specialized on the values of its integer inputs."""
+        Inputs that decide shapes or attributes (an ``axes`` or ``shape`` tensor, a
+        Clip bound, given as a graph input) cannot stay inputs of a statically shaped
+        program: such a model is compiled at ``run``, specialized on the values of
+        its integer and one-element inputs."""
 
         def __init__(self, model, exe, input_names, output_names):
             self.model = model
@@ -691,7 +794,7 @@ def _backend_classes():
             inputs = [np.asarray(x) for x in inputs]
             exe, args = self.exe, inputs
             if exe is None:
-                fixed = {n: x for n, x in zip(self.input_names, inputs) if x.dtype.kind in "iu"}
+                fixed = {n: x for n, x in zip(self.input_names, inputs) if x.dtype.kind in "iu" or x.size <= 1}
                 key = tuple((n, x.dtype.str, x.shape, x.tobytes()) for n, x in fixed.items())
                 exe = self._specialized.get(key)
                 if exe is None:
