@@ -1,0 +1,81 @@
+"""mlc vs ONNX Runtime on the light models shipped with the onnx package, in one run.
+
+    python benchmarks/bench_onnx_models.py [--models resnet50,squeezenet] [--repeat N]
+
+Batch 1, 2 threads each (ONNX Runtime: intra-op threads = 2; mlc: libgomp with the
+machine's cores). Prints per-call latency (median), the ratio ort/mlc (above 1:
+mlc is faster), mlc's compile time and kernel count, and the agreement of the
+two outputs. Needs onnxruntime (`pip install ".[bench]"`).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import time
+
+import numpy as np
+import onnx
+
+import mlc
+from mlc.frontend.onnx import from_onnx
+
+LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+
+
+def median_time(fn, repeat: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", help="comma-separated names (default: all light models)")
+    p.add_argument("--repeat", type=int, default=10)
+    args = p.parse_args(argv)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SystemExit("this benchmark needs onnxruntime: pip install '.[bench]'")
+    paths = sorted(glob.glob(os.path.join(LIGHT, "light_*.onnx")))
+    if args.models:
+        wanted = set(args.models.split(","))
+        paths = [q for q in paths if os.path.basename(q)[len("light_"):-len(".onnx")] in wanted]
+    print(f"mlc {mlc.__version__} on {mlc.Target.get('host')}; onnxruntime {ort.__version__}")
+    print(f"{'model':14s} {'mlc ms':>9s} {'ort ms':>9s} {'ort/mlc':>8s} {'compile s':>10s} {'kernels':>8s}  max |diff|")
+    for path in paths:
+        name = os.path.basename(path)[len("light_"):-len(".onnx")]
+        model = onnx.load(path)
+        t0 = time.perf_counter()
+        exe = mlc.compile(from_onnx(model))
+        t_compile = time.perf_counter() - t0
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 2
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        # the real inputs: not weights, not values the model's own nodes compute
+        produced = {o for node in model.graph.node for o in node.output}
+        weights = {i.name for i in model.graph.initializer}
+        feeds = {}
+        for vi in model.graph.input:
+            if vi.name not in produced and vi.name not in weights:
+                shape = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
+                feeds[vi.name] = np.random.default_rng(0).random(shape, dtype=np.float32)
+        mlc_args = list(feeds.values())
+        got = exe(*mlc_args)
+        want = sess.run(None, feeds)[0]
+        diff = float(np.max(np.abs(np.asarray(got) - want)))
+        t_mlc = median_time(lambda: exe(*mlc_args), args.repeat)
+        t_ort = median_time(lambda: sess.run(None, feeds), args.repeat)
+        print(f"{name:14s} {t_mlc * 1e3:9.2f} {t_ort * 1e3:9.2f} {t_ort / t_mlc:8.3f} {t_compile:10.1f} "
+              f"{exe.kernel_count:8d}  {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
