@@ -577,11 +577,20 @@ def _batch_norm(n, x, scale, bias, mean, var):
 
 @converter("LayerNormalization")
 def _layer_norm(n, x, scale, bias=None):
-    if len([o for o in n.proto.output if o]) > 1:
-        raise OnnxImportError("LayerNormalization's Mean and InvStdDev outputs are not supported")
+    axis, eps = n.attr("axis", -1), float(n.attr("epsilon", 1e-5))
     if bias is None:
         bias = np.zeros(_shape(scale), dtype=scale.dtype)
-    return op("layer_norm", x, scale, bias, axis=n.attr("axis", -1), epsilon=float(n.attr("epsilon", 1e-5)))
+    y = op("layer_norm", x, scale, bias, axis=axis, epsilon=eps)
+    if len([o for o in n.proto.output if o]) == 1:
+        return y
+    # the optional Mean and InvStdDev outputs, over the normalized axes, kept as size 1
+    rank = len(_shape(x))
+    axes = tuple(range(axis % rank, rank))
+    xf = op("cast", x, dtype="float32") if np.dtype(x.dtype) != np.float32 else x
+    mean = op("mean", xf, axis=axes, keepdims=True)
+    centered = op("sub", xf, mean)
+    var = op("mean", op("mul", centered, centered), axis=axes, keepdims=True)
+    return y, mean, op("rsqrt", op("add", var, eps))
 
 
 @converter("LRN")
