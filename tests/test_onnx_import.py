@@ -136,3 +136,26 @@ def test_backend_specializes_shape_inputs():
     np.testing.assert_array_equal(y, x.reshape(3, 4))
     (y,) = rep.run([x, np.array([4, 3], np.int64)])
     np.testing.assert_array_equal(y, x.reshape(4, 3))
+
+
+EINSUMS = [("ij->ji", [(3, 4)]), ("ij->i", [(3, 4)]), ("i,i", [(5,), (5,)]), ("bij, bjk -> bik", [(5, 2, 3), (5, 3, 4)]),
+           ("->", [()]), ("ij,jk", [(3, 4), (4, 5)]), ("...ij,...jk->...ik", [(2, 1, 3, 4), (6, 4, 5)]),
+           ("ij,kj->ik", [(3, 4), (5, 4)]), ("bhqd,bhkd->bhqk", [(2, 3, 4, 5), (2, 3, 6, 5)]),
+           ("i,j->ij", [(3,), (4,)]), ("ij,jk->", [(2, 3), (3, 4)])]
+
+
+@pytest.mark.parametrize("equation,shapes", EINSUMS, ids=[e for e, _ in EINSUMS])
+def test_einsum_forms_match_numpy(equation, shapes):
+    rng = np.random.default_rng(0)
+    names = [f"x{k}" for k in range(len(shapes))]
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    m = model([helper.make_node("Einsum", names, ["y"], equation=equation)],
+              [vi(n, list(s)) for n, s in zip(names, shapes)], [vi("y", None)])
+    np.testing.assert_allclose(mlc.compile(from_onnx(m))(*xs), np.einsum(equation.replace(" ", ""), *xs),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_einsum_diagonal_is_refused_clearly():
+    m = model([helper.make_node("Einsum", ["x"], ["y"], equation="ii->i")], [vi("x", [3, 3])], [vi("y", [3])])
+    with pytest.raises(OnnxImportError, match=r"repeated index in one operand \('ii', a diagonal\) is not supported"):
+        from_onnx(m)

@@ -658,6 +658,74 @@ def _top_k(n, x, k=None):
               sorted=bool(n.attr("sorted", 1)))
 
 
+def _einsum_terms(equation: str, shapes):
+    """Operand and output index strings, with '...' spelled out as upper-case letters."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        raise OnnxImportError(f"Einsum equation {equation!r} names {len(terms)} operands, the node has {len(shapes)}")
+    n_ell = max((len(sh) - (len(t) - 3) for t, sh in zip(terms, shapes) if "..." in t), default=0)
+    ell = "ABCDEFGHIJ"[:n_ell]
+    out_terms = []
+    for t, sh in zip(terms, shapes):
+        if "..." in t:
+            k = len(sh) - (len(t) - 3)
+            t = t.replace("...", ell[n_ell - k:])
+        if len(t) != len(sh):
+            raise OnnxImportError(f"Einsum term {t!r} does not match an operand of rank {len(sh)}")
+        if len(set(t)) != len(t):
+            raise OnnxImportError(f"Einsum with a repeated index in one operand ({t!r}, a diagonal) is not supported")
+        out_terms.append(t)
+    if arrow:
+        out = rhs.replace("...", ell)
+    else:   # implicit output: the letters used once, in alphabetical order, after the ellipsis
+        counts = {c: sum(t.count(c) for t in out_terms) for t in out_terms for c in t}
+        out = ell + "".join(sorted(c for c, k in counts.items() if k == 1 and c not in ell))
+    return out_terms, out
+
+
+@converter("Einsum")
+def _einsum(n, *xs):
+    """One or two operands: sums, transposes and (batched) contractions, as
+    sum / transpose / broadcast_to / reshape / matmul."""
+    if len(xs) > 2:
+        raise OnnxImportError("Einsum with more than two operands is not supported")
+    terms, out = _einsum_terms(n.attr("equation"), [_shape(x) for x in xs])
+    xs = list(xs)
+    # sum away indices that appear in one operand only and not in the output
+    for k, (x, t) in enumerate(zip(xs, terms)):
+        others = "".join(terms[:k] + terms[k + 1:]) + out
+        gone = [i for i, c in enumerate(t) if c not in others]
+        if gone:
+            xs[k] = op("sum", x, axis=tuple(gone))
+            terms[k] = "".join(c for c in t if c in others)
+    if len(xs) == 1:
+        (x,), (t,) = xs, terms
+        return op("transpose", x, axes=tuple(t.index(c) for c in out)) if t != out else x
+    (a, b), (ta, tb) = xs, terms
+    size = {}
+    for x, t in ((a, ta), (b, tb)):
+        for c, d in zip(t, _shape(x)):
+            size[c] = max(size.get(c, 1), d)
+    batch = [c for c in out if c in ta and c in tb]
+    left = [c for c in out if c in ta and c not in tb]
+    right = [c for c in out if c in tb and c not in ta]
+    contract = [c for c in ta if c in tb and c not in out]
+
+    def arrange(x, t, order):
+        x = op("transpose", x, axes=tuple(t.index(c) for c in order)) if list(t) != order else x
+        full = tuple(size[c] for c in order)
+        return op("broadcast_to", x, shape=full) if _shape(x) != full else x
+
+    prod = lambda cs: int(np.prod([size[c] for c in cs], dtype=np.int64))
+    a3 = op("reshape", arrange(a, ta, batch + left + contract), shape=(prod(batch), prod(left), prod(contract)))
+    b3 = op("reshape", arrange(b, tb, batch + contract + right), shape=(prod(batch), prod(contract), prod(right)))
+    y = op("reshape", op("matmul", a3, b3), shape=tuple(size[c] for c in batch + left + right))
+    order = batch + left + right
+    return op("transpose", y, axes=tuple(order.index(c) for c in out)) if order != list(out) else y
+
+
 # ----------------------------------------------------------------------------- the importer
 
 def _value_type(vi) -> tuple[list, np.dtype | None]:
