@@ -9,10 +9,8 @@ import pytest
 import mlc
 
 onnx = pytest.importorskip("onnx")
-from onnx import helper  # noqa: E402
-from onnx.reference import ReferenceEvaluator  # noqa: E402
+from onnx_reference import onnx_run  # noqa: E402
 
-OPSET = 21
 F16, F32, F64 = np.float16, np.float32, np.float64
 TOL = {np.dtype(F16): (1e-2, 2e-3), np.dtype(F32): (2e-5, 2e-6), np.dtype(F64): (1e-6, 1e-9)}
 _RNG = np.random.default_rng(7)
@@ -23,20 +21,6 @@ def rand(shape, dtype=F32, lo=-5.0, hi=5.0):
     if dt.kind in "iu":
         return _RNG.integers(lo, hi, size=shape, endpoint=True).astype(dt)
     return np.asarray(_RNG.uniform(lo, hi, size=shape)).astype(dt)
-
-
-def onnx_run(op_type, inputs, attrs=None, n_outputs=1, opset=OPSET):
-    """Run one ONNX node with the ONNX reference evaluator. ``inputs``: arrays, or None
-    for an omitted optional input."""
-    names = [f"in{k}" if a is not None else "" for k, a in enumerate(inputs)]
-    outs = [f"out{k}" for k in range(n_outputs)]
-    node = helper.make_node(op_type, names, outs, **(attrs or {}))
-    vi = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-          for n, a in zip(names, inputs) if a is not None]
-    graph = helper.make_graph([node], "g", vi, [helper.make_tensor_value_info(o, 0, None) for o in outs])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    feeds = {n: a for n, a in zip(names, inputs) if a is not None}
-    return ReferenceEvaluator(model).run(None, feeds)
 
 
 def close(got, want):

@@ -47,6 +47,16 @@ from ..ir.types import TensorType, float32
 from .reduction import reduce_stage
 from .registry import OpDef, OpTypeError, check
 
+def _guarded(value, conds, fill):
+    """``value`` where every condition holds (its indices are in bounds), else ``fill``."""
+    if not conds:
+        return value
+    cond = conds[0]
+    for c in conds[1:]:
+        cond = E.binop("and", cond, c)
+    return E.select(cond, value, fill)
+
+
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
 
@@ -151,13 +161,7 @@ def _padded_source(x, out_sp, K, strides, dilations, pads, fill):
                 conds.append(E.binop("lt", pos[a], Const(S[a])))
                 p = E.minimum(p, Const(S[a] - 1))
             idx.append(p)
-        value = x[tuple(idx)]
-        if not conds:
-            return value
-        cond = conds[0]
-        for cnd in conds[1:]:
-            cond = E.binop("and", cond, cnd)
-        return E.select(cond, value, Const(fill, x.dtype))
+        return _guarded(x[tuple(idx)], conds, Const(fill, x.dtype))
 
     padded = compute(shape, body, "pad")
 
@@ -367,13 +371,7 @@ def _convt_lower(ins, outs, strides, dilations, pads, output_padding, output_sha
                 conds.append(E.binop("lt", i, Const(S[a])))
                 i = E.minimum(i, Const(S[a] - 1))
             idx.append(i)
-        value = x[tuple(idx)]
-        if not conds:
-            return value
-        cond = conds[0]
-        for cnd in conds[1:]:
-            cond = E.binop("and", cond, cnd)
-        return E.select(cond, value, Const(0, x.dtype))
+        return _guarded(x[tuple(idx)], conds, Const(0, x.dtype))
 
     z = compute([*x.shape[:2], *Zlen], zbody, "spread")
 
