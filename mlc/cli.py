@@ -161,7 +161,6 @@ def _shape_overrides(specs):
 
 
 def _random_array(rng, t):
-    import numpy as np
     if t.dtype.is_float:
         return rng.standard_normal(t.shape).astype(t.dtype.np)
     if t.dtype.is_bool:

@@ -15,7 +15,7 @@ import numpy as np
 from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import compute, reduce
-from ..ir.types import TensorType, float32
+from ..ir.types import float32
 from .reduction import reduce_stage
 from .registry import OpDef, broadcast_load, check, normalize_axis
 
