@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 import mlc
-from mlc.frontend.onnx import from_onnx
+from mlc.frontend.onnx import data_inputs, from_onnx
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 
@@ -59,14 +59,10 @@ def main(argv=None):
         so.intra_op_num_threads = 2
         so.inter_op_num_threads = 1
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        # the real inputs: not weights, not values the model's own nodes compute
-        produced = {o for node in model.graph.node for o in node.output}
-        weights = {i.name for i in model.graph.initializer}
         feeds = {}
-        for vi in model.graph.input:
-            if vi.name not in produced and vi.name not in weights:
-                shape = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
-                feeds[vi.name] = np.random.default_rng(0).random(shape, dtype=np.float32)
+        for vi in data_inputs(model.graph, {i.name for i in model.graph.initializer}):
+            shape = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
+            feeds[vi.name] = np.random.default_rng(0).random(shape, dtype=np.float32)
         mlc_args = list(feeds.values())
         got = exe(*mlc_args)
         want = sess.run(None, feeds)[0]

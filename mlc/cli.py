@@ -89,19 +89,21 @@ def cmd_run(args) -> int:
     import os
     import numpy as np
     import mlc
-    from .frontend.onnx import OnnxImportError, from_onnx
+    from .frontend.onnx import OnnxImportError, from_onnx, load_model
+    from .frontend.trace import sanitize_name
     try:
-        graph = from_onnx(args.model, input_shapes=_shape_overrides(args.shape))
+        model = load_model(args.model)
+        graph = from_onnx(model, input_shapes=_shape_overrides(args.shape))
     except OnnxImportError as e:
         print(f"mlc run: {e}", file=sys.stderr)
         return 1
     given = _parse_inputs(args.input, graph)
     names = {v.name: v for v in graph.inputs}
-    unknown = [n for n in given if n not in names and _sanitized(n) not in names]
+    unknown = [n for n in given if n not in names and sanitize_name(n) not in names]
     if unknown:
         raise SystemExit(f"mlc run: the model has no input {', '.join(map(repr, unknown))}; its inputs are "
                          + ", ".join(f"{v.name}: {v.type}" for v in graph.inputs))
-    by_sanitized = {_sanitized(k): v for k, v in given.items()}
+    by_sanitized = {sanitize_name(k): v for k, v in given.items()}
     missing = [v for v in graph.inputs if v.name not in by_sanitized]
     if missing and not args.random_inputs:
         raise SystemExit("mlc run: no data for input(s) " + ", ".join(f"{v.name}: {v.type}" for v in missing)
@@ -125,8 +127,7 @@ def cmd_run(args) -> int:
     t_run = time.perf_counter() - t0
     outs = outs if isinstance(outs, tuple) else (outs,)
     print(f"compiled in {t_compile:.2f} s ({exe.kernel_count} kernels), ran in {t_run * 1e3:.2f} ms")
-    import onnx
-    out_names = [o.name for o in onnx.load(args.model, load_external_data=False).graph.output]
+    out_names = [o.name for o in model.graph.output]
     for name, o in zip(out_names, outs):
         summary = ""
         if o.size and o.dtype.kind in "fiub":
@@ -137,16 +138,10 @@ def cmd_run(args) -> int:
         print(f"output {name}: {o.dtype}{list(o.shape)}{summary}")
         if args.output_dir:
             os.makedirs(args.output_dir, exist_ok=True)
-            path = os.path.join(args.output_dir, _sanitized(name) + ".npy")
+            path = os.path.join(args.output_dir, sanitize_name(name) + ".npy")
             np.save(path, o)
             print(f"  saved to {path}")
     return 0
-
-
-def _sanitized(name: str) -> str:
-    import re
-    name = re.sub(r"[^A-Za-z0-9_]", "_", name) or "fn"
-    return name if not name[0].isdigit() else "_" + name
 
 
 def _shape_overrides(specs):

@@ -737,6 +737,13 @@ def _value_type(vi) -> tuple[list, np.dtype | None]:
     return dims, dtype
 
 
+def data_inputs(graph, weight_names) -> list:
+    """The graph inputs that take data at run time. Old models list their weights as
+    inputs too, and some list values their own nodes compute: neither is an input."""
+    produced = {o for node in graph.node for o in node.output}
+    return [vi for vi in graph.input if vi.name not in weight_names and vi.name not in produced]
+
+
 def supported_op_types() -> list[str]:
     return sorted(CONVERTERS)
 
@@ -780,9 +787,7 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
             raise OnnxImportError(f"initializer {init.name!r} cannot be read: {_short(e)}") from None
     for k, v in (constant_inputs or {}).items():
         weights[k] = np.asarray(v)
-    # old models list weights as inputs too, and some list values their own nodes compute
-    produced = {o for node in graph.node for o in node.output}
-    inputs = [vi for vi in graph.input if vi.name not in weights and vi.name not in produced]
+    inputs = data_inputs(graph, weights)
     input_shapes = dict(input_shapes or {})
     types = []
     for vi in inputs:
@@ -856,19 +861,21 @@ def _backend_classes():
         program: such a model is compiled at ``run``, specialized on the values of
         its integer and one-element inputs."""
 
-        def __init__(self, model, exe, input_names, output_names):
+        def __init__(self, model, exe, output_names):
             self.model = model
             self.exe = exe
-            self.input_names = input_names
+            weights = {i.name for i in model.graph.initializer}
+            self.fed_names = [vi.name for vi in model.graph.input if vi.name not in weights]
+            self.input_names = [vi.name for vi in data_inputs(model.graph, weights)]
             self.output_names = output_names
             self._specialized: dict = {}
 
         def run(self, inputs, **kwargs):
-            if isinstance(inputs, dict):
-                inputs = [inputs[n] for n in self.input_names]
-            elif isinstance(inputs, np.ndarray):
+            if isinstance(inputs, np.ndarray):
                 inputs = [inputs]
-            inputs = [np.asarray(x) for x in inputs]
+            if not isinstance(inputs, dict):   # positional: every input that is not a weight
+                inputs = dict(zip(self.fed_names, inputs))
+            inputs = [np.asarray(inputs[n]) for n in self.input_names]
             exe, args = self.exe, inputs
             if exe is None:
                 fixed = {n: x for n, x in zip(self.input_names, inputs) if x.dtype.kind in "iu" or x.size <= 1}
@@ -889,15 +896,13 @@ def _backend_classes():
         def prepare(cls, model, device: str = "CPU", **kwargs):
             super().prepare(model, device, **kwargs)
             from ..driver import compile_graph
-            names = [vi.name for vi in model.graph.input
-                     if vi.name not in {i.name for i in model.graph.initializer}]
             try:
                 exe = compile_graph(from_onnx(model), single_output=False)
             except OnnxImportError as e:
                 if NEEDS_CONSTANT not in str(e):
                     raise
                 exe = None   # compiled at run time, specialized on the shape-deciding inputs
-            return MlcBackendRep(model, exe, names, [o.name for o in model.graph.output])
+            return MlcBackendRep(model, exe, [o.name for o in model.graph.output])
 
         @classmethod
         def supports_device(cls, device: str) -> bool:

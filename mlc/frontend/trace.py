@@ -320,7 +320,8 @@ def _constant(ctx: _TraceContext, array: np.ndarray) -> Value:
 
 # ----------------------------------------------------------------------------- trace
 
-def _sanitize(name: str) -> str:
+def sanitize_name(name: str) -> str:
+    """A name the graph text can print: letters, digits and _ (ONNX and Python names vary)."""
     name = re.sub(r"[^A-Za-z0-9_]", "_", name) or "fn"
     return name if not name[0].isdigit() else "_" + name
 
@@ -336,7 +337,7 @@ def arg_names(fn: Callable, n: int) -> list[str]:
         if p is None or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             names.append(f"arg{i}")
         else:
-            names.append(_sanitize(p.name))
+            names.append(sanitize_name(p.name))
     return names
 
 
@@ -346,9 +347,9 @@ def trace_info(fn: Callable, args: Sequence, name: str | None = None,
     An argument may be an array (a graph input), a ``TensorType`` (an input of that
     type) or a Python scalar (a constant baked into the graph). Inputs are named after
     fn's parameters unless ``input_names`` is given."""
-    gname = _sanitize(name or getattr(fn, "__name__", "fn"))
+    gname = sanitize_name(name or getattr(fn, "__name__", "fn"))
     ctx = _TraceContext(gname)
-    names = [_sanitize(n) for n in input_names] if input_names is not None else arg_names(fn, len(args))
+    names = [sanitize_name(n) for n in input_names] if input_names is not None else arg_names(fn, len(args))
     tracer_args = []
     for n, a in zip(names, args):
         if _is_python_scalar(a):
