@@ -327,3 +327,51 @@ def test_type_errors():
     assert "kernel_shape needs 2 values" in msg
     msg = trace_error(lambda x: mlc.global_avg_pool(x), np.zeros((4, 8), F32))
     assert "rank 3 to 5" in msg
+
+
+def onnx_max_pool_indices(x, **attrs):
+    """MaxPool's Indices output from ONNX's reference evaluator."""
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)
+    tt = helper.np_dtype_to_tensor_dtype(x.dtype)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", tt, x.shape)],
+                              [helper.make_tensor_value_info("y", tt, None),
+                               helper.make_tensor_value_info("i", onnx.TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    return ReferenceEvaluator(model).run(None, {"x": x})[1]
+
+
+MAX_POOL_INDICES = [
+    ((2, 3, 8, 9), {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    ((1, 2, 11, 10), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "storage_order": 1}),
+    ((1, 2, 9, 10), {"kernel_shape": [2, 3], "dilations": [2, 2], "pads": [1, 1, 0, 2]}),
+    ((1, 2, 10, 9), {"kernel_shape": [3, 2], "strides": [1, 2], "pads": [1, 0, 0, 1], "ceil_mode": 1,
+                     "storage_order": 1}),
+    ((2, 2, 5, 6, 7), {"kernel_shape": [2, 3, 2], "strides": [2, 2, 1], "pads": [0, 1, 0, 1, 1, 1]}),
+]
+
+
+@pytest.mark.parametrize("xs, attrs", MAX_POOL_INDICES, ids=[str(c) for c in range(len(MAX_POOL_INDICES))])
+def test_max_pool_indices(xs, attrs):
+    x = rand(xs)
+    want = onnx_max_pool_indices(x, **attrs)
+    assert want.dtype == np.int64
+    np.testing.assert_array_equal(mlc.max_pool_indices(x, **attrs), want)
+    got = mlc.compile(lambda v: mlc.max_pool_indices(v, **attrs), x)(x)
+    np.testing.assert_array_equal(got, want)
+    # the indices pick out the pooled values
+    flat = x.reshape(-1) if attrs.get("storage_order", 0) == 0 else \
+        np.swapaxes(x, -1, -2).reshape(-1)
+    if len(xs) == 4:
+        np.testing.assert_array_equal(flat[got], mlc.max_pool(x, **{k: v for k, v in attrs.items()
+                                                                     if k != "storage_order"}))
+
+
+def test_max_pool_indices_ties_take_the_first_in_scan_order():
+    x = np.zeros((1, 1, 4, 4), np.int32)
+    x[0, 0, 1, 0] = x[0, 0, 0, 1] = 5      # a tie inside the first 2x2 window
+    for order in (0, 1):
+        want = onnx_max_pool_indices(x.astype(F32), kernel_shape=[2, 2], strides=[2, 2], storage_order=order)
+        got = mlc.compile(lambda v: mlc.max_pool_indices(v, kernel_shape=[2, 2], strides=[2, 2],
+                                                         storage_order=order), x)(x)
+        np.testing.assert_array_equal(got, want)
+    assert got[0, 0, 0, 0] == 4    # (h=0, w=1) column-major: 0 + 1*4, scanned before (1, 0)

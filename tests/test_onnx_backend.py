@@ -72,9 +72,9 @@ def rule_reason(model: onnx.ModelProto) -> str | None:
     if ops:
         return "op not supported: " + ", ".join(sorted(ops))
     extra_outputs = {n.op_type for n in model.graph.node if len([o for o in n.output if o]) > 1
-                     and n.op_type in ("MaxPool", "BatchNormalization")}
+                     and n.op_type == "BatchNormalization"}
     if extra_outputs:
-        return "op output not supported (indices, saved statistics): " + ", ".join(sorted(extra_outputs))
+        return "op output not supported (saved statistics): " + ", ".join(sorted(extra_outputs))
     if any(n.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in n.attribute)
            for n in model.graph.node):
         return "op mode not supported: BatchNormalization in training mode"

@@ -512,12 +512,11 @@ def _conv_transpose(n, x, w, b=None):
 
 @converter("MaxPool")
 def _max_pool(n, x):
-    if len(n.proto.output) > 1 and n.proto.output[1]:
-        raise OnnxImportError("MaxPool's second output (Indices) is not supported")
     attrs = _spatial_attrs(n, ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"))
-    if n.attr("storage_order", 0):
-        raise OnnxImportError("MaxPool with storage_order=1 is not supported")
-    return op("max_pool", x, **attrs)
+    values = op("max_pool", x, **attrs)
+    if len(n.proto.output) > 1 and n.proto.output[1]:
+        return values, op("max_pool_indices", x, storage_order=n.attr("storage_order", 0), **attrs)
+    return values
 
 
 @converter("AveragePool")

@@ -43,7 +43,7 @@ import numpy as np
 from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import compute, reduce, reduce_identity
-from ..ir.types import TensorType, float32
+from ..ir.types import TensorType, float32, int64
 from .reduction import reduce_stage
 from .registry import OpDef, OpTypeError, check
 
@@ -438,6 +438,9 @@ def _pool_canon(op):
         out = {"kernel_shape": K, "strides": strides, "pads": pads, "dilations": dilations, "ceil_mode": ceil_mode}
         if op == "avg_pool":
             out["count_include_pad"] = bool(attrs["count_include_pad"])
+        if op == "max_pool_indices":
+            out["storage_order"] = int(attrs["storage_order"])
+            check(out["storage_order"] in (0, 1), f"{op}: storage_order must be 0 or 1, got {out['storage_order']}")
         out["auto_pad"] = "NOTSET"
         return out
     return canon
@@ -457,6 +460,11 @@ def _max_pool_infer(ins, kernel_shape, strides, pads, dilations, ceil_mode, auto
     return [TensorType((*x.shape[:2], *out), x.dtype)]
 
 
+def _max_pool_indices_infer(ins, kernel_shape, strides, pads, dilations, ceil_mode, storage_order, auto_pad):
+    (t,) = _max_pool_infer(ins, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return [TensorType(t.shape, int64)]
+
+
 def _avg_pool_infer(ins, kernel_shape, strides, pads, dilations, ceil_mode, count_include_pad, auto_pad):
     (x,) = ins
     check(x.dtype.is_float, f"avg_pool: expects a floating-point tensor, got {x}")
@@ -471,6 +479,55 @@ def _max_pool_lower(ins, outs, kernel_shape, strides, pads, dilations, ceil_mode
     stage = compute(o.shape, lambda n, c, *os: reduce("max", list(kernel_shape),
                                                         lambda *ks: read(n, c, os, ks)), "max_pool")
     return stages + [stage]
+
+
+def _flat_strides(shape, storage_order):
+    """Element strides of ``shape`` in row-major (0) or column-major (1) order."""
+    dims = list(shape) if storage_order == 0 else list(reversed(shape))
+    st = [math.prod(dims[a + 1:]) for a in range(len(dims))]
+    return st if storage_order == 0 else list(reversed(st))
+
+
+def _max_pool_indices_lower(ins, outs, kernel_shape, strides, pads, dilations, ceil_mode, storage_order, auto_pad):
+    """The first maximum of each window in scan order (row-major over the taps), as
+    a flat index into x: (n*C + c)*prod(S) plus the spatial offset in storage_order."""
+    (x,), (o,) = ins, outs
+    D = x.type.rank - 2
+    S = x.shape[2:]
+    values = _max_pool_lower(ins, [o], kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    m = values[-1]
+    K = list(kernel_shape)
+    taps = math.prod(K)
+    tap_strides = _flat_strides(K, 0)
+
+    def positions(os, ks):
+        return [oo * s + k * d - p for oo, k, s, d, p in zip(os, ks, strides, dilations, pads[:D])]
+
+    def first_tap(n, c, *os):
+        def body(*ks):
+            pos = positions(os, ks)
+            conds = [E.binop("and", E.binop("ge", p, Const(0)), E.binop("lt", p, Const(S[a])))
+                     for a, p in enumerate(pos)]
+            v = x[(n, c, *[E.minimum(E.maximum(p, Const(0)), Const(S[a] - 1)) for a, p in enumerate(pos)])]
+            hit = E.binop("eq", v, m[(n, c, *os)])
+            if x.dtype.is_float:   # a NaN is the maximum, as in numpy
+                hit = E.binop("or", hit, E.binop("ne", v, v))
+            tap = sum((k * st for k, st in zip(ks[1:], tap_strides[1:])), ks[0] * tap_strides[0])
+            return _guarded(E.select(hit, tap, Const(taps)), conds, Const(taps))
+        return reduce("min", K, body)
+
+    first = compute(o.shape, first_tap, "first_tap")
+    sp_strides = _flat_strides(S, storage_order)
+
+    def index(n, c, *os):
+        t = first[(n, c, *os)]
+        ks = [(t // Const(st)) % Const(k) for st, k in zip(tap_strides, K)]
+        flat = (n * Const(x.shape[1]) + c) * Const(math.prod(S))
+        for p, st in zip(positions(os, ks), sp_strides):
+            flat = flat + p * Const(st)
+        return cast(int64, flat)
+
+    return values + [first, compute(o.shape, index, "max_pool_indices")]
 
 
 def sum_selects(o, k, s, d, pb, lo, hi):
@@ -529,6 +586,28 @@ def _np_max_pool(x, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
     win = _np_pool_windows(_np_pad(x, pads, fill), x.shape, kernel_shape, strides, pads, dilations, ceil_mode,
                            fill)
     return win.max(axis=tuple(range(-D, 0))).astype(x.dtype)
+
+
+def _np_max_pool_indices(x, kernel_shape, strides, pads, dilations, ceil_mode, storage_order, auto_pad):
+    x = np.asarray(x)
+    D = x.ndim - 2
+    S = x.shape[2:]
+    fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    args = (x.shape, kernel_shape, strides, pads, dilations, ceil_mode)
+    win = _np_pool_windows(_np_pad(x, pads, fill), *args, fill)
+    offsets = sum(np.arange(n).reshape([-1 if b == a else 1 for b in range(D)]) * st
+                  for a, (n, st) in enumerate(zip(S, _flat_strides(S, storage_order))))
+    pos = _np_pool_windows(_np_pad(offsets.reshape(1, 1, *S), pads, -1), *args, -1)
+    win = win.reshape(win.shape[:2 + D] + (-1,))
+    pos = np.broadcast_to(pos.reshape(pos.shape[:2 + D] + (-1,)), win.shape)
+    inside = pos >= 0
+    with np.errstate(invalid="ignore"):
+        m = np.where(inside, win, fill).max(axis=-1, keepdims=True)
+        hit = inside & ((win == m) | (win != win))
+    first = np.take_along_axis(pos, hit.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    N, C = x.shape[:2]
+    base = (np.arange(N)[:, None] * C + np.arange(C)[None, :]) * math.prod(S)
+    return (first + base.reshape(N, C, *([1] * D))).astype(np.int64)
 
 
 def _np_avg_pool(x, kernel_shape, strides, pads, dilations, ceil_mode, count_include_pad, auto_pad):
@@ -602,6 +681,11 @@ OPS = [
     OpDef("max_pool", "reduction", _max_pool_infer, _np_max_pool, _max_pool_lower,
           attrs={**_POOL_ATTRS, "auto_pad": "NOTSET"}, canonicalize=_pool_canon("max_pool"),
           doc="ONNX MaxPool (values only): windows of kernel_shape over the spatial axes, padding never wins."),
+    OpDef("max_pool_indices", "reduction", _max_pool_indices_infer, _np_max_pool_indices, _max_pool_indices_lower,
+          attrs={**_POOL_ATTRS, "storage_order": 0, "auto_pad": "NOTSET"},
+          canonicalize=_pool_canon("max_pool_indices"),
+          doc="ONNX MaxPool's Indices output: the flat int64 index into x of each window's first maximum "
+              "(spatial offset row-major, or column-major with storage_order=1)."),
     OpDef("avg_pool", "reduction", _avg_pool_infer, _np_avg_pool, _avg_pool_lower,
           attrs={**_POOL_ATTRS, "count_include_pad": False, "auto_pad": "NOTSET"},
           canonicalize=_pool_canon("avg_pool"),
