@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-LEVELS = ("graph", "tensor", "loop", "llvm", "llvm-opt", "asm")
+LEVELS = ("graph", "fused", "tensor", "loop", "llvm", "llvm-opt", "asm")
 
 
 def _example(name: str):
@@ -19,7 +19,7 @@ def cmd_ir(args) -> int:
     import mlc
     fn, make_inputs = _example(args.example)
     exe = mlc.compile(fn, *make_inputs())
-    levels = args.level.split(",") if args.level else ["graph", "tensor", "loop", "llvm"]
+    levels = args.level.split(",") if args.level else ["graph", "fused", "tensor", "loop", "llvm"]
     for level in levels:
         if level not in LEVELS:
             raise SystemExit(f"mlc: unknown IR level {level!r}; choose from {', '.join(LEVELS)}")

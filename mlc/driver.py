@@ -1,7 +1,10 @@
 """The compile pipeline, one stage after another:
 
-    trace -> Graph -> verify -> lower (tensor) -> schedule (loop) -> memory plan
-          -> LLVM module -> object code (cached on disk) -> Executable
+    trace -> Graph -> graph passes (per -O level) -> fuse -> lower (tensor)
+          -> schedule (loop) -> memory plan -> LLVM module
+          -> object code (cached on disk) -> Executable
+
+``passes.manager.PassManager`` runs the graph passes and times and dumps every stage.
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ import numpy as np
 from . import __version__, ops
 from .codegen import llvm as cg
 from .frontend.trace import Tracer, trace_info
-from .ir.graph import Graph, print_graph
+from .ir.graph import Graph
+from .passes.fuse import fuse, unfused
 from .passes.lower import lower_graph
+from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_opt_level
 from .passes.plan import plan_memory
 from .runtime import cache
 from .runtime.executable import Executable, LoadedCode
@@ -27,17 +32,42 @@ from .target import Target
 _LLVM_LOCK = threading.RLock()
 
 
+class _Funcs(list):
+    """The scheduled loop functions; prints as the loop level."""
+
+    def __str__(self) -> str:
+        return "\n\n".join(str(f) for f in self)
+
+
 class Compiled:
     """Every level of one compilation, kept for printing."""
 
-    def __init__(self, graph: Graph, target: Target):
-        ops.verify(graph)
-        self.graph = graph
+    def __init__(self, graph: Graph, target: Target, pm: PassManager | None = None):
+        pm = pm or PassManager()
+        self.pm = pm
+        self.source = graph
         self.target = target
-        self.lowered = lower_graph(graph)
-        self.funcs = [schedule_kernel(c.kernel, target) for c in self.lowered.calls]
-        self.plan = plan_memory(self.lowered, self.funcs)
+        self.graph = pm.run(graph)
+        partition = fuse if pm.opt_level >= FUSION_LEVEL else unfused
+        self.fused = pm.timed("fuse", "graph", partition, self.graph)
+        self.lowered = pm.timed("lower", "tensor", lower_graph, self.fused)
+        self.funcs = pm.timed("schedule", "loop",
+                              lambda: _Funcs(schedule_kernel(c.kernel, target) for c in self.lowered.calls))
+        self.plan = pm.timed("plan", "plan", plan_memory, self.lowered, self.funcs)
         self.parallel = cg.gomp_available()
+
+    def stats(self) -> dict:
+        """Counts and sizes for reports: ops in, kernels out, memory planned."""
+        ops_in = sum(1 for n in self.source.nodes if n.op != "constant")
+        outputs = {id(v) for v in self.graph.outputs}
+        intermediates = sum(o.type.nbytes for n in self.graph.nodes if n.op != "constant"
+                            for o in n.outputs if id(o) not in outputs)
+        return {"opt_level": self.pm.opt_level, "ops": ops_in,
+                "nodes_after_passes": sum(1 for n in self.graph.nodes if n.op != "constant"),
+                "kernels": len(self.funcs), "workspace_bytes": self.plan.workspace_bytes,
+                "intermediate_bytes": intermediates, "materialized_bytes": self.plan.naive_bytes,
+                "in_place": self.plan.in_place,
+                "param_bytes": sum(p.nbytes for p in self.lowered.param_data)}
 
     @functools.cached_property
     def llvm_module(self) -> str:
@@ -53,7 +83,7 @@ class Compiled:
 
     def cache_key(self) -> str:
         return cache.key_of(__version__, cache.source_hash(), llvmlite.__version__, self.target.key, str(self.parallel),
-                            print_graph(self.graph, elide_constants=True))
+                            str(self.fused), "\n\n".join(map(str, self.funcs)))
 
     def object_code(self) -> bytes:
         key = self.cache_key()
@@ -66,41 +96,48 @@ class Compiled:
     def text(self, level: str) -> str:
         if level == "graph":
             return str(self.graph)
+        if level == "fused":
+            return str(self.fused)
         if level == "tensor":
             return str(self.lowered)
         if level == "loop":
-            return "\n\n".join(str(f) for f in self.funcs)
+            return str(self.funcs)
         if level == "llvm":
             return self.llvm_module
         if level in ("llvm-opt", "asm"):
             with _LLVM_LOCK:
                 mod = cg.optimize(self.llvm_module, self.tm)
                 return str(mod) if level == "llvm-opt" else self.tm.emit_assembly(mod)
-        raise ValueError(f"unknown IR level {level!r}: use graph, tensor, loop, llvm, llvm-opt or asm")
+        raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt or asm")
 
 
-def compile_graph(graph: Graph, target="host", single_output: bool | None = None) -> Executable:
+def compile_graph(graph: Graph, target="host", single_output: bool | None = None, opt_level: int = DEFAULT_OPT_LEVEL,
+                  pm: PassManager | None = None) -> Executable:
     target = Target.get(target)
+    pm = pm or PassManager(opt_level)
     with _LLVM_LOCK:   # LLVM's global context is not safe for concurrent compiles
-        c = Compiled(graph, target)
-        code = LoadedCode(c.object_code(), c.tm)
+        c = Compiled(graph, target, pm)
+        obj = pm.timed("codegen", "llvm", c.object_code)
+        code = LoadedCode(obj, c.tm)
     single = len(graph.outputs) == 1 if single_output is None else single_output
     return Executable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
                       [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
-                      single, c.text, c.plan.naive_bytes, len(c.funcs))
+                      single, c.text, c.stats())
 
 
-def compile(fn: Callable | Graph, *example_args, target="host") -> Executable:
+def compile(fn: Callable | Graph, *example_args, target="host", opt_level: int = DEFAULT_OPT_LEVEL,
+            pm: PassManager | None = None) -> Executable:
     """Compile a Graph, or trace ``fn`` on example arguments and compile that.
 
     The Executable takes the array arguments (Python scalars among the example
-    arguments are baked in as constants) and returns numpy arrays."""
+    arguments are baked in as constants) and returns numpy arrays. ``opt_level``
+    0-3 picks the pass pipeline (``passes.manager``); ``pm`` a configured manager."""
     if isinstance(fn, Graph):
         if example_args:
             raise TypeError("compile(graph) takes no example arguments")
-        return compile_graph(fn, target)
+        return compile_graph(fn, target, opt_level=opt_level, pm=pm)
     graph, is_tuple = trace_info(fn, example_args)
-    return compile_graph(graph, target, single_output=not is_tuple)
+    return compile_graph(graph, target, single_output=not is_tuple, opt_level=opt_level, pm=pm)
 
 
 def _is_static(a) -> bool:
@@ -109,11 +146,13 @@ def _is_static(a) -> bool:
 
 class JitFunction:
     """``@mlc.jit``: traces and compiles on the first call for each (shapes, dtypes,
-    static scalars, target), then calls the cached Executable."""
+    static scalars, target), then calls the cached Executable. MLC_DUMP_IR=DIR
+    dumps every stage of each compile into DIR."""
 
-    def __init__(self, fn: Callable, target="host"):
+    def __init__(self, fn: Callable, target="host", opt_level: int = DEFAULT_OPT_LEVEL):
         self.fn = fn
         self.target = target
+        self.opt_level = check_opt_level(opt_level)
         self._cache: dict = {}
         self._target_key = Target.get(target).key
         functools.update_wrapper(self, fn)
@@ -132,7 +171,7 @@ class JitFunction:
                self._target_key)
         exe = self._cache.get(key)
         if exe is None:
-            exe = compile(self.fn, *args, target=self.target)
+            exe = compile(self.fn, *args, target=self.target, opt_level=self.opt_level)
             self._cache[key] = exe
         return exe
 
@@ -143,8 +182,8 @@ class JitFunction:
         return self._executable(args)(*[a for a in args if not _is_static(a)])
 
 
-def jit(fn: Callable | None = None, *, target="host"):
-    """Decorator: ``@mlc.jit`` or ``@mlc.jit(target="host")``."""
+def jit(fn: Callable | None = None, *, target="host", opt_level: int = DEFAULT_OPT_LEVEL):
+    """Decorator: ``@mlc.jit`` or ``@mlc.jit(target="host", opt_level=3)``."""
     if fn is None:
-        return lambda f: JitFunction(f, target)
-    return JitFunction(fn, target)
+        return lambda f: JitFunction(f, target, opt_level)
+    return JitFunction(fn, target, opt_level)

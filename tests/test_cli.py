@@ -22,9 +22,9 @@ def test_ir_prints_every_level():
     r = run("ir", "mlp")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    for header in ("graph", "tensor", "loop", "llvm"):
+    for header in ("graph", "fused", "tensor", "loop", "llvm"):
         assert f";; ===== {header} =====" in out
-    assert "graph @mlp(" in out and "kernel @softmax_4(" in out and "func @matmul_0(" in out
+    assert "graph @mlp(" in out and "kernel @softmax_2(" in out and "func @matmul_add_relu_0(" in out
     assert "define void @\"mlc_entry\"" in out
 
 

@@ -32,9 +32,11 @@ def test_mlp_ir_prints_at_every_level():
     exe = mlc.compile(mlp, *mlp_inputs())
     graph, tensor, loop, llvm = (exe.ir(level) for level in ("graph", "tensor", "loop", "llvm"))
     assert graph.startswith("graph @mlp(%x: f32[32,784]") and "softmax(%3) {axis=1}" in graph
-    assert "kernel @matmul_0(A: f32[32,784], B: f32[784,128]) -> f32[32,128]" in tensor
-    assert "out[i, j] = sum[k < 784] A[i, k] * B[k, j]" in tensor
-    assert "func @matmul_0(" in loop and "vector cv in [0," in loop and "parallel io in" in loop
+    assert "kernel @matmul_add_relu_0(A: f32[32,784], B: f32[784,128], C: f32[128]) -> f32[32,128]" in tensor
+    assert "T0[i, j] = sum[k < 784] A[i, k] * B[k, j]" in tensor and "out[i, j] = max(T0[i, j] + C[j], 0.0)" in tensor
+    assert "func @matmul_add_relu_0(" in loop and "vector cv in [0," in loop and "parallel io in" in loop
+    # the bias and relu are applied to the accumulators as they are stored
+    assert "= max(acc[r, cu * 8 + cv] + C[" in loop or "= max(acc[r, cu * 16 + cv] + C[" in loop
     assert "define void @\"mlc_entry\"" in llvm and "fmul contract <" in llvm
     assert "GOMP_parallel" in llvm
     with pytest.raises(ValueError, match="unknown IR level"):

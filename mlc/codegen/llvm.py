@@ -129,8 +129,9 @@ class ModuleBuilder:
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(func.params)), f"mlc_{func.name}")
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
-        for a in fn.args:
-            a.add_attribute("noalias")
+        for b, a in zip(func.params, fn.args):
+            if b not in func.aliased:   # an in-place output shares memory with an input
+                a.add_attribute("noalias")
         em = FuncEmitter(self, fn, {b: a for b, a in zip(func.params, fn.args)}, {})
         em.stmt(func.body)
         em.builder.ret_void()

@@ -260,9 +260,14 @@ def _format_dense(a: np.ndarray) -> str:
     return f"dense<{t}: 0x{data.hex()}>"
 
 
-def print_graph(graph: Graph, elide_constants: bool = False) -> str:
+def print_graph(graph: Graph, elide_constants: bool = False, groups=None) -> str:
     """The graph as text. With ``elide_constants``, constants above the inline size
-    print only their type (used for structural hashing, not parseable)."""
+    print only their type (used for structural hashing, not parseable). ``groups``,
+    a list of (kernel name, nodes) in node order, wraps each group's nodes in a
+    ``kernel @name { ... }`` block (the fused form; for reading, not parsing)."""
+    group_at = {id(nodes[0]): (name, nodes) for name, nodes in groups or [] if nodes}
+    group_end = {id(nodes[-1]) for _, nodes in groups or [] if nodes}
+    grouped = {id(n) for _, nodes in groups or [] for n in nodes}
     names: dict[int, str] = {}
     taken = {v.name for v in graph.inputs}   # numbered results skip names the inputs use
     params = []
@@ -290,7 +295,12 @@ def print_graph(graph: Graph, elide_constants: bool = False) -> str:
                     items.append(f"{k}={format_attr(v)}")
             attrs = " {" + ", ".join(items) + "}"
         types = ", ".join(str(o.type) for o in n.outputs)
-        lines.append(f"  {', '.join(outs)} = {n.op}({args}){attrs} : {types}")
+        if id(n) in group_at:
+            lines.append(f"  kernel @{group_at[id(n)][0]} {{")
+        indent = "    " if id(n) in grouped else "  "
+        lines.append(f"{indent}{', '.join(outs)} = {n.op}({args}){attrs} : {types}")
+        if id(n) in group_end:
+            lines.append("  }")
     outs = ", ".join(names[id(v)] for v in graph.outputs)
     lines.append("  return" + (" " + outs if outs else ""))
     lines.append("}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .expr import Expr, Var, as_expr, format_expr
+from .expr import Expr, Load, Var, as_expr, format_expr, walk
 from .types import DType, TensorType
 
 FOR_KINDS = ("serial", "parallel", "vector", "unroll")
@@ -103,6 +103,8 @@ class Func:
         self.outputs = list(outputs)
         self.scratch = list(scratch)
         self.body = body
+        self.aliased: set[Buffer] = set()   # params the memory plan may place over another param
+
 
     @property
     def params(self) -> list[Buffer]:
@@ -113,7 +115,8 @@ class Func:
         lines = [f"func @{self.name}({ps}) {{"]
         if self.outputs:
             lines.append("  // outputs: " + ", ".join(b.name for b in self.outputs)
-                         + ("; scratch: " + ", ".join(b.name for b in self.scratch) if self.scratch else ""))
+                         + ("; scratch: " + ", ".join(b.name for b in self.scratch) if self.scratch else "")
+                         + ("; in place: " + ", ".join(sorted(b.name for b in self.aliased)) if self.aliased else ""))
         lines += format_stmt(self.body, 1)
         lines.append("}")
         return "\n".join(lines)
@@ -140,3 +143,35 @@ def format_stmt(s: Stmt, depth: int) -> list[str]:
             out += [f"{pad}}} else {{", *format_stmt(s.orelse, depth + 1)]
         return out + [f"{pad}}}"]
     raise TypeError(type(s).__name__)
+
+
+def buffers_used(stmt: Stmt) -> set:
+    """Every buffer a statement stores to or loads from."""
+    used: set = set()
+
+    def exprs(*es):
+        for e in es:
+            for x in walk(e):
+                if isinstance(x, Load):
+                    used.add(x.source)
+
+    def visit(s):
+        if isinstance(s, For):
+            exprs(s.start, s.extent)
+            visit(s.body)
+        elif isinstance(s, Store):
+            used.add(s.buffer)
+            exprs(*s.indices, s.value)
+        elif isinstance(s, Alloc):
+            visit(s.body)
+        elif isinstance(s, If):
+            exprs(s.cond)
+            visit(s.then)
+            if s.orelse is not None:
+                visit(s.orelse)
+        elif isinstance(s, Seq):
+            for x in s.stmts:
+                visit(x)
+
+    visit(stmt)
+    return used

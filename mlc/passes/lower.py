@@ -1,5 +1,10 @@
-"""Graph -> tensor level: each op node becomes a Kernel (one kernel per op for now;
-the kernel boundary is explicit in ``LoweredGraph.calls``).
+"""Fused graph -> tensor level: each group of nodes (``passes.fuse``) becomes one Kernel.
+
+Each node of a group is lowered by its op's rule, reading the stages of the nodes
+before it in the group; then every injective stage that is not a kernel output is
+inlined into the stages that read it, when that reads each of its elements about
+once (so nothing expensive is recomputed). What is left is materialized inside
+the kernel.
 
 Constants become runtime parameters, except one-element constants, which are
 folded into the kernels that read them as literals. A graph output that is not
@@ -8,13 +13,16 @@ gets a ``copy`` kernel so every output buffer is written by exactly one kernel.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import ops
+from ..ir import expr as E
 from ..ir.graph import Graph, Node, Value
-from ..ir.tensor import Kernel, Placeholder, ScalarConstant, stages_of
+from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, ScalarConstant, Tensor, compute, stages_of
+from .fuse import FusedGraph
 
 
 @dataclass
@@ -37,37 +45,102 @@ class LoweredGraph:
 
 
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+INLINE_MAX_READS = 1.25       # reads per element up to which any injective stage is inlined
+INLINE_MAX_READS_CHEAP = 4.0  # ... and a cheap one (no calls, few operations)
+CHEAP_NODES = 12
 
 
-def lower_node(node: Node, name: str, constant_of: dict) -> tuple[Kernel, list[Value]]:
-    """The kernel for one node, and the graph values its placeholders bind to."""
-    op = ops.get(node.op)
-    inputs, bound = [], []
-    for n, v in enumerate(node.inputs):
-        pname = _LETTERS[n] if n < len(_LETTERS) else f"in{n}"
-        data = constant_of.get(v)
-        if data is not None and data.size == 1:
-            inputs.append(ScalarConstant(pname, v.shape, v.dtype, data.reshape(-1)[0].item()))
-        else:
-            inputs.append(Placeholder(pname, v.shape, v.dtype))
-            bound.append(v)
-    out_types = [o.type for o in node.outputs]
-    stages = op.lower(inputs, out_types, **node.attrs)
-    outputs = stages[len(stages) - len(out_types):]
-    for o, t in zip(outputs, out_types):
-        if o.type != t:
-            raise RuntimeError(f"lowering of {node.op} produced {o.type}, its type rule says {t}")
-    stages = stages_of(outputs)
+def lower_group(nodes: list[Node], name: str, constant_of: dict, outputs: list[Value]) -> tuple[Kernel, list[Value]]:
+    """The kernel computing ``outputs`` from the group ``nodes``, and the graph values
+    its placeholders bind to."""
+    tensor_of: dict[Value, Tensor] = {}
+    inputs: list[Tensor] = []
+    bound: list[Value] = []
+    for node in nodes:
+        op = ops.get(node.op)
+        ins = []
+        for v in node.inputs:
+            if v not in tensor_of:
+                n = len(inputs)
+                pname = _LETTERS[n] if n < len(_LETTERS) else f"in{n}"
+                data = constant_of.get(v)
+                if data is not None and data.size == 1:
+                    tensor_of[v] = ScalarConstant(pname, v.shape, v.dtype, data.reshape(-1)[0].item())
+                else:
+                    tensor_of[v] = Placeholder(pname, v.shape, v.dtype)
+                    bound.append(v)
+                inputs.append(tensor_of[v])
+            ins.append(tensor_of[v])
+        out_types = [o.type for o in node.outputs]
+        stages = op.lower(ins, out_types, **node.attrs)
+        results = stages[len(stages) - len(out_types):]
+        for o, r in zip(node.outputs, results):
+            if r.type != o.type:
+                raise RuntimeError(f"lowering of {node.op} produced {r.type}, its type rule says {o.type}")
+            tensor_of[o] = r
+    out_stages = []
+    for v in outputs:
+        t = tensor_of[v]
+        if not isinstance(t, Compute) or t in out_stages:   # an input passed through, or a repeat
+            t = _copy_stage(t)
+        out_stages.append(t)
+    stages = _inline(stages_of(out_stages), out_stages)
     temp = 0
     for s in stages:
-        if s in outputs:
-            s.name = "out" if len(outputs) == 1 else f"out{outputs.index(s)}"
+        if s in out_stages:
+            s.name = "out" if len(out_stages) == 1 else f"out{out_stages.index(s)}"
         else:
             s.name, temp = f"T{temp}", temp + 1
-    return Kernel(name, inputs, stages, outputs, op.kind), bound
+    kinds = {ops.get(n.op).kind for n in nodes}
+    kind = next((k for k in ("contraction", "reduction") if k in kinds), "injective")
+    return Kernel(name, inputs, stages, out_stages, kind), bound
 
 
-def lower_graph(graph: Graph) -> LoweredGraph:
+def _copy_stage(t: Tensor) -> Compute:
+    return compute(t.shape, lambda *i: t[i], "copy")
+
+
+def _iterations(s: Compute) -> int:
+    n = math.prod(s.shape)
+    return n * math.prod(s.body.extents) if isinstance(s.body, Reduce) else n
+
+
+def _body(s: Compute):
+    return s.body.body if isinstance(s.body, Reduce) else s.body
+
+
+def _cheap(e) -> bool:
+    nodes = list(E.walk(e))
+    return len(nodes) <= CHEAP_NODES and not any(isinstance(x, E.Call) for x in nodes)
+
+
+def _inline(stages: list[Compute], keep: list[Compute]) -> list[Compute]:
+    """Inline injective stages (not in ``keep``) into their readers where each of
+    their elements is read about once; the stages that remain, in order."""
+    reads: dict[int, int] = {}
+    for s in stages:
+        for x in E.walk(_body(s)):
+            if isinstance(x, E.Load) and isinstance(x.source, Compute):
+                reads[id(x.source)] = reads.get(id(x.source), 0) + _iterations(s)
+    loads: dict = {}
+    kept = []
+    for s in stages:
+        body = E.substitute(_body(s), {}, loads=loads) if loads else _body(s)
+        if isinstance(s.body, Reduce):
+            s.body = Reduce(s.body.combiner, s.body.axes, s.body.extents, body)
+        else:
+            s.body = body
+        per_element = reads.get(id(s), 0) / max(1, math.prod(s.shape))
+        if s not in keep and not isinstance(s.body, Reduce) and (
+                per_element <= INLINE_MAX_READS or (per_element <= INLINE_MAX_READS_CHEAP and _cheap(body))):
+            loads[s] = (lambda st: lambda idx: E.substitute(st.body, dict(zip(st.axes, idx))))(s)
+        else:
+            kept.append(s)
+    return kept
+
+
+def lower_graph(fused: FusedGraph) -> LoweredGraph:
+    graph = fused.graph
     constant_of = {n.output: n.attrs["value"] for n in graph.nodes if n.op == "constant"}
     lowered = LoweredGraph(graph, [])
     param_index: dict[Value, int] = {}
@@ -78,22 +151,31 @@ def lower_graph(graph: Graph) -> LoweredGraph:
             lowered.params.append(v)
             lowered.param_data.append(np.ascontiguousarray(constant_of[v]))
 
-    counter = 0
-    for node in graph.nodes:
-        if node.op == "constant":
-            continue
-        kernel, bound = lower_node(node, f"{node.op}_{counter}", constant_of)
-        counter += 1
+    read_outside: dict[int, set] = {}
+    group_index = {id(n): k for k, g in enumerate(fused.groups) for n in g}
+    for n in graph.nodes:
+        for v in n.inputs:
+            read_outside.setdefault(id(v), set()).add(group_index.get(id(n)))
+    graph_outputs = {id(v) for v in graph.outputs}
+
+    names = fused.kernel_names()
+    for k, group in enumerate(fused.groups):
+        outs = [o for n in group for o in n.outputs
+                if id(o) in graph_outputs or (read_outside.get(id(o), set()) - {k})]
+        if not outs:
+            continue   # nothing reads it (only after an unoptimized build: DCE removes such nodes)
+        kernel, bound = lower_group(group, names[k], constant_of, outs)
         for v in bound:
             use(v)
-        lowered.calls.append(KernelCall(kernel, bound, list(node.outputs)))
+        lowered.calls.append(KernelCall(kernel, bound, outs))
 
     produced = {o for c in lowered.calls for o in c.outputs}
     seen: set[Value] = set()
+    counter = len(fused.groups)
     for v in graph.outputs:
         if v not in produced or v in seen:
             copy = Node("copy", [v], {}, [v.type])
-            kernel, bound = lower_node(copy, f"copy_{counter}", constant_of)
+            kernel, bound = lower_group([copy], f"copy_{counter}", constant_of, [copy.output])
             counter += 1
             for b in bound:
                 use(b)

@@ -70,18 +70,22 @@ def as_input_array(x, name: str, expected: TensorType, fn_name: str) -> np.ndarr
     return x
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB ({n} bytes)"
+
+
 class Executable:
     def __init__(self, name: str, input_names: Sequence[str], input_types: Sequence[TensorType],
                  output_types: Sequence[TensorType], params: Sequence[np.ndarray], workspace_bytes: int,
-                 code: LoadedCode, single_output: bool, ir_text=None, naive_bytes: int = 0, kernels: int = 0):
+                 code: LoadedCode, single_output: bool, ir_text=None, stats: dict | None = None):
         self.name = name
         self.input_names = list(input_names)
         self.input_types = list(input_types)
         self.output_types = list(output_types)
         self.params = [np.ascontiguousarray(p) for p in params]
         self.workspace_bytes = workspace_bytes
-        self.naive_bytes = naive_bytes
-        self.kernel_count = kernels
+        self.stats = dict(stats or {})
+        self.kernel_count = self.stats.get("kernels", 0)
         self._code = code
         self._single = single_output
         self._ir_text = ir_text or (lambda level: "")
@@ -125,8 +129,18 @@ class Executable:
         return self._ir_text(level)
 
     def memory_report(self) -> str:
-        return (f"workspace {self.workspace_bytes} bytes (intermediates without reuse: {self.naive_bytes} bytes), "
-                f"{sum(p.nbytes for p in self.params)} bytes of constants, {self.kernel_count} kernels")
+        """Planned memory: the workspace arena against the naive sum of intermediates."""
+        st = self.stats
+        naive = st.get("intermediate_bytes", 0)
+        ratio = f" = {100 * self.workspace_bytes / naive:.1f}% of the naive sum" if naive else ""
+        return "\n".join([
+            f"kernels:        {st.get('kernels', 0)} (from {st.get('ops', 0)} ops, -O{st.get('opt_level', '?')})",
+            f"workspace:      {_mib(self.workspace_bytes)}{ratio}",
+            f"naive sum:      {_mib(naive)} (every intermediate value of the graph in its own buffer)",
+            f"materialized:   {_mib(st.get('materialized_bytes', 0))} (the kernels' intermediates and scratch, "
+            f"before reuse)",
+            f"in place:       {st.get('in_place', 0)} kernel outputs written over a dying input",
+            f"constants:      {_mib(sum(p.nbytes for p in self.params))}"])
 
     def __repr__(self) -> str:
         sig = ", ".join(f"{n}: {t}" for n, t in zip(self.input_names, self.input_types))

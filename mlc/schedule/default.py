@@ -11,12 +11,17 @@ Each stage becomes its own loop nest, in stage order. The rules, by stage shape:
 * reduction contiguous along the innermost *reduced* axis (row sums, softmax):
   a vector of partial accumulators, folded into one value at the end.
 * anything else: plain loops with a scalar accumulator.
+
+A fused kernel's injective stage that reads a reduction only element for element
+(a bias add, an activation, a residual add) is its *epilogue*: it is applied to
+the accumulators as they are stored, so the reduction's result never goes
+through memory.
 """
 from __future__ import annotations
 
 from ..ir import expr as E
 from ..ir.expr import Const, Expr, Load, Var, linear_coefficient, substitute
-from ..ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store
+from ..ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store, buffers_used
 from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, reduce_identity
 from ..target import Target
 
@@ -56,6 +61,30 @@ def _contiguous(e: Expr, var: Var) -> bool:
     return load_stride(e, var) <= {0, 1}
 
 
+def epilogues(kernel: Kernel) -> dict[Compute, Compute]:
+    """reduction stage -> the injective stage applied to it as it is stored: the only
+    reader of the reduction, reading it at the index it writes, and reading no other
+    stage computed after it."""
+    found: dict[Compute, Compute] = {}
+    order = {id(s): n for n, s in enumerate(kernel.stages)}
+    for e in kernel.stages:
+        if e.is_reduction or e in found.values():
+            continue
+        computes = [t for t in e.inputs() if isinstance(t, Compute)]
+        for r in computes:
+            if not r.is_reduction or r in kernel.outputs or r in found or r.shape != e.shape:
+                continue
+            if any(r in s.inputs() for s in kernel.stages if s is not e):
+                continue
+            if any(order[id(t)] > order[id(r)] for t in computes if t is not r):
+                continue
+            loads = [x for x in E.walk(e.body) if isinstance(x, Load) and x.source is r]
+            if all(len(x.indices) == len(e.axes) and all(a is b for a, b in zip(x.indices, e.axes)) for x in loads):
+                found[r] = e
+                break
+    return found
+
+
 def schedule_kernel(kernel: Kernel, target: Target) -> Func:
     buffers: dict = {}
     inputs = []
@@ -63,22 +92,41 @@ def schedule_kernel(kernel: Kernel, target: Target) -> Func:
         if isinstance(t, Placeholder):
             buffers[t] = Buffer(t.name, t.shape, t.dtype)
             inputs.append(buffers[t])
-    outputs, scratch = [], []
+    scratch = []
     for s in kernel.stages:
         buffers[s] = Buffer(s.name, s.shape, s.dtype)
-        (outputs if s in kernel.outputs else scratch).append(buffers[s])
+        if s not in kernel.outputs:
+            scratch.append(buffers[s])
     outputs = [buffers[s] for s in kernel.outputs]
-    body = Seq([_schedule_stage(s, buffers, target, scratch) for s in kernel.stages])
+    epi = epilogues(kernel)
+    applied = set(epi.values())
+    nests = []
+    for s in kernel.stages:
+        if s in applied:
+            continue
+        finish = None
+        if s in epi:
+            e = epi[s]
+
+            def finish(idx, value, e=e, r=s):
+                return Store(buffers[e], idx, substitute(e.body, dict(zip(e.axes, idx)), buffers,
+                                                         loads={r: lambda _: value}))
+        nests.append(_schedule_stage(s, buffers, target, scratch, finish))
+    body = Seq(nests)
+    used = buffers_used(body)
+    scratch = [b for b in scratch if b in used]   # a reduction whose epilogue took its result needs no buffer
     return Func(kernel.name, inputs, outputs, body, scratch)
 
 
-def _schedule_stage(stage: Compute, buffers: dict, target: Target, scratch: list) -> Stmt:
-    """Loops for one stage; buffers the schedule itself needs are appended to ``scratch``."""
+def _schedule_stage(stage: Compute, buffers: dict, target: Target, scratch: list, finish=None) -> Stmt:
+    """Loops for one stage; buffers the schedule itself needs are appended to ``scratch``.
+    ``finish(indices, value)`` stores a reduction's result (default: into its buffer)."""
     out = buffers[stage]
     if isinstance(stage.body, Reduce):
         red = stage.body
         body = substitute(red.body, {}, buffers)
-        return _reduction(stage, out, red, body, target, scratch)
+        finish = finish or (lambda idx, value: Store(out, idx, value))
+        return _reduction(stage, out, red, body, target, scratch, finish)
     body = substitute(stage.body, {}, buffers)
     return _injective(stage.axes, stage.shape, out, body, target)
 
@@ -116,16 +164,17 @@ def _injective(axes, shape, out: Buffer, body: Expr, target: Target) -> Stmt:
 
 # ----------------------------------------------------------------------------- reductions
 
-def _reduction(stage: Compute, out: Buffer, red: Reduce, body: Expr, target: Target, scratch: list) -> Stmt:
+def _reduction(stage: Compute, out: Buffer, red: Reduce, body: Expr, target: Target, scratch: list,
+               finish) -> Stmt:
     axes, shape = stage.axes, stage.shape
     acc_dt = red.dtype
     lanes = target.lanes(acc_dt.itemsize)
     work = out.type.size * max(1, _prod(red.extents))
     if shape and shape[-1] >= lanes > 1 and _contiguous(body, axes[-1]):
-        return _register_tile(stage, out, red, body, target, lanes, work, scratch)
+        return _register_tile(stage, out, red, body, target, lanes, work, scratch, finish)
     if red.extents and red.extents[-1] >= lanes > 1 and _contiguous(body, red.axes[-1]):
-        return _vector_reduce(stage, out, red, body, lanes, work)
-    return _scalar_reduce(stage, out, red, body, work)
+        return _vector_reduce(stage, out, red, body, lanes, work, finish)
+    return _scalar_reduce(stage, out, red, body, work, finish)
 
 
 def _prod(xs) -> int:
@@ -155,16 +204,16 @@ def _reduce_loops(red: Reduce, vmap: dict, make_body) -> Stmt:
     return nest
 
 
-def _scalar_reduce(stage, out, red, body, work) -> Stmt:
+def _scalar_reduce(stage, out, red, body, work, finish) -> Stmt:
     acc = Buffer("acc", [1], red.dtype, "local")
     zero = [Const(0)]
     init = Store(acc, zero, reduce_identity(red.combiner, red.dtype))
     update = _reduce_loops(red, {}, lambda m: Store(acc, zero, combine(red.combiner, Load(acc, zero), substitute(body, m))))
-    fin = Store(out, list(stage.axes), Load(acc, zero))
+    fin = finish(list(stage.axes), Load(acc, zero))
     return _spatial_loops(stage.axes, stage.shape, Alloc(acc, Seq([init, update, fin])), work)
 
 
-def _vector_reduce(stage, out, red, body, lanes, work) -> Stmt:
+def _vector_reduce(stage, out, red, body, lanes, work, finish) -> Stmt:
     """Partial sums in a vector of accumulators along the contiguous innermost reduced axis."""
     k, nk = red.axes[-1], red.extents[-1]
     vacc = Buffer("vacc", [lanes], red.dtype, "local")
@@ -189,7 +238,7 @@ def _vector_reduce(stage, out, red, body, lanes, work) -> Stmt:
         Store(acc, zero, ident),
         _reduce_loops(outer, {}, per_outer),
         For(lane, lanes, Store(acc, zero, combine(red.combiner, Load(acc, zero), Load(vacc, [lane]))), "unroll"),
-        Store(out, list(stage.axes), Load(acc, zero)),
+        finish(list(stage.axes), Load(acc, zero)),
     ])
     return _spatial_loops(stage.axes, stage.shape, Alloc(vacc, Alloc(acc, stmts)), work)
 
@@ -219,7 +268,7 @@ def _packable_load(body: Expr, i: Var | None, j: Var, k: Var) -> Load | None:
     return None
 
 
-def _register_tile(stage, out, red, body, target, lanes, work, scratch) -> Stmt:
+def _register_tile(stage, out, red, body, target, lanes, work, scratch, finish) -> Stmt:
     """The micro-kernel schedule for contraction-like reductions (matmul).
 
     The two innermost output axes are cut into R x (U*lanes) tiles of register
@@ -227,7 +276,8 @@ def _register_tile(stage, out, red, body, target, lanes, work, scratch) -> Stmt:
     U*lanes times from registers. Around the tiles, columns (NC) and a single
     reduction axis (KC) are blocked so that the block of the right-hand operand in
     use stays in the L2 cache while every row tile sweeps it; a tile continues from
-    the partial result in ``out`` after the first reduction block. When enough rows
+    the partial result in ``out`` after the first reduction block, and only the last
+    block stores through ``finish`` (the epilogue). When enough rows
     share it, that block is first packed into panels of tile width, so the
     micro-kernel reads it sequentially instead of one cache line per matrix row.
     """
@@ -251,7 +301,8 @@ def _register_tile(stage, out, red, body, target, lanes, work, scratch) -> Stmt:
         packed = Buffer(f"packed{len(scratch)}", [min(nj, BLOCK_N) // width, krows, width], packed_load.dtype)
         scratch.append(packed)
 
-    def tile(i_base, R: int, j_base: Expr, cols: int, vec: bool, k0: Expr, kw: int, first, panel=None) -> Stmt:
+    def tile(i_base, R: int, j_base: Expr, cols: int, vec: bool, k0: Expr, kw: int, first, last,
+             panel=None) -> Stmt:
         """Accumulate an R x cols block at (i_base, j_base) over reduction [k0, k0 + kw);
         with ``panel``, the packed operand is read from that panel of ``packed``."""
         acc = Buffer("acc", [R, cols], red.dtype, "local")
@@ -301,21 +352,23 @@ def _register_tile(stage, out, red, body, target, lanes, work, scratch) -> Stmt:
             loop = For(kk, kw, update({kvar: kk}), start=k0)
         else:
             loop = _reduce_loops(red, {}, update)
-        fin = over_block(lambda col: Store(out, out_index(col), Load(acc, [*row(), col])))
+        final = over_block(lambda col: finish(out_index(col), Load(acc, [*row(), col])))
+        partial = over_block(lambda col: Store(out, out_index(col), Load(acc, [*row(), col])))
+        fin = final if last is True else partial if last is False else If(last, final, partial)
         return Alloc(acc, Seq([init, loop, fin]))
 
-    def columns(i_base, R: int, c0: Expr, cw: int, k0, kw, first) -> Stmt:
+    def columns(i_base, R: int, c0: Expr, cw: int, k0, kw, first, last) -> Stmt:
         """Tiles over columns [c0, c0 + cw): whole vector tiles, a narrower vector tile, scalar columns."""
         jo, jt = Var("jo"), Var("jt")
         parts = []
         if cw // width:
-            parts.append(For(jo, cw // width, tile(i_base, R, c0 + jo * width, width, True, k0, kw, first,
+            parts.append(For(jo, cw // width, tile(i_base, R, c0 + jo * width, width, True, k0, kw, first, last,
                                                     jo if packed is not None else None)))
         rest = cw % width
         if rest // lanes:
-            parts.append(tile(i_base, R, c0 + (cw - rest), (rest // lanes) * lanes, True, k0, kw, first))
+            parts.append(tile(i_base, R, c0 + (cw - rest), (rest // lanes) * lanes, True, k0, kw, first, last))
         if rest % lanes:
-            parts.append(For(jt, rest % lanes, tile(i_base, R, c0 + jt, 1, False, k0, kw, first),
+            parts.append(For(jt, rest % lanes, tile(i_base, R, c0 + jt, 1, False, k0, kw, first, last),
                              start=cw - rest % lanes))
         return Seq(parts)
 
@@ -328,24 +381,24 @@ def _register_tile(stage, out, red, body, target, lanes, work, scratch) -> Stmt:
         return For(kk, kw, For(p, cw // width, For(cu, width // lanes, For(cv, lanes, store, "vector"), "unroll")),
                    "parallel" if work >= PARALLEL_MIN_WORK else "serial")
 
-    def all_rows(c0, cw, k0, kw, first) -> Stmt:
+    def all_rows(c0, cw, k0, kw, first, last) -> Stmt:
         if not has_rows:
-            return columns(None, 1, c0, cw, k0, kw, first)
+            return columns(None, 1, c0, cw, k0, kw, first, last)
         io, it = Var(i.name + "o"), Var(i.name + "t")
         nest = []
         if ni // rows:
             par = work >= PARALLEL_MIN_WORK and outer_par is None and ni // rows > 1
-            nest.append(For(io, ni // rows, columns(io * rows, rows, c0, cw, k0, kw, first),
+            nest.append(For(io, ni // rows, columns(io * rows, rows, c0, cw, k0, kw, first, last),
                             "parallel" if par else "serial"))
         if ni % rows:
-            nest.append(For(it, ni % rows, columns(it, 1, c0, cw, k0, kw, first), start=ni - ni % rows))
+            nest.append(For(it, ni % rows, columns(it, 1, c0, cw, k0, kw, first, last), start=ni - ni % rows))
         if packed is not None and cw >= width:
             nest.insert(0, pack(c0, cw, k0, kw))
         return Seq(nest)
 
     def k_blocks(c0, cw) -> Stmt:
         if not k_blocked:
-            return all_rows(c0, cw, None, None, True)
+            return all_rows(c0, cw, None, None, True, True)
         kb = Var("kb")
         nk = red.extents[0]
 
@@ -356,7 +409,13 @@ def _register_tile(stage, out, red, body, target, lanes, work, scratch) -> Stmt:
                 return k0.value == 0
             return E.binop("eq", kb, Const(0))
 
-        return _blocks(kb, nk, BLOCK_K, lambda k0, kw: all_rows(c0, cw, k0, kw, first_block(k0)))
+        def last_block(k0, kw):
+            """Whether the block at k0 ends the reduction (then the epilogue runs)."""
+            if isinstance(k0, Const):
+                return k0.value + kw == nk
+            return E.binop("eq", kb, Const(nk // BLOCK_K - 1)) if nk % BLOCK_K == 0 else False
+
+        return _blocks(kb, nk, BLOCK_K, lambda k0, kw: all_rows(c0, cw, k0, kw, first_block(k0), last_block(k0, kw)))
 
     inner = _blocks(Var("jb"), nj, BLOCK_N if blocked else nj, k_blocks)
     for d in range(len(shape) - 3, -1, -1):

@@ -1,0 +1,234 @@
+"""Graph -> graph passes that simplify: type inference, constant folding, dead-code
+elimination, common-subexpression elimination and algebraic simplification.
+
+Every pass builds a new graph (the input graph is never changed) through
+``rebuild``, which walks the nodes in order and lets a rule replace each one.
+Ops are pure, so a node whose results nobody reads can go, two nodes with the
+same op, inputs and attributes compute the same thing, and a node whose inputs
+are all constants can be evaluated now with the op's numpy reference.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import numpy as np
+
+from .. import ops
+from ..ir.graph import Graph, GraphBuilder, Node, Value, format_attr
+
+# A folded constant larger than this is kept only when it replaces its inputs (they
+# have no other reader), so folding never duplicates weights.
+FOLD_MAX_BYTES = 1 << 16
+
+Rule = Callable[[Node, list, GraphBuilder], "list[Value] | None"]
+
+
+def rebuild(graph: Graph, rule: Rule | None = None, reinfer: bool = False) -> Graph:
+    """A new graph: each node goes through ``rule(node, new_inputs, builder)``, which
+    returns the values that replace its outputs, or None to keep the node (with its
+    inputs remapped). With ``reinfer``, kept nodes get their types from the op rules."""
+    b = GraphBuilder(graph.name, ops.infer)
+    vmap: dict[Value, Value] = {v: b.input(v.name, v.type) for v in graph.inputs}
+    for n in graph.nodes:
+        ins = [vmap[v] for v in n.inputs]
+        outs = rule(n, ins, b) if rule is not None else None
+        if outs is None:
+            types = None if reinfer and n.op != "constant" else [o.type for o in n.outputs]
+            outs = b.node(n.op, ins, n.attrs, types, n.loc)
+        for old, new in zip(n.outputs, outs):
+            if old.type != new.type:
+                raise RuntimeError(f"rewriting {n.op} changed its result type from {old.type} to {new.type}")
+        vmap.update(zip(n.outputs, outs))
+    return b.build([vmap[v] for v in graph.outputs])
+
+
+def emit(b: GraphBuilder, op: str, inputs: list[Value], loc: str | None = None, **attrs) -> Value:
+    """Append ``op`` with canonical attributes and inferred types; its single result."""
+    attrs = ops.get(op).canonical_attrs([v.type for v in inputs], attrs)
+    return b.node(op, inputs, attrs, loc=loc)[0]
+
+
+def constant_value(v: Value) -> np.ndarray | None:
+    return v.producer.attrs["value"] if v.producer is not None and v.producer.op == "constant" else None
+
+
+# ----------------------------------------------------------------------------- passes
+
+def infer_types(graph: Graph) -> Graph:
+    """Every node's result types recomputed from its op's type rule."""
+    return rebuild(graph, reinfer=True)
+
+
+def eliminate_dead_code(graph: Graph) -> Graph:
+    """Drop nodes none of whose results reach a graph output."""
+    live = {id(v) for v in graph.outputs}
+    keep = set()
+    for n in reversed(graph.nodes):
+        if any(id(o) in live for o in n.outputs):
+            keep.add(id(n))
+            live.update(id(v) for v in n.inputs)
+    return Graph(graph.name, graph.inputs, [n for n in graph.nodes if id(n) in keep], graph.outputs).copy()
+
+
+def _attr_key(attrs: dict) -> str:
+    items = []
+    for k, v in sorted(attrs.items()):
+        if isinstance(v, np.ndarray):
+            digest = hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest()
+            items.append(f"{k}={v.dtype.str}{v.shape}:{digest}")
+        else:
+            items.append(f"{k}={format_attr(v)}")
+    return ",".join(items)
+
+
+def eliminate_common_subexpressions(graph: Graph) -> Graph:
+    """Nodes with the same op, inputs and attributes (constants: the same bytes) merged
+    into the first of them."""
+    seen: dict[tuple, list[Value]] = {}
+
+    def rule(n: Node, ins, b):
+        key = (n.op, tuple(id(v) for v in ins), _attr_key(n.attrs))
+        if key in seen:
+            return seen[key]
+        outs = b.node(n.op, ins, n.attrs, [o.type for o in n.outputs], n.loc)
+        seen[key] = outs
+        return outs
+
+    return rebuild(graph, rule)
+
+
+def fold_constants(graph: Graph, max_bytes: int = FOLD_MAX_BYTES) -> Graph:
+    """Evaluate nodes whose inputs are all constants with the op's numpy reference.
+    A result over ``max_bytes`` is folded only when its constant inputs have no other
+    reader, so the folded array replaces them rather than sitting beside them."""
+    users = graph.users()
+    outputs = {id(v) for v in graph.outputs}
+
+    def rule(n: Node, ins, b):
+        if n.op == "constant" or not n.inputs:
+            return None
+        values = [constant_value(v) for v in ins]
+        if any(x is None for x in values):
+            return None
+        size = sum(o.type.nbytes for o in n.outputs)
+        sole_reader = all(len(users.get(v, [])) == 1 and id(v) not in outputs for v in n.inputs)
+        if size > max_bytes and not sole_reader:
+            return None
+        with np.errstate(all="ignore"):
+            result = ops.get(n.op).reference(*values, **n.attrs)
+        results = result if isinstance(result, (tuple, list)) else (result,)
+        return [b.constant(np.asarray(r).astype(o.dtype.np, copy=False).reshape(o.shape))
+                for r, o in zip(results, n.outputs)]
+
+    return eliminate_dead_code(rebuild(graph, rule))
+
+
+# ----------------------------------------------------------------------------- algebraic simplification
+
+def _is_splat(v: Value, x: float) -> bool:
+    c = constant_value(v)
+    return c is not None and c.size > 0 and bool(np.all(c == x))
+
+
+def _channel_scale(bn: Node):
+    """(scale, shift) per channel of an inference batch_norm with constant statistics:
+    batch_norm(x) = x * scale + shift."""
+    scale, bias, mean, var = (constant_value(v) for v in bn.inputs[1:])
+    if any(a is None for a in (scale, bias, mean, var)):
+        return None
+    dt = bn.inputs[0].dtype.np
+    with np.errstate(all="ignore"):
+        s = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + bn.attrs["epsilon"])
+        shift = bias.astype(np.float64) - mean.astype(np.float64) * s
+    return s.astype(dt), shift.astype(dt)
+
+
+def simplify(graph: Graph) -> Graph:
+    """Algebraic identities, in one sweep:
+
+    * x + 0, x - 0, x * 1, x / 1, and cast / broadcast_to / reshape / transpose that
+      change nothing -> x (when the result type is x's type);
+    * transpose of transpose -> one transpose; reshape of reshape -> one reshape;
+    * batch_norm (inference, constant statistics) after a conv or a matmul by a
+      constant, with or without a constant bias add between -> the weights scaled per
+      output channel plus one bias add.
+    """
+    users = graph.users()
+    outputs = {id(v) for v in graph.outputs}
+
+    def single_use(v: Value) -> bool:
+        return len(users.get(v, [])) == 1 and id(v) not in outputs
+
+    def rule(n: Node, ins, b):
+        out = n.outputs[0] if len(n.outputs) == 1 else None
+        same_type = out is not None and ins and ins[0].type == out.type
+        if n.op in ("add", "sub") and same_type and _is_splat(ins[1], 0):
+            return [ins[0]]
+        if n.op == "add" and out is not None and ins[1].type == out.type and _is_splat(ins[0], 0):
+            return [ins[1]]
+        if n.op in ("mul", "div") and same_type and _is_splat(ins[1], 1):
+            return [ins[0]]
+        if n.op in ("cast", "broadcast_to", "reshape", "expand_dims", "squeeze", "copy") and same_type:
+            return [ins[0]]
+        if n.op == "transpose":
+            perm = list(n.attrs["axes"])
+            src = ins[0]
+            if src.producer is not None and src.producer.op == "transpose":
+                inner = list(src.producer.attrs["axes"])
+                perm = [inner[p] for p in perm]
+                src = src.producer.inputs[0]
+            if perm == list(range(len(perm))):
+                return [src]
+            if src is not ins[0]:
+                return [emit(b, "transpose", [src], n.loc, axes=perm)]
+        if n.op == "reshape":
+            src = ins[0]
+            while src.producer is not None and src.producer.op in ("reshape", "expand_dims", "squeeze"):
+                src = src.producer.inputs[0]
+            if src.type == out.type:
+                return [src]
+            if src is not ins[0]:
+                return [emit(b, "reshape", [src], n.loc, shape=list(out.shape))]
+        if n.op == "batch_norm":
+            return _fold_batch_norm(n, ins, b, single_use)
+        return None
+
+    return eliminate_dead_code(rebuild(graph, rule))
+
+
+def _per_channel(c: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """A constant added to a [N, C, ...] (or [N, C]) tensor as one value per channel, or None."""
+    if c.ndim > rank:
+        return None
+    full = (1,) * (rank - c.ndim) + c.shape
+    if any(d != 1 for a, d in enumerate(full) if a != 1) or full[1] not in (1, channels):
+        return None
+    return np.broadcast_to(c.reshape(-1), (channels,))
+
+
+def _fold_batch_norm(n: Node, ins, b, single_use) -> list[Value] | None:
+    """conv/matmul [+ constant bias] -> batch_norm, as the product with scaled weights
+    plus one bias. ``n`` is the old node (for use counts), ``ins`` its new inputs."""
+    folded = _channel_scale(n)
+    if folded is None or not single_use(n.inputs[0]):
+        return None
+    s, shift = folded
+    rank, channels = n.inputs[0].type.rank, n.inputs[0].shape[1]
+    old, new = n.inputs[0].producer, ins[0].producer
+    if old is not None and old.op == "add" and constant_value(new.inputs[1]) is not None \
+            and single_use(old.inputs[0]) and new.inputs[0].type == new.outputs[0].type:
+        bias = _per_channel(constant_value(new.inputs[1]), channels, rank)
+        if bias is None:
+            return None
+        shift = shift + bias.astype(shift.dtype) * s
+        old, new = old.inputs[0].producer, new.inputs[0].producer
+    if old is None or old.op not in ("conv", "matmul"):
+        return None
+    w = constant_value(new.inputs[1])
+    if w is None or (old.op == "matmul" and (rank != 2 or w.ndim != 2)):
+        return None
+    w2 = w * s.reshape((-1,) + (1,) * (w.ndim - 1) if old.op == "conv" else (1, -1)).astype(w.dtype)
+    y = b.node(old.op, [new.inputs[0], b.constant(w2)], old.attrs, [o.type for o in old.outputs], old.loc)[0]
+    channel_shape = (-1,) + (1,) * (rank - 2)
+    return [emit(b, "add", [y, b.constant(shift.reshape(channel_shape).astype(y.dtype.np))], n.loc)]
