@@ -144,6 +144,74 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _load_graph(spec: str, shapes, command: str):
+    """The Graph for an .onnx file or a bundled example's name."""
+    if spec.endswith(".onnx"):
+        from .frontend.onnx import OnnxImportError, from_onnx, load_model
+        try:
+            return from_onnx(load_model(spec), input_shapes=_shape_overrides(shapes))
+        except OnnxImportError as e:
+            raise SystemExit(f"mlc {command}: {e}")
+    from .examples import EXAMPLES
+    if spec not in EXAMPLES:
+        raise SystemExit(f"mlc {command}: {spec!r} is neither an .onnx file nor a bundled example "
+                         f"({', '.join(sorted(EXAMPLES))})")
+    import mlc
+    fn, make_inputs = EXAMPLES[spec]
+    return mlc.trace(fn, *make_inputs())
+
+
+def _pass_manager(args, **kw):
+    from .passes.manager import PassManager
+    return PassManager(args.opt_level, verify=True if args.verify else None, **kw)
+
+
+def cmd_compile(args) -> int:
+    import mlc
+    graph = _load_graph(args.model, args.shape, "compile")
+    pm = _pass_manager(args, dump_dir=args.dump_ir, time_passes=args.time_passes)
+    t0 = time.perf_counter()
+    exe = mlc.compile(graph, opt_level=args.opt_level, pm=pm)
+    t_compile = time.perf_counter() - t0
+    st = exe.stats
+    print(f"compiled @{graph.name} at -O{args.opt_level} in {t_compile:.2f} s: {st['ops']} ops -> "
+          f"{st['nodes_after_passes']} after graph passes -> {st['kernels']} kernels")
+    print(exe.memory_report())
+    if args.time_passes:
+        print(pm.timing_report())
+    if args.dump_ir:
+        print(f"IR after every pass written to {args.dump_ir}/ (numbered in pipeline order)")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .driver import Compiled
+    from .target import Target
+    from .viz import write_graph
+    graph = _load_graph(args.model, args.shape, "inspect")
+    c = Compiled(graph, Target.get("host"), _pass_manager(args))   # graph passes, fusion, plan: no code generation
+    st = c.stats()
+    print(f"@{graph.name} at -O{args.opt_level}: {st['ops']} ops -> {st['kernels']} kernels; "
+          f"planned workspace {st['workspace_bytes'] / 2**20:.2f} MiB of {st['intermediate_bytes'] / 2**20:.2f} MiB "
+          f"naive")
+    if args.graph:
+        _, message = write_graph(c.fused, args.graph, title=f"{graph.name} -O{args.opt_level}")
+        print(message)
+    else:
+        print(c.fused)
+    return 0
+
+
+def _add_compile_options(p) -> None:
+    p.add_argument("model", help="an .onnx file, or a bundled example (mlp, gelu, transformer)")
+    p.add_argument("-O", dest="opt_level", type=int, default=2, choices=[0, 1, 2, 3],
+                   help="optimization level: 0 one kernel per op, 1 simplify, 2 (default) also fuse, "
+                        "3 fold constants of any size")
+    p.add_argument("--shape", action="append", metavar="NAME=D0,D1,...",
+                   help="a static shape for an ONNX input declared with symbolic dimensions")
+    p.add_argument("--verify", action="store_true", help="run the IR verifier after every pass")
+
+
 def _shape_overrides(specs):
     shapes = {}
     for spec in specs or []:
@@ -185,6 +253,16 @@ def main(argv=None) -> int:
                      help="a static shape for an input declared with symbolic dimensions")
     run.add_argument("--output-dir", help="save each output as NAME.npy in this folder")
     run.set_defaults(func=cmd_run)
+    comp = sub.add_parser("compile", help="compile a model and report kernels and memory before/after the passes")
+    _add_compile_options(comp)
+    comp.add_argument("--time-passes", action="store_true", help="print the time spent in every pass")
+    comp.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
+    comp.set_defaults(func=cmd_compile)
+    insp = sub.add_parser("inspect", help="show a model's fused kernels, as text or as a picture")
+    _add_compile_options(insp)
+    insp.add_argument("--graph", metavar="FILE", help="draw the fused graph to FILE (.svg or .png with Graphviz, "
+                                                      "else .dot)")
+    insp.set_defaults(func=cmd_inspect)
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
         p.print_help()

@@ -53,7 +53,7 @@ class Compiled:
         self.lowered = pm.timed("lower", "tensor", lower_graph, self.fused)
         self.funcs = pm.timed("schedule", "loop",
                               lambda: _Funcs(schedule_kernel(c.kernel, target) for c in self.lowered.calls))
-        self.plan = pm.timed("plan", "plan", plan_memory, self.lowered, self.funcs)
+        self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs)
         self.parallel = cg.gomp_available()
 
     def stats(self) -> dict:
@@ -117,7 +117,9 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
     pm = pm or PassManager(opt_level)
     with _LLVM_LOCK:   # LLVM's global context is not safe for concurrent compiles
         c = Compiled(graph, target, pm)
-        obj = pm.timed("codegen", "llvm", c.object_code)
+        obj = pm.timed("codegen", None, c.object_code)
+        if pm.dump_dir is not None:
+            pm.record("codegen", "llvm", c.llvm_module)
         code = LoadedCode(obj, c.tm)
     single = len(graph.outputs) == 1 if single_output is None else single_output
     return Executable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],

@@ -69,12 +69,14 @@ class PassManager:
     """Runs one pipeline; keeps (name, seconds) per pass and writes dumps when asked.
 
     ``verify=None`` reads MLC_VERIFY (the test suite sets it); ``dump_dir=None`` reads
-    MLC_DUMP_IR."""
+    MLC_DUMP_IR, and then each compile dumps into its own subfolder (``DIR/<graph name>``,
+    ``DIR/<graph name>.1``, ...), so every ``mlc.jit`` specialization keeps its dumps."""
 
     def __init__(self, opt_level: int = DEFAULT_OPT_LEVEL, verify: bool | None = None,
                  dump_dir: str | os.PathLike | None = None, time_passes: bool = False):
         self.opt_level = check_opt_level(opt_level)
         self.verify = env_flag("MLC_VERIFY") if verify is None else verify
+        self._env_dump = dump_dir is None and bool(os.environ.get("MLC_DUMP_IR"))
         dump_dir = dump_dir if dump_dir is not None else os.environ.get("MLC_DUMP_IR") or None
         self.dump_dir = Path(dump_dir) if dump_dir else None
         self.time_passes = time_passes
@@ -88,6 +90,11 @@ class PassManager:
     def run(self, graph: Graph) -> Graph:
         """The level's graph passes, in order."""
         ops.verify(graph)
+        if self._env_dump:   # MLC_DUMP_IR=DIR: one fresh folder per compile, named after the graph
+            base, n = self.dump_dir / graph.name, 1
+            while base.exists():
+                base, n = self.dump_dir / f"{graph.name}.{n}", n + 1
+            self.dump_dir, self._env_dump = base, False
         self.record("input", "graph", graph)
         for name in self.pipeline:
             graph = self.apply(PASSES[name], graph)
@@ -105,12 +112,13 @@ class PassManager:
         self.record(p.name, "graph", out)
         return out
 
-    def timed(self, name: str, level: str, fn: Callable, *args):
-        """Run a later stage (``fn(*args)``), time it and dump its result at ``level``."""
+    def timed(self, name: str, level: str | None, fn: Callable, *args):
+        """Run a later stage (``fn(*args)``), time it and dump its result at ``level`` (None: no dump)."""
         t0 = time.perf_counter()
         out = fn(*args)
         self.timings.append((name, time.perf_counter() - t0))
-        self.record(name, level, out)
+        if level is not None:
+            self.record(name, level, out)
         return out
 
     def record(self, name: str, level: str, ir) -> None:

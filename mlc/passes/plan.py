@@ -32,6 +32,16 @@ class MemoryPlan:
     naive_bytes: int           # the sum of all intermediate sizes, without reuse
     in_place: int = 0          # outputs placed over a dying input
 
+    def __str__(self) -> str:
+        def slot(a):
+            return f"ws+{a.index}" if a.space == "workspace" else f"{a.space}[{a.index}]"
+        lines = [f"memory plan: workspace {self.workspace_bytes} bytes, naive {self.naive_bytes} bytes, "
+                 f"{self.in_place} in place"]
+        for c in self.calls:
+            lines.append(f"  {c.func.name}(" + ", ".join(f"{b.name}={slot(a)}" for b, a in zip(c.func.params, c.args))
+                         + ")")
+        return "\n".join(lines)
+
 
 class _Arena:
     """First-fit allocator over a growing arena of aligned blocks."""
