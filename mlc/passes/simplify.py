@@ -101,11 +101,21 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
 def fold_constants(graph: Graph, max_bytes: int = FOLD_MAX_BYTES) -> Graph:
     """Evaluate nodes whose inputs are all constants with the op's numpy reference.
     A result over ``max_bytes`` is folded only when its constant inputs have no other
-    reader, so the folded array replaces them rather than sitting beside them."""
+    reader, so the folded array replaces them rather than sitting beside them.
+    Repeats until nothing folds (folding one reader can leave a constant with one)."""
+    while True:
+        folded, graph = _fold_once(graph, max_bytes)
+        if not folded:
+            return graph
+
+
+def _fold_once(graph: Graph, max_bytes: int) -> tuple[int, Graph]:
     users = graph.users()
     outputs = {id(v) for v in graph.outputs}
+    folded = 0
 
     def rule(n: Node, ins, b):
+        nonlocal folded
         if n.op == "constant" or not n.inputs:
             return None
         values = [constant_value(v) for v in ins]
@@ -118,10 +128,12 @@ def fold_constants(graph: Graph, max_bytes: int = FOLD_MAX_BYTES) -> Graph:
         with np.errstate(all="ignore"):
             result = ops.get(n.op).reference(*values, **n.attrs)
         results = result if isinstance(result, (tuple, list)) else (result,)
+        folded += 1
         return [b.constant(np.asarray(r).astype(o.dtype.np, copy=False).reshape(o.shape))
                 for r, o in zip(results, n.outputs)]
 
-    return eliminate_dead_code(rebuild(graph, rule))
+    out = eliminate_dead_code(rebuild(graph, rule))
+    return folded, out
 
 
 # ----------------------------------------------------------------------------- algebraic simplification
