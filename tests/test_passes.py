@@ -207,9 +207,9 @@ def test_prologue_is_inlined_into_a_reduction_not_recomputed_in_a_matmul():
     exe = mlc.compile(f, x, w)
     tensor = exe.ir("tensor")
     # the sum reads exp(x) once per element: inlined into its body
-    assert "sum[k < 32] exp(A[i, k])" in tensor
-    # the matmul reads tanh(x) 24 times per element: computed once, into a temporary
-    assert "T0[i, j] = tanh(A[i, j])" in tensor and "sum[k < 32] T0[i, k] * B[k, j]" in tensor
+    assert "kernel @exp_sum_0(A: f32[16,32]) -> f32[16] {\n  out[i] = sum[k < 32] exp(A[i, k])" in tensor
+    # the matmul reads tanh(x) 24 times per element: tanh is computed once, by its own kernel
+    assert "kernel @tanh_1(" in tensor and "out[i, j] = sum[k < 32] A[i, k] * B[k, j]" in tensor
     s, m = exe(x, w)
     np.testing.assert_allclose(s, np.exp(x).sum(axis=1), rtol=1e-5)
     np.testing.assert_allclose(m, np.tanh(x) @ w, rtol=1e-4, atol=1e-5)
@@ -294,10 +294,11 @@ def test_dumps_every_stage_in_order(tmp_path):
     mlc.compile(_mlp, *args, pm=pm)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00-input.graph.txt", "01-infer_types.graph.txt", "02-fold_constants.graph.txt",
-                     "03-simplify.graph.txt", "04-cse.graph.txt", "05-dce.graph.txt", "06-fuse.graph.txt",
-                     "07-lower.tensor.txt", "08-schedule.loop.txt", "09-plan.memory.txt", "10-codegen.llvm.txt"]
-    assert "kernel @matmul_add_relu_0" in (tmp_path / "06-fuse.graph.txt").read_text()
-    assert "define void @\"mlc_entry\"" in (tmp_path / "10-codegen.llvm.txt").read_text()
+                     "03-simplify.graph.txt", "04-cse.graph.txt", "05-dce.graph.txt", "06-conv_layout.graph.txt",
+                     "07-fuse.graph.txt", "08-lower.tensor.txt", "09-schedule.loop.txt", "10-plan.memory.txt",
+                     "11-codegen.llvm.txt"]
+    assert "kernel @matmul_add_relu_0" in (tmp_path / "07-fuse.graph.txt").read_text()
+    assert "define void @\"mlc_entry\"" in (tmp_path / "11-codegen.llvm.txt").read_text()
     report = pm.timing_report()
     for name in ("fold_constants", "fuse", "lower", "schedule", "codegen", "total"):
         assert name in report
@@ -322,10 +323,30 @@ def test_cli_compile_reports_kernels_and_times_passes(tmp_path):
     text = out.getvalue()
     assert "5 ops -> 5 after graph passes -> 3 kernels" in text
     assert "fold_constants" in text and "workspace:" in text
-    assert (tmp_path / "ir" / "06-fuse.graph.txt").exists()
+    assert (tmp_path / "ir" / "07-fuse.graph.txt").exists()
     with pytest.raises(SystemExit, match="neither an .onnx file nor a bundled example"):
         main(["compile", "nosuchmodel"])
 
 
 def test_default_level_verifies_under_tests():
     assert os.environ.get("MLC_VERIFY") == "1" and PassManager().verify
+
+
+# ----------------------------------------------------------------------------- layout selection
+
+@pytest.mark.parametrize("xs, ws, attrs, matrix", [
+    ((1, 8, 7, 7), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}, True),                 # narrow rows
+    ((2, 8, 9, 9), (6, 8, 3, 2), {"strides": [2, 1], "pads": [1, 0, 0, 1], "dilations": [1, 2]}, True),
+    ((1, 16, 20, 20), (8, 16, 1, 1), {}, True),                                  # pointwise
+    ((1, 4, 20, 20), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}, False),               # wide rows stay direct
+    ((1, 8, 7, 7), (8, 2, 3, 3), {"pads": [1, 1, 1, 1], "group": 4}, False),     # grouped stays direct
+])
+def test_conv_layout_moves_narrow_and_pointwise_convs_to_matrix_form(xs, ws, attrs, matrix):
+    x, w = rand(*xs), rand(*ws)
+    g = mlc.trace(lambda x: mlc.relu(mlc.conv(x, w, **attrs)), x)
+    after = check_pass("conv_layout", g, [x], rtol=1e-4, atol=1e-4)
+    assert ("conv" not in op_names(after)) == matrix
+    if matrix:
+        assert "matmul" in op_names(after) and op_names(after)[-2:] == ["reshape", "relu"]
+    exe = mlc.compile(g)
+    np.testing.assert_allclose(exe(x), ops.run_reference(g, x)[0], rtol=1e-4, atol=1e-4)

@@ -5,9 +5,10 @@ The rules follow the op kinds (DESIGN.md §4-5), walking nodes in order:
 * an injective op joins the group of one of its producers: chains of elementwise
   and shape ops become one kernel, and an injective op after a matmul, conv or
   reduction becomes that kernel's epilogue (bias, activation, residual add);
-* a reduction or contraction joins its producer's group when that group holds only
-  injective ops (an elementwise prologue); a group holds at most one reduction or
-  contraction, its anchor;
+* a reduction joins its producer's group when that group holds only injective ops
+  (an elementwise prologue); a contraction (matmul, conv) never does: its micro-kernel
+  wants plain, affine reads of its operands, and each operand element is read many
+  times. A group holds at most one reduction or contraction, its anchor;
 * a merge that would make a group both feed and read another group (a cycle) is
   refused.
 
@@ -99,7 +100,7 @@ def fuse(graph: Graph) -> FusedGraph:
         chosen = None
         for gid in candidates:
             g = by_id[gid]
-            if kind == "injective" or (kind in ANCHOR_KINDS and g.anchor is None):
+            if kind == "injective" or (kind == "reduction" and g.anchor is None):
                 if can_join(g, n):
                     chosen = g
                     break

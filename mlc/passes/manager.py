@@ -9,8 +9,8 @@ Dumps are numbered in pipeline order (``00-input.graph.txt``, ``01-fold_constant
 ``...-lower.tensor.txt``), so ``diff`` between neighbouring files shows what one pass did.
 
 Levels: -O0 runs no graph pass (one kernel per op); -O1 simplifies (folding, CSE,
-DCE, algebraic identities, batch_norm folding); -O2, the default, also fuses; -O3
-folds constants without the size cap.
+DCE, algebraic identities, batch_norm folding); -O2, the default, also picks the
+convolution layout and fuses; -O3 folds constants without the size cap.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Callable
 
 from .. import ops
 from ..ir.graph import Graph
-from . import simplify
+from . import layout, simplify
 
 DEFAULT_OPT_LEVEL = 2
 
@@ -43,14 +43,15 @@ PASSES: dict[str, Pass] = {p.name: p for p in (
     Pass("simplify", simplify.simplify, "algebraic identities, transpose/reshape chains, batch_norm folding"),
     Pass("cse", simplify.eliminate_common_subexpressions, "merge identical nodes and constants"),
     Pass("dce", simplify.eliminate_dead_code, "drop nodes whose results are never used"),
+    Pass("conv_layout", layout.select_conv_layout, "narrow or 1x1 convolutions as matrix products"),
 )}
 
 _SIMPLIFY = ["infer_types", "fold_constants", "simplify", "cse", "dce"]
 PIPELINES: dict[int, list[str]] = {
     0: [],
     1: _SIMPLIFY,
-    2: _SIMPLIFY,
-    3: ["infer_types", "fold_all_constants", "simplify", "cse", "fold_all_constants", "dce"],
+    2: _SIMPLIFY + ["conv_layout"],
+    3: ["infer_types", "fold_all_constants", "simplify", "cse", "dce", "conv_layout"],
 }
 FUSION_LEVEL = 2   # the first level that fuses ops into kernels
 
