@@ -210,6 +210,7 @@ def ort_session(ort, model_bytes: bytes):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     so.inter_op_num_threads = 1
+    so.log_severity_level = 3   # quiet: the light models carry unused initializers
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 

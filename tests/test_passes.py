@@ -350,3 +350,15 @@ def test_conv_layout_moves_narrow_and_pointwise_convs_to_matrix_form(xs, ws, att
         assert "matmul" in op_names(after) and op_names(after)[-2:] == ["reshape", "relu"]
     exe = mlc.compile(g)
     np.testing.assert_allclose(exe(x), ops.run_reference(g, x)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_transformer_block_at_every_level_matches_numpy():
+    from mlc.examples import transformer_block, transformer_inputs, transformer_numpy
+    args = transformer_inputs(seq=16, hidden=64, heads=4, ffn=128)
+    want = transformer_numpy(*args, heads=4)
+    kernels = []
+    for level in (0, 2):
+        exe = mlc.compile(lambda *a: transformer_block(*a, heads=4), *args, opt_level=level)
+        np.testing.assert_allclose(exe(*args), want, rtol=1e-4, atol=1e-4)
+        kernels.append(exe.kernel_count)
+    assert kernels[1] < kernels[0] // 2
