@@ -362,3 +362,19 @@ def test_transformer_block_at_every_level_matches_numpy():
         np.testing.assert_allclose(exe(*args), want, rtol=1e-4, atol=1e-4)
         kernels.append(exe.kernel_count)
     assert kernels[1] < kernels[0] // 2
+
+
+def test_cli_inspect_prints_kernels_and_draws_them(tmp_path, monkeypatch):
+    import contextlib
+    import io
+    import mlc.viz
+    from mlc.cli import main
+    monkeypatch.setattr(mlc.viz.shutil, "which", lambda name: None)     # as on a machine without Graphviz
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["inspect", "mlp"]) == 0
+        assert main(["inspect", "mlp", "-O0", "--graph", str(tmp_path / "g.svg")]) == 0
+    text = out.getvalue()
+    assert "5 ops -> 3 kernels" in text and "kernel @matmul_add_relu_0 {" in text
+    assert "5 ops -> 5 kernels" in text and "dot -Tsvg" in text
+    assert (tmp_path / "g.dot").read_text().startswith("digraph")
