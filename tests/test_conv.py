@@ -375,3 +375,19 @@ def test_max_pool_indices_ties_take_the_first_in_scan_order():
                                                          storage_order=order), x)(x)
         np.testing.assert_array_equal(got, want)
     assert got[0, 0, 0, 0] == 4    # (h=0, w=1) column-major: 0 + 1*4, scanned before (1, 0)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 0, 1], "dilations": [1, 2]},
+    {"kernel_shape": [1, 1]},
+])
+def test_im2col_times_weights_is_the_convolution(attrs):
+    x = rand((2, 3, 7, 6), F64)
+    w = rand((4, 3, *attrs["kernel_shape"]), F64)
+    cols = mlc.im2col(x, **attrs)
+    conv = onnx_reference("conv", [x, w], **attrs)
+    assert cols.shape == (2, 3 * w.shape[2] * w.shape[3], conv.shape[2] * conv.shape[3])
+    np.testing.assert_allclose((w.reshape(4, -1) @ cols).reshape(conv.shape), conv, rtol=1e-12, atol=1e-12)
+    got = mlc.compile(lambda v: mlc.im2col(v, **attrs), x)(x)
+    np.testing.assert_array_equal(got, cols)

@@ -662,6 +662,54 @@ def _np_global(fn):
 
 # ============================================================================ records
 
+# ============================================================================ im2col
+
+def _im2col_canon(ins, attrs):
+    (x,) = ins
+    check(x.rank == 4, f"im2col: expects an [N, C, H, W] tensor, got {x}")
+    check(attrs["kernel_shape"] is not None, "im2col: kernel_shape is required")
+    return {"kernel_shape": _ints(attrs["kernel_shape"], 2, 1, "kernel_shape", "im2col", 1),
+            "strides": _ints(attrs["strides"], 2, 1, "strides", "im2col", 1),
+            "pads": _ints(attrs["pads"], 4, 0, "pads", "im2col", 0),
+            "dilations": _ints(attrs["dilations"], 2, 1, "dilations", "im2col", 1)}
+
+
+def _im2col_out(shape, kernel_shape, strides, pads, dilations):
+    return [_window_out(n, k, s, d, pads[a], pads[2 + a], False, "im2col", a)
+            for a, (n, k, s, d) in enumerate(zip(shape[2:], kernel_shape, strides, dilations))]
+
+
+def _im2col_infer(ins, kernel_shape, strides, pads, dilations):
+    (x,) = ins
+    OH, OW = _im2col_out(x.shape, kernel_shape, strides, pads, dilations)
+    return [TensorType((x.shape[0], x.shape[1] * math.prod(kernel_shape), OH * OW), x.dtype)]
+
+
+def _np_im2col(x, kernel_shape, strides, pads, dilations):
+    x = np.asarray(x)
+    out_sp = _im2col_out(x.shape, kernel_shape, strides, pads, dilations)
+    win = _windows(_np_pad(x, pads, 0), out_sp, kernel_shape, strides, dilations)   # [N, C, OH, OW, KH, KW]
+    N, C = x.shape[:2]
+    return np.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3)).reshape(N, C * math.prod(kernel_shape), -1)
+
+
+def _im2col_lower(ins, outs, kernel_shape, strides, pads, dilations):
+    (x,), (o,) = ins, outs
+    KH, KW = kernel_shape
+    H, W = x.shape[2:]
+    OW = _im2col_out(x.shape, kernel_shape, strides, pads, dilations)[1]
+
+    def fn(n, r, p):
+        c, kh, kw = r // (KH * KW), (r // KW) % KH, r % KW
+        h = (p // OW) * strides[0] + kh * dilations[0] - pads[0]
+        w = (p % OW) * strides[1] + kw * dilations[1] - pads[1]
+        conds = [E.binop("ge", h, Const(0)), E.binop("lt", h, Const(H)),
+                 E.binop("ge", w, Const(0)), E.binop("lt", w, Const(W))]
+        at = x[n, c, E.minimum(E.maximum(h, Const(0)), Const(H - 1)), E.minimum(E.maximum(w, Const(0)), Const(W - 1))]
+        return _guarded(at, conds, Const(0, x.dtype))
+    return [compute(o.shape, fn, "im2col")]
+
+
 _CONV_ATTRS = {"strides": None, "dilations": None, "pads": None, "group": 1, "auto_pad": "NOTSET",
                "kernel_shape": None}
 _CONVT_ATTRS = {"strides": None, "dilations": None, "pads": None, "output_padding": None, "output_shape": None,
@@ -678,6 +726,10 @@ OPS = [
           attrs=dict(_CONVT_ATTRS), canonicalize=lambda ins, a: _conv_canon(ins, a, transpose=True),
           doc="ONNX ConvTranspose without bias: x [N, C, *S], w [C, M/group, *K] -> [N, M, *O]; "
               "output_shape / auto_pad resolve to pads."),
+    OpDef("im2col", "injective", _im2col_infer, _np_im2col, _im2col_lower,
+          attrs={"kernel_shape": None, "strides": None, "pads": None, "dilations": None}, canonicalize=_im2col_canon,
+          doc="The windows of a 2-D convolution as columns: x [N, C, H, W] -> [N, C*KH*KW, OH*OW], row "
+              "c*KH*KW + kh*KW + kw holding tap (kh, kw) of channel c at every output position (zero padding)."),
     OpDef("max_pool", "reduction", _max_pool_infer, _np_max_pool, _max_pool_lower,
           attrs={**_POOL_ATTRS, "auto_pad": "NOTSET"}, canonicalize=_pool_canon("max_pool"),
           doc="ONNX MaxPool (values only): windows of kernel_shape over the spatial axes, padding never wins."),
