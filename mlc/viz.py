@@ -9,8 +9,9 @@
   name, so one sees at a glance which ops became one kernel;
 * graph inputs and outputs are ellipses (name and type);
 * every edge is labelled with the tensor's type and size. An edge inside a kernel
-  is dashed and grey: that value stays in registers or cache, it is never written
-  to memory. An edge between kernels is solid: it is memory traffic.
+  is dashed and grey: that value never leaves the kernel (it is inlined into its
+  reader, or at most a kernel-private temporary). An edge between kernels is
+  solid: a buffer written by one kernel and read back by another.
 
 ``write_graph(fused, "model.svg")`` renders it with Graphviz's ``dot`` when that is
 installed, and otherwise writes the DOT text next to it (``model.dot``).
