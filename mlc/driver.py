@@ -15,7 +15,7 @@ from typing import Callable
 import llvmlite
 import numpy as np
 
-from . import __version__, ops
+from . import __version__
 from .codegen import llvm as cg
 from .frontend.trace import Tracer, trace_info
 from .ir.graph import Graph
