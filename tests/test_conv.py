@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import mlc
+from numerics import assert_matches  # noqa: E402
 from mlc import ops
 
 onnx = pytest.importorskip("onnx")
-from onnx import helper
-from onnx.reference import ReferenceEvaluator
+from onnx_reference import onnx_run  # noqa: E402
 
 F16, F32, F64 = np.float16, np.float32, np.float64
 TOL = {np.dtype(F16): (1e-2, 1e-2), np.dtype(F32): (2e-5, 2e-5), np.dtype(F64): (1e-12, 1e-12)}
@@ -34,14 +34,7 @@ def rand(shape, dtype=F32):
 
 def onnx_reference(op: str, inputs, **attrs):
     """Run one ONNX node (opset 22) with ONNX's reference evaluator."""
-    names = [f"in{k}" for k in range(len(inputs))]
-    attrs = {k: v for k, v in attrs.items() if v is not None}
-    node = helper.make_node(ONNX_NAMES[op], names, ["y"], **attrs)
-    tt = helper.np_dtype_to_tensor_dtype(inputs[0].dtype)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, tt, a.shape) for n, a in zip(names, inputs)],
-                              [helper.make_tensor_value_info("y", tt, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
-    return ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))[0]
+    return onnx_run(ONNX_NAMES[op], inputs, {k: v for k, v in attrs.items() if v is not None}, opset=22)[0]
 
 
 def onnx_conv_transpose(x, w, group=1, **attrs):
@@ -54,11 +47,7 @@ def onnx_conv_transpose(x, w, group=1, **attrs):
 
 
 def close(got, want):
-    want = np.asarray(want)
-    assert got.dtype == want.dtype, (got.dtype, want.dtype)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    rtol, atol = TOL[want.dtype]
-    np.testing.assert_allclose(got.astype(F64), want.astype(F64), rtol=rtol, atol=atol)
+    assert_matches(got, want, TOL)
 
 
 def check_against_onnx(op, inputs, compiled=True, onnx_attrs=None, **attrs):
@@ -331,13 +320,7 @@ def test_type_errors():
 
 def onnx_max_pool_indices(x, **attrs):
     """MaxPool's Indices output from ONNX's reference evaluator."""
-    node = helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)
-    tt = helper.np_dtype_to_tensor_dtype(x.dtype)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", tt, x.shape)],
-                              [helper.make_tensor_value_info("y", tt, None),
-                               helper.make_tensor_value_info("i", onnx.TensorProto.INT64, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
-    return ReferenceEvaluator(model).run(None, {"x": x})[1]
+    return onnx_run("MaxPool", [x], attrs, n_outputs=2, opset=22)[1]
 
 
 MAX_POOL_INDICES = [

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import mlc
+from numerics import assert_matches  # noqa: E402
 
 onnx = pytest.importorskip("onnx")
 from onnx_reference import onnx_run  # noqa: E402
@@ -24,14 +25,7 @@ def rand(shape, dtype=F32, lo=-5.0, hi=5.0):
 
 
 def close(got, want):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.dtype == want.dtype, f"dtype {got.dtype}, expected {want.dtype}"
-    assert got.shape == want.shape, f"shape {got.shape}, expected {want.shape}"
-    if want.dtype.kind == "f":
-        rtol, atol = TOL[want.dtype]
-        np.testing.assert_allclose(got.astype(F64), want.astype(F64), rtol=rtol, atol=atol)
-    else:
-        np.testing.assert_array_equal(got, want)
+    assert_matches(got, want, TOL)
 
 
 def check_all(fn, args, want):

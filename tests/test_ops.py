@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import mlc
+from numerics import assert_matches  # noqa: E402
 from mlc import ops
 
 F16, F32, F64 = np.float16, np.float32, np.float64
@@ -55,15 +56,8 @@ def run(fn, *args):
 
 def check(got, want, tol=TOL):
     """``got`` (an mlc result) has numpy's dtype and shape and matches its values."""
-    want = np.asarray(want)
     assert isinstance(got, np.ndarray), f"expected an ndarray, got {type(got).__name__}"
-    assert got.dtype == want.dtype, f"dtype {got.dtype}, numpy gives {want.dtype}"
-    assert got.shape == want.shape, f"shape {got.shape}, numpy gives {want.shape}"
-    if want.dtype.kind == "f":
-        rtol, atol = tol[want.dtype]
-        np.testing.assert_allclose(got.astype(F64), want.astype(F64), rtol=rtol, atol=atol, equal_nan=True)
-    else:
-        np.testing.assert_array_equal(got, want)
+    assert_matches(got, want, tol, equal_nan=True)
 
 
 def ids(cases):
