@@ -24,15 +24,16 @@ import heapq
 from dataclasses import dataclass, field
 
 from .. import ops
-from ..ir.graph import Graph, Node, print_graph
+from ..ir.graph import Graph, Node, Value, print_graph
 
 ANCHOR_KINDS = ("reduction", "contraction")
 
 
-@dataclass
+@dataclass(eq=False)   # compared and hashed by identity
 class Group:
     nodes: list[Node] = field(default_factory=list)
     anchor: Node | None = None
+    reads: set["Group"] = field(default_factory=set)   # the other groups it reads values from
 
 
 @dataclass
@@ -63,84 +64,68 @@ def unfused(graph: Graph) -> FusedGraph:
 
 
 def fuse(graph: Graph) -> FusedGraph:
-    group_of: dict[int, Group] = {}        # node id -> its group
-    producer_group: dict[int, Group] = {}  # value id -> group of the node producing it
+    producer_group: dict[Value, Group] = {}   # value -> group of the node producing it
     groups: list[Group] = []
-
-    def input_groups(g: Group) -> set[int]:
-        members = {id(n) for n in g.nodes}
-        return {id(producer_group[id(v)]) for n in g.nodes for v in n.inputs
-                if id(v) in producer_group and id(v.producer) not in members}
-
-    by_id: dict[int, Group] = {}
 
     def depends_on(start: Group, target: Group) -> bool:
         """Whether ``start`` reads, directly or through other groups, from ``target``."""
         stack, seen = [start], set()
         while stack:
-            g = stack.pop()
-            for gid in input_groups(g):
-                if gid == id(target):
+            for h in stack.pop().reads:
+                if h is target:
                     return True
-                if gid not in seen:
-                    seen.add(gid)
-                    stack.append(by_id[gid])
+                if h not in seen:
+                    seen.add(h)
+                    stack.append(h)
         return False
 
     def can_join(g: Group, n: Node) -> bool:
-        others = {id(producer_group[id(v)]): producer_group[id(v)] for v in n.inputs
-                  if id(v) in producer_group and producer_group[id(v)] is not g}
-        return not any(depends_on(h, g) for h in others.values())
+        others = {producer_group[v] for v in n.inputs if v in producer_group} - {g}
+        return not any(depends_on(h, g) for h in others)
 
     for n in graph.nodes:
         if n.op == "constant":
             continue
         kind = ops.get(n.op).kind
-        candidates = list(dict.fromkeys(id(producer_group[id(v)]) for v in n.inputs if id(v) in producer_group))
-        chosen = None
-        for gid in candidates:
-            g = by_id[gid]
-            if kind == "injective" or (kind == "reduction" and g.anchor is None):
-                if can_join(g, n):
-                    chosen = g
-                    break
+        candidates = dict.fromkeys(producer_group[v] for v in n.inputs if v in producer_group)
+        chosen = next((g for g in candidates
+                       if (kind == "injective" or (kind == "reduction" and g.anchor is None)) and can_join(g, n)),
+                      None)
         if chosen is None:
             chosen = Group()
             groups.append(chosen)
-            by_id[id(chosen)] = chosen
         chosen.nodes.append(n)
+        chosen.reads |= set(candidates) - {chosen}
         if kind in ANCHOR_KINDS:
             chosen.anchor = n
-        group_of[id(n)] = chosen
         for o in n.outputs:
-            producer_group[id(o)] = chosen
+            producer_group[o] = chosen
 
-    ordered = _schedule(groups, input_groups, by_id)
+    ordered = _schedule(groups)
     constants = [n for n in graph.nodes if n.op == "constant"]
     nodes = constants + [n for g in ordered for n in g.nodes]
     return FusedGraph(Graph(graph.name, graph.inputs, nodes, graph.outputs), [g.nodes for g in ordered])
 
 
-def _schedule(groups: list[Group], input_groups, by_id) -> list[Group]:
+def _schedule(groups: list[Group]) -> list[Group]:
     """Groups in an order where every group runs after the groups it reads from
     (a group grows after later groups are created, so creation order can be wrong);
     among ready groups, creation order."""
-    rank = {id(g): k for k, g in enumerate(groups)}
-    deps = {id(g): input_groups(g) for g in groups}
-    readers: dict[int, list[int]] = {}
-    for gid, ds in deps.items():
-        for d in ds:
-            readers.setdefault(d, []).append(gid)
-    waiting = {gid: len(ds) for gid, ds in deps.items()}
-    ready = [(rank[gid], gid) for gid, w in waiting.items() if w == 0]
+    rank = {g: k for k, g in enumerate(groups)}
+    readers: dict[Group, list[Group]] = {}
+    for g in groups:
+        for d in g.reads:
+            readers.setdefault(d, []).append(g)
+    waiting = {g: len(g.reads) for g in groups}
+    ready = [rank[g] for g in groups if not g.reads]   # positions, so the heap pops in creation order
     heapq.heapify(ready)
     order = []
     while ready:
-        _, gid = heapq.heappop(ready)
-        order.append(by_id[gid])
-        for r in readers.get(gid, []):
+        g = groups[heapq.heappop(ready)]
+        order.append(g)
+        for r in readers.get(g, []):
             waiting[r] -= 1
             if waiting[r] == 0:
-                heapq.heappush(ready, (rank[r], r))
+                heapq.heappush(ready, rank[r])
     assert len(order) == len(groups), "fusion made a cycle"
     return order

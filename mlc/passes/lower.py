@@ -117,11 +117,11 @@ def _cheap(e) -> bool:
 def _inline(stages: list[Compute], keep: list[Compute]) -> list[Compute]:
     """Inline injective stages (not in ``keep``) into their readers where each of
     their elements is read about once; the stages that remain, in order."""
-    reads: dict[int, int] = {}
+    reads: dict[Compute, int] = {}
     for s in stages:
         for x in E.walk(_body(s)):
             if isinstance(x, E.Load) and isinstance(x.source, Compute):
-                reads[id(x.source)] = reads.get(id(x.source), 0) + _iterations(s)
+                reads[x.source] = reads.get(x.source, 0) + _iterations(s)
     loads: dict = {}
     kept = []
     for s in stages:
@@ -130,7 +130,7 @@ def _inline(stages: list[Compute], keep: list[Compute]) -> list[Compute]:
             s.body = Reduce(s.body.combiner, s.body.axes, s.body.extents, body)
         else:
             s.body = body
-        per_element = reads.get(id(s), 0) / max(1, math.prod(s.shape))
+        per_element = reads.get(s, 0) / max(1, math.prod(s.shape))
         if s not in keep and not isinstance(s.body, Reduce) and (
                 per_element <= INLINE_MAX_READS or (per_element <= INLINE_MAX_READS_CHEAP and _cheap(body))):
             loads[s] = (lambda st: lambda idx: E.substitute(st.body, dict(zip(st.axes, idx))))(s)
@@ -151,17 +151,17 @@ def lower_graph(fused: FusedGraph) -> LoweredGraph:
             lowered.params.append(v)
             lowered.param_data.append(np.ascontiguousarray(constant_of[v]))
 
-    read_outside: dict[int, set] = {}
-    group_index = {id(n): k for k, g in enumerate(fused.groups) for n in g}
-    for n in graph.nodes:
-        for v in n.inputs:
-            read_outside.setdefault(id(v), set()).add(group_index.get(id(n)))
-    graph_outputs = {id(v) for v in graph.outputs}
+    read_by: dict[Value, set[int]] = {}   # value -> the groups that read it
+    for k, group in enumerate(fused.groups):
+        for n in group:
+            for v in n.inputs:
+                read_by.setdefault(v, set()).add(k)
+    graph_outputs = set(graph.outputs)
 
     names = fused.kernel_names()
     for k, group in enumerate(fused.groups):
-        outs = [o for n in group for o in n.outputs
-                if id(o) in graph_outputs or (read_outside.get(id(o), set()) - {k})]
+        # a group's results: the values a graph output or another group needs
+        outs = [o for n in group for o in n.outputs if o in graph_outputs or read_by.get(o, set()) - {k}]
         if not outs:
             continue   # nothing reads it (only after an unoptimized build: DCE removes such nodes)
         kernel, bound = lower_group(group, names[k], constant_of, outs)
