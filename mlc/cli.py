@@ -89,14 +89,8 @@ def cmd_run(args) -> int:
     import os
     import numpy as np
     import mlc
-    from .frontend.onnx import OnnxImportError, from_onnx, load_model
     from .frontend.trace import sanitize_name
-    try:
-        model = load_model(args.model)
-        graph = from_onnx(model, input_shapes=_shape_overrides(args.shape))
-    except OnnxImportError as e:
-        print(f"mlc run: {e}", file=sys.stderr)
-        return 1
+    model, graph = _load_onnx(args.model, args.shape, "run")
     given = _parse_inputs(args.input, graph)
     names = {v.name: v for v in graph.inputs}
     unknown = [n for n in given if n not in names and sanitize_name(n) not in names]
@@ -144,14 +138,20 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _load_onnx(path: str, shapes, command: str):
+    """(the ONNX model, its Graph); an import error ends the command with its message."""
+    from .frontend.onnx import OnnxImportError, from_onnx, load_model
+    try:
+        model = load_model(path)
+        return model, from_onnx(model, input_shapes=_shape_overrides(shapes))
+    except OnnxImportError as e:
+        raise SystemExit(f"mlc {command}: {e}")
+
+
 def _load_graph(spec: str, shapes, command: str):
     """The Graph for an .onnx file or a bundled example's name."""
     if spec.endswith(".onnx"):
-        from .frontend.onnx import OnnxImportError, from_onnx, load_model
-        try:
-            return from_onnx(load_model(spec), input_shapes=_shape_overrides(shapes))
-        except OnnxImportError as e:
-            raise SystemExit(f"mlc {command}: {e}")
+        return _load_onnx(spec, shapes, command)[1]
     from .examples import EXAMPLES
     if spec not in EXAMPLES:
         raise SystemExit(f"mlc {command}: {spec!r} is neither an .onnx file nor a bundled example "

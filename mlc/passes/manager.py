@@ -126,8 +126,7 @@ class PassManager:
         if self.dump_dir is None:
             return
         self.dump_dir.mkdir(parents=True, exist_ok=True)
-        text = ir() if callable(ir) else str(ir)
-        (self.dump_dir / f"{self._step:02d}-{name}.{level}.txt").write_text(text + "\n")
+        (self.dump_dir / f"{self._step:02d}-{name}.{level}.txt").write_text(f"{ir}\n")
         self._step += 1
 
     def timing_report(self) -> str:
