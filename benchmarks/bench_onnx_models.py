@@ -19,8 +19,8 @@ import onnx
 
 import mlc
 from mlc.frontend.onnx import data_inputs, from_onnx
+from peers import LIGHT, ort_session
 
-LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 
 
 def median_time(fn, repeat: int) -> float:
@@ -55,10 +55,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         exe = mlc.compile(from_onnx(model))
         t_compile = time.perf_counter() - t0
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 2
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        sess = ort_session(ort, path)
         feeds = {}
         for vi in data_inputs(model.graph, {i.name for i in model.graph.initializer}):
             shape = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]

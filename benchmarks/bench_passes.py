@@ -37,6 +37,7 @@ import mlc
 from mlc.examples import transformer_block, transformer_inputs, transformer_numpy
 from mlc.passes.manager import check_opt_level
 from mlc.runtime import cache
+from peers import LIGHT, ort_session
 
 try:
     import onnx
@@ -46,10 +47,6 @@ except ImportError:   # pragma: no cover - onnx ships with mlc's ONNX frontend
 
 TIME_BOX_S = 10.0
 MIN_CALLS = 3
-
-
-def light_dir() -> str:
-    return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 
 
 def median_time(fn, repeat: int, budget_s: float = TIME_BOX_S) -> tuple[float, int]:
@@ -101,7 +98,7 @@ class ResNet50(Model):
         from mlc.frontend.onnx import data_inputs, from_onnx
         if onnx is None:
             raise RuntimeError("needs the onnx package")
-        path = os.path.join(light_dir(), "light_resnet50.onnx")
+        path = os.path.join(LIGHT, "light_resnet50.onnx")
         model = onnx.load(path)
         self.graph = from_onnx(model)
         with open(path, "rb") as f:
@@ -204,14 +201,6 @@ def mib(n: int) -> str:
 def ratio(a: float, b: float) -> str:
     """a / b with 3 significant digits."""
     return f"{a / b:.3g}" if b else "-"
-
-
-def ort_session(ort, model_bytes: bytes):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3   # quiet: the light models carry unused initializers
-    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
 def main(argv=None):
