@@ -1,0 +1,122 @@
+"""Pytrees: nested dicts, lists and tuples whose leaves are arrays (or scalars).
+
+Model parameters and optimizer state are plain pytrees, so transforms
+(``mlc.grad``), compiled training steps and checkpoints all walk them the same
+way: ``flatten`` gives the leaves in a fixed order and a ``TreeDef`` that
+``unflatten`` uses to rebuild the same structure. Dict keys keep insertion
+order; ``None`` is an empty subtree (no leaf).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class TreeDef:
+    """The structure of a pytree without its leaves."""
+
+    __slots__ = ("kind", "keys", "children")
+
+    def __init__(self, kind: str, keys: tuple = (), children: tuple = ()):
+        self.kind = kind            # "leaf", "none", "dict", "list" or "tuple"
+        self.keys = keys            # dict keys, in order
+        self.children = children   # child TreeDefs
+
+    @property
+    def num_leaves(self) -> int:
+        if self.kind == "leaf":
+            return 1
+        return sum(c.num_leaves for c in self.children)
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, TreeDef) and self.kind == other.kind and self.keys == other.keys
+                and self.children == other.children)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.keys, self.children))
+
+    def __repr__(self) -> str:
+        if self.kind == "leaf":
+            return "*"
+        if self.kind == "none":
+            return "None"
+        if self.kind == "dict":
+            return "{" + ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.keys, self.children)) + "}"
+        inner = ", ".join(map(repr, self.children))
+        return f"[{inner}]" if self.kind == "list" else f"({inner}{',' if len(self.children) == 1 else ''})"
+
+
+def flatten(tree: Any) -> tuple[list, TreeDef]:
+    """(leaves in depth-first order, structure)."""
+    leaves: list = []
+
+    def walk(t) -> TreeDef:
+        if t is None:
+            return TreeDef("none")
+        if isinstance(t, dict):
+            keys = tuple(t)
+            return TreeDef("dict", keys, tuple(walk(t[k]) for k in keys))
+        if isinstance(t, (list, tuple)) and not hasattr(t, "_fields"):
+            return TreeDef("list" if isinstance(t, list) else "tuple", (), tuple(walk(c) for c in t))
+        leaves.append(t)
+        return TreeDef("leaf")
+
+    return leaves, walk(tree)
+
+
+def unflatten(treedef: TreeDef, leaves) -> Any:
+    """Rebuild a pytree of structure ``treedef`` from ``leaves``."""
+    it = iter(leaves)
+
+    def build(d: TreeDef):
+        if d.kind == "leaf":
+            return next(it)
+        if d.kind == "none":
+            return None
+        children = [build(c) for c in d.children]
+        if d.kind == "dict":
+            return dict(zip(d.keys, children))
+        return children if d.kind == "list" else tuple(children)
+
+    out = build(treedef)
+    if next(it, _END) is not _END:
+        raise ValueError(f"unflatten: more leaves than the structure {treedef!r} holds")
+    return out
+
+
+_END = object()
+
+
+def leaves(tree: Any) -> list:
+    return flatten(tree)[0]
+
+
+def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
+    """Apply ``fn`` leaf by leaf to ``tree`` (and trees of the same structure in ``rest``)."""
+    ls, d = flatten(tree)
+    others = []
+    for r in rest:
+        rl, rd = flatten(r)
+        if rd != d:
+            raise ValueError(f"tree_map: structures differ: {d!r} and {rd!r}")
+        others.append(rl)
+    return unflatten(d, [fn(*xs) for xs in zip(ls, *others)])
+
+
+def key_paths(tree: Any) -> list[str]:
+    """A readable path per leaf, in ``flatten`` order: ``"layers/0/w"``."""
+    paths: list[str] = []
+
+    def walk(t, prefix: str):
+        if t is None:
+            return
+        if isinstance(t, dict):
+            for k in t:
+                walk(t[k], f"{prefix}/{k}" if prefix else str(k))
+        elif isinstance(t, (list, tuple)) and not hasattr(t, "_fields"):
+            for i, c in enumerate(t):
+                walk(c, f"{prefix}/{i}" if prefix else str(i))
+        else:
+            paths.append(prefix or "value")
+
+    walk(tree, "")
+    return paths
