@@ -17,16 +17,17 @@ import numpy as np
 
 from . import __version__
 from .codegen import llvm as cg
-from .frontend.trace import Tracer, trace_info
+from .frontend.trace import TraceError, Traced, Tracer, trace_info
 from .ir.graph import Graph
 from .passes.fuse import fuse, unfused
 from .passes.lower import lower_graph
 from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_opt_level
 from .passes.plan import plan_memory
 from .runtime import cache
-from .runtime.executable import Executable, LoadedCode
+from .runtime.executable import Executable, LoadedCode, Signature
 from .schedule.default import schedule_kernel
 from .target import Target
+from .tree import flatten, unflatten
 
 
 _LLVM_LOCK = threading.RLock()
@@ -112,7 +113,7 @@ class Compiled:
 
 
 def compile_graph(graph: Graph, target="host", single_output: bool | None = None, opt_level: int = DEFAULT_OPT_LEVEL,
-                  pm: PassManager | None = None) -> Executable:
+                  pm: PassManager | None = None, traced: Traced | None = None) -> Executable:
     target = Target.get(target)
     pm = pm or PassManager(opt_level)
     with _LLVM_LOCK:   # LLVM's global context is not safe for concurrent compiles
@@ -124,7 +125,21 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
     single = len(graph.outputs) == 1 if single_output is None else single_output
     return Executable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
                       [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
-                      single, c.text, c.stats())
+                      single, c.text, c.stats(), signature=_signature(traced))
+
+
+def _signature(traced: Traced | None) -> Signature | None:
+    """How the Executable maps pytree arguments and results onto its flat arrays; None
+    when arguments are plain arrays and the result an array or a tuple of arrays."""
+    if traced is None:
+        return None
+    t = traced.in_tree
+    flat_args = all(c.kind == "leaf" for c in t.children) and not any(s is not None for s in traced.static)
+    o = traced.out_tree
+    flat_out = o.kind == "leaf" or (o.kind == "tuple" and all(c.kind == "leaf" for c in o.children))
+    if flat_args and flat_out:
+        return None
+    return Signature(t, traced.static, o)
 
 
 def compile(fn: Callable | Graph, *example_args, target="host", opt_level: int = DEFAULT_OPT_LEVEL,
@@ -138,8 +153,11 @@ def compile(fn: Callable | Graph, *example_args, target="host", opt_level: int =
         if example_args:
             raise TypeError("compile(graph) takes no example arguments")
         return compile_graph(fn, target, opt_level=opt_level, pm=pm)
-    graph, is_tuple = trace_info(fn, example_args)
-    return compile_graph(graph, target, single_output=not is_tuple, opt_level=opt_level, pm=pm)
+    traced = trace_info(fn, example_args)
+    if traced.captured:
+        raise TraceError("compile: the function uses tensors of an enclosing trace; pass them as arguments")
+    return compile_graph(traced.graph, target, single_output=traced.single_output, opt_level=opt_level, pm=pm,
+                         traced=traced)
 
 
 def _is_static(a) -> bool:
@@ -159,29 +177,29 @@ class JitFunction:
         self._target_key = Target.get(target).key
         functools.update_wrapper(self, fn)
 
-    def _arrays(self, args) -> list:
-        """Arguments as numpy arrays (zero-copy for __dlpack__ objects); scalars stay static."""
-        return [a if _is_static(a) or isinstance(a, np.ndarray) else
-                np.from_dlpack(a) if hasattr(a, "__dlpack__") else np.asarray(a) for a in args]
-
     def lower(self, *args) -> Executable:
         """The Executable for these arguments, compiling it on first use."""
-        return self._executable(self._arrays(args))
+        return self._executable(args)[0]
 
-    def _executable(self, args) -> Executable:
-        key = (tuple(("static", type(a).__name__, a) if _is_static(a) else (a.shape, a.dtype.str) for a in args),
-               self._target_key)
+    def _executable(self, args) -> tuple[Executable, list]:
+        """(Executable, argument leaves as arrays): zero-copy for __dlpack__ objects;
+        Python scalars stay static (baked into the compiled code, part of the cache key)."""
+        leaves, tree = flatten(tuple(args))
+        leaves = [a if _is_static(a) or isinstance(a, np.ndarray) else
+                  np.from_dlpack(a) if hasattr(a, "__dlpack__") else np.asarray(a) for a in leaves]
+        key = (tree, tuple(("static", type(a).__name__, a) if _is_static(a) else (a.shape, a.dtype.str)
+                           for a in leaves), self._target_key)
         exe = self._cache.get(key)
         if exe is None:
-            exe = compile(self.fn, *args, target=self.target, opt_level=self.opt_level)
+            exe = compile(self.fn, *unflatten(tree, leaves), target=self.target, opt_level=self.opt_level)
             self._cache[key] = exe
-        return exe
+        return exe, leaves
 
     def __call__(self, *args):
-        if any(isinstance(a, Tracer) for a in args):   # called inside another trace: inline it
+        if any(isinstance(a, Tracer) for a in flatten(args)[0]):   # called inside another trace: inline it
             return self.fn(*args)
-        args = self._arrays(args)
-        return self._executable(args)(*[a for a in args if not _is_static(a)])
+        exe, leaves = self._executable(args)
+        return exe.call_flat([a for a in leaves if not _is_static(a)])
 
 
 def jit(fn: Callable | None = None, *, target="host", opt_level: int = DEFAULT_OPT_LEVEL):

@@ -829,8 +829,8 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
         return tuple(env[o.name] for o in graph.output)
 
     try:
-        g, _ = trace_info(build, types, name=name or graph.name or "onnx_model",
-                          input_names=[vi.name for vi in inputs])
+        g = trace_info(build, types, name=name or graph.name or "onnx_model",
+                       input_names=[vi.name for vi in inputs]).graph
     except TraceError as e:
         raise OnnxImportError(str(e)) from None
     _check_declared_outputs(graph, g)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import ops
 from ..ir.graph import Graph, GraphBuilder, Value
+from ..tree import TreeDef, flatten, key_paths, unflatten
 from ..ir.types import DType, TensorType, bool_, dtype as to_dtype, float64, int64, promote
 from ..ops.registry import OpTypeError
 
@@ -43,6 +44,23 @@ class _TraceContext:
         self.builder = GraphBuilder(name, ops.infer)
         self.constants: dict[int, Value] = {}   # id(numpy array) -> constant value (dedups captures)
         self.keepalive: list = []
+        # tensors of enclosing traces used here (a closure inside mlc.grad) become extra inputs
+        self.captured: dict[Value, Value] = {}
+        self.captured_tracers: list[Tracer] = []
+
+    def value_of(self, x: "Tracer", op: str, loc: str | None) -> Value:
+        """The value of ``x`` in this trace, capturing it as an input when it belongs to
+        an enclosing trace."""
+        if x._ctx is self:
+            return x.value
+        if x._ctx not in _STACK:
+            raise TraceError(f"{op}: a tensor from another (finished) trace was used here" + _at(loc))
+        v = self.captured.get(x.value)
+        if v is None:
+            v = self.builder.input(f"captured{len(self.captured)}", x.value.type)
+            self.captured[x.value] = v
+            self.captured_tracers.append(x)
+        return v
 
 
 _STACK: list[_TraceContext] = []
@@ -264,8 +282,11 @@ def evaluate_or_record(name: str, *args, **kwargs):
 def _apply(name: str, args, kwargs, eager_without_tracers: bool):
     op = ops.get(name)
     inputs, attrs = op.bind(args, kwargs)
-    fallback = _STACK[-1] if _STACK and not eager_without_tracers else None
-    ctx = next((x._ctx for x in inputs if isinstance(x, Tracer)), fallback)
+    first = next((x._ctx for x in inputs if isinstance(x, Tracer)), None)
+    if first is None:
+        ctx = _STACK[-1] if _STACK and not eager_without_tracers else None
+    else:
+        ctx = _STACK[-1] if _STACK else first   # the innermost trace records (and captures outer tensors)
     loc = user_location()
     strong = _strong_dtype(inputs)
     if ctx is None:
@@ -273,9 +294,7 @@ def _apply(name: str, args, kwargs, eager_without_tracers: bool):
     values = []
     for x in inputs:
         if isinstance(x, Tracer):
-            if x._ctx is not ctx:
-                raise TraceError(f"{name}: a tensor from another trace was used here" + _at(loc))
-            values.append(x.value)
+            values.append(ctx.value_of(x, name, loc))
         elif _is_python_scalar(x):
             values.append(_constant(ctx, np.array(x, dtype=_weak_dtype(x, strong).np)))
         else:
@@ -341,43 +360,81 @@ def arg_names(fn: Callable, n: int) -> list[str]:
     return names
 
 
+class Traced:
+    """A traced function: its graph, the pytree structure of its arguments and result,
+    and the tensors of enclosing traces it captured (the graph's trailing inputs)."""
+
+    def __init__(self, graph: Graph, in_tree: TreeDef, out_tree: TreeDef, static: list, captured: list):
+        self.graph = graph
+        self.in_tree = in_tree        # structure of the argument tuple
+        self.out_tree = out_tree
+        self.static = static          # per argument leaf: the Python scalar baked in, or None for an input
+        self.captured = captured      # Tracers of enclosing traces, one per trailing graph input
+
+    @property
+    def single_output(self) -> bool:
+        return self.out_tree.kind == "leaf"
+
+
 def trace_info(fn: Callable, args: Sequence, name: str | None = None,
-               input_names: Sequence[str] | None = None) -> tuple[Graph, bool]:
-    """Trace ``fn`` on example ``args``; returns (graph, whether fn returned a tuple/list).
-    An argument may be an array (a graph input), a ``TensorType`` (an input of that
-    type) or a Python scalar (a constant baked into the graph). Inputs are named after
-    fn's parameters unless ``input_names`` is given."""
+               input_names: Sequence[str] | None = None) -> Traced:
+    """Trace ``fn`` on example ``args``. An argument may be an array (a graph input),
+    a ``TensorType`` (an input of that type), a Python scalar (a constant baked into
+    the graph) or a pytree of those (nested dicts, lists, tuples). Inputs are named
+    after fn's parameters (and the path inside a pytree) unless ``input_names`` is given."""
     gname = sanitize_name(name or getattr(fn, "__name__", "fn"))
     ctx = _TraceContext(gname)
     names = [sanitize_name(n) for n in input_names] if input_names is not None else arg_names(fn, len(args))
-    tracer_args = []
+    leaves, in_tree = flatten(tuple(args))
+    leaf_names = []
     for n, a in zip(names, args):
+        leaf_names += [n] if flatten(a)[1].kind == "leaf" else [sanitize_name(f"{n}_{p}") for p in key_paths(a)]
+    tracer_leaves, static = [], []
+    for n, a in zip(leaf_names, leaves):
         if _is_python_scalar(a):
-            tracer_args.append(a)
+            tracer_leaves.append(a)
+            static.append(a)
             continue
         t = a if isinstance(a, TensorType) else TensorType.of(_as_array(a, "trace", None))
-        tracer_args.append(Tracer(ctx.builder.input(n, t), ctx))
+        tracer_leaves.append(Tracer(ctx.builder.input(n, t), ctx))
+        static.append(None)
     _STACK.append(ctx)
     try:
-        result = fn(*tracer_args)
+        result = fn(*unflatten(in_tree, tracer_leaves))
     finally:
         _STACK.pop()
-    is_tuple = isinstance(result, (tuple, list))
-    results = list(result) if is_tuple else [result]
+    results, out_tree = flatten(result)
     outs = []
     for r in results:
         if isinstance(r, Tracer):
-            if r._ctx is not ctx:
-                raise TraceError(f"{gname} returned a tensor from another trace")
-            outs.append(r.value)
+            outs.append(ctx.value_of(r, gname, None))
         elif r is None:
             raise TraceError(f"{gname} returned None; a traced function must return tensors")
         else:
             outs.append(_constant(ctx, np.asarray(r) if not _is_python_scalar(r) else
                                   np.array(r, dtype=_weak_dtype(r, None).np)))
-    return ctx.builder.build(outs), is_tuple
+    if not outs:
+        raise TraceError(f"{gname} returned no tensors")
+    return Traced(ctx.builder.build(outs), in_tree, out_tree, static, list(ctx.captured_tracers))
 
 
 def trace(fn: Callable, *args) -> Graph:
-    """Trace ``fn`` on example arguments into a Graph: ``print(mlc.trace(f, x))``."""
-    return trace_info(fn, args)[0]
+    """Trace ``fn`` on example arguments into a Graph: ``print(mlc.trace(f, x))``.
+    Arguments may be arrays, Python scalars or pytrees (dicts, lists, tuples) of them."""
+    return trace_info(fn, args).graph
+
+
+def record(name: str, inputs: Sequence, attrs: dict, loc: str | None = None) -> list:
+    """Record op ``name`` with already-canonical ``attrs`` on tracers in the current
+    trace (how a graph is replayed into another trace, e.g. by autodiff)."""
+    ctx = _STACK[-1]
+    op = ops.get(name)
+    if name == "constant":
+        return [Tracer(_constant(ctx, attrs["value"]), ctx)]
+    values = [ctx.value_of(x, name, loc) for x in inputs]
+    _, out_types = _typed(op, [v.type for v in values], attrs, loc)
+    return [Tracer(v, ctx) for v in ctx.builder.node(name, values, attrs, out_types, loc=loc)]
+
+
+def current_trace_active() -> bool:
+    return bool(_STACK)

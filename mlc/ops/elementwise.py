@@ -13,7 +13,7 @@ from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import compute
 from ..ir.types import TensorType, dtype as to_dtype
-from .registry import OpDef, OpTypeError, broadcast_load, broadcast_shapes, check, numpy_result_dtype
+from .registry import OpDef, OpTypeError, broadcast_load, broadcast_shapes, check, numpy_result_dtype, unbroadcast
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -152,19 +152,104 @@ def _cast_scalar(dt, x):
     return cast(dt, x)
 
 
+# ----------------------------------------------------------------------------- gradient rules
+# vjp(em, ins, outs, cts) -> input cotangents (passes/autodiff.py); x: input, y: output, g: cotangent
+
+_UNARY_VJP = {
+    "neg": lambda em, x, y, g: -g,
+    "abs": lambda em, x, y, g: em("where", x > 0, g, em("where", x < 0, -g, 0.0)),   # 0 at 0, like torch
+    "exp": lambda em, x, y, g: g * y,
+    "log": lambda em, x, y, g: g / x,
+    "sqrt": lambda em, x, y, g: g * 0.5 / y,
+    "rsqrt": lambda em, x, y, g: g * -0.5 * y / x,
+    "tanh": lambda em, x, y, g: g * (1.0 - y * y),
+    "sigmoid": lambda em, x, y, g: g * y * (1.0 - y),
+    "relu": lambda em, x, y, g: em("where", x > 0, g, 0.0),
+    "sin": lambda em, x, y, g: g * em("cos", x),
+    "cos": lambda em, x, y, g: -g * em("sin", x),
+    "erf": lambda em, x, y, g: g * (2.0 / math.sqrt(math.pi)) * em("exp", -(x * x)),
+    # piecewise constant: zero almost everywhere
+    "floor": lambda em, x, y, g: g * 0.0,
+    "ceil": lambda em, x, y, g: g * 0.0,
+    "round": lambda em, x, y, g: g * 0.0,
+}
+
+
+def _unary_vjp(name):
+    rule = _UNARY_VJP[name]
+
+    def vjp(em, ins, outs, cts):
+        return [rule(em, ins[0], outs[0], cts[0]) if ins[0].dtype.kind == "f" else None]
+    return vjp
+
+
+def _tie_share(em, a, b, wins):
+    """Where a beats b: 1; where they tie: 1/2 (the gradient is split evenly); else 0."""
+    return em("where", wins, 1.0, em("where", em("equal", a, b), 0.5, 0.0))
+
+
+def _pow_grad_b(em, a, y, g):
+    # d(a^b)/db = a^b log a; where a == 0 the limit is taken as 0 (as torch does)
+    return g * y * em("log", em("where", em("equal", a, 0.0), 1.0, a))
+
+
+_BINARY_VJP = {
+    "add": lambda em, a, b, y, g: (g, g),
+    "sub": lambda em, a, b, y, g: (g, -g),
+    "mul": lambda em, a, b, y, g: (g * b, g * a),
+    "div": lambda em, a, b, y, g: (g / b, -g * y / b),
+    "pow": lambda em, a, b, y, g: (g * b * em("pow", a, b - 1.0), _pow_grad_b(em, a, y, g)),
+    "maximum": lambda em, a, b, y, g: (g * _tie_share(em, a, b, a > b), g * _tie_share(em, b, a, b > a)),
+    "minimum": lambda em, a, b, y, g: (g * _tie_share(em, a, b, a < b), g * _tie_share(em, b, a, b < a)),
+}
+
+
+def _binary_vjp(name):
+    rule = _BINARY_VJP.get(name)
+
+    def vjp(em, ins, outs, cts):
+        a, b = ins
+        if rule is None or outs[0].dtype.kind != "f":   # comparisons: boolean result, no gradient
+            return [None, None]
+        ga, gb = rule(em, a, b, outs[0], cts[0])
+        return [unbroadcast(em, ga, a) if a.dtype.kind == "f" else None,
+                unbroadcast(em, gb, b) if b.dtype.kind == "f" else None]
+    return vjp
+
+
+def _where_vjp(em, ins, outs, cts):
+    c, a, b = ins
+    g = cts[0]
+    return [None, unbroadcast(em, em("where", c, g, 0.0), a) if a.dtype.kind == "f" else None,
+            unbroadcast(em, em("where", c, 0.0, g), b) if b.dtype.kind == "f" else None]
+
+
+def _cast_vjp(em, ins, outs, cts, dtype):
+    x = ins[0]
+    if x.dtype.kind != "f" or not dtype.is_float:
+        return [None]
+    return [em("cast", cts[0], dtype=x.dtype)]
+
+
+def _with_vjp(op: OpDef, vjp) -> OpDef:
+    op.vjp = vjp
+    return op
+
+
 OPS = [
-    *[_unary(n, r, s) for n, (r, s) in _UNARY.items()],
-    *[_binary(n, r, s) for n, (r, s) in _BINARY.items()],
+    *[_with_vjp(_unary(n, r, s), _unary_vjp(n)) for n, (r, s) in _UNARY.items()],
+    *[_with_vjp(_binary(n, r, s), _binary_vjp(n)) for n, (r, s) in _BINARY.items()],
     OpDef("where", "injective", _where_infer, lambda c, a, b: np.where(c, a, b), _where_lower,
-          params=("cond", "a", "b"), doc="Select a where cond is true, else b (numpy broadcasting)."),
+          params=("cond", "a", "b"), vjp=_where_vjp, doc="Select a where cond is true, else b (numpy broadcasting)."),
     OpDef("cast", "injective",
           lambda ins, dtype: [TensorType(ins[0].shape, dtype)],
           lambda x, dtype: np.asarray(x).astype(dtype.np),
           lambda ins, outs, dtype: [compute(outs[0].shape, lambda *i: _cast_scalar(dtype, ins[0][i]))],
-          attrs={"dtype": None}, canonicalize=_cast_canon, doc="Convert to another dtype (numpy astype)."),
+          attrs={"dtype": None}, canonicalize=_cast_canon, vjp=_cast_vjp,
+          doc="Convert to another dtype (numpy astype)."),
     OpDef("copy", "injective",
           lambda ins: [ins[0]],
           lambda x: np.array(x, copy=True),
           lambda ins, outs: [compute(outs[0].shape, lambda *i: ins[0][i])],
-          doc="A copy of the tensor."),
+          vjp=lambda em, ins, outs, cts: [cts[0]], doc="A copy of the tensor."),
 ]

@@ -6,7 +6,7 @@ import numpy as np
 from ..ir.expr import Const, cast
 from ..ir.tensor import compute, reduce
 from ..ir.types import TensorType, float32
-from .registry import OpDef, OpTypeError, broadcast_shapes, check, numpy_result_dtype
+from .registry import OpDef, OpTypeError, broadcast_shapes, check, numpy_result_dtype, unbroadcast
 
 
 def _matmul_shapes(a, b):
@@ -55,7 +55,31 @@ def _lower(ins, outs):
     return [stage]
 
 
+def _swap_last(em, t):
+    r = len(t.shape)
+    return em("transpose", t, axes=tuple(range(r - 2)) + (r - 1, r - 2))
+
+
+def _vjp(em, ins, outs, cts):
+    """da = g @ b^T, db = a^T @ g, summed over broadcast batch dims; a 1-D operand
+    is treated as a row (a) or column (b) matrix."""
+    a, b = ins
+    a2 = em("reshape", a, shape=(1,) + tuple(a.shape)) if len(a.shape) == 1 else a
+    b2 = em("reshape", b, shape=tuple(b.shape) + (1,)) if len(b.shape) == 1 else b
+    out_shape = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1])
+    g = _reshaped(em, cts[0], out_shape)
+    ga = _reshaped(em, unbroadcast(em, em("matmul", g, _swap_last(em, b2)), a2), a.shape) if a.dtype.kind == "f" \
+        else None
+    gb = _reshaped(em, unbroadcast(em, em("matmul", _swap_last(em, a2), g), b2), b.shape) if b.dtype.kind == "f" \
+        else None
+    return [ga, gb]
+
+
+def _reshaped(em, t, shape):
+    return t if tuple(t.shape) == tuple(shape) else em("reshape", t, shape=tuple(shape))
+
+
 OPS = [
-    OpDef("matmul", "contraction", _infer, np.matmul, _lower, params=("a", "b"),
+    OpDef("matmul", "contraction", _infer, np.matmul, _lower, params=("a", "b"), vjp=_vjp,
           doc="Matrix product with numpy.matmul semantics."),
 ]

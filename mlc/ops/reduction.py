@@ -11,7 +11,7 @@ from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import Compute, compute, reduce
 from ..ir.types import TensorType, float32, int64
-from .registry import OpDef, check, normalize_axes, normalize_axis, numpy_result_dtype
+from .registry import OpDef, check, keep_reduced, normalize_axes, normalize_axis, numpy_result_dtype
 
 
 def _canon(ins, attrs):
@@ -79,7 +79,7 @@ def _reduction(name: str, np_fn, combiner: str) -> OpDef:
 
     kind = "reduction"
     return OpDef(name, kind, infer, ref, lower, attrs={"axis": None, "keepdims": False}, canonicalize=_canon,
-                 doc=f"{name} over the given axes (all when axis is None), like numpy.{np_fn.__name__}.")
+                 vjp=_reduction_vjp(name), doc=f"{name} over the given axes (all when axis is None), like numpy.{np_fn.__name__}.")
 
 
 def _dt(x):
@@ -146,6 +146,43 @@ def _np_log_softmax(x, axis):
     return (s - np.log(np.exp(s).sum(axis=axis, keepdims=True))).astype(x.dtype)
 
 
+# ----------------------------------------------------------------------------- gradient rules
+
+def _reduction_vjp(name):
+    def vjp(em, ins, outs, cts, axis, keepdims):
+        x, y, g = ins[0], outs[0], cts[0]
+        if x.dtype.kind != "f":
+            return [None]
+        g = keep_reduced(em, g, x.shape, axis)
+        if name == "sum":
+            dx = em("broadcast_to", g, shape=x.shape)
+        elif name == "mean":
+            n = int(np.prod([x.shape[d] for d in axis], dtype=np.int64))
+            dx = em("broadcast_to", g * (1.0 / max(n, 1)), shape=x.shape)
+        elif name in ("max", "min"):
+            # ties split the gradient evenly between the tied elements
+            hit = em("cast", em("equal", x, keep_reduced(em, y, x.shape, axis)), dtype=x.dtype)
+            dx = hit * (g / em("sum", hit, axis=axis, keepdims=True))
+        else:   # prod: the product of the other elements, exact when some are zero
+            zero = em("equal", x, 0.0)
+            nonzero_prod = em("prod", em("where", zero, 1.0, x), axis=axis, keepdims=True)
+            zeros = em("sum", em("cast", zero, dtype=x.dtype), axis=axis, keepdims=True)
+            dx = g * em("where", zero, em("where", em("equal", zeros, 1.0), nonzero_prod, 0.0),
+                        em("where", em("equal", zeros, 0.0), nonzero_prod / em("where", zero, 1.0, x), 0.0))
+        return [em("cast", dx, dtype=x.dtype) if dx.dtype != x.dtype else dx]
+    return vjp
+
+
+def _softmax_vjp(em, ins, outs, cts, axis):
+    y, g = outs[0], cts[0]
+    return [y * (g - em("sum", g * y, axis=axis, keepdims=True))]
+
+
+def _log_softmax_vjp(em, ins, outs, cts, axis):
+    y, g = outs[0], cts[0]
+    return [g - em("exp", y) * em("sum", g, axis=axis, keepdims=True)]
+
+
 OPS = [
     _reduction("sum", np.sum, "sum"),
     _reduction("mean", np.mean, "sum"),
@@ -153,7 +190,7 @@ OPS = [
     _reduction("min", np.min, "min"),
     _reduction("prod", np.prod, "prod"),
     OpDef("softmax", "reduction", _softmax_infer, _np_softmax, _softmax_lower, attrs={"axis": -1},
-          canonicalize=_softmax_canon, doc="exp(x) / sum(exp(x)) along axis, computed stably."),
+          canonicalize=_softmax_canon, vjp=_softmax_vjp, doc="exp(x) / sum(exp(x)) along axis, computed stably."),
     OpDef("log_softmax", "reduction", _softmax_infer, _np_log_softmax, _log_softmax_lower, attrs={"axis": -1},
-          canonicalize=_softmax_canon, doc="x - log(sum(exp(x))) along axis, computed stably."),
+          canonicalize=_softmax_canon, vjp=_log_softmax_vjp, doc="x - log(sum(exp(x))) along axis, computed stably."),
 ]

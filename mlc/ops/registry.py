@@ -133,3 +133,26 @@ def normalize_axes(axis, rank: int, op: str) -> tuple[int, ...]:
     if len(set(axes)) != len(axes):
         raise OpTypeError(f"{op}: repeated axis in {tuple(axis)}")
     return axes if rank else ()
+
+
+# ----------------------------------------------------------------------------- helpers for gradient rules
+
+def unbroadcast(em, g, like):
+    """The cotangent ``g`` of a broadcast result, summed back to the shape (and dtype)
+    of the operand ``like``: the reduction that every broadcasting op's vjp needs."""
+    shape = tuple(like.shape)
+    lead = len(g.shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + d for d, n in enumerate(shape) if n == 1 and g.shape[lead + d] != 1)
+    if axes:
+        g = em("sum", g, axis=axes, keepdims=False)
+    if tuple(g.shape) != shape:
+        g = em("reshape", g, shape=shape)
+    if g.dtype != like.dtype:
+        g = em("cast", g, dtype=like.dtype)
+    return g
+
+
+def keep_reduced(em, g, x_shape, axes):
+    """Reshape the cotangent of a reduction over ``axes`` (keepdims or not) so that it
+    broadcasts against the reduced input again."""
+    return em("reshape", g, shape=tuple(1 if d in axes else n for d, n in enumerate(x_shape)))

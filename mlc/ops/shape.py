@@ -8,7 +8,8 @@ from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import compute
 from ..ir.types import TensorType
-from .registry import OpDef, OpTypeError, broadcast_load, check, normalize_axes, normalize_axis, numpy_result_dtype
+from .registry import (OpDef, OpTypeError, broadcast_load, check, normalize_axes, normalize_axis, numpy_result_dtype,
+                       unbroadcast)
 
 
 def _flat_index(idx, shape):
@@ -199,29 +200,98 @@ def _slice_lower(ins, outs, begin, end, step):
     return [compute(o.shape, lambda *i: x[tuple(b + j * s for j, b, s in zip(i, begin, step))])]
 
 
+# ----------------------------------------------------------------------------- gradient rules
+
+def _float_only(rule):
+    def vjp(em, ins, outs, cts, **attrs):
+        if ins[0].dtype.kind != "f":
+            return [None] * len(ins)
+        return rule(em, ins, cts[0], **attrs)
+    return vjp
+
+
+@_float_only
+def _reshape_vjp(em, ins, g, **attrs):
+    return [em("reshape", g, shape=ins[0].shape)]
+
+
+@_float_only
+def _transpose_vjp(em, ins, g, axes):
+    return [em("transpose", g, axes=tuple(int(a) for a in np.argsort(axes)))]
+
+
+@_float_only
+def _broadcast_to_vjp(em, ins, g, shape):
+    return [unbroadcast(em, g, ins[0])]
+
+
+def _concat_vjp(em, ins, outs, cts, axis):
+    g, start, grads = cts[0], 0, []
+    for x in ins:
+        n = x.shape[axis]
+        if x.dtype.kind == "f":
+            begin = [0] * len(x.shape)
+            end = list(g.shape)
+            begin[axis], end[axis] = start, start + n
+            grads.append(em("slice", g, begin=tuple(begin), end=tuple(end)))
+        else:
+            grads.append(None)
+        start += n
+    return grads
+
+
+@_float_only
+def _slice_vjp(em, ins, g, begin, end, step):
+    """Scatter g back into zeros: per axis, reverse a negative step, interleave zeros for
+    a step > 1, then pad to the input's extent."""
+    x = ins[0]
+    r = len(x.shape)
+    for d, (n, b, e, s) in enumerate(zip(x.shape, begin, end, step)):
+        m = g.shape[d]
+        if (b, e, s) == (0, n, 1) or m == 0:
+            continue
+        if s < 0:
+            g = em("slice", g, begin=(0,) * d + (m - 1,), end=(None,) * d + (None,), step=(1,) * d + (-1,))
+            b, s = b + (m - 1) * s, -s
+        if s > 1:   # g[..., j] goes to position j*s: append s-1 zeros after each element, drop the tail
+            shp = list(g.shape)
+            g = em("reshape", g, shape=tuple(shp[:d + 1]) + (1,) + tuple(shp[d + 1:]))
+            pads = [0] * (r + 1) * 2
+            pads[(r + 1) + d + 1] = s - 1
+            g = em("pad", g, pads=tuple(pads))
+            shp[d] = m * s
+            g = em("reshape", g, shape=tuple(shp))
+            g = em("slice", g, begin=(0,) * d + (0,), end=tuple(shp[:d]) + ((m - 1) * s + 1,))
+        pads = [0] * 2 * r
+        pads[d], pads[r + d] = b, n - b - g.shape[d]
+        g = em("pad", g, pads=tuple(pads))
+    return [g]
+
+
 OPS = [
     OpDef("reshape", "injective", lambda ins, shape: [TensorType(shape, ins[0].dtype)],
-          lambda x, shape: np.reshape(x, shape), _reshape_lower, attrs={"shape": None},
+          lambda x, shape: np.reshape(x, shape), _reshape_lower, attrs={"shape": None}, vjp=_reshape_vjp,
           canonicalize=_reshape_canon, doc="Same elements, new shape (one -1 is inferred)."),
     OpDef("transpose", "injective",
           lambda ins, axes: [TensorType([ins[0].shape[a] for a in axes], ins[0].dtype)],
-          lambda x, axes: np.transpose(x, axes), _transpose_lower, attrs={"axes": None},
+          lambda x, axes: np.transpose(x, axes), _transpose_lower, attrs={"axes": None}, vjp=_transpose_vjp,
           canonicalize=_transpose_canon, doc="Permute axes (reverse them by default)."),
     OpDef("broadcast_to", "injective", _broadcast_to_infer, lambda x, shape: np.broadcast_to(x, shape),
           lambda ins, outs, shape: [compute(outs[0].shape, lambda *i: broadcast_load(ins[0], i))],
           attrs={"shape": None}, canonicalize=lambda ins, a: {"shape": tuple(int(s) for s in a["shape"])},
+          vjp=_broadcast_to_vjp,
           doc="Broadcast to a shape with numpy rules."),
     OpDef("expand_dims", "injective", lambda ins, axis: [TensorType(_expand_shape(ins[0].shape, axis), ins[0].dtype)],
-          lambda x, axis: np.expand_dims(x, axis), _same_order_lower, attrs={"axis": None},
+          lambda x, axis: np.expand_dims(x, axis), _same_order_lower, attrs={"axis": None}, vjp=_reshape_vjp,
           canonicalize=_expand_canon, doc="Insert size-1 axes."),
     OpDef("squeeze", "injective",
           lambda ins, axis: [TensorType([n for d, n in enumerate(ins[0].shape) if d not in axis], ins[0].dtype)],
-          lambda x, axis: np.squeeze(x, axis), _same_order_lower, attrs={"axis": None},
+          lambda x, axis: np.squeeze(x, axis), _same_order_lower, attrs={"axis": None}, vjp=_reshape_vjp,
           canonicalize=_squeeze_canon, doc="Remove size-1 axes (all of them by default)."),
     OpDef("concatenate", "injective", _concat_infer, lambda *xs, axis: np.concatenate(xs, axis=axis),
-          _concat_lower, params=("*xs",), attrs={"axis": 0}, canonicalize=_concat_canon,
+          _concat_lower, params=("*xs",), attrs={"axis": 0}, canonicalize=_concat_canon, vjp=_concat_vjp,
           doc="Join tensors along an existing axis."),
     OpDef("slice", "injective", _slice_infer, _slice_ref, _slice_lower,
-          attrs={"begin": None, "end": None, "step": None}, canonicalize=_slice_canon,
+          attrs={"begin": None, "end": None, "step": None}, canonicalize=_slice_canon, vjp=_slice_vjp,
           doc="Python slicing per axis: x[begin:end:step] on the leading len(begin) axes."),
 ]

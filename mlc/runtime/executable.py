@@ -16,6 +16,7 @@ import llvmlite.binding as llvm
 import numpy as np
 
 from ..ir.types import TensorType
+from ..tree import TreeDef, flatten, unflatten
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 _ALIGN = 64
@@ -74,10 +75,34 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB ({n} bytes)"
 
 
+class Signature:
+    """Pytree arguments and results of a traced function: the argument structure, the
+    Python scalars baked into the code (None for array leaves) and the result structure."""
+
+    def __init__(self, in_tree: TreeDef, static: Sequence, out_tree: TreeDef):
+        self.in_tree = in_tree
+        self.static = list(static)
+        self.out_tree = out_tree
+
+    def flatten_args(self, args, fn_name: str) -> list:
+        leaves, tree = flatten(tuple(args))
+        if tree != self.in_tree:
+            raise TypeError(f"{fn_name}(): arguments have structure {tree!r}, compiled for {self.in_tree!r}")
+        out = []
+        for a, s in zip(leaves, self.static):
+            if s is None:
+                out.append(a)
+            elif a != s:
+                raise TypeError(f"{fn_name}(): the scalar argument {a!r} differs from {s!r}, which is compiled "
+                                f"into the code; recompile (mlc.jit does so automatically)")
+        return out
+
+
 class Executable:
     def __init__(self, name: str, input_names: Sequence[str], input_types: Sequence[TensorType],
                  output_types: Sequence[TensorType], params: Sequence[np.ndarray], workspace_bytes: int,
-                 code: LoadedCode, single_output: bool, ir_text=None, stats: dict | None = None):
+                 code: LoadedCode, single_output: bool, ir_text=None, stats: dict | None = None,
+                 signature: Signature | None = None):
         self.name = name
         self.input_names = list(input_names)
         self.input_types = list(input_types)
@@ -88,6 +113,7 @@ class Executable:
         self.kernel_count = self.stats.get("kernels", 0)
         self._code = code
         self._single = single_output
+        self.signature = signature
         self._ir_text = ir_text or (lambda level: "")
         self._local = threading.local()
         self._expect = [(t.dtype.np, t.shape) for t in self.input_types]
@@ -107,6 +133,12 @@ class Executable:
         return st
 
     def __call__(self, *args):
+        if self.signature is not None:
+            return self.call_flat(self.signature.flatten_args(args, self.name))
+        return self.call_flat(args)
+
+    def call_flat(self, args):
+        """Run on the flat list of input arrays; results as the traced function gave them."""
         if len(args) != len(self._expect):
             raise TypeError(f"{self.name}() takes {len(self.input_types)} array argument(s) "
                             f"({', '.join(self.input_names)}), got {len(args)}")
@@ -122,6 +154,8 @@ class Executable:
         for n, o in enumerate(outs):
             outs_p[n] = data_pointer(o)
         self._code.entry(ins_p, outs_p, self._param_ptrs, ws)
+        if self.signature is not None:
+            return unflatten(self.signature.out_tree, outs)
         return outs[0] if self._single else tuple(outs)
 
     def ir(self, level: str = "graph") -> str:
