@@ -22,7 +22,7 @@ from .ir.graph import Graph
 from .passes.fuse import fuse, unfused
 from .passes.lower import lower_graph
 from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_opt_level
-from .passes.plan import plan_memory
+from .passes.plan import place_aliases, plan_memory
 from .runtime import cache
 from .runtime.executable import Executable, LoadedCode, Signature
 from .schedule.default import schedule_kernel
@@ -43,8 +43,10 @@ class _Funcs(list):
 class Compiled:
     """Every level of one compilation, kept for printing."""
 
-    def __init__(self, graph: Graph, target: Target, pm: PassManager | None = None):
+    def __init__(self, graph: Graph, target: Target, pm: PassManager | None = None,
+                 aliases: dict[int, int] | None = None):
         pm = pm or PassManager()
+        self.aliases = dict(aliases or {})
         self.pm = pm
         self.source = graph
         self.target = target
@@ -52,9 +54,11 @@ class Compiled:
         partition = fuse if pm.opt_level >= FUSION_LEVEL else unfused
         self.fused = pm.timed("fuse", "graph", partition, self.graph)
         self.lowered = pm.timed("lower", "tensor", lower_graph, self.fused)
+        if self.aliases:
+            place_aliases(self.lowered, self.aliases)
         self.funcs = pm.timed("schedule", "loop",
                               lambda: _Funcs(schedule_kernel(c.kernel, target) for c in self.lowered.calls))
-        self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs)
+        self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs, self.aliases)
         self.parallel = cg.gomp_available()
 
     def stats(self) -> dict:
@@ -84,7 +88,7 @@ class Compiled:
 
     def cache_key(self) -> str:
         return cache.key_of(__version__, cache.source_hash(), llvmlite.__version__, self.target.key, str(self.parallel),
-                            str(self.fused), "\n\n".join(map(str, self.funcs)))
+                            str(self.fused), "\n\n".join(map(str, self.funcs)), str(self.plan))
 
     def object_code(self) -> bytes:
         key = self.cache_key()
@@ -113,11 +117,14 @@ class Compiled:
 
 
 def compile_graph(graph: Graph, target="host", single_output: bool | None = None, opt_level: int = DEFAULT_OPT_LEVEL,
-                  pm: PassManager | None = None, traced: Traced | None = None) -> Executable:
+                  pm: PassManager | None = None, traced: Traced | None = None,
+                  aliases: dict[int, int] | None = None) -> Executable:
+    """Compile a graph. ``aliases`` maps output positions to the input positions whose
+    buffers they are written into (the Executable updates those arguments in place)."""
     target = Target.get(target)
     pm = pm or PassManager(opt_level)
     with _LLVM_LOCK:   # LLVM's global context is not safe for concurrent compiles
-        c = Compiled(graph, target, pm)
+        c = Compiled(graph, target, pm, aliases)
         obj = pm.timed("codegen", None, c.object_code)
         if pm.dump_dir is not None:
             pm.record("codegen", "llvm", c.llvm_module)
@@ -125,14 +132,16 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
     single = len(graph.outputs) == 1 if single_output is None else single_output
     return Executable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
                       [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
-                      single, c.text, c.stats(), signature=_signature(traced))
+                      single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases)
 
 
-def _signature(traced: Traced | None) -> Signature | None:
+def _signature(traced: Traced | None, aliases) -> Signature | None:
     """How the Executable maps pytree arguments and results onto its flat arrays; None
     when arguments are plain arrays and the result an array or a tuple of arrays."""
     if traced is None:
         return None
+    if aliases:   # the function returned (result, *updated arguments): only result is returned
+        return Signature(traced.in_tree, traced.static, traced.out_tree.children[0])
     t = traced.in_tree
     flat_args = all(c.kind == "leaf" for c in t.children) and not any(s is not None for s in traced.static)
     o = traced.out_tree
@@ -143,12 +152,19 @@ def _signature(traced: Traced | None) -> Signature | None:
 
 
 def compile(fn: Callable | Graph, *example_args, target="host", opt_level: int = DEFAULT_OPT_LEVEL,
-            pm: PassManager | None = None) -> Executable:
+            pm: PassManager | None = None, in_place: tuple[int, ...] = ()) -> Executable:
     """Compile a Graph, or trace ``fn`` on example arguments and compile that.
 
     The Executable takes the array arguments (Python scalars among the example
-    arguments are baked in as constants) and returns numpy arrays. ``opt_level``
-    0-3 picks the pass pipeline (``passes.manager``); ``pm`` a configured manager."""
+    arguments are baked in as constants; any argument may be a pytree of arrays) and
+    returns numpy arrays. ``opt_level`` 0-3 picks the pass pipeline
+    (``passes.manager``); ``pm`` a configured manager.
+
+    ``in_place=(i, ...)``: fn returns ``(result, new_arg_i, ...)``, each new value with
+    the structure and types of argument i; the Executable writes them into argument
+    i's arrays (which must be writeable, C-contiguous and of the exact dtype) and
+    returns only ``result``. This is how a training step updates parameters and
+    optimizer state without copies."""
     if isinstance(fn, Graph):
         if example_args:
             raise TypeError("compile(graph) takes no example arguments")
@@ -156,8 +172,41 @@ def compile(fn: Callable | Graph, *example_args, target="host", opt_level: int =
     traced = trace_info(fn, example_args)
     if traced.captured:
         raise TraceError("compile: the function uses tensors of an enclosing trace; pass them as arguments")
+    aliases = _in_place_aliases(traced, example_args, in_place) if in_place else None
     return compile_graph(traced.graph, target, single_output=traced.single_output, opt_level=opt_level, pm=pm,
-                         traced=traced)
+                         traced=traced, aliases=aliases)
+
+
+def _in_place_aliases(traced: Traced, args, in_place) -> dict[int, int]:
+    """Output leaf position -> graph input position for ``compile(..., in_place=...)``."""
+    out = traced.out_tree
+    n = len(in_place)
+    if out.kind != "tuple" or len(out.children) != n + 1:
+        raise TypeError(f"compile(in_place={tuple(in_place)}): the function must return a tuple (result, "
+                        f"{', '.join(f'new_arg{i}' for i in in_place)})")
+    # graph input position of each argument's first leaf
+    first_input, k = [], 0
+    leaf = 0
+    for a in args:
+        first_input.append(k)
+        ls = flatten(a)[0]
+        k += sum(1 for s in traced.static[leaf:leaf + len(ls)] if s is None)
+        leaf += len(ls)
+    graph = traced.graph
+    aliases, o = {}, out.children[0].num_leaves
+    for i, sub in zip(in_place, out.children[1:]):
+        ls, tree = flatten(args[i])
+        if tree != sub:
+            raise TypeError(f"compile(in_place): the new value of argument {i} has structure {sub!r}, the argument "
+                            f"{tree!r}")
+        for m in range(len(ls)):
+            j = first_input[i] + m
+            if graph.outputs[o].type != graph.inputs[j].type:
+                raise TypeError(f"compile(in_place): the new value of argument {i} (leaf {m}) has type "
+                                f"{graph.outputs[o].type}, the argument {graph.inputs[j].type}")
+            aliases[o] = j
+            o += 1
+    return aliases
 
 
 def _is_static(a) -> bool:
@@ -169,8 +218,9 @@ class JitFunction:
     static scalars, target), then calls the cached Executable. MLC_DUMP_IR=DIR
     dumps every stage of each compile into DIR."""
 
-    def __init__(self, fn: Callable, target="host", opt_level: int = DEFAULT_OPT_LEVEL):
+    def __init__(self, fn: Callable, target="host", opt_level: int = DEFAULT_OPT_LEVEL, in_place: tuple = ()):
         self.fn = fn
+        self.in_place = tuple(in_place)
         self.target = target
         self.opt_level = check_opt_level(opt_level)
         self._cache: dict = {}
@@ -191,7 +241,8 @@ class JitFunction:
                            for a in leaves), self._target_key)
         exe = self._cache.get(key)
         if exe is None:
-            exe = compile(self.fn, *unflatten(tree, leaves), target=self.target, opt_level=self.opt_level)
+            exe = compile(self.fn, *unflatten(tree, leaves), target=self.target, opt_level=self.opt_level,
+                          in_place=self.in_place)
             self._cache[key] = exe
         return exe, leaves
 
@@ -202,8 +253,9 @@ class JitFunction:
         return exe.call_flat([a for a in leaves if not _is_static(a)])
 
 
-def jit(fn: Callable | None = None, *, target="host", opt_level: int = DEFAULT_OPT_LEVEL):
-    """Decorator: ``@mlc.jit`` or ``@mlc.jit(target="host", opt_level=3)``."""
+def jit(fn: Callable | None = None, *, target="host", opt_level: int = DEFAULT_OPT_LEVEL, in_place: tuple = ()):
+    """Decorator: ``@mlc.jit`` or ``@mlc.jit(target="host", opt_level=3)``.
+    ``in_place=(i, ...)``: see ``mlc.compile``."""
     if fn is None:
-        return lambda f: JitFunction(f, target, opt_level)
-    return JitFunction(fn, target, opt_level)
+        return lambda f: JitFunction(f, target, opt_level, in_place)
+    return JitFunction(fn, target, opt_level, in_place)

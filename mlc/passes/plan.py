@@ -6,6 +6,13 @@ arena (64-byte aligned). Buffers whose lifetimes do not overlap share space:
 a value is live from the call that writes it to the last call that reads it.
 A kernel output is written in place over an input that dies at that call when
 the kernel reads that input only element for element at the index it writes.
+
+Outputs may also be *aliased* to graph inputs (``place_aliases``): the runtime
+passes the input's buffer as the output's, so a training step updates parameters
+and optimizer state where they are. The kernel writing such an output is moved
+after every other reader of the input; when that is impossible (a cycle) or the
+writer reads the input at other indices, the output is computed into the
+workspace and copied over the input by a final kernel.
 """
 from __future__ import annotations
 
@@ -13,10 +20,10 @@ from dataclasses import dataclass
 
 from ..codegen.llvm import EntryCall, Slot
 from ..ir import expr as E
-from ..ir.graph import Value
+from ..ir.graph import Node, Value
 from ..ir.loop import Func
 from ..ir.tensor import Kernel, Placeholder, Reduce
-from .lower import LoweredGraph
+from .lower import KernelCall, LoweredGraph, lower_group
 
 ALIGN = 64
 
@@ -97,7 +104,63 @@ def in_place_pairs(kernel: Kernel) -> list[tuple[int, int]]:
     return pairs
 
 
-def plan_memory(lowered: LoweredGraph, funcs: list[Func]) -> MemoryPlan:
+def place_aliases(lowered: LoweredGraph, aliases: dict[int, int]) -> None:
+    """Order ``lowered.calls`` so that each output aliased to a graph input (output
+    position -> input position) is written after the input's last other reader.
+    Outputs that cannot be placed so get a final copy kernel; an output that is its
+    own aliased input needs no kernel at all."""
+    graph = lowered.graph
+    calls = lowered.calls
+    producer = {v: c for c in calls for v in c.outputs}
+    after: dict[int, set[int]] = {id(c): set() for c in calls}   # call -> calls that must run before it
+    for c in calls:
+        after[id(c)].update(id(producer[v]) for v in c.inputs if v in producer)
+
+    def reaches(src: KernelCall, dst: KernelCall) -> bool:   # dst must run after src (transitively)?
+        stack, seen = [id(dst)], set()
+        while stack:
+            x = stack.pop()
+            if x == id(src):
+                return True
+            if x not in seen:
+                seen.add(x)
+                stack.extend(after[x])
+        return False
+
+    late_copies, dropped = [], set()
+    for k, j in sorted(aliases.items()):
+        inp, out = graph.inputs[j], lowered.outputs[k]
+        writer = producer[out]
+        if writer.inputs == [inp] and writer.kernel.name.startswith("copy_") and writer.outputs == [out]:
+            dropped.add(id(writer))   # the output is the input itself: already in place
+            continue
+        readers = [c for c in calls if c is not writer and inp in c.inputs]
+        reads_in_place = inp not in writer.inputs or any(
+            writer.inputs[i] is inp and writer.outputs[o] is out for i, o in in_place_pairs(writer.kernel))
+        if reads_in_place and not any(reaches(writer, r) for r in readers):
+            after[id(writer)].update(id(r) for r in readers)
+            continue
+        copy = Node("copy", [out], {}, [out.type])
+        kernel, bound = lower_group([copy], f"copy_{len(calls) + len(late_copies)}", {}, [copy.output])
+        late_copies.append(KernelCall(kernel, bound, [copy.output]))
+        lowered.outputs[k] = copy.output
+
+    # a stable topological order: the original order wherever the new constraints allow
+    order, done, pending = [], set(), [c for c in calls if id(c) not in dropped]
+    while pending:
+        for n, c in enumerate(pending):
+            if after[id(c)] - dropped <= done:
+                order.append(pending.pop(n))
+                done.add(id(c))
+                break
+        else:
+            raise RuntimeError("internal error: aliased outputs left a cycle in the kernel order")
+    lowered.calls = order + late_copies
+
+
+def plan_memory(lowered: LoweredGraph, funcs: list[Func], aliases: dict[int, int] | None = None) -> MemoryPlan:
+    """``aliases`` (output position -> input position) must have been placed by
+    ``place_aliases``: the runtime passes one buffer for both."""
     graph = lowered.graph
     fixed: dict[Value, Slot] = {}
     for n, v in enumerate(graph.inputs):
@@ -111,6 +174,10 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func]) -> MemoryPlan:
     for t, call in enumerate(lowered.calls):
         for v in call.inputs:
             last_use[v] = t
+
+    # an aliased output and its input share a buffer: a kernel reading one and writing the
+    # other (only at the same index, as place_aliases ensured) must not assume noalias
+    shared = {lowered.outputs[k]: graph.inputs[j] for k, j in (aliases or {}).items()}
 
     arena = _Arena()
     where: dict[Value, int] = {}
@@ -127,6 +194,8 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func]) -> MemoryPlan:
                 reuse[o_idx] = i_idx
         outs = []
         for o_idx, v in enumerate(call.outputs):
+            if v in shared and shared[v] in call.inputs:
+                func.aliased.update({func.inputs[call.inputs.index(shared[v])], func.outputs[o_idx]})
             if v in fixed:
                 outs.append(fixed[v])
                 continue

@@ -102,7 +102,7 @@ class Executable:
     def __init__(self, name: str, input_names: Sequence[str], input_types: Sequence[TensorType],
                  output_types: Sequence[TensorType], params: Sequence[np.ndarray], workspace_bytes: int,
                  code: LoadedCode, single_output: bool, ir_text=None, stats: dict | None = None,
-                 signature: Signature | None = None):
+                 signature: Signature | None = None, aliases: dict[int, int] | None = None):
         self.name = name
         self.input_names = list(input_names)
         self.input_types = list(input_types)
@@ -114,6 +114,7 @@ class Executable:
         self._code = code
         self._single = single_output
         self.signature = signature
+        self.aliases = dict(aliases or {})   # output position -> input position updated in place
         self._ir_text = ir_text or (lambda level: "")
         self._local = threading.local()
         self._expect = [(t.dtype.np, t.shape) for t in self.input_types]
@@ -150,6 +151,8 @@ class Executable:
                 a = as_input_array(a, self.input_names[n], self.input_types[n], self.name)
                 keep.append(a)
             ins_p[n] = data_pointer(a)
+        if self.aliases:
+            return self._call_in_place(args, ins_p, outs_p, ws)
         outs = [np.empty(shape, dtype=dt) for dt, shape in self._produce]
         for n, o in enumerate(outs):
             outs_p[n] = data_pointer(o)
@@ -157,6 +160,32 @@ class Executable:
         if self.signature is not None:
             return unflatten(self.signature.out_tree, outs)
         return outs[0] if self._single else tuple(outs)
+
+    def _call_in_place(self, args, ins_p, outs_p, ws):
+        """Aliased outputs are written into their input arrays, which must be exactly
+        the arrays the caller holds (a converted copy would silently drop the update)."""
+        updated = set(self.aliases.values())
+        for j in updated:
+            a = args[j]
+            if not isinstance(a, np.ndarray) or not a.flags.writeable or ins_p[j] != data_pointer(a):
+                raise TypeError(f"{self.name}(): argument '{self.input_names[j]}' is updated in place, so it must be "
+                                f"a writeable C-contiguous numpy array of type {self.input_types[j]}")
+        ptrs = [ins_p[j] for j in range(len(args))]
+        if len(set(ptrs[j] for j in updated)) != len(updated) or any(
+                ptrs[j] == ptrs[i] for j in updated for i in range(len(args)) if i != j):
+            raise TypeError(f"{self.name}(): an argument updated in place is also passed as another argument")
+        outs = []
+        for n, (dt, shape) in enumerate(self._produce):
+            if n in self.aliases:
+                outs_p[n] = ins_p[self.aliases[n]]
+            else:
+                o = np.empty(shape, dtype=dt)
+                outs_p[n] = data_pointer(o)
+                outs.append(o)
+        self._code.entry(ins_p, outs_p, self._param_ptrs, ws)
+        if self.signature is not None:
+            return unflatten(self.signature.out_tree, outs)
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
     def ir(self, level: str = "graph") -> str:
         """The program at ``graph``, ``tensor``, ``loop``, ``llvm`` or ``asm`` level, as text."""
