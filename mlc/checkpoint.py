@@ -1,0 +1,133 @@
+"""Checkpoints: a pytree of arrays and scalars saved to (and restored from) one file.
+
+The file is an mlc tensor container (``mlc.runtime.params``, no pickle). Every
+array leaf (and numpy scalar) is a tensor named by its ``mlc.tree.key_paths``
+path ("layers/0/w"); the tree structure and the Python scalar leaves live in
+the container's JSON meta, so ``load`` rebuilds the exact pytree: dict key
+order, list vs tuple, ``None`` subtrees, and ``int``/``float``/``bool``/``str``
+types. Python floats round-trip bit-exactly (stored as ``repr``, which also
+covers nan/inf), ints at any size. A numpy Generator's ``bit_generator.state``
+(nested dicts of str and int) is a valid tree, so RNG state checkpoints too.
+
+    mlc.checkpoint.save("step100.mlct", {"params": params, "opt": opt_state, "step": 100}, lr=1e-3)
+    state = mlc.checkpoint.load("step100.mlct")
+    state, meta = mlc.checkpoint.load_with_meta("step100.mlct")   # meta == {"lr": 0.001}
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .runtime.params import ParamsFormatError, read_tensors, write_tensors
+from .tree import TreeDef, flatten, key_paths, unflatten
+
+FORMAT = "mlc.checkpoint"
+VERSION = 1
+
+
+def save(path, tree: Any, **meta) -> None:
+    """Save ``tree`` (dicts with str keys, lists, tuples, None; leaves are numpy arrays, numpy
+    scalars or Python int/float/bool/str) to ``path`` atomically. ``meta`` is extra
+    JSON-serializable information returned by ``load_with_meta``."""
+    leaves, treedef = flatten(tree)
+    tensors: dict[str, np.ndarray] = {}
+    records = []
+    for name, leaf in zip(key_paths(tree), leaves):
+        if isinstance(leaf, (np.ndarray, np.generic)):
+            if name in tensors:   # e.g. {"a/b": x, "a": {"b": y}}
+                raise ValueError(f"checkpoint: two array leaves share the path {name!r}; "
+                                 "rename a key so paths are unique")
+            tensors[name] = leaf
+            records.append({"tensor": name, "scalar": True} if isinstance(leaf, np.generic)
+                           else {"tensor": name})
+        else:
+            records.append(_scalar_record(name, leaf))
+    ckpt = {"format": FORMAT, "version": VERSION, "tree": _treedef_to_json(treedef), "leaves": records}
+    write_tensors(path, tensors, {"checkpoint": ckpt, "user": meta})
+
+
+def _scalar_record(name: str, v) -> dict:
+    # Exact types only: a subclass (IntEnum, a str subclass) would come back as its base type.
+    t = type(v)
+    if t is bool:
+        return {"bool": v}
+    if t is int:
+        return {"int": str(v)}     # a string: JSON readers other than Python's lose big ints
+    if t is float:
+        return {"float": repr(v)}  # repr round-trips exactly, nan/inf included
+    if t is str:
+        return {"str": v}
+    raise TypeError(f"checkpoint: leaf {name!r} has unsupported type {t.__name__} "
+                    "(use numpy arrays, numpy scalars, int, float, bool or str)")
+
+
+def _treedef_to_json(d: TreeDef, path: str = ""):
+    if d.kind == "leaf":
+        return "*"
+    if d.kind == "none":
+        return None
+    if d.kind == "dict":
+        for k in d.keys:
+            if not isinstance(k, str):
+                raise TypeError(f"checkpoint: dict keys must be strings, got {k!r} at {path or 'the root'}")
+        # Pairs, not a JSON object, so key order survives any JSON reader.
+        return {"dict": [[k, _treedef_to_json(c, f"{path}/{k}" if path else k)]
+                         for k, c in zip(d.keys, d.children)]}
+    return {d.kind: [_treedef_to_json(c, f"{path}/{i}" if path else str(i))
+                     for i, c in enumerate(d.children)]}
+
+
+def _treedef_from_json(j) -> TreeDef:
+    if j == "*":
+        return TreeDef("leaf")
+    if j is None:
+        return TreeDef("none")
+    (kind, items), = j.items()
+    if kind == "dict":
+        return TreeDef("dict", tuple(str(k) for k, _ in items), tuple(_treedef_from_json(c) for _, c in items))
+    if kind not in ("list", "tuple"):
+        raise ValueError(f"unknown node kind {kind!r}")
+    return TreeDef(kind, (), tuple(_treedef_from_json(c) for c in items))
+
+
+def _leaf(rec: dict, tensors: dict):
+    (key, value), *rest = rec.items()
+    if key == "tensor":
+        a = tensors[value]
+        return a[()] if rest == [("scalar", True)] else a   # a[()] of a 0-d array: the numpy scalar
+    if rest:
+        raise ValueError(f"unexpected leaf record {rec!r}")
+    if key == "bool" and isinstance(value, bool):
+        return value
+    if key == "int":
+        return int(value)
+    if key == "float":
+        return float(value)
+    if key == "str" and isinstance(value, str):
+        return value
+    raise ValueError(f"unknown leaf record {rec!r}")
+
+
+def load_with_meta(path) -> tuple[Any, dict]:
+    """(tree, meta) from a checkpoint written by ``save``; arrays are fresh writable copies."""
+    tensors, header_meta = read_tensors(path)
+    ckpt = header_meta.get("checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ParamsFormatError(f"{path}: an mlc tensor file but not a checkpoint (no checkpoint structure)")
+    if ckpt.get("version") != VERSION:
+        raise ParamsFormatError(f"{path}: unsupported checkpoint version {ckpt.get('version')!r} "
+                                f"(this reader supports {VERSION})")
+    try:
+        treedef = _treedef_from_json(ckpt["tree"])
+        leaves = [_leaf(r, tensors) for r in ckpt["leaves"]]
+        tree = unflatten(treedef, leaves)
+    except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as e:
+        # (unflatten raises StopIteration when the leaves run out)
+        raise ParamsFormatError(f"{path}: malformed checkpoint structure: {e!r}") from None
+    return tree, header_meta.get("user", {})
+
+
+def load(path) -> Any:
+    """The tree saved in ``path`` (see ``save``)."""
+    return load_with_meta(path)[0]
