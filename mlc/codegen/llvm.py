@@ -435,7 +435,7 @@ class FuncEmitter:
         signed = dt.kind == "int"
         if op in ("and", "or") or (dt.is_bool and op in ("max", "min")):
             return bld.and_(a, b) if op in ("and", "min") else bld.or_(a, b)
-        simple = {"add": bld.add, "sub": bld.sub, "mul": bld.mul}
+        simple = {"add": bld.add, "sub": bld.sub, "mul": bld.mul, "xor": bld.xor, "shr": bld.lshr}
         if op in simple:
             return simple[op](a, b)
         if op == "pow":

@@ -16,6 +16,7 @@ BINARY_OPS = {
     "max": None, "min": None, "pow": None,
     "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
     "and": "&&", "or": "||",
+    "xor": "^", "shr": ">>",   # integer bit operations; shr is a logical (unsigned) shift
 }
 COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
 # unary math functions understood by codegen
@@ -246,7 +247,7 @@ def uses_var(e: Expr, var: Var) -> bool:
 # ----------------------------------------------------------------------------- printer
 
 _PREC = {"or": 1, "and": 2, "lt": 3, "le": 3, "gt": 3, "ge": 3, "eq": 3, "ne": 3,
-         "add": 4, "sub": 4, "mul": 5, "div": 5, "floordiv": 5, "mod": 5}
+         "xor": 3, "shr": 4, "add": 4, "sub": 4, "mul": 5, "div": 5, "floordiv": 5, "mod": 5}
 
 
 def format_expr(e: Expr, prec: int = 0) -> str:
