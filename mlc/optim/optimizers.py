@@ -38,7 +38,7 @@ class Optimizer:
 
     def update(self, grads, state, params):
         step = state["step"]
-        t = op("cast", step, dtype="float32")
+        t = op("cast", step, dtype="float64")   # step-size arithmetic in double, as PyTorch does in Python
         lr = self.lr(t)
         new = {name: [] for name in self.slots()}
         ps = []
@@ -115,8 +115,8 @@ class Adam(Optimizer):
         m = slots["m"] * b1 + g * (1.0 - b1)
         v = slots["v"] * b2 + g * g * (1.0 - b2)
         n = t + 1.0
-        c1 = 1.0 - op("pow", np.float32(b1), n)
-        c2 = 1.0 - op("pow", np.float32(b2), n)
+        c1 = 1.0 - op("pow", np.float64(b1), n)
+        c2 = 1.0 - op("pow", np.float64(b2), n)
         step_size = _cast_lr(lr / c1, p)
         denom = op("sqrt", v) * _cast_lr(op("rsqrt", c2), p) + self.eps
         return p - step_size * m / denom, {"m": m, "v": v}
