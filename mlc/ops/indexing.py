@@ -1,5 +1,6 @@
-"""Indexing and data movement with ONNX semantics: gather, gather_elements, pad,
-tile, split, cumsum, argmax / argmin and top_k.
+"""Indexing and data movement with ONNX semantics: gather, gather_elements, their
+adjoints scatter_add and scatter_elements_add, pad, tile, split, cumsum,
+argmax / argmin and top_k.
 
 Generated code never reads out of bounds. Where ONNX leaves an out-of-range index
 undefined (gather, gather_elements), the index is first wrapped once if negative
@@ -8,6 +9,8 @@ reference as in the compiled code. Padding modes map output positions to input
 positions with index arithmetic (clamp, floor modulo, reflection).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -129,6 +132,248 @@ def _gather_elements_lower(ins, outs, axis):
         j[axis] = _wrap_clamp(idx[i], n)
         return data[tuple(j)]
     return [compute(o.shape, fn)]
+
+
+# ----------------------------------------------------------------------------- scatter_add / scatter_elements_add
+# The adjoints of gather and gather_elements (their gradients), with the same index
+# semantics: negative indices wrap once, out-of-range ones are clamped. The loop IR
+# has no atomic or sequential scatter: every output element is computed on its own,
+# so each one sums the updates whose index selects it (scatter_add first sorts the
+# indices when that saves work, see _scatter_add_sorted).
+
+def _acc_dtype(dt):
+    return float32 if dt.is_float and dt.bits < 32 else dt
+
+
+def _scatter_canon(name):
+    def canon(ins, attrs):
+        check(ins[0].rank >= 1, f"{name}: data must have rank >= 1, got {ins[0]}")
+        return {"axis": normalize_axis(attrs["axis"], ins[0].rank, name)}
+    return canon
+
+
+def _scatter_check(name, data, idx, upd):
+    check(not data.dtype.is_bool, f"{name}: expects a numeric tensor, got {data}")
+    check(idx.dtype.is_int, f"{name}: indices must be integers, got {idx}")
+    check(upd.dtype == data.dtype, f"{name}: updates {upd} must have the dtype of data {data}")
+
+
+def _scatter_add_infer(ins, axis):
+    data, idx, upd = ins
+    _scatter_check("scatter_add", data, idx, upd)
+    want = data.shape[:axis] + idx.shape + data.shape[axis + 1:]
+    check(upd.shape == want, f"scatter_add: updates must have shape {list(want)} (data.shape[:axis] + "
+                             f"indices.shape + data.shape[axis+1:]), got {upd}")
+    check(data.shape[axis] > 0 or idx.size == 0, f"scatter_add: cannot scatter into the empty axis {axis} of {data}")
+    return [data]
+
+
+def _scatter_add_ref(data, indices, updates, axis):
+    data = np.asarray(data)
+    acc = np.float32 if data.dtype == np.float16 else data.dtype
+    out = data.astype(acc)
+    if np.size(indices):
+        idx = _np_wrap_clamp(indices, data.shape[axis])
+        np.add.at(out, (slice(None),) * axis + (idx,), np.asarray(updates).astype(acc))
+    return out.astype(data.dtype)
+
+
+SORTED_SCATTER_GAIN = 2.0   # the sorted scatter_add is used where it does this many times less work
+
+
+def _scatter_plan(n_rows: int, n_idx: int, row_size: int):
+    """(block size, blocks) of the sorted scatter_add, or None where the direct one does
+    less work. Work counted in element operations: direct, every output element scans all
+    indices (rows * N * row_size); sorted, the index sort (2 N^2), the row bounds (rows * N)
+    and per output element at most 2 partial blocks of S and N / S whole-block sums."""
+    if n_idx < 2:
+        return None
+    s = max(1, int(round(math.sqrt(n_idx / 2))))
+    nb = -(-n_idx // s)
+    direct = n_rows * n_idx * row_size
+    sorted_ = 2 * n_idx * n_idx + n_rows * n_idx + n_rows * row_size * (2 * s + nb) + 2 * n_idx * row_size
+    return (s, nb) if direct >= SORTED_SCATTER_GAIN * sorted_ else None
+
+
+def _unflat(flat, shape):
+    """The multi-index of the row-major flat position ``flat`` in ``shape``."""
+    idx = []
+    for n in reversed(shape):
+        idx.append(flat % Const(n) if n != 1 else Const(0))
+        flat = flat // Const(n)
+    return tuple(idx[::-1])
+
+
+def _scatter_add_lower(ins, outs, axis):
+    """out[..., v, ...] = data[..., v, ...] + the sum of updates[..., p, ...] over the index
+    positions p with indices[p] == v (after wrapping and clamping). The IR has no scatter:
+    each output element gathers its own sum. Directly, it scans every index
+    (O(data.size * indices.size)); for large problems (an embedding table's gradient) the
+    indices are sorted first so each row sums only its own updates (``_scatter_add_sorted``)."""
+    (data, idx, upd), (o,) = ins, outs
+    if o.size == 0:
+        return [_zero_stage(o)]
+    if idx.type.size == 0:
+        return [compute(o.shape, lambda *i: data[i])]
+    acc = _acc_dtype(o.dtype)
+    n, r = data.shape[axis], len(idx.shape)
+    zero = Const(0, acc)
+    plan = _scatter_plan(n, idx.type.size, o.size // n)
+    if plan is not None:
+        stages = _scatter_add_sorted(data, idx, upd, axis, acc, *plan)
+        total = stages[-1]
+        return stages + [compute(o.shape, lambda *i: cast(o.dtype, cast(acc, data[i]) + total[i]))]
+    clamped = compute(idx.shape, lambda *p: _wrap_clamp(idx[p], n), "index")
+
+    def term(i, p):
+        at = tuple(i[:axis]) + tuple(p) + tuple(i[axis + 1:])
+        return E.select(E.binop("eq", clamped[tuple(p)], i[axis]), cast(acc, upd[at]), zero)
+    if r == 0:
+        total = compute(o.shape, lambda *i: term(i, ()), "sum")
+    else:
+        total = compute(o.shape, lambda *i: reduce("sum", list(idx.shape), lambda *p: term(i, p)), "sum")
+    return [clamped, total, compute(o.shape, lambda *i: cast(o.dtype, cast(acc, data[i]) + total[i]))]
+
+
+def _scatter_add_sorted(data, idx, upd, axis, acc, S, nb):
+    """The sums of scatter_add through a stable sort of the N indices, all with static
+    extents (the IR has no data-dependent loops):
+
+    * ``key[q]``: the clamped index at flat position q; ``rank[q]``: its position in the
+      stable sort (keys, then positions): O(N^2); ``perm[p]``: the position with rank p.
+    * ``start[v]``: how many keys are < v (O(V * N)), so row v's updates are the sorted
+      positions [start[v], end[v]) with end[v] = start[v + 1].
+    * ``sorted[.., p, ..]``: the updates in sorted order; ``block[.., b, ..]``: the sums of
+      blocks of S sorted positions.
+    * row v sums its first partial block and its last partial block element by element
+      (``edges``: 2S terms) and the whole blocks between from ``block`` (``middle``: N/S
+      terms): O(data.size * (2S + N/S)) instead of O(data.size * N).
+
+    Only a row's own updates are added, in index order, as the direct form does."""
+    V, N = data.shape[axis], idx.type.size
+    ishape = idx.shape
+    pre, post = data.shape[:axis], data.shape[axis + 1:]
+    zero, one, zi = Const(0, acc), Const(1), Const(0)
+    key = compute((N,), lambda q: _wrap_clamp(idx[_unflat(q, ishape)], V), "key")
+
+    def rank_fn(q):
+        def body(m):
+            before = E.binop("or", E.binop("lt", key[m], key[q]),
+                             E.binop("and", E.binop("eq", key[m], key[q]), E.binop("lt", m, q)))
+            return E.select(before, one, zi)
+        return reduce("sum", [N], body)
+
+    rank = compute((N,), rank_fn, "rank")
+    perm = compute((N,), lambda p: reduce("sum", [N], lambda q: E.select(E.binop("eq", rank[q], p), q, zi)), "perm")
+    start = compute((V,), lambda v: reduce("sum", [N], lambda q: E.select(E.binop("lt", key[q], v), one, zi)),
+                    "start")
+    end = compute((V,), lambda v: E.select(E.binop("lt", v, Const(V - 1)), start[(E.minimum(v + Const(1),
+                                                                                             Const(V - 1)),)],
+                                           Const(N)), "end")
+    k_pre = len(pre)
+
+    def split(i):
+        return tuple(i[:k_pre]), i[k_pre], tuple(i[k_pre + 1:])
+
+    srt = compute(pre + (N,) + post, lambda *i: cast(acc, upd[split(i)[0] + _unflat(perm[(split(i)[1],)], ishape)
+                                                              + split(i)[2]]), "sorted")
+
+    def block_fn(*i):
+        a, b, z = split(i)
+
+        def body(k):
+            p = b * Const(S) + k
+            return E.select(E.binop("lt", p, Const(N)), srt[a + (E.minimum(p, Const(N - 1)),) + z], zero)
+        return reduce("sum", [S], body)
+
+    block = compute(pre + (nb,) + post, block_fn, "block")
+    s_ = Const(S)
+
+    def edges_fn(*i):
+        a, v, z = split(i)
+        lo, hi = start[(v,)], end[(v,)]
+        first_full = (lo + Const(S - 1)) // s_ * s_     # the first block boundary at or after lo
+        last_full = hi // s_ * s_                       # the last block boundary at or before hi
+
+        def body(k):
+            head = E.binop("lt", k, s_)
+            p = E.select(head, lo + k, last_full + k - s_)
+            in_head = E.binop("and", E.binop("lt", p, hi), E.binop("lt", p, first_full))
+            in_tail = E.binop("and", E.binop("lt", p, hi), E.binop("ge", p, first_full))
+            valid = E.select(head, in_head, in_tail)
+            return E.select(valid, srt[a + (E.minimum(p, Const(N - 1)),) + z], zero)
+        return reduce("sum", [2 * S], body)
+
+    def middle_fn(*i):
+        a, v, z = split(i)
+        lo, hi = start[(v,)], end[(v,)]
+        first_full = (lo + Const(S - 1)) // s_ * s_
+
+        def body(b):
+            inside = E.binop("and", E.binop("ge", b * s_, first_full), E.binop("le", (b + Const(1)) * s_, hi))
+            return E.select(inside, block[a + (b,) + z], zero)
+        return reduce("sum", [nb], body)
+
+    edges = compute(data.shape, edges_fn, "edges")
+    middle = compute(data.shape, middle_fn, "middle")
+    total = compute(data.shape, lambda *i: edges[i] + middle[i], "sum")
+    return [key, rank, perm, start, end, srt, block, edges, middle, total]
+
+
+def _scatter_elements_infer(ins, axis):
+    data, idx, upd = ins
+    _scatter_check("scatter_elements_add", data, idx, upd)
+    check(idx.rank == data.rank, f"scatter_elements_add: indices {idx} must have the rank of data {data}")
+    check(upd.shape == idx.shape, f"scatter_elements_add: updates {upd} must have the shape of indices {idx}")
+    check(all(a <= b for d, (a, b) in enumerate(zip(idx.shape, data.shape)) if d != axis),
+          f"scatter_elements_add: indices {idx} exceed data {data} outside axis {axis}")
+    check(data.shape[axis] > 0 or idx.size == 0,
+          f"scatter_elements_add: cannot scatter into the empty axis {axis} of {data}")
+    return [data]
+
+
+def _scatter_elements_ref(data, indices, updates, axis):
+    data = np.asarray(data)
+    acc = np.float32 if data.dtype == np.float16 else data.dtype
+    out = data.astype(acc)
+    idx = _np_wrap_clamp(indices, data.shape[axis])
+    if idx.size:
+        pos = list(np.indices(idx.shape, sparse=True))
+        pos[axis] = idx
+        np.add.at(out, tuple(pos), np.asarray(updates).astype(acc))
+    return out.astype(data.dtype)
+
+
+def _scatter_elements_lower(ins, outs, axis):
+    """out[j] = data[j] + sum over k < indices.shape[axis] of updates[j with axis = k]
+    where indices there selects j[axis]: O(data.size * indices.shape[axis])."""
+    (data, idx, upd), (o,) = ins, outs
+    if o.size == 0:
+        return [_zero_stage(o)]
+    if idx.type.size == 0:
+        return [compute(o.shape, lambda *i: data[i])]
+    acc = _acc_dtype(o.dtype)
+    n, m = data.shape[axis], idx.shape[axis]
+    zero = Const(0, acc)
+
+    def fn(*j):
+        inside = None
+        at = list(j)
+        for d, (ni, nd) in enumerate(zip(idx.shape, data.shape)):
+            if d != axis and ni < nd:   # positions past the indices' extent receive nothing
+                c = E.binop("lt", j[d], Const(ni))
+                inside = c if inside is None else E.binop("and", inside, c)
+                at[d] = E.minimum(j[d], Const(ni - 1))   # (and read in bounds)
+
+        def body(k):
+            q = list(at)
+            q[axis] = k
+            hit = E.binop("eq", _wrap_clamp(idx[tuple(q)], n), j[axis])
+            return E.select(hit if inside is None else E.binop("and", inside, hit), cast(acc, upd[tuple(q)]), zero)
+        return reduce("sum", [m], body)
+
+    total = compute(o.shape, fn, "sum")
+    return [total, compute(o.shape, lambda *i: cast(o.dtype, cast(acc, data[i]) + total[i]))]
 
 
 # ----------------------------------------------------------------------------- pad
@@ -408,6 +653,7 @@ def _arg_lower(combiner):
 def _arg_op(name, np_fn, combiner):
     return OpDef(name, "reduction", _arg_infer(name), _arg_ref(np_fn), _arg_lower(combiner),
                  attrs={"axis": 0, "keepdims": True, "select_last_index": False}, canonicalize=_arg_canon(name),
+                 vjp=_arg_vjp,
                  doc=f"Index (int64) of the {combiner} along axis, the first one unless select_last_index "
                      f"(ONNX Arg{combiner.capitalize()}; NaN counts as the {combiner}, as in numpy).")
 
@@ -489,38 +735,213 @@ def _top_k_lower(ins, outs, k, axis, largest, sorted):
     return [rank, values, index]   # the outputs last, in order
 
 
+# ----------------------------------------------------------------------------- gradient rules
+# vjp(em, ins, outs, cts, **attrs) -> input cotangents (passes/autodiff.py). Integer
+# indices never get a gradient (None).
+
+def _float(t) -> bool:
+    return t.dtype.kind == "f"
+
+
+def _zeros(em, like):
+    return em("broadcast_to", np.zeros((), like.dtype), shape=tuple(like.shape))
+
+
+def _gather_vjp(em, ins, outs, cts, axis):
+    data, idx = ins
+    if not _float(data):
+        return [None, None]
+    return [em("scatter_add", _zeros(em, data), idx, cts[0], axis=axis), None]
+
+
+def _gather_elements_vjp(em, ins, outs, cts, axis):
+    data, idx = ins
+    if not _float(data):
+        return [None, None]
+    return [em("scatter_elements_add", _zeros(em, data), idx, cts[0], axis=axis), None]
+
+
+def _scatter_add_vjp(em, ins, outs, cts, axis):
+    if not _float(ins[0]):
+        return [None, None, None]
+    return [cts[0], None, em("gather", cts[0], ins[1], axis=axis)]
+
+
+def _scatter_elements_vjp(em, ins, outs, cts, axis):
+    if not _float(ins[0]):
+        return [None, None, None]
+    return [cts[0], None, em("gather_elements", cts[0], ins[1], axis=axis)]
+
+
+def _index_runs(index_map):
+    """Split an output -> input index map into runs (start, length, first input index,
+    step) with step +1, -1 or 0; -1 entries (constant fill) are skipped."""
+    runs, i, n = [], 0, len(index_map)
+    while i < n:
+        k = int(index_map[i])
+        if k < 0:
+            i += 1
+            continue
+        step, length = 0, 1
+        if i + 1 < n and index_map[i + 1] >= 0 and abs(int(index_map[i + 1]) - k) <= 1:
+            step = int(index_map[i + 1]) - k
+            while i + length < n and int(index_map[i + length]) == k + step * length:
+                length += 1
+        runs.append((i, length, k, step))
+        i += length
+    return runs
+
+
+def _pad_axis_vjp(em, g, d, extent, index_map):
+    """The adjoint of one axis of pad: g (padded along axis d) summed back onto ``extent``
+    input positions, output position i having copied input ``index_map[i]`` (-1: the
+    fill value). Each run of consecutive positions is a slice of g (reversed for a
+    reflection, summed for an edge) padded with zeros into place."""
+    r = len(g.shape)
+    total = None
+    for i0, length, k0, step in _index_runs(index_map):
+        begin, end, stride = [0] * r, list(g.shape), [1] * r
+        if step < 0:
+            begin[d], end[d], stride[d] = i0 + length - 1, (i0 - 1 if i0 > 0 else None), -1
+            lo = k0 - length + 1
+        else:
+            begin[d], end[d] = i0, i0 + length
+            lo = k0
+        piece = em("slice", g, begin=tuple(begin), end=tuple(end), step=tuple(stride))
+        if step == 0 and length > 1:
+            piece = em("sum", piece, axis=d, keepdims=True)
+        width = piece.shape[d]
+        if (lo, width) != (0, extent):
+            pads = [0] * (2 * r)
+            pads[d], pads[r + d] = lo, extent - lo - width
+            piece = em("pad", piece, pads=tuple(pads))
+        total = piece if total is None else total + piece
+    if total is None:   # every output position along this axis is fill
+        shape = list(g.shape)
+        shape[d] = extent
+        total = em("broadcast_to", np.zeros((), g.dtype), shape=tuple(shape))
+    return total
+
+
+def _pad_vjp(em, ins, outs, cts, pads, mode, value):
+    """Axis by axis (pad maps each axis on its own): each output position's cotangent goes
+    to the input position it copies, as numpy's pad (the reference) defines it; the fill
+    of constant mode and cropped input positions (negative pads) get nothing."""
+    x = ins[0]
+    if not _float(x):
+        return [None]
+    g = cts[0]
+    crop = _pad_crop(x.shape, pads)
+    if g.size == 0 or any(n <= 0 for _, n, _, _ in crop):
+        return [_zeros(em, x)]
+    for d, (c0, n, b, e) in enumerate(crop):
+        if (c0, n, b, e) == (0, x.shape[d], 0, 0):
+            continue
+        source = np.arange(c0, c0 + n)
+        if mode == "constant":
+            index_map = np.pad(source, (b, e), mode="constant", constant_values=-1)
+        elif mode == "reflect" and n == 1:   # numpy cannot reflect one element; the lowering repeats it
+            index_map = np.full(b + n + e, c0)
+        else:
+            index_map = np.pad(source, (b, e), mode=mode)
+        g = _pad_axis_vjp(em, g, d, x.shape[d], index_map)
+    return [g]
+
+
+def _tile_vjp(em, ins, outs, cts, repeats):
+    """Axis d of the output is repeats[d] copies of x's axis: split it into (copy, position)
+    and sum over the copies."""
+    x, g = ins[0], cts[0]
+    if not _float(x):
+        return [None]
+    if all(k == 1 for k in repeats):
+        return [g]
+    if g.size == 0:
+        return [_zeros(em, x)]
+    split = []
+    for n, k in zip(x.shape, repeats):
+        split += [k, n]
+    g = em("reshape", g, shape=tuple(split))
+    return [em("sum", g, axis=tuple(range(0, 2 * len(x.shape), 2)), keepdims=False)]
+
+
+def _split_vjp(em, ins, outs, cts, axis, sizes, num_outputs):
+    if not _float(ins[0]):
+        return [None]
+    pieces = [c if c is not None else _zeros(em, o) for c, o in zip(cts, outs)]
+    return [pieces[0] if len(pieces) == 1 else em("concatenate", pieces, axis=axis)]
+
+
+def _cumsum_vjp(em, ins, outs, cts, axis, exclusive, reverse):
+    """Each output sums the inputs before it (after it, reversed), so each input's
+    gradient sums the cotangents of the outputs after it (before it): the same cumsum in
+    the other direction, exclusive as the forward."""
+    if not _float(ins[0]):
+        return [None]
+    return [em("cumsum", cts[0], axis=axis, exclusive=exclusive, reverse=not reverse)]
+
+
+def _arg_vjp(em, ins, outs, cts, **attrs):
+    return [None]   # an integer result: no gradient flows back
+
+
+def _top_k_vjp(em, ins, outs, cts, k, axis, largest, sorted):
+    """The values' cotangent goes back to the positions they were taken from (the
+    indices output is an integer: it has none)."""
+    x = ins[0]
+    if not _float(x) or cts[0] is None:
+        return [None]
+    return [em("scatter_elements_add", _zeros(em, x), outs[1], cts[0], axis=axis)]
+
+
 OPS = [
     OpDef("gather", "injective", _gather_infer, _gather_ref, _gather_lower, params=("data", "indices"),
-          attrs={"axis": 0}, canonicalize=_gather_canon,
+          attrs={"axis": 0}, canonicalize=_gather_canon, vjp=_gather_vjp,
           doc="Take entries of data along axis at indices (ONNX Gather; output shape "
               "data.shape[:axis] + indices.shape + data.shape[axis+1:]). Negative indices count from the end; "
               "indices out of range (undefined in ONNX) are clamped."),
     OpDef("gather_elements", "injective", _gather_elements_infer, _gather_elements_ref, _gather_elements_lower,
           params=("data", "indices"), attrs={"axis": 0}, canonicalize=_gather_elements_canon,
+          vjp=_gather_elements_vjp,
           doc="out[i] = data[i with axis replaced by indices[i]] (ONNX GatherElements); "
               "negative indices count from the end, out-of-range ones are clamped."),
+    OpDef("scatter_add", "reduction", _scatter_add_infer, _scatter_add_ref, _scatter_add_lower,
+          params=("data", "indices", "updates"), attrs={"axis": 0}, canonicalize=_scatter_canon("scatter_add"),
+          vjp=_scatter_add_vjp,
+          doc="data with updates added at indices along axis: out[..., indices[p], ...] += updates[..., p, ...] "
+              "for every position p of indices (updates.shape = data.shape[:axis] + indices.shape + "
+              "data.shape[axis+1:]); repeated indices accumulate. The adjoint of gather, with its index rules "
+              "(negative indices count from the end, out-of-range ones are clamped). Compiled directly, "
+              "O(data.size * indices.size), or where that is cheaper (an embedding table's gradient) through a "
+              "sort of the indices, O(indices.size^2 + data.size * sqrt(indices.size))."),
+    OpDef("scatter_elements_add", "reduction", _scatter_elements_infer, _scatter_elements_ref,
+          _scatter_elements_lower, params=("data", "indices", "updates"), attrs={"axis": 0},
+          canonicalize=_scatter_canon("scatter_elements_add"), vjp=_scatter_elements_vjp,
+          doc="data with updates[j] added at j with axis replaced by indices[j] (ONNX ScatterElements with "
+              "reduction='add'); repeated indices accumulate. The adjoint of gather_elements, with its index "
+              "rules. O(data.size * indices.shape[axis])."),
     OpDef("pad", "injective", _pad_infer, _pad_ref, _pad_lower,
-          attrs={"pads": None, "mode": "constant", "value": 0}, canonicalize=_pad_canon,
+          attrs={"pads": None, "mode": "constant", "value": 0}, canonicalize=_pad_canon, vjp=_pad_vjp,
           doc="Pad with ONNX pads order [x1_begin, x2_begin, ..., x1_end, x2_end, ...] (negative pads crop); "
               "mode constant (fill with value), reflect, edge or wrap (ONNX Pad)."),
     OpDef("tile", "injective", lambda ins, repeats: [TensorType([n * k for n, k in zip(ins[0].shape, repeats)],
                                                                 ins[0].dtype)],
           lambda x, repeats: np.tile(np.asarray(x), repeats) if np.ndim(x) else np.asarray(x).copy(),
-          _tile_lower, attrs={"repeats": None}, canonicalize=_tile_canon,
+          _tile_lower, attrs={"repeats": None}, canonicalize=_tile_canon, vjp=_tile_vjp,
           doc="Repeat the tensor repeats[d] times along each axis d (ONNX Tile)."),
     OpDef("split", "injective", _split_infer, _split_ref, _split_lower,
-          attrs={"axis": 0, "sizes": None, "num_outputs": None}, canonicalize=_split_canon,
+          attrs={"axis": 0, "sizes": None, "num_outputs": None}, canonicalize=_split_canon, vjp=_split_vjp,
           doc="Split along axis into pieces of the given sizes, or into num_outputs pieces of "
               "ceil(n / num_outputs) (the last one smaller) (ONNX Split); one output per piece."),
     OpDef("cumsum", "reduction", _cumsum_infer, _cumsum_ref, _cumsum_lower,
           attrs={"axis": 0, "exclusive": False, "reverse": False}, canonicalize=_cumsum_canon,
-          doc="Cumulative sum along axis, optionally exclusive and/or reversed (ONNX CumSum); "
+          vjp=_cumsum_vjp, doc="Cumulative sum along axis, optionally exclusive and/or reversed (ONNX CumSum); "
               "the dtype is kept (integers wrap). O(n^2) along the axis."),
     _arg_op("argmax", np.argmax, "max"),
     _arg_op("argmin", np.argmin, "min"),
     OpDef("top_k", "reduction", _top_k_infer, _top_k_ref, _top_k_lower,
           attrs={"k": None, "axis": -1, "largest": True, "sorted": True}, canonicalize=_top_k_canon,
-          doc="The k largest (or smallest) entries along axis and their int64 indices, sorted, "
+          vjp=_top_k_vjp, doc="The k largest (or smallest) entries along axis and their int64 indices, sorted, "
               "ties by lower index, NaN as the largest value (ONNX TopK; sorted=False gives the same "
               "sorted order). O(n^2) along the axis."),
 ]

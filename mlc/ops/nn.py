@@ -4,7 +4,10 @@ layer_norm, lrn).
 
 Activations and normalizations take floating-point tensors and keep their dtype;
 float16 is computed in float32 and rounded once at the end. ``clip`` takes any
-numeric dtype. Attributes are Python numbers, as ONNX attributes are.
+numeric dtype. Attributes are Python numbers, as ONNX attributes are. Every op has a
+gradient rule (``vjp``, at the end of the file); batch_norm's covers all five inputs, so
+a training-mode batch_norm(x, scale, bias, mean(x), var(x)) differentiates through the
+batch statistics.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from ..ir.expr import Const, cast
 from ..ir.tensor import compute, reduce
 from ..ir.types import float32
 from .reduction import reduce_stage
-from .registry import OpDef, broadcast_load, check, normalize_axis
+from .registry import OpDef, broadcast_load, check, normalize_axis, unbroadcast
 
 
 def _acc(dt):
@@ -403,27 +406,195 @@ def _lrn_lower(ins, outs, size, alpha, beta, bias):
     return [sq, compute(o.shape, fn)]
 
 
+# ----------------------------------------------------------------------------- gradient rules
+# vjp(em, ins, outs, cts, **attrs) -> input cotangents (passes/autodiff.py). Rules compute in the
+# input's dtype, float16 in float32 (as the forward does), and return the input's dtype. At a
+# kink (where the derivative jumps) each rule takes the side torch's backward takes.
+
+def _in_acc(em, t):
+    """t in the dtype the op computes in: float16 is widened to float32."""
+    return em("cast", t, dtype="float32") if t.dtype == np.float16 else t
+
+
+def _like(em, t, like):
+    return t if t.dtype == like.dtype else em("cast", t, dtype=like.dtype)
+
+
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+
+
+def _gelu_grad(em, x, approximate):
+    if approximate == "tanh":
+        k = 0.044715
+        t = em("tanh", _SQRT_2_OVER_PI * (x + k * x * x * x))
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * (_SQRT_2_OVER_PI * (1.0 + 3.0 * k * x * x))
+    cdf = 0.5 * (1.0 + em("erf", x * (1.0 / math.sqrt(2.0))))
+    return cdf + x * em("exp", -0.5 * x * x) * (1.0 / _SQRT_2PI)
+
+
+# name -> the cotangent of x as ops, given (em, x, y, g, **attrs) in the compute dtype
+_ACTIVATION_GRADS = {
+    # torch's leaky_relu_backward: g where x > 0, else alpha * g (the slope at 0 is alpha)
+    "leaky_relu": lambda em, x, y, g, alpha: em("where", x > 0.0, g, alpha * g),
+    # elu, selu, celu: the exponential side at 0 (torch's elu_backward), d/dx = y + alpha there
+    "elu": lambda em, x, y, g, alpha: em("where", x > 0.0, g, g * (y + alpha)),
+    "selu": lambda em, x, y, g, alpha, gamma: em("where", x > 0.0, gamma * g, g * (y + gamma * alpha)),
+    "celu": lambda em, x, y, g, alpha: em("where", x > 0.0, g, g * em("exp", x * (1.0 / alpha))),
+    "gelu": lambda em, x, y, g, approximate: g * _gelu_grad(em, x, approximate),
+    "hard_sigmoid": lambda em, x, y, g, alpha, beta: _hard_sigmoid_grad(em, x, g, alpha, beta),
+    # torch's hardswish_backward: 0 below -3, x/3 + 1/2 on [-3, 3], 1 above 3
+    "hard_swish": lambda em, x, y, g: em("where", x < -3.0, 0.0,
+                                          em("where", x > 3.0, g, g * (x * (1.0 / 3.0) + 0.5))),
+    "softplus": lambda em, x, y, g: g * em("sigmoid", x),
+    "softsign": lambda em, x, y, g: g / ((1.0 + em("abs", x)) * (1.0 + em("abs", x))),
+    "mish": lambda em, x, y, g: g * _mish_grad(em, x),
+    # 0 at the threshold itself (torch's threshold_backward)
+    "thresholded_relu": lambda em, x, y, g, alpha: em("where", x > alpha, g, 0.0),
+}
+
+
+def _hard_sigmoid_grad(em, x, g, alpha, beta):
+    """alpha * g where 0 < alpha * x + beta < 1; the clipped sides and the kinks get 0
+    (torch's hardsigmoid_backward)."""
+    z = alpha * x + beta
+    return em("where", em("where", z > 0.0, z < 1.0, False), alpha * g, 0.0)
+
+
+def _mish_grad(em, x):
+    t = em("tanh", em("softplus", x))
+    return t + x * (1.0 - t * t) * em("sigmoid", x)
+
+
+def _activation_vjp(name):
+    rule = _ACTIVATION_GRADS[name]
+
+    def vjp(em, ins, outs, cts, **attrs):
+        x = ins[0]
+        return [_like(em, rule(em, _in_acc(em, x), _in_acc(em, outs[0]), _in_acc(em, cts[0]), **attrs), x)]
+    return vjp
+
+
+for _op in ACTIVATIONS:
+    _op.vjp = _activation_vjp(_op.name)
+
+
+def _prelu_vjp(em, ins, outs, cts):
+    x, slope = ins
+    g = _in_acc(em, cts[0])
+    xa, s = _in_acc(em, x), _in_acc(em, slope)
+    neg = xa < 0.0
+    return [_like(em, em("where", neg, g * s, g), x), unbroadcast(em, em("where", neg, g * xa, 0.0), slope)]
+
+
+def _clip_vjp(em, ins, outs, cts, min, max):
+    """g where min <= x <= max, as torch.clamp's gradient (the bounds themselves pass g);
+    min > max (a constant result) passes nothing. Integer clips have no gradient."""
+    x, g = ins[0], cts[0]
+    if x.dtype.kind != "f":
+        return [None]
+    inside = None
+    if min is not None:
+        inside = x >= min
+    if max is not None:
+        inside = x <= max if inside is None else em("where", inside, x <= max, False)
+    return [g if inside is None else em("where", inside, g, 0.0)]
+
+
+def _channel_shape(x):
+    """batch_norm's per-channel parameters broadcast against x with this shape."""
+    return (1, x.shape[1]) + (1,) * (len(x.shape) - 2) if len(x.shape) >= 2 else (1,)
+
+
+def _per_channel(em, t, x, like):
+    """Sum t (x's shape) over every axis but the channel axis: a [C] cotangent for ``like``."""
+    axes = tuple(d for d in range(len(x.shape)) if not (d == 1 and len(x.shape) >= 2))
+    if axes:
+        t = em("sum", t, axis=axes, keepdims=False)
+    return _like(em, em("reshape", t, shape=tuple(like.shape)), like)
+
+
+def _batch_norm_vjp(em, ins, outs, cts, epsilon):
+    """y = (x - mean) * r * scale + bias with r = (var + eps)^-1/2, per channel. Every
+    input gets its gradient, so a training-mode batch_norm(x, s, b, mean(x), var(x))
+    differentiates through the batch statistics too."""
+    x, scale, bias, mean, var = ins
+    shp = _channel_shape(x)
+    xa, g = _in_acc(em, x), _in_acc(em, cts[0])
+    s, m, v = (em("reshape", _in_acc(em, p), shape=shp) for p in (scale, mean, var))
+    r = em("rsqrt", v + epsilon)
+    gs = g * s
+    xc = xa - m
+    return [_like(em, gs * r, x),
+            _per_channel(em, g * xc * r, x, scale),
+            _per_channel(em, g, x, bias),
+            _per_channel(em, -(gs * r), x, mean),
+            _per_channel(em, gs * xc * (-0.5 * r * r * r), x, var)]
+
+
+def _layer_norm_vjp(em, ins, outs, cts, axis, epsilon):
+    """Closed form: with xhat = (x - mu) * rstd and gh = g * scale,
+    dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)) over the normalized axes."""
+    x, scale, bias = ins
+    axes = tuple(range(axis, len(x.shape)))
+    xa, g = _in_acc(em, x), _in_acc(em, cts[0])
+    mu = em("mean", xa, axis=axes, keepdims=True)
+    xc = xa - mu
+    rstd = em("rsqrt", em("mean", xc * xc, axis=axes, keepdims=True) + epsilon)
+    xhat = xc * rstd
+    gh = g * _in_acc(em, scale)
+    dx = rstd * (gh - em("mean", gh, axis=axes, keepdims=True)
+                 - xhat * em("mean", gh * xhat, axis=axes, keepdims=True))
+    return [_like(em, dx, x), unbroadcast(em, g * xhat, scale), unbroadcast(em, g, bias)]
+
+
+def _channel_window_sum(em, t, before, after):
+    """out[:, c] = sum of t[:, c - before .. c + after] (zeros outside), by pad and slices."""
+    r, c = len(t.shape), t.shape[1]
+    pads = [0] * (2 * r)
+    pads[1], pads[r + 1] = before, after
+    p = em("pad", t, pads=tuple(pads))
+    total = None
+    for k in range(before + after + 1):
+        piece = em("slice", p, begin=(0, k), end=(t.shape[0], k + c))
+        total = piece if total is None else total + piece
+    return total
+
+
+def _lrn_vjp(em, ins, outs, cts, size, alpha, beta, bias):
+    """y = x * base^-beta, base = bias + alpha/size * S, S[c] = sum of x^2 over c's window:
+    dx = g * base^-beta - 2 alpha beta / size * x * (sum over the windows holding x of
+    g * x * base^(-beta - 1))."""
+    x = ins[0]
+    xa, g = _in_acc(em, x), _in_acc(em, cts[0])
+    before, after = _lrn_window(size)
+    base = bias + (alpha / size) * _channel_window_sum(em, xa * xa, before, after)
+    t = g * xa * em("pow", base, -beta - 1.0)
+    back = _channel_window_sum(em, t, after, before)   # the transposed window
+    return [_like(em, g * em("pow", base, -beta) - (2.0 * alpha * beta / size) * xa * back, x)]
+
+
 # ----------------------------------------------------------------------------- the list
 
 OPS = [
     *ACTIVATIONS,
     OpDef("prelu", "injective", _prelu_infer, _prelu_ref, _prelu_lower, params=("x", "slope"),
-          doc="slope * x where x < 0, else x; slope broadcasts to x's shape (ONNX PRelu)."),
+          vjp=_prelu_vjp, doc="slope * x where x < 0, else x; slope broadcasts to x's shape (ONNX PRelu)."),
     OpDef("clip", "injective", _clip_infer, _clip_ref, _clip_lower, attrs={"min": None, "max": None},
-          canonicalize=_clip_canon,
+          canonicalize=_clip_canon, vjp=_clip_vjp,
           doc="min(max(x, min), max); a None bound is no bound; min > max gives max (ONNX Clip)."),
     OpDef("batch_norm", "injective", _batch_norm_infer, _batch_norm_ref, _batch_norm_lower,
           params=("x", "scale", "bias", "mean", "var"), attrs={"epsilon": 1e-5},
-          canonicalize=lambda ins, a: {"epsilon": float(a["epsilon"])},
+          canonicalize=lambda ins, a: {"epsilon": float(a["epsilon"])}, vjp=_batch_norm_vjp,
           doc="Inference batch normalization over channel axis 1 (ONNX BatchNormalization): "
               "(x - mean) / sqrt(var + epsilon) * scale + bias; a rank-1 input has one channel."),
     OpDef("layer_norm", "reduction", _layer_norm_infer, _layer_norm_ref, _layer_norm_lower,
           params=("x", "scale", "bias"), attrs={"axis": -1, "epsilon": 1e-5}, canonicalize=_layer_norm_canon,
+          vjp=_layer_norm_vjp,
           doc="Normalize over axes [axis, rank) to zero mean and unit variance, then * scale + bias "
               "(ONNX LayerNormalization output Y; scale and bias broadcast to x.shape[axis:], "
               "pass a scalar 0 for a missing bias)."),
     OpDef("lrn", "reduction", _lrn_infer, _lrn_ref, _lrn_lower,
           attrs={"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}, canonicalize=_lrn_canon,
-          doc="Local response normalization across channels (axis 1) (ONNX LRN): "
+          vjp=_lrn_vjp, doc="Local response normalization across channels (axis 1) (ONNX LRN): "
               "x / (bias + alpha / size * sum of x^2 over the size-channel window)^beta."),
 ]
