@@ -199,3 +199,55 @@ def test_model_gradient_against_torch(name):
     assert float(value) == pytest.approx(loss.item(), rel=1e-10)
     for g, p in zip(leaves(grads), leaves(tp)):
         np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_embedding_forward_and_gradient():
+    emb = nn.Embedding(7, 3)
+    params, _ = emb.init(0)
+    ids = np.array([[1, 4, 1], [6, 0, 1]])
+    np.testing.assert_array_equal(mlc.jit(emb)(params, ids), params["table"][ids])
+    w = R.standard_normal((2, 3, 3)).astype(np.float32)
+    g = mlc.grad(lambda p: mlc.sum(emb(p, ids) * w))(params)
+    ref = np.zeros((7, 3), np.float32)
+    np.add.at(ref, ids, w)
+    np.testing.assert_allclose(g["table"], ref, rtol=1e-6)
+    with pytest.raises(TypeError, match="ids must be integers"):
+        emb(params, ids.astype(np.float32))
+
+
+def test_batchnorm_model_train_step_against_torch():
+    torch = pytest.importorskip("torch")
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2))
+    params, state = model.init(seed=5)
+    params, state = f64(params), f64(state)
+    x = R.standard_normal((4, 2, 4, 4))
+    y = R.integers(0, 2, 4)
+
+    def loss(p, s, x, y):
+        logits, s2 = model.apply(p, s, x, train=True)
+        return nn.cross_entropy(logits, y), s2
+
+    t_conv = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+    t_bn = torch.nn.BatchNorm2d(3).double()
+    t_lin = torch.nn.Linear(48, 2).double()
+    with torch.no_grad():
+        t_conv.weight.copy_(torch.tensor(params[0]["w"]))
+        t_conv.bias.copy_(torch.tensor(params[0]["b"]))
+        t_lin.weight.copy_(torch.tensor(params[4]["w"].T))
+        t_lin.bias.copy_(torch.tensor(params[4]["b"]))
+    net = torch.nn.Sequential(t_conv, t_bn, torch.nn.ReLU(), torch.nn.Flatten(), t_lin)
+    t_opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    opt = mlc.optim.SGD(0.1, momentum=0.9)
+    opt_state = opt.init(params)
+    step = mlc.optim.train_step(loss, opt, has_state=True)
+    for _ in range(3):
+        value = step(params, opt_state, state, x, y)
+        t_opt.zero_grad()
+        t_loss = torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y))
+        t_loss.backward()
+        t_opt.step()
+        assert float(value) == pytest.approx(t_loss.item(), rel=1e-9)
+    np.testing.assert_allclose(params[0]["w"], t_conv.weight.detach().numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(params[1]["scale"], t_bn.weight.detach().numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(state[1]["mean"], t_bn.running_mean.numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(state[1]["var"], t_bn.running_var.numpy(), rtol=1e-8, atol=1e-10)
