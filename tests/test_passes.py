@@ -378,3 +378,11 @@ def test_cli_inspect_prints_kernels_and_draws_them(tmp_path, monkeypatch):
     assert "5 ops -> 3 kernels" in text and "kernel @matmul_add_relu_0 {" in text
     assert "5 ops -> 5 kernels" in text and "dot -Tsvg" in text
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
+
+
+def test_fold_never_expands_a_broadcast_into_a_big_constant():
+    from mlc.passes.simplify import fold_constants
+    g = mlc.trace(lambda x: x * mlc.broadcast_to(np.float32(2.0), (256, 256)), np.ones((256, 256), np.float32))
+    folded = fold_constants(g)
+    assert any(n.op == "broadcast_to" for n in folded.nodes)
+    assert all(n.attrs["value"].nbytes <= 4 for n in folded.nodes if n.op == "constant")

@@ -101,7 +101,8 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
 def fold_constants(graph: Graph, max_bytes: int = FOLD_MAX_BYTES) -> Graph:
     """Evaluate nodes whose inputs are all constants with the op's numpy reference.
     A result over ``max_bytes`` is folded only when its constant inputs have no other
-    reader, so the folded array replaces them rather than sitting beside them.
+    reader and it is no larger than they are, so the folded array replaces them rather
+    than sitting beside them (and a broadcast is never expanded into a big constant).
     Repeats until nothing folds (folding one reader can leave a constant with one)."""
     while True:
         folded, graph = _fold_once(graph, max_bytes)
@@ -123,7 +124,8 @@ def _fold_once(graph: Graph, max_bytes: int) -> tuple[int, Graph]:
             return None
         size = sum(o.type.nbytes for o in n.outputs)
         sole_reader = all(len(users.get(v, [])) == 1 and id(v) not in outputs for v in n.inputs)
-        if size > max_bytes and not sole_reader:
+        replaces = sole_reader and size <= sum(v.type.nbytes for v in n.inputs)
+        if size > max_bytes and not replaces:
             return None
         with np.errstate(all="ignore"):
             result = ops.get(n.op).reference(*values, **n.attrs)
