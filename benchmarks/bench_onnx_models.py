@@ -18,20 +18,10 @@ import numpy as np
 import onnx
 
 import mlc
+from mlc.runtime.timing import median_seconds
 from mlc.frontend.onnx import data_inputs, from_onnx
 from peers import LIGHT, ort_session
 
-
-
-def median_time(fn, repeat: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def main(argv=None):
@@ -64,8 +54,8 @@ def main(argv=None):
         got = exe(*mlc_args)
         want = sess.run(None, feeds)[0]
         diff = float(np.max(np.abs(np.asarray(got) - want)))
-        t_mlc = median_time(lambda: exe(*mlc_args), args.repeat)
-        t_ort = median_time(lambda: sess.run(None, feeds), args.repeat)
+        t_mlc = median_seconds(lambda: exe(*mlc_args), args.repeat)
+        t_ort = median_seconds(lambda: sess.run(None, feeds), args.repeat)
         print(f"{name:14s} {t_mlc * 1e3:9.2f} {t_ort * 1e3:9.2f} {t_ort / t_mlc:8.3f} {t_compile:10.1f} "
               f"{exe.kernel_count:8d}  {diff:.1e}")
 

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 import mlc
+from mlc.runtime.timing import median_seconds
 from mlc import nn, optim
 
 
@@ -30,17 +31,6 @@ def models():
         "cnn": (nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Flatten(), nn.Linear(64 * 12 * 12, 10)), (64, 1, 28, 28)),
     }
-
-
-def median_time(fn, repeat: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def torch_step(torch, name, model, params, x, y):
@@ -110,11 +100,11 @@ def main():
         first = float(step(params, state, x, y))
         compile_s = time.perf_counter() - t
         kernels = step.lower(params, state, x, y).kernel_count
-        t_mlc = median_time(lambda: step(params, state, x, y), a.repeat)
+        t_mlc = median_seconds(lambda: step(params, state, x, y), a.repeat, warmup=3)
         if torch is not None:
             ts = torch_step(torch, name, model, t_params, x, y)
             t_first = ts()
-            t_torch = median_time(ts, a.repeat)
+            t_torch = median_seconds(ts, a.repeat, warmup=3)
             print(f"{name:6} {t_mlc * 1e3:8.2f} {t_torch * 1e3:9.2f} {t_mlc / t_torch:10.2f} {compile_s:10.1f} "
                   f"{kernels:8d} {first:9.5f} {t_first:10.5f}")
         else:

@@ -29,22 +29,11 @@ def cmd_ir(args) -> int:
     return 0
 
 
-def _median_call_time(fn, calls: int = 200) -> float:
-    """Median seconds of one call, after a warm-up: robust to a descheduled thread."""
-    for _ in range(10):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def cmd_demo(args) -> int:
     import numpy as np
     import mlc
     from .examples import mlp, mlp_inputs, mlp_numpy
+    from .runtime.timing import median_seconds
 
     print(f"mlc {mlc.__version__} on {mlc.Target.get('host')}")
     inputs = mlp_inputs(batch=args.batch)
@@ -59,8 +48,8 @@ def cmd_demo(args) -> int:
     exe = jitted.lower(*inputs)
     print(f"\nfirst call (trace + compile + run): {t_compile * 1e3:.1f} ms, {exe.kernel_count} kernels; "
           f"{exe.memory_report()}")
-    t_mlc = _median_call_time(lambda: jitted(*inputs))
-    t_np = _median_call_time(lambda: mlp_numpy(*inputs))
+    t_mlc = median_seconds(lambda: jitted(*inputs), 200, warmup=10)
+    t_np = median_seconds(lambda: mlp_numpy(*inputs), 200, warmup=10)
     print(f"max relative error vs numpy: {err:.2e}")
     print(f"per call (median): mlc {t_mlc * 1e6:.0f} us, numpy {t_np * 1e6:.0f} us (numpy/mlc = {t_np / t_mlc:.2f}x)")
     print("\nOne kernel at the loop level (mlc ir mlp prints every level):")

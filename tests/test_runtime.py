@@ -224,3 +224,12 @@ def test_first_calls_from_many_threads_compile_safely():
     assert not errors
     for n, x in enumerate(xs):
         np.testing.assert_allclose(results[n], np.tanh(x) @ x.T, rtol=1e-5, atol=1e-6)
+
+
+def test_median_seconds_counts_calls_and_refuses_no_repeats():
+    from mlc.runtime.timing import median_seconds
+    calls = []
+    t = median_seconds(lambda: calls.append(1), 5, warmup=3)
+    assert len(calls) == 8 and t >= 0.0
+    with pytest.raises(ValueError, match="repeat must be >= 1"):
+        median_seconds(lambda: None, 0)
