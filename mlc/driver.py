@@ -129,7 +129,8 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
         if pm.dump_dir is not None:
             pm.record("codegen", "llvm", c.llvm_module)
         code = LoadedCode(obj, c.tm)
-    single = len(graph.outputs) == 1 if single_output is None else single_output
+    returned = len(graph.outputs) - len(aliases or {})   # outputs written in place are not returned
+    single = returned == 1 if single_output is None else single_output
     return Executable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
                       [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
                       single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases)

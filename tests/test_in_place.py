@@ -79,3 +79,13 @@ def test_jit_in_place():
     for _ in range(3):
         bump(c, np.ones(2))
     assert c == 3.0
+
+
+def test_in_place_argument_passed_twice_is_refused():
+    x = np.ones(3)
+    exe = mlc.compile(lambda x, y: (mlc.sum(y), x + y), x, np.ones(3), in_place=(0,))
+    with pytest.raises(TypeError, match="also passed as another argument"):
+        exe(x, x)
+    y = np.full(3, 2.0)
+    assert exe(x, y) == 6.0
+    np.testing.assert_array_equal(x, [3.0, 3.0, 3.0])

@@ -115,6 +115,7 @@ class Executable:
         self._single = single_output
         self.signature = signature
         self.aliases = dict(aliases or {})   # output position -> input position updated in place
+        self._alias_of = [self.aliases.get(n) for n in range(len(self.output_types))]
         self._ir_text = ir_text or (lambda level: "")
         self._local = threading.local()
         self._expect = [(t.dtype.np, t.shape) for t in self.input_types]
@@ -152,40 +153,34 @@ class Executable:
                 keep.append(a)
             ins_p[n] = data_pointer(a)
         if self.aliases:
-            return self._call_in_place(args, ins_p, outs_p, ws)
-        outs = [np.empty(shape, dtype=dt) for dt, shape in self._produce]
-        for n, o in enumerate(outs):
-            outs_p[n] = data_pointer(o)
+            self._check_in_place(args, ins_p)
+        outs = []
+        for n, (dt, shape) in enumerate(self._produce):
+            j = self._alias_of[n]
+            if j is None:
+                o = np.empty(shape, dtype=dt)
+                outs_p[n] = data_pointer(o)
+                outs.append(o)
+            else:   # written into the input array
+                outs_p[n] = ins_p[j]
         self._code.entry(ins_p, outs_p, self._param_ptrs, ws)
         if self.signature is not None:
             return unflatten(self.signature.out_tree, outs)
         return outs[0] if self._single else tuple(outs)
 
-    def _call_in_place(self, args, ins_p, outs_p, ws):
+    def _check_in_place(self, args, ins_p):
         """Aliased outputs are written into their input arrays, which must be exactly
-        the arrays the caller holds (a converted copy would silently drop the update)."""
+        the arrays the caller holds (a converted copy would silently drop the update)
+        and must not also be passed as another argument."""
         updated = set(self.aliases.values())
         for j in updated:
             a = args[j]
             if not isinstance(a, np.ndarray) or not a.flags.writeable or ins_p[j] != data_pointer(a):
                 raise TypeError(f"{self.name}(): argument '{self.input_names[j]}' is updated in place, so it must be "
                                 f"a writeable C-contiguous numpy array of type {self.input_types[j]}")
-        ptrs = [ins_p[j] for j in range(len(args))]
-        if len(set(ptrs[j] for j in updated)) != len(updated) or any(
-                ptrs[j] == ptrs[i] for j in updated for i in range(len(args)) if i != j):
+        written = {ins_p[j] for j in updated}
+        if len(written) != len(updated) or any(ins_p[i] in written for i in range(len(args)) if i not in updated):
             raise TypeError(f"{self.name}(): an argument updated in place is also passed as another argument")
-        outs = []
-        for n, (dt, shape) in enumerate(self._produce):
-            if n in self.aliases:
-                outs_p[n] = ins_p[self.aliases[n]]
-            else:
-                o = np.empty(shape, dtype=dt)
-                outs_p[n] = data_pointer(o)
-                outs.append(o)
-        self._code.entry(ins_p, outs_p, self._param_ptrs, ws)
-        if self.signature is not None:
-            return unflatten(self.signature.out_tree, outs)
-        return outs[0] if len(outs) == 1 else tuple(outs)
 
     def ir(self, level: str = "graph") -> str:
         """The program at ``graph``, ``tensor``, ``loop``, ``llvm`` or ``asm`` level, as text."""
