@@ -173,35 +173,29 @@ def compile(fn: Callable | Graph, *example_args, target="host", opt_level: int =
     traced = trace_info(fn, example_args)
     if traced.captured:
         raise TraceError("compile: the function uses tensors of an enclosing trace; pass them as arguments")
-    aliases = _in_place_aliases(traced, example_args, in_place) if in_place else None
+    aliases = _in_place_aliases(traced, in_place) if in_place else None
     return compile_graph(traced.graph, target, single_output=traced.single_output, opt_level=opt_level, pm=pm,
                          traced=traced, aliases=aliases)
 
 
-def _in_place_aliases(traced: Traced, args, in_place) -> dict[int, int]:
+def _in_place_aliases(traced: Traced, in_place) -> dict[int, int]:
     """Output leaf position -> graph input position for ``compile(..., in_place=...)``."""
     out = traced.out_tree
-    n = len(in_place)
-    if out.kind != "tuple" or len(out.children) != n + 1:
+    if out.kind != "tuple" or len(out.children) != len(in_place) + 1:
         raise TypeError(f"compile(in_place={tuple(in_place)}): the function must return a tuple (result, "
                         f"{', '.join(f'new_arg{i}' for i in in_place)})")
-    # graph input position of each argument's first leaf
-    first_input, k = [], 0
-    leaf = 0
-    for a in args:
-        first_input.append(k)
-        ls = flatten(a)[0]
-        k += sum(1 for s in traced.static[leaf:leaf + len(ls)] if s is None)
-        leaf += len(ls)
     graph = traced.graph
+    arg_inputs = traced.arg_inputs()
     aliases, o = {}, out.children[0].num_leaves
     for i, sub in zip(in_place, out.children[1:]):
-        ls, tree = flatten(args[i])
+        tree = traced.in_tree.children[i]
         if tree != sub:
             raise TypeError(f"compile(in_place): the new value of argument {i} has structure {sub!r}, the argument "
                             f"{tree!r}")
-        for m in range(len(ls)):
-            j = first_input[i] + m
+        for m, j in enumerate(arg_inputs[i]):
+            if j is None:
+                raise TypeError(f"compile(in_place): argument {i} holds a Python scalar (leaf {m}); an argument "
+                                f"updated in place must hold arrays only")
             if graph.outputs[o].type != graph.inputs[j].type:
                 raise TypeError(f"compile(in_place): the new value of argument {i} (leaf {m}) has type "
                                 f"{graph.outputs[o].type}, the argument {graph.inputs[j].type}")

@@ -41,40 +41,31 @@ def _subtrace(fn: Callable, args: Sequence, what: str):
     """Trace ``fn`` on ``args`` into its own graph (tracers of the enclosing trace become
     inputs); returns (traced, the outer tensor for each graph input)."""
     leaves, tree = flatten(tuple(args))
-    types = [a.value.type if isinstance(a, Tracer) else a for a in leaves]
-    traced = trace_info(lambda *xs: fn(*unflatten(tree, xs)), types, name=getattr(fn, "__name__", what),
-                        input_names=[f"a{i}" for i in range(len(leaves))])
+    types = unflatten(tree, [a.value.type if isinstance(a, Tracer) else a for a in leaves])
+    traced = trace_info(fn, types, name=getattr(fn, "__name__", what))
     outer = [a if isinstance(a, Tracer) else record("constant", [], {"value": np.asarray(a)})[0]
              for a, s in zip(leaves, traced.static) if s is None]
     return traced, outer + traced.captured
 
 
-def _argnum_leaves(args: Sequence, argnums, static: list, what: str) -> tuple[list[int], list]:
-    """Graph input numbers of the leaves of the differentiated arguments, and each
-    argument's structure."""
+def _argnum_leaves(args: Sequence, argnums, traced, what: str) -> tuple[list[int], list, bool]:
+    """Graph input numbers of the leaves of the differentiated arguments (in argnums
+    order), each such argument's (structure, leaf count), and whether argnums is one int."""
     single = isinstance(argnums, int)
     nums = (argnums,) if single else tuple(argnums)
     for a in nums:
         if not isinstance(a, int) or not -len(args) <= a < len(args):
             raise TypeError(f"{what}: argnums {argnums!r} is out of range for {len(args)} argument(s)")
-    nums = tuple(a % len(args) for a in nums)
-    # leaf number -> graph input number (static scalar leaves are not inputs)
-    input_of, k = [], 0
-    for s in static:
-        input_of.append(k if s is None else None)
-        k += s is None
-    wrt, trees, pos = [], [], 0
-    for i, a in enumerate(args):
-        ls, tree = flatten(a)
-        if i in nums:
-            for j in range(len(ls)):
-                if input_of[pos + j] is None:
-                    raise TraceError(f"{what}: argument {i} holds a Python scalar ({ls[j]!r}); pass an array to "
-                                     f"differentiate with respect to it" + _at(user_location()))
-                wrt.append(input_of[pos + j])
-            trees.append((i, tree, len(ls)))
-        pos += len(ls)
-    return wrt, [(t, n) for i, t, n in sorted(trees, key=lambda x: nums.index(x[0]))], single
+    arg_inputs = traced.arg_inputs()
+    wrt, trees = [], []
+    for i in (a % len(args) for a in nums):
+        for j, k in enumerate(arg_inputs[i]):
+            if k is None:
+                raise TraceError(f"{what}: argument {i} holds a Python scalar ({flatten(args[i])[0][j]!r}); pass an "
+                                 f"array to differentiate with respect to it" + _at(user_location()))
+            wrt.append(k)
+        trees.append((traced.in_tree.children[i], len(arg_inputs[i])))
+    return wrt, trees, single
 
 
 def _at(loc):
@@ -97,7 +88,7 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
 
     def traced(*args):
         t, outer = _subtrace(fn, args, what)
-        wrt, trees, single = _argnum_leaves(args, argnums, t.static, what)
+        wrt, trees, single = _argnum_leaves(args, argnums, t, what)
         _check_float_inputs(t.graph, wrt, what)
         out_leaves_tree = t.out_tree
         if has_aux:
@@ -164,7 +155,7 @@ def vjp(fn: Callable, *primals, has_aux: bool = False):
 
     def backward(ps, ct):
         t, outer = _subtrace(fn, ps, what)
-        wrt, trees, _ = _argnum_leaves(ps, tuple(range(len(ps))), t.static, what)
+        wrt, trees, _ = _argnum_leaves(ps, tuple(range(len(ps))), t, what)
         wrt_float = [i for i in wrt if t.graph.inputs[i].dtype.is_float]
         out_tree, _ = split(t)
         ct_leaves, ct_tree = flatten(ct)

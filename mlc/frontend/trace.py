@@ -375,6 +375,19 @@ class Traced:
     def single_output(self) -> bool:
         return self.out_tree.kind == "leaf"
 
+    def arg_inputs(self) -> list[list[int | None]]:
+        """Per argument, the graph input number of each of its leaves (None for a Python
+        scalar baked into the graph)."""
+        out, leaf, k = [], 0, 0
+        for arg in self.in_tree.children:
+            positions = []
+            for s in self.static[leaf:leaf + arg.num_leaves]:
+                positions.append(k if s is None else None)
+                k += s is None
+            leaf += arg.num_leaves
+            out.append(positions)
+        return out
+
 
 def trace_info(fn: Callable, args: Sequence, name: str | None = None,
                input_names: Sequence[str] | None = None) -> Traced:

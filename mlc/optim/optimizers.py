@@ -40,26 +40,22 @@ class Optimizer:
         step = state["step"]
         t = op("cast", step, dtype="float64")   # step-size arithmetic in double, as PyTorch does in Python
         lr = self.lr(t)
+        ps, tree = flatten(params)
+        old = {name: leaves(state[name]) for name in self.slots()}
         new = {name: [] for name in self.slots()}
-        ps = []
-        for i, (g, p) in enumerate(zip(leaves(grads), leaves(params))):
-            slots = {name: leaves(state[name])[i] for name in self.slots()}
-            p2, s2 = self.update_one(g, p, slots, lr, t)
-            ps.append(p2)
+        new_ps = []
+        for i, (g, p) in enumerate(zip(leaves(grads), ps)):
+            p2, s2 = self.update_one(g, p, {name: old[name][i] for name in self.slots()}, lr, t)
+            new_ps.append(p2)
             for name in self.slots():
                 new[name].append(s2[name])
-        params_tree = _unflatten_like(params, ps)
         new_state = {"step": step + 1}
         for name in self.slots():
-            new_state[name] = _unflatten_like(params, new[name])
-        return params_tree, new_state
+            new_state[name] = unflatten(tree, new[name])
+        return unflatten(tree, new_ps), new_state
 
     def update_one(self, g, p, slots: dict, lr, t):
         raise NotImplementedError
-
-
-def _unflatten_like(tree, values):
-    return unflatten(flatten(tree)[1], values)
 
 
 def _cast_lr(lr, p):
