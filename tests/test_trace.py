@@ -162,3 +162,11 @@ def test_empty_reductions_without_identity_are_refused():
     # sums have an identity, as in numpy
     x = np.zeros((2, 0), np.float32)
     np.testing.assert_array_equal(mlc.compile(lambda x: x.sum(axis=1), x)(x), np.zeros(2, np.float32))
+
+
+def test_returning_nothing_is_an_error():
+    import pytest
+    with pytest.raises(mlc.TraceError, match="returned None"):
+        mlc.trace(lambda x: None, np.ones(2))
+    with pytest.raises(mlc.TraceError, match="returned no tensors"):
+        mlc.trace(lambda x: {}, np.ones(2))

@@ -416,13 +416,13 @@ def trace_info(fn: Callable, args: Sequence, name: str | None = None,
         result = fn(*unflatten(in_tree, tracer_leaves))
     finally:
         _STACK.pop()
-    results, out_tree = flatten(result)
+    if result is None:
+        raise TraceError(f"{gname} returned None; a traced function must return tensors")
+    results, out_tree = flatten(result)   # None inside a returned pytree is an empty subtree
     outs = []
     for r in results:
         if isinstance(r, Tracer):
             outs.append(ctx.value_of(r, gname, None))
-        elif r is None:
-            raise TraceError(f"{gname} returned None; a traced function must return tensors")
         else:
             outs.append(_constant(ctx, np.asarray(r) if not _is_python_scalar(r) else
                                   np.array(r, dtype=_weak_dtype(r, None).np)))
