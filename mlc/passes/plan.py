@@ -131,8 +131,8 @@ def place_aliases(lowered: LoweredGraph, aliases: dict[int, int]) -> None:
     for k, j in sorted(aliases.items()):
         inp, out = graph.inputs[j], lowered.outputs[k]
         writer = producer[out]
-        if writer.inputs == [inp] and writer.kernel.name.startswith("copy_") and writer.outputs == [out]:
-            dropped.add(id(writer))   # the output is the input itself: already in place
+        if writer.outputs == [out] and out.producer.op == "copy" and out.producer.inputs == [inp]:
+            dropped.add(id(writer))   # the output is a copy of the input itself: already in place
             continue
         readers = [c for c in calls if c is not writer and inp in c.inputs]
         reads_in_place = inp not in writer.inputs or any(
