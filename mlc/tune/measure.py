@@ -1,0 +1,186 @@
+"""Build and run one kernel candidate: a loop-level ``Func`` compiled alone into an
+object file with its own ``mlc_entry``, then timed.
+
+``build_kernel`` compiles (in the tuner's process); ``run_build`` loads and times
+the object code in the *current* process -- the runners (``mlc.tune.runner``,
+``mlc.tune.rpc``) call it in a worker process, so a candidate that crashes or
+hangs costs one measurement, not the tuner.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..codegen import llvm as cg
+from ..driver import _LLVM_LOCK
+from ..ir.loop import Func
+from ..runtime.executable import LoadedCode
+from ..target import Target
+
+ALIGN = 64          # workspace offsets and the arena itself
+_MAX_NUMBER = 10**8  # calls per timing; a bound for kernels too fast to time
+
+Spec = tuple[tuple[int, ...], str]   # (shape, numpy dtype str)
+
+
+@dataclass
+class KernelBuild:
+    """One compiled candidate: object code defining ``mlc_entry`` and what it expects.
+    ``inputs``/``outputs``: (shape, numpy dtype str) per buffer, in order."""
+    name: str
+    object: bytes
+    inputs: list[Spec]
+    outputs: list[Spec]
+    workspace_bytes: int
+    triple: str
+    parallel: bool = False      # the code calls libgomp
+    target_key: str = ""
+
+    def header(self) -> dict:
+        """The JSON description sent with the object bytes to a worker or server."""
+        return {"name": self.name, "inputs": [[list(s), d] for s, d in self.inputs],
+                "outputs": [[list(s), d] for s, d in self.outputs], "workspace_bytes": self.workspace_bytes,
+                "triple": self.triple, "parallel": self.parallel, "target_key": self.target_key}
+
+    @staticmethod
+    def from_header(h: dict, obj: bytes) -> "KernelBuild":
+        """Inverse of ``header``; ValueError naming the field on a malformed one."""
+        if not isinstance(h, dict):
+            raise ValueError("the kernel build description must be a JSON object")
+        try:
+            specs = {k: [_spec(s) for s in h[k]] for k in ("inputs", "outputs")}
+            ws = int(h["workspace_bytes"])
+            name, triple = str(h["name"]), str(h["triple"])
+        except KeyError as e:
+            raise ValueError(f"kernel build description lacks {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"malformed kernel build description: {e}") from None
+        if ws < 0:
+            raise ValueError(f"negative workspace_bytes {ws}")
+        return KernelBuild(name, bytes(obj), specs["inputs"], specs["outputs"], ws, triple,
+                           bool(h.get("parallel", False)), str(h.get("target_key", "")))
+
+
+def _spec(s) -> Spec:
+    shape, dtype = s
+    shape = tuple(int(n) for n in shape)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    return shape, check_dtype(dtype).str
+
+
+def check_dtype(d) -> np.dtype:
+    """A plain numeric/bool numpy dtype; object and other dtypes never cross a wire."""
+    dt = np.dtype(d)
+    if dt.kind not in "biuf":
+        raise ValueError(f"unsupported array dtype {dt.str!r}: only bool, integer and float arrays")
+    return dt
+
+
+@dataclass
+class MeasureResult:
+    times: list[float] = field(default_factory=list)   # seconds per kernel call, one per repeat
+    outputs: list[np.ndarray] | None = None           # after one call, when asked for
+    error: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.times) if self.times and self.error is None else None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.times)
+
+
+def _align(n: int) -> int:
+    return n + (-n) % ALIGN
+
+
+def build_kernel(func: Func, target="host") -> KernelBuild:
+    """Compile one loop-level Func into object code with an ``mlc_entry`` that passes
+    it its inputs, outputs and scratch buffers (placed in the workspace)."""
+    target = Target.get(target)
+    if getattr(target, "kind", "cpu") != "cpu":
+        raise ValueError(f"build_kernel compiles CPU kernels; target {target} is {target.kind}")
+    offsets, total = [], 0
+    for b in func.scratch:
+        offsets.append(total)
+        total = _align(total + b.type.nbytes)
+    slots = ([cg.Slot("input", n) for n in range(len(func.inputs))]
+             + [cg.Slot("output", n) for n in range(len(func.outputs))]
+             + [cg.Slot("workspace", off) for off in offsets])
+    with _LLVM_LOCK:   # LLVM's global context is not thread-safe
+        # libgomp is looked for here only when the code runs here; another machine is assumed to have it
+        parallel = cg.gomp_available() if target.key == Target.get("host").key else target.cores > 1
+        mb = cg.ModuleBuilder(func.name, target.triple, parallel)
+        mb.add_func(func)
+        mb.add_entry([cg.EntryCall(func, slots)])
+        tm = cg.target_machine(target.triple, target.cpu, target.features)
+        obj = tm.emit_object(cg.optimize(str(mb.module), tm))
+    specs = lambda bufs: [(b.shape, b.dtype.np.str) for b in bufs]
+    return KernelBuild(func.name, obj, specs(func.inputs), specs(func.outputs), total, target.triple, parallel,
+                       target.key)
+
+
+def check_inputs(build: KernelBuild, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """C-contiguous arrays matching the build's input specs; TypeError naming the first mismatch."""
+    if len(inputs) != len(build.inputs):
+        raise TypeError(f"kernel {build.name} takes {len(build.inputs)} input(s), got {len(inputs)}")
+    out = []
+    for n, (a, (shape, dtype)) in enumerate(zip(inputs, build.inputs)):
+        a = np.asarray(a)
+        if a.shape != tuple(shape) or a.dtype != np.dtype(dtype):
+            raise TypeError(f"kernel {build.name}: input {n} must be {np.dtype(dtype).name} of shape {tuple(shape)}, "
+                            f"got {a.dtype.name} of shape {a.shape}")
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def run_build(build: KernelBuild, inputs: Sequence[np.ndarray], repeat: int = 5,
+              min_repeat_ms: float = 2.0) -> MeasureResult:
+    """Load and time the build in this process: one warm-up call (its outputs are
+    returned), then ``repeat`` timings, each of ``number`` back-to-back calls where
+    ``number`` makes one timing last at least ``min_repeat_ms``. Times are seconds
+    per call. A crashing kernel takes this process down: use a runner to isolate it."""
+    if repeat < 1:
+        raise ValueError(f"run_build: repeat must be >= 1, got {repeat}")
+    host = Target.get("host")
+    if build.triple != host.triple:
+        raise ValueError(f"kernel {build.name} was built for {build.triple}; this machine is {host.triple}")
+    ins = check_inputs(build, inputs)
+    with _LLVM_LOCK:
+        if build.parallel:
+            cg.gomp_available()   # GOMP_parallel must resolve when the object is linked
+        # a fresh target machine each time: the MCJIT engine takes ownership of (and frees) it
+        code = LoadedCode(build.object, cg.target_machine(host.triple, host.cpu, host.features))
+    outs = [np.zeros(shape, dtype) for shape, dtype in build.outputs]
+    arena = np.zeros(build.workspace_bytes + ALIGN, np.uint8)
+    ws = arena.ctypes.data + (-arena.ctypes.data) % ALIGN
+    ptrs = lambda xs: (ctypes.c_void_p * max(1, len(xs)))(*[x.ctypes.data for x in xs])
+    ins_p, outs_p, params_p = ptrs(ins), ptrs(outs), ptrs([])
+    entry = code.entry
+
+    def timed(number: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            entry(ins_p, outs_p, params_p, ws)
+        return time.perf_counter() - t0
+
+    timed(1)
+    first = [o.copy() for o in outs]
+    min_s = max(0.0, min_repeat_ms) / 1e3
+    number = 1
+    while number < _MAX_NUMBER:   # grow `number` until one timing is long enough
+        t = timed(number)
+        if t >= min_s:
+            break
+        number = min(_MAX_NUMBER, max(2 * number, math.ceil(1.2 * number * min_s / max(t, 1e-9))))
+    times = [timed(number) / number for _ in range(repeat)]
+    del code   # keep the engine (and the code it owns) alive until every call is done
+    return MeasureResult(times, first, None)
