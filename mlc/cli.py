@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -157,20 +158,83 @@ def _pass_manager(args, **kw):
 
 def cmd_compile(args) -> int:
     import mlc
+    target = _compile_target(args)
+    suffix = os.path.splitext(args.output)[1] if args.output else None
+    if suffix not in (None, ".o", ".so"):
+        raise SystemExit(f"mlc compile: -o {args.output}: write an object file (.o) or a shared library (.so)")
+    if suffix == ".so":
+        from .codegen.cross import LinkerNotFound, find_linker
+        try:
+            find_linker(target)   # before compiling: a missing cross linker should fail fast
+        except LinkerNotFound as e:
+            raise SystemExit(f"mlc compile: -o {args.output}: {e}")
     graph = _load_graph(args.model, args.shape, "compile")
     pm = _pass_manager(args, dump_dir=args.dump_ir, time_passes=args.time_passes)
     t0 = time.perf_counter()
-    exe = mlc.compile(graph, opt_level=args.opt_level, pm=pm)
+    if target.is_host and not args.output:
+        exe = mlc.compile(graph, target=target, opt_level=args.opt_level, pm=pm)
+        st, report = exe.stats, exe.memory_report()
+    else:   # code for a file, maybe for another machine: generated, not loaded into this process
+        c, st, report = _compile_for_file(graph, target, pm)
     t_compile = time.perf_counter() - t0
-    st = exe.stats
     print(f"compiled @{graph.name} at -O{args.opt_level} in {t_compile:.2f} s: {st['ops']} ops -> "
           f"{st['nodes_after_passes']} after graph passes -> {st['kernels']} kernels")
-    print(exe.memory_report())
+    if args.target:
+        print(f"target: {target}")
+    print(report)
     if args.time_passes:
         print(pm.timing_report())
     if args.dump_ir:
         print(f"IR after every pass written to {args.dump_ir}/ (numbered in pipeline order)")
+    if args.output:
+        _write_output(c, args.output, suffix, target)
     return 0
+
+
+def _compile_target(args):
+    from .target import Target
+    try:
+        return Target.get(args.target or "host")
+    except ValueError as e:
+        raise SystemExit(f"mlc compile: --target: {e}")
+
+
+def _compile_for_file(graph, target, pm):
+    """(Compiled with its object code generated, its stats, the memory report)."""
+    from types import SimpleNamespace
+
+    from .driver import _LLVM_LOCK, Compiled
+    from .runtime.executable import Executable
+    if target.kind != "cpu":
+        raise SystemExit(f"mlc compile: target {target.name} is a {target.kind} target; mlc generates CPU code only")
+    with _LLVM_LOCK:
+        c = Compiled(graph, target, pm)
+        pm.timed("codegen", None, c.object_code)
+        if pm.dump_dir is not None:
+            pm.record("codegen", "llvm", c.llvm_module)
+    st = c.stats()
+    # the report reads only these three, none of which needs the code loaded
+    report = Executable.memory_report(SimpleNamespace(stats=st, workspace_bytes=c.plan.workspace_bytes,
+                                                      params=c.lowered.param_data))
+    return c, st, report
+
+
+def _write_output(c, out: str, suffix: str, target) -> None:
+    import tempfile
+
+    from .codegen.cross import elf_header, link_shared, write_object
+    if suffix == ".o":
+        head = write_object(c, out)
+        print(f"wrote {out}: {head} ({os.path.getsize(out)} bytes)")
+        return
+    with tempfile.TemporaryDirectory() as d:
+        obj = os.path.join(d, "mlc.o")
+        write_object(c, obj)
+        try:
+            linker = link_shared(obj, out, target)
+        except RuntimeError as e:
+            raise SystemExit(f"mlc compile: -o {out}: {e}")
+    print(f"wrote {out}: {elf_header(out)}, linked with {linker} ({os.path.getsize(out)} bytes)")
 
 
 def cmd_inspect(args) -> int:
@@ -246,6 +310,11 @@ def main(argv=None) -> int:
     _add_compile_options(comp)
     comp.add_argument("--time-passes", action="store_true", help="print the time spent in every pass")
     comp.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
+    comp.add_argument("--target", metavar="T", help="host (default), a named target such as neoverse-n1 or "
+                                                    "sifive-u74, or a .json file describing the hardware")
+    comp.add_argument("-o", dest="output", metavar="OUT", help="write the code: OUT.o an object file for the "
+                                                               "target, OUT.so a shared library (needs a linker "
+                                                               "for the target)")
     comp.set_defaults(func=cmd_compile)
     insp = sub.add_parser("inspect", help="show a model's fused kernels, as text or as a picture")
     _add_compile_options(insp)

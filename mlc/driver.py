@@ -59,7 +59,7 @@ class Compiled:
         self.funcs = pm.timed("schedule", "loop",
                               lambda: _Funcs(schedule_kernel(c.kernel, target) for c in self.lowered.calls))
         self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs, self.aliases)
-        self.parallel = cg.gomp_available()
+        self.parallel = cg.gomp_available() if target.is_host else target.cores > 1
 
     def stats(self) -> dict:
         """Counts and sizes for reports: ops in, kernels out, memory planned."""

@@ -42,6 +42,9 @@ def init_llvm() -> None:
         if not _INITIALIZED:
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
+            # every backend llvmlite carries (AArch64, RISC-V, NVPTX, ...): cross-compiled objects
+            llvm.initialize_all_targets()
+            llvm.initialize_all_asmprinters()
             _INITIALIZED = True
 
 
@@ -586,6 +589,7 @@ class FuncEmitter:
 # ----------------------------------------------------------------------------- compile to machine code
 
 def target_machine(triple: str, cpu: str, features: str):
+    """An LLVM TargetMachine for any triple llvmlite has a backend for, not only the host's."""
     init_llvm()
     return llvm.Target.from_triple(triple).create_target_machine(
         cpu=cpu, features=features, opt=3, reloc="pic", codemodel="default")
