@@ -9,6 +9,43 @@ import time
 LEVELS = ("graph", "fused", "tensor", "loop", "llvm", "llvm-opt", "asm")
 
 
+def _load_entry_point(spec: str, command: str):
+    """``module:function``: a function taking no arguments that returns ``(fn,
+    example_args)`` (fn is traced on them) or a Graph. The current directory is
+    importable, as with ``python -m``."""
+    import importlib
+    import inspect
+
+    import mlc
+    from .ir.graph import Graph
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise SystemExit(f"mlc {command}: cannot import {module_name!r} from {spec!r}: {e}")
+    entry = getattr(module, attr, None)
+    if entry is None:
+        raise SystemExit(f"mlc {command}: module {module_name!r} has no attribute {attr!r}")
+    if isinstance(entry, Graph):
+        return entry
+    needs = [p for p in inspect.signature(entry).parameters.values()
+             if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if needs:
+        raise SystemExit(f"mlc {command}: {spec} takes arguments ({', '.join(p.name for p in needs)}); point at a "
+                         "function of no arguments that returns (fn, example_args), e.g.\n"
+                         "    def model():\n        return my_fn, (x, w)")
+    made = entry()
+    if isinstance(made, Graph):
+        return made
+    if not (isinstance(made, tuple) and len(made) == 2 and callable(made[0])):
+        raise SystemExit(f"mlc {command}: {spec}() must return (fn, example_args) or a Graph, "
+                         f"got {type(made).__name__}")
+    fn, example_args = made
+    return mlc.trace(fn, *example_args)
+
+
 def _example(name: str):
     from .examples import EXAMPLES
     if name not in EXAMPLES:
@@ -139,9 +176,11 @@ def _load_onnx(path: str, shapes, command: str):
 
 
 def _load_graph(spec: str, shapes, command: str):
-    """The Graph for an .onnx file or a bundled example's name."""
+    """The Graph for an .onnx file, a ``module:function`` entry point or a bundled example's name."""
     if spec.endswith(".onnx"):
         return _load_onnx(spec, shapes, command)[1]
+    if ":" in spec:
+        return _load_entry_point(spec, command)
     from .examples import EXAMPLES
     if spec not in EXAMPLES:
         raise SystemExit(f"mlc {command}: {spec!r} is neither an .onnx file nor a bundled example "
@@ -171,16 +210,24 @@ def cmd_compile(args) -> int:
     graph = _load_graph(args.model, args.shape, "compile")
     pm = _pass_manager(args, dump_dir=args.dump_ir, time_passes=args.time_passes)
     t0 = time.perf_counter()
-    if target.is_host and not args.output:
-        exe = mlc.compile(graph, target=target, opt_level=args.opt_level, pm=pm)
-        st, report = exe.stats, exe.memory_report()
-    else:   # code for a file, maybe for another machine: generated, not loaded into this process
-        c, st, report = _compile_for_file(graph, target, pm)
+    db = _open_tuning_db(args.db, "compile")
+    try:
+        if target.is_host and not args.output:
+            exe = mlc.compile(graph, target=target, opt_level=args.opt_level, pm=pm, db=db)
+            st, report = exe.stats, exe.memory_report()
+        else:   # code for a file, maybe for another machine: generated, not loaded into this process
+            c, st, report = _compile_for_file(graph, target, pm, db)
+    finally:
+        if db is not None:
+            db.close()
     t_compile = time.perf_counter() - t0
     print(f"compiled @{graph.name} at -O{args.opt_level} in {t_compile:.2f} s: {st['ops']} ops -> "
           f"{st['nodes_after_passes']} after graph passes -> {st['kernels']} kernels")
     if args.target:
         print(f"target: {target}")
+    if args.db:
+        print(f"tuning records from {args.db}: {st['tuned_kernels']} of {st['kernels']} kernels tuned, "
+              "the others use the default schedules")
     print(report)
     if args.time_passes:
         print(pm.timing_report())
@@ -199,7 +246,19 @@ def _compile_target(args):
         raise SystemExit(f"mlc compile: --target: {e}")
 
 
-def _compile_for_file(graph, target, pm):
+def _open_tuning_db(path, command: str):
+    if path is None:
+        return None
+    from .tune.database import TuningDB, TuningDBError
+    if not os.path.exists(path):
+        raise SystemExit(f"mlc {command}: --db {path}: no such file (create it with `mlc tune MODEL --db {path}`)")
+    try:
+        return TuningDB(path)
+    except TuningDBError as e:
+        raise SystemExit(f"mlc {command}: --db: {e}")
+
+
+def _compile_for_file(graph, target, pm, db=None):
     """(Compiled with its object code generated, its stats, the memory report)."""
     from types import SimpleNamespace
 
@@ -208,7 +267,7 @@ def _compile_for_file(graph, target, pm):
     if target.kind != "cpu":
         raise SystemExit(f"mlc compile: target {target.name} is a {target.kind} target; mlc generates CPU code only")
     with _LLVM_LOCK:
-        c = Compiled(graph, target, pm)
+        c = Compiled(graph, target, pm, db=db)
         pm.timed("codegen", None, c.object_code)
         if pm.dump_dir is not None:
             pm.record("codegen", "llvm", c.llvm_module)
@@ -255,8 +314,63 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .target import Target
+    from .tune.database import TuningDBError
+    from .tune.progress import make_progress
+    from .tune.report import write_report
+    from .tune.tuner import tune
+    try:
+        target = Target.get(args.target or "host")
+    except ValueError as e:
+        raise SystemExit(f"mlc tune: --target: {e}")
+    if args.trials < 0:
+        raise SystemExit("mlc tune: --trials must be >= 0")
+    graph = _load_graph(args.model, args.shape, "tune")
+    runner = None
+    if args.runner:
+        from .tune.rpc import runner_from_spec
+        try:
+            runner = runner_from_spec(args.runner, timeout=args.timeout)
+        except (ValueError, ConnectionError, OSError) as e:
+            raise SystemExit(f"mlc tune: --runner: {e}")
+    elif not target.is_host:
+        raise SystemExit(f"mlc tune: target {target.name} is not this machine; measure on the device with "
+                         "`mlc rpc-server` there and `--runner rpc://HOST:PORT` here")
+    else:
+        from .tune.runner import LocalRunner
+        runner = LocalRunner(timeout=args.timeout)
+    print(f"mlc tune {args.model} for {target}: up to {args.trials} trials"
+          + (f" or {args.time_budget:g} s" if args.time_budget else "") + f", records in {args.db}")
+    progress = make_progress(args.trials, force_lines=args.no_live)
+    try:
+        tuner = tune(graph, target, args.db, args.trials, args.time_budget, runner=runner, progress=progress,
+                     opt_level=args.opt_level)
+    except TuningDBError as e:
+        raise SystemExit(f"mlc tune: --db: {e}")
+    finally:
+        progress.close()
+        runner.close()
+    why = {"interrupted": "interrupted (Ctrl-C); everything measured is kept", "trials": "trial budget reached",
+           "time budget": "time budget reached", "space exhausted": "every candidate measured"}
+    print(f"stopped: {why.get(tuner.stopped_by, tuner.stopped_by)}. {tuner.trials} trials in "
+          f"{time.monotonic() - tuner.started:.1f} s; estimated latency {tuner.default_latency * 1e3:.3f} ms "
+          f"(default schedules) -> {tuner.estimated_latency * 1e3:.3f} ms (best measured)")
+    print(f"use the records: mlc compile {args.model} --db {args.db}" + (f" --target {args.target}" if args.target
+                                                                         else ""))
+    if args.report:
+        print(write_report(args.db, target.key, args.report))
+    return 130 if tuner.stopped_by == "interrupted" else 0
+
+
+def cmd_rpc_server(args) -> int:
+    from .tune.rpc import main_rpc_server
+    return main_rpc_server(args.port, args.host)
+
+
 def _add_compile_options(p) -> None:
-    p.add_argument("model", help="an .onnx file, or a bundled example (mlp, gelu, transformer)")
+    p.add_argument("model", help="an .onnx file, a module:function entry point, or a bundled example "
+                                 "(mlp, gelu, transformer)")
     p.add_argument("-O", dest="opt_level", type=int, default=2, choices=[0, 1, 2, 3],
                    help="optimization level: 0 one kernel per op, 1 simplify, 2 (default) also fuse, "
                         "3 fold constants of any size")
@@ -315,7 +429,25 @@ def main(argv=None) -> int:
     comp.add_argument("-o", dest="output", metavar="OUT", help="write the code: OUT.o an object file for the "
                                                                "target, OUT.so a shared library (needs a linker "
                                                                "for the target)")
+    comp.add_argument("--db", metavar="FILE", help="use the best schedules in this tuning database (mlc tune)")
     comp.set_defaults(func=cmd_compile)
+    tune = sub.add_parser("tune", help="auto-tune a model's kernels for a target into a tuning database")
+    _add_compile_options(tune)
+    tune.add_argument("--target", metavar="T", help="host (default), a named target, or a .json file")
+    tune.add_argument("--trials", type=int, default=200, help="measurements to make in this run (default 200)")
+    tune.add_argument("--db", default="tuning.db", metavar="FILE",
+                      help="the tuning database (SQLite; created if missing, resumed if not; default tuning.db)")
+    tune.add_argument("--time-budget", type=float, metavar="S", help="stop after S seconds")
+    tune.add_argument("--runner", metavar="SPEC", help="where candidates run: local (default) or rpc://HOST:PORT "
+                                                       "(an `mlc rpc-server` on the device)")
+    tune.add_argument("--timeout", type=float, default=10.0, help="seconds one measurement may take (default 10)")
+    tune.add_argument("--report", metavar="PNG", help="plot best latency against trials per kernel to this file")
+    tune.add_argument("--no-live", action="store_true", help="print a line per round instead of a live table")
+    tune.set_defaults(func=cmd_tune)
+    rpc = sub.add_parser("rpc-server", help="measure candidates sent by `mlc tune --runner rpc://...` on this machine")
+    rpc.add_argument("--port", type=int, default=9190, help="port to listen on (default 9190)")
+    rpc.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    rpc.set_defaults(func=cmd_rpc_server)
     insp = sub.add_parser("inspect", help="show a model's fused kernels, as text or as a picture")
     _add_compile_options(insp)
     insp.add_argument("--graph", metavar="FILE", help="draw the fused graph to FILE (.svg or .png with Graphviz, "

@@ -8,8 +8,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import threading
+import warnings
 from typing import Callable
 
 import llvmlite
@@ -26,6 +29,7 @@ from .passes.plan import place_aliases, plan_memory
 from .runtime import cache
 from .runtime.executable import Executable, LoadedCode, Signature
 from .schedule.default import schedule_kernel
+from .schedule.primitives import ScheduleError
 from .target import Target
 from .tree import flatten, unflatten
 
@@ -44,7 +48,7 @@ class Compiled:
     """Every level of one compilation, kept for printing."""
 
     def __init__(self, graph: Graph, target: Target, pm: PassManager | None = None,
-                 aliases: dict[int, int] | None = None):
+                 aliases: dict[int, int] | None = None, db=None):
         pm = pm or PassManager()
         self.aliases = dict(aliases or {})
         self.pm = pm
@@ -56,10 +60,26 @@ class Compiled:
         self.lowered = pm.timed("lower", "tensor", lower_graph, self.fused)
         if self.aliases:
             place_aliases(self.lowered, self.aliases)
+        self.tuned = 0
         self.funcs = pm.timed("schedule", "loop",
-                              lambda: _Funcs(schedule_kernel(c.kernel, target) for c in self.lowered.calls))
+                              lambda: _Funcs(self._schedule(c.kernel, db) for c in self.lowered.calls))
         self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs, self.aliases)
         self.parallel = cg.gomp_available() if target.is_host else target.cores > 1
+
+    def _schedule(self, kernel, db):
+        """The kernel's best schedule in the tuning database, else the rules' default."""
+        if db is not None:
+            from .tune.tuner import best_schedule
+            trace = best_schedule(db, kernel, self.target)
+            if trace is not None:
+                try:
+                    func = schedule_kernel(kernel, self.target, trace)
+                    self.tuned += 1
+                    return func
+                except ScheduleError as e:
+                    warnings.warn(f"tuning record for kernel {kernel.name} does not apply ({e}); "
+                                  "using the default schedule", stacklevel=2)
+        return schedule_kernel(kernel, self.target)
 
     def stats(self) -> dict:
         """Counts and sizes for reports: ops in, kernels out, memory planned."""
@@ -71,7 +91,7 @@ class Compiled:
                 "nodes_after_passes": sum(1 for n in self.graph.nodes if n.op != "constant"),
                 "kernels": len(self.funcs), "workspace_bytes": self.plan.workspace_bytes,
                 "intermediate_bytes": intermediates, "materialized_bytes": self.plan.naive_bytes,
-                "in_place": self.plan.in_place,
+                "in_place": self.plan.in_place, "tuned_kernels": self.tuned,
                 "param_bytes": sum(p.nbytes for p in self.lowered.param_data)}
 
     @functools.cached_property
@@ -118,13 +138,17 @@ class Compiled:
 
 def compile_graph(graph: Graph, target="host", single_output: bool | None = None, opt_level: int = DEFAULT_OPT_LEVEL,
                   pm: PassManager | None = None, traced: Traced | None = None,
-                  aliases: dict[int, int] | None = None) -> Executable:
+                  aliases: dict[int, int] | None = None, db=None) -> Executable:
     """Compile a graph. ``aliases`` maps output positions to the input positions whose
-    buffers they are written into (the Executable updates those arguments in place)."""
+    buffers they are written into (the Executable updates those arguments in place).
+    ``db``: a tuning database (path or ``TuningDB``) whose best schedules are used."""
     target = Target.get(target)
+    if not target.is_host:
+        raise ValueError(f"target {target.name} is not this machine ({Target.get('host').triple}): code for it "
+                         "cannot run here; write it to a file with `mlc compile MODEL --target ... -o out.o`")
     pm = pm or PassManager(opt_level)
-    with _LLVM_LOCK:   # LLVM's global context is not safe for concurrent compiles
-        c = Compiled(graph, target, pm, aliases)
+    with _LLVM_LOCK, _open_db(db) as database:   # LLVM's global context is not safe for concurrent compiles
+        c = Compiled(graph, target, pm, aliases, database)
         obj = pm.timed("codegen", None, c.object_code)
         if pm.dump_dir is not None:
             pm.record("codegen", "llvm", c.llvm_module)
@@ -153,7 +177,7 @@ def _signature(traced: Traced | None, aliases) -> Signature | None:
 
 
 def compile(fn: Callable | Graph, *example_args, target="host", opt_level: int = DEFAULT_OPT_LEVEL,
-            pm: PassManager | None = None, in_place: tuple[int, ...] = ()) -> Executable:
+            pm: PassManager | None = None, in_place: tuple[int, ...] = (), db=None) -> Executable:
     """Compile a Graph, or trace ``fn`` on example arguments and compile that.
 
     The Executable takes the array arguments (Python scalars among the example
@@ -165,17 +189,33 @@ def compile(fn: Callable | Graph, *example_args, target="host", opt_level: int =
     the structure and types of argument i; the Executable writes them into argument
     i's arrays (which must be writeable, C-contiguous and of the exact dtype) and
     returns only ``result``. This is how a training step updates parameters and
-    optimizer state without copies."""
+    optimizer state without copies.
+
+    ``db``: a tuning database (``mlc tune``); kernels with a record there use the
+    fastest schedule measured, the others the default rules."""
     if isinstance(fn, Graph):
         if example_args:
             raise TypeError("compile(graph) takes no example arguments")
-        return compile_graph(fn, target, opt_level=opt_level, pm=pm)
+        return compile_graph(fn, target, opt_level=opt_level, pm=pm, db=db)
     traced = trace_info(fn, example_args)
     if traced.captured:
         raise TraceError("compile: the function uses tensors of an enclosing trace; pass them as arguments")
     aliases = _in_place_aliases(traced, in_place) if in_place else None
     return compile_graph(traced.graph, target, single_output=traced.single_output, opt_level=opt_level, pm=pm,
-                         traced=traced, aliases=aliases)
+                         traced=traced, aliases=aliases, db=db)
+
+
+@contextlib.contextmanager
+def _open_db(db):
+    """A TuningDB for a path (closed afterwards), the given TuningDB, or None."""
+    if db is None or not isinstance(db, (str, os.PathLike)):
+        yield db
+        return
+    if not os.path.exists(db):
+        raise FileNotFoundError(f"tuning database {os.fspath(db)!r} does not exist (create it with `mlc tune`)")
+    from .tune.database import TuningDB
+    with TuningDB(db) as d:
+        yield d
 
 
 def _in_place_aliases(traced: Traced, in_place) -> dict[int, int]:

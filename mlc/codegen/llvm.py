@@ -22,7 +22,7 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, substitute, uses_var
-from ..ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store
+from ..ir.loop import GPU_KINDS, Alloc, Buffer, For, Func, If, Seq, Stmt, Store
 from ..ir.types import DType, float64
 from . import fastmath
 
@@ -223,6 +223,9 @@ class FuncEmitter:
                     self.stmt(s.orelse)
 
     def for_(self, s: For) -> None:
+        if s.kind in GPU_KINDS:
+            raise ValueError(f"loop {s.var.name} is bound to {s.kind}: GPU bindings need a GPU target, "
+                             "not a CPU (use parallel for CPU threads)")
         if s.kind == "vector":
             if self.vec is not None:
                 raise ValueError("nested vector loops")

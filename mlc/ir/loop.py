@@ -8,7 +8,12 @@
 
 ``For`` kinds: ``serial``, ``parallel`` (libgomp threads), ``vector`` (the body
 becomes LLVM vector code; the extent must be a constant), ``unroll`` (fully
-unrolled by codegen; constant extent).
+unrolled by codegen; constant extent), and the GPU bindings ``blockIdx.x``...
+``threadIdx.z`` (one loop iteration per block or thread).
+
+``Accumulate`` and ``likely`` ``If`` guards exist only while a kernel is being
+scheduled (``mlc.schedule``); ``Schedule.finalize`` lowers them to plain stores,
+loops and partitions before code generation.
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from typing import Sequence
 from .expr import Expr, Load, Var, as_expr, format_expr, walk
 from .types import DType, TensorType
 
-FOR_KINDS = ("serial", "parallel", "vector", "unroll")
+GPU_KINDS = tuple(f"{g}.{a}" for g in ("blockIdx", "threadIdx") for a in "xyz")
+FOR_KINDS = ("serial", "parallel", "vector", "unroll") + GPU_KINDS
 SCOPES = ("global", "local")
 
 
@@ -66,6 +72,23 @@ class Store(Stmt):
         self.value = value
 
 
+class Accumulate(Stmt):
+    """``buffer[indices] <combiner>= value`` inside a reduction's loops. ``rindex`` gives,
+    for each reduced axis of the stage, its index as an expression of the loop variables
+    and the axis extent, so schedules can tell where a reduction starts and ends. The
+    buffer holds the combiner's identity before the first update (an init nest, or a
+    register accumulator's initialization, puts it there)."""
+
+    def __init__(self, buffer: Buffer, indices: Sequence, combiner: str, value: Expr, rindex: Sequence):
+        if len(indices) != len(buffer.shape):
+            raise IndexError(f"accumulate into {buffer.name} (rank {len(buffer.shape)}) with {len(indices)} indices")
+        self.buffer = buffer
+        self.indices = [as_expr(i) for i in indices]
+        self.combiner = combiner
+        self.value = value
+        self.rindex = [(as_expr(e), int(n)) for e, n in rindex]
+
+
 class Alloc(Stmt):
     """A local buffer live for ``body``."""
 
@@ -75,10 +98,14 @@ class Alloc(Stmt):
 
 
 class If(Stmt):
-    def __init__(self, cond: Expr, then: Stmt, orelse: Stmt | None = None):
+    """``likely``: a bounds guard from a split that does not divide its loop; the
+    schedule's loop partitioning removes it from all but the boundary iterations."""
+
+    def __init__(self, cond: Expr, then: Stmt, orelse: Stmt | None = None, likely: bool = False):
         self.cond = cond
         self.then = then
         self.orelse = orelse
+        self.likely = likely
 
 
 class Seq(Stmt):
@@ -134,11 +161,15 @@ def format_stmt(s: Stmt, depth: int) -> list[str]:
     if isinstance(s, Store):
         idx = ", ".join(format_expr(i) for i in s.indices)
         return [f"{pad}{s.buffer.name}[{idx}] = {format_expr(s.value)}"]
+    if isinstance(s, Accumulate):
+        idx = ", ".join(format_expr(i) for i in s.indices)
+        op = {"sum": "+=", "prod": "*="}.get(s.combiner, s.combiner + "=")
+        return [f"{pad}{s.buffer.name}[{idx}] {op} {format_expr(s.value)}"]
     if isinstance(s, Alloc):
         b = s.buffer
         return [f"{pad}alloc {b.name}: {b.type} {b.scope}", *format_stmt(s.body, depth)]
     if isinstance(s, If):
-        out = [f"{pad}if {format_expr(s.cond)} {{", *format_stmt(s.then, depth + 1)]
+        out = [f"{pad}if {'likely ' if s.likely else ''}{format_expr(s.cond)} {{", *format_stmt(s.then, depth + 1)]
         if s.orelse is not None:
             out += [f"{pad}}} else {{", *format_stmt(s.orelse, depth + 1)]
         return out + [f"{pad}}}"]
@@ -159,7 +190,7 @@ def buffers_used(stmt: Stmt) -> set:
         if isinstance(s, For):
             exprs(s.start, s.extent)
             visit(s.body)
-        elif isinstance(s, Store):
+        elif isinstance(s, (Store, Accumulate)):
             used.add(s.buffer)
             exprs(*s.indices, s.value)
         elif isinstance(s, Alloc):

@@ -1,0 +1,1261 @@
+"""Schedule primitives: checked transformations of a kernel's loop nest.
+
+A ``Schedule`` starts from the kernel's *default loop nest*: every stage as a
+perfect nest over its output axes, then its reduction axes, around one
+``Store`` (or ``Accumulate`` for a reduction, after an init nest that fills the
+stage with the combiner's identity)::
+
+    for i in [0, 64) { for j in [0, 64) { T0[i, j] = 0.0 } }          // T0's init nest
+    for i in [0, 64) { for j in [0, 64) { for k in [0, 32) {
+      T0[i, j] += A[i, k] * B[k, j] } } }
+
+Primitives name loops by the names printed there (``Schedule.loops()``) and
+each either transforms the nest or raises ``ScheduleError`` saying why the
+request is illegal. A split that does not divide its loop leaves a ``likely``
+bounds guard; ``finalize`` partitions loops so that only the last block runs
+guarded, with static extents everywhere. A loop may exist in several copies
+(after such a partition, or inside a register accumulator's init and
+write-back); a primitive applies to every copy of the loop it names.
+
+Every call is recorded in ``Schedule.trace`` as ``{"prim": name, "args": [...]}``
+(JSON); ``replay(kernel, target, trace)`` applies a trace to a fresh default nest,
+which is how tuned schedules are stored and reused.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..ir import expr as E
+from ..ir.expr import Const, Expr, Load, Var, linear_coefficient, substitute
+from ..ir.loop import GPU_KINDS, Accumulate, Alloc, Buffer, For, Func, If, Seq, Stmt, Store, buffers_used
+from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, reduce_identity
+from ..target import Target
+
+MAX_VECTOR_LANES = 64      # wider vector loops make LLVM spill; split first
+MAX_UNROLL = 512           # fully unrolled iterations before code size explodes
+
+
+class ScheduleError(ValueError):
+    """An illegal or impossible schedule request; the message says why."""
+
+
+def combine(combiner: str, acc: Expr, x: Expr) -> Expr:
+    if combiner == "sum":
+        return acc + x if not acc.dtype.is_bool else E.binop("or", acc, x)
+    if combiner == "prod":
+        return acc * x if not acc.dtype.is_bool else E.binop("and", acc, x)
+    return E.maximum(acc, x) if combiner == "max" else E.minimum(acc, x)
+
+
+# ============================================================================ statement utilities
+
+def _for(old: For, **changes) -> For:
+    f = For(changes.get("var", old.var), changes.get("extent", old.extent), changes.get("body", old.body),
+            changes.get("kind", old.kind), changes.get("start", old.start))
+    return f
+
+
+def map_stmt(s: Stmt, fn) -> Stmt | None:
+    """Rebuild ``s`` bottom-up after ``fn``: ``fn(node)`` returns a replacement (used as
+    is), or None to recurse into the node's children. A replacement of None-valued
+    children (a removed statement) is dropped from its parent."""
+    r = fn(s)
+    if r is not None:
+        return r if not isinstance(r, _Removed) else None
+    if isinstance(s, For):
+        body = map_stmt(s.body, fn)
+        return None if body is None else _for(s, body=body)
+    if isinstance(s, Seq):
+        kids = [k for k in (map_stmt(x, fn) for x in s.stmts) if k is not None]
+        return Seq(kids) if kids else None
+    if isinstance(s, Alloc):
+        body = map_stmt(s.body, fn)
+        return None if body is None else Alloc(s.buffer, body)
+    if isinstance(s, If):
+        then = map_stmt(s.then, fn)
+        orelse = map_stmt(s.orelse, fn) if s.orelse is not None else None
+        if then is None and orelse is None:
+            return None
+        return If(s.cond, then if then is not None else Seq([]), orelse, s.likely)
+    return s
+
+
+class _Removed:
+    """Returned by a ``map_stmt`` callback to delete the node."""
+
+
+REMOVE = _Removed()
+
+
+def subst_stmt(s: Stmt, vmap: dict, loads: dict | None = None, buffers: dict | None = None) -> Stmt:
+    """Substitute variables (``vmap``), whole loads (``loads``: buffer -> fn(indices))
+    and stored-to buffers (``buffers``: old -> new) throughout a statement."""
+    def ex(e):
+        return substitute(e, vmap, None, loads)
+
+    def fn(x):
+        if isinstance(x, For):
+            return For(x.var, ex(x.extent), subst_stmt(x.body, vmap, loads, buffers), x.kind, ex(x.start))
+        if isinstance(x, Store):
+            buf = buffers.get(x.buffer, x.buffer) if buffers else x.buffer
+            return Store(buf, [ex(i) for i in x.indices], ex(x.value))
+        if isinstance(x, Accumulate):
+            buf = buffers.get(x.buffer, x.buffer) if buffers else x.buffer
+            return Accumulate(buf, [ex(i) for i in x.indices], x.combiner, ex(x.value),
+                              [(ex(r), n) for r, n in x.rindex])
+        if isinstance(x, If):
+            return If(ex(x.cond), subst_stmt(x.then, vmap, loads, buffers),
+                      subst_stmt(x.orelse, vmap, loads, buffers) if x.orelse is not None else None, x.likely)
+        return None
+    out = map_stmt(s, fn)
+    return out if out is not None else Seq([])
+
+
+def walk_stmts(s: Stmt, above: tuple = ()):
+    """(statement, its ancestors outermost first) for every statement under ``s``."""
+    yield s, above
+    inner = above + (s,)
+    if isinstance(s, For):
+        yield from walk_stmts(s.body, inner)
+    elif isinstance(s, Seq):
+        for x in s.stmts:
+            yield from walk_stmts(x, inner)
+    elif isinstance(s, Alloc):
+        yield from walk_stmts(s.body, inner)
+    elif isinstance(s, If):
+        yield from walk_stmts(s.then, inner)
+        if s.orelse is not None:
+            yield from walk_stmts(s.orelse, inner)
+
+
+def subst_loads(e: Expr, buf: Buffer, fn) -> Expr:
+    """``e`` with every load of ``buf`` replaced by ``fn(indices)``."""
+    return substitute(e, {}, None, {buf: fn})
+
+
+def _loads(e: Expr):
+    return [x for x in E.walk(e) if isinstance(x, Load)]
+
+
+def stmt_exprs(s: Stmt) -> list[Expr]:
+    if isinstance(s, (Store, Accumulate)):
+        return [*s.indices, s.value]
+    if isinstance(s, For):
+        return [s.start, s.extent]
+    if isinstance(s, If):
+        return [s.cond]
+    return []
+
+
+def _guard_innermost(s: Stmt, cond: Expr) -> Stmt:
+    """Wrap the body under the perfect loop chain starting at ``s`` in a likely guard,
+    so the chain stays perfect (reorder works across it)."""
+    if isinstance(s, For):
+        return _for(s, body=_guard_innermost(s.body, cond))
+    return If(cond, s, None, likely=True)
+
+
+def _const(e: Expr) -> int:
+    if not isinstance(e, Const):
+        raise ScheduleError(f"loop bound {E.format_expr(e)} is not a constant")
+    return int(e.value)
+
+
+def _lin(coeffs: dict, const: int = 0) -> Expr:
+    e: Expr = Const(const)
+    for v, c in coeffs.items():
+        if c:
+            e = e + (v * c if c != 1 else v)
+    return e
+
+
+def split_affine(e: Expr, inner: list[Var]):
+    """e = outer + sum(c_v * v for v in inner): (outer, {v: c}), or None if e is not
+    affine in the inner variables."""
+    coeffs = {}
+    for v in inner:
+        c = linear_coefficient(e, v)
+        if c is None:
+            return None
+        if c:
+            coeffs[v] = c
+    outer = substitute(e, {v: Const(0) for v in coeffs}) if coeffs else e
+    return outer, coeffs
+
+
+def affine(e: Expr):
+    """({var: coefficient}, constant) for an affine integer expression, else None."""
+    if isinstance(e, Var):
+        return {e: 1}, 0
+    if isinstance(e, Const):
+        return ({}, int(e.value)) if not e.dtype.is_float else None
+    if isinstance(e, E.BinOp) and e.op in ("add", "sub", "mul"):
+        a, b = affine(e.a), affine(e.b)
+        if a is None or b is None:
+            return None
+        if e.op == "mul":
+            if a[0] and b[0]:
+                return None
+            (vs, k), c = (a, b[1]) if not b[0] else (b, a[1])
+            return {v: x * c for v, x in vs.items()}, k * c
+        s = 1 if e.op == "add" else -1
+        vs = dict(a[0])
+        for v, x in b[0].items():
+            vs[v] = vs.get(v, 0) + s * x
+        return vs, a[1] + s * b[1]
+    return None
+
+
+def simplify_index(e: Expr, ranges: dict) -> Expr:
+    """Rewrite ``x // f`` and ``x % f`` of affine ``x`` using loop ranges: the terms whose
+    coefficients are multiples of f go to the quotient when the rest stays in [0, f)."""
+    if isinstance(e, E.BinOp):
+        a, b = simplify_index(e.a, ranges), simplify_index(e.b, ranges)
+        if e.op in ("floordiv", "mod") and isinstance(b, Const) and b.value > 0:
+            f = int(b.value)
+            aff = affine(a)
+            if aff is not None and all(v in ranges for v in aff[0]):
+                vs, c0 = aff
+                q = {v: c // f for v, c in vs.items() if c % f == 0}
+                rest = {v: c for v, c in vs.items() if c % f != 0}
+                lo = c0 % f + sum(min(c * ranges[v][0], c * ranges[v][1]) for v, c in rest.items())
+                hi = c0 % f + sum(max(c * ranges[v][0], c * ranges[v][1]) for v, c in rest.items())
+                if 0 <= lo and hi < f:
+                    return _lin(q, c0 // f) if e.op == "floordiv" else _lin(rest, c0 % f)
+        return E.binop(e.op, a, b) if (a is not e.a or b is not e.b) else e
+    if isinstance(e, Load):
+        return Load(e.source, [simplify_index(i, ranges) for i in e.indices])
+    if isinstance(e, E.Select):
+        return E.Select(*(simplify_index(x, ranges) for x in (e.cond, e.a, e.b)))
+    if isinstance(e, E.Call):
+        return E.Call(e.fn, [simplify_index(x, ranges) for x in e.args])
+    if isinstance(e, E.Cast):
+        return E.cast(e.dtype, simplify_index(e.value, ranges))
+    return e
+
+
+def _loop_ranges(above) -> dict:
+    """Var -> (lo, hi) inclusive for the constant loops among ``above``."""
+    out = {}
+    for a in above:
+        if isinstance(a, For) and isinstance(a.start, Const) and isinstance(a.extent, Const):
+            out[a.var] = (a.start.value, a.start.value + a.extent.value - 1)
+    return out
+
+
+# ============================================================================ stages
+
+@dataclass
+class Stage:
+    """One stage of the kernel: what it computes, where its loops are."""
+    name: str
+    buffer: Buffer
+    axes: list            # the Compute's index Vars
+    extents: list
+    value: Expr           # over ``axes`` (and ``raxes``), reading Buffers
+    combiner: str | None = None
+    raxes: list = field(default_factory=list)
+    rextents: list = field(default_factory=list)
+    guard: Expr | None = None   # elements outside it are never read (a packed buffer's padding)
+    output: bool = False
+    loop_names: list = field(default_factory=list)    # default nest: spatial, then reduction
+    status: str = "root"        # root | attached | inlined
+    touched: bool = False       # its loops were transformed
+
+    @property
+    def is_reduction(self) -> bool:
+        return self.combiner is not None
+
+
+class Schedule:
+    def __init__(self, kernel: Kernel, target: "Target | str | None" = None):
+        self.kernel = kernel
+        self.target = Target.get(target)
+        self.trace: list[dict] = []
+        self._depth = 0
+        self.taken: set[str] = set()
+        self.loop_stage: dict[str, str] = {}
+        self.tensor_buffers: dict = {}
+        self.inputs = []
+        for t in kernel.inputs:
+            if isinstance(t, Placeholder):
+                self.tensor_buffers[t] = Buffer(t.name, t.shape, t.dtype)
+                self.inputs.append(self.tensor_buffers[t])
+        for s in kernel.stages:
+            self.tensor_buffers[s] = Buffer(s.name, s.shape, s.dtype)
+        self.stages: dict[str, Stage] = {}
+        self.order: list[str] = []
+        self.nests: dict[str, Stmt] = {}
+        self.extra_scratch: list[Buffer] = []
+        self.acc_of: dict = {}          # register accumulator Buffer -> stage name
+        for s in kernel.stages:
+            st = self._stage_from(s)
+            self.stages[st.name] = st
+            self.order.append(st.name)
+            self.nests[st.name] = self._nest(st)
+
+    # ------------------------------------------------------------------ building nests
+    def _stage_from(self, s: Compute) -> Stage:
+        buf = self.tensor_buffers[s]
+        st = Stage(s.name, buf, list(s.axes), list(s.shape), None, output=s in self.kernel.outputs)
+        if isinstance(s.body, Reduce):
+            st.combiner = s.body.combiner
+            st.raxes, st.rextents = list(s.body.axes), list(s.body.extents)
+            st.value = substitute(s.body.body, {}, self.tensor_buffers)
+        else:
+            st.value = substitute(s.body, {}, self.tensor_buffers)
+        names = [v.name for v in st.axes] + [v.name for v in st.raxes]
+        st.loop_names = [self._fresh(n, st.name) for n in names]
+        return st
+
+    def _fresh(self, base: str, stage: str) -> str:
+        name, n = base, 1
+        while name in self.taken:
+            name = f"{base}{n}"
+            n += 1
+        self.taken.add(name)
+        self.loop_stage[name] = stage
+        return name
+
+    def _nest(self, st: Stage, region=None, buffer: Buffer | None = None, bounds_guard: bool = False) -> Stmt:
+        """The default nest of ``st`` over ``region`` (per axis: (start expr, extent);
+        default: the whole stage), storing at region-relative indices into ``buffer``
+        when given. A reduction gets its init nest first."""
+        rank = len(st.axes)
+        region = region or [(Const(0), n) for n in st.extents]
+        buf = buffer or st.buffer
+        local = buffer is not None
+        names = st.loop_names
+
+        def nest(init: bool) -> Stmt:
+            lv = [Var(names[d] + ("_init" if init else "")) for d in range(rank)]
+            gidx = [region[d][0] + lv[d] for d in range(rank)]
+            vmap = dict(zip(st.axes, gidx))
+            idx = lv if local else gidx
+            if init:
+                body: Stmt = Store(buf, idx, reduce_identity(st.combiner, buf.dtype))
+            elif st.is_reduction:
+                rv = [Var(n) for n in names[rank:]]
+                vmap.update(zip(st.raxes, rv))
+                body = Accumulate(buf, idx, st.combiner, substitute(st.value, vmap), list(zip(rv, st.rextents)))
+                for v, n in reversed(list(zip(rv, st.rextents))):
+                    body = For(v, n, body)
+            else:
+                body = Store(buf, idx, substitute(st.value, vmap))
+            if bounds_guard:
+                for d in reversed(range(rank)):
+                    body = If(E.binop("lt", gidx[d], Const(st.extents[d])), body, None, likely=True)
+            if st.guard is not None:
+                body = If(substitute(st.guard, vmap), body, None, likely=True)
+            for d in reversed(range(rank)):
+                body = For(lv[d], region[d][1], body)
+            return body
+
+        if not st.is_reduction:
+            return nest(False)
+        for n in names[:rank]:
+            self.taken.add(n + "_init")
+            self.loop_stage[n + "_init"] = st.name
+        return Seq([nest(True), nest(False)])
+
+    # ------------------------------------------------------------------ lookup
+    def loops(self) -> dict[str, list[str]]:
+        """Stage -> the names of its loops, outermost first, as they stand."""
+        out: dict[str, list[str]] = {}
+        for s, _ in self._walk():
+            if isinstance(s, For):
+                names = out.setdefault(self.loop_stage.get(s.var.name, "?"), [])
+                if s.var.name not in names:
+                    names.append(s.var.name)
+        return out
+
+    def _walk(self):
+        for name in self.order:
+            if name in self.nests:
+                yield from walk_stmts(self.nests[name])
+
+    def _find(self, loop: str) -> list:
+        found = [(s, above) for s, above in self._walk() if isinstance(s, For) and s.var.name == loop]
+        if not found:
+            known = ", ".join(sorted({s.var.name for s, _ in self._walk() if isinstance(s, For)}))
+            raise ScheduleError(f"no loop named {loop!r}; the loops are: {known}")
+        return found
+
+    def _stage(self, name: str) -> Stage:
+        if name not in self.stages:
+            raise ScheduleError(f"no stage named {name!r}; the stages are: {', '.join(self.stages)}")
+        return self.stages[name]
+
+    def _rewrite(self, fn) -> None:
+        for name in list(self.nests):
+            out = map_stmt(self.nests[name], fn)
+            self.nests[name] = out if out is not None else Seq([])
+
+    def _touch(self, loop: str) -> None:
+        st = self.stages.get(self.loop_stage.get(loop, ""))
+        if st is not None:
+            st.touched = True
+
+    def _record(self, prim: str, *args) -> None:
+        if self._depth == 0:
+            self.trace.append({"prim": prim, "args": [list(a) if isinstance(a, tuple) else a for a in args]})
+
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name.replace("_", "").isalnum():
+            raise ScheduleError(f"loop name {name!r} must be letters, digits and underscores")
+        if name in self.taken:
+            raise ScheduleError(f"a loop named {name!r} exists already; pass other names")
+
+    # ================================================================== loop primitives
+    def split(self, loop: str, factor: int, names=None) -> tuple[str, str]:
+        """``for v in [0, n)`` -> ``for vo in [0, ceil(n/f)) { for vi in [0, f) }`` with
+        ``v = vo * f + vi``; when f does not divide n the body is guarded (``likely``)
+        and ``finalize`` peels the last block."""
+        fors = self._find(loop)
+        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+            raise ScheduleError(f"split factor must be a positive integer, got {factor!r}")
+        outer, inner = names or (loop + "o", loop + "i")
+        for n in (outer, inner):
+            self._check_name(n)
+        for f, _ in fors:
+            if f.kind != "serial":
+                raise ScheduleError(f"cannot split {f.kind} loop {loop}: split before annotating it")
+            _const(f.extent), _const(f.start)
+        vo, vi = Var(outer), Var(inner)
+
+        def fn(s):
+            if isinstance(s, For) and s.var.name == loop:
+                n, start = _const(s.extent), s.start
+                body = subst_stmt(s.body, {s.var: start + vo * factor + vi})
+                if n % factor:
+                    body = _guard_innermost(body, E.binop("lt", vo * factor + vi, Const(n)))
+                return For(vo, -(-n // factor), For(vi, factor, body))
+            return None
+        self._rewrite(fn)
+        stage = self.loop_stage[loop]
+        for n in (outer, inner):
+            self.taken.add(n)
+            self.loop_stage[n] = stage
+        self._touch(loop)
+        self._record("split", loop, factor, [outer, inner])
+        return outer, inner
+
+    def reorder(self, *loops: str) -> None:
+        """Permute loops of one perfect nest into the given order (outermost first);
+        loops not named keep their places."""
+        if len(set(loops)) != len(loops) or len(loops) < 2:
+            raise ScheduleError(f"reorder needs two or more distinct loops, got {list(loops)}")
+        for name in loops:
+            self._find(name)
+        names = set(loops)
+        done = [0]
+
+        def fn(s):
+            if not (isinstance(s, For) and s.var.name in names):
+                return None
+            chain, cur = [s], s.body
+            while isinstance(cur, For):
+                chain.append(cur)
+                cur = cur.body
+            in_chain = [f for f in chain if f.var.name in names]
+            below = {x.var.name for x, _ in walk_stmts(cur) if isinstance(x, For)} & names
+            if below:
+                raise ScheduleError(f"cannot reorder {', '.join(loops)}: loop {sorted(below)[0]} is not perfectly "
+                                    f"nested in {s.var.name} (other statements lie between them)")
+            if len(in_chain) < 2:
+                return None
+            chain_vars = {f.var for f in chain}
+            for f in in_chain:
+                if any(E.uses_var(e, v) for e in (f.start, f.extent) for v in chain_vars):
+                    raise ScheduleError(f"cannot reorder: the bounds of {f.var.name} depend on an enclosing loop")
+            wanted = [f for name in loops for f in in_chain if f.var.name == name]
+            it = iter(wanted)
+            new = [next(it) if f.var.name in names else f for f in chain]
+            body = cur
+            for f in reversed(new):
+                body = _for(f, body=body)
+            done[0] += 1
+            return body
+        self._rewrite(fn)
+        if not done[0]:
+            raise ScheduleError(f"cannot reorder {', '.join(loops)}: they are not nested in one another")
+        for name in loops:
+            self._touch(name)
+        self._record("reorder", *loops)
+
+    def fuse(self, outer: str, inner: str, name: str | None = None) -> str:
+        """``for a { for b { S } }`` -> ``for ab in [0, na * nb) { S[a = ab / nb, b = ab % nb] }``."""
+        name = name or f"{outer}_{inner}"
+        self._check_name(name)
+        fused = Var(name)
+        self._find(outer)
+
+        def fn(s):
+            if isinstance(s, For) and s.var.name == outer:
+                b = s.body
+                if not (isinstance(b, For) and b.var.name == inner):
+                    raise ScheduleError(f"cannot fuse {outer} and {inner}: {inner} is not directly inside {outer}")
+                for f in (s, b):
+                    if f.kind != "serial" or _const(f.start) != 0:
+                        raise ScheduleError(f"cannot fuse: {f.var.name} must be a serial loop starting at 0")
+                nb = _const(b.extent)
+                body = subst_stmt(b.body, {s.var: fused // nb, b.var: fused % nb})
+                return For(fused, _const(s.extent) * nb, body)
+            return None
+        self._rewrite(fn)
+        self.taken.add(name)
+        self.loop_stage[name] = self.loop_stage[outer]
+        self._touch(outer)
+        self._record("fuse", outer, inner, name)
+        return name
+
+    def tile(self, a: str, b: str, fa: int, fb: int) -> tuple[str, str, str, str]:
+        """split both loops and order them ``ao, bo, ai, bi``."""
+        self._depth += 1
+        try:
+            ao, ai = self.split(a, fa)
+            bo, bi = self.split(b, fb)
+            self.reorder(ao, bo, ai, bi)
+        finally:
+            self._depth -= 1
+        self._record("tile", a, b, fa, fb)
+        return ao, bo, ai, bi
+
+    def _annotate(self, loop: str, kind: str, check) -> None:
+        fors = self._find(loop)
+        for f, above in fors:
+            if f.kind != "serial":
+                raise ScheduleError(f"loop {loop} is already {f.kind}")
+            check(f, above)
+
+        def fn(s):
+            if isinstance(s, For) and s.var.name == loop:
+                return _for(s, kind=kind, body=map_stmt(s.body, fn))
+            return None
+        self._rewrite(fn)
+        self._touch(loop)
+
+    def _writes(self, f: For):
+        """(statement, whether its buffer is allocated inside ``f``) for every store under f."""
+        inside = {s.buffer for s, _ in walk_stmts(f.body) if isinstance(s, Alloc)}
+        return [(s, s.buffer in inside) for s, _ in walk_stmts(f.body) if isinstance(s, (Store, Accumulate))]
+
+    def _check_independent(self, f: For, what: str, lanes_ok: bool = False) -> None:
+        """Iterations of ``f`` must write disjoint elements: no reduction over f, and every
+        store to a buffer that outlives an iteration depends on f (``lanes_ok``: an
+        accumulator with one partial per lane of f qualifies)."""
+        for s, private in self._writes(f):
+            if private or (lanes_ok and isinstance(s, Accumulate) and s.buffer in self.acc_of
+                           and s.indices and s.indices[-1] is f.var):
+                continue
+            if isinstance(s, Accumulate) and any(E.uses_var(r, f.var) for r, _ in s.rindex):
+                raise ScheduleError(f"cannot {what} {f.var.name}: it is a reduction loop of {s.buffer.name} "
+                                    "(iterations would race on the same elements)")
+            if not any(E.uses_var(i, f.var) for i in s.indices):
+                raise ScheduleError(f"cannot {what} {f.var.name}: every iteration writes the same elements of "
+                                    f"{s.buffer.name}")
+
+    def vectorize(self, loop: str) -> None:
+        """Run the loop's iterations as the lanes of one vector: innermost, constant extent.
+        A reduction loop accumulating into a register accumulator gets one partial
+        accumulator per lane, folded together where the accumulator is read."""
+        fors = self._find(loop)
+        accs = {w.buffer for f, _ in fors for w, _ in walk_stmts(f.body)
+                if isinstance(w, Accumulate) and any(E.uses_var(r, f.var) for r, _ in w.rindex)}
+        if accs and all(b in self.acc_of for b in accs) and len(accs) == 1:
+            self._lane_partials(loop, fors, accs.pop())
+
+        def check(f, above):
+            n = _const(f.extent)
+            if _const(f.start) != 0:
+                raise ScheduleError(f"cannot vectorize {loop}: it starts at {f.start}, not 0")
+            if n > MAX_VECTOR_LANES:
+                raise ScheduleError(f"cannot vectorize {loop}: {n} lanes is too wide (at most {MAX_VECTOR_LANES}); "
+                                    "split it first")
+            for s, _ in walk_stmts(f.body):
+                if isinstance(s, (For, Alloc)):
+                    raise ScheduleError(f"cannot vectorize {loop}: it is not an innermost loop")
+                if isinstance(s, If) and not s.likely:
+                    raise ScheduleError(f"cannot vectorize {loop}: its body branches")
+            if any(a.kind == "vector" for a in above if isinstance(a, For)):
+                raise ScheduleError(f"cannot vectorize {loop}: it is inside another vector loop")
+            self._check_independent(f, "vectorize", lanes_ok=True)
+        self._annotate(loop, "vector", check)
+        self._record("vectorize", loop)
+
+    def _lane_partials(self, loop: str, fors, acc: Buffer) -> None:
+        n = _const(fors[0][0].extent)
+        if any(_const(f.extent) != n for f, _ in fors):
+            raise ScheduleError(f"cannot vectorize {loop}: its copies have different extents")
+        stage = self.acc_of[acc]
+        st = self.stages[stage]
+        lanes = Buffer("vacc", (*acc.shape, n), acc.dtype, "local")
+        lane_of = {id(f): f.var for f, _ in fors}
+        ident = reduce_identity(st.combiner, acc.dtype)
+
+        def fold(idx):
+            v = Load(lanes, [*idx, Const(0)])
+            for k in range(1, n):
+                v = combine(st.combiner, v, Load(lanes, [*idx, Const(k)]))
+            return v
+
+        def fn(x, lane=None):
+            if isinstance(x, For) and id(x) in lane_of:
+                return _for(x, body=map_stmt(x.body, lambda y: fn(y, x.var)))
+            if isinstance(x, Accumulate) and x.buffer is acc:
+                if lane is None:
+                    raise ScheduleError(f"cannot vectorize {loop}: {stage} also accumulates outside it")
+                return Accumulate(lanes, [*x.indices, lane], x.combiner, x.value, x.rindex)
+            if isinstance(x, Alloc) and x.buffer is acc:
+                return Alloc(lanes, map_stmt(x.body, fn))
+            if isinstance(x, Store) and x.buffer is acc:
+                lv = Var(f"{loop}_lane")
+                fill = For(lv, n, Store(lanes, [*x.indices, lv], ident), "vector")
+                if isinstance(x.value, Const) and x.value.value == ident.value:
+                    return fill
+                return Seq([fill, Store(lanes, [*x.indices, Const(0)], subst_loads(x.value, acc, fold))])
+            if isinstance(x, (Store, Accumulate)):
+                return type(x)(x.buffer, x.indices, subst_loads(x.value, acc, fold)) if isinstance(x, Store) else \
+                    Accumulate(x.buffer, x.indices, x.combiner, subst_loads(x.value, acc, fold), x.rindex)
+            return None
+        self._rewrite(fn)
+        self.taken.add(f"{loop}_lane")
+        del self.acc_of[acc]
+        self.acc_of[lanes] = stage
+
+    def parallel(self, loop: str) -> None:
+        """Spread the loop's iterations over the CPU's threads."""
+        def check(f, above):
+            if any(isinstance(a, For) and a.kind in ("parallel", "vector") + GPU_KINDS for a in above) or any(
+                    isinstance(s, For) and s.kind == "parallel" for s, _ in walk_stmts(f.body)):
+                raise ScheduleError(f"cannot parallelize {loop}: parallel loops do not nest")
+            self._check_independent(f, "parallelize")
+        self._annotate(loop, "parallel", check)
+        self._record("parallel", loop)
+
+    def unroll(self, loop: str) -> None:
+        def check(f, above):
+            n = _const(f.extent)
+            if n > MAX_UNROLL:
+                raise ScheduleError(f"cannot unroll {loop}: {n} iterations (at most {MAX_UNROLL}); split it first")
+        self._annotate(loop, "unroll", check)
+        self._record("unroll", loop)
+
+    def bind(self, loop: str, axis: str) -> None:
+        """Map the loop onto GPU blocks or threads (``blockIdx.x`` ... ``threadIdx.z``)."""
+        if axis not in GPU_KINDS:
+            raise ScheduleError(f"cannot bind {loop} to {axis!r}: choose one of {', '.join(GPU_KINDS)}")
+        if self.target.kind != "cuda":
+            raise ScheduleError(f"cannot bind {loop} to {axis}: target {self.target.name} is not a GPU "
+                                "(use parallel for CPU threads)")
+
+        def check(f, above):
+            if any(isinstance(a, For) and a.kind == axis for a in above):
+                raise ScheduleError(f"cannot bind {loop}: an enclosing loop is bound to {axis} already")
+            self._check_independent(f, "bind")
+        self._annotate(loop, axis, check)
+        self._record("bind", loop, axis)
+
+    # ================================================================== stage primitives
+    def _root(self, name: str, what: str) -> Stage:
+        st = self._stage(name)
+        if st.status != "root":
+            raise ScheduleError(f"cannot {what} {name}: it is {st.status} already")
+        if st.touched:
+            raise ScheduleError(f"cannot {what} {name}: its loops were transformed; {what} it first")
+        return st
+
+    def _readers(self, buf: Buffer, skip=None):
+        """Every statement (with ancestors) that loads from ``buf``."""
+        out = []
+        for s, above in self._walk():
+            if s is skip:
+                continue
+            if any(x.source is buf for e in stmt_exprs(s) for x in _loads(e)):
+                out.append((s, above))
+        return out
+
+    def compute_inline(self, stage: str) -> None:
+        """Replace every read of an elementwise stage by its expression; its loops go away."""
+        st = self._root(stage, "inline")
+        if st.is_reduction:
+            raise ScheduleError(f"cannot inline {stage}: it is a reduction")
+        if st.output:
+            raise ScheduleError(f"cannot inline {stage}: it is an output of the kernel")
+        del self.nests[stage]
+
+        def expand(idx):
+            return substitute(st.value, dict(zip(st.axes, idx)))
+        for name in list(self.nests):
+            self.nests[name] = subst_stmt(self.nests[name], {}, loads={st.buffer: expand})
+        st.status = "inlined"
+        self._record("compute_inline", stage)
+
+    def _region(self, accesses, L: For, what: str):
+        """Per dimension (outer expr, lo, hi): the box of indices that ``accesses``
+        (list of (indices, ancestors)) touch during one iteration of ``L``'s body."""
+        dims = None
+        for indices, above in accesses:
+            k = next(i for i, a in enumerate(above) if a is L)
+            inner = [a for a in above[k + 1:] if isinstance(a, For)]
+            rng = {a.var: (_const(a.start), _const(a.start) + _const(a.extent) - 1) for a in inner}
+            box = []
+            for e in indices:
+                sa = split_affine(e, list(rng))
+                if sa is None:
+                    raise ScheduleError(f"cannot {what}: index {E.format_expr(e)} is not affine in the loops "
+                                        f"inside {L.var.name}")
+                outer, cs = sa
+                lo = sum(min(c * rng[v][0], c * rng[v][1]) for v, c in cs.items())
+                hi = sum(max(c * rng[v][0], c * rng[v][1]) for v, c in cs.items())
+                box.append((outer, lo, hi))
+            if dims is None:
+                dims = box
+                continue
+            for d, ((o1, l1, h1), (o2, l2, h2)) in enumerate(zip(dims, box)):
+                if E.format_expr(o1) != E.format_expr(o2):
+                    if isinstance(o1, Const) and isinstance(o2, Const):
+                        base = min(o1.value, o2.value)
+                        dims[d] = (Const(base), min(o1.value + l1, o2.value + l2) - base,
+                                   max(o1.value + h1, o2.value + h2) - base)
+                        continue
+                    raise ScheduleError(f"cannot {what}: accesses at unrelated offsets "
+                                        f"({E.format_expr(o1)} and {E.format_expr(o2)})")
+                dims[d] = (o1, min(l1, l2), max(h1, h2))
+        return dims
+
+    def compute_at(self, stage: str, loop: str) -> None:
+        """Compute a producer inside a consumer's loop, only the part one iteration of that
+        loop reads, into a buffer just that size (per thread inside a parallel loop)."""
+        st = self._root(stage, "compute_at")
+        if st.output:
+            raise ScheduleError(f"cannot compute {stage} at {loop}: it is an output of the kernel")
+        if self.loop_stage.get(loop) == stage:
+            raise ScheduleError(f"cannot compute {stage} at its own loop {loop}")
+        copies = self._find(loop)
+        copy_ids = {id(f) for f, _ in copies}
+        readers = self._readers(st.buffer)
+        outside = [s for s, above in readers if not any(id(a) in copy_ids for a in above) and s not in
+                   [f for f, _ in copies]]
+        if outside or not readers:
+            raise ScheduleError(f"cannot compute {stage} at {loop}: "
+                                + ("it is also read outside that loop" if readers else "nothing under it reads it"))
+        plans = []
+        for L, above_L in copies:
+            acc = []
+            for s, above in walk_stmts(L.body, (*above_L, L)):
+                for e in stmt_exprs(s):
+                    acc += [(x.indices, above) for x in _loads(e) if x.source is st.buffer]
+            if not acc:
+                plans.append(None)
+                continue
+            plans.append(self._region(acc, L, f"compute {stage} at {loop}"))
+        shape = [max(p[d][2] - p[d][1] + 1 for p in plans if p is not None) for d in range(len(st.extents))]
+        in_parallel = any(isinstance(a, For) and a.kind == "parallel" for _, above in copies for a in above)
+        buf = Buffer(st.name, shape, st.buffer.dtype, "local" if in_parallel else "global")
+        by_id = {id(L): p for (L, _), p in zip(copies, plans)}
+        del self.nests[stage]
+
+        def fn(s):
+            if isinstance(s, For) and id(s) in by_id:
+                p = by_id[id(s)]
+                if p is None:
+                    return s
+                region = [(o + lo, h - lo + 1) for o, lo, h in p]
+                guard = any(not isinstance(o, Const) or o.value + h >= n for (o, lo, h), n in zip(p, st.extents))
+                nest = self._nest(st, region, buf, bounds_guard=guard)
+
+                def relocal(idx, p=p):
+                    return Load(buf, [_simplify_sub(E.binop("sub", e, o + lo)) for e, (o, lo, _) in zip(idx, p)])
+                body = subst_stmt(s.body, {}, loads={st.buffer: relocal})
+                inner = Seq([nest, body])
+                return _for(s, body=Alloc(buf, inner) if in_parallel else inner)
+            return None
+        self._rewrite(fn)
+        if not in_parallel:
+            self.extra_scratch.append(buf)
+        st.buffer = buf
+        st.status = "attached"
+        self._record("compute_at", stage, loop)
+
+    def reverse_compute_at(self, stage: str, loop: str) -> None:
+        """Compute an elementwise consumer inside its producer's loop, on the elements one
+        iteration of that loop finishes: the epilogue of a tile. Under a register
+        accumulator it reads the accumulator directly."""
+        st = self._root(stage, "reverse_compute_at")
+        if st.is_reduction:
+            raise ScheduleError(f"cannot reverse_compute_at {stage}: it is a reduction")
+        pname = self.loop_stage.get(loop)
+        prod = self.stages.get(pname)
+        if prod is None or prod.name == stage:
+            raise ScheduleError(f"cannot reverse_compute_at {stage} at {loop}: {loop} is not a loop of a producer")
+        loads = [x for x in _loads(st.value) if x.source is prod.buffer]
+        if not loads or prod.extents != st.extents or any(
+                len(x.indices) != len(st.axes) or any(i is not a for i, a in zip(x.indices, st.axes)) for x in loads):
+            raise ScheduleError(f"cannot reverse_compute_at {stage} at {loop}: {stage} must read {pname} element for "
+                                "element, at its own index")
+        others = [s for s, _ in self._readers(prod.buffer) if self._owner(s) not in (stage, pname)]
+        copies = self._find(loop)
+        del self.nests[stage]
+        forwarded = [True]
+        always_last = [True]
+
+        def fn(s):
+            if not (isinstance(s, For) and any(s is L for L, _ in copies)):
+                return None
+            above = next(a for L, a in copies if L is s)
+            writes = [(w.indices, a) for w, a in walk_stmts(s.body, (*above, s))
+                      if isinstance(w, (Store, Accumulate)) and w.buffer is prod.buffer]
+            accs = [(w, a) for w, a in walk_stmts(s.body, (*above, s)) if isinstance(w, Accumulate)
+                    and (w.buffer is prod.buffer or self.acc_of.get(w.buffer) == pname)]
+            if not writes:
+                raise ScheduleError(f"cannot reverse_compute_at {stage} at {loop}: {pname} is not written there")
+            p = self._region(writes, s, f"reverse_compute_at {stage} at {loop}")
+            last = self._reduction_done(accs, s, "last") if prod.is_reduction else Const(True, E.bool_)
+            if isinstance(last, Const) and not last.value:
+                return s            # the reduction never completes inside this copy
+            if not (isinstance(last, Const) and last.value):
+                always_last[0] = False
+            region = [(o + lo, h - lo + 1) for o, lo, h in p]
+            guard = any(isinstance(g, If) and g.likely for _, a in writes for g in a)
+            acc = s.body.buffer if isinstance(s.body, Alloc) and self.acc_of.get(s.body.buffer) == pname else None
+            nest = self._consumer_nest(st, region, guard, acc)
+            if acc is None:
+                forwarded[0] = False
+            if not (isinstance(last, Const) and last.value):
+                nest = If(last, nest)
+            if acc is not None:
+                return _for(s, body=Alloc(acc, Seq([s.body.body, nest])))
+            return _for(s, body=Seq([s.body, nest]))
+        self._rewrite(fn)
+        st.status = "attached"
+        if forwarded[0] and not prod.output and not others:
+            if always_last[0]:
+                # nobody reads the stored result any more: drop the write-back
+                self._rewrite(lambda x: REMOVE if isinstance(x, Store) and x.buffer is prod.buffer else None)
+            elif prod.buffer.type == st.buffer.type:
+                # partial sums between reduction blocks live in the epilogue's output,
+                # which the epilogue overwrites only once the sum is complete
+                old = prod.buffer
+                for name in list(self.nests):
+                    self.nests[name] = subst_stmt(self.nests[name], {}, loads={old: lambda idx: Load(st.buffer, idx)},
+                                                  buffers={old: st.buffer})
+        self._record("reverse_compute_at", stage, loop)
+
+    def _owner(self, s: Stmt) -> str | None:
+        if isinstance(s, (Store, Accumulate)):
+            for st in self.stages.values():
+                if s.buffer is st.buffer:
+                    return st.name
+            return self.acc_of.get(s.buffer)
+        return None
+
+    def _consumer_nest(self, st: Stage, region, guard: bool, acc: Buffer | None) -> Stmt:
+        rank = len(st.axes)
+        lv = [Var(st.loop_names[d]) for d in range(rank)]
+        gidx = [region[d][0] + lv[d] for d in range(rank)]
+        value = substitute(st.value, dict(zip(st.axes, gidx)))
+        if acc is not None:
+            prod_buf = {a.source for a in _loads(value) if a.source.shape == tuple(st.extents)}
+            value = substitute(value, {}, None, {b: (lambda idx: Load(acc, lv)) for b in prod_buf
+                                                 if self._stage_of_buffer(b) == self.acc_of.get(acc)})
+        body: Stmt = Store(st.buffer, gidx, value)
+        if guard:
+            for d in reversed(range(rank)):
+                body = If(E.binop("lt", gidx[d], Const(st.extents[d])), body, None, likely=True)
+        for d in reversed(range(rank)):
+            body = For(lv[d], region[d][1], body)
+        return body
+
+    def _stage_of_buffer(self, b: Buffer) -> str | None:
+        return next((st.name for st in self.stages.values() if st.buffer is b), None)
+
+    def _reduction_done(self, accs, L: For, end: str) -> Expr:
+        """The condition, over loops outside ``L``, that this iteration of L holds the
+        first (``end="first"``) or last update of each element's reduction."""
+        cond: Expr | None = None
+        for axis in range(len(accs[0][0].rindex)) if accs else ():
+            terms = []
+            for w, above in accs:
+                k = next(i for i, a in enumerate(above) if a is L)
+                inner = [a for a in above[k + 1:] if isinstance(a, For)]
+                rng = {a.var: (_const(a.start), _const(a.start) + _const(a.extent) - 1) for a in inner}
+                e, n = w.rindex[axis]
+                sa = split_affine(e, list(rng))
+                if sa is None:
+                    raise ScheduleError(f"reduction index {E.format_expr(e)} is not affine")
+                outer, cs = sa
+                if end == "first":
+                    bound = sum(min(c * rng[v][0], c * rng[v][1]) for v, c in cs.items())
+                    terms.append(E.binop("le", outer + bound, Const(0)))
+                else:
+                    bound = sum(max(c * rng[v][0], c * rng[v][1]) for v, c in cs.items())
+                    terms.append(E.binop("ge", outer + bound, Const(n - 1)))
+            t = terms[0]
+            for x in terms[1:]:
+                t = E.binop("or", t, x)
+            cond = t if cond is None else E.binop("and", cond, t)
+        return _fold_bool(cond) if cond is not None else Const(True, E.bool_)
+
+    def cache_write(self, stage: str, loop: str) -> str:
+        """Accumulate a reduction in registers: the elements one iteration of ``loop``
+        updates live in a local buffer, initialized at the start of the iteration (the
+        identity on the reduction's first block, else the partial result) and stored at
+        its end. The stage's init nest goes away."""
+        st = self._stage(stage)
+        if not st.is_reduction:
+            raise ScheduleError(f"cannot cache_write {stage}: it is not a reduction")
+        if self.loop_stage.get(loop) != stage:
+            raise ScheduleError(f"cannot cache_write {stage} at {loop}: {loop} is not one of its loops")
+        if any(v == stage for v in self.acc_of.values()):
+            raise ScheduleError(f"cannot cache_write {stage}: it accumulates in registers already")
+        copies = self._find(loop)
+        ident = reduce_identity(st.combiner, st.buffer.dtype)
+        acc_buf: list[Buffer] = []
+
+        def fn(s):
+            if not (isinstance(s, For) and any(s is L for L, _ in copies)):
+                return None
+            above = next(a for L, a in copies if L is s)
+            accs = [(w, a) for w, a in walk_stmts(s.body, (*above, s))
+                    if isinstance(w, Accumulate) and w.buffer is st.buffer]
+            if not accs:
+                raise ScheduleError(f"cannot cache_write {stage} at {loop}: it does not accumulate there")
+            p = self._region([(w.indices, a) for w, a in accs], s, f"cache_write {stage} at {loop}")
+            shape = [h - lo + 1 for _, lo, h in p]
+            if acc_buf and list(acc_buf[0].shape) != shape:
+                raise ScheduleError(f"cannot cache_write {stage} at {loop}: its copies update differently shaped tiles")
+            acc = acc_buf[0] if acc_buf else Buffer("acc", shape, st.buffer.dtype, "local")
+            acc_buf[:] = [acc]
+            inner_of = {}
+            for w, a in accs:
+                k = next(i for i, x in enumerate(a) if x is s)
+                for x in a[k + 1:]:
+                    if isinstance(x, For):
+                        inner_of[x.var] = x
+            first = self._reduction_done(accs, s, "first")
+            guard = any(isinstance(g, If) and g.likely for _, a in accs for g in a)
+            # name the accumulator's loops after the loops that walk the same dimension
+            dim_loops = []
+            for d, (o, lo, h) in enumerate(p):
+                walkers = {v for w, _ in accs for v in inner_of if linear_coefficient(w.indices[d], v)}
+                f = inner_of[next(iter(walkers))] if len(walkers) == 1 else None
+                ok = f is not None and _const(f.extent) == shape[d] and linear_coefficient(
+                    accs[0][0].indices[d], f.var) == 1
+                dim_loops.append((f.var.name, f.kind) if ok else (f"{loop}_{stage}{d}", "serial"))
+                if not ok:
+                    self.taken.add(dim_loops[-1][0])
+                    self.loop_stage[dim_loops[-1][0]] = stage
+
+            def region_nest(make) -> Stmt:
+                lv = [Var(n) if extent > 1 else Const(0) for (n, _), extent in zip(dim_loops, shape)]
+                gidx = [o + lo + v for (o, lo, _), v in zip(p, lv)]
+                body = make(lv, gidx)
+                if guard:
+                    for d in reversed(range(len(p))):
+                        body = If(E.binop("lt", gidx[d], Const(st.extents[d])), body, None, likely=True)
+                for v, (n, kind), extent in reversed(list(zip(lv, dim_loops, shape))):
+                    if extent > 1:
+                        body = For(v, extent, body, kind)
+                return body
+
+            fresh = region_nest(lambda lv, g: Store(acc, lv, ident))
+            resume = region_nest(lambda lv, g: Store(acc, lv, Load(st.buffer, g)))
+            if isinstance(first, Const):
+                init = fresh if first.value else resume
+            else:
+                init = If(first, fresh, resume)
+            writeback = region_nest(lambda lv, g: Store(st.buffer, g, Load(acc, lv)))
+
+            def to_acc(x):
+                if isinstance(x, Accumulate) and x.buffer is st.buffer:
+                    idx = [_lin(split_affine(i, list(inner_of))[1], -lo) for i, (_, lo, _) in zip(x.indices, p)]
+                    return Accumulate(acc, idx, x.combiner, x.value, x.rindex)
+                return None
+            body = map_stmt(s.body, to_acc)
+            return _for(s, body=Alloc(acc, Seq([init, body, writeback])))
+        self._rewrite(fn)
+        # the accumulator now starts every reduction: drop the stage's init nest
+        self._rewrite(lambda x: REMOVE if isinstance(x, For) and x.var.name.endswith("_init")
+                      and self.loop_stage.get(x.var.name) == stage else None)
+        self.acc_of[acc_buf[0]] = stage
+        st.touched = True
+        self._record("cache_write", stage, loop)
+        return acc_buf[0].name
+
+    def cache_read(self, buffer: str, consumer: str, layout) -> str:
+        """Copy ``buffer`` into a new stage in a blocked layout and make ``consumer`` read
+        the copy. ``layout`` lists the new dimensions: an old dimension ``d``, or
+        ``["o", d, f]`` / ``["i", d, f]`` for the outer (``idx // f``) and inner
+        (``idx % f``) parts of dimension d split by f. E.g. ``[["o", 1, 16], 0,
+        ["i", 1, 16]]`` packs B[k, j] into panels P[j // 16, k, j % 16]."""
+        src = next((b for b in self.inputs if b.name == buffer), None) or next(
+            (st.buffer for st in self.stages.values() if st.name == buffer), None)
+        if src is None:
+            raise ScheduleError(f"no buffer named {buffer!r} to cache_read")
+        cons = self._stage(consumer)
+        if cons.status != "root":
+            raise ScheduleError(f"cannot cache_read into {consumer}: it is {cons.status}")
+        layout = [list(x) if isinstance(x, (list, tuple)) else int(x) for x in layout]
+        shape, covered = [], {}
+        for x in layout:
+            if isinstance(x, int):
+                if not 0 <= x < len(src.shape):
+                    raise ScheduleError(f"cache_read layout: {buffer} has no dimension {x}")
+                shape.append(src.shape[x])
+                covered.setdefault(x, set()).add("all")
+            else:
+                part, d, f = x
+                if part not in ("o", "i") or not 0 <= d < len(src.shape) or int(f) < 1:
+                    raise ScheduleError(f"cache_read layout entry {x}: use ['o'|'i', dim, factor]")
+                shape.append(-(-src.shape[d] // f) if part == "o" else f)
+                covered.setdefault(d, set()).add(part)
+        if sorted(covered) != list(range(len(src.shape))) or any(
+                v not in ({"all"}, {"o", "i"}) for v in covered.values()):
+            raise ScheduleError(f"cache_read layout {layout} must cover each dimension of {buffer} once "
+                                "(whole, or as both an 'o' and an 'i' part)")
+        name = f"{buffer}_{consumer}_packed" if f"{buffer}_{consumer}_packed" not in self.stages else None
+        if name is None:
+            raise ScheduleError(f"{buffer} is cached for {consumer} already")
+        axes = [Var(f"p{n}") for n in range(len(layout))]
+        src_idx, guard = [None] * len(src.shape), None
+        for x, a in zip(layout, axes):
+            if isinstance(x, int):
+                src_idx[x] = a
+        for d in covered:
+            if covered[d] == {"o", "i"}:
+                o = next(a for x, a in zip(layout, axes) if isinstance(x, list) and x[0] == "o" and x[1] == d)
+                i, f = next((a, x[2]) for x, a in zip(layout, axes) if isinstance(x, list) and x[0] == "i" and x[1] == d)
+                src_idx[d] = o * f + i
+                if src.shape[d] % f:
+                    g = E.binop("lt", src_idx[d], Const(src.shape[d]))
+                    guard = g if guard is None else E.binop("and", guard, g)
+        buf = Buffer(name, shape, src.dtype)
+        st = Stage(name, buf, axes, shape, Load(src, src_idx), guard=guard)
+        st.loop_names = [self._fresh(f"{name}_{n}", name) for n in range(len(layout))]
+        self.stages[name] = st
+        self.order.insert(self.order.index(consumer), name)
+        self.nests[name] = self._nest(st)
+
+        def new_index(idx):
+            out = []
+            for x in layout:
+                if isinstance(x, int):
+                    out.append(idx[x])
+                else:
+                    out.append(idx[x[1]] // x[2] if x[0] == "o" else idx[x[1]] % x[2])
+            return out
+
+        nest = self.nests[consumer]
+        nest = subst_stmt(nest, {}, loads={src: lambda idx: Load(buf, new_index(idx))})
+        self.nests[consumer] = _simplify_stmt(nest)
+        self._record("cache_read", buffer, consumer, layout)
+        return name
+
+    # ================================================================== result
+    def finalize(self) -> Func:
+        """The scheduled kernel as plain loops: guards partitioned away, accumulations as
+        stores, index arithmetic simplified."""
+        body: Stmt = Seq([self.nests[n] for n in self.order if n in self.nests])
+        body = partition(body)
+        body = map_stmt(body, _lower_accumulate) or Seq([])
+        body = _simplify_stmt(body)
+        outputs = [self.tensor_buffers[t] for t in self.kernel.outputs]
+        used = buffers_used(body)
+        scratch = [st.buffer for st in self.stages.values()
+                   if not st.output and st.buffer.scope == "global" and st.buffer in used]
+        scratch += [b for b in self.extra_scratch if b in used and b not in scratch]
+        return Func(self.kernel.name, self.inputs, outputs, body, scratch)
+
+    def __str__(self) -> str:
+        body = Seq([self.nests[n] for n in self.order if n in self.nests])
+        return str(Func(self.kernel.name, self.inputs, [self.tensor_buffers[t] for t in self.kernel.outputs], body))
+
+    # ------------------------------------------------------------------ replay
+    def apply(self, call: dict):
+        prim = call.get("prim") if isinstance(call, dict) else None
+        if prim not in PRIMITIVES:
+            raise ScheduleError(f"unknown schedule primitive {prim!r}; known: {', '.join(PRIMITIVES)}")
+        args = call.get("args", [])
+        if not isinstance(args, list):
+            raise ScheduleError(f"{prim}: args must be a list, got {args!r}")
+        try:
+            return getattr(self, prim)(*args)
+        except TypeError as e:
+            raise ScheduleError(f"{prim}{tuple(args)}: {e}") from None
+
+
+PRIMITIVES = ("split", "reorder", "fuse", "tile", "vectorize", "parallel", "unroll", "bind", "compute_inline",
+              "compute_at", "reverse_compute_at", "cache_read", "cache_write")
+
+
+def replay(kernel: Kernel, target, trace) -> Schedule:
+    """A fresh default nest with every call of ``trace`` (a list or its JSON) applied."""
+    if isinstance(trace, str):
+        trace = json.loads(trace)
+    s = Schedule(kernel, target)
+    for call in trace:
+        s.apply(call)
+    return s
+
+
+def _fold_bool(e: Expr) -> Expr:
+    """Fold comparisons of constants and and/or of constant booleans."""
+    if isinstance(e, E.BinOp):
+        a, b = _fold_bool(e.a), _fold_bool(e.b)
+        if isinstance(a, Const) and isinstance(b, Const):
+            ops = {"lt": lambda x, y: x < y, "le": lambda x, y: x <= y, "gt": lambda x, y: x > y,
+                   "ge": lambda x, y: x >= y, "eq": lambda x, y: x == y, "ne": lambda x, y: x != y,
+                   "and": lambda x, y: x and y, "or": lambda x, y: x or y}
+            if e.op in ops:
+                return Const(ops[e.op](a.value, b.value), E.bool_)
+        if e.op in ("and", "or"):
+            for x, y in ((a, b), (b, a)):
+                if isinstance(x, Const):
+                    if e.op == "and":
+                        return y if x.value else Const(False, E.bool_)
+                    return Const(True, E.bool_) if x.value else y
+        return E.binop(e.op, a, b) if (a is not e.a or b is not e.b) else e
+    return e
+
+
+def _simplify_sub(e: Expr) -> Expr:
+    """(outer + x) - outer -> x for affine index expressions."""
+    aff = affine(e)
+    return _lin(*aff) if aff is not None else e
+
+
+def _simplify_stmt(s: Stmt, ranges: dict | None = None) -> Stmt:
+    ranges = dict(ranges or {})
+
+    def fn(x):
+        if isinstance(x, For):
+            r = dict(ranges)
+            if isinstance(x.start, Const) and isinstance(x.extent, Const):
+                r[x.var] = (x.start.value, x.start.value + x.extent.value - 1)
+            return _for(x, body=_simplify_stmt(x.body, r))
+        if isinstance(x, Store):
+            return Store(x.buffer, [_simplify_sub(simplify_index(i, ranges)) for i in x.indices],
+                         simplify_index(x.value, ranges))
+        if isinstance(x, Accumulate):
+            return Accumulate(x.buffer, [_simplify_sub(simplify_index(i, ranges)) for i in x.indices], x.combiner,
+                              simplify_index(x.value, ranges), x.rindex)
+        if isinstance(x, If):
+            cond = _fold_bool(simplify_index(x.cond, ranges))
+            then = _simplify_stmt(x.then, ranges)
+            orelse = _simplify_stmt(x.orelse, ranges) if x.orelse is not None else None
+            if isinstance(cond, Const):
+                return then if cond.value else (orelse if orelse is not None else REMOVE)
+            return If(cond, then, orelse, x.likely)
+        return None
+    return map_stmt(s, fn) or Seq([])
+
+
+def _lower_accumulate(x):
+    if isinstance(x, Accumulate):
+        return Store(x.buffer, x.indices, combine(x.combiner, Load(x.buffer, x.indices), x.value))
+    return None
+
+
+# ============================================================================ loop partitioning
+
+def _guard_terms(cond: Expr):
+    """``e < n`` with affine e: (coeffs, const, n); else None."""
+    if isinstance(cond, E.BinOp) and cond.op == "lt" and isinstance(cond.b, Const):
+        aff = affine(cond.a)
+        if aff is not None:
+            return aff[0], aff[1], int(cond.b.value)
+    return None
+
+
+def partition(s: Stmt, ranges: dict | None = None) -> Stmt:
+    """Remove ``likely`` guards by loop partitioning. At a loop whose variable is the
+    outermost one in a guard below it, the iterations where the guard holds for every
+    inner iteration run unguarded; the rest are peeled (one iteration: the variable
+    becomes a constant) or dropped (the guard never holds there)."""
+    ranges = dict(ranges or {})
+    if isinstance(s, Seq):
+        return Seq([partition(x, ranges) for x in s.stmts])
+    if isinstance(s, Alloc):
+        return Alloc(s.buffer, partition(s.body, ranges))
+    if isinstance(s, If):
+        if s.likely:
+            t = _guard_terms(s.cond)
+            if t is not None and all(v in ranges for v in t[0]):
+                cs, c0, n = t
+                lo = c0 + sum(min(c * ranges[v][0], c * ranges[v][1]) for v, c in cs.items())
+                hi = c0 + sum(max(c * ranges[v][0], c * ranges[v][1]) for v, c in cs.items())
+                if hi < n:
+                    return partition(s.then, ranges)
+                if lo >= n:
+                    return Seq([])
+        return If(s.cond, partition(s.then, ranges), partition(s.orelse, ranges) if s.orelse is not None else None,
+                  s.likely)
+    if not isinstance(s, For):
+        return s
+    if not (isinstance(s.start, Const) and isinstance(s.extent, Const)):
+        return _for(s, body=partition(s.body, ranges))
+    start, n = s.start.value, s.extent.value
+    if n <= 0:
+        return Seq([])
+    inner = dict(ranges)
+    inner[s.var] = (start, start + n - 1)
+    # the guards below whose outermost unresolved variable is this loop's: up to
+    # ``limit`` they hold for every inner iteration; from a guard's ``dead`` on they
+    # never hold, and once every statement below is dead the loop can stop
+    limit = None
+    dead_of: dict[int, int] = {}        # id(guard) -> first iteration where it never holds
+    for g, above in walk_stmts(s.body):
+        if not (isinstance(g, If) and g.likely):
+            continue
+        t = _guard_terms(g.cond)
+        if t is None or s.var not in t[0] or t[0][s.var] <= 0:
+            continue
+        cs, c0, bound = t
+        below = {a.var: a for a in above if isinstance(a, For)}
+        hi_rest = lo_rest = 0
+        ok = True
+        for v, c in cs.items():
+            if v is s.var:
+                continue
+            if v in ranges:
+                lo, hi = ranges[v]
+            elif v in below and isinstance(below[v].start, Const) and isinstance(below[v].extent, Const):
+                lo, hi = below[v].start.value, below[v].start.value + below[v].extent.value - 1
+            else:
+                ok = False
+                break
+            hi_rest += max(c * lo, c * hi)
+            lo_rest += min(c * lo, c * hi)
+        if not ok:
+            continue
+        c = cs[s.var]
+        v_ok = (bound - c0 - hi_rest - 1) // c + 1        # first iteration that may fail
+        limit = v_ok if limit is None else min(limit, v_ok)
+        dead_of[id(g)] = -(-(bound - c0 - lo_rest) // c)  # first iteration that always fails
+    end = start + n
+    leaves = [(x, above) for x, above in walk_stmts(s.body) if isinstance(x, (Store, Accumulate))]
+    if dead_of and leaves and all(any(id(a) in dead_of for a in above) for _, above in leaves):
+        live = max(min(dead_of[id(a)] for a in above if id(a) in dead_of) for _, above in leaves)
+        end = max(start, min(end, live))
+        if end == start:
+            return Seq([])
+        n = end - start
+    if limit is None or limit >= end:
+        inner[s.var] = (start, end - 1)
+        return _for(s, extent=Const(n), body=partition(s.body, inner))
+    limit = max(limit, start)
+    parts = []
+    if limit > start:
+        main = dict(ranges)
+        main[s.var] = (start, limit - 1)
+        parts.append(_for(s, start=Const(start), extent=Const(limit - start), body=partition(s.body, main)))
+    for v in range(limit, start + n):
+        if start + n - limit > 4:
+            rest = dict(ranges)
+            rest[s.var] = (limit, start + n - 1)
+            parts.append(_for(s, start=Const(limit), extent=Const(start + n - limit), body=partition(s.body, rest)))
+            break
+        parts.append(partition(subst_stmt(s.body, {s.var: Const(v)}), ranges))
+    return Seq(parts)

@@ -1,0 +1,361 @@
+"""The auto-tuner: measure schedules of a model's kernels and keep the best in a
+tuning database.
+
+One tuning job:
+
+1. ``extract_tasks``: compile the model to tensor-level kernels; equal kernels
+   (same text, same target) form one task, weighted by how often the model
+   runs it.
+2. Each task's default schedule is measured first. Its outputs are the
+   reference every candidate must reproduce before its time is stored.
+3. Rounds: the task with the largest share of the estimated model latency
+   (weight x best time, damped when it stops improving) gets a batch of
+   candidates. A cost model (gradient-boosted trees from scikit-learn over
+   loop-nest features) ranks a random pool of untried candidates; most of the
+   batch is its best guesses, the rest random picks (exploration).
+4. Candidates are compiled here and run by a runner (a worker process on this
+   machine, or an ``mlc rpc-server`` on the device), which survives a crash or a
+   hang. Each result goes to the database at once, so a tuner killed at any
+   point resumes from what was measured.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir.tensor import Kernel
+from ..schedule.default import schedule_kernel
+from ..schedule.primitives import ScheduleError
+from ..target import Target
+from .database import TuningDB, schedule_hash
+from .measure import build_kernel
+from .space import SearchSpace, config_id, features, workload_key
+
+BATCH = 8                 # candidates per round
+POOL = 48                 # untried candidates the cost model ranks per round
+EXPLORE = 0.25            # share of each batch picked at random
+MIN_TRAIN = 8             # measurements before the cost model is trusted
+
+
+@dataclass
+class Task:
+    name: str
+    kernel: Kernel
+    key: str
+    weight: int
+    space: SearchSpace
+    inputs: list = field(default_factory=list)
+    reference: list | None = None
+    default_time: float | None = None
+    best_time: float | None = None
+    best_schedule: list | None = None
+    trials: int = 0
+    stale_rounds: int = 0           # rounds since the last improvement
+    tried: set = field(default_factory=set)
+    history: list = field(default_factory=list)    # (trial number, best time so far)
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.tried) >= len(self.space)
+
+    @property
+    def share(self) -> float:
+        return self.weight * (self.best_time or 0.0)
+
+
+def extract_tasks(graph, target: Target, opt_level: int = 2) -> list[Task]:
+    """The distinct kernels of a model, weighted by how many times one call runs each."""
+    from ..driver import Compiled
+    from ..passes.manager import PassManager
+    c = Compiled(graph, target, PassManager(opt_level))
+    tasks: dict[str, Task] = {}
+    for call in c.lowered.calls:
+        key = workload_key(call.kernel, target)
+        if key in tasks:
+            tasks[key].weight += 1
+        else:
+            tasks[key] = Task(call.kernel.name, call.kernel, key, 1, SearchSpace(call.kernel, target))
+    return list(tasks.values())
+
+
+def example_inputs(func, seed: int = 0) -> list[np.ndarray]:
+    """Inputs for measuring a kernel: random floats, zero integers (always valid
+    indices), random booleans."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in func.inputs:
+        dt = b.dtype
+        if dt.is_float:
+            out.append(rng.uniform(-1, 1, b.shape).astype(dt.np))
+        elif dt.is_bool:
+            out.append(rng.random(b.shape) < 0.5)
+        else:
+            out.append(np.zeros(b.shape, dt.np))
+    return out
+
+
+def outputs_match(got, want) -> str | None:
+    """None when every output matches the default schedule's, else what differs."""
+    if got is None or len(got) != len(want):
+        return "no outputs"
+    for n, (g, w) in enumerate(zip(got, want)):
+        if g.shape != w.shape:
+            return f"output {n} has shape {g.shape}, expected {w.shape}"
+        if w.dtype.kind == "f":
+            scale = float(np.max(np.abs(w[np.isfinite(w)]), initial=1.0))
+            if not np.allclose(g, w, rtol=1e-3, atol=1e-4 * scale, equal_nan=True):
+                err = float(np.nanmax(np.abs(g.astype(np.float64) - w)))
+                return f"wrong result: output {n} differs from the default schedule's by up to {err:.3g}"
+        elif not np.array_equal(g, w):
+            return f"wrong result: output {n} differs from the default schedule's"
+    return None
+
+
+class CostModel:
+    """Predicts log(time / default time) from loop-nest features, with gradient-boosted
+    trees (scikit-learn); one model learns from every task of the job."""
+
+    def __init__(self):
+        try:
+            from sklearn.ensemble import GradientBoostingRegressor
+        except ImportError:
+            raise ImportError("mlc tune's cost model needs scikit-learn: pip install 'mlc[tune]'") from None
+        self._make = lambda: GradientBoostingRegressor(n_estimators=80, max_depth=3, learning_rate=0.1,
+                                                        subsample=0.9, random_state=0)
+        self.x: list[np.ndarray] = []
+        self.y: list[float] = []
+        self.model = None
+        self._fitted_on = 0
+
+    def add(self, feats: np.ndarray, relative_time: float) -> None:
+        self.x.append(feats)
+        self.y.append(float(np.log(relative_time)))
+
+    def predict(self, feats: list[np.ndarray]) -> np.ndarray | None:
+        if len(self.y) < MIN_TRAIN:
+            return None
+        if self.model is None or len(self.y) >= self._fitted_on + BATCH:
+            self.model = self._make().fit(np.array(self.x), np.array(self.y))
+            self._fitted_on = len(self.y)
+        return self.model.predict(np.array(feats))
+
+
+@dataclass
+class Candidate:
+    config: dict
+    schedule: list
+    func: object
+    feats: np.ndarray
+
+
+class Tuner:
+    """Tunes the tasks of one model for one target into a database.
+
+    ``runner``: anything with ``measure(build, inputs) -> MeasureResult`` (see
+    ``mlc.tune.runner`` / ``mlc.tune.rpc``). ``progress(tuner, event)`` is called
+    after every measurement and round (the CLI's live view)."""
+
+    def __init__(self, tasks: list[Task], target: Target, db: TuningDB, runner, seed: int = 0, progress=None):
+        self.tasks = tasks
+        self.target = target
+        self.db = db
+        self.runner = runner
+        self.rng = random.Random(seed)
+        self.model = CostModel()
+        self.progress = progress or (lambda tuner, event: None)
+        self.trials = 0
+        self.started = time.monotonic()
+        self.stopped_by = None
+        self._resume()
+
+    # ------------------------------------------------------------------ state
+    def _resume(self) -> None:
+        """Load what the database knows: tried schedules are not measured again, the best
+        so far stands, and every successful measurement trains the cost model."""
+        for t in self.tasks:
+            self.db.set_task(t.key, self.target.key, t.name, weight=t.weight)
+            known = self.db.task(t.key, self.target.key)
+            t.default_time = known.default_median if known else None
+            by_hash = {}
+            for rec in self.db.records(t.key, self.target.key):
+                by_hash[schedule_hash(rec.schedule)] = rec
+            for c in t.space.configs:
+                rec = by_hash.get(schedule_hash(self._schedule_of(t, c)))
+                if rec is None:
+                    continue
+                t.tried.add(config_id(c))
+                if rec.ok and t.default_time:
+                    try:
+                        cand = self._candidate(t, c)
+                    except ScheduleError:
+                        continue
+                    self.model.add(cand.feats, rec.median / t.default_time)
+            best = self.db.best(t.key, self.target.key)
+            if best is not None:
+                t.best_time, t.best_schedule = best.median, best.schedule
+
+    def _schedule_of(self, t: Task, config: dict) -> list:
+        key = config_id(config)
+        cache = t.__dict__.setdefault("_traces", {})
+        if key not in cache:
+            try:
+                cache[key] = t.space.trace(config)
+            except ScheduleError:
+                cache[key] = None
+        return cache[key] or []
+
+    def _candidate(self, t: Task, config: dict) -> Candidate:
+        schedule = self._schedule_of(t, config)
+        func = schedule_kernel(t.kernel, self.target, schedule)
+        return Candidate(config, schedule, func, features(func, t.space.knobs(config), self.target))
+
+    @property
+    def estimated_latency(self) -> float:
+        """Sum over kernels of weight x best time (kernel time only, no call overhead)."""
+        return sum(t.weight * (t.best_time or t.default_time or 0.0) for t in self.tasks)
+
+    @property
+    def default_latency(self) -> float:
+        return sum(t.weight * (t.default_time or 0.0) for t in self.tasks)
+
+    # ------------------------------------------------------------------ measuring
+    def _measure(self, t: Task, cand: Candidate, is_default: bool = False) -> float | None:
+        """Run one candidate, check it against the default's outputs, store the record."""
+        self.trials += 1
+        t.trials += 1
+        t.tried.add(config_id(cand.config))
+        try:
+            build = build_kernel(cand.func, self.target)
+        except Exception as e:     # noqa: BLE001 -- a candidate that fails to compile costs one trial
+            self.db.add(t.key, self.target.key, cand.schedule, None, f"compile failed: {e}", str(t.kernel))
+            self.progress(self, "measured")
+            return None
+        if not t.inputs:
+            t.inputs = example_inputs(cand.func)
+        res = self.runner.measure(build, t.inputs)
+        error = res.error
+        if error is None and not is_default:
+            error = outputs_match(res.outputs, t.reference)
+        times = res.times if error is None else None
+        self.db.add(t.key, self.target.key, cand.schedule, times, error, str(t.kernel))
+        if error is not None:
+            self.progress(self, "measured")
+            return None
+        median = res.median
+        if is_default:
+            t.reference = res.outputs
+            t.default_time = median
+            self.db.set_task(t.key, self.target.key, t.name, weight=t.weight, default_median=median)
+        if t.default_time:
+            self.model.add(cand.feats, median / t.default_time)
+        if t.best_time is None or median < t.best_time:
+            if t.best_time is not None:
+                t.stale_rounds = 0
+            t.best_time, t.best_schedule = median, cand.schedule
+        t.history.append((self.trials, t.best_time))
+        self.progress(self, "measured")
+        return median
+
+    def _measure_default(self, t: Task) -> None:
+        cand = self._candidate(t, {})
+        t.tried.add(config_id(cand.config))
+        for c in t.space.configs:     # the default knobs are a point of the space
+            if self._schedule_of(t, c) == cand.schedule:
+                t.tried.add(config_id(c))
+        self._measure(t, cand, is_default=True)
+        if t.reference is None:
+            raise RuntimeError(f"the default schedule of kernel {t.name} failed to run; cannot tune it")
+        # the reference time scales everything the tuner learns: one disturbed
+        # measurement on a busy machine must not set it, so take the better of two
+        again = self.runner.measure(build_kernel(cand.func, self.target), t.inputs, want_outputs=False)
+        if again.error is None and again.median < t.default_time:
+            t.default_time = again.median
+            t.best_time = min(t.best_time, again.median)
+            self.db.set_task(t.key, self.target.key, t.name, weight=t.weight, default_median=again.median)
+
+    def _pick_task(self) -> Task | None:
+        live = [t for t in self.tasks if not t.exhausted]
+        if not live:
+            return None
+        return max(live, key=lambda t: t.share * (0.6 ** t.stale_rounds) * (1.0 if t.trials else 1e9))
+
+    def _batch(self, t: Task, n: int) -> list[Candidate]:
+        pool = []
+        for config in t.space.sample(POOL, self.rng, exclude=t.tried):
+            try:
+                pool.append(self._candidate(t, config))
+            except ScheduleError:
+                t.tried.add(config_id(config))
+        if not pool:
+            return []
+        scores = self.model.predict([c.feats for c in pool])
+        if scores is None:
+            self.rng.shuffle(pool)
+            return pool[:n]
+        ranked = [pool[i] for i in np.argsort(scores)]
+        n_explore = max(1, int(n * EXPLORE))
+        chosen = ranked[:n - n_explore]
+        rest = ranked[n - n_explore:]
+        chosen += self.rng.sample(rest, min(n_explore, len(rest)))
+        return chosen
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, trials: int, time_budget: float | None = None) -> None:
+        """Measure until ``trials`` measurements were made in this run, the time budget
+        (seconds) is spent, the space is exhausted, or Ctrl-C (then it stops cleanly:
+        everything measured is in the database already)."""
+        deadline = None if time_budget is None else self.started + time_budget
+        out_of_time = lambda: deadline is not None and time.monotonic() >= deadline
+        try:
+            for t in sorted(self.tasks, key=lambda t: -t.weight):
+                if self.trials >= trials or out_of_time():
+                    break
+                self._measure_default(t)
+            self.progress(self, "round")
+            while self.trials < trials and not out_of_time():
+                t = self._pick_task()
+                if t is None:
+                    self.stopped_by = "space exhausted"
+                    break
+                before = t.best_time
+                for cand in self._batch(t, min(BATCH, trials - self.trials)):
+                    if out_of_time():
+                        break
+                    self._measure(t, cand)
+                if t.best_time == before:
+                    t.stale_rounds += 1
+                self.progress(self, "round")
+            else:
+                self.stopped_by = "trials" if self.trials >= trials else "time budget"
+        except KeyboardInterrupt:
+            self.stopped_by = "interrupted"
+        self.progress(self, "done")
+
+
+def tune(graph, target="host", db="tuning.db", trials: int = 200, time_budget: float | None = None,
+         runner=None, progress=None, opt_level: int = 2, seed: int = 0) -> Tuner:
+    """Tune a model (a Graph) for ``target`` into the database at ``db``; resumes from
+    whatever that database holds. Returns the Tuner (tasks, best times, trials)."""
+    from .rpc import runner_from_spec
+    target = Target.get(target)
+    own_runner = runner is None or isinstance(runner, str)
+    runner = runner_from_spec(runner) if own_runner else runner
+    database = db if isinstance(db, TuningDB) else TuningDB(db)
+    try:
+        tuner = Tuner(extract_tasks(graph, target, opt_level), target, database, runner, seed, progress)
+        tuner.run(trials, time_budget)
+        return tuner
+    finally:
+        if own_runner:
+            runner.close()
+        if not isinstance(db, TuningDB):
+            database.close()
+
+
+def best_schedule(db: TuningDB, kernel: Kernel, target: Target) -> list | None:
+    """The fastest stored schedule of a kernel on a target, or None."""
+    rec = db.best(workload_key(kernel, target), target.key)
+    return rec.schedule if rec is not None else None
