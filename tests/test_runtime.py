@@ -34,9 +34,9 @@ def test_mlp_ir_prints_at_every_level():
     assert graph.startswith("graph @mlp(%x: f32[32,784]") and "softmax(%3) {axis=1}" in graph
     assert "kernel @matmul_add_relu_0(A: f32[32,784], B: f32[784,128], C: f32[128]) -> f32[32,128]" in tensor
     assert "T0[i, j] = sum[k < 784] A[i, k] * B[k, j]" in tensor and "out[i, j] = max(T0[i, j] + C[j], 0.0)" in tensor
-    assert "func @matmul_add_relu_0(" in loop and "vector cv in [0," in loop and "parallel io in" in loop
+    assert "func @matmul_add_relu_0(" in loop and "vector jiv in [0," in loop and "parallel io in" in loop
     # the bias and relu are applied to the accumulators as they are stored
-    assert "= max(acc[r, cu * 8 + cv] + C[" in loop or "= max(acc[r, cu * 16 + cv] + C[" in loop
+    assert "= max(acc[i1, j1o * 8 + j1v] + C[" in loop or "= max(acc[i1, j1o * 16 + j1v] + C[" in loop
     assert "define void @\"mlc_entry\"" in llvm and "fmul contract <" in llvm
     assert "GOMP_parallel" in llvm
     with pytest.raises(ValueError, match="unknown IR level"):

@@ -49,8 +49,9 @@ def default_knobs(kernel: Kernel, target: Target) -> dict:
     # accumulators + one row operand + one vector of the other fit the register file:
     # 16 vector registers on AVX2 and NEON -> 6 rows x 2 vectors; 32 on AVX-512 -> 8 x 3
     rows, vectors = (8, 3) if target.vector_bytes >= 64 else (6, 2)
-    return {"rows": rows, "vectors": vectors, "block_n": nc, "block_k": kc, "pack": 1, "parallel": 1,
-            "lanes": lanes}
+    return {"rows": rows, "vectors": vectors, "block_n": nc, "block_k": kc, "pack": 1,
+            "parallel": 1 if target.cores > 1 else 0,
+            "row_axis": 0, "lanes": lanes}
 
 
 def flat_offset(indices, shape) -> Expr:
@@ -207,15 +208,17 @@ def _micro_kernel(s: Schedule, c: Compute, epilogue: Compute | None, k: dict, la
     rank = len(c.shape)
     names = st.loop_names
     j, nj = names[rank - 1], c.shape[-1]
-    has_rows = rank >= 2
-    i, ni = (names[rank - 2], c.shape[-2]) if has_rows else (None, 1)
-    batch = names[:rank - 2] if has_rows else []
+    ri = (_row_axis(c) if k.get("row_axis", 0) == 0 else rank - 2) if rank >= 2 else None
+    has_rows = ri is not None
+    i, ni = (names[ri], c.shape[ri]) if has_rows else (None, 1)
+    batch_axes = [d for d in range(rank - 1) if d != ri]
+    batch = [names[d] for d in batch_axes]
     ks = names[rank:]
     width = min(k["vectors"] * lanes, max(lanes, nj // lanes * lanes))
     rows = min(k["rows"], ni) if has_rows else 1
     work = _work(c)
     big = work >= PARALLEL_MIN_WORK and k["parallel"]
-    outer_par = next((d for d in range(rank - 2) if c.shape[d] > 1), None) if big else None
+    outer_par = next((d for d in batch_axes if c.shape[d] > 1), None) if big else None
     blocked = has_rows and ni >= PACK_MIN_ROWS
     nc = max(width, k["block_n"] // width * width)
     kc = k["block_k"]
@@ -247,7 +250,7 @@ def _micro_kernel(s: Schedule, c: Compute, epilogue: Compute | None, k: dict, la
         s.unroll(ii)
     packed = None
     if k["pack"] and blocked and single_k and outer_par is None and nj >= width:
-        packed = _pack(s, c, red, ks[0], width, lanes, kb or jb)
+        packed = _pack(s, c, red, c.axes[ri], width, lanes, kb or jb)
     if outer_par is not None:
         s.parallel(names[outer_par])
     elif big and has_rows and -(-ni // rows) > 1:
@@ -258,9 +261,26 @@ def _micro_kernel(s: Schedule, c: Compute, epilogue: Compute | None, k: dict, la
         s.parallel(s.stages[packed].loop_names[1])   # the reduction rows, outermost (see _pack)
 
 
-def _pack(s: Schedule, c: Compute, red, k_loop: str, width: int, lanes: int, at: str | None) -> str | None:
+def _row_axis(c: Compute) -> int:
+    """The output axis the register tile's rows walk: one the vector operand (read
+    contiguously along the columns) does not depend on, so each vector loaded serves
+    every row of the tile -- matmul's rows; a convolution's output channels, not its
+    output rows (whose input windows differ)."""
+    j = c.axes[-1]
+    body = c.body.body
+    vec = [x for x in E.walk(body) if isinstance(x, Load)
+           and linear_coefficient(flat_offset(x.indices, x.source.shape), j) == 1]
+    free = [d for d in range(len(c.shape) - 1) if c.shape[d] > 1
+            and not any(E.uses_var(flat_offset(x.indices, x.source.shape), c.axes[d]) for x in vec)]
+    if not free:
+        return len(c.shape) - 2
+    wide = [d for d in free if c.shape[d] >= MICRO_ROWS]
+    return wide[-1] if wide else max(free, key=lambda d: c.shape[d])
+
+
+def _pack(s: Schedule, c: Compute, red, row_axis, width: int, lanes: int, at: str | None) -> str | None:
     """Pack the operand read along the columns into panels [j // width, k, j % width]."""
-    load = _packable_load(red.body, c.axes[-2], c.axes[-1], red.axes[0])
+    load = _packable_load(red.body, row_axis, c.axes[-1], red.axes[0])
     if load is None or len(load.indices) != 2:
         return None
     dj = next(d for d, x in enumerate(load.indices) if x is c.axes[-1]) if any(

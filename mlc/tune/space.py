@@ -46,7 +46,7 @@ class SearchSpace:
         contraction = any(c.is_reduction for c in kernel.stages)
         grid = {"parallel": (1, 0)}
         if contraction:
-            grid.update(rows=ROWS, vectors=VECTORS, block_n=BLOCKS, block_k=BLOCKS, pack=(1, 0))
+            grid.update(rows=ROWS, vectors=VECTORS, block_n=BLOCKS, block_k=BLOCKS, pack=(1, 0), row_axis=(0, 1))
         self.names = list(grid)
         self.configs = []
         for values in itertools.product(*grid.values()):
@@ -79,16 +79,18 @@ def config_id(config: dict) -> str:
 
 FEATURES = ("log_work", "log_out", "n_serial", "n_parallel", "n_vector", "n_unroll", "log_serial", "log_parallel",
             "log_vector", "log_unroll", "max_unrolled_body", "local_bytes", "log_scratch", "n_stores",
-            "loads_per_store", "par_iters", "work_per_thread", "rows", "vectors", "block_n", "block_k", "pack",
-            "parallel", "block_bytes_over_l2")
+            "loads_per_store", "par_iters", "work_per_thread", "tile_rows", "tile_cols", "scratch_over_l2")
 
 
-def features(func: Func, config: dict, target: Target) -> np.ndarray:
-    """A fixed-length description of a scheduled loop nest: loop counts and trip
-    counts by kind, unrolled body size, register (local) bytes, scratch, loads per
-    store, parallel iterations and work per thread, and the knobs themselves."""
+def features(func: Func, target: Target) -> np.ndarray:
+    """A fixed-length description of a scheduled loop nest, read from the loops alone
+    (so stored schedules train the model too): loop counts and trip counts by kind,
+    unrolled body size, register (local) bytes and tile shape, scratch (packed
+    blocks) against the L2 cache, loads per store, parallel iterations and work per
+    thread."""
     kinds = {"serial": [0, 0.0], "parallel": [0, 0.0], "vector": [0, 0.0], "unroll": [0, 0.0]}
     max_unroll, local, stores, loads, par_iters, work = 1, 0, 0, 0, 1, 0.0
+    tile = (0, 0)
     for s, above in walk_stmts(func.body):
         if isinstance(s, For):
             k = kinds.get(s.kind if s.kind in kinds else "serial")
@@ -98,7 +100,10 @@ def features(func: Func, config: dict, target: Target) -> np.ndarray:
             if s.kind == "parallel":
                 par_iters = max(par_iters, n)
         elif isinstance(s, Alloc):
-            local = max(local, s.buffer.type.nbytes)
+            if s.buffer.type.nbytes > local:
+                local = s.buffer.type.nbytes
+                shape = s.buffer.shape
+                tile = (shape[-2] if len(shape) > 1 else 1, shape[-1] if shape else 1)
         elif isinstance(s, (Store, Accumulate)):
             stores += 1
             loads += sum(1 for _ in _loads_in(s))
@@ -112,13 +117,11 @@ def features(func: Func, config: dict, target: Target) -> np.ndarray:
             max_unroll = max(max_unroll, unrolled)
     out = sum(b.type.size for b in func.outputs)
     scratch = sum(b.type.nbytes for b in func.scratch)
-    bn, bk = config.get("block_n", 0), config.get("block_k", 0)
     vals = [math.log2(1 + work), math.log2(1 + out), kinds["serial"][0], kinds["parallel"][0], kinds["vector"][0],
             kinds["unroll"][0], kinds["serial"][1], kinds["parallel"][1], kinds["vector"][1], kinds["unroll"][1],
             math.log2(max_unroll), local, math.log2(1 + scratch), math.log2(1 + stores), loads / max(1, stores),
             math.log2(par_iters), math.log2(1 + work / max(1, min(par_iters, target.cores))),
-            config.get("rows", 0), config.get("vectors", 0), bn, bk, config.get("pack", 0), config.get("parallel", 1),
-            bn * bk * 4 / max(1, target.l2_bytes)]
+            tile[0], tile[1], scratch / max(1, target.l2_bytes)]
     return np.array(vals, dtype=np.float64)
 
 

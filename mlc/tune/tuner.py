@@ -35,7 +35,7 @@ from .measure import build_kernel
 from .space import SearchSpace, config_id, features, workload_key
 
 BATCH = 8                 # candidates per round
-POOL = 48                 # untried candidates the cost model ranks per round
+POOL = 32                 # untried candidates the cost model ranks per round
 EXPLORE = 0.25            # share of each batch picked at random
 MIN_TRAIN = 8             # measurements before the cost model is trusted
 
@@ -54,7 +54,8 @@ class Task:
     best_schedule: list | None = None
     trials: int = 0
     stale_rounds: int = 0           # rounds since the last improvement
-    tried: set = field(default_factory=set)
+    tried: set = field(default_factory=set)             # config ids
+    tried_schedules: set = field(default_factory=set)   # schedule hashes: knobs a kernel ignores give equal schedules
     history: list = field(default_factory=list)    # (trial number, best time so far)
 
     @property
@@ -179,20 +180,17 @@ class Tuner:
             self.db.set_task(t.key, self.target.key, t.name, weight=t.weight)
             known = self.db.task(t.key, self.target.key)
             t.default_time = known.default_median if known else None
-            by_hash = {}
             for rec in self.db.records(t.key, self.target.key):
-                by_hash[schedule_hash(rec.schedule)] = rec
-            for c in t.space.configs:
-                rec = by_hash.get(schedule_hash(self._schedule_of(t, c)))
-                if rec is None:
+                h = schedule_hash(rec.schedule)
+                if h in t.tried_schedules:
                     continue
-                t.tried.add(config_id(c))
+                t.tried_schedules.add(h)
                 if rec.ok and t.default_time:
                     try:
-                        cand = self._candidate(t, c)
+                        func = schedule_kernel(t.kernel, self.target, rec.schedule)
                     except ScheduleError:
                         continue
-                    self.model.add(cand.feats, rec.median / t.default_time)
+                    self.model.add(features(func, self.target), rec.median / t.default_time)
             best = self.db.best(t.key, self.target.key)
             if best is not None:
                 t.best_time, t.best_schedule = best.median, best.schedule
@@ -210,7 +208,7 @@ class Tuner:
     def _candidate(self, t: Task, config: dict) -> Candidate:
         schedule = self._schedule_of(t, config)
         func = schedule_kernel(t.kernel, self.target, schedule)
-        return Candidate(config, schedule, func, features(func, t.space.knobs(config), self.target))
+        return Candidate(config, schedule, func, features(func, self.target))
 
     @property
     def estimated_latency(self) -> float:
@@ -227,6 +225,7 @@ class Tuner:
         self.trials += 1
         t.trials += 1
         t.tried.add(config_id(cand.config))
+        t.tried_schedules.add(schedule_hash(cand.schedule))
         try:
             build = build_kernel(cand.func, self.target)
         except Exception as e:     # noqa: BLE001 -- a candidate that fails to compile costs one trial
@@ -261,10 +260,6 @@ class Tuner:
 
     def _measure_default(self, t: Task) -> None:
         cand = self._candidate(t, {})
-        t.tried.add(config_id(cand.config))
-        for c in t.space.configs:     # the default knobs are a point of the space
-            if self._schedule_of(t, c) == cand.schedule:
-                t.tried.add(config_id(c))
         self._measure(t, cand, is_default=True)
         if t.reference is None:
             raise RuntimeError(f"the default schedule of kernel {t.name} failed to run; cannot tune it")
@@ -283,8 +278,13 @@ class Tuner:
         return max(live, key=lambda t: t.share * (0.6 ** t.stale_rounds) * (1.0 if t.trials else 1e9))
 
     def _batch(self, t: Task, n: int) -> list[Candidate]:
-        pool = []
+        pool, seen = [], set(t.tried_schedules)
         for config in t.space.sample(POOL, self.rng, exclude=t.tried):
+            h = schedule_hash(self._schedule_of(t, config))
+            if h in seen or not self._schedule_of(t, config):
+                t.tried.add(config_id(config))     # the same loops as a measured candidate, or no schedule
+                continue
+            seen.add(h)
             try:
                 pool.append(self._candidate(t, config))
             except ScheduleError:
