@@ -319,13 +319,17 @@ def cmd_tune(args) -> int:
     from .tune.database import TuningDBError
     from .tune.progress import make_progress
     from .tune.report import write_report
-    from .tune.tuner import tune
+    from .tune.tuner import TuneError, tune
     try:
         target = Target.get(args.target or "host")
     except ValueError as e:
         raise SystemExit(f"mlc tune: --target: {e}")
     if args.trials < 0:
         raise SystemExit("mlc tune: --trials must be >= 0")
+    if args.timeout <= 0:
+        raise SystemExit(f"mlc tune: --timeout must be > 0 seconds, got {args.timeout:g}")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise SystemExit(f"mlc tune: --time-budget must be > 0 seconds, got {args.time_budget:g}")
     graph = _load_graph(args.model, args.shape, "tune")
     runner = None
     if args.runner:
@@ -348,6 +352,8 @@ def cmd_tune(args) -> int:
                      opt_level=args.opt_level)
     except TuningDBError as e:
         raise SystemExit(f"mlc tune: --db: {e}")
+    except TuneError as e:
+        raise SystemExit(f"mlc tune: {e}")
     finally:
         progress.close()
         runner.close()

@@ -23,6 +23,8 @@ which is how tuned schedules are stored and reused.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -38,6 +40,20 @@ MAX_UNROLL = 512           # fully unrolled iterations before code size explodes
 
 class ScheduleError(ValueError):
     """An illegal or impossible schedule request; the message says why."""
+
+
+def primitive(fn):
+    """A schedule primitive is all or nothing: when it refuses, the schedule (nests,
+    names, trace) is left exactly as it was."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        saved = self._snapshot()
+        try:
+            return fn(self, *args, **kwargs)
+        except BaseException:
+            self._restore(saved)
+            raise
+    return wrapper
 
 
 def combine(combiner: str, acc: Expr, x: Expr) -> Expr:
@@ -359,6 +375,16 @@ class Schedule:
             self.loop_stage[n + "_init"] = st.name
         return Seq([nest(True), nest(False)])
 
+    def _snapshot(self):
+        return (dict(self.nests), list(self.order), {k: dataclasses.replace(v) for k, v in self.stages.items()},
+                set(self.taken), dict(self.loop_stage), list(self.extra_scratch), dict(self.acc_of),
+                len(self.trace), self._depth)
+
+    def _restore(self, saved) -> None:
+        (self.nests, self.order, self.stages, self.taken, self.loop_stage, self.extra_scratch, self.acc_of,
+         n, self._depth) = saved
+        del self.trace[n:]
+
     # ------------------------------------------------------------------ lookup
     def loops(self) -> dict[str, list[str]]:
         """Stage -> the names of its loops, outermost first, as they stand."""
@@ -408,6 +434,7 @@ class Schedule:
             raise ScheduleError(f"a loop named {name!r} exists already; pass other names")
 
     # ================================================================== loop primitives
+    @primitive
     def split(self, loop: str, factor: int, names=None) -> tuple[str, str]:
         """``for v in [0, n)`` -> ``for vo in [0, ceil(n/f)) { for vi in [0, f) }`` with
         ``v = vo * f + vi``; when f does not divide n the body is guarded (``likely``)
@@ -415,7 +442,11 @@ class Schedule:
         fors = self._find(loop)
         if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
             raise ScheduleError(f"split factor must be a positive integer, got {factor!r}")
+        if names is not None and not (isinstance(names, (list, tuple)) and len(names) == 2):
+            raise ScheduleError(f"split names must be a pair [outer, inner], got {names!r}")
         outer, inner = names or (loop + "o", loop + "i")
+        if outer == inner:
+            raise ScheduleError(f"split names must differ, got {outer!r} twice")
         for n in (outer, inner):
             self._check_name(n)
         for f, _ in fors:
@@ -441,6 +472,7 @@ class Schedule:
         self._record("split", loop, factor, [outer, inner])
         return outer, inner
 
+    @primitive
     def reorder(self, *loops: str) -> None:
         """Permute loops of one perfect nest into the given order (outermost first);
         loops not named keep their places."""
@@ -448,8 +480,13 @@ class Schedule:
             raise ScheduleError(f"reorder needs two or more distinct loops, got {list(loops)}")
         for name in loops:
             self._find(name)
+        owners = {self.loop_stage.get(n) for n in loops}
+        if len(owners) > 1:
+            raise ScheduleError(f"cannot reorder {', '.join(loops)}: they belong to different stages "
+                                f"({', '.join(sorted(str(o) for o in owners))})")
         names = set(loops)
         done = [0]
+        complete = [0]
 
         def fn(s):
             if not (isinstance(s, For) and s.var.name in names):
@@ -470,6 +507,7 @@ class Schedule:
                 if any(E.uses_var(e, v) for e in (f.start, f.extent) for v in chain_vars):
                     raise ScheduleError(f"cannot reorder: the bounds of {f.var.name} depend on an enclosing loop")
             wanted = [f for name in loops for f in in_chain if f.var.name == name]
+            complete[0] += len(in_chain) == len(loops)
             it = iter(wanted)
             new = [next(it) if f.var.name in names else f for f in chain]
             body = cur
@@ -478,12 +516,13 @@ class Schedule:
             done[0] += 1
             return body
         self._rewrite(fn)
-        if not done[0]:
+        if not complete[0]:
             raise ScheduleError(f"cannot reorder {', '.join(loops)}: they are not nested in one another")
         for name in loops:
             self._touch(name)
         self._record("reorder", *loops)
 
+    @primitive
     def fuse(self, outer: str, inner: str, name: str | None = None) -> str:
         """``for a { for b { S } }`` -> ``for ab in [0, na * nb) { S[a = ab / nb, b = ab % nb] }``."""
         name = name or f"{outer}_{inner}"
@@ -510,6 +549,7 @@ class Schedule:
         self._record("fuse", outer, inner, name)
         return name
 
+    @primitive
     def tile(self, a: str, b: str, fa: int, fb: int) -> tuple[str, str, str, str]:
         """split both loops and order them ``ao, bo, ai, bi``."""
         self._depth += 1
@@ -556,6 +596,7 @@ class Schedule:
                 raise ScheduleError(f"cannot {what} {f.var.name}: every iteration writes the same elements of "
                                     f"{s.buffer.name}")
 
+    @primitive
     def vectorize(self, loop: str) -> None:
         """Run the loop's iterations as the lanes of one vector: innermost, constant extent.
         A reduction loop accumulating into a register accumulator gets one partial
@@ -624,6 +665,7 @@ class Schedule:
         del self.acc_of[acc]
         self.acc_of[lanes] = stage
 
+    @primitive
     def parallel(self, loop: str) -> None:
         """Spread the loop's iterations over the CPU's threads."""
         def check(f, above):
@@ -634,6 +676,7 @@ class Schedule:
         self._annotate(loop, "parallel", check)
         self._record("parallel", loop)
 
+    @primitive
     def unroll(self, loop: str) -> None:
         def check(f, above):
             n = _const(f.extent)
@@ -642,6 +685,7 @@ class Schedule:
         self._annotate(loop, "unroll", check)
         self._record("unroll", loop)
 
+    @primitive
     def bind(self, loop: str, axis: str) -> None:
         """Map the loop onto GPU blocks or threads (``blockIdx.x`` ... ``threadIdx.z``)."""
         if axis not in GPU_KINDS:
@@ -676,6 +720,7 @@ class Schedule:
                 out.append((s, above))
         return out
 
+    @primitive
     def compute_inline(self, stage: str) -> None:
         """Replace every read of an elementwise stage by its expression; its loops go away."""
         st = self._root(stage, "inline")
@@ -725,6 +770,7 @@ class Schedule:
                 dims[d] = (o1, min(l1, l2), max(h1, h2))
         return dims
 
+    @primitive
     def compute_at(self, stage: str, loop: str) -> None:
         """Compute a producer inside a consumer's loop, only the part one iteration of that
         loop reads, into a buffer just that size (per thread inside a parallel loop)."""
@@ -752,7 +798,7 @@ class Schedule:
                 continue
             plans.append(self._region(acc, L, f"compute {stage} at {loop}"))
         shape = [max(p[d][2] - p[d][1] + 1 for p in plans if p is not None) for d in range(len(st.extents))]
-        in_parallel = any(isinstance(a, For) and a.kind == "parallel" for _, above in copies for a in above)
+        in_parallel = any(isinstance(a, For) and a.kind == "parallel" for L, above in copies for a in (*above, L))
         buf = Buffer(st.name, shape, st.buffer.dtype, "local" if in_parallel else "global")
         by_id = {id(L): p for (L, _), p in zip(copies, plans)}
         del self.nests[stage]
@@ -779,6 +825,7 @@ class Schedule:
         st.status = "attached"
         self._record("compute_at", stage, loop)
 
+    @primitive
     def reverse_compute_at(self, stage: str, loop: str) -> None:
         """Compute an elementwise consumer inside its producer's loop, on the elements one
         iteration of that loop finishes: the epilogue of a tile. Under a register
@@ -795,6 +842,11 @@ class Schedule:
                 len(x.indices) != len(st.axes) or any(i is not a for i, a in zip(x.indices, st.axes)) for x in loads):
             raise ScheduleError(f"cannot reverse_compute_at {stage} at {loop}: {stage} must read {pname} element for "
                                 "element, at its own index")
+        for x in _loads(st.value):
+            owner = self._stage_of_buffer(x.source)
+            if owner not in (None, pname) and self.order.index(owner) > self.order.index(pname):
+                raise ScheduleError(f"cannot reverse_compute_at {stage} at {loop}: {stage} also reads {owner}, "
+                                    f"which is computed after {pname}")
         others = [s for s, _ in self._readers(prod.buffer) if self._owner(s) not in (stage, pname)]
         copies = self._find(loop)
         del self.nests[stage]
@@ -809,8 +861,9 @@ class Schedule:
                       if isinstance(w, (Store, Accumulate)) and w.buffer is prod.buffer]
             accs = [(w, a) for w, a in walk_stmts(s.body, (*above, s)) if isinstance(w, Accumulate)
                     and (w.buffer is prod.buffer or self.acc_of.get(w.buffer) == pname)]
-            if not writes:
-                raise ScheduleError(f"cannot reverse_compute_at {stage} at {loop}: {pname} is not written there")
+            if not writes or (prod.is_reduction and not accs):
+                raise ScheduleError(f"cannot reverse_compute_at {stage} at {loop}: {pname} is not "
+                                    + ("written there" if not writes else "reduced there (an init loop?)"))
             p = self._region(writes, s, f"reverse_compute_at {stage} at {loop}")
             last = self._reduction_done(accs, s, "last") if prod.is_reduction else Const(True, E.bool_)
             if isinstance(last, Const) and not last.value:
@@ -819,14 +872,17 @@ class Schedule:
                 always_last[0] = False
             region = [(o + lo, h - lo + 1) for o, lo, h in p]
             guard = any(isinstance(g, If) and g.likely for _, a in writes for g in a)
-            acc = s.body.buffer if isinstance(s.body, Alloc) and self.acc_of.get(s.body.buffer) == pname else None
+            hoisted, block = _peel_guards(s.body)
+            acc = block.buffer if isinstance(block, Alloc) and self.acc_of.get(block.buffer) == pname else None
             nest = self._consumer_nest(st, region, guard, acc)
             if acc is None:
                 forwarded[0] = False
+                # an iteration the split guards skip must not run the epilogue either
+                nest = _wrap_guards(list(_outer_guards(s, writes).values()), nest)
             if not (isinstance(last, Const) and last.value):
                 nest = If(last, nest)
             if acc is not None:
-                return _for(s, body=Alloc(acc, Seq([s.body.body, nest])))
+                return _for(s, body=_wrap_guards(hoisted, Alloc(acc, Seq([block.body, nest]))))
             return _for(s, body=Seq([s.body, nest]))
         self._rewrite(fn)
         st.status = "attached"
@@ -898,6 +954,7 @@ class Schedule:
             cond = t if cond is None else E.binop("and", cond, t)
         return _fold_bool(cond) if cond is not None else Const(True, E.bool_)
 
+    @primitive
     def cache_write(self, stage: str, loop: str) -> str:
         """Accumulate a reduction in registers: the elements one iteration of ``loop``
         updates live in a local buffer, initialized at the start of the iteration (the
@@ -924,6 +981,7 @@ class Schedule:
                 raise ScheduleError(f"cannot cache_write {stage} at {loop}: it does not accumulate there")
             p = self._region([(w.indices, a) for w, a in accs], s, f"cache_write {stage} at {loop}")
             shape = [h - lo + 1 for _, lo, h in p]
+            _check_dense(accs, s, shape, f"cache_write {stage} at {loop}")
             if acc_buf and list(acc_buf[0].shape) != shape:
                 raise ScheduleError(f"cannot cache_write {stage} at {loop}: its copies update differently shaped tiles")
             acc = acc_buf[0] if acc_buf else Buffer("acc", shape, st.buffer.dtype, "local")
@@ -973,8 +1031,13 @@ class Schedule:
                     idx = [_lin(split_affine(i, list(inner_of))[1], -lo) for i, (_, lo, _) in zip(x.indices, p)]
                     return Accumulate(acc, idx, x.combiner, x.value, x.rindex)
                 return None
+            # guards on this loop or outer ones skip whole iterations: hoist them around
+            # the accumulator so a skipped iteration neither resumes nor stores
+            outer = _outer_guards(s, accs)
+            outer_ids = {id(g) for g in outer}
             body = map_stmt(s.body, to_acc)
-            return _for(s, body=Alloc(acc, Seq([init, body, writeback])))
+            body = map_stmt(body, lambda x: _unguard(x, outer_ids)) or Seq([])
+            return _for(s, body=_wrap_guards(list(outer.values()), Alloc(acc, Seq([init, body, writeback]))))
         self._rewrite(fn)
         # the accumulator now starts every reduction: drop the stage's init nest
         self._rewrite(lambda x: REMOVE if isinstance(x, For) and x.var.name.endswith("_init")
@@ -984,6 +1047,7 @@ class Schedule:
         self._record("cache_write", stage, loop)
         return acc_buf[0].name
 
+    @primitive
     def cache_read(self, buffer: str, consumer: str, layout) -> str:
         """Copy ``buffer`` into a new stage in a blocked layout and make ``consumer`` read
         the copy. ``layout`` lists the new dimensions: an old dimension ``d``, or
@@ -997,24 +1061,25 @@ class Schedule:
         cons = self._stage(consumer)
         if cons.status != "root":
             raise ScheduleError(f"cannot cache_read into {consumer}: it is {cons.status}")
-        layout = [list(x) if isinstance(x, (list, tuple)) else int(x) for x in layout]
-        shape, covered = [], {}
+        layout = _check_layout(layout, src)
+        shape, covered, factors = [], {}, {}
         for x in layout:
             if isinstance(x, int):
-                if not 0 <= x < len(src.shape):
-                    raise ScheduleError(f"cache_read layout: {buffer} has no dimension {x}")
                 shape.append(src.shape[x])
-                covered.setdefault(x, set()).add("all")
+                covered.setdefault(x, []).append("all")
             else:
                 part, d, f = x
-                if part not in ("o", "i") or not 0 <= d < len(src.shape) or int(f) < 1:
-                    raise ScheduleError(f"cache_read layout entry {x}: use ['o'|'i', dim, factor]")
                 shape.append(-(-src.shape[d] // f) if part == "o" else f)
-                covered.setdefault(d, set()).add(part)
+                covered.setdefault(d, []).append(part)
+                factors.setdefault(d, set()).add(f)
         if sorted(covered) != list(range(len(src.shape))) or any(
-                v not in ({"all"}, {"o", "i"}) for v in covered.values()):
+                sorted(v) not in (["all"], ["i", "o"]) for v in covered.values()):
             raise ScheduleError(f"cache_read layout {layout} must cover each dimension of {buffer} once "
-                                "(whole, or as both an 'o' and an 'i' part)")
+                                "(whole, or as one 'o' and one 'i' part)")
+        if any(len(f) > 1 for f in factors.values()):
+            raise ScheduleError(f"cache_read layout {layout}: the 'o' and 'i' parts of a dimension need the same factor")
+        if not any(x.source is src for st2 in [cons] for x in _loads(st2.value)):
+            raise ScheduleError(f"cannot cache_read {buffer} for {consumer}: {consumer} does not read it")
         name = f"{buffer}_{consumer}_packed" if f"{buffer}_{consumer}_packed" not in self.stages else None
         if name is None:
             raise ScheduleError(f"{buffer} is cached for {consumer} already")
@@ -1024,7 +1089,7 @@ class Schedule:
             if isinstance(x, int):
                 src_idx[x] = a
         for d in covered:
-            if covered[d] == {"o", "i"}:
+            if sorted(covered[d]) == ["i", "o"]:
                 o = next(a for x, a in zip(layout, axes) if isinstance(x, list) and x[0] == "o" and x[1] == d)
                 i, f = next((a, x[2]) for x, a in zip(layout, axes) if isinstance(x, list) and x[0] == "i" and x[1] == d)
                 src_idx[d] = o * f + i
@@ -1082,7 +1147,9 @@ class Schedule:
             raise ScheduleError(f"{prim}: args must be a list, got {args!r}")
         try:
             return getattr(self, prim)(*args)
-        except TypeError as e:
+        except (TypeError, ValueError, IndexError, KeyError) as e:
+            if isinstance(e, ScheduleError):
+                raise
             raise ScheduleError(f"{prim}{tuple(args)}: {e}") from None
 
 
@@ -1098,6 +1165,78 @@ def replay(kernel: Kernel, target, trace) -> Schedule:
     for call in trace:
         s.apply(call)
     return s
+
+
+def _check_layout(layout, src: Buffer) -> list:
+    """A cache_read layout as [int | ["o"|"i", dim, factor]], or a ScheduleError."""
+    if not isinstance(layout, (list, tuple)) or not layout:
+        raise ScheduleError(f"cache_read layout must be a non-empty list, got {layout!r}")
+    out = []
+    for x in layout:
+        if isinstance(x, int) and not isinstance(x, bool):
+            if not 0 <= x < len(src.shape):
+                raise ScheduleError(f"cache_read layout: {src.name} has no dimension {x}")
+            out.append(x)
+        elif (isinstance(x, (list, tuple)) and len(x) == 3 and x[0] in ("o", "i")
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in x[1:])):
+            if not 0 <= x[1] < len(src.shape) or x[2] < 1:
+                raise ScheduleError(f"cache_read layout entry {list(x)}: dimension or factor out of range")
+            out.append([x[0], x[1], x[2]])
+        else:
+            raise ScheduleError(f"cache_read layout entry {x!r}: use a dimension number or ['o'|'i', dim, factor]")
+    return out
+
+
+def _outer_guards(L: For, stmts) -> dict:
+    """The likely guards between ``L`` and the statements whose conditions use no loop
+    inside L: they decide whole iterations of L. id(If) -> condition."""
+    inner = {x.var for x, _ in walk_stmts(L.body) if isinstance(x, For)}
+    out = {}
+    for _, above in stmts:
+        k = next(i for i, a in enumerate(above) if a is L)
+        for g in above[k + 1:]:
+            if isinstance(g, If) and g.likely and not any(E.uses_var(g.cond, v) for v in inner):
+                out[id(g)] = g.cond
+    return out
+
+
+def _unguard(x, ids):
+    if isinstance(x, If) and id(x) in ids:
+        return map_stmt(x.then, lambda y: _unguard(y, ids)) or Seq([])
+    return None
+
+
+def _wrap_guards(conds, body: Stmt) -> Stmt:
+    for c in conds:
+        body = If(c, body, None, likely=True)
+    return body
+
+
+def _peel_guards(s: Stmt):
+    """(conditions of the likely guards wrapping ``s``, what they wrap)."""
+    conds = []
+    while isinstance(s, If) and s.likely and s.orelse is None:
+        conds.append(s.cond)
+        s = s.then
+    return conds[::-1], s
+
+
+def _check_dense(accs, L: For, shape, what: str) -> None:
+    """Each accumulation under one iteration of L must fill its box without gaps: per
+    dimension, the inner loops that index it span exactly the box (no strided walk that
+    would make the write-back overwrite elements other iterations own)."""
+    for w, above in accs:
+        k = next(i for i, a in enumerate(above) if a is L)
+        inner = {a.var: _const(a.extent) for a in above[k + 1:] if isinstance(a, For)}
+        for d, e in enumerate(w.indices):
+            span = 1
+            for v, n in inner.items():
+                if linear_coefficient(e, v):
+                    span *= n
+            if span != shape[d]:
+                raise ScheduleError(f"cannot {what}: the loops inside it walk dimension {d} of {w.buffer.name} "
+                                    f"with gaps (a {shape[d]}-wide box for {span} elements); reorder so the "
+                                    "inner loops cover a contiguous tile")
 
 
 def _fold_bool(e: Expr) -> Expr:

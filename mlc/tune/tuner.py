@@ -40,6 +40,10 @@ EXPLORE = 0.25            # share of each batch picked at random
 MIN_TRAIN = 8             # measurements before the cost model is trusted
 
 
+class TuneError(RuntimeError):
+    """Tuning cannot go on; the message says why."""
+
+
 @dataclass
 class Task:
     name: str
@@ -220,8 +224,9 @@ class Tuner:
         return sum(t.weight * (t.default_time or 0.0) for t in self.tasks)
 
     # ------------------------------------------------------------------ measuring
-    def _measure(self, t: Task, cand: Candidate, is_default: bool = False) -> float | None:
-        """Run one candidate, check it against the default's outputs, store the record."""
+    def _measure(self, t: Task, cand: Candidate, is_default: bool = False):
+        """Run one candidate, check it against the default's outputs, store the record.
+        Returns the median time, or the error (a string) when it failed."""
         self.trials += 1
         t.trials += 1
         t.tried.add(config_id(cand.config))
@@ -231,7 +236,7 @@ class Tuner:
         except Exception as e:     # noqa: BLE001 -- a candidate that fails to compile costs one trial
             self.db.add(t.key, self.target.key, cand.schedule, None, f"compile failed: {e}", str(t.kernel))
             self.progress(self, "measured")
-            return None
+            return f"compile failed: {e}"
         if not t.inputs:
             t.inputs = example_inputs(cand.func)
         res = self.runner.measure(build, t.inputs)
@@ -242,7 +247,7 @@ class Tuner:
         self.db.add(t.key, self.target.key, cand.schedule, times, error, str(t.kernel))
         if error is not None:
             self.progress(self, "measured")
-            return None
+            return error
         median = res.median
         if is_default:
             t.reference = res.outputs
@@ -260,9 +265,10 @@ class Tuner:
 
     def _measure_default(self, t: Task) -> None:
         cand = self._candidate(t, {})
-        self._measure(t, cand, is_default=True)
+        error = self._measure(t, cand, is_default=True)
         if t.reference is None:
-            raise RuntimeError(f"the default schedule of kernel {t.name} failed to run; cannot tune it")
+            raise TuneError(f"the default schedule of kernel {t.name} failed to run ({error}); nothing to compare "
+                            "candidates with, so it cannot be tuned (a larger --timeout?)")
         # the reference time scales everything the tuner learns: one disturbed
         # measurement on a busy machine must not set it, so take the better of two
         again = self.runner.measure(build_kernel(cand.func, self.target), t.inputs, want_outputs=False)
@@ -320,14 +326,15 @@ class Tuner:
                 if t is None:
                     self.stopped_by = "space exhausted"
                     break
-                before = t.best_time
+                before, measured = t.best_time, self.trials
                 for cand in self._batch(t, min(BATCH, trials - self.trials)):
                     if out_of_time():
                         break
                     self._measure(t, cand)
                 if t.best_time == before:
                     t.stale_rounds += 1
-                self.progress(self, "round")
+                if self.trials > measured:
+                    self.progress(self, "round")
             else:
                 self.stopped_by = "trials" if self.trials >= trials else "time budget"
         except KeyboardInterrupt:
