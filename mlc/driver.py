@@ -91,7 +91,7 @@ class Compiled:
                 "nodes_after_passes": sum(1 for n in self.graph.nodes if n.op != "constant"),
                 "kernels": len(self.funcs), "workspace_bytes": self.plan.workspace_bytes,
                 "intermediate_bytes": intermediates, "materialized_bytes": self.plan.naive_bytes,
-                "in_place": self.plan.in_place, "tuned_kernels": self.tuned,
+                "in_place": self.plan.in_place, "views": self.plan.views, "tuned_kernels": self.tuned,
                 "param_bytes": sum(p.nbytes for p in self.lowered.param_data)}
 
     @functools.cached_property

@@ -244,6 +244,221 @@ def uses_var(e: Expr, var: Var) -> bool:
     return any(x is var for x in walk(e))
 
 
+def affine_expr(coeffs: dict, const: int = 0) -> Expr:
+    e: Expr = Const(const)
+    for v, c in coeffs.items():
+        if c:
+            e = e + (v * c if c != 1 else v)
+    return e
+
+
+def affine(e: Expr):
+    """({var: coefficient}, constant) for an affine integer expression, else None."""
+    if isinstance(e, Var):
+        return {e: 1}, 0
+    if isinstance(e, Const):
+        return ({}, int(e.value)) if not e.dtype.is_float else None
+    if isinstance(e, BinOp) and e.op in ("add", "sub", "mul"):
+        a, b = affine(e.a), affine(e.b)
+        if a is None or b is None:
+            return None
+        if e.op == "mul":
+            if a[0] and b[0]:
+                return None
+            (vs, k), c = (a, b[1]) if not b[0] else (b, a[1])
+            return {v: x * c for v, x in vs.items()}, k * c
+        s = 1 if e.op == "add" else -1
+        vs = dict(a[0])
+        for v, x in b[0].items():
+            vs[v] = vs.get(v, 0) + s * x
+        return vs, a[1] + s * b[1]
+    return None
+
+
+def simplify_index(e: Expr, ranges: dict) -> Expr:
+    """``e`` with the index arithmetic of its loads simplified (``simplify_int``)."""
+    if isinstance(e, Load):
+        return Load(e.source, [simplify_int(i, ranges) for i in e.indices])
+    if isinstance(e, BinOp):
+        if e.op in COMPARISONS and e.a.dtype is int64:   # bounds checks on indices
+            a, b = simplify_int(e.a, ranges), simplify_int(e.b, ranges)
+        else:
+            a, b = simplify_index(e.a, ranges), simplify_index(e.b, ranges)
+        return binop(e.op, a, b) if (a is not e.a or b is not e.b) else e
+    if isinstance(e, Select):
+        return Select(*(simplify_index(x, ranges) for x in (e.cond, e.a, e.b)))
+    if isinstance(e, Call):
+        return Call(e.fn, [simplify_index(x, ranges) for x in e.args])
+    if isinstance(e, Cast):
+        return cast(e.dtype, simplify_index(e.value, ranges))
+    return e
+
+
+def simplify_int(e: Expr, ranges: dict) -> Expr:
+    """Simplify an index expression (what reshapes leave behind) using the ranges of
+    its variables (``ranges``: Var -> (lo, hi) inclusive):
+
+    * ``x // f`` and ``x % f``: the terms of x whose coefficients are multiples of f
+      move to the quotient (or vanish from the remainder), and an operand known to
+      lie in [0, f) gives 0 (or itself);
+    * ``x // a // b`` is ``x // (a * b)``;
+    * ``(x // a) * a + x % a`` is ``x``;
+    * a variable whose range is one value is that value.
+
+    Each rule is applied only where the ranges show the operands are non-negative, so
+    floor and truncating division agree."""
+    if isinstance(e, Var):
+        r = ranges.get(e)
+        return Const(r[0]) if r is not None and r[0] == r[1] else e
+    if isinstance(e, Load):
+        return simplify_index(e, ranges)
+    if isinstance(e, BinOp) and e.dtype is int64:
+        a, b = simplify_int(e.a, ranges), simplify_int(e.b, ranges)
+        if e.op in ("floordiv", "mod") and isinstance(b, Const) and b.value > 0:
+            out = _simplify_divmod(e.op, a, int(b.value), ranges)
+            if out is not None:
+                return out
+        out = binop(e.op, a, b) if (a is not e.a or b is not e.b) else e
+        if e.op in ("add", "sub", "mul") and out.dtype is int64:
+            lin = _atoms(out)
+            if lin is not None:
+                return _from_atoms(*_merge_divmod(*lin))
+        return out
+    return simplify_index(e, ranges)
+
+
+def _atoms(e: Expr):
+    """e as ({key: (atom, coefficient)}, constant): a linear combination of atoms
+    (variables, or any non-linear subexpression such as x // 7), or None."""
+    if isinstance(e, Const):
+        return ({}, int(e.value)) if e.dtype.is_int else None
+    if isinstance(e, BinOp) and e.op in ("add", "sub"):
+        x, y = _atoms(e.a), _atoms(e.b)
+        if x is None or y is None:
+            return None
+        sign = 1 if e.op == "add" else -1
+        terms = dict(x[0])
+        for k, (atom, c) in y[0].items():
+            terms[k] = (atom, terms.get(k, (atom, 0))[1] + sign * c)
+        return terms, x[1] + sign * y[1]
+    if isinstance(e, BinOp) and e.op == "mul" and (isinstance(e.a, Const) or isinstance(e.b, Const)):
+        k, other = (e.a.value, e.b) if isinstance(e.a, Const) else (e.b.value, e.a)
+        x = _atoms(other)
+        if x is None:
+            return None
+        return {key: (atom, c * int(k)) for key, (atom, c) in x[0].items()}, x[1] * int(k)
+    return {_key(e): (e, 1)}, 0
+
+
+def _key(e: Expr):
+    """A structural key: equal for equal expressions, variables by identity (two
+    variables may share a name)."""
+    if isinstance(e, Var):
+        return ("var", id(e))
+    if isinstance(e, Const):
+        return ("const", e.value, e.dtype.name)
+    if isinstance(e, Load):
+        return ("load", id(e.source), *(_key(i) for i in e.indices))
+    if isinstance(e, BinOp):
+        return (e.op, _key(e.a), _key(e.b))
+    if isinstance(e, Call):
+        return ("call", e.fn, *(_key(a) for a in e.args))
+    if isinstance(e, Select):
+        return ("select", _key(e.cond), _key(e.a), _key(e.b))
+    if isinstance(e, Cast):
+        return ("cast", e.dtype.name, _key(e.value))
+    return ("?", id(e))
+
+
+def _from_atoms(terms: dict, const: int) -> Expr:
+    out: Expr = Const(const)
+    for atom, c in terms.values():
+        if c:
+            out = out + (atom if c == 1 else atom * c)
+    return out
+
+
+def _merge_divmod(terms: dict, const: int):
+    """c * a * (x // a) + c * (x % a) -> c * x."""
+    for key, (atom, c) in list(terms.items()):
+        if key not in terms or not (isinstance(atom, BinOp) and atom.op == "floordiv" and isinstance(atom.b, Const)):
+            continue
+        a = int(atom.b.value)
+        mod_key = ("mod", _key(atom.a), _key(atom.b))
+        if mod_key in terms and c % a == 0 and terms[mod_key][1] * a == c and c:
+            k = c // a
+            del terms[key], terms[mod_key]
+            inner = _atoms(atom.a)
+            if inner is None:
+                inner = ({_key(atom.a): (atom.a, 1)}, 0)
+            for ik, (iatom, ic) in inner[0].items():
+                terms[ik] = (iatom, terms.get(ik, (iatom, 0))[1] + k * ic)
+            const += k * inner[1]
+    return terms, const
+
+
+def index_range(e: Expr, ranges: dict):
+    """(lo, hi) of an integer index expression, or None when unknown."""
+    if isinstance(e, Const):
+        return (int(e.value), int(e.value)) if e.dtype.is_int else None
+    if isinstance(e, Var):
+        return ranges.get(e)
+    if isinstance(e, BinOp):
+        x = index_range(e.a, ranges)
+        if e.op in ("floordiv", "mod") and isinstance(e.b, Const) and e.b.value > 0:
+            f = int(e.b.value)
+            if x is None or x[0] < 0:
+                return None
+            if e.op == "floordiv":
+                return x[0] // f, x[1] // f
+            return x if x[1] < f else (0, f - 1)
+        y = index_range(e.b, ranges)
+        if x is None or y is None:
+            return None
+        if e.op == "add":
+            return x[0] + y[0], x[1] + y[1]
+        if e.op == "sub":
+            return x[0] - y[1], x[1] - y[0]
+        if e.op == "mul":
+            p = [x[0] * y[0], x[0] * y[1], x[1] * y[0], x[1] * y[1]]
+            return min(p), max(p)
+        if e.op in ("min", "max"):
+            f = min if e.op == "min" else max
+            return f(x[0], y[0]), f(x[1], y[1])
+    return None
+
+
+def _simplify_divmod(op: str, a: Expr, f: int, ranges: dict) -> Expr | None:
+    rng = index_range(a, ranges)
+    if rng is None or rng[0] < 0:
+        return None
+    if rng[1] < f:
+        return Const(0) if op == "floordiv" else a
+    if op == "floordiv" and isinstance(a, BinOp) and a.op == "floordiv" and isinstance(a.b, Const) and a.b.value > 0:
+        return _simplify_divmod("floordiv", a.a, int(a.b.value) * f, ranges) or binop(
+            "floordiv", a.a, Const(int(a.b.value) * f))
+    lin = _atoms(a)
+    if lin is None:
+        return None
+    terms, c0 = lin
+    whole = {k: (atom, c // f) for k, (atom, c) in terms.items() if c % f == 0}
+    rest = {k: (atom, c) for k, (atom, c) in terms.items() if c % f != 0}
+    if not whole and 0 <= c0 < f:
+        return None
+    if any(index_range(atom, ranges) is None or index_range(atom, ranges)[0] < 0 for atom, _ in terms.values()) \
+            or any(c < 0 for _, c in terms.values()):
+        return None
+    r = _from_atoms(rest, c0 % f)
+    if op == "mod":
+        return r if index_range(r, ranges)[1] < f else binop("mod", r, Const(f))
+    q = _from_atoms(whole, c0 // f)
+    rr = index_range(r, ranges)
+    if rr[1] < f:
+        return q
+    inner = _simplify_divmod("floordiv", r, f, ranges) or binop("floordiv", r, Const(f))
+    return q + inner
+
+
 # ----------------------------------------------------------------------------- printer
 
 _PREC = {"or": 1, "and": 2, "lt": 3, "le": 3, "gt": 3, "ge": 3, "eq": 3, "ne": 3,

@@ -25,11 +25,15 @@ from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, ScalarConstant, Te
 from .fuse import FusedGraph
 
 
+VIEW_OPS = ("reshape", "squeeze", "expand_dims")   # the same bytes under another shape
+
+
 @dataclass
 class KernelCall:
     kernel: Kernel
     inputs: list[Value]        # graph values bound to kernel.inputs that are not ScalarConstants
     outputs: list[Value]       # graph values bound to kernel.outputs
+    view: bool = False         # output = input reinterpreted (buffers are dense row-major): the plan may skip it
 
 
 @dataclass
@@ -48,6 +52,7 @@ _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 INLINE_MAX_READS = 1.25       # reads per element up to which any injective stage is inlined
 INLINE_MAX_READS_CHEAP = 4.0  # ... and a cheap one (no calls, few operations)
 CHEAP_NODES = 12
+REINDEX_MIN_ROW = 16          # innermost extent from which a reduction is recomputed in its reader's shape
 
 
 def lower_group(nodes: list[Node], name: str, constant_of: dict, outputs: list[Value]) -> tuple[Kernel, list[Value]]:
@@ -85,6 +90,8 @@ def lower_group(nodes: list[Node], name: str, constant_of: dict, outputs: list[V
             t = _copy_stage(t)
         out_stages.append(t)
     stages = _inline(stages_of(out_stages), out_stages)
+    _simplify_indices(stages)
+    stages = _reindex_reductions(stages, out_stages)
     temp = 0
     for s in stages:
         if s in out_stages:
@@ -139,6 +146,65 @@ def _inline(stages: list[Compute], keep: list[Compute]) -> list[Compute]:
     return kept
 
 
+def _ranges(s: Compute) -> dict:
+    r = {v: (0, n - 1) for v, n in zip(s.axes, s.shape)}
+    if isinstance(s.body, Reduce):
+        r.update({v: (0, n - 1) for v, n in zip(s.body.axes, s.body.extents)})
+    return r
+
+
+def _set_body(s: Compute, body) -> None:
+    s.body = Reduce(s.body.combiner, s.body.axes, s.body.extents, body) if isinstance(s.body, Reduce) else body
+
+
+def _simplify_indices(stages: list[Compute]) -> None:
+    """Index arithmetic from reshapes (``(j * 3136 + k) // 3136 % 64``) simplified with
+    the ranges of the stage's axes, so reads become affine again."""
+    for s in stages:
+        _set_body(s, E.simplify_index(_body(s), _ranges(s)))
+
+
+def _affine_reads(s: Compute) -> bool:
+    variables = list(s.axes) + list(s.body.axes if isinstance(s.body, Reduce) else [])
+    return all(E.linear_coefficient(i, v) is not None for x in E.walk(_body(s)) if isinstance(x, E.Load)
+               for i in x.indices for v in variables)
+
+
+def _reindex_reductions(stages: list[Compute], keep: list[Compute]) -> list[Compute]:
+    """A reduction read by one elementwise stage through a reshape (the matrix form of a
+    convolution followed by its bias and activation in NCHW) is recomputed in that
+    stage's index space, where the reader reads it element for element: then it is
+    the reduction's epilogue, applied to the accumulators, instead of a second pass
+    over memory with div/mod index arithmetic."""
+    out = list(stages)
+    for n, r in enumerate(stages):
+        if not isinstance(r.body, Reduce) or r in keep:
+            continue
+        readers = [s for s in out if any(isinstance(x, E.Load) and x.source is r for x in E.walk(_body(s)))]
+        if len(readers) != 1 or isinstance(readers[0].body, Reduce):
+            continue
+        e = readers[0]
+        loads = [x for x in E.walk(e.body) if isinstance(x, E.Load) and x.source is r]
+        idx = {tuple(map(str, x.indices)) for x in loads}
+        if len(idx) != 1 or not e.shape or not r.shape or math.prod(e.shape) != math.prod(r.shape) or \
+                r.shape == e.shape and all(
+                i is a for i, a in zip(loads[0].indices, e.axes)):
+            continue
+        if e.shape[-1] < REINDEX_MIN_ROW and e.shape[-1] != r.shape[-1]:
+            continue   # rows this short would leave the micro-kernel without a vector of columns
+        axes = [E.Var(a.name) for a in e.axes]
+        where = [E.substitute(i, dict(zip(e.axes, axes))) for i in loads[0].indices]
+        red = r.body
+        body = E.substitute(red.body, dict(zip(r.axes, where)))
+        new = Compute(r.name, e.shape, axes, Reduce(red.combiner, red.axes, red.extents, body))
+        _set_body(new, E.simplify_index(body, _ranges(new)))
+        if not _affine_reads(new):
+            continue   # index arithmetic that did not simplify would cost more than the second pass
+        e.body = E.substitute(e.body, {}, loads={r: lambda _idx, new=new, e=e: E.Load(new, list(e.axes))})
+        out[out.index(r)] = new
+    return out
+
+
 def lower_graph(fused: FusedGraph) -> LoweredGraph:
     graph = fused.graph
     constant_of = {n.output: n.attrs["value"] for n in graph.nodes if n.op == "constant"}
@@ -167,7 +233,9 @@ def lower_graph(fused: FusedGraph) -> LoweredGraph:
         kernel, bound = lower_group(group, names[k], constant_of, outs)
         for v in bound:
             use(v)
-        lowered.calls.append(KernelCall(kernel, bound, outs))
+        view = len(group) == 1 and group[0].op in VIEW_OPS and len(bound) == 1 and bound[0].type.nbytes == \
+            outs[0].type.nbytes
+        lowered.calls.append(KernelCall(kernel, bound, outs, view))
 
     produced = {o for c in lowered.calls for o in c.outputs}
     seen: set[Value] = set()

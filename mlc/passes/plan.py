@@ -38,6 +38,7 @@ class MemoryPlan:
     workspace_bytes: int
     naive_bytes: int           # the sum of all intermediate sizes, without reuse
     in_place: int = 0          # outputs placed over a dying input
+    views: int = 0             # reshapes that became the same bytes, with no kernel run
 
     def __str__(self) -> str:
         def slot(a):
@@ -179,12 +180,26 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func], aliases: dict[int, int
     # other (only at the same index, as place_aliases ensured) must not assume noalias
     shared = {lowered.outputs[k]: graph.inputs[j] for k, j in (aliases or {}).items()}
 
+    updated = {graph.inputs[j] for j in (aliases or {}).values()}   # written in place: no views of them
     arena = _Arena()
     where: dict[Value, int] = {}
     naive = 0
     in_place = 0
+    views = 0
     calls = []
     for t, (call, func) in enumerate(zip(lowered.calls, funcs)):
+        if call.view and call.outputs[0] not in fixed and call.outputs[0] in last_use and \
+                call.inputs[0] not in updated:
+            # a reshape: its output is its input's bytes, with no kernel run
+            src, dst = call.inputs[0], call.outputs[0]
+            if src in fixed:
+                fixed[dst] = fixed[src]
+                views += 1
+                continue
+            if last_use.get(src) == t:
+                where[dst] = where.pop(src)
+                views += 1
+                continue
         args = [fixed.get(v) or Slot("workspace", where[v]) for v in call.inputs]
         reuse = {}   # output position -> input position it overwrites
         for i_idx, o_idx in in_place_pairs(call.kernel):
@@ -222,4 +237,4 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func], aliases: dict[int, int
         for v in call.outputs:   # written but never read
             if v in where and v not in last_use:
                 arena.release(where[v], v.type.nbytes)
-    return MemoryPlan(calls, arena.top, naive, in_place)
+    return MemoryPlan(calls, arena.top, naive, in_place, views)

@@ -244,7 +244,7 @@ def _micro_kernel(s: Schedule, c: Compute, epilogue: Compute | None, k: dict, la
         en = s.stages[epilogue.name].loop_names
         _vector_inner(s, en[-1], width, lanes, True)
         if rows > 1:
-            s.unroll(en[-2])
+            s.unroll(en[ri])
     _vector_inner(s, ji, width, lanes, True)
     if ii is not None:
         s.unroll(ii)

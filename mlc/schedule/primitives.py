@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..ir import expr as E
-from ..ir.expr import Const, Expr, Load, Var, linear_coefficient, substitute
+from ..ir.expr import Const, Expr, Load, Var, affine, affine_expr as _lin, linear_coefficient, simplify_index, simplify_int, substitute
 from ..ir.loop import GPU_KINDS, Accumulate, Alloc, Buffer, For, Func, If, Seq, Stmt, Store, buffers_used
 from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, reduce_identity
 from ..target import Target
@@ -178,14 +178,6 @@ def _const(e: Expr) -> int:
     return int(e.value)
 
 
-def _lin(coeffs: dict, const: int = 0) -> Expr:
-    e: Expr = Const(const)
-    for v, c in coeffs.items():
-        if c:
-            e = e + (v * c if c != 1 else v)
-    return e
-
-
 def split_affine(e: Expr, inner: list[Var]):
     """e = outer + sum(c_v * v for v in inner): (outer, {v: c}), or None if e is not
     affine in the inner variables."""
@@ -198,57 +190,6 @@ def split_affine(e: Expr, inner: list[Var]):
             coeffs[v] = c
     outer = substitute(e, {v: Const(0) for v in coeffs}) if coeffs else e
     return outer, coeffs
-
-
-def affine(e: Expr):
-    """({var: coefficient}, constant) for an affine integer expression, else None."""
-    if isinstance(e, Var):
-        return {e: 1}, 0
-    if isinstance(e, Const):
-        return ({}, int(e.value)) if not e.dtype.is_float else None
-    if isinstance(e, E.BinOp) and e.op in ("add", "sub", "mul"):
-        a, b = affine(e.a), affine(e.b)
-        if a is None or b is None:
-            return None
-        if e.op == "mul":
-            if a[0] and b[0]:
-                return None
-            (vs, k), c = (a, b[1]) if not b[0] else (b, a[1])
-            return {v: x * c for v, x in vs.items()}, k * c
-        s = 1 if e.op == "add" else -1
-        vs = dict(a[0])
-        for v, x in b[0].items():
-            vs[v] = vs.get(v, 0) + s * x
-        return vs, a[1] + s * b[1]
-    return None
-
-
-def simplify_index(e: Expr, ranges: dict) -> Expr:
-    """Rewrite ``x // f`` and ``x % f`` of affine ``x`` using loop ranges: the terms whose
-    coefficients are multiples of f go to the quotient when the rest stays in [0, f)."""
-    if isinstance(e, E.BinOp):
-        a, b = simplify_index(e.a, ranges), simplify_index(e.b, ranges)
-        if e.op in ("floordiv", "mod") and isinstance(b, Const) and b.value > 0:
-            f = int(b.value)
-            aff = affine(a)
-            if aff is not None and all(v in ranges for v in aff[0]):
-                vs, c0 = aff
-                q = {v: c // f for v, c in vs.items() if c % f == 0}
-                rest = {v: c for v, c in vs.items() if c % f != 0}
-                lo = c0 % f + sum(min(c * ranges[v][0], c * ranges[v][1]) for v, c in rest.items())
-                hi = c0 % f + sum(max(c * ranges[v][0], c * ranges[v][1]) for v, c in rest.items())
-                if 0 <= lo and hi < f:
-                    return _lin(q, c0 // f) if e.op == "floordiv" else _lin(rest, c0 % f)
-        return E.binop(e.op, a, b) if (a is not e.a or b is not e.b) else e
-    if isinstance(e, Load):
-        return Load(e.source, [simplify_index(i, ranges) for i in e.indices])
-    if isinstance(e, E.Select):
-        return E.Select(*(simplify_index(x, ranges) for x in (e.cond, e.a, e.b)))
-    if isinstance(e, E.Call):
-        return E.Call(e.fn, [simplify_index(x, ranges) for x in e.args])
-    if isinstance(e, E.Cast):
-        return E.cast(e.dtype, simplify_index(e.value, ranges))
-    return e
 
 
 def _loop_ranges(above) -> dict:
@@ -1275,10 +1216,10 @@ def _simplify_stmt(s: Stmt, ranges: dict | None = None) -> Stmt:
                 r[x.var] = (x.start.value, x.start.value + x.extent.value - 1)
             return _for(x, body=_simplify_stmt(x.body, r))
         if isinstance(x, Store):
-            return Store(x.buffer, [_simplify_sub(simplify_index(i, ranges)) for i in x.indices],
+            return Store(x.buffer, [_simplify_sub(simplify_int(i, ranges)) for i in x.indices],
                          simplify_index(x.value, ranges))
         if isinstance(x, Accumulate):
-            return Accumulate(x.buffer, [_simplify_sub(simplify_index(i, ranges)) for i in x.indices], x.combiner,
+            return Accumulate(x.buffer, [_simplify_sub(simplify_int(i, ranges)) for i in x.indices], x.combiner,
                               simplify_index(x.value, ranges), x.rindex)
         if isinstance(x, If):
             cond = _fold_bool(simplify_index(x.cond, ranges))
