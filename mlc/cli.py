@@ -335,7 +335,7 @@ def cmd_tune(args) -> int:
     if args.runner:
         from .tune.rpc import runner_from_spec
         try:
-            runner = runner_from_spec(args.runner, timeout=args.timeout)
+            runner = runner_from_spec(args.runner, timeout=args.timeout, flush=True)
         except (ValueError, ConnectionError, OSError) as e:
             raise SystemExit(f"mlc tune: --runner: {e}")
     elif not target.is_host:
@@ -343,7 +343,7 @@ def cmd_tune(args) -> int:
                          "`mlc rpc-server` there and `--runner rpc://HOST:PORT` here")
     else:
         from .tune.runner import LocalRunner
-        runner = LocalRunner(timeout=args.timeout)
+        runner = LocalRunner(timeout=args.timeout, flush=True)
     print(f"mlc tune {args.model} for {target}: up to {args.trials} trials"
           + (f" or {args.time_budget:g} s" if args.time_budget else "") + f", records in {args.db}")
     progress = make_progress(args.trials, force_lines=args.no_live)

@@ -156,7 +156,9 @@ def test_tune_stores_replayable_records_and_compile_uses_them(model, tuned):
         for r in recs:
             replay(t.kernel, host, json.dumps(r.schedule)).finalize()   # every stored schedule replays
             assert r.ok and r.error is None and r.median > 0 and r.times, r.error
-        assert len({schedule_hash(r.schedule) for r in recs}) == 8   # no schedule measured twice
+        # no schedule measured twice, but the fastest, confirmed once at the end of the run
+        hashes = [schedule_hash(r.schedule) for r in recs]
+        assert len(set(hashes)) == 7 and hashes[-1] in hashes[:-1]
         best = db.best(t.key, host.key)
         assert best.median <= recs[0].median and t.best_time <= best.median
         assert best_schedule(db, t.kernel, host) == best.schedule
@@ -194,7 +196,9 @@ def test_resume_measures_nothing_twice_and_keeps_the_best(model, tuned, tmp_path
     assert len(after) == len(before) + 8
     counts = Counter(schedule_hash(r.schedule) for r in after)
     twice = {h: n for h, n in counts.items() if n > 1}
-    assert twice == {default_hash: 2}, "only the default schedule is measured again on resume"
+    assert twice.get(default_hash) in (2, 3), "the default schedule is measured again on resume (and maybe confirmed)"
+    # besides it, only the fastest schedules are measured again: one confirmation per run
+    assert len(set(twice) - {default_hash}) <= 2
     assert schedule_hash(after[len(before)].schedule) == default_hash
     assert best_after.median <= best_before.median
     assert second.tasks[0].best_time <= best_before.median

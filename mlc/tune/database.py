@@ -11,6 +11,7 @@ schedules already stored (``tried``).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -190,10 +191,21 @@ class TuningDB:
                       workload, rid)
 
     def best(self, workload_key: str, target_key: str) -> Record | None:
-        """The successful record with the lowest median, or None."""
+        """The fastest schedule, or None. A schedule measured several times counts with the
+        median of its measurements, so one lucky measurement on a noisy machine does not
+        make it the best; the record returned carries that median."""
         rows = self._run(f"SELECT {_COLUMNS} FROM records WHERE workload_key=? AND target_key=? AND median IS NOT NULL "
-                         f"ORDER BY median, id LIMIT 1", (workload_key, target_key))
-        return _record(rows[0]) if rows else None
+                         f"ORDER BY id", (workload_key, target_key))
+        by_schedule: dict[str, list[Record]] = {}
+        for row in rows:
+            rec = _record(row)
+            by_schedule.setdefault(schedule_hash(rec.schedule), []).append(rec)
+        best = None
+        for recs in by_schedule.values():
+            m = statistics.median(r.median for r in recs)
+            if best is None or m < best.median:
+                best = dataclasses.replace(recs[-1], median=m)
+        return best
 
     def records(self, workload_key: str, target_key: str) -> list[Record]:
         """Every record of one kernel on one target, oldest first."""

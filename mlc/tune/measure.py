@@ -142,12 +142,24 @@ def check_inputs(build: KernelBuild, inputs: Sequence[np.ndarray]) -> list[np.nd
     return out
 
 
+_FLUSH: list = []
+
+
+def _flush_buffer() -> np.ndarray:
+    """Twice the host's last-level cache, overwritten before each timed call."""
+    if not _FLUSH:
+        _FLUSH.append(np.zeros(max(8 << 20, 2 * Target.get("host").l3_bytes) // 4, np.float32))
+    return _FLUSH[0]
+
+
 def run_build(build: KernelBuild, inputs: Sequence[np.ndarray], repeat: int = 5,
-              min_repeat_ms: float = 2.0) -> MeasureResult:
+              min_repeat_ms: float = 2.0, flush: bool = False) -> MeasureResult:
     """Load and time the build in this process: one warm-up call (its outputs are
     returned), then ``repeat`` timings, each of ``number`` back-to-back calls where
     ``number`` makes one timing last at least ``min_repeat_ms``. Times are seconds
-    per call. A crashing kernel takes this process down: use a runner to isolate it."""
+    per call. ``flush``: instead, ``repeat`` single calls each after overwriting the
+    caches (what a kernel meets inside a whole model). A crashing kernel takes this
+    process down: use a runner to isolate it."""
     if repeat < 1:
         raise ValueError(f"run_build: repeat must be >= 1, got {repeat}")
     host = Target.get("host")
@@ -174,6 +186,18 @@ def run_build(build: KernelBuild, inputs: Sequence[np.ndarray], repeat: int = 5,
 
     timed(1)
     first = [o.copy() for o in outs]
+    if flush:
+        # cold caches, as inside a model where each kernel's weights were last touched a
+        # whole network ago: every call is timed alone after the caches are overwritten
+        scratch = _flush_buffer()
+        times = []
+        for _ in range(repeat):
+            scratch += 1.0
+            t0 = time.perf_counter()
+            entry(ins_p, outs_p, params_p, ws)
+            times.append(time.perf_counter() - t0)
+        del code
+        return MeasureResult(times, first, None)
     min_s = max(0.0, min_repeat_ms) / 1e3
     number = 1
     while number < _MAX_NUMBER:   # grow `number` until one timing is long enough

@@ -172,7 +172,8 @@ class RPCServer:
         timeout = min(timeout, self.max_timeout)
         want = bool(header.get("want_outputs", True))
         r = self.runner.measure(build, inputs, want, timeout=timeout, repeat=int(header.get("repeat", 5)),
-                                min_repeat_ms=float(header.get("min_repeat_ms", 2.0)))
+                                min_repeat_ms=float(header.get("min_repeat_ms", 2.0)),
+                                flush=bool(header.get("flush", False)))
         outs = (r.outputs or []) if want else []
         return {"ok": True, "times": r.times, "error": r.error, "outputs": [array_spec(o) for o in outs]}, outs
 
@@ -212,7 +213,7 @@ class RPCRunner:
     Connects (and asks the server's target) on construction: ``.info``."""
 
     def __init__(self, address: str, timeout: float = 10.0, repeat: int = 5, min_repeat_ms: float = 2.0,
-                 connect_timeout: float = 10.0):
+                 flush: bool = False, connect_timeout: float = 10.0):
         if timeout <= 0 or repeat < 1:
             raise ValueError(f"RPCRunner: timeout must be > 0 and repeat >= 1, got {timeout} and {repeat}")
         self.address = address
@@ -220,6 +221,7 @@ class RPCRunner:
         self.timeout = float(timeout)
         self.repeat = int(repeat)
         self.min_repeat_ms = float(min_repeat_ms)
+        self.flush = bool(flush)
         self.connect_timeout = float(connect_timeout)
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
@@ -270,7 +272,7 @@ class RPCRunner:
 
     def measure(self, build: KernelBuild, inputs: Sequence[np.ndarray], want_outputs: bool = True, *,
                 timeout: float | None = None, repeat: int | None = None,
-                min_repeat_ms: float | None = None) -> MeasureResult:
+                min_repeat_ms: float | None = None, flush: bool | None = None) -> MeasureResult:
         """Time one candidate on the server; a crash or time-out there comes back as
         ``result.error``. ConnectionError when the server cannot be reached."""
         check_triple(build, self.info, f"the rpc server at {self.address}")
@@ -279,7 +281,8 @@ class RPCRunner:
         header = {"type": "measure", "build": build.header(), "inputs": [array_spec(a) for a in inputs],
                   "want_outputs": bool(want_outputs), "timeout": timeout,
                   "repeat": int(self.repeat if repeat is None else repeat),
-                  "min_repeat_ms": float(self.min_repeat_ms if min_repeat_ms is None else min_repeat_ms)}
+                  "min_repeat_ms": float(self.min_repeat_ms if min_repeat_ms is None else min_repeat_ms),
+                  "flush": self.flush if flush is None else bool(flush)}
         reply, bufs = self._request(header, [build.object, *inputs], timeout + _REPLY_SLACK)
         error = reply.get("error")
         outputs = decode_arrays(reply.get("outputs", []), bufs) if want_outputs and error is None else None

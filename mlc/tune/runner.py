@@ -103,12 +103,14 @@ class LocalRunner:
     ``repeat`` timings of at least ``min_repeat_ms`` each (see ``run_build``).
     Measurements are serialized (one at a time gives honest timings)."""
 
-    def __init__(self, timeout: float = 10.0, repeat: int = 5, min_repeat_ms: float = 2.0):
+    def __init__(self, timeout: float = 10.0, repeat: int = 5, min_repeat_ms: float = 2.0,
+                 flush: bool = False):
         if timeout <= 0 or repeat < 1:
             raise ValueError(f"LocalRunner: timeout must be > 0 and repeat >= 1, got {timeout} and {repeat}")
         self.timeout = float(timeout)
         self.repeat = int(repeat)
         self.min_repeat_ms = float(min_repeat_ms)
+        self.flush = bool(flush)
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -125,7 +127,7 @@ class LocalRunner:
 
     def measure(self, build: KernelBuild, inputs: Sequence[np.ndarray], want_outputs: bool = True, *,
                 timeout: float | None = None, repeat: int | None = None,
-                min_repeat_ms: float | None = None) -> MeasureResult:
+                min_repeat_ms: float | None = None, flush: bool | None = None) -> MeasureResult:
         """Time one candidate; a crash or time-out comes back as ``result.error``.
         Keyword arguments override the runner's settings for this measurement."""
         check_triple(build, self.info, "this machine")
@@ -134,7 +136,8 @@ class LocalRunner:
         header = {"v": PROTOCOL_VERSION, "type": "measure", "build": build.header(),
                   "inputs": [array_spec(a) for a in inputs], "want_outputs": bool(want_outputs),
                   "repeat": int(self.repeat if repeat is None else repeat),
-                  "min_repeat_ms": float(self.min_repeat_ms if min_repeat_ms is None else min_repeat_ms)}
+                  "min_repeat_ms": float(self.min_repeat_ms if min_repeat_ms is None else min_repeat_ms),
+                  "flush": self.flush if flush is None else bool(flush)}
         with self._lock:
             if self._closed:
                 raise RuntimeError("LocalRunner is closed")

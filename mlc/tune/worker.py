@@ -156,7 +156,8 @@ def _measure(header: dict, bufs: list) -> tuple[dict, list]:
         raise ValueError("measure request without object code")
     build = KernelBuild.from_header(header.get("build"), bufs[0])
     inputs = decode_arrays(header.get("inputs"), bufs[1:])
-    r = run_build(build, inputs, int(header.get("repeat", 5)), float(header.get("min_repeat_ms", 2.0)))
+    r = run_build(build, inputs, int(header.get("repeat", 5)), float(header.get("min_repeat_ms", 2.0)),
+                  bool(header.get("flush", False)))
     outs = r.outputs if header.get("want_outputs", True) else []
     return {"times": r.times, "error": r.error, "outputs": [array_spec(o) for o in outs]}, outs
 
