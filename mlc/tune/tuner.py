@@ -324,7 +324,10 @@ class Tuner:
                     break
                 self._measure_default(t)
             self.progress(self, "round")
-            self._search(trials - reserve, out_of_time)
+            # keep a tenth of the time budget, like a fifth of the trials, for confirming
+            search_until = None if time_budget is None else self.started + 0.9 * time_budget
+            self._search(trials - reserve,
+                         lambda: search_until is not None and time.monotonic() >= search_until)
             if not out_of_time() and self.stopped_by != "space exhausted":
                 self._confirm(lambda: out_of_time() or self.trials >= trials)
                 self._search(trials, out_of_time)     # what confirming did not use
