@@ -64,6 +64,10 @@ def write_report(db_path: str, target_key: str, out_png: str) -> str:
         ax.set_xlabel("trials")
     for ax in flat[len(tasks):]:
         ax.axis("off")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    for ax in axes.flat:
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     fig.suptitle("mlc tune: best latency against trials")
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
