@@ -362,11 +362,35 @@ def cmd_tune(args) -> int:
     print(f"stopped: {why.get(tuner.stopped_by, tuner.stopped_by)}. {tuner.trials} trials in "
           f"{time.monotonic() - tuner.started:.1f} s; estimated latency {tuner.default_latency * 1e3:.3f} ms "
           f"(default schedules) -> {tuner.estimated_latency * 1e3:.3f} ms (best measured)")
+    if target.is_host and tuner.trials and not args.runner and tuner.stopped_by != "interrupted":
+        _end_to_end_check(graph, args)
     print(f"use the records: mlc compile {args.model} --db {args.db}" + (f" --target {args.target}" if args.target
                                                                          else ""))
     if args.report:
         print(write_report(args.db, target.key, args.report))
     return 130 if tuner.stopped_by == "interrupted" else 0
+
+
+def _end_to_end_check(graph, args) -> None:
+    """Time the whole model with the default schedules and with the tuning records,
+    interleaved: kernel times measured alone do not always add up to the model's."""
+    import numpy as np
+
+    import mlc
+    from .runtime.timing import median_seconds
+    default = mlc.compile(graph, opt_level=args.opt_level)
+    tuned = mlc.compile(graph, opt_level=args.opt_level, db=args.db)
+    rng = np.random.default_rng(0)
+    inputs = [_random_array(rng, v.type) for v in graph.inputs]
+    t_default = t_tuned = float("inf")
+    for _ in range(3):
+        t_default = min(t_default, median_seconds(lambda: default(*inputs), 5))
+        t_tuned = min(t_tuned, median_seconds(lambda: tuned(*inputs), 5))
+    print(f"end to end on this machine: default schedules {t_default * 1e3:.3f} ms, with the records "
+          f"{t_tuned * 1e3:.3f} ms ({t_default / t_tuned:.2f}x)")
+    if t_tuned > 1.02 * t_default:
+        print("  the tuned model is slower here: kernels timed alone did not predict it (a busy or noisy "
+              "machine?); tune longer on a quiet machine, or compile without --db")
 
 
 def cmd_rpc_server(args) -> int:

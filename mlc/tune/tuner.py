@@ -265,19 +265,29 @@ class Tuner:
         self.progress(self, "measured")
         return median
 
-    def _measure_default(self, t: Task) -> None:
+    def _measure_default(self, t: Task, twice: bool = True) -> None:
         cand = self._candidate(t, {})
         error = self._measure(t, cand, is_default=True)
         if t.reference is None:
             raise TuneError(f"the default schedule of kernel {t.name} failed to run ({error}); nothing to compare "
                             "candidates with, so it cannot be tuned (a larger --timeout?)")
         # the reference time scales everything the tuner learns: one disturbed
-        # measurement on a busy machine must not set it, so take the better of two
+        # measurement on a busy machine must not set it, so it is the mean of two
+        if not twice:
+            return
         again = self.runner.measure(build_kernel(cand.func, self.target), t.inputs, want_outputs=False)
-        if again.error is None and again.median < t.default_time:
-            t.default_time = again.median
-            t.best_time = min(t.best_time, again.median)
-            self.db.set_task(t.key, self.target.key, t.name, weight=t.weight, default_median=again.median)
+        self.trials += 1
+        t.trials += 1
+        if again.error is None:
+            # stored like any measurement: the database ranks the default by its median too
+            self.db.add(t.key, self.target.key, cand.schedule, again.times, None, str(t.kernel))
+            t.default_time = (t.default_time + again.median) / 2
+            best = self.db.best(t.key, self.target.key)
+            t.best_time = best.median if best is not None else t.default_time
+            self.db.set_task(t.key, self.target.key, t.name, weight=t.weight, default_median=t.default_time)
+        else:
+            self.db.add(t.key, self.target.key, cand.schedule, None, again.error, str(t.kernel))
+        self.progress(self, "measured")
 
     def _pick_task(self) -> Task | None:
         live = [t for t in self.tasks if not t.exhausted]
@@ -322,7 +332,7 @@ class Tuner:
             for t in sorted(self.tasks, key=lambda t: -t.weight):
                 if self.trials >= trials or out_of_time():
                     break
-                self._measure_default(t)
+                self._measure_default(t, twice=self.trials + 2 <= trials)
             self.progress(self, "round")
             # keep a tenth of the time budget, like a fifth of the trials, for confirming
             search_until = None if time_budget is None else self.started + 0.9 * time_budget
