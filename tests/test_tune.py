@@ -540,3 +540,10 @@ def test_cost_model_ranks_by_the_learned_feature():
     pred = m.predict([feats(v) for v in (3.5, 0.2, 2.0, 1.0)])
     assert pred is not None and len(pred) == 4
     assert list(np.argsort(pred)) == [1, 3, 2, 0]
+
+
+def test_cli_tune_reports_the_model_end_to_end(tmp_path, capsys):
+    assert main(["tune", "mlp", "--trials", "8", "--db", str(tmp_path / "t.db"), "--no-live"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("end to end on this machine"))
+    assert "default schedules" in line and "with the records" in line and line.endswith("x)")
