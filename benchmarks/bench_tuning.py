@@ -16,7 +16,8 @@
   latency came within 10% of its final value.
 
 2 threads for everyone (ONNX Runtime intra-op 2, TVM's pool 2, mlc libgomp on
-this machine's cores). Needs onnxruntime (and apache-tvm for its row): pip
+this machine's cores); each engine is timed after the previous one's threads have
+stopped spinning. Needs onnxruntime (and apache-tvm for its row): pip
 install '.[bench]'.
 """
 from __future__ import annotations
@@ -53,6 +54,17 @@ RESNET50_CONVS = [
 ]
 
 
+def settle() -> None:
+    """Let the previous engine's worker threads stop spinning (OpenBLAS and ONNX Runtime
+    busy-wait after a call) before another engine is timed on the same 2 cores."""
+    time.sleep(0.3)
+
+
+def timed(fn, reps: int) -> float:
+    settle()
+    return median_seconds(fn, reps)
+
+
 def gflops(flop: float, seconds: float) -> float:
     return flop / seconds / 1e9
 
@@ -79,10 +91,12 @@ def bench_matmul(args) -> None:
             tuned = mlc.compile(graph, db=db)
         np.testing.assert_allclose(tuned(a, b), a @ b, rtol=1e-3, atol=1e-2)
         # interleave the three so a noisy stretch of the machine hits them alike
-        t_np = median_seconds(lambda: a @ b, reps)
-        t_def = median_seconds(lambda: default(a, b), reps)
-        t_tun = median_seconds(lambda: tuned(a, b), reps)
-        t_np = min(t_np, median_seconds(lambda: a @ b, reps))
+        t_np = timed(lambda: a @ b, reps)
+        t_def = timed(lambda: default(a, b), reps)
+        t_tun = timed(lambda: tuned(a, b), reps)
+        t_np = min(t_np, timed(lambda: a @ b, reps))
+        t_def = min(t_def, timed(lambda: default(a, b), reps))
+        t_tun = min(t_tun, timed(lambda: tuned(a, b), reps))
         g_np, g_def, g_tun = gflops(flop, t_np), gflops(flop, t_def), gflops(flop, t_tun)
         print(f"{f'{m}x{k}x{n}':>16s} {g_np:7.0f} {g_def:8.0f} {g_def / g_np:6.2f} {g_tun:7.0f} {g_tun / g_np:6.2f} "
               f"{tuner.trials:6d} {t_tune:7.1f}", flush=True)
@@ -119,8 +133,8 @@ def bench_conv(args, ort) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
         out = want.shape[2]
         flop = 2.0 * c_out * out * out * c_in * k * k
-        t_mlc = median_seconds(lambda: exe(x), args.repeat)
-        t_ort = median_seconds(lambda: sess.run(None, {"x": x}), args.repeat)
+        t_mlc = timed(lambda: exe(x), args.repeat)
+        t_ort = timed(lambda: sess.run(None, {"x": x}), args.repeat)
         total_mlc += t_mlc
         total_ort += t_ort
         name = f"{c_in}->{c_out} {k}x{k}/{stride} @{size}{' +relu' if relu else ''}"
@@ -161,16 +175,16 @@ def bench_resnet50(args, ort) -> None:
     sess = ort_session(ort, path)
     feed = {model.graph.input[0].name: x}
     want = sess.run(None, feed)[0]
-    t_ort = median_seconds(lambda: sess.run(None, feed), args.repeat)
+    t_ort = timed(lambda: sess.run(None, feed), args.repeat)
     rows = [("onnxruntime", t_ort)]
     default = mlc.compile(graph)
     np.testing.assert_allclose(default(x), want, rtol=1e-3, atol=1e-3)
-    rows.append(("mlc default", median_seconds(lambda: default(x), args.repeat)))
+    rows.append(("mlc default", timed(lambda: default(x), args.repeat)))
     if os.path.exists(args.db):
         tuned = mlc.compile(graph, db=args.db)
         np.testing.assert_allclose(tuned(x), want, rtol=1e-3, atol=1e-3)
         rows.append((f"mlc tuned ({tuned.stats['tuned_kernels']}/{tuned.kernel_count} kernels)",
-                     median_seconds(lambda: tuned(x), args.repeat)))
+                     timed(lambda: tuned(x), args.repeat)))
     try:
         res = tvm_resnet50(path, x)
     except Exception as e:   # noqa: BLE001 -- a peer failing is reported, not fatal
