@@ -199,7 +199,6 @@ class Tuner:
             best = self.db.best(t.key, self.target.key)
             if best is not None:
                 t.best_time, t.best_schedule = best.median, best.schedule
-                t.history.append((self.trials, t.best_time))
 
     def _schedule_of(self, t: Task, config: dict) -> list:
         key = config_id(config)
@@ -374,7 +373,7 @@ class Tuner:
                 fastest.setdefault(schedule_hash(r.schedule), r)
             for r in list(fastest.values())[:CONFIRM] if len(fastest) > 1 else []:
                 if out_of_time():
-                    return
+                    break
                 func = schedule_kernel(t.kernel, self.target, r.schedule)
                 res = self.runner.measure(build_kernel(func, self.target), t.inputs or example_inputs(func),
                                           want_outputs=False)
@@ -389,6 +388,8 @@ class Tuner:
             if best is not None:
                 t.best_time, t.best_schedule = best.median, best.schedule
                 t.history.append((self.trials, t.best_time))
+            if out_of_time():
+                return
 
 
 def tune(graph, target="host", db="tuning.db", trials: int = 200, time_budget: float | None = None,
