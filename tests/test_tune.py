@@ -31,6 +31,7 @@ from mlc.tune.rpc import RPCServer
 from mlc.tune.runner import LocalRunner
 from mlc.tune.space import FEATURES, ROWS, VECTORS, SearchSpace, workload_key
 from mlc.tune.tuner import MIN_TRAIN, CostModel, best_schedule, extract_tasks, tune
+from processes import child_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -74,19 +75,7 @@ def _cli(*argv) -> tuple[int, str]:
 
 def _children(pid: int) -> list[int]:
     """Live (not zombie) processes whose parent is ``pid``."""
-    out = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(p))
-    return out
+    return [c for c, state in child_processes(pid).items() if state != "Z"]
 
 
 def _alive(pid: int) -> bool:

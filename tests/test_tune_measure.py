@@ -23,6 +23,7 @@ from mlc.tune.measure import KernelBuild, build_kernel, run_build
 from mlc.tune.rpc import RPCError, RPCRunner, RPCServer, runner_from_spec
 from mlc.tune.runner import LocalRunner
 from mlc.tune.worker import PROTOCOL_VERSION, recv_frame, send_frame
+from processes import child_processes
 
 N = 1024
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,19 +65,7 @@ def x():
 
 def _children() -> dict[int, str]:
     """This process's child processes: pid -> state letter ('Z' is a zombie)."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == os.getpid():
-            out[int(pid)] = fields[0]
-    return out
+    return child_processes(os.getpid())
 
 
 def _env() -> dict:

@@ -204,6 +204,16 @@ def _unflat(flat, shape):
     return tuple(idx[::-1])
 
 
+def _scatter_without_updates(data, idx, o):
+    """The stages of a scatter-add with nothing to add (an empty output, or no indices),
+    else None."""
+    if o.size == 0:
+        return [_zero_stage(o)]
+    if idx.type.size == 0:
+        return [compute(o.shape, lambda *i: data[i])]
+    return None
+
+
 def _scatter_add_lower(ins, outs, axis):
     """out[..., v, ...] = data[..., v, ...] + the sum of updates[..., p, ...] over the index
     positions p with indices[p] == v (after wrapping and clamping). The IR has no scatter:
@@ -211,10 +221,9 @@ def _scatter_add_lower(ins, outs, axis):
     (O(data.size * indices.size)); for large problems (an embedding table's gradient) the
     indices are sorted first so each row sums only its own updates (``_scatter_add_sorted``)."""
     (data, idx, upd), (o,) = ins, outs
-    if o.size == 0:
-        return [_zero_stage(o)]
-    if idx.type.size == 0:
-        return [compute(o.shape, lambda *i: data[i])]
+    trivial = _scatter_without_updates(data, idx, o)
+    if trivial is not None:
+        return trivial
     acc = _acc_dtype(o.dtype)
     n, r = data.shape[axis], len(idx.shape)
     zero = Const(0, acc)
@@ -348,10 +357,9 @@ def _scatter_elements_lower(ins, outs, axis):
     """out[j] = data[j] + sum over k < indices.shape[axis] of updates[j with axis = k]
     where indices there selects j[axis]: O(data.size * indices.shape[axis])."""
     (data, idx, upd), (o,) = ins, outs
-    if o.size == 0:
-        return [_zero_stage(o)]
-    if idx.type.size == 0:
-        return [compute(o.shape, lambda *i: data[i])]
+    trivial = _scatter_without_updates(data, idx, o)
+    if trivial is not None:
+        return trivial
     acc = _acc_dtype(o.dtype)
     n, m = data.shape[axis], idx.shape[axis]
     zero = Const(0, acc)
