@@ -192,13 +192,16 @@ def split_affine(e: Expr, inner: list[Var]):
     return outer, coeffs
 
 
-def _loop_ranges(above) -> dict:
-    """Var -> (lo, hi) inclusive for the constant loops among ``above``."""
-    out = {}
-    for a in above:
-        if isinstance(a, For) and isinstance(a.start, Const) and isinstance(a.extent, Const):
-            out[a.var] = (a.start.value, a.start.value + a.extent.value - 1)
-    return out
+def _below(above: tuple, L: For) -> tuple:
+    """The ancestors of a statement that lie inside ``L`` (``above`` runs outermost first)."""
+    k = next(i for i, a in enumerate(above) if a is L)
+    return above[k + 1:]
+
+
+def _inner_ranges(above: tuple, L: For) -> dict:
+    """Var -> (lo, hi) inclusive for the loops between ``L`` and a statement."""
+    return {a.var: (_const(a.start), _const(a.start) + _const(a.extent) - 1)
+            for a in _below(above, L) if isinstance(a, For)}
 
 
 # ============================================================================ stages
@@ -651,12 +654,10 @@ class Schedule:
             raise ScheduleError(f"cannot {what} {name}: its loops were transformed; {what} it first")
         return st
 
-    def _readers(self, buf: Buffer, skip=None):
+    def _readers(self, buf: Buffer):
         """Every statement (with ancestors) that loads from ``buf``."""
         out = []
         for s, above in self._walk():
-            if s is skip:
-                continue
             if any(x.source is buf for e in stmt_exprs(s) for x in _loads(e)):
                 out.append((s, above))
         return out
@@ -683,9 +684,7 @@ class Schedule:
         (list of (indices, ancestors)) touch during one iteration of ``L``'s body."""
         dims = None
         for indices, above in accesses:
-            k = next(i for i, a in enumerate(above) if a is L)
-            inner = [a for a in above[k + 1:] if isinstance(a, For)]
-            rng = {a.var: (_const(a.start), _const(a.start) + _const(a.extent) - 1) for a in inner}
+            rng = _inner_ranges(above, L)
             box = []
             for e in indices:
                 sa = split_affine(e, list(rng))
@@ -815,7 +814,7 @@ class Schedule:
             guard = any(isinstance(g, If) and g.likely for _, a in writes for g in a)
             hoisted, block = _peel_guards(s.body)
             acc = block.buffer if isinstance(block, Alloc) and self.acc_of.get(block.buffer) == pname else None
-            nest = self._consumer_nest(st, region, guard, acc)
+            nest = self._consumer_nest(st, region, guard, prod.buffer, acc)
             if acc is None:
                 forwarded[0] = False
                 # an iteration the split guards skip must not run the epilogue either
@@ -841,22 +840,21 @@ class Schedule:
         self._record("reverse_compute_at", stage, loop)
 
     def _owner(self, s: Stmt) -> str | None:
+        """The stage a statement writes (a register accumulator's counts as its stage's)."""
         if isinstance(s, (Store, Accumulate)):
-            for st in self.stages.values():
-                if s.buffer is st.buffer:
-                    return st.name
-            return self.acc_of.get(s.buffer)
+            return self._stage_of_buffer(s.buffer) or self.acc_of.get(s.buffer)
         return None
 
-    def _consumer_nest(self, st: Stage, region, guard: bool, acc: Buffer | None) -> Stmt:
+    @staticmethod
+    def _consumer_nest(st: Stage, region, guard: bool, produced: Buffer, acc: Buffer | None) -> Stmt:
+        """``st`` over ``region``; with ``acc``, its reads of ``produced`` read the
+        accumulator (which covers the same region) instead."""
         rank = len(st.axes)
         lv = [Var(st.loop_names[d]) for d in range(rank)]
         gidx = [region[d][0] + lv[d] for d in range(rank)]
         value = substitute(st.value, dict(zip(st.axes, gidx)))
         if acc is not None:
-            prod_buf = {a.source for a in _loads(value) if a.source.shape == tuple(st.extents)}
-            value = substitute(value, {}, None, {b: (lambda idx: Load(acc, lv)) for b in prod_buf
-                                                 if self._stage_of_buffer(b) == self.acc_of.get(acc)})
+            value = subst_loads(value, produced, lambda idx: Load(acc, lv))
         body: Stmt = Store(st.buffer, gidx, value)
         if guard:
             for d in reversed(range(rank)):
@@ -875,9 +873,7 @@ class Schedule:
         for axis in range(len(accs[0][0].rindex)) if accs else ():
             terms = []
             for w, above in accs:
-                k = next(i for i, a in enumerate(above) if a is L)
-                inner = [a for a in above[k + 1:] if isinstance(a, For)]
-                rng = {a.var: (_const(a.start), _const(a.start) + _const(a.extent) - 1) for a in inner}
+                rng = _inner_ranges(above, L)
                 e, n = w.rindex[axis]
                 sa = split_affine(e, list(rng))
                 if sa is None:
@@ -929,10 +925,7 @@ class Schedule:
             acc_buf[:] = [acc]
             inner_of = {}
             for w, a in accs:
-                k = next(i for i, x in enumerate(a) if x is s)
-                for x in a[k + 1:]:
-                    if isinstance(x, For):
-                        inner_of[x.var] = x
+                inner_of.update({x.var: x for x in _below(a, s) if isinstance(x, For)})
             first = self._reduction_done(accs, s, "first")
             guard = any(isinstance(g, If) and g.likely for _, a in accs for g in a)
             # name the accumulator's loops after the loops that walk the same dimension
@@ -1134,8 +1127,7 @@ def _outer_guards(L: For, stmts) -> dict:
     inner = {x.var for x, _ in walk_stmts(L.body) if isinstance(x, For)}
     out = {}
     for _, above in stmts:
-        k = next(i for i, a in enumerate(above) if a is L)
-        for g in above[k + 1:]:
+        for g in _below(above, L):
             if isinstance(g, If) and g.likely and not any(E.uses_var(g.cond, v) for v in inner):
                 out[id(g)] = g.cond
     return out
@@ -1167,8 +1159,7 @@ def _check_dense(accs, L: For, shape, what: str) -> None:
     dimension, the inner loops that index it span exactly the box (no strided walk that
     would make the write-back overwrite elements other iterations own)."""
     for w, above in accs:
-        k = next(i for i, a in enumerate(above) if a is L)
-        inner = {a.var: _const(a.extent) for a in above[k + 1:] if isinstance(a, For)}
+        inner = {a.var: _const(a.extent) for a in _below(above, L) if isinstance(a, For)}
         for d, e in enumerate(w.indices):
             span = 1
             for v, n in inner.items():
