@@ -22,7 +22,7 @@ import pytest
 import mlc
 from mlc.cli import main
 from mlc.examples import mlp, mlp_inputs, mlp_numpy
-from mlc.schedule.default import rule_schedule
+from mlc.schedule.default import default_knobs, rule_schedule
 from mlc.schedule.primitives import replay
 from mlc.target import Target
 from mlc.tune.database import TuningDB, schedule_hash
@@ -501,7 +501,8 @@ def test_search_space_respects_the_register_budget(target, registers):
     space = SearchSpace(_kernel(64), t)
     pairs = {(c["rows"], c["vectors"]) for c in space.configs}
     assert pairs == {(r, v) for r in ROWS for v in VECTORS if r * v + v + 1 <= registers}
-    assert (space.default["rows"], space.default["vectors"]) in pairs
+    default = default_knobs(space.kernel, t)
+    assert (default["rows"], default["vectors"]) in pairs
     assert len(space) == len(space.configs) > 0
     assert len({json.dumps(c, sort_keys=True) for c in space.configs}) == len(space)
     assert all(set(c) == set(space.names) for c in space.configs)

@@ -16,9 +16,10 @@ import re
 
 import numpy as np
 
+from ..ir import expr as E
 from ..ir.loop import Accumulate, Alloc, For, Func, Store
 from ..ir.tensor import Kernel
-from ..schedule.default import default_knobs, rule_schedule
+from ..schedule.default import rule_schedule
 from ..schedule.primitives import walk_stmts
 from ..target import Target
 
@@ -41,7 +42,6 @@ class SearchSpace:
     def __init__(self, kernel: Kernel, target: Target):
         self.kernel = kernel
         self.target = target
-        self.default = default_knobs(kernel, target)
         registers = 32 if target.vector_bytes >= 64 else 16
         contraction = any(c.is_reduction for c in kernel.stages)
         grid = {"parallel": (1, 0)}
@@ -58,13 +58,9 @@ class SearchSpace:
     def __len__(self) -> int:
         return len(self.configs)
 
-    def knobs(self, config: dict) -> dict:
-        k = dict(self.default)
-        k.update(config)
-        return k
-
     def trace(self, config: dict) -> list:
-        return rule_schedule(self.kernel, self.target, self.knobs(config)).trace
+        """The schedule the rules write with these knobs (the others at their defaults)."""
+        return rule_schedule(self.kernel, self.target, config).trace
 
     def sample(self, n: int, rng: random.Random, exclude=()) -> list[dict]:
         pool = [c for c in self.configs if config_id(c) not in exclude]
@@ -126,12 +122,10 @@ def features(func: Func, target: Target) -> np.ndarray:
 
 
 def _extent(f: For) -> int:
-    from ..ir.expr import Const
-    return int(f.extent.value) if isinstance(f.extent, Const) else 1
+    return int(f.extent.value) if isinstance(f.extent, E.Const) else 1
 
 
 def _loads_in(s):
-    from ..ir import expr as E
     for e in (*s.indices, s.value):
         for x in E.walk(e):
             if isinstance(x, E.Load):

@@ -21,6 +21,7 @@ One tuning job:
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -55,12 +56,14 @@ class Task:
     inputs: list = field(default_factory=list)
     reference: list | None = None
     default_time: float | None = None
+    default_schedule: list | None = None
     best_time: float | None = None
     best_schedule: list | None = None
     trials: int = 0
     stale_rounds: int = 0           # rounds since the last improvement
     tried: set = field(default_factory=set)             # config ids
     tried_schedules: set = field(default_factory=set)   # schedule hashes: knobs a kernel ignores give equal schedules
+    traces: dict = field(default_factory=dict)          # config id -> the rules' schedule for it
     history: list = field(default_factory=list)    # (trial number, best time so far)
 
     @property
@@ -201,8 +204,9 @@ class Tuner:
                 t.best_time, t.best_schedule = best.median, best.schedule
 
     def _schedule_of(self, t: Task, config: dict) -> list:
+        """The rules' schedule for a knob assignment ([] when the rules refuse it), once."""
         key = config_id(config)
-        cache = t.__dict__.setdefault("_traces", {})
+        cache = t.traces
         if key not in cache:
             try:
                 cache[key] = t.space.trace(config)
@@ -252,7 +256,7 @@ class Tuner:
         median = res.median
         if is_default:
             t.reference = res.outputs
-            t.default_time = median
+            t.default_time, t.default_schedule = median, cand.schedule
             self.db.set_task(t.key, self.target.key, t.name, weight=t.weight, default_median=median)
         if t.default_time:
             self.model.add(cand.feats, median / t.default_time)
@@ -271,21 +275,29 @@ class Tuner:
             raise TuneError(f"the default schedule of kernel {t.name} failed to run ({error}); nothing to compare "
                             "candidates with, so it cannot be tuned (a larger --timeout?)")
         # the reference time scales everything the tuner learns: one disturbed
-        # measurement on a busy machine must not set it, so it is the mean of two
-        if not twice:
-            return
-        again = self.runner.measure(build_kernel(cand.func, self.target), t.inputs, want_outputs=False)
+        # measurement on a busy machine must not set it, so it is the median of two
+        if twice:
+            self._remeasure(t, cand.schedule, cand.func)
+
+    def _remeasure(self, t: Task, schedule: list, func) -> None:
+        """Time a schedule measured before once more (one trial; no output check: its
+        outputs were checked the first time) and store it; the database ranks a schedule,
+        the default included, by the median of its measurements."""
+        res = self.runner.measure(build_kernel(func, self.target), t.inputs or example_inputs(func),
+                                  want_outputs=False)
         self.trials += 1
         t.trials += 1
-        if again.error is None:
-            # stored like any measurement: the database ranks the default by its median too
-            self.db.add(t.key, self.target.key, cand.schedule, again.times, None, str(t.kernel))
-            t.default_time = (t.default_time + again.median) / 2
-            best = self.db.best(t.key, self.target.key)
-            t.best_time = best.median if best is not None else t.default_time
+        self.db.add(t.key, self.target.key, schedule, res.times if res.error is None else None, res.error,
+                    str(t.kernel))
+        medians = [r.median for r in self.db.records(t.key, self.target.key)
+                   if r.ok and r.schedule == t.default_schedule]
+        if medians:
+            t.default_time = statistics.median(medians)
             self.db.set_task(t.key, self.target.key, t.name, weight=t.weight, default_median=t.default_time)
-        else:
-            self.db.add(t.key, self.target.key, cand.schedule, None, again.error, str(t.kernel))
+        best = self.db.best(t.key, self.target.key)
+        if best is not None:
+            t.best_time, t.best_schedule = best.median, best.schedule
+            t.history.append((self.trials, t.best_time))
         self.progress(self, "measured")
 
     def _pick_task(self) -> Task | None:
@@ -374,20 +386,7 @@ class Tuner:
             for r in list(fastest.values())[:CONFIRM] if len(fastest) > 1 else []:
                 if out_of_time():
                     break
-                func = schedule_kernel(t.kernel, self.target, r.schedule)
-                res = self.runner.measure(build_kernel(func, self.target), t.inputs or example_inputs(func),
-                                          want_outputs=False)
-                self.trials += 1
-                t.trials += 1
-                if res.error is None:
-                    self.db.add(t.key, self.target.key, r.schedule, res.times, None, str(t.kernel))
-                else:
-                    self.db.add(t.key, self.target.key, r.schedule, None, res.error, str(t.kernel))
-                self.progress(self, "measured")
-            best = self.db.best(t.key, self.target.key)
-            if best is not None:
-                t.best_time, t.best_schedule = best.median, best.schedule
-                t.history.append((self.trials, t.best_time))
+                self._remeasure(t, r.schedule, schedule_kernel(t.kernel, self.target, r.schedule))
             if out_of_time():
                 return
 
