@@ -253,26 +253,12 @@ def affine_expr(coeffs: dict, const: int = 0) -> Expr:
 
 
 def affine(e: Expr):
-    """({var: coefficient}, constant) for an affine integer expression, else None."""
-    if isinstance(e, Var):
-        return {e: 1}, 0
-    if isinstance(e, Const):
-        return ({}, int(e.value)) if not e.dtype.is_float else None
-    if isinstance(e, BinOp) and e.op in ("add", "sub", "mul"):
-        a, b = affine(e.a), affine(e.b)
-        if a is None or b is None:
-            return None
-        if e.op == "mul":
-            if a[0] and b[0]:
-                return None
-            (vs, k), c = (a, b[1]) if not b[0] else (b, a[1])
-            return {v: x * c for v, x in vs.items()}, k * c
-        s = 1 if e.op == "add" else -1
-        vs = dict(a[0])
-        for v, x in b[0].items():
-            vs[v] = vs.get(v, 0) + s * x
-        return vs, a[1] + s * b[1]
-    return None
+    """({var: coefficient}, constant) for an affine integer expression, else None: the
+    linear form of ``_atoms`` when every atom is a variable."""
+    lin = _atoms(e)
+    if lin is None or not all(isinstance(atom, Var) for atom, _ in lin[0].values()):
+        return None
+    return {atom: c for atom, c in lin[0].values() if c}, lin[1]
 
 
 def simplify_index(e: Expr, ranges: dict) -> Expr:

@@ -177,7 +177,7 @@ def _reindex_reductions(stages: list[Compute], keep: list[Compute]) -> list[Comp
     the reduction's epilogue, applied to the accumulators, instead of a second pass
     over memory with div/mod index arithmetic."""
     out = list(stages)
-    for n, r in enumerate(stages):
+    for r in stages:
         if not isinstance(r.body, Reduce) or r in keep:
             continue
         readers = [s for s in out if any(isinstance(x, E.Load) and x.source is r for x in E.walk(_body(s)))]
@@ -186,9 +186,8 @@ def _reindex_reductions(stages: list[Compute], keep: list[Compute]) -> list[Comp
         e = readers[0]
         loads = [x for x in E.walk(e.body) if isinstance(x, E.Load) and x.source is r]
         idx = {tuple(map(str, x.indices)) for x in loads}
-        if len(idx) != 1 or not e.shape or not r.shape or math.prod(e.shape) != math.prod(r.shape) or \
-                r.shape == e.shape and all(
-                i is a for i, a in zip(loads[0].indices, e.axes)):
+        identity = r.shape == e.shape and all(i is a for i, a in zip(loads[0].indices, e.axes))
+        if len(idx) != 1 or identity or not e.shape or not r.shape or math.prod(e.shape) != math.prod(r.shape):
             continue
         if e.shape[-1] < REINDEX_MIN_ROW and e.shape[-1] != r.shape[-1]:
             continue   # rows this short would leave the micro-kernel without a vector of columns

@@ -188,18 +188,16 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func], aliases: dict[int, int
     views = 0
     calls = []
     for t, (call, func) in enumerate(zip(lowered.calls, funcs)):
-        if call.view and call.outputs[0] not in fixed and call.outputs[0] in last_use and \
-                call.inputs[0] not in updated:
+        src, dst = call.inputs[0] if call.inputs else None, call.outputs[0]
+        if call.view and dst not in fixed and dst in last_use and src not in updated and (
+                src in fixed or last_use.get(src) == t):
             # a reshape: its output is its input's bytes, with no kernel run
-            src, dst = call.inputs[0], call.outputs[0]
             if src in fixed:
                 fixed[dst] = fixed[src]
-                views += 1
-                continue
-            if last_use.get(src) == t:
+            else:
                 where[dst] = where.pop(src)
-                views += 1
-                continue
+            views += 1
+            continue
         args = [fixed.get(v) or Slot("workspace", where[v]) for v in call.inputs]
         reuse = {}   # output position -> input position it overwrites
         for i_idx, o_idx in in_place_pairs(call.kernel):

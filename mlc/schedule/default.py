@@ -28,8 +28,7 @@ from ..target import Target
 from .primitives import Schedule, replay
 
 PARALLEL_MIN_WORK = 1 << 15     # elementwise operations below which threads cost more than they give
-MICRO_ROWS = 6                  # register tile rows for contraction-like reductions
-MICRO_VECTORS = 2               # register tile width in vectors (6 x 2 accumulators + 3 operands fit 16 registers)
+MICRO_ROWS = 6                  # extent from which an axis fills the register tile's rows
 PACK_MIN_ROWS = 48              # rows that must share a cache block for blocking and packing to pay off
 
 
@@ -283,10 +282,8 @@ def _pack(s: Schedule, c: Compute, red, row_axis, width: int, lanes: int, at: st
     load = _packable_load(red.body, row_axis, c.axes[-1], red.axes[0])
     if load is None or len(load.indices) != 2:
         return None
-    dj = next(d for d, x in enumerate(load.indices) if x is c.axes[-1]) if any(
-        x is c.axes[-1] for x in load.indices) else None
-    dk = next(d for d, x in enumerate(load.indices) if x is red.axes[0]) if any(
-        x is red.axes[0] for x in load.indices) else None
+    dj = next((d for d, x in enumerate(load.indices) if x is c.axes[-1]), None)
+    dk = next((d for d, x in enumerate(load.indices) if x is red.axes[0]), None)
     if dj is None or dk is None:
         return None
     name = s.cache_read(load.source.name, c.name, [["o", dj, width], dk, ["i", dj, width]])
