@@ -197,7 +197,7 @@ def _pass_manager(args, **kw):
 
 def cmd_compile(args) -> int:
     import mlc
-    target = _compile_target(args)
+    target = _target_of(args, "compile")
     suffix = os.path.splitext(args.output)[1] if args.output else None
     if suffix not in (None, ".o", ".so"):
         raise SystemExit(f"mlc compile: -o {args.output}: write an object file (.o) or a shared library (.so)")
@@ -238,12 +238,12 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def _compile_target(args):
+def _target_of(args, command: str):
     from .target import Target
     try:
         return Target.get(args.target or "host")
     except ValueError as e:
-        raise SystemExit(f"mlc compile: --target: {e}")
+        raise SystemExit(f"mlc {command}: --target: {e}")
 
 
 def _open_tuning_db(path, command: str):
@@ -315,15 +315,11 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .target import Target
     from .tune.database import TuningDBError
     from .tune.progress import make_progress
     from .tune.report import write_report
     from .tune.tuner import TuneError, tune
-    try:
-        target = Target.get(args.target or "host")
-    except ValueError as e:
-        raise SystemExit(f"mlc tune: --target: {e}")
+    target = _target_of(args, "tune")
     if args.trials < 0:
         raise SystemExit("mlc tune: --trials must be >= 0")
     if args.timeout <= 0:
