@@ -40,6 +40,7 @@ POOL = 32                 # untried candidates the cost model ranks per round
 EXPLORE = 0.25            # share of each batch picked at random
 MIN_TRAIN = 8             # measurements before the cost model is trusted
 CONFIRM = 3               # fastest schedules per task measured again at the end
+RESUME_TRAIN = 24         # stored measurements per task the cost model retrains on when resuming
 
 
 class TuneError(RuntimeError):
@@ -183,22 +184,26 @@ class Tuner:
     # ------------------------------------------------------------------ state
     def _resume(self) -> None:
         """Load what the database knows: tried schedules are not measured again, the best
-        so far stands, and every successful measurement trains the cost model."""
+        so far stands, and the latest successful measurements of each task train the cost
+        model (each one is a schedule to replay for its features: a few per task keep a
+        resume quick on a large database)."""
         for t in self.tasks:
             self.db.set_task(t.key, self.target.key, t.name, weight=t.weight)
             known = self.db.task(t.key, self.target.key)
             t.default_time = known.default_median if known else None
+            train = {}
             for rec in self.db.records(t.key, self.target.key):
                 h = schedule_hash(rec.schedule)
-                if h in t.tried_schedules:
-                    continue
                 t.tried_schedules.add(h)
-                if rec.ok and t.default_time:
-                    try:
-                        func = schedule_kernel(t.kernel, self.target, rec.schedule)
-                    except ScheduleError:
-                        continue
-                    self.model.add(features(func, self.target), rec.median / t.default_time)
+                if rec.ok:
+                    train.pop(h, None)
+                    train[h] = rec          # latest last
+            for rec in list(train.values())[-RESUME_TRAIN:] if t.default_time else []:
+                try:
+                    func = schedule_kernel(t.kernel, self.target, rec.schedule)
+                except ScheduleError:
+                    continue
+                self.model.add(features(func, self.target), rec.median / t.default_time)
             best = self.db.best(t.key, self.target.key)
             if best is not None:
                 t.best_time, t.best_schedule = best.median, best.schedule
