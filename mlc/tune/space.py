@@ -58,9 +58,10 @@ class SearchSpace:
     def __len__(self) -> int:
         return len(self.configs)
 
-    def trace(self, config: dict) -> list:
-        """The schedule the rules write with these knobs (the others at their defaults)."""
-        return rule_schedule(self.kernel, self.target, config).trace
+    def schedule(self, config: dict):
+        """The Schedule the rules write with these knobs (the others at their defaults);
+        its ``trace`` is what is stored."""
+        return rule_schedule(self.kernel, self.target, config)
 
     def sample(self, n: int, rng: random.Random, exclude=()) -> list[dict]:
         pool = [c for c in self.configs if config_id(c) not in exclude]

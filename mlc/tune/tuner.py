@@ -65,6 +65,7 @@ class Task:
     tried: set = field(default_factory=set)             # config ids
     tried_schedules: set = field(default_factory=set)   # schedule hashes: knobs a kernel ignores give equal schedules
     traces: dict = field(default_factory=dict)          # config id -> the rules' schedule for it
+    built: dict = field(default_factory=dict)           # config id -> its Schedule, until finalized
     history: list = field(default_factory=list)    # (trial number, best time so far)
 
     @property
@@ -209,19 +210,22 @@ class Tuner:
                 t.best_time, t.best_schedule = best.median, best.schedule
 
     def _schedule_of(self, t: Task, config: dict) -> list:
-        """The rules' schedule for a knob assignment ([] when the rules refuse it), once."""
+        """The rules' schedule (trace) for a knob assignment ([] when the rules refuse it),
+        once; the Schedule itself is kept until ``_candidate`` finalizes it."""
         key = config_id(config)
-        cache = t.traces
-        if key not in cache:
+        if key not in t.traces:
             try:
-                cache[key] = t.space.trace(config)
+                built = t.space.schedule(config)
+                t.traces[key] = built.trace
+                t.built[key] = built
             except ScheduleError:
-                cache[key] = None
-        return cache[key] or []
+                t.traces[key] = None
+        return t.traces[key] or []
 
     def _candidate(self, t: Task, config: dict) -> Candidate:
         schedule = self._schedule_of(t, config)
-        func = schedule_kernel(t.kernel, self.target, schedule)
+        built = t.built.pop(config_id(config), None)
+        func = built.finalize() if built is not None else schedule_kernel(t.kernel, self.target, schedule)
         return Candidate(config, schedule, func, features(func, self.target))
 
     @property
@@ -317,6 +321,7 @@ class Tuner:
             h = schedule_hash(self._schedule_of(t, config))
             if h in seen or not self._schedule_of(t, config):
                 t.tried.add(config_id(config))     # the same loops as a measured candidate, or no schedule
+                t.built.pop(config_id(config), None)
                 continue
             seen.add(h)
             try:
