@@ -201,11 +201,13 @@ def cmd_compile(args) -> int:
     suffix = os.path.splitext(args.output)[1] if args.output else None
     if suffix not in (None, ".o", ".so"):
         raise SystemExit(f"mlc compile: -o {args.output}: write an object file (.o) or a shared library (.so)")
+    if args.params and suffix != ".so":
+        raise SystemExit("mlc compile: --params applies to a model library: -o MODEL.so")
     if suffix == ".so":
-        from .codegen.cross import LinkerNotFound, find_linker
+        from .codegen.cross import ToolchainNotFound, find_c_compiler
         try:
-            find_linker(target)   # before compiling: a missing cross linker should fail fast
-        except LinkerNotFound as e:
+            find_c_compiler(target)   # before compiling: a missing cross compiler should fail fast
+        except ToolchainNotFound as e:
             raise SystemExit(f"mlc compile: -o {args.output}: {e}")
     graph = _load_graph(args.model, args.shape, "compile")
     pm = _pass_manager(args, dump_dir=args.dump_ir, time_passes=args.time_passes)
@@ -234,7 +236,7 @@ def cmd_compile(args) -> int:
     if args.dump_ir:
         print(f"IR after every pass written to {args.dump_ir}/ (numbered in pipeline order)")
     if args.output:
-        _write_output(c, args.output, suffix, target)
+        _write_output(c, args.output, suffix, args.params or "embedded")
     return 0
 
 
@@ -278,25 +280,29 @@ def _compile_for_file(graph, target, pm, db=None):
     return c, st, report
 
 
-def _write_output(c, out: str, suffix: str, target) -> None:
-    import tempfile
-
-    from .codegen.cross import elf_header, link_shared, write_object
+def _write_output(c, out: str, suffix: str, params: str) -> None:
+    from .codegen.cross import write_object
+    from .codegen.export import ExportError, export_library
     if suffix == ".o":
         head = write_object(c, out)
         print(f"wrote {out}: {head} ({os.path.getsize(out)} bytes)")
         return
-    with tempfile.TemporaryDirectory() as d:
-        obj = os.path.join(d, "mlc.o")
-        write_object(c, obj)
-        try:
-            linker = link_shared(obj, out, target)
-        except RuntimeError as e:
-            raise SystemExit(f"mlc compile: -o {out}: {e}")
-    print(f"wrote {out}: {elf_header(out)}, linked with {linker} ({os.path.getsize(out)} bytes)")
+    try:
+        print(export_library(c, out, params=params))
+    except ExportError as e:
+        raise SystemExit(f"mlc compile: -o {out}: {e}")
+    if c.target.is_host:
+        print(f"run it from Python: mlc.load({out!r}); from C: see tutorials/c_api/")
 
 
 def cmd_inspect(args) -> int:
+    if args.model.endswith(".so"):
+        from .runtime.library import LibraryError, describe
+        try:
+            print(describe(args.model))
+        except LibraryError as e:
+            raise SystemExit(f"mlc inspect: {e}")
+        return 0
     from .driver import Compiled
     from .target import Target
     from .viz import write_graph
@@ -452,9 +458,12 @@ def main(argv=None) -> int:
     comp.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     comp.add_argument("--target", metavar="T", help="host (default), a named target such as neoverse-n1 or "
                                                     "sifive-u74, or a .json file describing the hardware")
-    comp.add_argument("-o", dest="output", metavar="OUT", help="write the code: OUT.o an object file for the "
-                                                               "target, OUT.so a shared library (needs a linker "
-                                                               "for the target)")
+    comp.add_argument("-o", dest="output", metavar="OUT", help="write the code: OUT.so a model library with a C "
+                                                               "API and OUT.h its header (needs a C compiler for "
+                                                               "the target), or OUT.o the bare object file")
+    comp.add_argument("--params", choices=["embedded", "external"],
+                      help="where a model library keeps its weights: embedded in OUT.so (default) or in the "
+                           "file OUT.params beside it")
     comp.add_argument("--db", metavar="FILE", help="use the best schedules in this tuning database (mlc tune)")
     comp.set_defaults(func=cmd_compile)
     tune = sub.add_parser("tune", help="auto-tune a model's kernels for a target into a tuning database")
@@ -474,7 +483,8 @@ def main(argv=None) -> int:
     rpc.add_argument("--port", type=int, default=9190, help="port to listen on (default 9190)")
     rpc.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     rpc.set_defaults(func=cmd_rpc_server)
-    insp = sub.add_parser("inspect", help="show a model's fused kernels, as text or as a picture")
+    insp = sub.add_parser("inspect", help="show a model's fused kernels, as text or as a picture; or describe an "
+                                          "exported model library (MODEL.so)")
     _add_compile_options(insp)
     insp.add_argument("--graph", metavar="FILE", help="draw the fused graph to FILE (.svg or .png with Graphviz, "
                                                       "else .dot)")

@@ -157,7 +157,8 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
     single = returned == 1 if single_output is None else single_output
     return Executable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
                       [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
-                      single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases)
+                      single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases,
+                      compiled=c)
 
 
 def _signature(traced: Traced | None, aliases) -> Signature | None:

@@ -34,6 +34,21 @@ class TreeDef:
     def __hash__(self) -> int:
         return hash((self.kind, self.keys, self.children))
 
+    def to_json(self):
+        """A JSON value ``from_json`` reads back (dict keys must be JSON scalars)."""
+        if self.kind in ("leaf", "none"):
+            return self.kind
+        return {"kind": self.kind, "keys": list(self.keys), "children": [c.to_json() for c in self.children]}
+
+    @staticmethod
+    def from_json(data) -> "TreeDef":
+        if data in ("leaf", "none"):
+            return TreeDef(data)
+        if not (isinstance(data, dict) and data.get("kind") in ("dict", "list", "tuple")
+                and isinstance(data.get("keys"), list) and isinstance(data.get("children"), list)):
+            raise ValueError(f"not a pytree structure: {data!r}")
+        return TreeDef(data["kind"], tuple(data["keys"]), tuple(TreeDef.from_json(c) for c in data["children"]))
+
     def __repr__(self) -> str:
         if self.kind == "leaf":
             return "*"

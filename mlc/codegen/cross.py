@@ -1,17 +1,17 @@
 """Object files and shared libraries for any target, and what an ELF file is built for.
 
 ``write_object`` writes a compilation's object code (the target's own ELF
-relocatable: AArch64 or RISC-V code from an x86-64 machine). ``link_shared`` links
-one into a shared library with the first linker found for the target's triple.
-The object exports ``mlc_entry(void **inputs, void **outputs, void **params,
-char *workspace)``; it needs libm, and libgomp when it has parallel loops.
+relocatable: AArch64 or RISC-V code from an x86-64 machine). ``find_c_compiler``
+finds the C compiler that builds a model library for the target's triple
+(``codegen.export``). The object exports ``mlc_entry(void **inputs, void **outputs,
+void **params, char *workspace)``; it needs libm, and libgomp when it has parallel
+loops.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import struct
-import subprocess
 from dataclasses import dataclass
 
 from ..target import Target
@@ -21,8 +21,8 @@ ELF_MACHINES = {3: "x86", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64", 22: "S390",
 ELF_TYPES = {1: "relocatable object", 2: "executable", 3: "shared library", 4: "core dump"}
 
 
-class LinkerNotFound(RuntimeError):
-    """No linker for a target's triple is installed."""
+class ToolchainNotFound(RuntimeError):
+    """No C compiler for a target's triple is installed."""
 
 
 @dataclass(frozen=True)
@@ -83,46 +83,38 @@ def _gnu_prefixes(triple: str) -> list[str]:
     return out
 
 
-def find_linker(target: Target) -> tuple[list[str], bool]:
-    """(the command that links ``-shared``, whether it links the C libraries) for the
-    target, or LinkerNotFound naming every tool looked for."""
+def find_c_compiler(target: Target) -> list[str]:
+    """The command that compiles C and links a shared library for ``target``: cc, gcc or
+    clang for this machine; for another triple its cross gcc (Debian's
+    ``aarch64-linux-gnu-gcc``), else clang when the triple's C library headers are
+    installed. ToolchainNotFound names every tool looked for."""
     if target.kind != "cpu":
-        raise LinkerNotFound(f"target {target.name} is a {target.kind} target: mlc generates CPU code only")
+        raise ToolchainNotFound(f"target {target.name} is a {target.kind} target: mlc generates CPU code only")
     tried = []
     if target.is_host:
         for cc in ("cc", "gcc", "clang"):
             tried.append(cc)
             if shutil.which(cc):
-                return [cc], True
+                return [cc]
     else:
-        for prefix in _gnu_prefixes(target.triple):
+        prefixes = _gnu_prefixes(target.triple)
+        for prefix in prefixes:
             tried.append(f"{prefix}-gcc")
             if shutil.which(f"{prefix}-gcc"):
-                return [f"{prefix}-gcc"], True
-    # no C libraries for a cross triple without a sysroot: the loader resolves libm and
-    # libgomp from the program that loads the library
-    tried.append("clang with ld.lld")
-    if shutil.which("clang") and shutil.which("ld.lld"):
-        return ["clang", f"--target={target.triple}", "-fuse-ld=lld", "-nostdlib"], False
-    tried.append("ld.lld")
-    if shutil.which("ld.lld"):
-        return ["ld.lld"], False
+                return [f"{prefix}-gcc"]
+        sysroot = f"/usr/{prefixes[0]}"
+        tried.append(f"clang with the C library headers in {sysroot}/include")
+        if shutil.which("clang") and os.path.isdir(f"{sysroot}/include"):
+            return ["clang", f"--target={target.triple}", f"--sysroot={sysroot}"]
     hint = "" if target.is_host else (f"; install a cross compiler (Debian: apt install "
                                       f"gcc-{_gnu_prefixes(target.triple)[0]}) or write an object file (.o) and "
                                       f"link it on the device")
-    raise LinkerNotFound(f"no linker for {target.triple} ({target.name}) on PATH: looked for {', '.join(tried)}{hint}")
+    raise ToolchainNotFound(f"no C compiler for {target.triple} ({target.name}) on PATH: looked for "
+                            f"{', '.join(tried)}{hint}")
 
 
-def link_shared(object_path: str | os.PathLike, so_path: str | os.PathLike, target: Target) -> str:
-    """Link an object file into a shared library for ``target``; returns the linker used."""
-    cmd, with_libs = find_linker(target)
-    args = [*cmd, "-shared", "-o", os.fspath(so_path), os.fspath(object_path)]
-    if with_libs:
-        args += ["-Wl,--as-needed", "-lm"]
-        with open(object_path, "rb") as f:
-            if b"GOMP_parallel" in f.read():   # the object declares it only when it has parallel loops
-                args.append("-lgomp")
-    r = subprocess.run(args, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise RuntimeError(f"linking {so_path} failed ({' '.join(args)}):\n{r.stderr.strip()}")
-    return cmd[0]
+def machine_of_triple(triple: str) -> str:
+    """The ELF machine name code for ``triple`` runs on: "x86-64", "AArch64", "RISC-V", ..."""
+    arch = triple.split("-")[0]
+    return {"x86_64": "x86-64", "aarch64": "AArch64", "arm64": "AArch64", "riscv64": "RISC-V",
+            "riscv32": "RISC-V"}.get(arch, arch)

@@ -834,6 +834,9 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
     except TraceError as e:
         raise OnnxImportError(str(e)) from None
     _check_declared_outputs(graph, g)
+    for vi, v in zip(graph.output, g.outputs):   # exported libraries and printouts name outputs as ONNX does
+        if v.name is None and v.producer is not None:
+            v.name = vi.name
     return g
 
 

@@ -102,7 +102,7 @@ class Executable:
     def __init__(self, name: str, input_names: Sequence[str], input_types: Sequence[TensorType],
                  output_types: Sequence[TensorType], params: Sequence[np.ndarray], workspace_bytes: int,
                  code: LoadedCode, single_output: bool, ir_text=None, stats: dict | None = None,
-                 signature: Signature | None = None, aliases: dict[int, int] | None = None):
+                 signature: Signature | None = None, aliases: dict[int, int] | None = None, compiled=None):
         self.name = name
         self.input_names = list(input_names)
         self.input_types = list(input_types)
@@ -117,6 +117,7 @@ class Executable:
         self.aliases = dict(aliases or {})   # output position -> input position updated in place
         self._alias_of = [self.aliases.get(n) for n in range(len(self.output_types))]
         self._ir_text = ir_text or (lambda level: "")
+        self._compiled = compiled   # the driver.Compiled it came from: what export() builds a library of
         self._local = threading.local()
         self._expect = [(t.dtype.np, t.shape) for t in self.input_types]
         self._produce = [(t.dtype.np, t.shape) for t in self.output_types]
@@ -126,7 +127,9 @@ class Executable:
         """Per-thread workspace and argument pointer arrays (reused across calls)."""
         st = getattr(self._local, "st", None)
         if st is None:
-            ws = np.empty(self.workspace_bytes + _ALIGN, dtype=np.uint8)
+            # a loaded library's handle keeps its own workspaces
+            own = self.workspace_bytes if getattr(self._code, "needs_workspace", True) else 0
+            ws = np.empty(own + _ALIGN, dtype=np.uint8)
             addr = ws.ctypes.data
             st = (ws, addr + (-addr) % _ALIGN,
                   (ctypes.c_void_p * max(1, len(self.input_types)))(),
@@ -181,6 +184,17 @@ class Executable:
         written = {ins_p[j] for j in updated}
         if len(written) != len(updated) or any(ins_p[i] in written for i in range(len(args)) if i not in updated):
             raise TypeError(f"{self.name}(): an argument updated in place is also passed as another argument")
+
+    def export(self, path, params: str = "embedded"):
+        """Write this model as a shared library with a C API (``path``, a .so), its
+        header (``path``'s .h) and, with ``params="external"``, its weights file
+        (``path``'s .params). ``mlc.load(path)`` runs it from Python; C programs link it.
+        Returns what was written (``codegen.export.Exported``)."""
+        if self._compiled is None:
+            raise ValueError(f"{self.name} was loaded from a library, which is already exported")
+        from ..codegen.export import export_library
+        return export_library(self._compiled, path, params=params, signature=self.signature,
+                              single_output=self._single)
 
     def ir(self, level: str = "graph") -> str:
         """The program at ``graph``, ``tensor``, ``loop``, ``llvm`` or ``asm`` level, as text."""

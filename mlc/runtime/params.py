@@ -54,14 +54,10 @@ def _storage_dtype(dtype: np.dtype) -> np.dtype | None:
     return le if le.str in DTYPES else None
 
 
-def _chunks(tensors: dict, meta: dict | None) -> Iterator:
-    """The encoded container as a sequence of buffers (the trailer last), so a file
-    can be written without first joining every tensor into one bytes object."""
+def layout(tensors: dict) -> tuple[list[np.ndarray], list[dict], int]:
+    """(the arrays as stored, their header entries, the data section's length)."""
     if not isinstance(tensors, dict):
         raise TypeError(f"tensors must be a dict of name -> array, got {type(tensors).__name__}")
-    meta = {} if meta is None else meta
-    if not isinstance(meta, dict):
-        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
     arrays, entries, offset = [], [], 0
     for name, value in tensors.items():
         if not isinstance(name, str):
@@ -77,11 +73,34 @@ def _chunks(tensors: dict, meta: dict | None) -> Iterator:
                         "nbytes": a.nbytes})
         arrays.append(a)
         offset += a.nbytes
+    return arrays, entries, offset
+
+
+def _header(entries: list[dict], data_nbytes: int, meta) -> bytes:
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
     try:   # strict JSON (no NaN/Infinity) so any JSON parser can read the header
-        header = json.dumps({"tensors": entries, "data_nbytes": offset, "meta": meta},
-                            allow_nan=False, ensure_ascii=False).encode("utf-8")
+        return json.dumps({"tensors": entries, "data_nbytes": data_nbytes, "meta": meta},
+                          allow_nan=False, ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise ValueError(f"meta must be strict-JSON serializable (no NaN/Infinity): {e}") from None
+
+
+def table_prefix(tensors: dict) -> bytes:
+    """The header's bytes before the ``meta`` value: equal for every container of these
+    names, dtypes and shapes in this order, whatever the values and the meta. An
+    exported model library compares a weights file's header with it."""
+    _, entries, n = layout(tensors)
+    header = _header(entries, n, {})
+    assert header.endswith(b"{}}")
+    return header[:-3]
+
+
+def _chunks(tensors: dict, meta: dict | None) -> Iterator:
+    """The encoded container as a sequence of buffers (the trailer last), so a file
+    can be written without first joining every tensor into one bytes object."""
+    arrays, entries, offset = layout(tensors)
+    header = _header(entries, offset, {} if meta is None else meta)
 
     h = hashlib.sha256()
 

@@ -1,0 +1,256 @@
+"""Ahead-of-time export: a compiled model as a shared library with a C API.
+
+``export_library(compiled, "model.so")`` writes three files:
+
+- ``model.so``: the model's code (the LLVM object of the compilation), the C API of
+  ``mlc/runtime/c/mlc_model.h`` (``runtime.c``), generated tables (signature, weight
+  offsets, metadata) and, by default, the weights themselves in ``.rodata``. Linked by
+  the target's C compiler with only the API exported, then a trailer is appended: the
+  metadata and a SHA-256 of the whole file (``runtime.library``, ``docs/formats.md``).
+- ``model.h``: the API header plus the model's constants (names, shapes, dtypes).
+- ``model.params`` with ``params="external"``: the weights as a tensor container
+  (``runtime.params``), verified by the library when a handle is created.
+
+Every file is written to a temporary name and renamed over the destination, so an
+existing export is replaced whole or not at all.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+from .. import __version__
+from ..runtime import params as container
+from ..runtime.library import ABI_VERSION, DTYPE_CODES, trailer
+from .cross import ElfHeader, elf_header, find_c_compiler, write_object
+
+C_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime", "c")
+API_FUNCTIONS = ("mlc_abi_version", "mlc_version", "mlc_metadata", "mlc_status_name", "mlc_last_error",
+                 "mlc_model_create", "mlc_model_destroy", "mlc_model_num_inputs", "mlc_model_num_outputs",
+                 "mlc_model_input_info", "mlc_model_output_info", "mlc_model_workspace_size", "mlc_model_run",
+                 "mlc_model_run_unchecked")
+_DTYPE_ENUM = {name: f"MLC_{name.upper()}" for name in DTYPE_CODES}
+
+
+class ExportError(RuntimeError):
+    """A model that cannot be exported, or a toolchain that failed."""
+
+
+@dataclass
+class Exported:
+    library: str
+    header: str
+    params: str | None      # the external weights file, or None when embedded
+    compiler: str
+    elf: ElfHeader
+
+    def __str__(self) -> str:
+        extra = f", weights in {self.params}" if self.params else ", weights embedded"
+        return (f"wrote {self.library}: {self.elf}, {os.path.getsize(self.library)} bytes (compiled with "
+                f"{self.compiler}{extra}); header {self.header}")
+
+
+def export_library(compiled, path, *, params: str = "embedded", signature=None,
+                   single_output: bool | None = None) -> Exported:
+    """Export ``compiled`` (a ``driver.Compiled``) as ``path`` (.so), ``path``'s .h and,
+    with ``params="external"``, ``path``'s .params. ``signature``: the pytree structure
+    ``mlc.load`` restores (``runtime.executable.Signature``), None for flat arrays."""
+    path = os.fspath(path)
+    if params not in ("embedded", "external"):
+        raise ValueError(f"params must be 'embedded' or 'external', got {params!r}")
+    if not path.endswith(".so"):
+        raise ValueError(f"a model library is written to a .so file, got {path!r}")
+    if compiled.aliases:
+        raise ExportError("a function that updates arguments in place (compile(..., in_place=...)) cannot be "
+                          "exported: the C API has no in-place arguments")
+    target = compiled.target
+    cc = find_c_compiler(target)
+    stem = path[:-3]
+    header_path, params_path = stem + ".h", (stem + ".params" if params == "external" else None)
+    source = compiled.source
+    inputs = [_io(v.name or f"input{i}", v.type) for i, v in enumerate(source.inputs)]
+    outputs = [_io(v.name or f"output{i}", lowered.type)
+               for i, (v, lowered) in enumerate(zip(source.outputs, compiled.lowered.outputs))]
+    tensors = _weights(compiled)
+    stats = compiled.stats()
+    single = len(outputs) == 1 if single_output is None else single_output
+    meta = {"format": "mlc-model-library", "abi_version": ABI_VERSION, "mlc_version": __version__,
+            "name": source.name, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "target": target.to_json(), "inputs": inputs, "outputs": outputs, "single_output": single,
+            "signature": _signature_json(signature), "workspace_bytes": compiled.plan.workspace_bytes,
+            "params": {"storage": params, "file": os.path.basename(params_path) if params_path else None,
+                       "count": len(tensors), "nbytes": stats["param_bytes"],
+                       "table": [[k, a.dtype.newbyteorder("<").str, list(a.shape)] for k, a in tensors.items()]},
+            "stats": stats}
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.TemporaryDirectory(prefix="mlc-export-") as build:
+        write_object(compiled, os.path.join(build, "model.o"))
+        blob = None
+        if params == "embedded":
+            blob = container.encode(tensors, {"model": source.name, "mlc_version": __version__})
+            with open(os.path.join(build, "weights.mlct"), "wb") as f:
+                f.write(blob)
+        with open(os.path.join(build, "tables.c"), "w") as f:
+            f.write(_tables_c(inputs, outputs, tensors, blob, meta, compiled.plan.workspace_bytes))
+        with open(os.path.join(build, "exports.map"), "w") as f:
+            f.write("{\n  global:\n" + "".join(f"    {name};\n" for name in API_FUNCTIONS) + "  local: *;\n};\n")
+        linked = os.path.join(build, "model.so")
+        _build(cc, build, linked, os.path.basename(path))
+        if params_path:
+            container.write_tensors(params_path, tensors, {"model": source.name, "mlc_version": __version__})
+        _write_atomic(path, _with_trailer(linked, meta), folder)
+    _write_atomic(header_path, [model_header(meta).encode()], folder)
+    return Exported(path, header_path, params_path, cc[0], elf_header(path))
+
+
+def _io(name: str, t) -> dict:
+    return {"name": name, "dtype": t.dtype.name, "shape": list(t.shape), "nbytes": t.nbytes}
+
+
+def _weights(compiled) -> dict:
+    """The weights by name, in the order of the code's parameter table."""
+    out = {}
+    for v, a in zip(compiled.lowered.params, compiled.lowered.param_data):
+        name, k = v.name or "param", 1
+        while name in out:
+            k += 1
+            name = f"{v.name}#{k}"
+        out[name] = a
+    return out
+
+
+def _signature_json(signature) -> dict | None:
+    if signature is None:
+        return None
+    try:
+        sig = {"in_tree": signature.in_tree.to_json(), "static": list(signature.static),
+               "out_tree": signature.out_tree.to_json()}
+        json.dumps(sig, allow_nan=False)
+        return sig
+    except (TypeError, ValueError):
+        return None   # keys or scalars JSON cannot hold: mlc.load takes the flat arrays
+
+
+def _c_string(s: str) -> str:
+    """A C string literal (octal escapes: they never swallow the next character)."""
+    out, line = [], []
+    for b in s.encode("utf-8"):
+        c = chr(b)
+        line.append(c if 32 <= b < 127 and c not in '"\\?' else f"\\{b:03o}")
+        if len(line) >= 100:
+            out.append('"' + "".join(line) + '"')
+            line = []
+    out.append('"' + "".join(line) + '"')
+    return "\n    ".join(out)
+
+
+def _shape(shape) -> str:
+    return "{" + ", ".join(str(d) for d in shape) + "}" if shape else "{0}"
+
+
+def _tables_c(inputs, outputs, tensors, blob, meta, workspace_bytes) -> str:
+    lines = ['/* Generated by mlc: the tables of one exported model (see mlc_internal.h). */',
+             '#include "mlc_internal.h"', ""]
+
+    def infos(kind, entries):
+        for i, e in enumerate(entries):
+            lines.append(f"static const int64_t {kind}{i}_shape[] = {_shape(e['shape'])};")
+        rows = [f"    {{{_c_string(e['name'])}, {_DTYPE_ENUM[e['dtype']]}, {len(e['shape'])}, {kind}{i}_shape, "
+                f"{e['nbytes']}u}}," for i, e in enumerate(entries)] or ["    {0},"]
+        lines.extend([f"static const mlc_tensor_info {kind}s[] = {{", *rows, "};", ""])
+
+    infos("input", inputs)
+    infos("output", outputs)
+    prefix = container.table_prefix(tensors)
+    _, entries, data_nbytes = container.layout(tensors)
+    offsets = ", ".join(f"{e['offset']}u" for e in entries) or "0"
+    lines += [f"static const uint64_t param_offsets[] = {{{offsets}}};", ""]
+    if blob is not None:   # the container's bytes, 64-byte aligned in .rodata, read in place
+        lines += ['__asm__(".pushsection .rodata\\n.balign 64\\n.globl mlc__params_blob\\n.hidden mlc__params_blob\\n"',
+                  '        "mlc__params_blob:\\n.incbin \\"weights.mlct\\"\\n.popsection\\n");',
+                  'extern const unsigned char mlc__params_blob[] __attribute__((visibility("hidden")));', ""]
+    lines += ["const mlc_model_tables mlc__tables = {",
+              f"    {len(inputs)}u, {len(outputs)}u, inputs, outputs,",
+              f"    {len(entries)}u, param_offsets,",
+              f"    {_c_string(prefix.decode('utf-8'))},",
+              f"    {len(prefix)}u, {data_nbytes}u,",
+              f"    {'mlc__params_blob' if blob is not None else 'NULL'}, {len(blob) if blob is not None else 0}u,",
+              f"    {_c_string(meta['params']['file'] or '')},",
+              f"    {_c_string(_json(meta))},",
+              f"    {_c_string(__version__)},",
+              f"    {workspace_bytes}u,",
+              "};", ""]
+    return "\n".join(lines)
+
+
+def _json(meta: dict) -> str:
+    return json.dumps(meta, allow_nan=False, ensure_ascii=False)
+
+
+def _build(cc: list[str], build: str, out: str, soname: str) -> None:
+    with open(os.path.join(build, "model.o"), "rb") as f:
+        parallel = b"GOMP_parallel" in f.read()   # declared only when the code has parallel loops
+    args = [*cc, "-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", f"-I{C_DIR}", "-o", out,
+            os.path.join(C_DIR, "runtime.c"), "tables.c", "model.o", "-Wl,--version-script=exports.map",
+            f"-Wl,-soname,{soname}", "-Wl,-z,noexecstack", "-Wl,--no-undefined", "-lm",
+            *(["-lgomp"] if parallel else []), "-lpthread", "-ldl"]
+    r = subprocess.run(args, cwd=build, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise ExportError(f"building the model library failed ({' '.join(args)}):\n{r.stderr.strip()}")
+
+
+def _with_trailer(linked: str, meta: dict):
+    """The linked library's bytes followed by its trailer, as chunks."""
+    h = hashlib.sha256()
+    with open(linked, "rb") as f:
+        data = f.read()
+    h.update(data)
+    return [data, trailer(meta, h)]
+
+
+def _write_atomic(path: str, chunks, folder: str) -> None:
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            for c in chunks:
+                f.write(c)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def model_header(meta: dict) -> str:
+    """model.h: the C API header followed by the model's own constants."""
+    with open(os.path.join(C_DIR, "mlc_model.h")) as f:
+        api = f.read()
+    t = meta["target"]
+    doc = [f" * Model '{meta['name']}', exported by mlc {meta['mlc_version']} for {t['name']} ({t['triple']}, "
+           f"cpu {t['cpu']})."]
+    defs = [f"#define MLC_MODEL_NAME {_c_string(meta['name'])}",
+            f"#define MLC_MODEL_NUM_INPUTS {len(meta['inputs'])}",
+            f"#define MLC_MODEL_NUM_OUTPUTS {len(meta['outputs'])}",
+            f"#define MLC_MODEL_WORKSPACE_BYTES {meta['workspace_bytes']}u"]
+    for kind, entries in (("INPUT", meta["inputs"]), ("OUTPUT", meta["outputs"])):
+        for i, e in enumerate(entries):
+            doc.append(f" *   {kind.lower()} {i}: {e['name']}: {e['dtype']}{e['shape']}")
+            p = f"MLC_MODEL_{kind}_{i}"
+            defs += [f"#define {p}_NAME {_c_string(e['name'])}", f"#define {p}_DTYPE {_DTYPE_ENUM[e['dtype']]}",
+                     f"#define {p}_NDIM {len(e['shape'])}", f"#define {p}_SHAPE {_shape(e['shape'])}",
+                     f"#define {p}_NBYTES {e['nbytes']}u"]
+    if meta["params"]["storage"] == "external":
+        doc.append(f" * Weights: {meta['params']['file']} (pass its path to mlc_model_create, or NULL to find "
+                   "it next to the library).")
+    model = ["", "/* ------------------------------------------------------------------ the model", *doc,
+             " * The shape macros are initializers: int64_t shape[] = MLC_MODEL_INPUT_0_SHAPE;", " */",
+             "#ifndef MLC_MODEL_H", "#define MLC_MODEL_H", *defs, "#endif", ""]
+    return api + "\n".join(model)
