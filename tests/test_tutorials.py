@@ -24,6 +24,11 @@ def test_tutorial_runs(path):
         acc = float(r.stdout.split("test accuracy: ")[1].split()[0])
         assert acc >= 0.97
         assert "images/s" in r.stdout and "resumed from it" in r.stdout
+    if path.endswith("03_deploy_to_c.py"):
+        for line in ("C matches Python bit for bit: True", "matches numpy: True", "truncated weights refused: True",
+                     "damaged library refused by C: True", "damaged library refused by mlc.load",
+                     "outputs identical to the first run"):
+            assert line in r.stdout, line
     if path.endswith("01_trace_and_jit.py"):
         assert "matches numpy: True" in r.stdout
         assert "error: matmul: contraction dims differ" in r.stdout

@@ -198,7 +198,7 @@ def _build(cc: list[str], build: str, out: str, soname: str) -> None:
         parallel = b"GOMP_parallel" in f.read()   # declared only when the code has parallel loops
     args = [*cc, "-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", f"-I{C_DIR}", "-o", out,
             os.path.join(C_DIR, "runtime.c"), "tables.c", "model.o", "-Wl,--version-script=exports.map",
-            f"-Wl,-soname,{soname}", "-Wl,-z,noexecstack", "-Wl,--no-undefined", "-lm",
+            f"-Wl,-soname,{soname}", "-Wl,-Bsymbolic", "-Wl,-z,noexecstack", "-Wl,--no-undefined", "-lm",
             *(["-lgomp"] if parallel else []), "-lpthread", "-ldl"]
     r = subprocess.run(args, cwd=build, capture_output=True, text=True, check=False)
     if r.returncode != 0:

@@ -146,7 +146,7 @@ static uint64_t align_up(uint64_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
 
 static const char *library_path(void) {
     Dl_info info;
-    if (dladdr((void *)&mlc_model_create, &info) && info.dli_fname && info.dli_fname[0]) return info.dli_fname;
+    if (dladdr((const void *)&mlc__tables, &info) && info.dli_fname && info.dli_fname[0]) return info.dli_fname;
     return NULL;
 }
 
