@@ -43,7 +43,7 @@ def save(path, tree: Any, **meta) -> None:
                            else {"tensor": name})
         else:
             records.append(_scalar_record(name, leaf))
-    ckpt = {"format": FORMAT, "version": VERSION, "tree": _treedef_to_json(treedef), "leaves": records}
+    ckpt = {"format": FORMAT, "version": VERSION, "tree": treedef.to_json(), "leaves": records}
     write_tensors(path, tensors, {"checkpoint": ckpt, "user": meta})
 
 
@@ -60,35 +60,6 @@ def _scalar_record(name: str, v) -> dict:
         return {"str": v}
     raise TypeError(f"checkpoint: leaf {name!r} has unsupported type {t.__name__} "
                     "(use numpy arrays, numpy scalars, int, float, bool or str)")
-
-
-def _treedef_to_json(d: TreeDef, path: str = ""):
-    if d.kind == "leaf":
-        return "*"
-    if d.kind == "none":
-        return None
-    if d.kind == "dict":
-        for k in d.keys:
-            if not isinstance(k, str):
-                raise TypeError(f"checkpoint: dict keys must be strings, got {k!r} at {path or 'the root'}")
-        # Pairs, not a JSON object, so key order survives any JSON reader.
-        return {"dict": [[k, _treedef_to_json(c, f"{path}/{k}" if path else k)]
-                         for k, c in zip(d.keys, d.children)]}
-    return {d.kind: [_treedef_to_json(c, f"{path}/{i}" if path else str(i))
-                     for i, c in enumerate(d.children)]}
-
-
-def _treedef_from_json(j) -> TreeDef:
-    if j == "*":
-        return TreeDef("leaf")
-    if j is None:
-        return TreeDef("none")
-    (kind, items), = j.items()
-    if kind == "dict":
-        return TreeDef("dict", tuple(str(k) for k, _ in items), tuple(_treedef_from_json(c) for _, c in items))
-    if kind not in ("list", "tuple"):
-        raise ValueError(f"unknown node kind {kind!r}")
-    return TreeDef(kind, (), tuple(_treedef_from_json(c) for c in items))
 
 
 def _leaf(rec: dict, tensors: dict):
@@ -119,7 +90,7 @@ def load_with_meta(path) -> tuple[Any, dict]:
         raise ParamsFormatError(f"{path}: unsupported checkpoint version {ckpt.get('version')!r} "
                                 f"(this reader supports {VERSION})")
     try:
-        treedef = _treedef_from_json(ckpt["tree"])
+        treedef = TreeDef.from_json(ckpt["tree"])
         leaves = [_leaf(r, tensors) for r in ckpt["leaves"]]
         tree = unflatten(treedef, leaves)
     except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as e:

@@ -34,20 +34,36 @@ class TreeDef:
     def __hash__(self) -> int:
         return hash((self.kind, self.keys, self.children))
 
-    def to_json(self):
-        """A JSON value ``from_json`` reads back (dict keys must be JSON scalars)."""
-        if self.kind in ("leaf", "none"):
-            return self.kind
-        return {"kind": self.kind, "keys": list(self.keys), "children": [c.to_json() for c in self.children]}
+    def to_json(self, path: str = ""):
+        """The structure as JSON (``docs/formats.md``, checkpoints): a leaf is ``"*"``,
+        None ``null``, lists and tuples ``{"list": [...]}`` / ``{"tuple": [...]}``, a dict
+        ``{"dict": [[key, child], ...]}`` (pairs: key order survives any JSON reader).
+        Dict keys must be strings."""
+        if self.kind == "leaf":
+            return "*"
+        if self.kind == "none":
+            return None
+        if self.kind == "dict":
+            for k in self.keys:
+                if not isinstance(k, str):
+                    raise TypeError(f"dict keys must be strings, got {k!r} at {path or 'the root'}")
+            return {"dict": [[k, c.to_json(f"{path}/{k}" if path else k)] for k, c in zip(self.keys, self.children)]}
+        return {self.kind: [c.to_json(f"{path}/{i}" if path else str(i)) for i, c in enumerate(self.children)]}
 
     @staticmethod
-    def from_json(data) -> "TreeDef":
-        if data in ("leaf", "none"):
-            return TreeDef(data)
-        if not (isinstance(data, dict) and data.get("kind") in ("dict", "list", "tuple")
-                and isinstance(data.get("keys"), list) and isinstance(data.get("children"), list)):
-            raise ValueError(f"not a pytree structure: {data!r}")
-        return TreeDef(data["kind"], tuple(data["keys"]), tuple(TreeDef.from_json(c) for c in data["children"]))
+    def from_json(j) -> "TreeDef":
+        if j == "*":
+            return TreeDef("leaf")
+        if j is None:
+            return TreeDef("none")
+        if not (isinstance(j, dict) and len(j) == 1):
+            raise ValueError(f"not a pytree structure: {j!r}")
+        (kind, items), = j.items()
+        if kind == "dict":
+            return TreeDef("dict", tuple(str(k) for k, _ in items), tuple(TreeDef.from_json(c) for _, c in items))
+        if kind not in ("list", "tuple"):
+            raise ValueError(f"unknown node kind {kind!r}")
+        return TreeDef(kind, (), tuple(TreeDef.from_json(c) for c in items))
 
     def __repr__(self) -> str:
         if self.kind == "leaf":
