@@ -34,11 +34,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import mlc
 from mlc.frontend.onnx import from_onnx
-from mlc.runtime.timing import median_seconds
 from mlc.tune.tuner import tune
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import LIGHT, ort_session  # noqa: E402
+from peers import LIGHT, ort_session, timed  # noqa: E402
 
 MATMULS = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048),
            (128, 768, 768), (128, 768, 3072)]
@@ -52,17 +51,6 @@ RESNET50_CONVS = [
     (1024, 512, 1, 1, 14, True), (512, 512, 3, 2, 14, True), (512, 2048, 1, 1, 7, False),
     (1024, 2048, 1, 2, 14, False), (2048, 512, 1, 1, 7, True), (512, 512, 3, 1, 7, True),
 ]
-
-
-def settle() -> None:
-    """Let the previous engine's worker threads stop spinning (OpenBLAS and ONNX Runtime
-    busy-wait after a call) before another engine is timed on the same 2 cores."""
-    time.sleep(0.3)
-
-
-def timed(fn, reps: int) -> float:
-    settle()
-    return median_seconds(fn, reps)
 
 
 def gflops(flop: float, seconds: float) -> float:

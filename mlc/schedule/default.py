@@ -254,7 +254,7 @@ def _micro_kernel(s: Schedule, c: Compute, epilogue: Compute | None, k: dict, la
         s.parallel(names[outer_par])
     elif big and has_rows and -(-ni // rows) > 1:
         s.parallel(io)
-    elif big and not has_rows:
+    elif big and (not has_rows or ni == 1):   # one row (a matrix-vector product): split the columns
         s.parallel(jo)
     if packed is not None and big:
         s.parallel(s.stages[packed].loop_names[1])   # the reduction rows, outermost (see _pack)
