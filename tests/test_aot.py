@@ -404,6 +404,17 @@ def test_export_refusals(tmp_path):
         exe.export(tmp_path / "a.so", params="inline")
     with pytest.raises(ValueError, match="written to a .so file"):
         exe.export(tmp_path / "a.dll")
+    # files of the user's own with the names an export would write are never replaced
+    (tmp_path / "mine.h").write_text("/* my own header */\n")
+    with pytest.raises(ExportError, match="mine.h exists and was not written by mlc: not replacing it"):
+        exe.export(tmp_path / "mine.so")
+    assert (tmp_path / "mine.h").read_text() == "/* my own header */\n" and not (tmp_path / "mine.so").exists()
+    (tmp_path / "lib.so").write_bytes(b"\x7fELF other library")
+    with pytest.raises(ExportError, match="lib.so exists and was not written by mlc"):
+        exe.export(tmp_path / "lib.so")
+    exe.export(tmp_path / "again.so", params="external")   # an earlier export is replaced
+    exe.export(tmp_path / "again.so", params="external")
+    assert mlc.load(tmp_path / "again.so")(X).shape == (8, 10)
 
 
 # ----------------------------------------------------------------------------- the ABI itself
