@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import subprocess
 import threading
 
@@ -527,3 +528,21 @@ def test_aarch64_library_runs_under_emulation_and_matches_the_host(lib, tmp_path
     np.testing.assert_allclose(np.fromfile(tmp_path / "out.bin", np.float32).reshape(8, 10), mlc.load(lib)(X),
                                rtol=1e-6, atol=1e-6)
 
+
+
+def test_module_function_entry_point_to_library(tmp_path, monkeypatch, capsys):
+    name = "mlc_aot_test_entry"
+    (tmp_path / f"{name}.py").write_text(
+        "import numpy as np\nimport mlc\n\nW = np.arange(32 * 16, dtype=np.float32).reshape(32, 16) / 100\n\n"
+        "def fn(x):\n    return mlc.tanh(x @ W)\n\n"
+        "def model():\n    return fn, (np.ones((4, 32), np.float32),)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        assert main(["compile", f"{name}:model", "-o", "entry.so"]) == 0
+    finally:
+        sys.modules.pop(name, None)
+    assert "wrote entry.so: ELF64" in capsys.readouterr().out
+    x = RNG.standard_normal((4, 32)).astype(np.float32)
+    w = np.arange(32 * 16, dtype=np.float32).reshape(32, 16) / 100
+    np.testing.assert_allclose(mlc.load(tmp_path / "entry.so")(x), np.tanh(x @ w), rtol=1e-5, atol=1e-5)
