@@ -97,8 +97,8 @@ def cmd_demo(args) -> int:
     return 0 if ok else 1
 
 
-def _parse_inputs(specs, graph):
-    """``name=file.npy`` pairs -> arrays in graph-input order (names as in the model)."""
+def _parse_inputs(specs) -> dict:
+    """``name=file.npy`` pairs -> {name: array} (names as in the model)."""
     import numpy as np
     given = {}
     for spec in specs or []:
@@ -117,38 +117,50 @@ def cmd_run(args) -> int:
     import numpy as np
     import mlc
     from .frontend.trace import sanitize_name
-    model, graph = _load_onnx(args.model, args.shape, "run")
-    given = _parse_inputs(args.input, graph)
-    names = {v.name: v for v in graph.inputs}
+    from .tree import flatten
+    t0 = time.perf_counter()
+    if args.model.endswith(".so"):   # an exported model library: run as it is
+        from .runtime.library import LibraryError
+        try:
+            exe = mlc.load(args.model)
+        except LibraryError as e:
+            raise SystemExit(f"mlc run: {e}")
+        inputs = list(zip(exe.input_names, exe.input_types))
+        out_names = [o["name"] for o in exe.metadata["outputs"]]
+        how = f"loaded {args.model} in {time.perf_counter() - t0:.2f} s"
+    else:
+        model, graph = _load_onnx(args.model, args.shape, "run")
+        inputs = [(v.name, v.type) for v in graph.inputs]
+        exe = mlc.compile(graph)
+        out_names = [o.name for o in model.graph.output]
+        how = f"compiled in {time.perf_counter() - t0:.2f} s"
+    given = _parse_inputs(args.input)
+    names = {name for name, _ in inputs}
     unknown = [n for n in given if n not in names and sanitize_name(n) not in names]
     if unknown:
         raise SystemExit(f"mlc run: the model has no input {', '.join(map(repr, unknown))}; its inputs are "
-                         + ", ".join(f"{v.name}: {v.type}" for v in graph.inputs))
+                         + ", ".join(f"{name}: {t}" for name, t in inputs))
     by_sanitized = {sanitize_name(k): v for k, v in given.items()}
-    missing = [v for v in graph.inputs if v.name not in by_sanitized]
+    missing = [(name, t) for name, t in inputs if name not in by_sanitized]
     if missing and not args.random_inputs:
-        raise SystemExit("mlc run: no data for input(s) " + ", ".join(f"{v.name}: {v.type}" for v in missing)
+        raise SystemExit("mlc run: no data for input(s) " + ", ".join(f"{name}: {t}" for name, t in missing)
                          + "; give --input name=file.npy, or --random-inputs to use random data")
     rng = np.random.default_rng(args.seed)
     arrays = []
-    for v in graph.inputs:
-        if v.name in by_sanitized:
-            arrays.append(by_sanitized[v.name])
+    for name, t in inputs:
+        if name in by_sanitized:
+            arrays.append(by_sanitized[name])
         else:
-            print(f"input {v.name}: random {v.type} (seed {args.seed})")
-            arrays.append(_random_array(rng, v.type))
-    t0 = time.perf_counter()
-    exe = mlc.compile(graph)
-    t_compile = time.perf_counter() - t0
+            print(f"input {name}: random {t} (seed {args.seed})")
+            arrays.append(_random_array(rng, t))
     t0 = time.perf_counter()
     try:
-        outs = exe(*arrays)
+        outs = exe.call_flat(arrays)
     except TypeError as e:
         raise SystemExit(f"mlc run: {e}")
     t_run = time.perf_counter() - t0
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    print(f"compiled in {t_compile:.2f} s ({exe.kernel_count} kernels), ran in {t_run * 1e3:.2f} ms")
-    out_names = [o.name for o in model.graph.output]
+    outs = flatten(outs)[0]
+    print(f"{how} ({exe.kernel_count} kernels), ran in {t_run * 1e3:.2f} ms")
     for name, o in zip(out_names, outs):
         summary = ""
         if o.size and o.dtype.kind in "fiub":
@@ -443,8 +455,9 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="compile and run the bundled MLP, compare with numpy")
     demo.add_argument("--batch", type=int, default=32)
     demo.set_defaults(func=cmd_demo)
-    run = sub.add_parser("run", help="import an ONNX model, compile it and run it on given or random inputs")
-    run.add_argument("model", help="an .onnx file")
+    run = sub.add_parser("run", help="run an ONNX model (compiled first) or an exported model library on given "
+                                     "or random inputs")
+    run.add_argument("model", help="an .onnx file or a model library (.so) from `mlc compile -o`")
     run.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="data for one input (repeatable)")
     run.add_argument("--random-inputs", action="store_true", help="use random data for inputs not given")
     run.add_argument("--seed", type=int, default=0, help="seed for --random-inputs (default 0)")

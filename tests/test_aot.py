@@ -424,6 +424,10 @@ def test_only_the_api_is_exported_and_the_header_declares_it(lib):
     if shutil.which("nm"):
         r = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True)
         assert sorted(line.split()[-1] for line in r.stdout.splitlines()) == sorted(API_FUNCTIONS)
+    if shutil.which("readelf"):   # needs only the C runtime: no Python, no numpy, no mlc
+        r = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True)
+        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", r.stdout)
+        assert needed and all(re.fullmatch(r"lib(c|m|gomp|pthread|dl)\.so\.\d+|ld-linux.*", n) for n in needed), needed
     with open(os.path.join(C_DIR, "mlc_model.h")) as f:
         declared = re.findall(r"^MLC_API [^(]*?\b(mlc_\w+)\(", f.read(), re.M)
     assert sorted(declared) == sorted(API_FUNCTIONS)
@@ -495,6 +499,14 @@ def test_onnx_model_to_library_with_the_cli(tmp_path, capsys):
         assert want in text, want
     x = RNG.standard_normal((2, 16)).astype(np.float32)
     np.testing.assert_allclose(mlc.load(tmp_path / "s.so")(x), 1 / (1 + np.exp(-(x @ w))), rtol=1e-5, atol=1e-6)
+    np.save(tmp_path / "f.npy", x)
+    assert main(["run", str(tmp_path / "s.so"), "--input", f"features={tmp_path}/f.npy", "--output-dir",
+                 str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert f"loaded {tmp_path}/s.so in " in text and "output score: float32[2, 4]" in text
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "score.npy"), 1 / (1 + np.exp(-(x @ w))), rtol=1e-5)
+    with pytest.raises(SystemExit, match="no data for input\\(s\\) features: f32\\[2,16\\]"):
+        main(["run", str(tmp_path / "s.so")])
     os.remove(tmp_path / "s.params")
     assert main(["inspect", str(tmp_path / "s.so")]) == 0
     assert "external: s.params (MISSING next to the library)" in capsys.readouterr().out

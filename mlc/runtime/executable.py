@@ -118,6 +118,7 @@ class Executable:
         self._alias_of = [self.aliases.get(n) for n in range(len(self.output_types))]
         self._ir_text = ir_text or (lambda level: "")
         self._compiled = compiled   # the driver.Compiled it came from: what export() builds a library of
+        self.metadata: dict | None = None   # a loaded library's description of itself (runtime.library)
         self._local = threading.local()
         self._expect = [(t.dtype.np, t.shape) for t in self.input_types]
         self._produce = [(t.dtype.np, t.shape) for t in self.output_types]

@@ -175,10 +175,11 @@ def load(path, params=None) -> Executable:
     signature = None
     if sig is not None:
         signature = Signature(TreeDef.from_json(sig["in_tree"]), sig["static"], TreeDef.from_json(sig["out_tree"]))
-    stats = dict(meta.get("stats", {}))
-    return Executable(meta["name"], [e["name"] for e in meta["inputs"]], _types(meta["inputs"]),
-                      _types(meta["outputs"]), [], meta["workspace_bytes"], code, meta["single_output"],
-                      ir_text=_no_ir(path), stats=stats, signature=signature)
+    exe = Executable(meta["name"], [e["name"] for e in meta["inputs"]], _types(meta["inputs"]),
+                     _types(meta["outputs"]), [], meta["workspace_bytes"], code, meta["single_output"],
+                     ir_text=_no_ir(path), stats=dict(meta.get("stats", {})), signature=signature)
+    exe.metadata = meta   # what the library says of itself (mlc_metadata())
+    return exe
 
 
 def _no_ir(path: str):
