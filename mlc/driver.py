@@ -26,7 +26,8 @@ from .passes.fuse import fuse, unfused
 from .passes.lower import lower_graph
 from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_opt_level
 from .passes.plan import place_aliases, plan_memory
-from .runtime import cache
+from .ir.loop import Buffer, CallExtern, Func
+from .runtime import cache, comm
 from .runtime.executable import Executable, LoadedCode, Signature
 from .schedule.default import schedule_kernel
 from .schedule.primitives import ScheduleError
@@ -42,6 +43,15 @@ class _Funcs(list):
 
     def __str__(self) -> str:
         return "\n\n".join(str(f) for f in self)
+
+
+def collective_func(kernel) -> Func:
+    """A collective as a loop-level function: one call of the runtime's dispatcher
+    with the op's descriptor, the source and the destination."""
+    x = Buffer("x", kernel.in_type.shape, kernel.in_type.dtype) if kernel.in_type is not None else None
+    y = Buffer("y", kernel.out_type.shape, kernel.out_type.dtype)
+    body = CallExtern(comm.SYMBOL, kernel.descriptor(), [x, y])
+    return Func(kernel.name, [x] if x is not None else [], [y], body)
 
 
 class Compiled:
@@ -68,6 +78,8 @@ class Compiled:
 
     def _schedule(self, kernel, db):
         """The kernel's best schedule in the tuning database, else the rules' default."""
+        if kernel.kind == "collective":
+            return collective_func(kernel)
         if db is not None:
             from .tune.tuner import best_schedule
             trace = best_schedule(db, kernel, self.target)

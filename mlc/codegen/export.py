@@ -69,6 +69,9 @@ def export_library(compiled, path, *, params: str = "embedded", signature=None,
     if compiled.aliases:
         raise ExportError("a function that updates arguments in place (compile(..., in_place=...)) cannot be "
                           "exported: the C API has no in-place arguments")
+    if any(c.kernel.kind == "collective" for c in compiled.lowered.calls):
+        raise ExportError("a model with collectives (allreduce, send, ...) runs under mlc's runtime with its "
+                          "communicator (mpirun python ...); a model library is single-process")
     target = compiled.target
     cc = find_c_compiler(target)
     stem = path[:-3]

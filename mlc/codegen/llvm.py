@@ -22,7 +22,7 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, substitute, uses_var
-from ..ir.loop import GPU_KINDS, Alloc, Buffer, For, Func, If, Seq, Stmt, Store
+from ..ir.loop import GPU_KINDS, Alloc, Buffer, CallExtern, For, Func, If, Seq, Stmt, Store
 from ..ir.types import DType, float64
 from . import fastmath
 
@@ -194,8 +194,23 @@ class FuncEmitter:
             self.alloc(s)
         elif isinstance(s, If):
             self.if_(s)
+        elif isinstance(s, CallExtern):
+            self.call_extern(s)
         else:
             raise TypeError(f"cannot emit {type(s).__name__}")
+
+    def call_extern(self, s: CallExtern) -> None:
+        """``void name(const char *descriptor, ptr...)``: the descriptor is a constant
+        string in the module; the runtime resolves ``name``."""
+        mod = self.mb.module
+        fn = mod.globals.get(s.name) or ir.Function(mod, ir.FunctionType(VOID, [PTR] * (1 + len(s.buffers))), s.name)
+        data = bytearray(s.descriptor.encode("utf-8") + b"\0")
+        text = ir.GlobalVariable(mod, ir.ArrayType(I8, len(data)), self.mb.outlined_name("desc"))
+        text.global_constant = True
+        text.linkage = "private"
+        text.initializer = ir.Constant(ir.ArrayType(I8, len(data)), data)
+        null = ir.Constant(PTR, None)
+        self.builder.call(fn, [text] + [self.buffers[b] if b is not None else null for b in s.buffers])
 
     def alloc(self, s: Alloc) -> None:
         b = s.buffer

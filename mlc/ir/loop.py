@@ -119,6 +119,16 @@ class Seq(Stmt):
         self.stmts = flat
 
 
+class CallExtern(Stmt):
+    """A call into the runtime: ``name(descriptor, *buffers)``. Collective ops are such
+    calls (``mlc_collective``, the op's JSON descriptor, source and destination)."""
+
+    def __init__(self, name: str, descriptor: str, buffers: Sequence[Buffer | None]):
+        self.name = name
+        self.descriptor = descriptor
+        self.buffers = list(buffers)   # None: a NULL pointer (recv has no source)
+
+
 class Func:
     """A kernel as loops. ``params`` are inputs, then outputs, then ``scratch`` buffers
     (kernel temporaries that the runtime places in the workspace)."""
@@ -168,6 +178,9 @@ def format_stmt(s: Stmt, depth: int) -> list[str]:
     if isinstance(s, Alloc):
         b = s.buffer
         return [f"{pad}alloc {b.name}: {b.type} {b.scope}", *format_stmt(s.body, depth)]
+    if isinstance(s, CallExtern):
+        args = ", ".join(b.name if b is not None else "null" for b in s.buffers)
+        return [f"{pad}call {s.name}({s.descriptor}, {args})"]
     if isinstance(s, If):
         out = [f"{pad}if {'likely ' if s.likely else ''}{format_expr(s.cond)} {{", *format_stmt(s.then, depth + 1)]
         if s.orelse is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from .. import ops
 from ..ir.graph import Graph, Node, Value, print_graph
 
-ANCHOR_KINDS = ("reduction", "contraction")
+ANCHOR_KINDS = ("reduction", "contraction", "collective")   # a collective's group holds it alone
 
 
 @dataclass(eq=False)   # compared and hashed by identity
@@ -89,8 +89,8 @@ def fuse(graph: Graph) -> FusedGraph:
         kind = ops.get(n.op).kind
         candidates = dict.fromkeys(producer_group[v] for v in n.inputs if v in producer_group)
         chosen = next((g for g in candidates
-                       if (kind == "injective" or (kind == "reduction" and g.anchor is None)) and can_join(g, n)),
-                      None)
+                       if (kind == "injective" or (kind == "reduction" and g.anchor is None)) and can_join(g, n)
+                       and not (g.anchor is not None and ops.get(g.anchor.op).kind == "collective")), None)
         if chosen is None:
             chosen = Group()
             groups.append(chosen)

@@ -29,6 +29,31 @@ VIEW_OPS = ("reshape", "squeeze", "expand_dims")   # the same bytes under anothe
 
 
 @dataclass
+class CollectiveKernel:
+    """A collective op (``ops/collective.py``): one call into the runtime's
+    communicator, not compute stages. Scheduled into a ``CallExtern`` statement."""
+    name: str
+    op: str
+    attrs: dict
+    in_type: object      # TensorType, or None (recv)
+    out_type: object
+    kind: str = "collective"
+
+    def descriptor(self) -> str:
+        """The JSON the runtime's dispatcher reads (``runtime/comm.py``)."""
+        import json
+        attrs = {k: (list(v) if isinstance(v, tuple) else v.name if hasattr(v, "short") else v)
+                 for k, v in self.attrs.items()}
+        t = self.in_type
+        return json.dumps({"op": self.op, "attrs": attrs, "in": [t.dtype.np.str, list(t.shape)] if t else None,
+                           "out": [self.out_type.dtype.np.str, list(self.out_type.shape)]}, sort_keys=True)
+
+    def __str__(self) -> str:
+        ins = f"x: {self.in_type}" if self.in_type is not None else ""
+        return f"collective @{self.name}({ins}) -> {self.out_type} {{ {self.descriptor()} }}"
+
+
+@dataclass
 class KernelCall:
     kernel: Kernel
     inputs: list[Value]        # graph values bound to kernel.inputs that are not ScalarConstants
@@ -210,8 +235,8 @@ def lower_graph(fused: FusedGraph) -> LoweredGraph:
     lowered = LoweredGraph(graph, [])
     param_index: dict[Value, int] = {}
 
-    def use(v: Value):
-        if v in constant_of and v not in param_index and constant_of[v].size != 1:
+    def use(v: Value, any_size: bool = False):
+        if v in constant_of and v not in param_index and (any_size or constant_of[v].size != 1):
             param_index[v] = len(lowered.params)
             lowered.params.append(v)
             lowered.param_data.append(np.ascontiguousarray(constant_of[v]))
@@ -227,6 +252,14 @@ def lower_graph(fused: FusedGraph) -> LoweredGraph:
     for k, group in enumerate(fused.groups):
         # a group's results: the values a graph output or another group needs
         outs = [o for n in group for o in n.outputs if o in graph_outputs or read_by.get(o, set()) - {k}]
+        if len(group) == 1 and ops.get(group[0].op).kind == "collective":   # always run: it communicates
+            n = group[0]
+            for v in n.inputs:
+                use(v, any_size=True)   # the runtime needs a buffer even for one element
+            kernel = CollectiveKernel(names[k], n.op, dict(n.attrs), n.inputs[0].type if n.inputs else None,
+                                      n.outputs[0].type)
+            lowered.calls.append(KernelCall(kernel, list(n.inputs), list(n.outputs)))
+            continue
         if not outs:
             continue   # nothing reads it (only after an unoptimized build: DCE removes such nodes)
         kernel, bound = lower_group(group, names[k], constant_of, outs)

@@ -86,7 +86,11 @@ class _Arena:
 def in_place_pairs(kernel: Kernel) -> list[tuple[int, int]]:
     """(placeholder position among the bound inputs, output position) pairs where the
     output may overwrite the input: only that output's stage reads the input, only
-    at the very index it writes, and the two have the same size."""
+    at the very index it writes, and the two have the same size. A collective that
+    keeps the type (allreduce, broadcast, send) works in place."""
+    if kernel.kind == "collective":
+        same = kernel.in_type is not None and kernel.in_type == kernel.out_type
+        return [(0, 0)] if same and kernel.op in ("allreduce", "broadcast", "send") else []
     bound = [t for t in kernel.inputs if isinstance(t, Placeholder)]
     pairs = []
     for o_idx, out in enumerate(kernel.outputs):

@@ -61,14 +61,19 @@ def infer_types(graph: Graph) -> Graph:
 
 
 def eliminate_dead_code(graph: Graph) -> Graph:
-    """Drop nodes none of whose results reach a graph output."""
+    """Drop nodes none of whose results reach a graph output. Collectives stay: they
+    communicate with other processes, which wait for them."""
     live = {id(v) for v in graph.outputs}
     keep = set()
     for n in reversed(graph.nodes):
-        if any(id(o) in live for o in n.outputs):
+        if any(id(o) in live for o in n.outputs) or _communicates(n):
             keep.add(id(n))
             live.update(id(v) for v in n.inputs)
     return Graph(graph.name, graph.inputs, [n for n in graph.nodes if id(n) in keep], graph.outputs).copy()
+
+
+def _communicates(n: Node) -> bool:
+    return n.op != "constant" and ops.get(n.op).kind == "collective"
 
 
 def _attr_key(attrs: dict) -> str:
@@ -88,6 +93,8 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
     seen: dict[tuple, list[Value]] = {}
 
     def rule(n: Node, ins, b):
+        if _communicates(n):   # two sends of one value are two messages
+            return None
         key = (n.op, tuple(id(v) for v in ins), _attr_key(n.attrs))
         if key in seen:
             return seen[key]
@@ -117,7 +124,7 @@ def _fold_once(graph: Graph, max_bytes: int) -> tuple[int, Graph]:
 
     def rule(n: Node, ins, b):
         nonlocal folded
-        if n.op == "constant" or not n.inputs:
+        if n.op == "constant" or not n.inputs or _communicates(n):
             return None
         values = [constant_value(v) for v in ins]
         if any(x is None for x in values):

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..ir.types import TensorType
 from ..tree import TreeDef, flatten, unflatten
+from . import comm
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 _ALIGN = 64
@@ -46,13 +47,21 @@ class LoadedCode:
     """Object code linked into the process with LLVM's MCJIT."""
 
     def __init__(self, obj: bytes, tm):
+        collectives = comm.SYMBOL.encode() in obj
+        if collectives:
+            comm.install_dispatcher()
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
         addr = self.engine.get_function_address("mlc_entry")
         if not addr:
             raise RuntimeError("compiled code has no mlc_entry function")
-        self.entry = _ENTRY(addr)
+        self.entry = self._raw = _ENTRY(addr)
+        if collectives:   # a collective's error is kept by the dispatcher and raised here, after the run
+            def entry(*args):
+                self._raw(*args)
+                comm.raise_pending()
+            self.entry = entry
 
 
 def as_input_array(x, name: str, expected: TensorType, fn_name: str) -> np.ndarray:

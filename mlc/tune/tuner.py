@@ -84,6 +84,8 @@ def extract_tasks(graph, target: Target, opt_level: int = 2) -> list[Task]:
     c = Compiled(graph, target, PassManager(opt_level))
     tasks: dict[str, Task] = {}
     for call in c.lowered.calls:
+        if call.kernel.kind == "collective":   # a runtime call: nothing to schedule
+            continue
         key = workload_key(call.kernel, target)
         if key in tasks:
             tasks[key].weight += 1

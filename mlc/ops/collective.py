@@ -1,0 +1,187 @@
+"""Collective communication as graph ops: allreduce, allgather, reduce_scatter,
+broadcast, send, recv.
+
+Each has a ``group`` attribute: the world ranks taking part, in order (None when
+traced means every rank of the job, so a printed graph shows the ranks). Type
+rules know the group size: allgather multiplies the gathered axis by it,
+reduce_scatter divides it. The ops run through a communicator
+(``runtime/comm.py``: MPI or NCCL); the passes never fuse, fold, merge or drop
+them. Gradient rules are collectives too: allreduce -> allreduce,
+allgather <-> reduce_scatter, broadcast -> allreduce to the root, send -> recv.
+A differentiated distributed graph computes the gradient of the sum over ranks of
+each rank's value (``mlc.dist`` divides by the world size where a mean is meant).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.types import TensorType, dtype as to_dtype
+from .registry import OpDef, check, normalize_axis
+
+REDUCE_OPS = ("sum", "mean", "max", "min")
+
+
+def _group(group) -> tuple[int, ...]:
+    from ..runtime.comm import world
+    w = world()
+    if group is None:
+        return tuple(range(w.size))
+    try:
+        ranks = tuple(int(r) for r in group)
+    except TypeError:
+        raise TypeError(f"group must be a sequence of ranks, got {group!r}") from None
+    check(len(ranks) > 0 and len(set(ranks)) == len(ranks), f"group {list(ranks)} must list distinct ranks")
+    check(all(0 <= r < w.size for r in ranks), f"group {list(ranks)} names ranks outside the world of {w.size}")
+    return ranks
+
+
+def _reduce_op(op: str, t: TensorType, name: str) -> str:
+    check(op in REDUCE_OPS, f"{name}: op must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
+    check(op != "mean" or t.dtype.is_float, f"{name}: op 'mean' needs a float tensor, got {t}")
+    return op
+
+
+def _canon(name: str):
+    def canon(ins, attrs):
+        out = dict(attrs)
+        out["group"] = _group(attrs["group"])
+        if "op" in attrs:
+            out["op"] = _reduce_op(attrs["op"], ins[0], name)
+        if "axis" in attrs:
+            out["axis"] = normalize_axis(attrs["axis"], ins[0].rank, name)
+        if "peer" in attrs:
+            from ..runtime.comm import world
+            peer = attrs["peer"]
+            check(isinstance(peer, (int, np.integer)) and peer in out["group"],
+                  f"{name}: peer {peer!r} is not a rank of the group {list(out['group'])}")
+            check(peer != world().rank, f"{name}: peer {peer} is this process's own rank")
+            out["peer"] = int(peer)
+            out["tag"] = int(attrs["tag"])
+        if "root" in attrs:
+            check(attrs["root"] in out["group"], f"{name}: root {attrs['root']!r} is not a rank of the group "
+                                                 f"{list(out['group'])}")
+            out["root"] = int(attrs["root"])
+        if "shape" in attrs:
+            out["shape"] = tuple(int(d) for d in attrs["shape"])
+            out["dtype"] = to_dtype(attrs["dtype"])
+        return out
+    return canon
+
+
+def _same(ins, **attrs):
+    return [ins[0]]
+
+
+def _allgather_infer(ins, axis, group):
+    (x,) = ins
+    check(x.rank > 0, "allgather: a 0-d tensor has no axis to gather along")
+    shape = list(x.shape)
+    shape[axis] *= len(group)
+    return [TensorType(shape, x.dtype)]
+
+
+def _reduce_scatter_infer(ins, axis, op, group):
+    (x,) = ins
+    check(x.rank > 0, "reduce_scatter: a 0-d tensor has no axis to scatter along")
+    n = len(group)
+    check(x.shape[axis] % n == 0, f"reduce_scatter: axis {axis} of {x} does not split into {n} equal blocks "
+                                  f"(the group's size)")
+    shape = list(x.shape)
+    shape[axis] //= n
+    return [TensorType(shape, x.dtype)]
+
+
+def _recv_infer(ins, shape, dtype, peer, tag, group):
+    return [TensorType(shape, dtype)]
+
+
+def _reference(name: str):
+    def reference(*args, **attrs):
+        from ..runtime.comm import run_collective
+        x = np.ascontiguousarray(args[0]) if args else None
+        ins = [TensorType.of(x)] if x is not None else []
+        (t,) = OPS_BY_NAME[name].infer(ins, **attrs)
+        out = np.empty(t.shape, t.dtype.np)
+        run_collective(name, attrs, x, out)
+        return out
+    return reference
+
+
+def _not_lowered(ins, outs, **attrs):
+    raise NotImplementedError("collectives are runtime calls (passes/lower.py), not compute stages")
+
+
+# ----------------------------------------------------------------------------- gradient rules
+
+def _float(rule):
+    def vjp(em, ins, outs, cts, **attrs):
+        if not ins or ins[0].dtype.kind != "f":
+            return [None] * len(ins)
+        return rule(em, ins, outs, cts[0], **attrs)
+    return vjp
+
+
+@_float
+def _allreduce_vjp(em, ins, outs, g, op, group):
+    if op in ("sum", "mean"):
+        return [em("allreduce", g, op=op, group=group)]
+    # max / min: the gradient goes where the extreme value came from
+    return [em("allreduce", g, op="sum", group=group) * em("cast", em("equal", ins[0], outs[0]), dtype=g.dtype)]
+
+
+@_float
+def _allgather_vjp(em, ins, outs, g, axis, group):
+    return [em("reduce_scatter", g, axis=axis, op="sum", group=group)]
+
+
+@_float
+def _reduce_scatter_vjp(em, ins, outs, g, axis, op, group):
+    gathered = em("allgather", g, axis=axis, group=group)
+    if op == "mean":
+        return [gathered / len(group)]
+    if op == "sum":
+        return [gathered]
+    return [gathered * em("cast", em("equal", ins[0], em("allgather", outs[0], axis=axis, group=group)),
+                          dtype=g.dtype)]
+
+
+@_float
+def _broadcast_vjp(em, ins, outs, g, root, group):
+    from ..runtime.comm import world
+    total = em("allreduce", g, op="sum", group=group)
+    return [total if world().rank == root else total * 0.0]
+
+
+def _send_vjp(em, ins, outs, cts, **attrs):
+    """The peer's gradient of what it received comes back with the same tag."""
+    if ins[0].dtype.kind != "f":
+        return [None]
+    g = cts[0]
+    back = em("recv", shape=ins[0].shape, dtype=ins[0].dtype, peer=attrs["peer"], tag=attrs["tag"],
+              group=attrs["group"])
+    return [back if g is None else back + g]
+
+
+OPS = [
+    OpDef("allreduce", "collective", _same, _reference("allreduce"), _not_lowered,
+          attrs={"op": "sum", "group": None}, canonicalize=_canon("allreduce"), vjp=_allreduce_vjp,
+          doc="Reduce x over the group (op: sum, mean, max, min); every member gets the result."),
+    OpDef("allgather", "collective", _allgather_infer, _reference("allgather"), _not_lowered,
+          attrs={"axis": 0, "group": None}, canonicalize=_canon("allgather"), vjp=_allgather_vjp,
+          doc="Concatenate every member's x along axis, in rank order."),
+    OpDef("reduce_scatter", "collective", _reduce_scatter_infer, _reference("reduce_scatter"), _not_lowered,
+          attrs={"axis": 0, "op": "sum", "group": None}, canonicalize=_canon("reduce_scatter"),
+          vjp=_reduce_scatter_vjp,
+          doc="Reduce x over the group and give member r block r of the result along axis."),
+    OpDef("broadcast", "collective", _same, _reference("broadcast"), _not_lowered,
+          attrs={"root": 0, "group": None}, canonicalize=_canon("broadcast"), vjp=_broadcast_vjp,
+          doc="Every member gets the root's x."),
+    OpDef("send", "collective", _same, _reference("send"), _not_lowered,
+          attrs={"peer": None, "tag": 0, "group": None}, canonicalize=_canon("send"), vjp=_send_vjp,
+          doc="Send x to rank peer; the result is x (so the send stays in the graph where it is used)."),
+    OpDef("recv", "collective", _recv_infer, _reference("recv"), _not_lowered, params=(),
+          attrs={"shape": None, "dtype": "float32", "peer": None, "tag": 0, "group": None},
+          canonicalize=_canon("recv"),
+          doc="Receive a tensor of shape and dtype from rank peer."),
+]
+OPS_BY_NAME = {op.name: op for op in OPS}

@@ -1,0 +1,385 @@
+"""Communicators: how collective ops reach an existing communication engine.
+
+mlc has no transport of its own. Collective graph ops (``ops/collective.py``) run
+through a ``Communicator``:
+
+- ``MPICommunicator``: MPI through mpi4py, for CPU buffers. ``mpirun -n N python
+  train.py`` on one machine or several, unchanged.
+- ``NCCLCommunicator``: NCCL through CuPy, for GPU buffers (CuPy arrays); the NCCL
+  unique id is shared over MPI.
+- ``SingleProcess``: the world of one process that mlc runs in without a launcher;
+  every collective is then the identity (or a copy).
+
+Calls work on the caller's buffers in place: compiled code hands the dispatcher raw
+pointers, which become numpy views (no copy) for mpi4py. Each call is non-blocking
+in MPI and waited for with a deadline (``MLC_DIST_TIMEOUT`` seconds, default 120),
+so a rank that died or left makes the others fail with ``DistError`` instead of
+hanging; the job is then aborted at exit so no process is left waiting.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import threading
+import time
+
+import numpy as np
+
+REDUCE_OPS = ("sum", "mean", "max", "min")
+_LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
+
+
+class DistError(RuntimeError):
+    """A collective that failed or did not complete in time."""
+
+
+def default_timeout() -> float:
+    raw = os.environ.get("MLC_DIST_TIMEOUT", "120")
+    try:
+        t = float(raw)
+    except ValueError:
+        raise DistError(f"MLC_DIST_TIMEOUT must be a number of seconds, got {raw!r}") from None
+    if t <= 0:
+        raise DistError(f"MLC_DIST_TIMEOUT must be > 0 seconds, got {raw!r}")
+    return t
+
+
+class Communicator:
+    """One group of processes. Buffers are numpy arrays (CuPy arrays for NCCL); a
+    source and a destination that are the same array mean "in place"."""
+
+    rank: int
+    size: int
+    ranks: tuple[int, ...]   # world ranks of the members, in group order
+
+    def allreduce(self, src, dst, op: str) -> None:
+        raise NotImplementedError
+
+    def allgather(self, src, dst) -> None:
+        """dst (flat) = every member's src, in rank order."""
+        raise NotImplementedError
+
+    def reduce_scatter(self, src, dst, op: str) -> None:
+        """src (flat) holds ``size`` equal blocks; member r receives the reduction of block r."""
+        raise NotImplementedError
+
+    def broadcast(self, buf, root: int) -> None:
+        raise NotImplementedError
+
+    def send(self, buf, peer: int, tag: int) -> None:
+        raise NotImplementedError
+
+    def recv(self, buf, peer: int, tag: int) -> None:
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        raise NotImplementedError
+
+    def subgroup(self, ranks: tuple[int, ...]) -> "Communicator":
+        raise NotImplementedError
+
+
+class SingleProcess(Communicator):
+    """The world of one process: reductions and gathers over one member."""
+
+    rank, size, ranks = 0, 1, (0,)
+
+    def allreduce(self, src, dst, op):
+        if dst is not src:
+            dst[...] = src
+
+    def allgather(self, src, dst):
+        self.allreduce(src, dst, "sum")
+
+    def reduce_scatter(self, src, dst, op):
+        self.allreduce(src, dst, op)
+
+    def broadcast(self, buf, root):
+        pass
+
+    def send(self, buf, peer, tag):
+        raise DistError(f"send to rank {peer}: this process runs alone (world size 1); start it with "
+                        "mpirun -n N")
+
+    def recv(self, buf, peer, tag):
+        raise DistError(f"recv from rank {peer}: this process runs alone (world size 1); start it with "
+                        "mpirun -n N")
+
+    def barrier(self):
+        pass
+
+    def subgroup(self, ranks):
+        return self
+
+
+_broken = False   # a collective timed out: abort the job at exit instead of hanging in MPI_Finalize
+
+
+def _abort_if_broken():
+    if _broken:
+        from mpi4py import MPI
+        MPI.COMM_WORLD.Abort(1)
+
+
+class MPICommunicator(Communicator):
+    def __init__(self, comm=None, timeout: float | None = None, ranks: tuple[int, ...] | None = None):
+        from mpi4py import MPI
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.ranks = ranks if ranks is not None else tuple(range(self.size))
+        self.timeout = default_timeout() if timeout is None else timeout
+        self._ops = {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        self._groups: dict[tuple, MPICommunicator] = {}
+
+    def _wait(self, req, what: str) -> None:
+        """Wait for a non-blocking call: spin briefly (small messages finish in
+        microseconds), then poll with short sleeps until the deadline."""
+        global _broken
+        if req.Test():
+            return
+        start = time.monotonic()
+        deadline = start + self.timeout
+        while not req.Test():
+            now = time.monotonic()
+            if now > deadline:
+                _broken = True
+                raise DistError(f"{what} on ranks {list(self.ranks)} did not complete within {self.timeout:g} s: "
+                                "another rank exited, crashed or is stuck (MLC_DIST_TIMEOUT sets the limit); the "
+                                "job will be aborted at exit")
+            if now - start > 2e-3:
+                time.sleep(2e-4)
+
+    def allreduce(self, src, dst, op):
+        MPI = self.MPI
+        self._wait(self.comm.Iallreduce(MPI.IN_PLACE if src is dst else src, dst, self._ops[op]), f"allreduce({op})")
+        if op == "mean":
+            np.divide(dst, self.size, out=dst, casting="unsafe")
+
+    def allgather(self, src, dst):
+        self._wait(self.comm.Iallgather(src, dst), "allgather")
+
+    def reduce_scatter(self, src, dst, op):
+        self._wait(self.comm.Ireduce_scatter_block(src, dst, self._ops[op]), f"reduce_scatter({op})")
+        if op == "mean":
+            np.divide(dst, self.size, out=dst, casting="unsafe")
+
+    def broadcast(self, buf, root):
+        self._wait(self.comm.Ibcast(buf, root=root), f"broadcast(root={root})")
+
+    def send(self, buf, peer, tag):
+        self._wait(self.comm.Isend(buf, dest=peer, tag=tag), f"send to rank {peer} (tag {tag})")
+
+    def recv(self, buf, peer, tag):
+        self._wait(self.comm.Irecv(buf, source=peer, tag=tag), f"recv from rank {peer} (tag {tag})")
+
+    def barrier(self):
+        self._wait(self.comm.Ibarrier(), "barrier")
+
+    def subgroup(self, ranks):
+        """The communicator of ``ranks`` (world ranks); created on first use by its
+        members only (MPI_Comm_create_group)."""
+        if ranks == self.ranks:
+            return self
+        if ranks not in self._groups:
+            group = self.comm.Get_group().Incl(list(ranks))
+            self._groups[ranks] = MPICommunicator(self.comm.Create_group(group), self.timeout, ranks)
+        return self._groups[ranks]
+
+
+class NCCLCommunicator(Communicator):
+    """NCCL through CuPy for CuPy arrays; the unique id travels over ``bootstrap`` (an
+    MPICommunicator, or None for a world of one GPU)."""
+
+    def __init__(self, bootstrap: MPICommunicator | None = None):
+        import cupy
+        from cupy.cuda import nccl
+        self.cupy, self.nccl = cupy, nccl
+        self.rank = bootstrap.rank if bootstrap else 0
+        self.size = bootstrap.size if bootstrap else 1
+        self.ranks = tuple(range(self.size))
+        uid = nccl.get_unique_id() if self.rank == 0 else None
+        if bootstrap is not None:
+            uid = bootstrap.comm.bcast(uid, root=0)
+        self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+        self._ops = {"sum": nccl.NCCL_SUM, "mean": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
+        self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64,
+                       np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.int32): nccl.NCCL_INT32,
+                       np.dtype(np.int64): nccl.NCCL_INT64, np.dtype(np.int8): nccl.NCCL_INT8,
+                       np.dtype(np.uint8): nccl.NCCL_UINT8}
+
+    def _args(self, src, dst):
+        stream = self.cupy.cuda.get_current_stream().ptr
+        return src.data.ptr, dst.data.ptr, self._types[np.dtype(dst.dtype)], stream
+
+    def allreduce(self, src, dst, op):
+        s, d, t, stream = self._args(src, dst)
+        self.comm.allReduce(s, d, dst.size, t, self._ops[op], stream)
+        if op == "mean":
+            dst /= self.size
+
+    def allgather(self, src, dst):
+        s, d, t, stream = self._args(src, dst)
+        self.comm.allGather(s, d, src.size, t, stream)
+
+    def reduce_scatter(self, src, dst, op):
+        s, d, t, stream = self._args(src, dst)
+        self.comm.reduceScatter(s, d, dst.size, t, self._ops[op], stream)
+        if op == "mean":
+            dst /= self.size
+
+    def broadcast(self, buf, root):
+        s, d, t, stream = self._args(buf, buf)
+        self.comm.broadcast(s, d, buf.size, t, root, stream)
+
+    def send(self, buf, peer, tag):
+        s, _, t, stream = self._args(buf, buf)
+        self.comm.send(s, buf.size, t, peer, stream)
+
+    def recv(self, buf, peer, tag):
+        _, d, t, stream = self._args(buf, buf)
+        self.comm.recv(d, buf.size, t, peer, stream)
+
+    def barrier(self):
+        self.cupy.cuda.get_current_stream().synchronize()
+
+    def subgroup(self, ranks):
+        if ranks == self.ranks:
+            return self
+        raise DistError("NCCL subgroups are not supported; use the world group")
+
+
+# ----------------------------------------------------------------------------- the process's world
+
+_world: Communicator | None = None
+_world_lock = threading.Lock()
+
+
+def launched_by_mpi() -> bool:
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+def world() -> Communicator:
+    """The communicator of every process of the job: MPI when started by an MPI
+    launcher (or ``MLC_DIST=mpi``), else a world of one."""
+    global _world
+    with _world_lock:
+        if _world is None:
+            want = os.environ.get("MLC_DIST", "auto")
+            if want not in ("auto", "mpi", "none"):
+                raise DistError(f"MLC_DIST must be auto, mpi or none, got {want!r}")
+            if want == "mpi" or (want == "auto" and launched_by_mpi()):
+                try:
+                    import mpi4py  # noqa: F401
+                except ImportError:
+                    raise DistError("this process was started by an MPI launcher but mpi4py is not installed: "
+                                    "pip install 'mlc[dist]'") from None
+                _world = MPICommunicator()
+                atexit.register(_abort_if_broken)   # runs before mpi4py's MPI_Finalize (registered earlier)
+            else:
+                _world = SingleProcess()
+        return _world
+
+
+def set_world(comm: Communicator) -> None:
+    """Use ``comm`` as the world (e.g. an MPICommunicator over a sub-communicator)."""
+    global _world
+    _world = comm
+
+
+def group_of(ranks: tuple[int, ...]) -> Communicator:
+    w = world()
+    if w.rank not in ranks:
+        raise DistError(f"rank {w.rank} runs a collective of the group {list(ranks)}, which it is not part of")
+    return w.subgroup(tuple(ranks))
+
+
+# ----------------------------------------------------------------------------- running one collective op
+
+def run_collective(op: str, attrs: dict, x, out) -> None:
+    """Run collective ``op`` (attrs as in ``ops/collective.py``) from ``x`` (None for
+    recv) into ``out``; the one implementation behind compiled code and the reference."""
+    comm = group_of(tuple(attrs["group"]))
+    if op == "allreduce":
+        comm.allreduce(x, out, attrs["op"])
+    elif op == "broadcast":
+        if out is not x:
+            out[...] = x
+        comm.broadcast(out, attrs["root"])
+    elif op in ("allgather", "reduce_scatter"):
+        axis = attrs["axis"]
+        if op == "allgather":
+            if axis == 0:
+                comm.allgather(x, out)
+            else:   # gather rank-major, then lay the pieces out along the axis
+                tmp = np.empty((comm.size, *x.shape), x.dtype)
+                comm.allgather(np.ascontiguousarray(x), tmp)
+                out[...] = np.concatenate(list(tmp), axis=axis)
+        else:
+            if axis == 0:
+                comm.reduce_scatter(x, out, attrs["op"])
+            else:   # blocks along the axis, made contiguous rank-major
+                blocks = np.ascontiguousarray(np.stack(np.split(x, comm.size, axis=axis)))
+                comm.reduce_scatter(blocks, out, attrs["op"])
+    elif op == "send":
+        if out is not x:
+            out[...] = x
+        comm.send(x, comm.ranks.index(attrs["peer"]), attrs["tag"])
+    elif op == "recv":
+        comm.recv(out, comm.ranks.index(attrs["peer"]), attrs["tag"])
+    else:
+        raise DistError(f"unknown collective {op!r}")
+
+
+# ----------------------------------------------------------------------------- compiled code's entry point
+
+_pending = threading.local()   # the first error of the current run on this thread
+_descriptors: dict[bytes, tuple] = {}
+
+
+def _view(ptr: int, dtype: str, shape) -> np.ndarray:
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if n == 0:
+        return np.empty(shape, dt)
+    return np.frombuffer((ctypes.c_char * n).from_address(ptr), dt).reshape(shape)
+
+
+def _dispatch(desc: bytes, src: int | None, dst: int | None) -> None:
+    """Called by compiled code for every collective: ``desc`` is the op's JSON, src and
+    dst the buffers. An exception cannot cross back into the compiled code, so it is
+    kept and raised by ``raise_pending`` when the run returns; later collectives of the
+    same run are skipped."""
+    if getattr(_pending, "error", None) is not None:
+        return
+    try:
+        d = _descriptors.get(desc)
+        if d is None:
+            j = json.loads(desc)
+            d = _descriptors[desc] = (j["op"], j["attrs"], j["in"], j["out"])
+        op, attrs, t_in, t_out = d
+        x = _view(src, *t_in) if t_in else None
+        out = x if (src == dst and t_in == t_out) else _view(dst, *t_out)
+        run_collective(op, attrs, x, out)
+    except BaseException as e:   # noqa: BLE001 -- re-raised in the caller's thread after the run
+        _pending.error = e
+
+
+DISPATCH_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p)
+_dispatcher = DISPATCH_TYPE(_dispatch)
+SYMBOL = "mlc_collective"
+
+
+def install_dispatcher() -> None:
+    """Make ``mlc_collective`` resolve to the dispatcher in code loaded by the JIT."""
+    import llvmlite.binding as llvm
+    llvm.add_symbol(SYMBOL, ctypes.cast(_dispatcher, ctypes.c_void_p).value)
+
+
+def raise_pending() -> None:
+    e = getattr(_pending, "error", None)
+    if e is not None:
+        _pending.error = None
+        raise e
