@@ -143,7 +143,7 @@ def tensor_parallel_graph(graph: Graph, sharded: dict[int, str], group=None) -> 
         env, state = {}, {}
         for i, (v, a) in enumerate(zip(graph.inputs, args)):
             env[v] = a
-            state[v] = ("S", shard_axis(sharded[i], v.rank)) if i in sharded else ("R",)
+            state[v] = ("S", shard_axis(sharded[i], v.type.rank)) if i in sharded else ("R",)
 
         def whole(v):
             """v's full value on every rank."""
@@ -151,7 +151,7 @@ def tensor_parallel_graph(graph: Graph, sharded: dict[int, str], group=None) -> 
             if s[0] == "P":
                 env[v], state[v] = apply("allreduce", env[v], op="sum", group=ranks), ("R",)
             elif s[0] == "S":
-                env[v], state[v] = apply("allgather", env[v], axis=s[1] % v.rank, group=ranks), ("R",)
+                env[v], state[v] = apply("allgather", env[v], axis=s[1] % v.type.rank, group=ranks), ("R",)
             return env[v]
 
         for node in graph.nodes:
@@ -196,13 +196,13 @@ def _propagate(node, state) -> tuple | None:
     if node.op in _ELEMENTWISE:
         if any(s[0] == "P" for s in sts):
             return None
-        out_rank = node.outputs[0].rank
+        out_rank = node.outputs[0].type.rank
         axes = {s[1] for s in sts if s[0] == "S"}
         if len(axes) != 1:
             return None
         (axis,) = axes
         for v, s in zip(node.inputs, sts):   # a replicated operand must broadcast along the split axis
-            if s[0] == "R" and v.rank >= -axis and v.shape[axis] != 1:
+            if s[0] == "R" and v.type.rank >= -axis and v.shape[axis] != 1:
                 return None
         if node.outputs[0].shape[axis] == 1 or -axis > out_rank:
             return None
