@@ -64,6 +64,15 @@ def test_world_of_one_without_a_launcher():
     np.testing.assert_array_equal(mlc.jit(mlc.grad(lambda x: mlc.sum(mlc.dist.allreduce(x * x))))(x), 2 * x)
 
 
+@pytest.mark.parametrize("name", ["allreduce", "allgather", "reduce_scatter", "broadcast", "send", "recv"])
+def test_collective_ops_are_registered_once_with_gradient_rules(name):
+    from mlc import ops
+    op = ops.get(name)
+    assert op.kind == "collective" and "group" in op.attrs
+    assert (op.vjp is None) == (name == "recv")           # recv has no inputs to differentiate
+    assert getattr(mlc, name) is getattr(mlc.dist, name)  # one function, two names
+
+
 def test_type_rules_and_errors():
     x = np.ones((4, 6), np.float32)
     with pytest.raises(mlc.TraceError, match="op must be one of sum, mean, max, min, got 'avg'"):
