@@ -363,12 +363,14 @@ def _dispatch(desc: bytes, src: int | None, dst: int | None) -> None:
         if d is None:
             j = json.loads(desc)
             t_in = (j["in"][0], tuple(j["in"][1])) if j["in"] else None
-            d = _descriptors[desc] = (j["op"], j["attrs"], t_in, (j["out"][0], tuple(j["out"][1])),
-                                      group_of(tuple(j["attrs"]["group"])))
-        op, attrs, t_in, t_out, comm = d
-        x = _view(src, *t_in) if t_in else None
-        out = x if (src == dst and t_in == t_out) else _view(dst, *t_out)
-        run_collective(op, attrs, x, out, comm)
+            d = _descriptors[desc] = [j["op"], j["attrs"], t_in, (j["out"][0], tuple(j["out"][1])),
+                                      group_of(tuple(j["attrs"]["group"])), None]
+        op, attrs, t_in, t_out, comm, last = d
+        if last is None or last[0] != src or last[1] != dst:   # workspace buffers keep their address
+            x = _view(src, *t_in) if t_in else None
+            out = x if (src == dst and t_in == t_out) else _view(dst, *t_out)
+            d[5] = last = (src, dst, x, out)
+        run_collective(op, attrs, last[2], last[3], comm)
     except BaseException as e:   # noqa: BLE001 -- re-raised in the caller's thread after the run
         _pending.error = e
 
