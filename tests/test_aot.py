@@ -473,6 +473,10 @@ def test_c_program_runs_the_library_and_matches_python(lib, ext_lib):
         assert np.array_equal(from_c, mlc.load(path)(X))
         printed = [float(v) for v in r.stdout.split("output output0: shape [8, 10]\n")[1].split()[:10]]
         assert np.array_equal(np.float32(printed), from_c.reshape(-1)[:10])
+        # the portable SHA-256 (the default uses the CPU's SHA extensions where it has them) verifies it too
+        r = subprocess.run([str(exe), "input.bin"], cwd=path.parent, capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin", "MLC_PORTABLE_SHA256": "1"})
+        assert r.returncode == 0, r.stderr
         # a wrong input file: refused with what the model expects
         (path.parent / "short.bin").write_bytes(b"\0" * 12)
         r = subprocess.run([str(exe), "short.bin"], cwd=path.parent, capture_output=True, text=True)

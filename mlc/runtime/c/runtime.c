@@ -99,6 +99,53 @@ static void sha256_block(uint32_t h[8], const unsigned char *p) {
     h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_SHA_NI 1
+
+/* The SHA extensions (x86 SHA-NI): about 4x the portable code, checked at run time. */
+__attribute__((target("sha,sse4.1,ssse3"))) static void sha256_block_shani(uint32_t h[8], const unsigned char *p) {
+    const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i t = _mm_loadu_si128((const __m128i *)&h[0]);
+    __m128i s1 = _mm_loadu_si128((const __m128i *)&h[4]);
+    t = _mm_shuffle_epi32(t, 0xB1);                 /* CDAB */
+    s1 = _mm_shuffle_epi32(s1, 0x1B);               /* EFGH */
+    __m128i s0 = _mm_alignr_epi8(t, s1, 8);         /* ABEF */
+    s1 = _mm_blend_epi16(s1, t, 0xF0);              /* CDGH */
+    const __m128i abef = s0, cdgh = s1;
+    __m128i w[16];
+    for (int i = 0; i < 4; i++) w[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), swap);
+    for (int i = 4; i < 16; i++)
+        w[i] = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(w[i - 4], w[i - 3]),
+                                                  _mm_alignr_epi8(w[i - 1], w[i - 2], 4)), w[i - 1]);
+    for (int i = 0; i < 16; i++) {
+        __m128i m = _mm_add_epi32(w[i], _mm_loadu_si128((const __m128i *)&K256[4 * i]));
+        s1 = _mm_sha256rnds2_epu32(s1, s0, m);
+        s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(m, 0x0E));
+    }
+    s0 = _mm_add_epi32(s0, abef);
+    s1 = _mm_add_epi32(s1, cdgh);
+    t = _mm_shuffle_epi32(s0, 0x1B);                /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);               /* DCHG */
+    s0 = _mm_blend_epi16(t, s1, 0xF0);              /* DCBA */
+    s1 = _mm_alignr_epi8(s1, t, 8);                 /* HGFE */
+    _mm_storeu_si128((__m128i *)&h[0], s0);
+    _mm_storeu_si128((__m128i *)&h[4], s1);
+}
+#endif
+
+static void (*sha256_block_fn)(uint32_t h[8], const unsigned char *p) = NULL;
+
+static void sha256_blocks(uint32_t h[8], const unsigned char *p, size_t n) {
+    if (!sha256_block_fn) {
+        sha256_block_fn = sha256_block;
+#ifdef HAVE_SHA_NI
+        if (!getenv("MLC_PORTABLE_SHA256") && __builtin_cpu_supports("sha")) sha256_block_fn = sha256_block_shani;
+#endif
+    }
+    for (; n; n--, p += 64) sha256_block_fn(h, p);
+}
+
 static void sha256_init(sha256_ctx *s) {
     static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
@@ -114,10 +161,12 @@ static void sha256_update(sha256_ctx *s, const unsigned char *p, size_t n) {
         memcpy(s->block + s->used, p, take);
         s->used += take, p += take, n -= take;
         if (s->used < 64) return;
-        sha256_block(s->h, s->block);
+        sha256_blocks(s->h, s->block, 1);
         s->used = 0;
     }
-    for (; n >= 64; p += 64, n -= 64) sha256_block(s->h, p);
+    sha256_blocks(s->h, p, n / 64);
+    p += n / 64 * 64;
+    n %= 64;
     memcpy(s->block, p, n);
     s->used = n;
 }
