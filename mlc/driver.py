@@ -277,12 +277,11 @@ class JitFunction:
 
     def lower(self, *args) -> Executable:
         """The Executable for these arguments, compiling it on first use."""
-        return self._executable(args)[0]
+        return self._executable(*flatten(tuple(args)))[0]
 
-    def _executable(self, args) -> tuple[Executable, list]:
+    def _executable(self, leaves, tree) -> tuple[Executable, list]:
         """(Executable, argument leaves as arrays): zero-copy for __dlpack__ objects;
         Python scalars stay static (baked into the compiled code, part of the cache key)."""
-        leaves, tree = flatten(tuple(args))
         leaves = [a if _is_static(a) or isinstance(a, np.ndarray) else
                   np.from_dlpack(a) if hasattr(a, "__dlpack__") else np.asarray(a) for a in leaves]
         key = (tree, tuple(("static", type(a).__name__, a) if _is_static(a) else (a.shape, a.dtype.str)
@@ -295,9 +294,10 @@ class JitFunction:
         return exe, leaves
 
     def __call__(self, *args):
-        if any(isinstance(a, Tracer) for a in flatten(args)[0]):   # called inside another trace: inline it
+        leaves, tree = flatten(args)
+        if any(isinstance(a, Tracer) for a in leaves):   # called inside another trace: inline it
             return self.fn(*args)
-        exe, leaves = self._executable(args)
+        exe, leaves = self._executable(leaves, tree)
         return exe.call_flat([a for a in leaves if not _is_static(a)])
 
 

@@ -14,12 +14,13 @@ from typing import Any, Callable
 class TreeDef:
     """The structure of a pytree without its leaves."""
 
-    __slots__ = ("kind", "keys", "children")
+    __slots__ = ("kind", "keys", "children", "_hash")
 
     def __init__(self, kind: str, keys: tuple = (), children: tuple = ()):
         self.kind = kind            # "leaf", "none", "dict", "list" or "tuple"
         self.keys = keys            # dict keys, in order
         self.children = children   # child TreeDefs
+        self._hash = None           # computed once: compiled functions look executables up by structure
 
     @property
     def num_leaves(self) -> int:
@@ -32,7 +33,9 @@ class TreeDef:
                 and self.children == other.children)
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.keys, self.children))
+        if self._hash is None:
+            self._hash = hash((self.kind, self.keys, self.children))
+        return self._hash
 
     def to_json(self, path: str = ""):
         """The structure as JSON (``docs/formats.md``, checkpoints): a leaf is ``"*"``,
