@@ -306,7 +306,7 @@ def _tree_add(a, b):
 
 
 def _send_type(comm: Communicator, to: int, t: TensorType) -> None:
-    code = np.array([len(t.shape), *t.shape, list(TYPE_CODES).index(t.dtype.name)], np.int64)
+    code = np.array([len(t.shape), *t.shape, TYPE_CODES.index(t.dtype.name)], np.int64)
     comm.send(np.array([code.size], np.int64), to, 99)
     comm.send(code, to, 99)
 
@@ -317,7 +317,7 @@ def _recv_type(comm: Communicator, frm: int) -> TensorType:
     code = np.empty(int(n[0]), np.int64)
     comm.recv(code, frm, 99)
     ndim = int(code[0])
-    return TensorType(tuple(int(d) for d in code[1:1 + ndim]), list(TYPE_CODES)[int(code[-1])])
+    return TensorType(tuple(int(d) for d in code[1:1 + ndim]), TYPE_CODES[int(code[-1])])
 
 
 TYPE_CODES = ("float32", "float64", "float16", "int32", "int64", "int8", "uint8", "bool")

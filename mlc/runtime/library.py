@@ -110,7 +110,7 @@ class _LibraryCode:
 
     needs_workspace = False
 
-    def __init__(self, path: str, meta: dict, params):
+    def __init__(self, path: str, params):
         self.path = path
         try:
             lib = ctypes.CDLL(path, mode=os.RTLD_LOCAL | os.RTLD_NOW)
@@ -170,7 +170,7 @@ def load(path, params=None) -> Executable:
     _check_runs_here(path, meta)
     if params is not None and meta["params"]["storage"] != "external":
         raise LibraryError(f"{path} embeds its weights; params={os.fspath(params)!r} would be ignored")
-    code = _LibraryCode(path, meta, params)
+    code = _LibraryCode(path, params)
     sig = meta.get("signature")
     signature = None
     if sig is not None:
