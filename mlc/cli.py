@@ -213,8 +213,8 @@ def cmd_compile(args) -> int:
     suffix = os.path.splitext(args.output)[1] if args.output else None
     if suffix not in (None, ".o", ".so"):
         raise SystemExit(f"mlc compile: -o {args.output}: write an object file (.o) or a shared library (.so)")
-    if args.params and suffix != ".so":
-        raise SystemExit("mlc compile: --params applies to a model library: -o MODEL.so")
+    if (args.params or args.prefix) and suffix != ".so":
+        raise SystemExit("mlc compile: --params and --prefix apply to a model library: -o MODEL.so")
     if suffix == ".so":
         from .codegen.cross import ToolchainNotFound, find_c_compiler
         try:
@@ -248,7 +248,7 @@ def cmd_compile(args) -> int:
     if args.dump_ir:
         print(f"IR after every pass written to {args.dump_ir}/ (numbered in pipeline order)")
     if args.output:
-        _write_output(c, args.output, suffix, args.params or "embedded")
+        _write_output(c, args.output, suffix, args.params or "embedded", args.prefix or "mlc")
     return 0
 
 
@@ -292,7 +292,7 @@ def _compile_for_file(graph, target, pm, db=None):
     return c, st, report
 
 
-def _write_output(c, out: str, suffix: str, params: str) -> None:
+def _write_output(c, out: str, suffix: str, params: str, prefix: str) -> None:
     from .codegen.cross import write_object
     from .codegen.export import ExportError, export_library
     if suffix == ".o":
@@ -300,8 +300,8 @@ def _write_output(c, out: str, suffix: str, params: str) -> None:
         print(f"wrote {out}: {head} ({os.path.getsize(out)} bytes)")
         return
     try:
-        print(export_library(c, out, params=params))
-    except ExportError as e:
+        print(export_library(c, out, params=params, prefix=prefix))
+    except (ExportError, ValueError) as e:
         raise SystemExit(f"mlc compile: -o {out}: {e}")
     if c.target.is_host:
         print(f"run it from Python: mlc.load({out!r}); from C: see tutorials/c_api/")
@@ -477,6 +477,8 @@ def main(argv=None) -> int:
     comp.add_argument("--params", choices=["embedded", "external"],
                       help="where a model library keeps its weights: embedded in OUT.so (default) or in the "
                            "file OUT.params beside it")
+    comp.add_argument("--prefix", metavar="NAME", help="name a model library's C functions NAME_model_create, ... "
+                                                       "(default mlc_...), to link several models into one program")
     comp.add_argument("--db", metavar="FILE", help="use the best schedules in this tuning database (mlc tune)")
     comp.set_defaults(func=cmd_compile)
     tune = sub.add_parser("tune", help="auto-tune a model's kernels for a target into a tuning database")

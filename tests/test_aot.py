@@ -514,7 +514,7 @@ def test_onnx_model_to_library_with_the_cli(tmp_path, capsys):
     os.remove(tmp_path / "s.params")
     assert main(["inspect", str(tmp_path / "s.so")]) == 0
     assert "external: s.params (MISSING next to the library)" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--params applies to a model library"):
+    with pytest.raises(SystemExit, match="--params and --prefix apply to a model library"):
         main(["compile", str(tmp_path / "s.onnx"), "--params", "external"])
 
 
@@ -562,3 +562,52 @@ def test_module_function_entry_point_to_library(tmp_path, monkeypatch, capsys):
     x = RNG.standard_normal((4, 32)).astype(np.float32)
     w = np.arange(32 * 16, dtype=np.float32).reshape(32, 16) / 100
     np.testing.assert_allclose(mlc.load(tmp_path / "entry.so")(x), np.tanh(x @ w), rtol=1e-5, atol=1e-5)
+
+
+def test_two_prefixed_models_link_into_one_c_program(tmp_path, capsys):
+    """--prefix names the API functions, so two libraries link into one executable and
+    both headers go into one translation unit."""
+    mlc.compile(classifier, X).export(tmp_path / "a.so", prefix="cls")
+    assert main(["compile", "gelu", "-o", str(tmp_path / "b.so"), "--prefix", "gelu_net"]) == 0
+    gelu_meta = read_metadata(tmp_path / "b.so")
+    (n_b,) = [e["nbytes"] // 4 for e in gelu_meta["inputs"]]
+    src = tmp_path / "both.c"
+    src.write_text(f"""#include <stdio.h>
+#include "a.h"
+#include "b.h"
+static float xa[8][64], ya[8][10], xb[{n_b}], yb[{n_b}];
+int main(void) {{
+    mlc_model *a, *b;
+    int64_t sxa[] = CLS_MODEL_INPUT_0_SHAPE, sya[] = CLS_MODEL_OUTPUT_0_SHAPE;
+    int64_t sxb[] = GELU_NET_MODEL_INPUT_0_SHAPE, syb[] = GELU_NET_MODEL_OUTPUT_0_SHAPE;
+    for (int i = 0; i < 8 * 64; i++) xa[i / 64][i % 64] = (float)(i % 7) / 7.0f - 0.5f;
+    for (int i = 0; i < {n_b}; i++) xb[i] = (float)(i % 5) / 5.0f - 0.4f;
+    if (cls_model_create(NULL, 0, &a) || gelu_net_model_create(NULL, 0, &b)) return 1;
+    mlc_tensor ia = {{xa, sizeof xa, MLC_FLOAT32, 2, sxa}}, oa = {{ya, sizeof ya, MLC_FLOAT32, 2, sya}};
+    mlc_tensor ib = {{xb, sizeof xb, MLC_FLOAT32, GELU_NET_MODEL_INPUT_0_NDIM, sxb}};
+    mlc_tensor ob = {{yb, sizeof yb, MLC_FLOAT32, GELU_NET_MODEL_OUTPUT_0_NDIM, syb}};
+    if (cls_model_run(a, &ia, 1, &oa, 1) || gelu_net_model_run(b, &ib, 1, &ob, 1)) return 2;
+    printf("%s %s %.9g %.9g\\n", CLS_MODEL_NAME, GELU_NET_MODEL_NAME, ya[3][4], yb[7]);
+    cls_model_destroy(a);
+    gelu_net_model_destroy(b);
+    return 0;
+}}
+""")
+    exe = tmp_path / "both"
+    r = subprocess.run([CC, "-O2", "-Wall", "-Wextra", "-Werror", str(src), f"-I{tmp_path}", str(tmp_path / "a.so"),
+                        str(tmp_path / "b.so"), "-Wl,-rpath,$ORIGIN", "-o", str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    name_a, name_b, va, vb = r.stdout.split()
+    xa = np.array([[(i * 64 + j) % 7 / 7 - 0.5 for j in range(64)] for i in range(8)], np.float32)
+    xb = (np.arange(n_b) % 5 / 5 - 0.4).astype(np.float32).reshape(gelu_meta["inputs"][0]["shape"])
+    assert (name_a, name_b) == ("classifier", gelu_meta["name"])
+    assert np.float32(va) == mlc.load(tmp_path / "a.so")(xa)[3, 4]
+    assert np.float32(vb) == mlc.load(tmp_path / "b.so")(xb).reshape(-1)[7]
+    if shutil.which("nm"):
+        r = subprocess.run(["nm", "-D", "--defined-only", str(tmp_path / "b.so")], capture_output=True, text=True)
+        assert sorted(line.split()[-1] for line in r.stdout.splitlines()) == sorted(
+            "gelu_net" + n[3:] for n in API_FUNCTIONS)
+    with pytest.raises(ValueError, match="prefix must be a C identifier, got '2fast'"):
+        mlc.compile(classifier, X).export(tmp_path / "c.so", prefix="2fast")

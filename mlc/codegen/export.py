@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -57,13 +58,17 @@ class Exported:
 
 
 def export_library(compiled, path, *, params: str = "embedded", signature=None,
-                   single_output: bool | None = None) -> Exported:
+                   single_output: bool | None = None, prefix: str = "mlc") -> Exported:
     """Export ``compiled`` (a ``driver.Compiled``) as ``path`` (.so), ``path``'s .h and,
     with ``params="external"``, ``path``'s .params. ``signature``: the pytree structure
-    ``mlc.load`` restores (``runtime.executable.Signature``), None for flat arrays."""
+    ``mlc.load`` restores (``runtime.executable.Signature``), None for flat arrays.
+    ``prefix`` names the API functions (``<prefix>_model_create``, ...), so several
+    models can be linked into one program."""
     path = os.fspath(path)
     if params not in ("embedded", "external"):
         raise ValueError(f"params must be 'embedded' or 'external', got {params!r}")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix or ""):
+        raise ValueError(f"prefix must be a C identifier, got {prefix!r}")
     if not path.endswith(".so"):
         raise ValueError(f"a model library is written to a .so file, got {path!r}")
     if compiled.aliases:
@@ -86,7 +91,7 @@ def export_library(compiled, path, *, params: str = "embedded", signature=None,
     stats = compiled.stats()
     single = len(outputs) == 1 if single_output is None else single_output
     meta = {"format": "mlc-model-library", "abi_version": ABI_VERSION, "mlc_version": __version__,
-            "name": source.name, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "prefix": prefix, "name": source.name, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "target": target.to_json(), "inputs": inputs, "outputs": outputs, "single_output": single,
             "signature": _signature_json(signature), "workspace_bytes": compiled.plan.workspace_bytes,
             "params": {"storage": params, "file": os.path.basename(params_path) if params_path else None,
@@ -104,9 +109,10 @@ def export_library(compiled, path, *, params: str = "embedded", signature=None,
         with open(os.path.join(build, "tables.c"), "w") as f:
             f.write(_tables_c(inputs, outputs, tensors, blob, meta, compiled.plan.workspace_bytes))
         with open(os.path.join(build, "exports.map"), "w") as f:
-            f.write("{\n  global:\n" + "".join(f"    {name};\n" for name in API_FUNCTIONS) + "  local: *;\n};\n")
+            f.write("{\n  global:\n" + "".join(f"    {api_name(n, prefix)};\n" for n in API_FUNCTIONS)
+                    + "  local: *;\n};\n")
         linked = os.path.join(build, "model.so")
-        _build(cc, build, linked, os.path.basename(path))
+        _build(cc, build, linked, os.path.basename(path), prefix)
         if params_path:
             container.write_tensors(params_path, tensors, {"model": source.name, "mlc_version": __version__})
         _write_atomic(path, _with_trailer(linked, meta), folder)
@@ -218,10 +224,17 @@ def _json(meta: dict) -> str:
     return json.dumps(meta, allow_nan=False, ensure_ascii=False)
 
 
-def _build(cc: list[str], build: str, out: str, soname: str) -> None:
+def api_name(function: str, prefix: str) -> str:
+    """An API function's name in a library exported with ``prefix``: mlc_model_run ->
+    resnet_model_run."""
+    return prefix + function[len("mlc"):]
+
+
+def _build(cc: list[str], build: str, out: str, soname: str, prefix: str) -> None:
     with open(os.path.join(build, "model.o"), "rb") as f:
         parallel = b"GOMP_parallel" in f.read()   # declared only when the code has parallel loops
-    args = [*cc, "-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", f"-I{C_DIR}", "-o", out,
+    renames = [f"-D{n}={api_name(n, prefix)}" for n in API_FUNCTIONS] if prefix != "mlc" else []
+    args = [*cc, "-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", f"-I{C_DIR}", *renames, "-o", out,
             os.path.join(C_DIR, "runtime.c"), "tables.c", "model.o", "-Wl,--version-script=exports.map",
             f"-Wl,-soname,{soname}", "-Wl,-Bsymbolic", "-Wl,-z,noexecstack", "-Wl,--no-undefined", "-lm",
             *(["-lgomp"] if parallel else []), "-lpthread", "-ldl"]
@@ -258,20 +271,28 @@ def model_header(meta: dict) -> str:
     """model.h: the C API header followed by the model's own constants."""
     with open(os.path.join(C_DIR, "mlc_model.h")) as f:
         api = f.read()
+    prefix = meta.get("prefix", "mlc")
+    P = prefix.upper() + "_MODEL" if prefix != "mlc" else "MLC_MODEL"
+    if prefix != "mlc":   # the functions under their prefixed names, behind their own include guard
+        types, functions = api.split("#ifndef MLC_MODEL_API_H", 1)
+        functions = functions.replace("MLC_MODEL_API_H", f"{P}_API_H")
+        for n in API_FUNCTIONS:
+            functions = re.sub(rf"\b{n}\b", api_name(n, prefix), functions)
+        api = types + f"#ifndef {P}_API_H" + functions
     def safe(text) -> str:   # names go into a C comment
         return str(text).replace("*/", "* /")
 
     t = meta["target"]
     doc = [f" * Model '{safe(meta['name'])}', exported by mlc {meta['mlc_version']} for {t['name']} ({t['triple']}, "
            f"cpu {t['cpu']})."]
-    defs = [f"#define MLC_MODEL_NAME {_c_string(meta['name'])}",
-            f"#define MLC_MODEL_NUM_INPUTS {len(meta['inputs'])}",
-            f"#define MLC_MODEL_NUM_OUTPUTS {len(meta['outputs'])}",
-            f"#define MLC_MODEL_WORKSPACE_BYTES {meta['workspace_bytes']}u"]
+    defs = [f"#define {P}_NAME {_c_string(meta['name'])}",
+            f"#define {P}_NUM_INPUTS {len(meta['inputs'])}",
+            f"#define {P}_NUM_OUTPUTS {len(meta['outputs'])}",
+            f"#define {P}_WORKSPACE_BYTES {meta['workspace_bytes']}u"]
     for kind, entries in (("INPUT", meta["inputs"]), ("OUTPUT", meta["outputs"])):
         for i, e in enumerate(entries):
             doc.append(f" *   {kind.lower()} {i}: {safe(e['name'])}: {e['dtype']}{e['shape']}")
-            p = f"MLC_MODEL_{kind}_{i}"
+            p = f"{P}_{kind}_{i}"
             defs += [f"#define {p}_NAME {_c_string(e['name'])}", f"#define {p}_DTYPE {_DTYPE_ENUM[e['dtype']]}",
                      f"#define {p}_NDIM {len(e['shape'])}", f"#define {p}_SHAPE {_shape(e['shape'])}",
                      f"#define {p}_NBYTES {e['nbytes']}u"]
@@ -279,7 +300,7 @@ def model_header(meta: dict) -> str:
         doc.append(f" * Weights: {meta['params']['file']} (pass its path to mlc_model_create, or NULL to find "
                    "it next to the library).")
     model = ["", "/* ------------------------------------------------------------------ the model", *doc,
-             " * The shape macros are initializers: int64_t shape[] = MLC_MODEL_INPUT_0_SHAPE;", " */",
-             "#ifndef MLC_MODEL_H", "#define MLC_MODEL_H", *defs, "#endif", ""]
+             f" * The shape macros are initializers: int64_t shape[] = {P}_INPUT_0_SHAPE;", " */",
+             f"#ifndef {P}_H", f"#define {P}_H", *defs, "#endif", ""]
     first = f"{HEADER_MARK} {meta['mlc_version']} for the model '{safe(meta['name'])}': do not edit. */\n"
     return first + api + "\n".join(model)

@@ -195,16 +195,18 @@ class Executable:
         if len(written) != len(updated) or any(ins_p[i] in written for i in range(len(args)) if i not in updated):
             raise TypeError(f"{self.name}(): an argument updated in place is also passed as another argument")
 
-    def export(self, path, params: str = "embedded"):
+    def export(self, path, params: str = "embedded", prefix: str = "mlc"):
         """Write this model as a shared library with a C API (``path``, a .so), its
         header (``path``'s .h) and, with ``params="external"``, its weights file
         (``path``'s .params). ``mlc.load(path)`` runs it from Python; C programs link it.
-        Returns what was written (``codegen.export.Exported``)."""
+        ``prefix`` names the API functions (``<prefix>_model_run``): libraries with
+        different prefixes link into one program. Returns what was written
+        (``codegen.export.Exported``)."""
         if self._compiled is None:
             raise ValueError(f"{self.name} was loaded from a library, which is already exported")
         from ..codegen.export import export_library
         return export_library(self._compiled, path, params=params, signature=self.signature,
-                              single_output=self._single)
+                              single_output=self._single, prefix=prefix)
 
     def ir(self, level: str = "graph") -> str:
         """The program at ``graph``, ``tensor``, ``loop``, ``llvm`` or ``asm`` level, as text."""

@@ -110,37 +110,39 @@ class _LibraryCode:
 
     needs_workspace = False
 
-    def __init__(self, path: str, params):
+    def __init__(self, path: str, params, prefix: str = "mlc"):
         self.path = path
         try:
             lib = ctypes.CDLL(path, mode=os.RTLD_LOCAL | os.RTLD_NOW)
         except OSError as e:
             raise LibraryError(f"cannot load model library {path}: {e}") from None
-        for name, res, args in (("mlc_abi_version", ctypes.c_int, []), ("mlc_version", ctypes.c_char_p, []),
-                                ("mlc_last_error", ctypes.c_char_p, []),
-                                ("mlc_model_create", ctypes.c_int, [ctypes.c_char_p, ctypes.c_uint,
-                                                                    ctypes.POINTER(ctypes.c_void_p)]),
-                                ("mlc_model_destroy", None, [ctypes.c_void_p]),
-                                ("mlc_model_run_unchecked", ctypes.c_int, [ctypes.c_void_p] * 3)):
+        fns = {}
+        for name, res, args in (("abi_version", ctypes.c_int, []), ("last_error", ctypes.c_char_p, []),
+                                ("model_create", ctypes.c_int, [ctypes.c_char_p, ctypes.c_uint,
+                                                                ctypes.POINTER(ctypes.c_void_p)]),
+                                ("model_destroy", None, [ctypes.c_void_p]),
+                                ("model_run_unchecked", ctypes.c_int, [ctypes.c_void_p] * 3)):
             try:
-                fn = getattr(lib, name)
+                fn = getattr(lib, f"{prefix}_{name}")   # mlc_model_create, or <prefix>_model_create
             except AttributeError:
-                raise LibraryError(f"{path}: not an mlc model library (no {name})") from None
+                raise LibraryError(f"{path}: not an mlc model library (no {prefix}_{name})") from None
             fn.restype, fn.argtypes = res, args
-        if lib.mlc_abi_version() != ABI_VERSION:
-            raise LibraryError(f"{path}: C ABI version {lib.mlc_abi_version()}, this mlc loads {ABI_VERSION}")
+            fns[name] = fn
+        if fns["abi_version"]() != ABI_VERSION:
+            raise LibraryError(f"{path}: C ABI version {fns['abi_version']()}, this mlc loads {ABI_VERSION}")
         self.lib = lib
+        self._last_error = fns["last_error"]
         handle = ctypes.c_void_p()
         arg = None if params is None else os.fsencode(params)
-        if lib.mlc_model_create(arg, SKIP_LIBRARY_CHECK, ctypes.byref(handle)) != 0:
-            raise LibraryError(lib.mlc_last_error().decode("utf-8", "replace"))
+        if fns["model_create"](arg, SKIP_LIBRARY_CHECK, ctypes.byref(handle)) != 0:
+            raise LibraryError(self._last_error().decode("utf-8", "replace"))
         self.handle = handle.value
-        self._run = lib.mlc_model_run_unchecked
-        self._finalizer = weakref.finalize(self, lib.mlc_model_destroy, handle.value)
+        self._run = fns["model_run_unchecked"]
+        self._finalizer = weakref.finalize(self, fns["model_destroy"], handle.value)
 
     def entry(self, inputs, outputs, _params, _workspace) -> None:
         if self._run(self.handle, inputs, outputs):
-            raise RuntimeError(f"{self.path}: {self.lib.mlc_last_error().decode('utf-8', 'replace')}")
+            raise RuntimeError(f"{self.path}: {self._last_error().decode('utf-8', 'replace')}")
 
 
 def _check_runs_here(path: str, meta: dict) -> None:
@@ -170,7 +172,7 @@ def load(path, params=None) -> Executable:
     _check_runs_here(path, meta)
     if params is not None and meta["params"]["storage"] != "external":
         raise LibraryError(f"{path} embeds its weights; params={os.fspath(params)!r} would be ignored")
-    code = _LibraryCode(path, params)
+    code = _LibraryCode(path, params, meta.get("prefix", "mlc"))
     sig = meta.get("signature")
     signature = None
     if sig is not None:

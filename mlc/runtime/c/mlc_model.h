@@ -20,8 +20,9 @@
  * - The library verifies itself (a SHA-256 over the whole file, appended by mlc) and its
  *   weights when a handle is created; a damaged or mismatched artifact is refused.
  */
-#ifndef MLC_MODEL_API_H
-#define MLC_MODEL_API_H
+/* The types, shared by every model's header (one program may use several models). */
+#ifndef MLC_MODEL_TYPES_H
+#define MLC_MODEL_TYPES_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -84,6 +85,20 @@ typedef struct mlc_model mlc_model;
 #define MLC_API
 #else
 #define MLC_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MLC_MODEL_TYPES_H */
+
+/* The functions. A library exported with a prefix (mlc compile --prefix resnet) names
+ * them resnet_model_create, resnet_model_run, ... instead of mlc_model_create, ... */
+#ifndef MLC_MODEL_API_H
+#define MLC_MODEL_API_H
+
+#ifdef __cplusplus
+extern "C" {
 #endif
 
 /* MLC_ABI_VERSION of the library (check it equals the header's before anything else). */
