@@ -7,7 +7,8 @@ rules know the group size: allgather multiplies the gathered axis by it,
 reduce_scatter divides it. The ops run through a communicator
 (``runtime/comm.py``: MPI or NCCL); the passes never fuse, fold, merge or drop
 them. Gradient rules are collectives too: allreduce -> allreduce,
-allgather <-> reduce_scatter, broadcast -> allreduce to the root, send -> recv.
+allgather <-> reduce_scatter, broadcast -> allreduce to the root, send <-> recv (a
+recv's gradient is sent back to the sender, whose send receives it).
 A differentiated distributed graph computes the gradient of the sum over ranks of
 each rank's value (``mlc.dist`` divides by the world size where a mean is meant).
 """
@@ -162,6 +163,14 @@ def _send_vjp(em, ins, outs, cts, **attrs):
     return [back if g is None else back + g]
 
 
+def _recv_vjp(em, ins, outs, cts, shape, dtype, peer, tag, group):
+    """Send the gradient of what was received back to its sender, which receives it in
+    its send's gradient rule."""
+    if cts[0] is not None and outs[0].dtype.kind == "f":
+        em("send", cts[0], peer=peer, tag=tag, group=group)
+    return []
+
+
 OPS = [
     OpDef("allreduce", "collective", _same, _reference("allreduce"), _not_lowered,
           attrs={"op": "sum", "group": None}, canonicalize=_canon("allreduce"), vjp=_allreduce_vjp,
@@ -181,7 +190,7 @@ OPS = [
           doc="Send x to rank peer; the result is x (so the send stays in the graph where it is used)."),
     OpDef("recv", "collective", _recv_infer, _reference("recv"), _not_lowered, params=(),
           attrs={"shape": None, "dtype": "float32", "peer": None, "tag": 0, "group": None},
-          canonicalize=_canon("recv"),
+          canonicalize=_canon("recv"), vjp=_recv_vjp,
           doc="Receive a tensor of shape and dtype from rank peer."),
 ]
 OPS_BY_NAME = {op.name: op for op in OPS}

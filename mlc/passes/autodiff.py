@@ -46,10 +46,12 @@ def backprop(graph: Graph, inputs: Sequence, wrt: Sequence[int], cotangents: Seq
     for n in graph.nodes:
         env.update(zip(n.outputs, record(n.op, [env[v] for v in n.inputs], n.attrs, n.loc)))
 
-    # values that depend on a differentiated input (only those need cotangents)
+    # values that depend on a differentiated input (only those need cotangents), and what
+    # a recv received: its gradient goes back to the sender (the objective is the sum over ranks)
     active = {graph.inputs[i] for i in wrt if differentiable(graph.inputs[i].type)}
     for n in graph.nodes:
-        if any(v in active for v in n.inputs):
+        if any(v in active for v in n.inputs) or (not n.inputs and n.op != "constant"
+                                                  and ops.get(n.op).kind == "collective"):
             active.update(o for o in n.outputs if differentiable(o.type))
 
     cts: dict = {}
@@ -65,7 +67,7 @@ def backprop(graph: Graph, inputs: Sequence, wrt: Sequence[int], cotangents: Seq
             accumulate(v, c, "the output cotangent")
     for n in reversed(graph.nodes):
         out_cts = [cts.get(o) for o in n.outputs]
-        if all(c is None for c in out_cts) or not any(v in active for v in n.inputs):
+        if all(c is None for c in out_cts) or not (any(v in active for v in n.inputs) or not n.inputs):
             continue
         op = ops.get(n.op)
         if op.vjp is None:

@@ -55,19 +55,18 @@ for name, (fn, expect) in CASES.items():
         failures.append(f"{name}: gradient differs from finite differences by {worst:.3g}")
     print(f"rank {rank} {name}: forward ok, gradient vs finite differences {worst:.2g}", flush=True)
 
-# send / recv, and the gradient of a send (a recv of the peer's gradient)
-peer = 1 - rank
+# send / recv, and their gradients: rank 1's objective sum(w * y**2) depends on what it
+# received, so autodiff sends dJ/dy = 2*w*y back; rank 0's send receives it in its own rule
 x = rng.standard_normal(5)
+w = np.full(5, 3.0)
 if rank == 0:
     got = mlc.jit(lambda x: mlc.dist.send(x, peer=1, tag=7))(x)
     back = mlc.jit(mlc.grad(lambda x: mlc.sum(mlc.dist.send(x, peer=1, tag=8))))(x)
-    ok = np.array_equal(got, x) and np.allclose(back, 1.0 + 2.0 * x)   # own use + the peer's gradient
+    ok = np.array_equal(got, x) and np.allclose(back, 1.0 + 2.0 * 3.0 * x)   # own use + the peer's gradient
 else:
     y = mlc.jit(lambda: mlc.dist.recv(shape=(5,), dtype="float64", peer=0, tag=7))()
-    # this rank's objective is sum(y2**2) of what it receives: it sends back its gradient 2*y2
-    y2 = mlc.jit(lambda: mlc.dist.recv(shape=(5,), dtype="float64", peer=0, tag=8))()
-    mlc.jit(lambda g: mlc.dist.send(g, peer=0, tag=8))(2.0 * y2)
-    ok = y.shape == (5,)
+    gw = mlc.jit(mlc.grad(lambda w: mlc.sum(w * mlc.dist.recv(shape=(5,), dtype="float64", peer=0, tag=8) ** 2)))(w)
+    ok = y.shape == (5,) and np.allclose(gw, y ** 2)   # y is the x rank 0 sent both times
 print(f"rank {rank} send/recv: {'ok' if ok else 'WRONG'}", flush=True)
 if not ok:
     failures.append("send/recv")
