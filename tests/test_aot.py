@@ -499,7 +499,7 @@ def test_onnx_model_to_library_with_the_cli(tmp_path, capsys):
     for want in ("mlc model library 'scorer'", "SHA-256 verified", "features: float32[2, 16]",
                  "score: float32[2, 4]", f"mlc version: {mlc.__version__} (C ABI 1)", "target:      host (",
                  "weights:     1 tensors, 0.00 MiB (256 bytes), external: s.params (verified)", "kernels:     ",
-                 "workspace:   "):
+                 "workspace:   ", "C functions: mlc_model_create, mlc_model_run, ... (header s.h)"):
         assert want in text, want
     x = RNG.standard_normal((2, 16)).astype(np.float32)
     np.testing.assert_allclose(mlc.load(tmp_path / "s.so")(x), 1 / (1 + np.exp(-(x @ w))), rtol=1e-5, atol=1e-6)

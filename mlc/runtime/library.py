@@ -213,7 +213,9 @@ def describe(path) -> str:
                  "embedded" if p["storage"] == "embedded" else f"external: {_external_status(path, p)}"),
              f"kernels:     {st.get('kernels', '?')}" + (f" ({st['tuned_kernels']} tuned)" if st.get("tuned_kernels")
                                                          else ""),
-             f"workspace:   {_size(meta['workspace_bytes'])} per concurrent run"]
+             f"workspace:   {_size(meta['workspace_bytes'])} per concurrent run",
+             f"C functions: {meta.get('prefix', 'mlc')}_model_create, {meta.get('prefix', 'mlc')}_model_run, ... "
+             f"(header {os.path.splitext(os.path.basename(path))[0]}.h)"]
     return "\n".join(lines)
 
 
