@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -98,7 +97,6 @@ def export_library(compiled, path, *, params: str = "embedded", signature=None,
                        "count": len(tensors), "nbytes": stats["param_bytes"],
                        "table": [[k, a.dtype.newbyteorder("<").str, list(a.shape)] for k, a in tensors.items()]},
             "stats": stats}
-    folder = os.path.dirname(os.path.abspath(path))
     with tempfile.TemporaryDirectory(prefix="mlc-export-") as build:
         write_object(compiled, os.path.join(build, "model.o"))
         blob = None
@@ -115,8 +113,8 @@ def export_library(compiled, path, *, params: str = "embedded", signature=None,
         _build(cc, build, linked, os.path.basename(path), prefix)
         if params_path:
             container.write_tensors(params_path, tensors, {"model": source.name, "mlc_version": __version__})
-        _write_atomic(path, _with_trailer(linked, meta), folder)
-    _write_atomic(header_path, [model_header(meta).encode()], folder)
+        container.write_atomic(path, _with_trailer(linked, meta))
+    container.write_atomic(header_path, [model_header(meta).encode()])
     return Exported(path, header_path, params_path, cc[0], elf_header(path))
 
 
@@ -250,21 +248,6 @@ def _with_trailer(linked: str, meta: dict):
         data = f.read()
     h.update(data)
     return [data, trailer(meta, h)]
-
-
-def _write_atomic(path: str, chunks, folder: str) -> None:
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def model_header(meta: dict) -> str:

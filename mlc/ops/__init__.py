@@ -43,6 +43,12 @@ def get(name: str) -> OpDef:
         raise KeyError(f"unknown op {name!r}") from None
 
 
+def communicates(name: str) -> bool:
+    """Whether op ``name`` is a collective: it talks to other processes, which wait for
+    it, so passes never drop, merge, fold or fuse it."""
+    return get(name).kind == "collective"
+
+
 def infer(name: str, in_types, attrs: dict) -> list[TensorType]:
     """Output types of ``name`` on these input types; attrs must be canonical."""
     op = get(name)

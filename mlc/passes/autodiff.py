@@ -50,8 +50,7 @@ def backprop(graph: Graph, inputs: Sequence, wrt: Sequence[int], cotangents: Seq
     # a recv received: its gradient goes back to the sender (the objective is the sum over ranks)
     active = {graph.inputs[i] for i in wrt if differentiable(graph.inputs[i].type)}
     for n in graph.nodes:
-        if any(v in active for v in n.inputs) or (not n.inputs and n.op != "constant"
-                                                  and ops.get(n.op).kind == "collective"):
+        if any(v in active for v in n.inputs) or (not n.inputs and ops.communicates(n.op)):
             active.update(o for o in n.outputs if differentiable(o.type))
 
     cts: dict = {}

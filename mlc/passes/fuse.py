@@ -90,7 +90,7 @@ def fuse(graph: Graph) -> FusedGraph:
         candidates = dict.fromkeys(producer_group[v] for v in n.inputs if v in producer_group)
         chosen = next((g for g in candidates
                        if (kind == "injective" or (kind == "reduction" and g.anchor is None)) and can_join(g, n)
-                       and not (g.anchor is not None and ops.get(g.anchor.op).kind == "collective")), None)
+                       and not (g.anchor is not None and ops.communicates(g.anchor.op))), None)
         if chosen is None:
             chosen = Group()
             groups.append(chosen)

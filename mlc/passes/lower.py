@@ -13,6 +13,7 @@ gets a ``copy`` kernel so every output buffer is written by exactly one kernel.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from .. import ops
 from ..ir import expr as E
 from ..ir.graph import Graph, Node, Value
 from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, ScalarConstant, Tensor, compute, stages_of
+from ..ir.types import DType
 from .fuse import FusedGraph
 
 
@@ -41,8 +43,7 @@ class CollectiveKernel:
 
     def descriptor(self) -> str:
         """The JSON the runtime's dispatcher reads (``runtime/comm.py``)."""
-        import json
-        attrs = {k: (list(v) if isinstance(v, tuple) else v.name if hasattr(v, "short") else v)
+        attrs = {k: (list(v) if isinstance(v, tuple) else v.name if isinstance(v, DType) else v)
                  for k, v in self.attrs.items()}
         t = self.in_type
         return json.dumps({"op": self.op, "attrs": attrs, "in": [t.dtype.np.str, list(t.shape)] if t else None,
@@ -252,7 +253,7 @@ def lower_graph(fused: FusedGraph) -> LoweredGraph:
     for k, group in enumerate(fused.groups):
         # a group's results: the values a graph output or another group needs
         outs = [o for n in group for o in n.outputs if o in graph_outputs or read_by.get(o, set()) - {k}]
-        if len(group) == 1 and ops.get(group[0].op).kind == "collective":   # always run: it communicates
+        if len(group) == 1 and ops.communicates(group[0].op):   # always run, even if nothing reads it
             n = group[0]
             for v in n.inputs:
                 use(v, any_size=True)   # the runtime needs a buffer even for one element

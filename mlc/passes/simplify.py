@@ -66,14 +66,10 @@ def eliminate_dead_code(graph: Graph) -> Graph:
     live = {id(v) for v in graph.outputs}
     keep = set()
     for n in reversed(graph.nodes):
-        if any(id(o) in live for o in n.outputs) or _communicates(n):
+        if any(id(o) in live for o in n.outputs) or ops.communicates(n.op):
             keep.add(id(n))
             live.update(id(v) for v in n.inputs)
     return Graph(graph.name, graph.inputs, [n for n in graph.nodes if id(n) in keep], graph.outputs).copy()
-
-
-def _communicates(n: Node) -> bool:
-    return n.op != "constant" and ops.get(n.op).kind == "collective"
 
 
 def _attr_key(attrs: dict) -> str:
@@ -93,7 +89,7 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
     seen: dict[tuple, list[Value]] = {}
 
     def rule(n: Node, ins, b):
-        if _communicates(n):   # two sends of one value are two messages
+        if ops.communicates(n.op):   # two sends of one value are two messages
             return None
         key = (n.op, tuple(id(v) for v in ins), _attr_key(n.attrs))
         if key in seen:
@@ -124,7 +120,7 @@ def _fold_once(graph: Graph, max_bytes: int) -> tuple[int, Graph]:
 
     def rule(n: Node, ins, b):
         nonlocal folded
-        if n.op == "constant" or not n.inputs or _communicates(n):
+        if n.op == "constant" or not n.inputs or ops.communicates(n.op):
             return None
         values = [constant_value(v) for v in ins]
         if any(x is None for x in values):

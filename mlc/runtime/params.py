@@ -21,6 +21,7 @@ atomic: a temporary file in the same folder, fsync, then ``os.replace``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -214,16 +215,22 @@ def _parse_header(b: bytes) -> dict | None:
 def write_tensors(path, tensors: dict[str, np.ndarray], meta: dict | None = None) -> None:
     """Write ``tensors`` and ``meta`` to ``path`` atomically: an existing file is either kept
     whole or replaced whole, never left half-written."""
-    path = os.fspath(path)
     chunks = _chunks(tensors, meta)
     first = next(chunks)   # validates tensors and meta before any file is touched
+    write_atomic(path, itertools.chain([first], chunks))
+
+
+def write_atomic(path, chunks) -> None:
+    """Write the buffers ``chunks`` to ``path`` atomically: a temporary file in the same
+    folder, flushed and fsynced, then ``os.replace``d over ``path`` (and the folder
+    fsynced), so readers see the old file or the new one, never a partial one."""
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
     # os.open with mode 0o666 lets the umask decide permissions, like a plain open().
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(first)
             for c in chunks:
                 f.write(c)
             f.flush()
