@@ -24,7 +24,7 @@ from .frontend.trace import TraceError, Traced, Tracer, trace_info
 from .ir.graph import Graph
 from .passes.fuse import fuse, unfused
 from .passes.lower import lower_graph
-from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_opt_level
+from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_opt_level, env_flag
 from .passes.plan import place_aliases, plan_memory
 from .ir.loop import Buffer, CallExtern, Func
 from .runtime import cache, comm
@@ -75,6 +75,8 @@ class Compiled:
                               lambda: _Funcs(self._schedule(c.kernel, db) for c in self.lowered.calls))
         self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs, self.aliases)
         self.parallel = cg.gomp_available() if target.is_host else target.cores > 1
+        # MLC_BOUNDS_CHECK=1: every load and store checked (codegen.llvm), BoundsError on a miss
+        self.bounds_check = env_flag("MLC_BOUNDS_CHECK")
 
     def _schedule(self, kernel, db):
         """The kernel's best schedule in the tuning database, else the rules' default."""
@@ -108,7 +110,7 @@ class Compiled:
 
     @functools.cached_property
     def llvm_module(self) -> str:
-        mb = cg.ModuleBuilder(self.graph.name, self.target.triple, self.parallel)
+        mb = cg.ModuleBuilder(self.graph.name, self.target.triple, self.parallel, self.bounds_check)
         for f in self.funcs:
             mb.add_func(f)
         mb.add_entry(self.plan.calls)
@@ -120,7 +122,8 @@ class Compiled:
 
     def cache_key(self) -> str:
         return cache.key_of(__version__, cache.source_hash(), llvmlite.__version__, self.target.key, str(self.parallel),
-                            str(self.fused), "\n\n".join(map(str, self.funcs)), str(self.plan))
+                            f"bounds_check={self.bounds_check}", str(self.fused), "\n\n".join(map(str, self.funcs)),
+                            str(self.plan))
 
     def object_code(self) -> bytes:
         key = self.cache_key()

@@ -65,6 +65,10 @@ def write_object(compiled, path: str | os.PathLike) -> ElfHeader:
     if target.kind != "cpu":
         raise ValueError(f"target {target.name} is a {target.kind} target ({target.arch}): mlc generates CPU code "
                          f"only, so it has no object file to write")
+    if compiled.bounds_check:
+        from .export import ExportError
+        raise ExportError("this model was compiled with MLC_BOUNDS_CHECK=1, whose checks report to mlc's runtime "
+                          "in this process: unset MLC_BOUNDS_CHECK to write an object file or a library")
     from ..driver import _LLVM_LOCK
     with _LLVM_LOCK:   # LLVM's global context is not safe for concurrent compiles
         obj = compiled.object_code()

@@ -10,6 +10,12 @@ vector loads/stores, others gather/scatter lane by lane); ``unroll`` loops are
 unrolled here; ``parallel`` loops are outlined and run with libgomp's
 ``GOMP_parallel`` (static chunks), or serially with one warning when libgomp
 cannot be loaded.
+
+``bounds_check=True`` (``MLC_BOUNDS_CHECK=1`` in the driver) guards every load and
+store with a check that its element offset, all lanes of a vector access included,
+lies inside its buffer; a failing access is skipped (a load reads 0) and the first
+one is recorded in the module's ``mlc_bounds_status``, which the runtime turns into
+``BoundsError`` after the call.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import llvmlite.ir as ir
 from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, substitute, uses_var
 from ..ir.loop import GPU_KINDS, Alloc, Buffer, CallExtern, For, Func, If, Seq, Stmt, Store
 from ..ir.types import DType, float64
+from ..runtime.executable import BOUNDS_STATUS
 from . import fastmath
 
 _INIT_LOCK = threading.Lock()
@@ -111,12 +118,15 @@ class EntryCall:
 # ----------------------------------------------------------------------------- module
 
 class ModuleBuilder:
-    def __init__(self, name: str, triple: str, parallel: bool):
+    def __init__(self, name: str, triple: str, parallel: bool, bounds_check: bool = False):
         self.module = ir.Module(name)
         self.module.triple = triple
         self.parallel = parallel
+        self.bounds_check = bounds_check
         self.functions: dict[str, ir.Function] = {}
         self._outlined = 0
+        self._strings: dict[str, ir.GlobalVariable] = {}
+        self._bounds_fail: ir.Function | None = None
 
     def declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
         fn = self.module.globals.get(name)
@@ -128,6 +138,43 @@ class ModuleBuilder:
         self._outlined += 1
         return f"{base}.par{self._outlined}"
 
+    def string(self, text: str) -> ir.GlobalVariable:
+        """A NUL-terminated constant string in the module (one per distinct text)."""
+        g = self._strings.get(text)
+        if g is None:
+            data = bytearray(text.encode("utf-8") + b"\0")
+            g = ir.GlobalVariable(self.module, ir.ArrayType(I8, len(data)), f"str.{len(self._strings)}")
+            g.global_constant = True
+            g.linkage = "private"
+            g.initializer = ir.Constant(ir.ArrayType(I8, len(data)), data)
+            self._strings[text] = g
+        return g
+
+    def bounds_fail(self) -> ir.Function:
+        """``void (i64 kind, ptr kernel, ptr buffer, i64 offset, i64 count, i64 size)``: record the
+        first out-of-bounds access in ``mlc_bounds_status`` (threads race: compare and swap)."""
+        if self._bounds_fail is None:
+            status = ir.GlobalVariable(self.module, ir.ArrayType(I64, 6), BOUNDS_STATUS)
+            status.initializer = ir.Constant(ir.ArrayType(I64, 6), None)
+            fn = ir.Function(self.module, ir.FunctionType(VOID, [I64, PTR, PTR, I64, I64, I64]), "mlc.bounds_fail")
+            fn.linkage = "internal"
+            fn.attributes.add("cold")
+            fn.attributes.add("noinline")
+            b = ir.IRBuilder(fn.append_basic_block("entry"))
+            kind, kernel, buf, *numbers = fn.args
+            slots = []
+            for n in range(6):
+                p = b.gep(status, [ir.Constant(I64, 0), ir.Constant(I64, n)], source_etype=status.value_type)
+                p.type = ir.PointerType(I64)   # llvmlite types the element pointer as the array's
+                slots.append(p)
+            first = b.extract_value(b.cmpxchg(slots[0], ir.Constant(I64, 0), kind, "monotonic", "monotonic"), 1)
+            with b.if_then(first):
+                for p, v in zip(slots[1:], [b.ptrtoint(kernel, I64), b.ptrtoint(buf, I64), *numbers]):
+                    b.store(v, p)
+            b.ret_void()
+            self._bounds_fail = fn
+        return self._bounds_fail
+
     def add_func(self, func: Func) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(func.params)), f"mlc_{func.name}")
         fn.linkage = "internal"
@@ -135,7 +182,7 @@ class ModuleBuilder:
         for b, a in zip(func.params, fn.args):
             if b not in func.aliased:   # an in-place output shares memory with an input
                 a.add_attribute("noalias")
-        em = FuncEmitter(self, fn, {b: a for b, a in zip(func.params, fn.args)}, {})
+        em = FuncEmitter(self, fn, {b: a for b, a in zip(func.params, fn.args)}, {}, kernel=func.name)
         em.stmt(func.body)
         em.builder.ret_void()
         self.functions[func.name] = fn
@@ -171,9 +218,11 @@ def _alloca(builder: ir.IRBuilder, typ: ir.Type, name: str):
 class FuncEmitter:
     """Emits statements and expressions into one LLVM function."""
 
-    def __init__(self, mb: ModuleBuilder, fn: ir.Function, buffers: dict, env: dict, in_parallel: bool = False):
+    def __init__(self, mb: ModuleBuilder, fn: ir.Function, buffers: dict, env: dict, in_parallel: bool = False,
+                 kernel: str = ""):
         self.mb = mb
         self.fn = fn
+        self.kernel = kernel or fn.name   # named in bounds-check errors
         self.entry = fn.append_basic_block("entry") if not fn.blocks else fn.blocks[0]
         self.builder = ir.IRBuilder(self.entry)
         self.buffers = dict(buffers)       # Buffer -> pointer value
@@ -306,7 +355,7 @@ class FuncEmitter:
         outlined = ir.Function(self.mb.module, ir.FunctionType(VOID, [PTR]), self.mb.outlined_name(self.fn.name))
         outlined.linkage = "internal"
         outlined.attributes.add("nounwind")
-        sub = FuncEmitter(self.mb, outlined, {}, {}, in_parallel=True)
+        sub = FuncEmitter(self.mb, outlined, {}, {}, in_parallel=True, kernel=self.kernel)
         sb = sub.builder
         for n, (key, val) in enumerate(captured):
             slot = sb.gep(outlined.args[0], [ir.Constant(I64, n)], source_etype=I64)
@@ -346,6 +395,48 @@ class FuncEmitter:
     def _ptr(self, buf: Buffer, offset_value) -> ir.Value:
         return self.builder.gep(self.buffers[buf], [offset_value], source_etype=memory_type(buf.dtype))
 
+    def _offsets(self, off: Expr, stride) -> list[tuple]:
+        """The access's (first element offset, element count) pieces: one scalar, one
+        contiguous vector, or one per lane of a gather/scatter."""
+        if stride == 0:
+            return [(self.expr(off), 1)]
+        var, lanes = self.vec
+        if stride == 1:
+            return [(self.expr(substitute(off, {var: Const(0)})), lanes)]
+        return [(o, 1) for o in self._lane_offsets(off)]
+
+    def _guarded(self, buf: Buffer, pieces, kind: int, access):
+        """Run ``access()`` (which emits the load or store); under bounds checking only
+        when every piece lies inside ``buf``, else record the failure. A skipped load
+        gives zeros."""
+        if not self.mb.bounds_check:
+            return access()
+        b = self.builder
+        size = buf.type.size
+        ok, bad = ir.Constant(I1, 1), None
+        for o, n in pieces:
+            # unsigned: a negative offset is huge
+            inside = b.icmp_unsigned("<=", o, ir.Constant(I64, size - n)) if size >= n else ir.Constant(I1, 0)
+            bad = o if bad is None else b.select(ok, o, bad)   # the first failing piece's offset
+            ok = b.and_(ok, inside)
+        count = pieces[0][1]
+        with b.if_else(ok, likely=True) as (then, otherwise):
+            with then:
+                v = access()
+                then_block = b.block
+            with otherwise:
+                fail = self.mb.bounds_fail()
+                b.call(fail, [ir.Constant(I64, kind), self.mb.string(self.kernel),
+                              self.mb.string(f"{buf.name}: {buf.type}"), bad, ir.Constant(I64, count),
+                              ir.Constant(I64, size)])
+                else_block = b.block
+        if v is None:
+            return None
+        phi = b.phi(v.type)
+        phi.add_incoming(v, then_block)
+        phi.add_incoming(ir.Constant(v.type, None), else_block)
+        return phi
+
     def load(self, e: Load):
         buf = e.source
         if buf not in self.buffers:
@@ -353,19 +444,18 @@ class FuncEmitter:
         b = self.builder
         mt = memory_type(buf.dtype)
         off, stride = self._address(buf, e.indices)
-        if stride == 0:
-            v = b.load(self._ptr(buf, self.expr(off)), typ=mt, align=buf.dtype.itemsize)
-        elif stride == 1:
-            var, lanes = self.vec
-            base = self.expr(substitute(off, {var: Const(0)}))
-            mt = ir.VectorType(mt, lanes)
-            v = b.load(self._ptr(buf, base), typ=mt, align=buf.dtype.itemsize)
-        else:
-            lanes = self.vec[1]
-            v = ir.Constant(ir.VectorType(mt, lanes), None)
-            for l, o in enumerate(self._lane_offsets(off)):
-                x = b.load(self._ptr(buf, o), typ=mt, align=buf.dtype.itemsize)
-                v = b.insert_element(v, x, ir.Constant(I32, l))
+        pieces = self._offsets(off, stride)
+        align = buf.dtype.itemsize
+
+        def access():
+            if stride == 0 or stride == 1:
+                (o, n), = pieces
+                return b.load(self._ptr(buf, o), typ=ir.VectorType(mt, n) if stride else mt, align=align)
+            v = ir.Constant(ir.VectorType(mt, len(pieces)), None)
+            for l, (o, _) in enumerate(pieces):
+                v = b.insert_element(v, b.load(self._ptr(buf, o), typ=mt, align=align), ir.Constant(I32, l))
+            return v
+        v = self._guarded(buf, pieces, 1, access)
         if buf.dtype.is_bool:
             zero = ir.Constant(v.type, None)
             v = b.icmp_unsigned("!=", v, zero)
@@ -379,20 +469,20 @@ class FuncEmitter:
         is_vec = isinstance(value.type, ir.VectorType)
         if buf.dtype.is_bool:
             value = b.zext(value, ir.VectorType(I8, value.type.count) if is_vec else I8)
-        if stride == 0:
-            if is_vec:
-                raise ValueError(f"store to {buf.name}: every vector lane writes the same element")
-            b.store(value, self._ptr(buf, self.expr(off)), align=buf.dtype.itemsize)
-            return
-        var, lanes = self.vec
-        if not is_vec:
-            value = self.splat(value, lanes)
-        if stride == 1:
-            base = self.expr(substitute(off, {var: Const(0)}))
-            b.store(value, self._ptr(buf, base), align=buf.dtype.itemsize)
-        else:
-            for l, o in enumerate(self._lane_offsets(off)):
-                b.store(b.extract_element(value, ir.Constant(I32, l)), self._ptr(buf, o), align=buf.dtype.itemsize)
+        if stride == 0 and is_vec:
+            raise ValueError(f"store to {buf.name}: every vector lane writes the same element")
+        if stride != 0 and not is_vec:
+            value = self.splat(value, self.vec[1])
+        pieces = self._offsets(off, stride)
+        align = buf.dtype.itemsize
+
+        def access():
+            if stride == 0 or stride == 1:
+                b.store(value, self._ptr(buf, pieces[0][0]), align=align)
+            else:
+                for l, (o, _) in enumerate(pieces):
+                    b.store(b.extract_element(value, ir.Constant(I32, l)), self._ptr(buf, o), align=align)
+        self._guarded(buf, pieces, 2, access)
 
     # --------------------------------------------------------------- expressions
     def splat(self, v, lanes: int):

@@ -22,6 +22,16 @@ from . import comm
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 _ALIGN = 64
 
+# Code compiled with MLC_BOUNDS_CHECK=1 records its first out-of-bounds access here
+# (int64 [kind (1 read, 2 write), kernel name, buffer description, first element offset,
+# elements accessed, the buffer's element count]) and skips the access; LoadedCode
+# raises BoundsError after the call.
+BOUNDS_STATUS = "mlc_bounds_status"
+
+
+class BoundsError(RuntimeError):
+    """Bounds-checked code (``MLC_BOUNDS_CHECK=1``) accessed a buffer out of its bounds."""
+
 
 def _data_pointer_reader():
     """The fastest correct way to read an ndarray's data address.
@@ -62,6 +72,25 @@ class LoadedCode:
                 self._raw(*args)
                 comm.raise_pending()
             self.entry = entry
+        status = self.engine.get_global_value_address(BOUNDS_STATUS) if BOUNDS_STATUS.encode() in obj else 0
+        if status:
+            self._status = (ctypes.c_int64 * 6).from_address(status)
+            run = self.entry
+
+            def checked(*args):
+                run(*args)
+                if self._status[0]:
+                    self._raise_bounds_error()
+            self.entry = checked
+
+    def _raise_bounds_error(self):
+        kind, kernel, buf, offset, count, size = self._status
+        self._status[0] = 0
+        name = lambda p: ctypes.string_at(p).decode("utf-8", "replace")
+        where = f"element {offset}" if count == 1 else f"elements [{offset}, {offset + count})"
+        raise BoundsError(f"kernel {name(kernel)} {'wrote' if kind == 2 else 'read'} {name(buf)} at {where}, "
+                          f"out of its {size} elements (MLC_BOUNDS_CHECK=1 skipped that access; this is the first "
+                          "one of the call)")
 
 
 def as_input_array(x, name: str, expected: TensorType, fn_name: str) -> np.ndarray:
