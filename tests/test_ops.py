@@ -487,6 +487,60 @@ def test_reduction_methods_on_tracers():
         check(g, w, LOOSE)
 
 
+# Long reductions run as a tree of blocks (ops/reduction.py): shapes whose reduced extent
+# leaves a tail after the last whole block, reductions over inner, outer and all axes.
+LONG_REDUCE = [((2 ** 20 + 7,), None), ((3, 100003), 1), ((100003, 3), 0), ((64, 257, 33), None),
+               ((5, 4099, 3), (1, 2)), ((2, 70000), None), ((9000, 7), 0)]
+
+
+@pytest.mark.parametrize("shape,axis", LONG_REDUCE, ids=ids(LONG_REDUCE))
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "min"])
+def test_long_reductions_match_numpy(name, shape, axis):
+    x = rand(shape, F32)
+    fn = getattr(mlc, name)
+    for keepdims in (False, True):
+        got = run(lambda x: fn(x, axis=axis, keepdims=keepdims), x)
+        want = REDUCE[name](x.astype(F64), axis=axis, keepdims=keepdims)
+        assert got.dtype == F32 and got.shape == want.shape
+        # float32 sums accumulate in float64: the result is float32's rounding of the exact sum
+        np.testing.assert_allclose(got, want, rtol=2e-7 if name in ("sum", "mean") else 0, atol=1e-6)
+
+
+def test_float32_sum_of_2_pow_25_ones_is_exact():
+    # one float32 accumulator stops growing at 2**24 (adding 1.0 no longer changes it)
+    x = np.ones(2 ** 25, F32)
+    assert run(lambda x: x.sum(), x) == 2.0 ** 25
+    assert run(lambda x: x.mean(), x) == 1.0
+    assert run(lambda x: x.sum(axis=0, keepdims=True), x).tolist() == [2.0 ** 25]
+
+
+@pytest.mark.parametrize("n", [5000, 100003, 2 ** 21])
+def test_float64_sum_is_as_accurate_as_numpy(n):
+    rng = np.random.default_rng(n)
+    got_err, np_err = [], []
+    for _ in range(4):
+        x = rng.standard_normal(n) + 0.25
+        exact = math.fsum(x)
+        got_err.append(abs(run(lambda x: x.sum(), x) - exact))
+        np_err.append(abs(x.sum() - exact))
+    # numpy sums pairwise; the blocked tree's error is of the same order (a few units in
+    # the last place of the sum), where one serial accumulator's grows with n
+    ulp = np.spacing(abs(exact))
+    assert max(got_err) <= max(max(np_err), ulp) * 8, (got_err, np_err)
+
+
+def test_mean_over_an_empty_axis_is_nan():
+    for shape, axis in [((0, 3), 0), ((2, 0), 1), ((0,), None), ((2, 0, 3), (1, 2))]:
+        for dtype in (F32, F64, I32):
+            x = np.ones(shape, dtype)
+            with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+                want = np.mean(x, axis=axis)
+            check(run(lambda x: mlc.mean(x, axis=axis), x), want)
+    # sums of nothing are zero, products one
+    check(run(lambda x: mlc.sum(x, axis=0), np.ones((0, 3), F32)), np.zeros(3, F32))
+    check(run(lambda x: mlc.prod(x, axis=1), np.ones((2, 0), F32)), np.ones(2, F32))
+
+
 def test_reductions_propagate_nan_and_inf():
     x = np.array([[1.0, np.nan, 3.0] * 4, [1.0, 2.0, np.inf] * 4, [-np.inf, 2.0, 3.0] * 4], dtype=F32)
     for name in ("sum", "max", "min", "prod", "mean"):
@@ -712,6 +766,10 @@ SLICES = [  # (shape, begin, end, step)
     ((4, 5), (1,), (2,), None), ((7, 9, 33), (0, 2, 1), (7, 9, 30), (2, 3, 1)), ((7, 9, 33), (None, None, None),
                                                                              (None, None, None), (-1, -2, -3)),
     (BIG, (0, 1), (300, 130), (2, 1)), (BIG, (299,), (None,), (-1,)), ((1,), (0,), (1,), None), ((), (), (), None),
+    # out-of-range bounds clamp as in numpy, negative steps included (empty results read nothing)
+    ((3,), (-5,), (None,), (-1,)), ((3,), (-10,), (-20,), (-1,)), ((3,), (5,), (None,), (-1,)),
+    ((3,), (100,), (-100,), (-1,)), ((3,), (-100,), (100,), (2,)), ((3,), (2,), (1,), None), ((0,), (None,), (None,), (-1,)),
+    ((4, 5), (-9, 9), (None, -9), (-1, -2)),
 ]
 
 

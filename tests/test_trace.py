@@ -66,6 +66,9 @@ def test_operators_and_methods_print_expected_graph():
 @pytest.mark.parametrize("key", [
     (1,), (-1,), (slice(1, 3),), (slice(None, None, -1),), (Ellipsis, 2), (None, 0),
     (slice(None), None, slice(1, None, 2)), (0, -2), (slice(-2, None), slice(None, None, 2)),
+    # out-of-range bounds clamp as in numpy, negative steps included
+    (slice(-5, None, -1),), (slice(-100, 100, -1),), (slice(10, -10, -1), slice(-9, None, -2)), (slice(3, 1),),
+    (slice(None, None, -3), slice(100, None)),
 ])
 def test_indexing_matches_numpy(key):
     x = f32(4, 5)

@@ -20,6 +20,7 @@ from ..ir.graph import Graph, GraphBuilder, Value
 from ..tree import TreeDef, flatten, key_paths, unflatten
 from ..ir.types import DType, TensorType, bool_, dtype as to_dtype, float64, int64, promote
 from ..ops.registry import OpTypeError
+from ..ops.shape import canonical_slice
 
 _MLC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -208,9 +209,11 @@ def _index(t: Tracer, key):
             continue
         n = t.shape[d]
         if isinstance(k, slice):
-            b, e, s = k.indices(n)
-            begin.append(b), end.append(e if e >= 0 else None), step.append(s)   # e < 0: through index 0
-            out_shape.append(len(range(b, e, s)))
+            if k.step == 0:
+                raise TraceError("slice step cannot be zero" + _at(user_location()))
+            b, e, s = canonical_slice(n, k.start, k.stop, k.step)
+            begin.append(b), end.append(e), step.append(s)
+            out_shape.append(len(range(*slice(b, e, s).indices(n))))
         elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
             i = int(k)
             if not -n <= i < n:

@@ -10,7 +10,7 @@ import numpy as np
 from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import Compute, compute, reduce
-from ..ir.types import TensorType, float32, int64
+from ..ir.types import TensorType, float32, float64, int64
 from .registry import OpDef, check, keep_reduced, normalize_axes, normalize_axis, numpy_result_dtype
 
 
@@ -52,6 +52,74 @@ def reduce_stage(x, axes, keepdims, combiner, acc_dtype, body=None, name="T") ->
     return compute(out_shape, fn, name)
 
 
+TREE_MIN = 4096   # reductions of more elements than this run as a tree of blocks
+
+
+def blocked_reduce_stages(x, axes, combiner, acc_dtype) -> list[Compute]:
+    """``x`` reduced over ``axes`` (the result has the other axes, no kept dims) as a
+    tree of stages: blocks of about ``block`` contiguous elements are reduced into a
+    tensor of partial results, which is reduced the same way until at most a block is
+    left. No accumulator adds up more than a block, and the blocks are
+    independent work (vector partial sums, parallel loops). Float32 sums accumulate
+    in float64 (see the caller), so big blocks lose nothing; float64 sums and
+    products use small blocks, which bounds their rounding error like numpy's pairwise
+    summation does. The last stage is the result."""
+    block = 64 if acc_dtype is float64 and x.dtype is float64 and combiner in ("sum", "prod") else 1024
+    out_axes = [d for d in range(len(x.shape)) if d not in axes]
+    out_shape = [x.shape[d] for d in out_axes]
+
+    def read_x(o, r):
+        idx = [None] * len(x.shape)
+        for d, i in zip(out_axes, o):
+            idx[d] = i
+        for d, i in zip(axes, r):
+            idx[d] = i
+        return x[tuple(idx)]
+
+    stages: list[Compute] = []
+    stages.append(_reduce_tree(read_x, out_shape, [x.shape[d] for d in axes], combiner, acc_dtype, block, stages))
+    return stages
+
+
+def _combine(combiner, a, b):
+    return {"sum": lambda: a + b, "prod": lambda: a * b, "max": lambda: E.maximum(a, b),
+            "min": lambda: E.minimum(a, b)}[combiner]()
+
+
+def _reduce_tree(read, out_shape, extents, combiner, acc, block, stages) -> Compute:
+    """One level of ``blocked_reduce_stages``: appends the stages it needs to ``stages``
+    and returns the stage holding the reduction of ``read(out_index, red_index)``."""
+    n_out = len(out_shape)
+    total = int(np.prod(extents, dtype=np.int64))
+
+    if total <= block:
+        return compute(out_shape, lambda *o: reduce(combiner, extents, lambda *r: cast(acc, read(o, r))), "T")
+    # the innermost axes that fit in a block whole, and the axis j whose rows are split into blocks
+    j, inner = len(extents) - 1, 1
+    while inner * extents[j] <= block:
+        inner *= extents[j]
+        j -= 1
+    f = max(1, block // inner)            # rows of axis j per block
+    q, tail = divmod(extents[j], f)
+    outer, rest = extents[:j], extents[j + 1:]
+
+    def read_block(o, r):                 # r: the outer axes, the block; then the row in it and the rest
+        *p, b = o[n_out:]
+        return read(o[:n_out], (*p, b * f + r[0], *r[1:]))
+
+    partial = compute(out_shape + outer + [q], lambda *o: reduce(combiner, [f] + rest, lambda *r: cast(
+        acc, read_block(o, r))), "P")
+    stages.append(partial)
+    result = _reduce_tree(lambda o, r: partial[(*o, *r)], out_shape, outer + [q], combiner, acc, block, stages)
+    if tail:   # the rows of axis j after the last whole block
+        stages.append(result)
+        rest_result = _reduce_tree(lambda o, r: read(o, (*r[:j], q * f + r[j], *r[j + 1:])), out_shape,
+                                   outer + [tail] + rest, combiner, acc, block, stages)
+        stages.append(rest_result)
+        result = compute(out_shape, lambda *o: _combine(combiner, result[o], rest_result[o]), "T")
+    return result
+
+
 def _reduction(name: str, np_fn, combiner: str) -> OpDef:
     def infer(ins, axis, keepdims):
         (x,) = ins
@@ -64,13 +132,22 @@ def _reduction(name: str, np_fn, combiner: str) -> OpDef:
         acc = float32 if o.dtype.is_float and o.dtype.bits < 32 else o.dtype
         if combiner in ("max", "min"):
             acc = x.dtype
-        stage = reduce_stage(x, axis, keepdims, combiner, acc)
+        n = int(np.prod([x.shape[d] for d in axis], dtype=np.int64))
+        if n > TREE_MIN:
+            if acc is float32 and combiner == "sum":
+                acc = float64   # float32 partials of long sums accumulate in float64: better than numpy's pairwise
+            stages = blocked_reduce_stages(x, axis, combiner, acc)
+            stage, kept = stages[-1], [d for d in range(len(x.shape)) if d not in axis]
+            at = (lambda i: tuple(i[d] for d in kept)) if keepdims else (lambda i: i)
+        else:
+            stage, stages, at = reduce_stage(x, axis, keepdims, combiner, acc), [], lambda i: i
+            stages = [stage]
         if name == "mean":
-            n = int(np.prod([x.shape[d] for d in axis], dtype=np.int64))
-            return [stage, compute(o.shape, lambda *i: cast(o.dtype, stage[i] * Const(1.0 / max(n, 1), acc)))]
-        if acc is not o.dtype:
-            return [stage, compute(o.shape, lambda *i: cast(o.dtype, stage[i]))]
-        return [stage]
+            scale = Const(1.0 / n if n else float("nan"), acc)   # the mean of nothing is NaN, as in numpy
+            return stages + [compute(o.shape, lambda *i: cast(o.dtype, stage[at(i)] * scale))]
+        if acc is not o.dtype or at(o.shape) != o.shape:
+            return stages + [compute(o.shape, lambda *i: cast(o.dtype, stage[at(i)]))]
+        return stages
 
     def ref(x, axis, keepdims):
         with np.errstate(all="ignore"):

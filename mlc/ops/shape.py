@@ -2,6 +2,8 @@
 concatenate, slice. All injective: each output element reads one input element."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..ir import expr as E
@@ -78,8 +80,17 @@ def _transpose_lower(ins, outs, axes):
 
 # ----------------------------------------------------------------------------- broadcast_to / expand_dims / squeeze
 
+# The largest tensor mlc describes: byte sizes and offsets are int64 in the generated code.
+MAX_NBYTES = 2 ** 63 - 1
+
+
 def _broadcast_to_infer(ins, shape):
     (x,) = ins
+    shape = tuple(shape)
+    count = math.prod(shape)
+    check(count * x.dtype.itemsize <= MAX_NBYTES,
+          f"broadcast_to: {x.dtype.short}{list(shape)} would hold {count} elements ({count * x.dtype.itemsize} "
+          f"bytes), more than fits in memory (at most 2**63-1 bytes)")
     try:
         out = np.broadcast_shapes(x.shape, shape)
     except ValueError:
@@ -162,10 +173,21 @@ def _concat_lower(ins, outs, axis):
 
 # ----------------------------------------------------------------------------- slice
 
+def canonical_slice(n: int, begin, end, step) -> tuple[int, int | None, int]:
+    """The Python slice ``begin:end:step`` of an axis of size ``n`` in the one form that
+    describes its elements exactly: out-of-range bounds clamped as numpy does, ``begin``
+    the first index taken, ``end`` one step past the last (``None`` when that is before
+    index 0), and an empty slice written ``0:0:1``. Slicing with the result again gives
+    the same elements, so canonicalizing twice changes nothing."""
+    r = range(*slice(begin, end, step).indices(n))
+    if not r:
+        return 0, 0, 1
+    stop = r.start + len(r) * r.step
+    return r.start, (stop if stop >= 0 else None), r.step
+
+
 def _slice_canon(ins, attrs):
-    """Per-axis Python slices, normalized so that canonicalizing again changes nothing:
-    begin/end resolved against the axis size, and an end before index 0 (a negative
-    step running through the start) written as ``none``."""
+    """Per-axis Python slices in the form ``canonical_slice`` gives."""
     x = ins[0]
     begin, end, step = attrs["begin"], attrs["end"], attrs["step"]
     n = len(begin)
@@ -176,10 +198,10 @@ def _slice_canon(ins, attrs):
     for d in range(x.rank):
         if d < n:
             check(step[d] != 0, "slice: step must not be zero")
-            b, e, s = slice(begin[d], end[d], step[d]).indices(x.shape[d])
+            b, e, s = canonical_slice(x.shape[d], begin[d], end[d], step[d])
         else:
             b, e, s = 0, x.shape[d], 1
-        b2.append(b), e2.append(e if e >= 0 else None), s2.append(s)
+        b2.append(b), e2.append(e), s2.append(s)
     return {"begin": tuple(b2), "end": tuple(e2), "step": tuple(s2)}
 
 

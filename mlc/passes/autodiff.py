@@ -68,6 +68,8 @@ def backprop(graph: Graph, inputs: Sequence, wrt: Sequence[int], cotangents: Seq
         out_cts = [cts.get(o) for o in n.outputs]
         if all(c is None for c in out_cts) or not (any(v in active for v in n.inputs) or not n.inputs):
             continue
+        if n.outputs and all(o.type.size == 0 for o in n.outputs):
+            continue   # an empty result carries no cotangent: its inputs' gradients stay zero
         op = ops.get(n.op)
         if op.vjp is None:
             raise TraceError(f"mlc.grad: op {n.op} has no gradient rule" + (f" (at {n.loc})" if n.loc else ""))
