@@ -24,12 +24,37 @@ from .tree import TreeDef, flatten, key_paths, unflatten
 
 FORMAT = "mlc.checkpoint"
 VERSION = 1
+# Dicts, lists and tuples nest at most this deep: the structure is stored as JSON, whose
+# readers (and mlc's own) limit nesting.
+MAX_DEPTH = 64
+
+
+def _check_tree(tree) -> None:
+    """Refuse, before anything is written, keys JSON would change and nesting too deep to
+    read back; the error names the path."""
+    stack = [(tree, "", 0)]
+    while stack:
+        t, path, depth = stack.pop()
+        if isinstance(t, dict):
+            children = list(t.items())
+            for k, _ in children:
+                if not isinstance(k, str):
+                    raise TypeError(f"dict keys must be strings, got {k!r} at {path or 'the root'}")
+        elif isinstance(t, (list, tuple)) and not hasattr(t, "_fields"):
+            children = [(str(i), c) for i, c in enumerate(t)]
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"checkpoint: the tree nests deeper than {MAX_DEPTH} levels (at {path}); "
+                             "store such data as an array or a string")
+        stack.extend((c, f"{path}/{k}" if path else k, depth + 1) for k, c in children)
 
 
 def save(path, tree: Any, **meta) -> None:
     """Save ``tree`` (dicts with str keys, lists, tuples, None; leaves are numpy arrays, numpy
     scalars or Python int/float/bool/str) to ``path`` atomically. ``meta`` is extra
     JSON-serializable information returned by ``load_with_meta``."""
+    _check_tree(tree)
     leaves, treedef = flatten(tree)
     tensors: dict[str, np.ndarray] = {}
     records = []
@@ -65,8 +90,12 @@ def _scalar_record(name: str, v) -> dict:
 def _leaf(rec: dict, tensors: dict):
     (key, value), *rest = rec.items()
     if key == "tensor":
-        a = tensors[value]
-        return a[()] if rest == [("scalar", True)] else a   # a[()] of a 0-d array: the numpy scalar
+        a = tensors.pop(value)   # popped: one array per leaf, so no two leaves share one
+        if rest == [("scalar", True)] and a.ndim == 0:
+            return a[()]   # the numpy scalar
+        if rest:
+            raise ValueError(f"unexpected leaf record {rec!r} for a tensor of shape {a.shape}")
+        return a
     if rest:
         raise ValueError(f"unexpected leaf record {rec!r}")
     if key == "bool" and isinstance(value, bool):
@@ -96,7 +125,13 @@ def load_with_meta(path) -> tuple[Any, dict]:
     except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as e:
         # (unflatten raises StopIteration when the leaves run out)
         raise ParamsFormatError(f"{path}: malformed checkpoint structure: {e!r}") from None
-    return tree, header_meta.get("user", {})
+    if tensors:
+        raise ParamsFormatError(f"{path}: malformed checkpoint structure: tensor(s) {', '.join(map(repr, tensors))} "
+                                "belong to no leaf")
+    user = header_meta.get("user", {})
+    if not isinstance(user, dict):
+        raise ParamsFormatError(f"{path}: malformed checkpoint structure: the user meta is not an object")
+    return tree, user
 
 
 def load(path) -> Any:

@@ -63,7 +63,9 @@ class TreeDef:
             raise ValueError(f"not a pytree structure: {j!r}")
         (kind, items), = j.items()
         if kind == "dict":
-            return TreeDef("dict", tuple(str(k) for k, _ in items), tuple(TreeDef.from_json(c) for _, c in items))
+            if not all(isinstance(k, str) for k, _ in items):   # written by to_json, which refuses others
+                raise ValueError(f"dict keys must be strings: {[k for k, _ in items]!r}")
+            return TreeDef("dict", tuple(k for k, _ in items), tuple(TreeDef.from_json(c) for _, c in items))
         if kind not in ("list", "tuple"):
             raise ValueError(f"unknown node kind {kind!r}")
         return TreeDef(kind, (), tuple(TreeDef.from_json(c) for c in items))

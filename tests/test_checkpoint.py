@@ -261,6 +261,13 @@ def tensor(name="t", dtype="<f4", shape=(2,), offset=0, nbytes=8):
      "offset 8 is not 64-byte aligned"),
     ({"tensors": [tensor(), tensor()], "data_nbytes": 8, "meta": {}}, bytes(8), "duplicate tensor name 't'"),
     ({"tensors": [{"dtype": "<f4"}], "data_nbytes": 0, "meta": {}}, b"", "entry 0 has no string name"),
+    # nesting deeper than Python's JSON parser goes used to raise RecursionError
+    (b'{"tensors": [], "data_nbytes": 0, "meta": ' + b"[" * 100000 + b"]" * 100000 + b"}", b"",
+     "malformed header: JSON nested deeper than 256 levels"),
+    (b'{"tensors": [], "data_nbytes": 0, "meta": ' + b"[" * 300 + b"]" * 300 + b"}", b"",
+     "malformed header: JSON nested deeper than 256 levels"),
+    ({"tensors": [tensor(shape=(0, 2 ** 70), nbytes=0)], "data_nbytes": 0, "meta": {}}, b"",
+     r"tensor 't' has shape \[0, 1180591620717411303424\], which numpy cannot hold"),
 ])
 def test_malformed_headers_with_valid_checksums(tmp_path, header, data, message):
     path = tmp_path / "bad.mlct"
@@ -346,3 +353,63 @@ def test_save_replaces_and_honours_umask(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- what JSON cannot say exactly is refused at save, and refused at load --------------------------
+
+def test_save_refuses_deep_trees_and_non_string_meta_keys(tmp_path):
+    path = tmp_path / "x.mlct"
+    deep = np.zeros(1)
+    for _ in range(5000):   # used to fail with RecursionError
+        deep = [deep]
+    with pytest.raises(ValueError, match=r"checkpoint: the tree nests deeper than 64 levels \(at 0/0/0/"):
+        checkpoint.save(path, deep)
+    ok = np.zeros(1)
+    for _ in range(64):
+        ok = {"a": ok}
+    checkpoint.save(path, ok)
+    assert_identical(checkpoint.load(path), ok)
+    # meta used to come back with the key "1"
+    with pytest.raises(TypeError, match=r"meta dict keys must be strings, got 1 at meta/user/cfg"):
+        checkpoint.save(path, {"w": np.zeros(1)}, cfg={1: "one"})
+    with pytest.raises(ValueError, match=r"nests deeper than 255 levels"):
+        checkpoint.save(path, {"w": np.zeros(1)}, cfg=deep_list(300))
+    assert os.listdir(tmp_path) == ["x.mlct"]
+
+
+def deep_list(n):
+    v = []
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+def forged_checkpoint(tree, leaves, tensors=(), meta=None):
+    """A checkpoint file with a valid checksum around any structure (a faulty writer's)."""
+    entries, data = [], b""
+    for name, a in tensors:
+        data += bytes(-len(data) % 64)
+        entries.append(tensor(name, a.dtype.str, a.shape, len(data), a.nbytes))
+        data += a.tobytes()
+    ckpt = {"format": "mlc.checkpoint", "version": 1, "tree": tree, "leaves": leaves}
+    return forge({"tensors": entries, "data_nbytes": len(data), "meta": {"checkpoint": ckpt, "user": meta or {}}},
+                 data)
+
+
+@pytest.mark.parametrize("tree, leaves, tensors, message", [
+    ({"dict": [[1, "*"]]}, [{"int": "5"}], (), r"dict keys must be strings"),   # used to load as key "1"
+    ("*", [{"tensor": "t", "scalar": True}], [("t", np.ones(3, "<f4"))], r"unexpected leaf record"),
+    ({"list": ["*", "*"]}, [{"tensor": "t"}, {"tensor": "t"}], [("t", np.ones(3, "<f4"))], r"KeyError\('t'\)"),
+    ("*", [{"int": "1"}], [("t", np.ones(3, "<f4"))], r"tensor\(s\) 't' belong to no leaf"),
+])
+def test_malformed_checkpoint_structures(tmp_path, tree, leaves, tensors, message):
+    path = tmp_path / "bad.mlct"
+    path.write_bytes(forged_checkpoint(tree, leaves, tensors))
+    with pytest.raises(ParamsFormatError, match=f"^{path}: malformed checkpoint structure: .*{message}"):
+        checkpoint.load(path)
+
+
+def test_forged_checkpoint_matches_the_writer(tmp_path):
+    checkpoint.save(tmp_path / "a.mlct", {"w": np.ones(3, "<f4"), "n": 5})
+    assert (tmp_path / "a.mlct").read_bytes() == forged_checkpoint(
+        {"dict": [["w", "*"], ["n", "*"]]}, [{"tensor": "w"}, {"int": "5"}], [("w", np.ones(3, "<f4"))])

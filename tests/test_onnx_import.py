@@ -159,3 +159,106 @@ def test_einsum_diagonal_is_refused_clearly():
     m = model([helper.make_node("Einsum", ["x"], ["y"], equation="ii->i")], [vi("x", [3, 3])], [vi("y", [3])])
     with pytest.raises(OnnxImportError, match=r"repeated index in one operand \('ii', a diagonal\) is not supported"):
         from_onnx(m)
+
+
+# -- every model protobuf can decode: imported, or refused with one OnnxImportError ----------------
+
+def relu_model():
+    return model([helper.make_node("Relu", ["x"], ["y"], name="r")], [vi("x", [2])], [vi("y", [2])])
+
+
+def test_text_that_is_not_utf8_is_refused():
+    # protobuf decodes such a string field as bytes; the importer used to fail on them with a TypeError
+    data = bytearray(relu_model().SerializeToString())
+    data[data.index(b"\x12\x01m") + 2] = 0xFF   # the graph's name, "m"
+    with pytest.raises(OnnxImportError, match=r"model.graph.name is not valid UTF-8"):
+        from_onnx(bytes(data))
+    data = bytearray(relu_model().SerializeToString())
+    data[data.index(b"Relu")] = 0xFF
+    with pytest.raises(OnnxImportError, match=r"model.graph.node\[0\].op_type is not valid UTF-8"):
+        from_onnx(bytes(data))
+
+
+def test_output_that_nothing_computes():
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("z", [2])])
+    with pytest.raises(OnnxImportError, match=r"graph output 'z' is computed by no node and is no input or initializer"):
+        from_onnx(m)
+
+
+def test_a_value_written_twice_is_refused():
+    # the last writer used to win silently; onnx.checker and ONNX Runtime refuse such a model
+    m = model([helper.make_node("Relu", ["x"], ["y"], name="a"), helper.make_node("Neg", ["x"], ["y"], name="b")],
+              [vi("x", [2])], [vi("y", [2])])
+    with pytest.raises(OnnxImportError, match=r"node 1 'b' \(Neg\) writes 'y', which node 0 'a' \(Relu\) writes too"):
+        from_onnx(m)
+    w = numpy_helper.from_array(np.ones(2, np.float32), "w")
+    m = model([helper.make_node("Relu", ["x"], ["w"])], [vi("x", [2])], [vi("w", [2])], [w])
+    with pytest.raises(OnnxImportError, match=r"writes 'w', which is an initializer"):
+        from_onnx(m)
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2]), vi("x", [2])], [vi("y", [2])])
+    with pytest.raises(OnnxImportError, match=r"the graph input 'x' is listed twice"):
+        from_onnx(m)
+
+
+def test_attributes_are_checked_against_the_op_schema():
+    flat = helper.make_node("Flatten", ["x"], ["y"], axis=[1, 2])   # INTS where Flatten takes an INT
+    with pytest.raises(OnnxImportError, match=r"node 0 '' \(Flatten\): attribute 'axis' is INTS, Flatten takes INT"):
+        from_onnx(model([flat], [vi("x", [2, 3])], [vi("y", None)]))
+    leaky = helper.make_node("LeakyRelu", ["x"], ["y"], alpha=[0.1])
+    with pytest.raises(OnnxImportError, match=r"attribute 'alpha' is FLOATS, LeakyRelu takes FLOAT"):
+        from_onnx(model([leaky], [vi("x", [2])], [vi("y", [2])]))
+    typo = helper.make_node("Softmax", ["x"], ["y"], axes=1)
+    with pytest.raises(OnnxImportError, match=r"unknown attribute 'axes' \(Softmax takes axis\)"):
+        from_onnx(model([typo], [vi("x", [2])], [vi("y", [2])]))
+    cast = helper.make_node("Cast", ["x"], ["y"])
+    with pytest.raises(OnnxImportError, match=r"missing required attribute\(s\) to"):
+        from_onnx(model([cast], [vi("x", [2])], [vi("y", [2])]))
+    cast = helper.make_node("Cast", ["x"], ["y"], to=999)
+    with pytest.raises(OnnxImportError, match=r"Cast's 'to' attribute has the unknown ONNX element type 999"):
+        from_onnx(model([cast], [vi("x", [2])], [vi("y", None)]))
+    extra = helper.make_node("Relu", ["x", "x"], ["y"])
+    with pytest.raises(OnnxImportError, match=r"node 0 '' \(Relu\): has 2 inputs, Relu takes 1 inputs"):
+        from_onnx(model([extra], [vi("x", [2])], [vi("y", [2])]))
+
+
+def test_constants_computed_at_import_are_capped():
+    # a 120-byte model asked for a 64 GiB constant (MemoryError)
+    shape = numpy_helper.from_array(np.array([2 ** 17, 2 ** 17], np.int64), "s")
+    m = model([helper.make_node("ConstantOfShape", ["s"], ["y"], name="big")], [], [vi("y", None)], [shape])
+    assert len(m.SerializeToString()) < 200
+    with pytest.raises(OnnxImportError, match=r"node 0 'big' \(ConstantOfShape\): its result, a constant of shape "
+                                              r"\[131072, 131072\] \(64 GiB\), would be computed at import time; "
+                                              r"mlc folds at most 1 GiB per value"):
+        from_onnx(m)
+    one = numpy_helper.from_array(np.ones(1, np.float32), "one")
+    m = model([helper.make_node("Expand", ["one", "s"], ["y"])], [], [vi("y", None)], [shape, one])
+    with pytest.raises(OnnxImportError, match=r"\(Expand\): the result of broadcast_to on constants, a constant of "
+                                              r"shape \[131072, 131072\]"):
+        from_onnx(m)
+    limits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("a", 0), ("b", 2 ** 40), ("d", 1))]
+    m = model([helper.make_node("Range", ["a", "b", "d"], ["y"])], [], [vi("y", None)], limits)
+    with pytest.raises(OnnxImportError, match=r"\(Range\): its result, a constant of shape \[1099511627776\]"):
+        from_onnx(m)
+
+
+def test_declared_dims_no_memory_holds():
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2 ** 40, 2 ** 40])], [vi("y", None)])
+    with pytest.raises(OnnxImportError, match=r"input 'x' declares shape \[1099511627776, 1099511627776\] "
+                                              r"\(\d+ bytes\), more than any memory holds"):
+        from_onnx(m)
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [-3])], [vi("y", None)])
+    with pytest.raises(OnnxImportError, match=r"input 'x': negative dimension"):
+        from_onnx(m)
+    reps = numpy_helper.from_array(np.array([2 ** 62], np.int64), "reps")
+    m = model([helper.make_node("Tile", ["x", "reps"], ["y"], name="t")], [vi("x", [4])], [vi("y", None)], [reps])
+    with pytest.raises(OnnxImportError, match=r"node 0 't' \(Tile\): .*more than"):
+        from_onnx(m)
+
+
+def test_mlc_run_prints_one_line_for_a_bad_model(tmp_path, capsys):
+    from mlc.cli import main
+    path = tmp_path / "bad.onnx"
+    onnx.save(model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("z", [2])]), str(path))
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(path), "--random-inputs"])
+    assert str(e.value) == "mlc run: graph output 'z' is computed by no node and is no input or initializer"

@@ -83,6 +83,35 @@ def test_non_contiguous_input_is_copied_not_misread():
     assert not views[0].flags.c_contiguous and not views[1].flags.c_contiguous
 
 
+def test_big_endian_input_is_converted_not_refused():
+    # the message used to contradict itself ("expects f32[4] ... got float32 array of shape (4,)")
+    exe = mlc.compile(lambda x: x * 2.0 + 1.0, np.zeros(4, np.float32))
+    be = np.arange(4, dtype=">f4")
+    np.testing.assert_array_equal(exe(be), be * 2 + 1)
+    np.testing.assert_array_equal(mlc.jit(lambda x: x - 1.0)(be[::-1]), be[::-1] - 1)
+    with pytest.raises(TypeError, match=r"argument 'x' expects f32\[4\] .*got float64 \(big-endian\) array"):
+        exe(np.arange(4, dtype=">f8"))
+
+
+def test_sizes_past_int64_are_refused_by_name():
+    x = np.ones(1, np.float32)
+    # the element count used to overflow: "cannot broadcast f32[1] to [2147483648, 2147483648, 4]"
+    with pytest.raises(mlc.TraceError, match=r"broadcast_to: f32\[2147483648, 2147483648, 4\] would hold "
+                                             r"18446744073709551616 elements \(73786976294838206464 bytes\), "
+                                             r"more than fits in memory"):
+        mlc.trace(lambda x: mlc.broadcast_to(x, (2 ** 31, 2 ** 31, 4)), x)
+    with pytest.raises(mlc.TraceError, match=r"broadcast_to: f32\[4611686018427387904\] would hold .* more than"):
+        mlc.trace(lambda x: mlc.broadcast_to(x, (2 ** 62,)), x)   # 2**62 elements fit int64, their bytes do not
+
+    def two_live(x):   # 2**62 bytes each; two of them live at once
+        y = mlc.broadcast_to(x, (2 ** 60,))
+        z = mlc.exp(y)
+        return mlc.sum(z) + mlc.sum(mlc.exp(z) * y)
+    with pytest.raises(ValueError, match=r"the workspace would need \d+ bytes for the intermediate values of "
+                                         r"two_live, more than fits in memory"):
+        mlc.compile(two_live, x)
+
+
 def test_dlpack_input_zero_copy():
     class DLPackOnly:
         """An array from another library: only __dlpack__ / __dlpack_device__."""

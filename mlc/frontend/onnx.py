@@ -17,13 +17,17 @@ that contradict the computed ones.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable
 
 import numpy as np
 
+from .. import ops
 from ..ir.graph import Graph
 from ..ir.types import TensorType
+from ..ops.registry import OpTypeError
+from ..ops.shape import MAX_NBYTES
 from .trace import TraceError, Tracer, evaluate_or_record, trace_info
 
 
@@ -32,6 +36,10 @@ class OnnxImportError(Exception):
 
 
 MIN_OPSET = 7
+
+# Constants computed at import time (ConstantOfShape, Range, ops on constants) become
+# graph parameters in memory: a tiny model must not ask for more than this.
+MAX_FOLDED_BYTES = 1 << 30
 
 
 def _onnx():
@@ -48,12 +56,15 @@ def load_model(model_or_path):
     """An onnx.ModelProto from a path, bytes or a ModelProto, with clear errors."""
     onnx = _onnx()
     if isinstance(model_or_path, onnx.ModelProto):
+        _check_text(model_or_path)
         return model_or_path
     if isinstance(model_or_path, (bytes, bytearray)):
         try:
-            return onnx.load_from_string(bytes(model_or_path))
+            model = onnx.load_from_string(bytes(model_or_path))
         except Exception as e:
             raise OnnxImportError(f"the bytes given are not a valid ONNX model ({_short(e)})") from None
+        _check_text(model)
+        return model
     path = os.fspath(model_or_path)
     if not os.path.exists(path):
         raise OnnxImportError(f"no such ONNX file: {path}")
@@ -62,8 +73,29 @@ def load_model(model_or_path):
     except Exception as e:
         raise OnnxImportError(f"{path} is not a valid ONNX model: the file is truncated or corrupted "
                               f"({_short(e)})") from None
+    _check_text(model, path + ": ")
     _load_external_data(model, os.path.dirname(os.path.abspath(path)), path)
     return model
+
+
+def _check_text(model, where: str = "") -> None:
+    """ONNX's string fields must be UTF-8, but protobuf decodes a field that is not as
+    bytes: refuse that here, naming the field, rather than fail later on bytes."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+    from google.protobuf.message import Message
+    stack = [(model, "model")]
+    while stack:
+        msg, at = stack.pop()
+        for field, value in msg.ListFields():
+            if field.type not in (F.TYPE_STRING, F.TYPE_MESSAGE):   # numbers and raw bytes
+                continue
+            single = isinstance(value, (str, bytes, Message))
+            for k, v in enumerate([value] if single else value):
+                name = f"{at}.{field.name}" + ("" if single else f"[{k}]")
+                if field.type == F.TYPE_STRING and not isinstance(v, str):
+                    raise OnnxImportError(f"{where}the model is corrupted: {name} is not valid UTF-8 text")
+                if field.type == F.TYPE_MESSAGE:
+                    stack.append((v, name))
 
 
 def _load_external_data(model, base_dir: str, path: str) -> None:
@@ -86,6 +118,27 @@ def _load_external_data(model, base_dir: str, path: str) -> None:
                                       f"{len(tensor.raw_data)} bytes, its shape {list(tensor.dims)} needs {expected}")
             del tensor.external_data[:]
             tensor.data_location = 0   # DEFAULT: the data is now inline
+
+
+def _np_dtype(onnx_dtype: int, what: str) -> np.dtype:
+    """The numpy dtype of an ONNX element type code, or an OnnxImportError naming ``what``."""
+    from onnx import helper
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(onnx_dtype))
+    except (KeyError, TypeError, ValueError):
+        raise OnnxImportError(f"{what} has the unknown ONNX element type {onnx_dtype}") from None
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
+def _check_folded(what: str, shape, dtype) -> None:
+    """Refuse an import-time constant too large to hold, before it is allocated."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_FOLDED_BYTES:
+        raise OnnxImportError(f"{what}, a constant of shape {list(shape)} ({_gib(nbytes)}), would be computed at "
+                              f"import time; mlc folds at most {_gib(MAX_FOLDED_BYTES)} per value")
 
 
 def _itemsize(onnx_dtype: int) -> int:
@@ -122,8 +175,24 @@ class _Node:
 
 
 def op(name: str, *args, **attrs):
-    """Apply an mlc op to importer values (tracers or constant numpy arrays)."""
+    """Apply an mlc op to importer values (tracers or constant numpy arrays). An op on
+    constants only is computed now, so its result's size is checked first."""
+    flat = [y for x in args for y in (x if isinstance(x, (list, tuple)) else (x,))]
+    if not any(isinstance(x, Tracer) for x in flat):
+        _check_folded_op(name, args, attrs)
     return evaluate_or_record(name, *args, **attrs)
+
+
+def _check_folded_op(name: str, args, attrs) -> None:
+    o = ops.get(name)
+    try:
+        inputs, bound = o.bind(args, attrs)
+        types = [TensorType.of(np.asarray(x)) for x in inputs]
+        outs = o.infer(types, **o.canonical_attrs(types, bound))
+    except (OpTypeError, TypeError, ValueError):
+        return   # not a valid call: evaluate_or_record reports it
+    for t in outs:
+        _check_folded(f"the result of {name} on constants", t.shape, t.dtype.np)
 
 
 NEEDS_CONSTANT = "must be a constant (or computable from shapes) at import time"
@@ -216,8 +285,7 @@ def _where(n, c, a, b):
 
 @converter("Cast")
 def _cast(n, x):
-    from onnx import helper
-    return op("cast", x, dtype=np.dtype(helper.tensor_dtype_to_np_dtype(n.attr("to"))))
+    return op("cast", x, dtype=_np_dtype(n.attr("to"), "Cast's 'to' attribute"))
 
 
 @converter("Identity")
@@ -228,7 +296,9 @@ def _identity(n, x):
 @converter("Dropout")
 def _dropout(n, x, *rest):
     """Inference: the identity, and a mask of all true."""
-    return x, np.ones(_shape(x), dtype=bool)
+    if len(n.proto.output) < 2 or not n.proto.output[1]:
+        return x
+    return x, op("broadcast_to", np.array(True), shape=_shape(x))
 
 
 @converter("CastLike")
@@ -344,13 +414,28 @@ def _size(n, x):
 def _constant_of_shape(n, shape):
     from onnx import numpy_helper
     value = numpy_helper.to_array(n.attr("value")) if "value" in n.attrs else np.zeros(1, np.float32)
-    return np.full(_ints(shape, "ConstantOfShape's shape"), value.reshape(-1)[0], dtype=value.dtype)
+    if value.size != 1:
+        raise OnnxImportError(f"ConstantOfShape's value must hold one element, it holds {value.size}")
+    dims = _ints(shape, "ConstantOfShape's shape")
+    if any(d < 0 for d in dims):
+        raise OnnxImportError(f"ConstantOfShape's shape {dims} has a negative dimension")
+    _check_folded("its result", dims, value.dtype)
+    return np.full(dims, value.reshape(-1)[0], dtype=value.dtype)
 
 
 @converter("Range")
 def _range(n, start, limit, delta):
     s, l, d = (_const(v, "Range's inputs") for v in (start, limit, delta))
-    return np.arange(s, l, d, dtype=s.dtype)
+    if s.size != 1 or l.size != 1 or d.size != 1:
+        raise OnnxImportError(f"Range's start, limit and delta must be scalars, got shapes {s.shape}, {l.shape}, {d.shape}")
+    if d == 0:
+        raise OnnxImportError("Range's delta is 0")
+    span = (float(l) - float(s)) / float(d)
+    if not math.isfinite(span):
+        raise OnnxImportError(f"Range({s.item()}, {l.item()}, {d.item()}) has no finite length")
+    count = max(math.ceil(span), 0)
+    _check_folded("its result", [count], s.dtype)
+    return np.arange(s.item(), l.item(), d.item(), dtype=s.dtype)
 
 
 @converter("Reshape")
@@ -728,9 +813,8 @@ def _einsum(n, *xs):
 # ----------------------------------------------------------------------------- the importer
 
 def _value_type(vi) -> tuple[list, np.dtype | None]:
-    from onnx import helper
     t = vi.type.tensor_type
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else None
+    dtype = _np_dtype(t.elem_type, f"{vi.name!r}") if t.elem_type else None
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim] \
         if t.HasField("shape") else None
     return dims, dtype
@@ -745,6 +829,85 @@ def data_inputs(graph, weight_names) -> list:
 
 def supported_op_types() -> list[str]:
     return sorted(CONVERTERS)
+
+
+def _node_label(i: int, node) -> str:
+    return f"node {i} {node.name!r} ({node.op_type})"
+
+
+def _check_graph(graph, opset: int) -> None:
+    """What onnx.checker and ONNX Runtime refuse, refused before import: a name given
+    twice, a value written by two nodes (one would silently win), a graph output
+    that nothing computes, nodes that do not fit their op's schema."""
+    inputs, inits, produced = set(), set(), {}
+    for vi in graph.input:
+        if vi.name in inputs:
+            raise OnnxImportError(f"the graph input {vi.name!r} is listed twice")
+        inputs.add(vi.name)
+    for t in graph.initializer:
+        if t.name in inits:
+            raise OnnxImportError(f"the initializer {t.name!r} is listed twice")
+        inits.add(t.name)
+    for i, node in enumerate(graph.node):
+        _check_schema(node, opset, _node_label(i, node))
+        for o in node.output:
+            if o in produced:
+                raise OnnxImportError(f"{_node_label(i, node)} writes {o!r}, which {produced[o]} writes too "
+                                      "(each value must have one writer)")
+            if o in inits:
+                raise OnnxImportError(f"{_node_label(i, node)} writes {o!r}, which is an initializer")
+            if o:
+                produced[o] = _node_label(i, node)
+    for vi in graph.output:
+        if vi.name not in produced and vi.name not in inputs and vi.name not in inits:
+            raise OnnxImportError(f"graph output {vi.name!r} is computed by no node and is no input or initializer")
+
+
+def _count(lo: int, hi: int, what: str) -> str:
+    return f"{lo} {what}" if lo == hi else (f"at least {lo} {what}" if hi >= 2 ** 31 - 1 else f"{lo} to {hi} {what}")
+
+
+def _check_schema(node, opset: int, label: str) -> None:
+    """The node's input and output counts and its attributes' names and types, against
+    the op's definition at the model's opset."""
+    from onnx import AttributeProto, defs
+    try:
+        schema = defs.get_schema(node.op_type, opset, "")
+    except defs.SchemaError:
+        raise OnnxImportError(f"{label}: {node.op_type} is not an operator of opset {opset}") from None
+    if not schema.min_input <= len(node.input) <= schema.max_input:
+        raise OnnxImportError(f"{label}: has {len(node.input)} inputs, {node.op_type} takes "
+                              f"{_count(schema.min_input, schema.max_input, 'inputs')}")
+    if not schema.min_output <= len(node.output) <= schema.max_output:
+        raise OnnxImportError(f"{label}: has {len(node.output)} outputs, {node.op_type} has "
+                              f"{_count(schema.min_output, schema.max_output, 'outputs')}")
+    given = set()
+    for a in node.attribute:
+        spec = schema.attributes.get(a.name)
+        if spec is None:
+            raise OnnxImportError(f"{label}: unknown attribute {a.name!r} ({node.op_type} takes "
+                                  f"{', '.join(sorted(schema.attributes)) or 'none'})")
+        if a.name in given:
+            raise OnnxImportError(f"{label}: attribute {a.name!r} is given twice")
+        given.add(a.name)
+        if a.ref_attr_name:
+            raise OnnxImportError(f"{label}: attribute {a.name!r} refers to a function attribute outside a function")
+        if a.type != spec.type.value:
+            got = AttributeProto.AttributeType.Name(a.type) if a.type in AttributeProto.AttributeType.values() \
+                else str(a.type)
+            raise OnnxImportError(f"{label}: attribute {a.name!r} is {got}, {node.op_type} takes {spec.type.name}")
+    missing = [k for k, spec in schema.attributes.items() if spec.required and k not in given]
+    if missing:
+        raise OnnxImportError(f"{label}: missing required attribute(s) {', '.join(missing)}")
+
+
+def _check_result(label: str, name: str, r) -> None:
+    """A value the importer computed: a size any memory can hold."""
+    if isinstance(r, (Tracer, np.ndarray)):
+        nbytes = math.prod(r.shape) * np.dtype(r.dtype).itemsize
+        if nbytes > MAX_NBYTES:
+            raise OnnxImportError(f"{label}: its output {name!r} would have shape {list(r.shape)} ({nbytes} bytes), "
+                                  f"more than any memory holds")
 
 
 def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None = None,
@@ -776,6 +939,7 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
         listing = ", ".join(f"{t} (domain {d}, opset {v}; {c} node{'s' * (c > 1)})"
                             for (t, d, v), c in sorted(unsupported.items()))
         raise OnnxImportError(f"the model uses {len(unsupported)} op type(s) mlc does not support: {listing}")
+    _check_graph(graph, opset)
 
     from onnx import numpy_helper
     weights = {}
@@ -800,8 +964,12 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
             raise OnnxImportError(f"input {vi.name!r} declares no element type")
         try:
             types.append(TensorType(dims, dtype))
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise OnnxImportError(f"input {vi.name!r}: {e}") from None
+        nbytes = math.prod(dims) * dtype.itemsize
+        if nbytes > MAX_NBYTES:
+            raise OnnxImportError(f"input {vi.name!r} declares shape {dims} ({nbytes} bytes), more than any "
+                                  "memory holds")
     if input_shapes:
         raise OnnxImportError(f"input_shapes names unknown inputs: {', '.join(input_shapes)}")
 
@@ -810,21 +978,27 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
         env.update({vi.name: t for vi, t in zip(inputs, tracers)})
         env[""] = None   # an omitted optional input
         for i, node in enumerate(graph.node):
-            n = _Node(node, opset)
+            label = _node_label(i, node)
             try:
                 args = [env[x] for x in node.input]
             except KeyError as e:
-                raise OnnxImportError(f"node {i} {node.name!r} ({node.op_type}) uses {e.args[0]!r}, "
-                                      f"which no earlier node or input defines") from None
+                raise OnnxImportError(f"{label} uses {e.args[0]!r}, which no earlier node or input defines") from None
             while args and args[-1] is None:
                 args.pop()
+            # The node's attributes and inputs are whatever the file says: an error they cause in
+            # the converter or the op is the model's, reported with the node named.
             try:
-                result = CONVERTERS[node.op_type](n, *args)
-            except (TraceError, OnnxImportError, TypeError, ValueError) as e:
-                raise OnnxImportError(f"node {i} {node.name!r} ({node.op_type}): {e}") from None
+                result = CONVERTERS[node.op_type](_Node(node, opset), *args)
+            except (TraceError, OnnxImportError, TypeError, ValueError, IndexError, OverflowError,
+                    ZeroDivisionError) as e:
+                raise OnnxImportError(f"{label}: {e}") from None
             results = result if isinstance(result, (tuple, list)) else (result,)
+            wanted = [k for k, o in enumerate(node.output) if o]
+            if wanted and wanted[-1] >= len(results):
+                raise OnnxImportError(f"{label}: mlc computes {len(results)} of its {len(node.output)} outputs")
             for out_name, r in zip(node.output, results):
                 if out_name:
+                    _check_result(label, out_name, r)
                     env[out_name] = r
         return tuple(env[o.name] for o in graph.output)
 

@@ -16,6 +16,7 @@ workspace and copied over the input by a final kernel.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..codegen.llvm import EntryCall, Slot
@@ -23,6 +24,7 @@ from ..ir import expr as E
 from ..ir.graph import Node, Value
 from ..ir.loop import Func
 from ..ir.tensor import Kernel, Placeholder, Reduce
+from ..ops.shape import MAX_NBYTES
 from .lower import KernelCall, LoweredGraph, lower_group
 
 ALIGN = 64
@@ -30,6 +32,15 @@ ALIGN = 64
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _nbytes(t, what: str) -> int:
+    """A buffer's exact size (``TensorType.nbytes`` wraps past int64), refused when the
+    generated code's int64 offsets cannot address it."""
+    n = math.prod(t.shape) * t.dtype.itemsize
+    if n > MAX_NBYTES:
+        raise ValueError(f"{what} of type {t} needs {n} bytes, more than fits in memory (at most 2**63-1 bytes)")
+    return n
 
 
 @dataclass
@@ -216,20 +227,22 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func], aliases: dict[int, int
             if v in fixed:
                 outs.append(fixed[v])
                 continue
-            naive += _align(v.type.nbytes)
+            size = _nbytes(v.type, f"the result of {v.producer.op if v.producer else 'a kernel'}")
+            naive += _align(size)
             if o_idx in reuse:
                 src = call.inputs[reuse[o_idx]]
                 where[v] = where.pop(src)   # the input's block now belongs to the output
                 func.aliased.update({func.inputs[reuse[o_idx]], func.outputs[o_idx]})
                 in_place += 1
             else:
-                where[v] = arena.alloc(v.type.nbytes)
+                where[v] = arena.alloc(size)
             outs.append(Slot("workspace", where[v]))
         scratch = []
         for b in func.scratch:
-            off = arena.alloc(b.type.nbytes)
-            naive += _align(b.type.nbytes)
-            scratch.append((off, b.type.nbytes))
+            size = _nbytes(b.type, f"a scratch buffer of kernel {func.name}")
+            off = arena.alloc(size)
+            naive += _align(size)
+            scratch.append((off, size))
         calls.append(EntryCall(func, args + outs + [Slot("workspace", off) for off, _ in scratch]))
         for off, size in scratch:
             arena.release(off, size)
@@ -239,4 +252,7 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func], aliases: dict[int, int
         for v in call.outputs:   # written but never read
             if v in where and v not in last_use:
                 arena.release(where[v], v.type.nbytes)
+    if arena.top > MAX_NBYTES:
+        raise ValueError(f"the workspace would need {arena.top} bytes for the intermediate values of "
+                         f"{graph.name}, more than fits in memory (at most 2**63-1 bytes)")
     return MemoryPlan(calls, arena.top, naive, in_place, views)

@@ -2,7 +2,7 @@
 
 ``Executable(*arrays)`` checks each argument against the signature (a clear
 error names the argument, the expected and the given type), passes contiguous
-arrays without copying (a non-contiguous one is copied, never misread), and
+arrays without copying (a non-contiguous or byte-swapped one is copied, never misread), and
 returns freshly allocated numpy outputs. Each thread gets its own workspace, so
 one Executable may be called from several threads at once.
 """
@@ -101,9 +101,12 @@ def as_input_array(x, name: str, expected: TensorType, fn_name: str) -> np.ndarr
             x = np.asarray(x)
         else:
             raise TypeError(f"{fn_name}(): argument '{name}' must be an array, got {type(x).__name__}")
+    if not x.dtype.isnative and x.dtype.newbyteorder("=") == expected.dtype.np and x.shape == expected.shape:
+        return np.ascontiguousarray(x, dtype=expected.dtype.np)   # big-endian data: a native copy, as numpy would
     if x.dtype != expected.dtype.np or x.shape != expected.shape:
+        order = "" if x.dtype.isnative else f" ({'big' if x.dtype.byteorder == '>' else 'little'}-endian)"
         raise TypeError(f"{fn_name}(): argument '{name}' expects {expected} (numpy {expected.dtype.name}, shape "
-                        f"{expected.shape}), got {x.dtype.name} array of shape {x.shape}")
+                        f"{expected.shape}), got {x.dtype.name}{order} array of shape {x.shape}")
     if not x.flags.c_contiguous or (x.ctypes.data % x.dtype.itemsize):
         x = np.ascontiguousarray(x)
     return x

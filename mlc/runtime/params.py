@@ -37,6 +37,10 @@ ALIGN = 64
 _PREAMBLE = struct.Struct("<8sIIQ")   # magic, version, flags, header length
 _TRAILER = 32                         # SHA-256 digest
 
+# How deeply the header's JSON may nest: far more than any container mlc writes needs,
+# and few enough levels that reading it never exhausts Python's stack.
+MAX_DEPTH = 256
+
 # Little-endian numpy type strings the format stores ("|" where byte order does not apply).
 DTYPES = ("|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<f2", "<f4", "<f8")
 
@@ -77,9 +81,42 @@ def layout(tensors: dict) -> tuple[list[np.ndarray], list[dict], int]:
     return arrays, entries, offset
 
 
+def _check_meta(meta) -> None:
+    """JSON would write a non-string dict key as a string (reading back another key) and
+    a deep structure could not be read back: both are refused, naming where."""
+    stack = [(meta, "meta", 1)]
+    while stack:
+        v, path, depth = stack.pop()
+        if not isinstance(v, (dict, list, tuple)):
+            continue
+        if depth > MAX_DEPTH - 1:   # the header object itself is one level
+            raise ValueError(f"{path} nests deeper than {MAX_DEPTH - 1} levels, more than the format allows")
+        if isinstance(v, dict):
+            for k, c in v.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"meta dict keys must be strings, got {k!r} at {path}")
+                stack.append((c, f"{path}/{k}", depth + 1))
+        else:
+            stack.extend((c, f"{path}/{i}", depth + 1) for i, c in enumerate(v))
+
+
+def _depth(v) -> int:
+    """How deeply a parsed JSON value nests (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict):
+            x = list(x.values())
+        if isinstance(x, list):
+            deepest = max(deepest, d)
+            stack.extend((c, d + 1) for c in x)
+    return deepest
+
+
 def _header(entries: list[dict], data_nbytes: int, meta) -> bytes:
     if not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    _check_meta(meta)
     try:   # strict JSON (no NaN/Infinity) so any JSON parser can read the header
         return json.dumps({"tensors": entries, "data_nbytes": data_nbytes, "meta": meta},
                           allow_nan=False, ensure_ascii=False).encode("utf-8")
@@ -150,7 +187,7 @@ def decode(buf, source: str = "<bytes>") -> tuple[dict[str, np.ndarray], dict]:
         raise fail(f"truncated: the header length says at least {minimum} bytes, got {size}")
 
     header_bytes = bytes(buf[_PREAMBLE.size:_PREAMBLE.size + header_len])
-    header = _parse_header(header_bytes)   # None if not parseable
+    header, problem = _parse_header(header_bytes)   # (None, why) if not parseable
     data_start = _align(_PREAMBLE.size + header_len)
     if hashlib.sha256(buf[:size - _TRAILER]).digest() != bytes(buf[size - _TRAILER:]):
         # A truncated file fails the checksum too; its header says how long it should be.
@@ -164,7 +201,7 @@ def decode(buf, source: str = "<bytes>") -> tuple[dict[str, np.ndarray], dict]:
 
     # The checksum holds, so what follows catches files from a faulty writer, not bit rot.
     if header is None:
-        raise fail("malformed header: not a UTF-8 JSON object")
+        raise fail(f"malformed header: {problem}")
     meta, entries, data_nbytes = header.get("meta"), header.get("tensors"), header.get("data_nbytes")
     if not isinstance(meta, dict) or not isinstance(entries, list) or not _is_count(data_nbytes):
         raise fail('malformed header: needs "tensors" (list), "data_nbytes" (int) and "meta" (object)')
@@ -196,7 +233,11 @@ def decode(buf, source: str = "<bytes>") -> tuple[dict[str, np.ndarray], dict]:
             raise fail(f"tensor {name!r} extends outside the data section "
                        f"(bytes {offset}..{offset + nbytes} of {data_nbytes})")
         raw = np.frombuffer(buf, dtype=dt, count=count, offset=data_start + offset)
-        tensors[name] = raw.reshape(tuple(shape)).astype(dt.newbyteorder("="))   # astype copies
+        try:
+            raw = raw.reshape(tuple(shape))
+        except ValueError as e:   # an empty tensor may still name dimensions numpy cannot describe
+            raise fail(f"malformed header: tensor {name!r} has shape {shape}, which numpy cannot hold ({e})") from None
+        tensors[name] = raw.astype(dt.newbyteorder("="))   # astype copies
     return tensors, meta
 
 
@@ -204,12 +245,18 @@ def _is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _parse_header(b: bytes) -> dict | None:
+def _parse_header(b: bytes) -> tuple[dict | None, str]:
     try:
         h = json.loads(b.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        return None
-    return h if isinstance(h, dict) else None
+        return None, "not a UTF-8 JSON object"
+    except RecursionError:   # deeper than Python's parser can go, so deeper than MAX_DEPTH
+        return None, f"JSON nested deeper than {MAX_DEPTH} levels"
+    if not isinstance(h, dict):
+        return None, "not a UTF-8 JSON object"
+    if _depth(h) > MAX_DEPTH:
+        return None, f"JSON nested deeper than {MAX_DEPTH} levels"
+    return h, ""
 
 
 def write_tensors(path, tensors: dict[str, np.ndarray], meta: dict | None = None) -> None:
