@@ -216,6 +216,37 @@ def test_corrupted_cache_entry_is_rebuilt(tmp_path, monkeypatch):
     assert any("corrupted" in str(m.message) for m in w)
 
 
+def test_cache_entry_copied_under_another_key_is_not_served(tmp_path, monkeypatch):
+    x = np.linspace(0, 1, 50, dtype=np.float32)
+
+    def entry_of(fn, folder):   # the one entry compiling fn writes into an empty cache
+        monkeypatch.setenv("MLC_CACHE_DIR", str(folder))
+        mlc.compile(fn, x)
+        (entry,) = [os.path.join(d, n) for d, _, ns in os.walk(folder) for n in ns]
+        return entry
+
+    def plus(x):
+        return x + 1.0
+
+    def times(x):
+        return x * 10.0
+
+    plus_entry, times_entry = entry_of(plus, tmp_path / "a"), entry_of(times, tmp_path / "b")
+    with open(plus_entry, "rb") as f:
+        swapped = f.read()
+    with open(times_entry, "wb") as f:   # a valid entry, but of another key
+        f.write(swapped)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        exe = mlc.compile(times, x)
+    assert any("corrupted (damaged, or written for another key)" in str(m.message) for m in w)
+    np.testing.assert_allclose(exe(x), x * 10, rtol=1e-6)
+    with open(times_entry, "rb") as f:
+        assert f.read() != swapped                               # rebuilt with its own code
+    key = os.path.basename(times_entry)[:-2]
+    assert cache.load(key) is not None and cache.load(os.path.basename(plus_entry)[:-2]) is None
+
+
 def test_cache_can_be_disabled(tmp_path, monkeypatch):
     monkeypatch.setenv("MLC_CACHE_DIR", "off")
     assert cache.cache_dir() is None

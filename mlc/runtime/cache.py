@@ -1,7 +1,8 @@
 """On-disk cache of compiled object code, keyed by a content hash.
 
-An entry is ``MAGIC + sha256(payload) + payload``; a truncated or altered entry
-fails the check, is removed, and is rebuilt -- never loaded. Writes go through a
+An entry is ``MAGIC + sha256(key, payload) + payload``: the checksum covers the key the
+entry answers, so a truncated or altered entry, or one copied or renamed under another
+key, fails the check, is removed, and is rebuilt -- never loaded. Writes go through a
 temporary file and an atomic rename, so concurrent processes never see half an
 entry. Keys cover the graph, the target and the exact mlc sources, so a changed
 compiler never reuses old code. The folder is ``$MLC_CACHE_DIR`` (default ``~/.cache/mlc``);
@@ -14,7 +15,7 @@ import os
 import tempfile
 import warnings
 
-MAGIC = b"MLCOBJ01"
+MAGIC = b"MLCOBJ02"
 _HEADER = len(MAGIC) + 32
 
 
@@ -54,6 +55,10 @@ def key_of(*parts: str) -> str:
     return h.hexdigest()
 
 
+def _checksum(key: str, payload: bytes) -> bytes:
+    return hashlib.sha256(key.encode() + b"\0" + payload).digest()
+
+
 def _path(key: str) -> str | None:
     d = cache_dir()
     return os.path.join(d, key[:2], key + ".o") if d else None
@@ -69,8 +74,9 @@ def load(key: str) -> bytes | None:
     except OSError:
         return None
     payload = blob[_HEADER:]
-    if blob[:len(MAGIC)] != MAGIC or hashlib.sha256(payload).digest() != blob[len(MAGIC):_HEADER]:
-        warnings.warn(f"mlc cache entry {path} is corrupted; it is removed and rebuilt", RuntimeWarning)
+    if blob[:len(MAGIC)] != MAGIC or _checksum(key, payload) != blob[len(MAGIC):_HEADER]:
+        warnings.warn(f"mlc cache entry {path} is corrupted (damaged, or written for another key); it is removed "
+                      "and rebuilt", RuntimeWarning)
         try:
             os.remove(path)
         except OSError:
@@ -87,7 +93,7 @@ def store(key: str, payload: bytes) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+            f.write(MAGIC + _checksum(key, payload) + payload)
         os.replace(tmp, path)
     except OSError as e:   # a read-only or full disk costs the cache, not the compile
         warnings.warn(f"mlc could not write its cache entry {path}: {e}", RuntimeWarning)
