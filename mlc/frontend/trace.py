@@ -7,6 +7,7 @@ at trace time with the op, the operand types and the user's ``file:line``.
 """
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
 import re
@@ -54,7 +55,7 @@ class _TraceContext:
         an enclosing trace."""
         if x._ctx is self:
             return x.value
-        if x._ctx not in _STACK:
+        if x._ctx not in _STACK.get():
             raise TraceError(f"{op}: a tensor from another (finished) trace was used here" + _at(loc))
         v = self.captured.get(x.value)
         if v is None:
@@ -64,7 +65,9 @@ class _TraceContext:
         return v
 
 
-_STACK: list[_TraceContext] = []
+# The traces open in this thread (or asyncio task), innermost last: a tuple, replaced
+# on every push, so threads tracing at once never see each other's traces.
+_STACK: contextvars.ContextVar[tuple[_TraceContext, ...]] = contextvars.ContextVar("mlc_trace_stack", default=())
 
 
 class Tracer:
@@ -286,10 +289,11 @@ def _apply(name: str, args, kwargs, eager_without_tracers: bool):
     op = ops.get(name)
     inputs, attrs = op.bind(args, kwargs)
     first = next((x._ctx for x in inputs if isinstance(x, Tracer)), None)
+    stack = _STACK.get()
     if first is None:
-        ctx = _STACK[-1] if _STACK and not eager_without_tracers else None
+        ctx = stack[-1] if stack and not eager_without_tracers else None
     else:
-        ctx = _STACK[-1] if _STACK else first   # the innermost trace records (and captures outer tensors)
+        ctx = stack[-1] if stack else first   # the innermost trace records (and captures outer tensors)
     loc = user_location()
     strong = _strong_dtype(inputs)
     if ctx is None:
@@ -414,11 +418,11 @@ def trace_info(fn: Callable, args: Sequence, name: str | None = None,
         t = a if isinstance(a, TensorType) else TensorType.of(_as_array(a, "trace", None))
         tracer_leaves.append(Tracer(ctx.builder.input(n, t), ctx))
         static.append(None)
-    _STACK.append(ctx)
+    token = _STACK.set(_STACK.get() + (ctx,))
     try:
         result = fn(*unflatten(in_tree, tracer_leaves))
     finally:
-        _STACK.pop()
+        _STACK.reset(token)
     if result is None:
         raise TraceError(f"{gname} returned None; a traced function must return tensors")
     results, out_tree = flatten(result)   # None inside a returned pytree is an empty subtree
@@ -443,7 +447,7 @@ def trace(fn: Callable, *args) -> Graph:
 def record(name: str, inputs: Sequence, attrs: dict, loc: str | None = None) -> list:
     """Record op ``name`` with already-canonical ``attrs`` on tracers in the current
     trace (how a graph is replayed into another trace, e.g. by autodiff)."""
-    ctx = _STACK[-1]
+    ctx = _STACK.get()[-1]
     op = ops.get(name)
     if name == "constant":
         return [Tracer(_constant(ctx, attrs["value"]), ctx)]
@@ -453,4 +457,4 @@ def record(name: str, inputs: Sequence, attrs: dict, loc: str | None = None) -> 
 
 
 def current_trace_active() -> bool:
-    return bool(_STACK)
+    return bool(_STACK.get())
