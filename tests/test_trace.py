@@ -173,3 +173,59 @@ def test_returning_nothing_is_an_error():
         mlc.trace(lambda x: None, np.ones(2))
     with pytest.raises(mlc.TraceError, match="returned no tensors"):
         mlc.trace(lambda x: {}, np.ones(2))
+
+
+# ----------------------------------------------------------------------------- mistakes name the fix
+
+def _trace_error(fn, *args) -> str:
+    with pytest.raises(mlc.TraceError) as e:
+        mlc.trace(fn, *args)
+    msg = str(e.value)
+    assert re.search(r"\(at .+test_trace\.py:\d+\)$", msg), msg   # the user's line
+    return msg
+
+
+def test_boolean_mask_indexing_names_where():
+    x = f32(4, 5)
+    msg = _trace_error(lambda x: x[x > 0], x)
+    assert "boolean-mask" in msg and "mlc.where" in msg
+
+
+def test_array_indexing_names_gather():
+    x = f32(4, 5)
+    assert "mlc.gather" in _trace_error(lambda x: x[np.array([0, 2])], x)
+    assert "mlc.gather" in _trace_error(lambda x: x[[0, 2]], x)
+
+
+@pytest.mark.parametrize("convert", [float, int, complex, np.asarray, lambda t: range(t)])
+def test_python_values_of_traced_tensors_are_refused(convert):
+    msg = _trace_error(lambda x: convert(x.sum()), f32(3))
+    assert "not known while tracing" in msg, msg
+
+
+def test_python_list_where_a_tensor_is_expected():
+    x = f32(4)
+    msg = _trace_error(lambda x: x + [1.0, 2.0, 3.0, 4.0], x)
+    assert msg.startswith("add: got a Python list") and "np.array" in msg
+    msg = _trace_error(lambda x: mlc.concatenate([x, [1.0]]), x)
+    assert msg.startswith("concatenate: got a Python list")
+    # outside a trace the ops are numpy functions, which take lists
+    np.testing.assert_array_equal(mlc.add([1, 2], [3, 4]), [4, 6])
+
+
+def test_item_assignment_is_refused():
+    def f(x):
+        x[0] = 1.0
+        return x
+    assert "immutable" in _trace_error(f, f32(3))
+
+
+def test_numpy_reductions_on_traced_tensors():
+    x = f32(3, 4)
+    exe = mlc.compile(lambda x: (np.sum(x, axis=0), np.mean(x), np.max(x, axis=1), x.sum(dtype=np.float64)), x)
+    s, m, mx, s64 = exe(x)
+    np.testing.assert_allclose(s, x.sum(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(m, x.mean(), rtol=1e-6)
+    np.testing.assert_array_equal(mx, x.max(axis=1))
+    assert s64.dtype == np.float64
+    assert "out=" in _trace_error(lambda x: x.sum(out=x), x)

@@ -113,6 +113,21 @@ class Tracer:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def _unknown_value(self, what: str):
+        raise TraceError(f"{what} of a traced tensor ({self.value.type}): its value is not known while tracing; "
+                         f"keep it a tensor (e.g. x.astype(mlc.float64), mlc.where for choices), or compute it "
+                         f"outside the traced function and pass it in" + _at(user_location()))
+
+    def __float__(self): self._unknown_value("float()")
+    def __int__(self): self._unknown_value("int()")
+    def __index__(self): self._unknown_value("using as a Python int (an index, a size, range())")
+    def __complex__(self): self._unknown_value("complex()")
+    def __array__(self, *args, **kwargs): self._unknown_value("a numpy array (np.asarray, np.array)")
+
+    def __setitem__(self, key, value):
+        raise TraceError("traced tensors are immutable, like JAX arrays: x[...] = v is not supported; build the "
+                         "new value instead (mlc.where(mask, v, x), mlc.concatenate, mlc.pad)" + _at(user_location()))
+
     __hash__ = object.__hash__
 
     # --- arithmetic
@@ -156,11 +171,20 @@ class Tracer:
         return apply("reshape", self, shape=shape)
 
     def astype(self, dtype): return apply("cast", self, dtype=dtype)
-    def sum(self, axis=None, keepdims=False): return apply("sum", self, axis=axis, keepdims=keepdims)
-    def mean(self, axis=None, keepdims=False): return apply("mean", self, axis=axis, keepdims=keepdims)
-    def max(self, axis=None, keepdims=False): return apply("max", self, axis=axis, keepdims=keepdims)
-    def min(self, axis=None, keepdims=False): return apply("min", self, axis=axis, keepdims=keepdims)
-    def prod(self, axis=None, keepdims=False): return apply("prod", self, axis=axis, keepdims=keepdims)
+
+    # numpy's functions (np.sum(x), np.max(x), ...) call these methods with dtype= and out=
+    def _reduce(self, op, axis, keepdims, dtype, out):
+        if out is not None:
+            raise TraceError(f"{op}: out= cannot be used while tracing (results are new tensors)"
+                             + _at(user_location()))
+        x = self if dtype is None else apply("cast", self, dtype=dtype)
+        return apply(op, x, axis=axis, keepdims=keepdims)
+
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False): return self._reduce("sum", axis, keepdims, dtype, out)
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False): return self._reduce("mean", axis, keepdims, dtype, out)
+    def prod(self, axis=None, dtype=None, out=None, keepdims=False): return self._reduce("prod", axis, keepdims, dtype, out)
+    def max(self, axis=None, out=None, keepdims=False): return self._reduce("max", axis, keepdims, None, out)
+    def min(self, axis=None, out=None, keepdims=False): return self._reduce("min", axis, keepdims, None, out)
 
     def __getitem__(self, key):
         return _index(self, key)
@@ -194,6 +218,15 @@ Tracer.__array_ufunc__ = _array_ufunc
 
 def _index(t: Tracer, key):
     key = key if isinstance(key, tuple) else (key,)
+    for k in key:
+        if isinstance(k, (Tracer, np.ndarray, list)):
+            dt = np.dtype(k.dtype) if isinstance(k, (Tracer, np.ndarray)) else np.asarray(k).dtype
+            if dt == np.bool_:
+                raise TraceError("boolean-mask indexing x[mask] gives a result whose size depends on the data, "
+                                 "which a compiled graph cannot have; keep the shape with mlc.where(mask, x, 0) "
+                                 "(and reduce over it), or index outside the traced function" + _at(user_location()))
+            raise TraceError(f"indexing with an array ({type(k).__name__}) is not supported by x[...] while "
+                             "tracing; use mlc.gather(x, indices, axis=...)" + _at(user_location()))
     if sum(k is Ellipsis for k in key) > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
     n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
@@ -254,7 +287,7 @@ def _is_python_scalar(x) -> bool:
 
 def _strong_dtype(inputs) -> DType | None:
     """The promoted dtype of the tensor (non-scalar) operands: what Python scalars adopt."""
-    dts = [to_dtype(x.dtype) for x in inputs if not _is_python_scalar(x)]
+    dts = [to_dtype(x.dtype) for x in inputs if not _is_python_scalar(x) and hasattr(x, "dtype")]
     if not dts:
         return None
     try:
@@ -305,7 +338,7 @@ def _apply(name: str, args, kwargs, eager_without_tracers: bool):
         elif _is_python_scalar(x):
             values.append(_constant(ctx, np.array(x, dtype=_weak_dtype(x, strong).np)))
         else:
-            values.append(_constant(ctx, _as_array(x, name, loc)))
+            values.append(_constant(ctx, _as_array(x, name, loc, tracing=True)))
     attrs, out_types = _typed(op, [v.type for v in values], attrs, loc)
     outs = ctx.builder.node(name, values, attrs, out_types, loc=loc)
     wrapped = [Tracer(v, ctx) for v in outs]
@@ -323,7 +356,11 @@ def _eager(op, inputs, attrs, strong, loc):
     return rs[0] if len(rs) == 1 else tuple(rs)
 
 
-def _as_array(x, name, loc) -> np.ndarray:
+def _as_array(x, name, loc, tracing: bool = False) -> np.ndarray:
+    if tracing and isinstance(x, (list, tuple)):
+        raise TraceError(f"{name}: got a Python {type(x).__name__} where a tensor is expected; pass an array "
+                         f"(np.array(...)) for a constant, or mlc.concatenate / mlc.expand_dims to build one from "
+                         f"traced tensors" + _at(loc))
     if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray):
         x = np.from_dlpack(x)
     a = np.asarray(x)
