@@ -911,3 +911,28 @@ def test_rounding_ops(name, dtype):
     got = exe(x)
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)   # round: half to even, as numpy
+
+
+def test_op_functions_have_real_signatures():
+    import inspect
+    for name, op in ops.REGISTRY.items():
+        if name == "constant":
+            continue
+        sig = inspect.signature(getattr(mlc, name))
+        assert list(sig.parameters) == [p.lstrip("*") for p in op.params] + list(op.attrs), name
+        for k, v in op.attrs.items():
+            assert sig.parameters[k].default == v or (sig.parameters[k].default is v), (name, k)
+    assert str(inspect.signature(mlc.sum)) == "(x, axis=None, keepdims=False)"
+    assert "numpy" in mlc.sum.__doc__
+    # a call bound by the signature is the call the op takes
+    x = rand((2, 3), F32)
+    bound = inspect.signature(mlc.sum).bind(x, axis=1)
+    check(mlc.sum(*bound.args, **bound.kwargs), x.sum(axis=1))
+
+
+def test_onnx_frontend_is_reachable_after_import_mlc():
+    import subprocess
+    import sys
+    code = "import mlc; print(mlc.frontend.onnx.from_onnx.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "from_onnx", out.stderr

@@ -5,8 +5,19 @@ arrays they evaluate the op's numpy reference.
 """
 from __future__ import annotations
 
+import inspect
+
 from .. import ops
 from .trace import apply
+
+
+def signature_of(op) -> inspect.Signature:
+    """The op's call signature as ``help()`` and editors show it: its inputs (a variadic
+    op takes one sequence of tensors), then its attributes with their defaults."""
+    P = inspect.Parameter
+    params = [P(p.lstrip("*"), P.POSITIONAL_OR_KEYWORD) for p in op.params]
+    params += [P(k, P.POSITIONAL_OR_KEYWORD, default=v) for k, v in op.attrs.items()]
+    return inspect.Signature(params)
 
 
 def _op_function(name: str):
@@ -16,8 +27,11 @@ def _op_function(name: str):
         return apply(name, *args, **kwargs)
 
     fn.__name__ = fn.__qualname__ = name
-    params = list(op.params) + [f"{k}={v!r}" for k, v in op.attrs.items()]
-    fn.__doc__ = f"{name}({', '.join(params)})\n\n{op.doc}"
+    fn.__module__ = "mlc"
+    fn.__signature__ = signature_of(op)
+    article = "An" if op.kind[0] in "aeiou" else "A"
+    fn.__doc__ = f"{op.doc}\n\n{article} {op.kind} op. Inside mlc.trace / mlc.jit it records a graph node; on numpy " \
+                 f"arrays it evaluates the numpy reference."
     return fn
 
 
