@@ -122,13 +122,17 @@ def cmd_run(args) -> int:
     if args.model.endswith(".so"):   # an exported model library: run as it is
         from .runtime.library import LibraryError
         try:
-            exe = mlc.load(args.model)
+            exe = mlc.load(args.model, public_key=args.public_key)
         except LibraryError as e:
             raise SystemExit(f"mlc run: {e}")
+        if exe.signer:
+            print(f"{args.model}: signature verified (Ed25519, key fingerprint {exe.signer})")
         inputs = list(zip(exe.input_names, exe.input_types))
         out_names = [o["name"] for o in exe.metadata["outputs"]]
         how = f"loaded {args.model} in {time.perf_counter() - t0:.2f} s"
     else:
+        if args.public_key:
+            raise SystemExit("mlc run: --public-key verifies a signed model library (.so); an ONNX model is not signed")
         model, graph = _load_onnx(args.model, args.shape, "run")
         inputs = [(v.name, v.type) for v in graph.inputs]
         exe = mlc.compile(graph)
@@ -311,10 +315,12 @@ def cmd_inspect(args) -> int:
     if args.model.endswith(".so"):
         from .runtime.library import LibraryError, describe
         try:
-            print(describe(args.model))
+            print(describe(args.model, public_key=args.public_key))
         except LibraryError as e:
             raise SystemExit(f"mlc inspect: {e}")
         return 0
+    if args.public_key:
+        raise SystemExit("mlc inspect: --public-key verifies a signed model library (.so)")
     from .driver import Compiled
     from .target import Target
     from .viz import write_graph
@@ -329,6 +335,37 @@ def cmd_inspect(args) -> int:
         print(message)
     else:
         print(c.fused)
+    return 0
+
+
+def cmd_sign(args) -> int:
+    from .runtime import signing
+    from .runtime.library import LibraryError, read_metadata
+    try:
+        if args.generate_key:
+            if args.files or args.key:
+                raise SystemExit("mlc sign: --generate-key makes a key pair and signs nothing; sign with --key later")
+            private, public = signing.generate_key(args.generate_key, args.public_out)
+            print(f"wrote {private} (private key: keep it secret) and {public} (public key: give it to those who "
+                  f"load your libraries); fingerprint {signing.fingerprint(signing.load_public_key(public))}")
+            return 0
+        if not args.files or not args.key:
+            raise SystemExit("mlc sign: give the files to sign and --key PRIVATE.pem (or --generate-key PRIVATE.pem "
+                             "to make a key pair)")
+        fp = signing.fingerprint(signing.load_private_key(args.key).public_key())
+        for path in args.files:
+            files = [path]
+            if path.endswith(".so"):   # a model library: sign only a valid one, with its external weights
+                try:
+                    meta = read_metadata(path)
+                except LibraryError as e:
+                    raise SystemExit(f"mlc sign: not signing {path}: {e}")
+                if meta["params"]["storage"] == "external":
+                    files.append(os.path.join(os.path.dirname(path), meta["params"]["file"]))
+            for f in files:
+                print(f"signed {f}: {signing.sign(f, args.key)} (Ed25519, key fingerprint {fp})")
+    except signing.SigningError as e:
+        raise SystemExit(f"mlc sign: {e}")
     return 0
 
 
@@ -464,6 +501,8 @@ def main(argv=None) -> int:
     run.add_argument("--shape", action="append", metavar="NAME=D0,D1,...",
                      help="a static shape for an input declared with symbolic dimensions")
     run.add_argument("--output-dir", help="save each output as NAME.npy in this folder")
+    run.add_argument("--public-key", metavar="PUB.pem", help="run a model library only if MODEL.so.sig is a good "
+                                                            "signature by this Ed25519 key (mlc sign)")
     run.set_defaults(func=cmd_run)
     comp = sub.add_parser("compile", help="compile a model and report kernels and memory before/after the passes")
     _add_compile_options(comp)
@@ -503,7 +542,20 @@ def main(argv=None) -> int:
     _add_compile_options(insp)
     insp.add_argument("--graph", metavar="FILE", help="draw the fused graph to FILE (.svg or .png with Graphviz, "
                                                       "else .dot)")
+    insp.add_argument("--public-key", metavar="PUB.pem", help="also verify MODEL.so.sig, the library's signature "
+                                                             "by this Ed25519 key (mlc sign)")
     insp.set_defaults(func=cmd_inspect)
+    sign = sub.add_parser("sign", help="sign model libraries (Ed25519, a detached FILE.sig that openssl verifies "
+                                       "too), or make a key pair")
+    sign.add_argument("files", nargs="*", metavar="FILE", help="files to sign: a model library (.so) is checked "
+                                                               "first and its external weights are signed with it")
+    sign.add_argument("--key", metavar="PRIVATE.pem", help="the private key (PEM PKCS#8 Ed25519)")
+    sign.add_argument("--generate-key", metavar="PRIVATE.pem", help="write a new key pair: PRIVATE.pem (mode 0600) "
+                                                                    "and its public key")
+    sign.add_argument("--public-out", metavar="PUBLIC.pem", help="with --generate-key: where the public key goes "
+                                                                 "(default: 'private' in the name becomes 'public', "
+                                                                 "else NAME.pub.pem)")
+    sign.set_defaults(func=cmd_sign)
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
         p.print_help()
