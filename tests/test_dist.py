@@ -2,6 +2,7 @@
 here, and the scripts in tests/dist/ under `mpirun -n 2` (the MPI launcher of the
 `dist` extra, which `make test` installs)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,8 +39,8 @@ needs_mpi = pytest.mark.skipif(MPIRUN is None or not _has_mpi4py(),
                                reason="needs mpi4py and an MPI launcher: pip install '.[dist]'")
 
 
-def run_ranks(script: str, n: int = 2, timeout: float = 300, **env) -> subprocess.CompletedProcess:
-    cmd = [MPIRUN, "-n", str(n), sys.executable, os.path.join(SCRIPTS, script)]
+def run_ranks(script: str, n: int = 2, timeout: float = 300, _args=(), **env) -> subprocess.CompletedProcess:
+    cmd = [MPIRUN, "-n", str(n), sys.executable, os.path.join(SCRIPTS, script), *_args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", **env})
 
@@ -234,3 +235,27 @@ def test_a_rank_exiting_early_fails_the_others_within_the_timeout():
     assert "rank 1: leaving early" in out
     assert "allreduce(sum) on ranks [0, 1] did not complete within 3 s: another rank exited" in out
     assert elapsed < 90
+
+
+@needs_mpi
+@pytest.mark.parametrize("case, message", [
+    ("sizes", r"allreduce at {script}:18: ranks disagree: rank 0 f32\[4\], rank 1 f32\[8\]"),
+    # rank 0 repeats a call both agreed on; rank 1 changes its type: rank 0 notices while it waits
+    ("dtypes-later", r"allreduce at {script}:18: ranks disagree: rank 0 f32\[4\], rank 1 f64\[4\]"),
+    # whichever rank reports first names its own line: the send's or the recv's
+    ("send-recv", r"(send at {script}:27|recv at {script}:29): ranks disagree: rank 0 sends f32\[5\], "
+                  r"rank 1 receives f64\[5\]"),
+], ids=["sizes", "dtypes-later", "send-recv"])
+def test_ranks_that_disagree_on_a_collective_fail_with_each_ranks_type(case, message):
+    r = run_ranks("disagree.py", 2, 120, MLC_DIST_TIMEOUT="60", _args=(case,))
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "finished" not in out, out   # never a result
+    assert re.search("DistError: " + message.format(script=re.escape(os.path.join(SCRIPTS, "disagree.py"))), out), out
+    assert "did not complete within" not in out   # found by agreement, not by the timeout
+
+
+@needs_mpi
+def test_ranks_that_agree_check_once_and_compute():
+    r = run_ranks("disagree.py", 2, 120, _args=("agree",))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("finished with [3. 3. 3. 3. 3. 3.]") == 2

@@ -40,14 +40,18 @@ class CollectiveKernel:
     in_type: object      # TensorType, or None (recv)
     out_type: object
     kind: str = "collective"
+    site: str | None = None   # the user's source line, named when ranks disagree on the call
 
     def descriptor(self) -> str:
         """The JSON the runtime's dispatcher reads (``runtime/comm.py``)."""
         attrs = {k: (list(v) if isinstance(v, tuple) else v.name if isinstance(v, DType) else v)
                  for k, v in self.attrs.items()}
         t = self.in_type
-        return json.dumps({"op": self.op, "attrs": attrs, "in": [t.dtype.np.str, list(t.shape)] if t else None,
-                           "out": [self.out_type.dtype.np.str, list(self.out_type.shape)]}, sort_keys=True)
+        d = {"op": self.op, "attrs": attrs, "in": [t.dtype.np.str, list(t.shape)] if t else None,
+             "out": [self.out_type.dtype.np.str, list(self.out_type.shape)]}
+        if self.site:
+            d["site"] = self.site
+        return json.dumps(d, sort_keys=True)
 
     def __str__(self) -> str:
         ins = f"x: {self.in_type}" if self.in_type is not None else ""
@@ -258,7 +262,7 @@ def lower_graph(fused: FusedGraph) -> LoweredGraph:
             for v in n.inputs:
                 use(v, any_size=True)   # the runtime needs a buffer even for one element
             kernel = CollectiveKernel(names[k], n.op, dict(n.attrs), n.inputs[0].type if n.inputs else None,
-                                      n.outputs[0].type)
+                                      n.outputs[0].type, site=n.loc)
             lowered.calls.append(KernelCall(kernel, list(n.inputs), list(n.outputs)))
             continue
         if not outs:

@@ -15,17 +15,30 @@ pointers, which become numpy views (no copy) for mpi4py. Each call is non-blocki
 in MPI and waited for with a deadline (``MLC_DIST_TIMEOUT`` seconds, default 120),
 so a rank that died or left makes the others fail with ``DistError`` instead of
 hanging; the job is then aborted at exit so no process is left waiting.
+
+Before a call site's first collective, its members agree on what it moves: each
+sends the others a 64-bit hash of (op, attributes, type, group) -- for send/recv,
+the pair compares (tag, type, group) -- over a duplicate of the communicator, so
+these messages never meet the data. A mismatch is a ``DistError`` naming each
+rank's type instead of a wrong answer. Agreed signatures are remembered, so later
+calls cost a set lookup; a rank that meets a new signature while another repeats an
+agreed one is caught by the other while it waits for the data.
 """
 from __future__ import annotations
 
 import atexit
 import ctypes
+import hashlib
 import json
 import os
+import struct
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
+
+from ..ir.types import TensorType, dtype as to_dtype
 
 REDUCE_OPS = ("sum", "mean", "max", "min")
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
@@ -46,6 +59,34 @@ def default_timeout() -> float:
     return t
 
 
+@dataclass(frozen=True)
+class CallSite:
+    """What one rank's collective call moves, as its members must agree on it."""
+    op: str                # "allreduce", ..., "send", "recv"
+    words: str             # the op with its attributes: "allreduce(sum)"; "sends" / "receives"
+    type: str              # "f32[4]"
+    key: bytes             # 8 bytes: hash of what every member (the peer) must have the same
+    peer: int | None       # world rank of the peer of a send/recv; None for a group collective
+    tag: int
+    where: str | None      # the user's source line, for messages
+
+
+def call_site(op: str, attrs: dict, t: TensorType, where: str | None = None) -> CallSite:
+    """The signature of collective ``op`` (attrs as in ``ops/collective.py``) moving a
+    tensor of type ``t`` (a send's input, a recv's output, a collective's input)."""
+    group = tuple(attrs["group"])
+    if op in ("send", "recv"):
+        words, agreed, peer, tag = ("sends" if op == "send" else "receives"), ("p2p", attrs["tag"]), \
+            attrs["peer"], attrs["tag"]
+    else:
+        shown = [str(attrs["op"])] if "op" in attrs else []
+        shown += [f"{k}={attrs[k]}" for k in ("axis", "root") if k in attrs]
+        words, peer, tag = f"{op}({', '.join(shown)})", None, 0
+        agreed = (words,)
+    key = hashlib.blake2b(repr((*agreed, str(t), group)).encode(), digest_size=8).digest()
+    return CallSite(op, words, str(t), key, peer, tag, where)
+
+
 class Communicator:
     """One group of processes. Buffers are numpy arrays (CuPy arrays for NCCL); a
     source and a destination that are the same array mean "in place"."""
@@ -53,6 +94,10 @@ class Communicator:
     rank: int
     size: int
     ranks: tuple[int, ...]   # world ranks of the members, in group order
+
+    def begin(self, site: CallSite) -> None:
+        """Called before every collective of a call site: the first time, the members
+        (the peer of a send/recv) check that they agree on ``site``; DistError if not."""
 
     def allreduce(self, src, dst, op: str) -> None:
         raise NotImplementedError
@@ -114,6 +159,9 @@ class SingleProcess(Communicator):
         return self
 
 
+_CHECK = struct.Struct("<cq8s")   # kind (b"c" group collective, b"p" send/recv), its number or tag, key
+_CHECK_BYTES = 256                # the header, then "words\ttype" for messages
+
 _broken = False   # a collective timed out: abort the job at exit instead of hanging in MPI_Finalize
 
 
@@ -133,16 +181,22 @@ class MPICommunicator(Communicator):
         self.timeout = default_timeout() if timeout is None else timeout
         self._ops = {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
         self._groups: dict[tuple, MPICommunicator] = {}
+        # agreement on call sites (see the module's doc), on a communicator of its own
+        self._ctl, self._ctl_ready = self.comm.Idup()
+        self._agreed: set[tuple] = set()    # (peer or None, key) agreed with the peer / every member
+        self._count = 0                     # group collectives begun: numbers their agreement messages
+        self._inbox: dict[tuple, tuple] = {}   # (member, kind, number or tag) -> (key, words, type)
+        self._sending: list = []            # agreement messages under way, with their buffers
+        self._current = None                # (site, number or tag) of the call under way
 
-    def _wait(self, req, what: str) -> None:
-        """Wait for a non-blocking call: spin briefly (small messages finish in
-        microseconds), then poll with short sleeps until the deadline."""
+    def _until(self, done, what: str, poll=None) -> None:
+        """Wait until ``done()``: spin briefly (small messages finish in microseconds),
+        then test with short sleeps until the deadline; while sleeping, answer members
+        that ask to agree on ``poll`` (the call under way)."""
         global _broken
-        if req.Test():
-            return
         start = time.monotonic()
         deadline = start + self.timeout
-        while not req.Test():
+        while not done():
             now = time.monotonic()
             if now > deadline:
                 _broken = True
@@ -150,7 +204,109 @@ class MPICommunicator(Communicator):
                                 "another rank exited, crashed or is stuck (MLC_DIST_TIMEOUT sets the limit); the "
                                 "job will be aborted at exit")
             if now - start > 2e-3:
+                if poll is not None:
+                    self._answer(*poll)
                 time.sleep(2e-4)
+
+    def _wait(self, req, what: str, status=None) -> None:
+        """Wait for a non-blocking call with the deadline."""
+        try:
+            if not req.Test(status):
+                self._until(lambda: req.Test(status), what, self._current)
+        except self.MPI.Exception as e:   # e.g. a message longer than the receive buffer
+            raise DistError(f"{what}: {e.Get_error_string()}") from None
+        finally:
+            self._current = None
+
+    # --------------------------------------------------------------- agreement on call sites
+
+    def begin(self, site):
+        if site.peer is None:   # group collectives are numbered: their agreement messages say which one
+            n = self._count
+            self._count += 1
+        else:                   # a send/recv pair is matched by its tag
+            n = site.tag
+        if (site.peer, site.key) not in self._agreed:
+            self._exchange(site, n)
+            self._agreed.add((site.peer, site.key))
+        elif self._inbox:   # a member met this call for the first time while this rank waited before
+            self._answer(site, n)
+        self._current = (site, n)
+
+    def _members(self, site) -> tuple[bytes, list[int]]:
+        """The kind of agreement message and the group indices of the members to agree with."""
+        if site.peer is None:
+            return b"c", [r for r in range(self.size) if r != self.rank]
+        return b"p", [self.ranks.index(site.peer)]
+
+    def _ready(self) -> None:
+        req, self._ctl_ready = self._ctl_ready, None
+        if req is not None and not req.Test():
+            self._until(req.Test, "setting up agreement on collectives")
+
+    def _collect(self) -> None:
+        """Move the agreement messages that arrived into the inbox."""
+        self._ready()
+        status = self.MPI.Status()
+        while self._ctl.Iprobe(self.MPI.ANY_SOURCE, 0, status):
+            buf = bytearray(_CHECK_BYTES)
+            self._ctl.Recv(buf, status.Get_source(), 0)
+            kind, n, key = _CHECK.unpack_from(buf)
+            words, _, t = bytes(buf[_CHECK.size:]).rstrip(b"\0").decode(errors="replace").partition("\t")
+            self._inbox[(status.Get_source(), kind, n)] = (key, words, t)
+
+    def _send_check(self, members, kind: bytes, n: int, site: CallSite) -> None:
+        buf = bytearray(_CHECK_BYTES)
+        _CHECK.pack_into(buf, 0, kind, n, site.key)
+        text = f"{site.words}\t{site.type}".encode()[:_CHECK_BYTES - _CHECK.size]
+        buf[_CHECK.size:_CHECK.size + len(text)] = text
+        self._sending = [(r, b) for r, b in self._sending if not r.Test()]
+        self._sending += [(self._ctl.Isend(buf, dest=m, tag=0), buf) for m in members]
+
+    def _exchange(self, site, n) -> None:
+        """Send this rank's signature of ``site`` to the members and compare theirs."""
+        kind, members = self._members(site)
+        self._ready()
+        self._send_check(members, kind, n, site)
+        theirs: dict[int, tuple] = {}
+        status = self.MPI.Status()
+
+        def arrived() -> bool:
+            self._collect()
+            for m in members:
+                if (m, kind, n) in self._inbox:
+                    theirs[m] = self._inbox.pop((m, kind, n))
+            if not theirs and site.op == "recv" and self.comm.Iprobe(members[0], site.tag, status):
+                self._collect()   # the data came first: the sender repeats a send agreed before
+                if (members[0], kind, n) not in self._inbox:
+                    raise self._disagree(site, {members[0]: (None, "sends", f"{status.Get_count(self.MPI.BYTE)} "
+                                                                              "bytes")})
+            return len(theirs) == len(members)
+
+        self._until(arrived, f"{site.words} {site.type} (agreeing on its type)")
+        if any(key != site.key for key, _, _ in theirs.values()):
+            raise self._disagree(site, theirs)
+
+    def _answer(self, site, n) -> None:
+        """Answer members that ask to agree on the call this rank has agreed on before."""
+        kind, members = self._members(site)
+        self._collect()
+        asked = {m: self._inbox.pop((m, kind, n)) for m in members if (m, kind, n) in self._inbox}
+        if not asked:
+            return
+        bad = any(key != site.key for key, _, _ in asked.values())
+        self._send_check(members if bad else list(asked), kind, n, site)   # unblock every member that waits
+        if bad:
+            raise self._disagree(site, asked)
+
+    def _disagree(self, site, theirs: dict) -> DistError:
+        global _broken
+        _broken = True   # the ranks are out of step: abort the job at exit
+        views = {self.rank: (site.words, site.type), **{m: (w, t) for m, (_, w, t) in theirs.items()}}
+        same_op = site.peer is None and len({w for w, _ in views.values()}) == 1
+        parts = [f"rank {self.ranks[r]} {t if same_op else f'{w} {t}'}" for r, (w, t) in sorted(views.items())]
+        at = f" at {site.where}" if site.where else ""
+        return DistError(f"{site.op}{at}: ranks disagree: {', '.join(parts)}")
 
     def allreduce(self, src, dst, op):
         MPI = self.MPI
@@ -173,7 +329,12 @@ class MPICommunicator(Communicator):
         self._wait(self.comm.Isend(buf, dest=peer, tag=tag), f"send to rank {peer} (tag {tag})")
 
     def recv(self, buf, peer, tag):
-        self._wait(self.comm.Irecv(buf, source=peer, tag=tag), f"recv from rank {peer} (tag {tag})")
+        status = self.MPI.Status()
+        self._wait(self.comm.Irecv(buf, source=peer, tag=tag), f"recv from rank {peer} (tag {tag})", status)
+        got = status.Get_count(self.MPI.BYTE)
+        if got != buf.nbytes:
+            raise DistError(f"recv from rank {self.ranks[peer]} (tag {tag}): got {got} bytes, expected "
+                            f"{TensorType.of(buf)} ({buf.nbytes} bytes)")
 
     def barrier(self):
         self._wait(self.comm.Ibarrier(), "barrier")
@@ -197,6 +358,7 @@ class NCCLCommunicator(Communicator):
         import cupy
         from cupy.cuda import nccl
         self.cupy, self.nccl = cupy, nccl
+        self.bootstrap = bootstrap
         self.rank = bootstrap.rank if bootstrap else 0
         self.size = bootstrap.size if bootstrap else 1
         self.ranks = tuple(range(self.size))
@@ -209,6 +371,12 @@ class NCCLCommunicator(Communicator):
                        np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.int32): nccl.NCCL_INT32,
                        np.dtype(np.int64): nccl.NCCL_INT64, np.dtype(np.int8): nccl.NCCL_INT8,
                        np.dtype(np.uint8): nccl.NCCL_UINT8}
+
+    def begin(self, site):
+        """Agreement goes over the bootstrap communicator (the same ranks)."""
+        if self.bootstrap is not None:
+            self.bootstrap.begin(site)
+            self.bootstrap._current = None   # NCCL's calls do not wait on it
 
     def _args(self, src, dst):
         stream = self.cupy.cuda.get_current_stream().ptr
@@ -298,10 +466,13 @@ def group_of(ranks: tuple[int, ...]) -> Communicator:
 
 # ----------------------------------------------------------------------------- running one collective op
 
-def run_collective(op: str, attrs: dict, x, out, comm: Communicator | None = None) -> None:
+def run_collective(op: str, attrs: dict, x, out, comm: Communicator | None = None,
+                   site: CallSite | None = None) -> None:
     """Run collective ``op`` (attrs as in ``ops/collective.py``) from ``x`` (None for
-    recv) into ``out``; the one implementation behind compiled code and the reference."""
+    recv) into ``out``; the one implementation behind compiled code and the reference.
+    ``site``: its signature, when the caller keeps it."""
     comm = comm or group_of(tuple(attrs["group"]))
+    comm.begin(site or call_site(op, attrs, TensorType.of(out if x is None else x)))
     if op == "allreduce":
         comm.allreduce(x, out, attrs["op"])
     elif op == "broadcast":
@@ -363,14 +534,17 @@ def _dispatch(desc: bytes, src: int | None, dst: int | None) -> None:
         if d is None:
             j = json.loads(desc)
             t_in = (j["in"][0], tuple(j["in"][1])) if j["in"] else None
-            d = _descriptors[desc] = [j["op"], j["attrs"], t_in, (j["out"][0], tuple(j["out"][1])),
-                                      group_of(tuple(j["attrs"]["group"])), None]
-        op, attrs, t_in, t_out, comm, last = d
+            t_out = (j["out"][0], tuple(j["out"][1]))
+            t = t_in or t_out
+            site = call_site(j["op"], j["attrs"], TensorType(t[1], to_dtype(np.dtype(t[0]))), j.get("site"))
+            d = _descriptors[desc] = [j["op"], j["attrs"], t_in, t_out, group_of(tuple(j["attrs"]["group"])), None,
+                                      site]
+        op, attrs, t_in, t_out, comm, last, site = d
         if last is None or last[0] != src or last[1] != dst:   # workspace buffers keep their address
             x = _view(src, *t_in) if t_in else None
             out = x if (src == dst and t_in == t_out) else _view(dst, *t_out)
             d[5] = last = (src, dst, x, out)
-        run_collective(op, attrs, last[2], last[3], comm)
+        run_collective(op, attrs, last[2], last[3], comm, site)
     except BaseException as e:   # noqa: BLE001 -- re-raised in the caller's thread after the run
         _pending.error = e
 
