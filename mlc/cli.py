@@ -373,9 +373,9 @@ def cmd_tune(args) -> int:
     from .tune.database import TuningDBError
     from .tune.progress import make_progress
     from .tune.report import write_report
-    from .tune.tuner import TuneError, tune
+    from .tune.tuner import TuneError, trial_limit, tune
     target = _target_of(args, "tune")
-    if args.trials < 0:
+    if args.trials is not None and args.trials < 0:
         raise SystemExit("mlc tune: --trials must be >= 0")
     if args.timeout <= 0:
         raise SystemExit(f"mlc tune: --timeout must be > 0 seconds, got {args.timeout:g}")
@@ -395,9 +395,11 @@ def cmd_tune(args) -> int:
     else:
         from .tune.runner import LocalRunner
         runner = LocalRunner(timeout=args.timeout, flush=True)
-    print(f"mlc tune {args.model} for {target}: up to {args.trials} trials"
-          + (f" or {args.time_budget:g} s" if args.time_budget else "") + f", records in {args.db}")
-    progress = make_progress(args.trials, force_lines=args.no_live)
+    limit = trial_limit(args.trials, args.time_budget)   # a time budget alone is not capped by trials
+    budget = [f"{limit} trials"] if limit != float("inf") else []
+    budget += [f"{args.time_budget:g} s"] if args.time_budget else []
+    print(f"mlc tune {args.model} for {target}: up to {' or '.join(budget)}, records in {args.db}")
+    progress = make_progress(limit, force_lines=args.no_live)
     try:
         tuner = tune(graph, target, args.db, args.trials, args.time_budget, runner=runner, progress=progress,
                      opt_level=args.opt_level)
@@ -523,10 +525,11 @@ def main(argv=None) -> int:
     tune = sub.add_parser("tune", help="auto-tune a model's kernels for a target into a tuning database")
     _add_compile_options(tune)
     tune.add_argument("--target", metavar="T", help="host (default), a named target, or a .json file")
-    tune.add_argument("--trials", type=int, default=200, help="measurements to make in this run (default 200)")
+    tune.add_argument("--trials", type=int, help="measurements to make in this run (default 200; no limit when "
+                                                 "only --time-budget is given: it stops at whichever comes first)")
     tune.add_argument("--db", default="tuning.db", metavar="FILE",
                       help="the tuning database (SQLite; created if missing, resumed if not; default tuning.db)")
-    tune.add_argument("--time-budget", type=float, metavar="S", help="stop after S seconds")
+    tune.add_argument("--time-budget", type=float, metavar="S", help="stop after S seconds (alone: the only limit)")
     tune.add_argument("--runner", metavar="SPEC", help="where candidates run: local (default) or rpc://HOST:PORT "
                                                        "(an `mlc rpc-server` on the device)")
     tune.add_argument("--timeout", type=float, default=10.0, help="seconds one measurement may take (default 10)")

@@ -538,3 +538,38 @@ def test_cli_tune_reports_the_model_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("end to end on this machine"))
     assert "default schedules" in line and "with the records" in line and line.endswith("x)")
+
+
+def test_a_time_budget_alone_is_not_capped_by_the_default_trial_count(tmp_path, monkeypatch):
+    from mlc.tune import tuner as tuner_module
+    from mlc.tune.tuner import DEFAULT_TRIALS, TuneError, trial_limit
+    assert trial_limit(None, None) == DEFAULT_TRIALS == 200
+    assert trial_limit(None, 30.0) == float("inf")     # the time is the limit
+    assert trial_limit(50, 30.0) == 50                   # both: whichever comes first
+    assert trial_limit(50, None) == 50
+    # what `mlc tune` hands the tuner, and what it announces, without tuning anything
+    seen = []
+
+    def planned(graph, target, db, trials, time_budget, **kw):
+        seen.append((trials, time_budget))
+        raise TuneError("planned only")
+
+    monkeypatch.setattr(tuner_module, "tune", planned)
+    db = str(tmp_path / "t.db")
+    for argv, plan, line in [(["--time-budget", "30"], (None, 30.0), "up to 30 s,"),
+                             (["--time-budget", "30", "--trials", "7"], (7, 30.0), "up to 7 trials or 30 s,"),
+                             ([], (None, None), "up to 200 trials,")]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit, match="mlc tune: planned only"):
+            main(["tune", "gelu", "--db", db, "--no-live", *argv])
+        assert seen.pop() == plan and line in out.getvalue(), out.getvalue()
+
+
+def test_progress_line_without_a_trial_limit():
+    from mlc.tune.progress import summary_line
+
+    class T:
+        trials, started, default_latency, estimated_latency = 12, time.monotonic(), 2e-3, 1e-3
+
+    assert summary_line(T, float("inf")).startswith("trials 12  ")
+    assert summary_line(T, 200).startswith("trials 12/200  ")

@@ -2,6 +2,7 @@
 line per round otherwise (logs, CI)."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -12,10 +13,12 @@ def _us(t: float | None) -> str:
     return f"{t * 1e6:,.1f} us" if t < 1e-2 else f"{t * 1e3:,.2f} ms"
 
 
-def summary_line(tuner, total: int) -> str:
+def summary_line(tuner, total: float) -> str:
+    """``total``: the trial limit (``math.inf`` when a time budget alone limits the run)."""
     elapsed = time.monotonic() - tuner.started
     speed = tuner.default_latency / tuner.estimated_latency if tuner.estimated_latency else 1.0
-    return (f"trials {tuner.trials}/{total}  {elapsed:6.1f} s  estimated latency {_us(tuner.estimated_latency)} "
+    of = "" if total == math.inf else f"/{total}"
+    return (f"trials {tuner.trials}{of}  {elapsed:6.1f} s  estimated latency {_us(tuner.estimated_latency)} "
             f"(default {_us(tuner.default_latency)}, {speed:.2f}x)")
 
 

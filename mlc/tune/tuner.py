@@ -20,6 +20,7 @@ One tuning job:
 """
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -41,6 +42,15 @@ EXPLORE = 0.25            # share of each batch picked at random
 MIN_TRAIN = 8             # measurements before the cost model is trusted
 CONFIRM = 3               # fastest schedules per task measured again at the end
 RESUME_TRAIN = 24         # stored measurements per task the cost model retrains on when resuming
+DEFAULT_TRIALS = 200      # the trial limit when neither trials nor a time budget is given
+
+
+def trial_limit(trials: int | None, time_budget: float | None) -> float:
+    """The measurements a run may make: ``trials`` when given; no limit when only a
+    time budget is (the time is the limit); DEFAULT_TRIALS when neither is."""
+    if trials is not None:
+        return trials
+    return math.inf if time_budget is not None else DEFAULT_TRIALS
 
 
 class TuneError(RuntimeError):
@@ -344,10 +354,10 @@ class Tuner:
         return chosen
 
     # ------------------------------------------------------------------ the loop
-    def run(self, trials: int, time_budget: float | None = None) -> None:
-        """Measure until ``trials`` measurements were made in this run, the time budget
-        (seconds) is spent, the space is exhausted, or Ctrl-C (then it stops cleanly:
-        everything measured is in the database already)."""
+    def run(self, trials: float, time_budget: float | None = None) -> None:
+        """Measure until ``trials`` measurements were made in this run (``math.inf``: no
+        limit), the time budget (seconds) is spent, the space is exhausted, or Ctrl-C
+        (then it stops cleanly: everything measured is in the database already)."""
         deadline = None if time_budget is None else self.started + time_budget
         out_of_time = lambda: deadline is not None and time.monotonic() >= deadline
         reserve = min(CONFIRM * len(self.tasks), trials // 5)     # measurements kept for confirming
@@ -403,10 +413,12 @@ class Tuner:
                 return
 
 
-def tune(graph, target="host", db="tuning.db", trials: int = 200, time_budget: float | None = None,
+def tune(graph, target="host", db="tuning.db", trials: int | None = None, time_budget: float | None = None,
          runner=None, progress=None, opt_level: int = 2, seed: int = 0) -> Tuner:
     """Tune a model (a Graph) for ``target`` into the database at ``db``; resumes from
-    whatever that database holds. Returns the Tuner (tasks, best times, trials)."""
+    whatever that database holds. Stops after ``trials`` measurements or ``time_budget``
+    seconds, whichever comes first (``trial_limit``: a time budget alone is not capped
+    by a trial count). Returns the Tuner (tasks, best times, trials)."""
     from .rpc import runner_from_spec
     target = Target.get(target)
     own_runner = runner is None or isinstance(runner, str)
@@ -414,7 +426,7 @@ def tune(graph, target="host", db="tuning.db", trials: int = 200, time_budget: f
     database = db if isinstance(db, TuningDB) else TuningDB(db)
     try:
         tuner = Tuner(extract_tasks(graph, target, opt_level), target, database, runner, seed, progress)
-        tuner.run(trials, time_budget)
+        tuner.run(trial_limit(trials, time_budget), time_budget)
         return tuner
     finally:
         if own_runner:
