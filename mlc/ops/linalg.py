@@ -33,12 +33,14 @@ def _lower(ins, outs):
     acc = float32 if o.dtype.is_float and o.dtype.bits < 32 else o.dtype
     nb = len(batch)
 
-    def operand_index(t, full_shape, bidx, row, col):
-        # batch dims broadcast (size-1 reads index 0); a 1-D operand drops its unit dim
+    def operand_index(t, full_shape, bidx, row, col, left):
+        # batch dims broadcast (size-1 reads index 0); a 1-D operand drops its unit dim:
+        # the left one keeps its column, the right one its row (``x @ x`` passes one
+        # tensor as both, so the side is given, not found by identity)
         tb = full_shape[:-2]
         lead = [Const(0) if n == 1 else i for n, i in zip(tb, bidx[nb - len(tb):])] if tb else []
         if len(t.shape) == 1:
-            return lead + [col if t is a else row]
+            return lead + [col if left else row]
         return lead + [row, col]
 
     def fn(*idx):
@@ -46,8 +48,8 @@ def _lower(ins, outs):
         rest = list(idx[nb:])
         i = rest.pop(0) if a.type.rank > 1 else Const(0)
         j = rest.pop(0) if b.type.rank > 1 else Const(0)
-        return reduce("sum", [K], lambda k: cast(acc, a[tuple(operand_index(a, sa, bidx, i, k))])
-                      * cast(acc, b[tuple(operand_index(b, sb, bidx, k, j))]))
+        return reduce("sum", [K], lambda k: cast(acc, a[tuple(operand_index(a, sa, bidx, i, k, True))])
+                      * cast(acc, b[tuple(operand_index(b, sb, bidx, k, j, False))]))
 
     stage = compute(o.shape, fn)
     if acc is not o.dtype:
