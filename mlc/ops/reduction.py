@@ -77,7 +77,9 @@ def blocked_reduce_stages(x, axes, combiner, acc_dtype) -> list[Compute]:
         return x[tuple(idx)]
 
     stages: list[Compute] = []
-    stages.append(_reduce_tree(read_x, out_shape, [x.shape[d] for d in axes], combiner, acc_dtype, block, stages))
+    out_inner = bool(out_shape) and axes[-1] != len(x.shape) - 1
+    stages.append(_reduce_tree(read_x, out_shape, [x.shape[d] for d in axes], combiner, acc_dtype, block,
+                               out_inner, stages))
     return stages
 
 
@@ -86,10 +88,10 @@ def _combine(combiner, a, b):
             "min": lambda: E.minimum(a, b)}[combiner]()
 
 
-def _reduce_tree(read, out_shape, extents, combiner, acc, block, stages) -> Compute:
+def _reduce_tree(read, out_shape, extents, combiner, acc, block, out_inner, stages) -> Compute:
     """One level of ``blocked_reduce_stages``: appends the stages it needs to ``stages``
-    and returns the stage holding the reduction of ``read(out_index, red_index)``."""
-    n_out = len(out_shape)
+    and returns the stage holding the reduction of ``read(out_index, red_index)``;
+    ``out_inner``: the output axes vary fastest in the source's memory."""
     total = int(np.prod(extents, dtype=np.int64))
 
     if total <= block:
@@ -103,18 +105,24 @@ def _reduce_tree(read, out_shape, extents, combiner, acc, block, stages) -> Comp
     q, tail = divmod(extents[j], f)
     outer, rest = extents[:j], extents[j + 1:]
 
-    def read_block(o, r):                 # r: the outer axes, the block; then the row in it and the rest
-        *p, b = o[n_out:]
-        return read(o[:n_out], (*p, b * f + r[0], *r[1:]))
+    # The partial results keep the source's order: partial[outer..., block, out...] when the
+    # output axes are the innermost of the source (column sums read whole rows and vectorize
+    # along them), else partial[out..., outer..., block] (each block streams through memory).
+    n = len(out_shape)
 
-    partial = compute(out_shape + outer + [q], lambda *o: reduce(combiner, [f] + rest, lambda *r: cast(
-        acc, read_block(o, r))), "P")
+    def read_block(i, r):                 # r: the row in the block, then the rest of the axes
+        o, (*p, b) = (i[j + 1:], i[:j + 1]) if out_inner else (i[:n], i[n:])
+        return read(o, (*p, b * f + r[0], *r[1:]))
+
+    shape = outer + [q] + out_shape if out_inner else out_shape + outer + [q]
+    partial = compute(shape, lambda *i: reduce(combiner, [f] + rest, lambda *r: cast(acc, read_block(i, r))), "P")
     stages.append(partial)
-    result = _reduce_tree(lambda o, r: partial[(*o, *r)], out_shape, outer + [q], combiner, acc, block, stages)
+    result = _reduce_tree((lambda o, r: partial[(*r, *o)]) if out_inner else (lambda o, r: partial[(*o, *r)]),
+                          out_shape, outer + [q], combiner, acc, block, out_inner, stages)
     if tail:   # the rows of axis j after the last whole block
         stages.append(result)
         rest_result = _reduce_tree(lambda o, r: read(o, (*r[:j], q * f + r[j], *r[j + 1:])), out_shape,
-                                   outer + [tail] + rest, combiner, acc, block, stages)
+                                   outer + [tail] + rest, combiner, acc, block, out_inner, stages)
         stages.append(rest_result)
         result = compute(out_shape, lambda *o: _combine(combiner, result[o], rest_result[o]), "T")
     return result
