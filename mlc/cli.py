@@ -183,12 +183,26 @@ def cmd_run(args) -> int:
 
 def _load_onnx(path: str, shapes, command: str):
     """(the ONNX model, its Graph); an import error ends the command with its message."""
-    from .frontend.onnx import OnnxImportError, from_onnx, load_model
+    from .frontend.onnx import OnnxImportError, SymbolicShapeError, from_onnx, load_model
+    overrides = _shape_overrides(shapes, command)
     try:
         model = load_model(path)
-        return model, from_onnx(model, input_shapes=_shape_overrides(shapes))
+        return model, from_onnx(model, input_shapes=overrides)
+    except SymbolicShapeError as e:
+        raise SystemExit(f"mlc {command}: {_static_shape_hint(e.input_name, e.dims)}")
     except OnnxImportError as e:
         raise SystemExit(f"mlc {command}: {e}")
+
+
+def _static_shape_hint(name: str, dims: list | None) -> str:
+    """What to type for an input without a static shape: --shape with the declared
+    shape, 1 for each symbolic dimension."""
+    if dims is None:
+        return f"input {name!r} declares no shape; give a static shape with --shape {name}=D0,D1,..."
+    symbolic = [d for d in dims if not isinstance(d, int)]
+    example = ",".join(str(d) if isinstance(d, int) else "1" for d in dims)
+    return (f"input {name!r} has symbolic dimension{'s' if len(symbolic) > 1 else ''} "
+            f"{', '.join(map(repr, symbolic))}; give a static shape with --shape {name}={example}")
 
 
 def _load_graph(spec: str, shapes, command: str):
@@ -462,14 +476,17 @@ def _add_compile_options(p) -> None:
     p.add_argument("--verify", action="store_true", help="run the IR verifier after every pass")
 
 
-def _shape_overrides(specs):
+def _shape_overrides(specs, command: str = "run"):
+    """--shape NAME=D0,D1,... options as {name: dims}."""
     shapes = {}
     for spec in specs or []:
         name, _, dims = spec.partition("=")
         try:
             shapes[name] = tuple(int(d) for d in dims.split(","))
         except ValueError:
-            raise SystemExit(f"mlc run: --shape takes name=d0,d1,..., got {spec!r}")
+            shapes[name] = None
+        if not name or shapes[name] is None or any(d < 0 for d in shapes[name]):
+            raise SystemExit(f"mlc {command}: --shape takes NAME=D0,D1,... (sizes >= 0), got {spec!r}")
     return shapes
 
 

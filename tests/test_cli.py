@@ -92,3 +92,36 @@ def test_run_reports_unsupported_ops_in_one_message(tmp_path):
     r = run("run", str(tmp_path / "m.onnx"), "--random-inputs")
     assert r.returncode == 1
     assert "2 op type(s) mlc does not support: Bar (domain ai.onnx, opset 17; 1 node), Foo" in r.stderr
+
+
+def test_symbolic_input_shape_names_the_shape_option(tmp_path):
+    import numpy as np
+    import onnx
+    import pytest
+    from onnx import TensorProto, helper
+
+    from mlc.cli import main
+
+    def save(name, dims):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / name)
+        return str(tmp_path / name)
+
+    sym = save("sym.onnx", ["N", 3, 224, 224])
+    with pytest.raises(SystemExit, match=r"^mlc compile: input 'x' has symbolic dimension 'N'; give a static "
+                                         r"shape with --shape x=1,3,224,224$"):
+        main(["compile", sym, "-o", str(tmp_path / "m.so")])
+    with pytest.raises(SystemExit, match=r"^mlc run: input 'x' has symbolic dimensions 'B', 'T'; give a static "
+                                         r"shape with --shape x=1,1,8$"):
+        main(["run", save("two.onnx", ["B", "T", 8]), "--random-inputs"])
+    with pytest.raises(SystemExit, match=r"input 'x' declares no shape; give a static shape with --shape "
+                                         r"x=D0,D1,\.\.\."):
+        main(["compile", save("none.onnx", None)])
+    with pytest.raises(SystemExit, match=r"^mlc compile: --shape takes NAME=D0,D1,\.\.\. \(sizes >= 0\), got "
+                                         r"'x=-1,3'$"):
+        main(["compile", sym, "--shape", "x=-1,3"])
+    # the suggested option works
+    np.save(tmp_path / "x.npy", np.full((1, 3, 2, 2), -1.0, np.float32))
+    assert main(["run", sym, "--shape", "x=1,3,2,2", "--input", f"x={tmp_path / 'x.npy'}"]) == 0

@@ -35,6 +35,15 @@ class OnnxImportError(Exception):
     pass
 
 
+class SymbolicShapeError(OnnxImportError):
+    """An input whose declared shape is not static: ``dims`` (None: no shape declared)
+    holds ints and the names of symbolic dimensions."""
+
+    def __init__(self, message: str, input_name: str, dims: list | None):
+        super().__init__(message)
+        self.input_name, self.dims = input_name, dims
+
+
 MIN_OPSET = 7
 
 # Constants computed at import time (ConstantOfShape, Range, ops on constants) become
@@ -958,8 +967,8 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
         if vi.name in input_shapes:
             dims = list(input_shapes.pop(vi.name))
         if dims is None or any(not isinstance(d, int) for d in dims):
-            raise OnnxImportError(f"input {vi.name!r} has shape {dims}, which is not static; pass "
-                                  f"input_shapes={{{vi.name!r}: (...)}}")
+            raise SymbolicShapeError(f"input {vi.name!r} has shape {dims}, which is not static; pass "
+                                     f"input_shapes={{{vi.name!r}: (...)}}", vi.name, dims)
         if dtype is None:
             raise OnnxImportError(f"input {vi.name!r} declares no element type")
         try:
