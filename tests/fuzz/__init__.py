@@ -34,4 +34,5 @@ class FuzzResult:
 # module name -> iterations in the CI slice (each slice runs in seconds)
 FUZZERS: dict[str, int] = {}
 FUZZERS["programs"] = 120
-FUZZERS["libraries"] = 300
+FUZZERS["libraries"] = 500
+FUZZERS["cache_entries"] = 400
