@@ -262,3 +262,45 @@ def test_mlc_run_prints_one_line_for_a_bad_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", str(path), "--random-inputs"])
     assert str(e.value) == "mlc run: graph output 'z' is computed by no node and is no input or initializer"
+
+
+def test_axes_out_of_range_are_refused_not_wrapped():
+    # Flatten's axis 2**31 on a rank-3 input used to wrap around (to 2: shape [6, 4])
+    m = model([helper.make_node("Flatten", ["x"], ["y"], axis=2 ** 31)], [vi("x", [2, 3, 4])], [vi("y", None)])
+    with pytest.raises(OnnxImportError, match=r"\(Flatten\): Flatten's axis 2147483648 is out of range for rank 3"):
+        from_onnx(m)
+    m = model([helper.make_node("Flatten", ["x"], ["y"], axis=3)], [vi("x", [2, 3, 4])], [vi("y", None)])
+    assert from_onnx(m).outputs[0].shape == (24, 1)   # axis == rank is allowed
+    axes = numpy_helper.from_array(np.array([3], np.int64), "axes")
+    m = model([helper.make_node("ReduceMax", ["x", "axes"], ["y"])], [vi("x", [0, 3])], [vi("y", None)], [axes],
+              opset=18)
+    with pytest.raises(OnnxImportError, match=r"ReduceMax's axis 3 is out of range for rank 2"):
+        from_onnx(m)
+
+
+def test_input_types_are_checked_against_the_op_schema():
+    # mlc's add promotes f32 + f64; ONNX (and ONNX Runtime) take one type for both
+    m = model([helper.make_node("Add", ["x", "z"], ["y"])], [vi("x", [2]), vi("z", [2], TensorProto.DOUBLE)],
+              [vi("y", None)])
+    with pytest.raises(OnnxImportError, match=r"node 0 '' \(Add\): input 1 \(B\) is a tensor\(double\) but input 0 "
+                                              r"is a tensor\(float\); the op takes one type for both"):
+        from_onnx(m)
+    m = model([helper.make_node("Sqrt", ["x"], ["y"])], [vi("x", [2], TensorProto.BOOL)], [vi("y", None)])
+    with pytest.raises(OnnxImportError, match=r"input 0 \(X\) is a tensor\(bool\), which the op does not take"):
+        from_onnx(m)
+    m = model([helper.make_node("Slice", ["", "s", "s"], ["y"])], [vi("x", [2])], [vi("y", None)],
+              [numpy_helper.from_array(np.array([0], np.int64), "s")])
+    with pytest.raises(OnnxImportError, match=r"\(Slice\): input 0 \(data\) is required but not given"):
+        from_onnx(m)
+
+
+def test_dropout_in_training_mode_is_refused():
+    # it used to run as the identity, where the reference drops elements at random
+    training = numpy_helper.from_array(np.array(True), "t")
+    ratio = numpy_helper.from_array(np.array(0.5, np.float32), "r")
+    m = model([helper.make_node("Dropout", ["x", "r", "t"], ["y"])], [vi("x", [4])], [vi("y", [4])], [ratio, training])
+    with pytest.raises(OnnxImportError, match=r"Dropout in training mode \(random\) is not supported"):
+        from_onnx(m)
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array(False), "t"))
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(mlc.compile(from_onnx(m))(x), x)

@@ -219,7 +219,18 @@ def _shape(v) -> tuple[int, ...]:
 
 
 def _ints(v, what) -> list[int]:
-    return [int(x) for x in _const(v, what).reshape(-1)]
+    a = _const(v, what)
+    if a.dtype.kind not in "iub":   # ONNX gives shapes, axes and counts as integer tensors
+        raise OnnxImportError(f"{what} must be an integer tensor, got {a.dtype}")
+    return [int(x) for x in a.reshape(-1)]
+
+
+def _axis(a: int, rank: int, what: str, end: bool = False) -> int:
+    """An axis in [-rank, rank) (or [-rank, rank] with ``end``), made non-negative; ONNX
+    Runtime refuses others, and wrapping them around would compute something else."""
+    if not -rank <= a < rank + end:
+        raise OnnxImportError(f"{what} {a} is out of range for rank {rank}")
+    return a + rank if a < 0 else a
 
 
 CONVERTERS: dict[str, Callable] = {}
@@ -303,8 +314,10 @@ def _identity(n, x):
 
 
 @converter("Dropout")
-def _dropout(n, x, *rest):
+def _dropout(n, x, ratio=None, training_mode=None):
     """Inference: the identity, and a mask of all true."""
+    if training_mode is not None and _const(training_mode, "Dropout's training_mode").reshape(-1).any():
+        raise OnnxImportError("Dropout in training mode (random) is not supported")
     if len(n.proto.output) < 2 or not n.proto.output[1]:
         return x
     return x, op("broadcast_to", np.array(True), shape=_shape(x))
@@ -458,7 +471,7 @@ def _reshape(n, x, shape=None):
 @converter("Flatten")
 def _flatten(n, x):
     shape = _shape(x)
-    axis = n.attr("axis", 1) % max(len(shape), 1) if len(shape) else 0
+    axis = _axis(n.attr("axis", 1), len(shape), "Flatten's axis", end=True)
     outer = int(np.prod(shape[:axis], dtype=np.int64))
     return op("reshape", x, shape=(outer, int(np.prod(shape[axis:], dtype=np.int64))))
 
@@ -508,7 +521,7 @@ def _slice(n, x, starts=None, ends=None, axes=None, steps=None):
         ax = _ints(axes, "Slice's axes") if axes is not None else None
         sp = _ints(steps, "Slice's steps") if steps is not None else None
     rank = len(_shape(x))
-    ax = [a % rank for a in ax] if ax is not None else list(range(len(st)))
+    ax = [_axis(a, rank, "Slice's axis") for a in ax] if ax is not None else list(range(len(st)))
     sp = sp or [1] * len(st)
     begin, end, step = [0] * rank, [None] * rank, [1] * rank
     for a, b, e, s in zip(ax, st, en, sp):
@@ -548,7 +561,7 @@ def _reduce(n, x, axes=None):
         return op("log", op("sum", op("exp", x), axis=ax, keepdims=keep))
     fn = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}[kind]
     shape = _shape(x)
-    reduced = range(len(shape)) if ax is None else [a % len(shape) for a in ax]
+    reduced = range(len(shape)) if ax is None else [_axis(a, len(shape), f"{kind}'s axis") for a in ax]
     if fn in ("max", "min") and any(shape[a] == 0 for a in reduced):
         # ONNX defines the empty max/min as the lowest/highest value of the type
         dt = np.dtype(x.dtype)
@@ -557,6 +570,7 @@ def _reduce(n, x, axes=None):
             ((fn == "min") if info is None else (info.min if fn == "max" else info.max))
         out_shape = [1 if a in reduced else d for a, d in enumerate(shape)] if keep else \
             [d for a, d in enumerate(shape) if a not in reduced]
+        _check_folded("its result", out_shape, dt)
         return np.full(out_shape, value, dtype=dt)
     out = op(fn, x, axis=ax, keepdims=keep)
     return op("cast", out, dtype=x.dtype) if out.dtype != x.dtype else out   # ONNX keeps the input dtype
@@ -569,7 +583,7 @@ def _softmax(n, x):
     if n.opset >= 13:
         return op(name, x, axis=n.attr("axis", -1))
     # before opset 13 the input is viewed as 2-D: [prod(shape[:axis]), prod(shape[axis:])]
-    axis = n.attr("axis", 1) % max(len(shape), 1)
+    axis = _axis(n.attr("axis", 1), len(shape), f"{n.op_type}'s axis")
     flat = op("reshape", x, shape=(int(np.prod(shape[:axis], dtype=np.int64)), -1))
     return op("reshape", op(name, flat, axis=1), shape=shape)
 
@@ -678,7 +692,7 @@ def _layer_norm(n, x, scale, bias=None):
         return y
     # the optional Mean and InvStdDev outputs, over the normalized axes, kept as size 1
     rank = len(_shape(x))
-    axes = tuple(range(axis % rank, rank))
+    axes = tuple(range(_axis(axis, rank, "LayerNormalization's axis"), rank))
     xf = op("cast", x, dtype="float32") if np.dtype(x.dtype) != np.float32 else x
     mean = op("mean", xf, axis=axes, keepdims=True)
     centered = op("sub", xf, mean)
@@ -711,7 +725,7 @@ def _pad(n, x, pads=None, value=None, axes=None):
         v = _const(value, "Pad's constant value").item() if value is not None else 0
     if axes is not None:   # pads only for these axes: spread over all of them
         rank = len(_shape(x))
-        ax = [a % rank for a in _ints(axes, "Pad's axes")]
+        ax = [_axis(a, rank, "Pad's axis") for a in _ints(axes, "Pad's axes")]
         full = [0] * (2 * rank)
         for k, a in enumerate(ax):
             full[a], full[a + rank] = p[k], p[k + len(ax)]
@@ -844,11 +858,12 @@ def _node_label(i: int, node) -> str:
     return f"node {i} {node.name!r} ({node.op_type})"
 
 
-def _check_graph(graph, opset: int) -> None:
+def _check_graph(graph, opset: int) -> list:
     """What onnx.checker and ONNX Runtime refuse, refused before import: a name given
     twice, a value written by two nodes (one would silently win), a graph output
-    that nothing computes, nodes that do not fit their op's schema."""
-    inputs, inits, produced = set(), set(), {}
+    that nothing computes, nodes that do not fit their op's schema. Returns each
+    node's schema."""
+    inputs, inits, produced, schemas = set(), set(), {}, []
     for vi in graph.input:
         if vi.name in inputs:
             raise OnnxImportError(f"the graph input {vi.name!r} is listed twice")
@@ -858,7 +873,7 @@ def _check_graph(graph, opset: int) -> None:
             raise OnnxImportError(f"the initializer {t.name!r} is listed twice")
         inits.add(t.name)
     for i, node in enumerate(graph.node):
-        _check_schema(node, opset, _node_label(i, node))
+        schemas.append(_check_schema(node, opset, _node_label(i, node)))
         for o in node.output:
             if o in produced:
                 raise OnnxImportError(f"{_node_label(i, node)} writes {o!r}, which {produced[o]} writes too "
@@ -870,13 +885,14 @@ def _check_graph(graph, opset: int) -> None:
     for vi in graph.output:
         if vi.name not in produced and vi.name not in inputs and vi.name not in inits:
             raise OnnxImportError(f"graph output {vi.name!r} is computed by no node and is no input or initializer")
+    return schemas
 
 
 def _count(lo: int, hi: int, what: str) -> str:
     return f"{lo} {what}" if lo == hi else (f"at least {lo} {what}" if hi >= 2 ** 31 - 1 else f"{lo} to {hi} {what}")
 
 
-def _check_schema(node, opset: int, label: str) -> None:
+def _check_schema(node, opset: int, label: str):
     """The node's input and output counts and its attributes' names and types, against
     the op's definition at the model's opset."""
     from onnx import AttributeProto, defs
@@ -887,6 +903,11 @@ def _check_schema(node, opset: int, label: str) -> None:
     if not schema.min_input <= len(node.input) <= schema.max_input:
         raise OnnxImportError(f"{label}: has {len(node.input)} inputs, {node.op_type} takes "
                               f"{_count(schema.min_input, schema.max_input, 'inputs')}")
+    optional = defs.OpSchema.FormalParameterOption.Optional
+    for k, name in enumerate(node.input):
+        formal = schema.inputs[min(k, len(schema.inputs) - 1)]
+        if not name and formal.option != optional:
+            raise OnnxImportError(f"{label}: input {k} ({formal.name}) is required but not given")
     if not schema.min_output <= len(node.output) <= schema.max_output:
         raise OnnxImportError(f"{label}: has {len(node.output)} outputs, {node.op_type} has "
                               f"{_count(schema.min_output, schema.max_output, 'outputs')}")
@@ -908,6 +929,36 @@ def _check_schema(node, opset: int, label: str) -> None:
     missing = [k for k, spec in schema.attributes.items() if spec.required and k not in given]
     if missing:
         raise OnnxImportError(f"{label}: missing required attribute(s) {', '.join(missing)}")
+    return schema
+
+
+def _onnx_type(dtype) -> str:
+    from onnx import TensorProto, helper
+    try:
+        return f"tensor({TensorProto.DataType.Name(helper.np_dtype_to_tensor_dtype(np.dtype(dtype))).lower()})"
+    except (KeyError, TypeError, ValueError):
+        return f"tensor({dtype})"
+
+
+def _check_input_types(label: str, schema, args) -> None:
+    """Each input's element type among those its op allows, and inputs that share a type
+    variable of one type: ONNX Runtime refuses a model that mixes them, which mlc's
+    ops would otherwise promote."""
+    allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    bound: dict = {}
+    for k, a in enumerate(args):
+        if a is None:
+            continue
+        formal = schema.inputs[min(k, len(schema.inputs) - 1)]
+        t = _onnx_type(a.dtype)
+        if t not in allowed.get(formal.type_str, [formal.type_str]):
+            raise OnnxImportError(f"{label}: input {k} ({formal.name}) is a {t}, which the op does not take "
+                                  f"(it takes {', '.join(allowed.get(formal.type_str, [formal.type_str]))})")
+        if formal.type_str in allowed:
+            first = bound.setdefault(formal.type_str, (k, t))
+            if first[1] != t:
+                raise OnnxImportError(f"{label}: input {k} ({formal.name}) is a {t} but input {first[0]} is a "
+                                      f"{first[1]}; the op takes one type for both")
 
 
 def _check_result(label: str, name: str, r) -> None:
@@ -948,7 +999,7 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
         listing = ", ".join(f"{t} (domain {d}, opset {v}; {c} node{'s' * (c > 1)})"
                             for (t, d, v), c in sorted(unsupported.items()))
         raise OnnxImportError(f"the model uses {len(unsupported)} op type(s) mlc does not support: {listing}")
-    _check_graph(graph, opset)
+    schemas = _check_graph(graph, opset)
 
     from onnx import numpy_helper
     weights = {}
@@ -992,6 +1043,7 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
                 args = [env[x] for x in node.input]
             except KeyError as e:
                 raise OnnxImportError(f"{label} uses {e.args[0]!r}, which no earlier node or input defines") from None
+            _check_input_types(label, schemas[i], args)
             while args and args[-1] is None:
                 args.pop()
             # The node's attributes and inputs are whatever the file says: an error they cause in

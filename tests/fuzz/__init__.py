@@ -36,3 +36,4 @@ FUZZERS: dict[str, int] = {}
 FUZZERS["programs"] = 120
 FUZZERS["libraries"] = 500
 FUZZERS["cache_entries"] = 400
+FUZZERS["onnx_files"] = 1000
