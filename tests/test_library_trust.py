@@ -10,7 +10,9 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -90,6 +92,39 @@ def test_loader_maps_a_private_copy_and_leaves_none_behind(lib, tmp_path):
     with pytest.raises(LibraryError, match="not an mlc model library"):
         mlc.load(path)
     assert os.listdir(folder) == []
+
+
+def test_concurrent_loads_each_get_their_own_library(lib, tmp_path):
+    other = tmp_path / "other.so"
+    mlc.compile(lambda x: x * 3.0, X).export(other)
+    errors, barrier = [], threading.Barrier(6)
+
+    def work(k):
+        barrier.wait()
+        for _ in range(5):
+            m = mlc.load(lib if k % 2 else other)
+            want = expected(X) if k % 2 else X * 3
+            if not np.allclose(m(X), want, rtol=1e-5, atol=1e-5):
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and os.listdir(library._private_dir()) == []
+
+
+def test_private_folder_is_removed_when_the_process_exits(lib, tmp_path):
+    r = _run_python(f"""
+        import mlc
+        from mlc.runtime import library
+        mlc.load({str(lib)!r})
+        print(library._private_dir())
+    """, tmp_path)
+    assert r.returncode == 0, r.stderr
+    folder = r.stdout.strip()
+    assert folder.startswith(tempfile.gettempdir()) and not os.path.exists(folder)
 
 
 def _parts(path):

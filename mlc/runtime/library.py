@@ -243,7 +243,9 @@ class _LibraryCode:
         try:
             lib = ctypes.CDLL(file, mode=os.RTLD_LOCAL | os.RTLD_NOW)
         except OSError as e:
-            raise LibraryError(f"cannot load model library {path}: {str(e).replace(file, path)}") from None
+            hint = (" (the private copy is in $TMPDIR, which must allow executable mappings: is it mounted noexec?)"
+                    if "failed to map segment" in str(e) else "")
+            raise LibraryError(f"cannot load model library {path}: {str(e).replace(file, path)}{hint}") from None
         fns = {}
         for name, res, args in _API:
             try:
