@@ -11,12 +11,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench fuzz clean
 demo: $(STAMP)
 	$(VENV)/bin/mlc demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# the fuzzers' long run (tests/fuzz): every fuzzer, 2000 iterations each
+fuzz: $(STAMP)
+	cd tests && ../$(PY) -m fuzz --iterations 2000
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_spine.py

@@ -37,3 +37,4 @@ FUZZERS["programs"] = 120
 FUZZERS["libraries"] = 500
 FUZZERS["cache_entries"] = 400
 FUZZERS["onnx_files"] = 1000
+FUZZERS["gradients"] = 40
