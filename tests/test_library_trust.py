@@ -91,6 +91,8 @@ def test_loader_maps_a_private_copy_and_leaves_none_behind(lib, tmp_path):
     np.testing.assert_allclose(m(X), expected(X), rtol=1e-5, atol=1e-5)
     with pytest.raises(LibraryError, match="not an mlc model library"):
         mlc.load(path)
+    with pytest.raises(LibraryError, match="/dev/zero: not a regular file"):   # copied, it would never end
+        mlc.load("/dev/zero")
     assert os.listdir(folder) == []
 
 

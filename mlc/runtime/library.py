@@ -28,6 +28,7 @@ import json
 import mmap
 import os
 import shutil
+import stat
 import struct
 import tempfile
 import threading
@@ -80,6 +81,14 @@ def _private_dir() -> str:
         return _PRIVATE[1]
 
 
+def _new_locks() -> None:   # a child forked while a thread held one starts with it free
+    global _LOCK, _DIR_LOCK
+    _LOCK, _DIR_LOCK = threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks)
+
+
 def _remove_private_dir(pid: int, folder: str) -> None:
     if os.getpid() == pid:
         shutil.rmtree(folder, ignore_errors=True)
@@ -110,6 +119,8 @@ def _private_copy(path: str, what: str = "model library"):
             except OSError as e:
                 raise LibraryError(f"cannot open {what} {path}: {e.strerror}") from None
             with src:
+                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):   # a FIFO or a device would never end
+                    raise LibraryError(f"{path}: not a regular file")
                 shutil.copyfileobj(src, dst, 1 << 22)
         with open(tmp, "rb") as f:
             if os.fstat(f.fileno()).st_size:
