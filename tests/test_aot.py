@@ -576,12 +576,15 @@ def test_two_prefixed_models_link_into_one_c_program(tmp_path, capsys):
 #include "a.h"
 #include "b.h"
 static float xa[8][64], ya[8][10], xb[{n_b}], yb[{n_b}];
-int main(void) {{
+int main(int argc, char **argv) {{
     mlc_model *a, *b;
+    FILE *f;
     int64_t sxa[] = CLS_MODEL_INPUT_0_SHAPE, sya[] = CLS_MODEL_OUTPUT_0_SHAPE;
     int64_t sxb[] = GELU_NET_MODEL_INPUT_0_SHAPE, syb[] = GELU_NET_MODEL_OUTPUT_0_SHAPE;
     for (int i = 0; i < 8 * 64; i++) xa[i / 64][i % 64] = (float)(i % 7) / 7.0f - 0.5f;
     for (int i = 0; i < {n_b}; i++) xb[i] = (float)(i % 5) / 5.0f - 0.4f;
+    if (argc != 2 || !(f = fopen(argv[1], "wb"))) return 3;   /* the inputs, for the test to compare */
+    if (fwrite(xa, sizeof xa, 1, f) != 1 || fwrite(xb, sizeof xb, 1, f) != 1 || fclose(f)) return 4;
     if (cls_model_create(NULL, 0, &a) || gelu_net_model_create(NULL, 0, &b)) return 1;
     mlc_tensor ia = {{xa, sizeof xa, MLC_FLOAT32, 2, sxa}}, oa = {{ya, sizeof ya, MLC_FLOAT32, 2, sya}};
     mlc_tensor ib = {{xb, sizeof xb, MLC_FLOAT32, GELU_NET_MODEL_INPUT_0_NDIM, sxb}};
@@ -597,11 +600,14 @@ int main(void) {{
     r = subprocess.run([CC, "-O2", "-Wall", "-Wextra", "-Werror", str(src), f"-I{tmp_path}", str(tmp_path / "a.so"),
                         str(tmp_path / "b.so"), "-Wl,-rpath,$ORIGIN", "-o", str(exe)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([str(exe)], capture_output=True, text=True)
+    r = subprocess.run([str(exe), str(tmp_path / "inputs.bin")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     name_a, name_b, va, vb = r.stdout.split()
-    xa = np.array([[(i * 64 + j) % 7 / 7 - 0.5 for j in range(64)] for i in range(8)], np.float32)
-    xb = (np.arange(n_b) % 5 / 5 - 0.4).astype(np.float32).reshape(gelu_meta["inputs"][0]["shape"])
+    # the C program's inputs, computed as it computes them: in float, not in double
+    f32 = np.float32
+    xa = ((np.arange(8 * 64) % 7).astype(f32) / f32(7) - f32(0.5)).reshape(8, 64)
+    xb = ((np.arange(n_b) % 5).astype(f32) / f32(5) - f32(0.4)).reshape(gelu_meta["inputs"][0]["shape"])
+    assert np.fromfile(tmp_path / "inputs.bin", f32).tobytes() == xa.tobytes() + xb.tobytes()
     assert (name_a, name_b) == ("classifier", gelu_meta["name"])
     assert np.float32(va) == mlc.load(tmp_path / "a.so")(xa)[3, 4]
     assert np.float32(vb) == mlc.load(tmp_path / "b.so")(xb).reshape(-1)[7]

@@ -28,8 +28,14 @@ def test_mlp_jit_matches_numpy():
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-7)
 
 
+def _parallel_host():
+    """This machine as a target with 4 cores: parallel loops even on a one-core host."""
+    import dataclasses
+    return dataclasses.replace(mlc.Target.get("host"), cores=4)
+
+
 def test_mlp_ir_prints_at_every_level():
-    exe = mlc.compile(mlp, *mlp_inputs())
+    exe = mlc.compile(mlp, *mlp_inputs(), target=_parallel_host())
     graph, tensor, loop, llvm = (exe.ir(level) for level in ("graph", "tensor", "loop", "llvm"))
     assert graph.startswith("graph @mlp(%x: f32[32,784]") and "softmax(%3) {axis=1}" in graph
     assert "kernel @matmul_add_relu_0(A: f32[32,784], B: f32[784,128], C: f32[128]) -> f32[32,128]" in tensor
@@ -257,7 +263,7 @@ def test_cache_can_be_disabled(tmp_path, monkeypatch):
 def test_parallel_kernels_use_threads_and_agree_with_serial(monkeypatch):
     x = f32(512, 512)
     w = f32(512, 256, seed=1)
-    exe = mlc.compile(lambda x, w: mlc.relu(x @ w), x, w)
+    exe = mlc.compile(lambda x, w: mlc.relu(x @ w), x, w, target=_parallel_host())
     assert "GOMP_parallel" in exe.ir("llvm")
     np.testing.assert_allclose(exe(x, w), np.maximum(x @ w, 0), rtol=2e-4, atol=2e-4)
 

@@ -33,20 +33,25 @@ def test_blocked_integer_matmul_is_exact():
     np.testing.assert_array_equal(exe(a, b), a @ b)
 
 
-def test_rules_pick_vector_axis_by_memory_order():
+# The rules follow the target's vector width: the IR is checked on named targets (8
+# f32 lanes on AVX2, 16 on AVX-512), whatever the host; the numbers on the host.
+@pytest.mark.parametrize("target, lanes", [("znver3", 8), ("skylake-avx512", 16)])
+def test_rules_pick_vector_axis_by_memory_order(target, lanes):
     x = rand((600, 530))
-    col = mlc.compile(lambda x: x.sum(axis=0), x)     # contiguous along the output: register tiles
-    row = mlc.compile(lambda x: x.sum(axis=1), x)     # contiguous along the reduction: vector partial sums
-    assert "alloc acc: f32[16] local" in col.ir("loop")          # one row of 2 vectors
-    assert "alloc vacc: f32[1,8] local" in row.ir("loop")        # one partial per lane
-    np.testing.assert_allclose(col(x), x.sum(axis=0), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(row(x), x.sum(axis=1), rtol=1e-4, atol=1e-4)
+    col = lambda x: x.sum(axis=0)     # contiguous along the output: register tiles
+    row = lambda x: x.sum(axis=1)     # contiguous along the reduction: vector partial sums
+    vectors = {8: 2, 16: 3}[lanes]   # one row of the register tile: 6 x 2 vectors on AVX2, 8 x 3 on AVX-512
+    assert f"alloc acc: f32[{vectors * lanes}] local" in mlc.compile(col, x, target=target).ir("loop")
+    assert f"alloc vacc: f32[1,{lanes}] local" in mlc.compile(row, x, target=target).ir("loop")   # a partial per lane
+    np.testing.assert_allclose(mlc.compile(col, x)(x), x.sum(axis=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(mlc.compile(row, x)(x), x.sum(axis=1), rtol=1e-4, atol=1e-4)
 
 
-def test_elementwise_is_vectorized_and_parallel_when_large():
+@pytest.mark.parametrize("target, lanes", [("znver3", 8), ("skylake-avx512", 16)])
+def test_elementwise_is_vectorized_and_parallel_when_large(target, lanes):
     big, small = rand((256, 300)), rand((4, 9))
-    big_loops = mlc.compile(lambda x: x * 2.0, big).ir("loop")
-    small_loops = mlc.compile(lambda x: x * 2.0, small).ir("loop")
-    assert "parallel i in [0, 256)" in big_loops and "vector jv in [0, 8)" in big_loops
-    assert "vector jv in [0, 4)" in big_loops                       # the peeled tail, 4 lanes wide
+    big_loops = mlc.compile(lambda x: x * 2.0, big, target=target).ir("loop")
+    small_loops = mlc.compile(lambda x: x * 2.0, small, target=target).ir("loop")
+    assert "parallel i in [0, 256)" in big_loops and f"vector jv in [0, {lanes})" in big_loops
+    assert f"vector jv in [0, {300 % lanes})" in big_loops   # the peeled tail: 300 = 37 * 8 + 4 = 18 * 16 + 12
     assert "parallel" not in small_loops
