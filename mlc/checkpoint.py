@@ -72,6 +72,17 @@ def save(path, tree: Any, **meta) -> None:
     write_tensors(path, tensors, {"checkpoint": ckpt, "user": meta})
 
 
+def _nesting(treedef: TreeDef) -> int:
+    """How many dicts, lists and tuples deep ``treedef`` goes."""
+    deepest, stack = 0, [(treedef, 0)]
+    while stack:
+        t, depth = stack.pop()
+        if t.kind in ("dict", "list", "tuple"):
+            deepest = max(deepest, depth + 1)
+            stack.extend((c, depth + 1) for c in t.children)
+    return deepest
+
+
 def _scalar_record(name: str, v) -> dict:
     # Exact types only: a subclass (IntEnum, a str subclass) would come back as its base type.
     t = type(v)
@@ -98,11 +109,13 @@ def _leaf(rec: dict, tensors: dict):
         return a
     if rest:
         raise ValueError(f"unexpected leaf record {rec!r}")
+    # exactly as _scalar_record writes them: int() and float() alone would also take
+    # " 7", "1_000", 1.5 or "1e999" and load something no save wrote
     if key == "bool" and isinstance(value, bool):
         return value
-    if key == "int":
+    if key == "int" and isinstance(value, str) and str(int(value)) == value:
         return int(value)
-    if key == "float":
+    if key == "float" and isinstance(value, str) and repr(float(value)) == value:
         return float(value)
     if key == "str" and isinstance(value, str):
         return value
@@ -120,6 +133,8 @@ def load_with_meta(path) -> tuple[Any, dict]:
                                 f"(this reader supports {VERSION})")
     try:
         treedef = TreeDef.from_json(ckpt["tree"])
+        if _nesting(treedef) > MAX_DEPTH:   # save refuses such a tree: so does load
+            raise ValueError(f"the tree nests deeper than {MAX_DEPTH} levels")
         leaves = [_leaf(r, tensors) for r in ckpt["leaves"]]
         tree = unflatten(treedef, leaves)
     except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as e:

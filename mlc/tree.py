@@ -62,9 +62,13 @@ class TreeDef:
         if not (isinstance(j, dict) and len(j) == 1):
             raise ValueError(f"not a pytree structure: {j!r}")
         (kind, items), = j.items()
+        if not isinstance(items, list):
+            raise ValueError(f"not a pytree structure: {j!r}")
         if kind == "dict":
-            if not all(isinstance(k, str) for k, _ in items):   # written by to_json, which refuses others
-                raise ValueError(f"dict keys must be strings: {[k for k, _ in items]!r}")
+            if not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in items):
+                raise ValueError(f"a dict's items must be [string key, child] pairs: {items!r}")
+            if len({k for k, _ in items}) != len(items):
+                raise ValueError(f"a dict's keys must differ: {[k for k, _ in items]!r}")
             return TreeDef("dict", tuple(k for k, _ in items), tuple(TreeDef.from_json(c) for _, c in items))
         if kind not in ("list", "tuple"):
             raise ValueError(f"unknown node kind {kind!r}")

@@ -397,7 +397,16 @@ def forged_checkpoint(tree, leaves, tensors=(), meta=None):
 
 
 @pytest.mark.parametrize("tree, leaves, tensors, message", [
-    ({"dict": [[1, "*"]]}, [{"int": "5"}], (), r"dict keys must be strings"),   # used to load as key "1"
+    ({"dict": [[1, "*"]]}, [{"int": "5"}], (), r"\[string key, child\] pairs"),   # used to load as key "1"
+    ({"dict": [["k", "*"], ["k", "*"]]}, [{"int": "5"}, {"int": "6"}], (), r"keys must differ"),   # one was dropped
+    ({"list": "*"}, [{"int": "5"}], (), r"not a pytree structure"),   # the string was iterated: a list of one
+    ("*", [{"int": " 7"}], (), r"unknown leaf record"),                 # int() takes these, save never writes them
+    ("*", [{"int": "1_000"}], (), r"unknown leaf record"),
+    ("*", [{"int": 1.5}], (), r"unknown leaf record"),
+    ("*", [{"float": "1e999"}], (), r"unknown leaf record"),
+    ("*", [{"float": 2.5}], (), r"unknown leaf record"),
+    (json.loads('{"list": [' * 65 + '"*"' + ']}' * 65), [{"int": "1"}], (),
+     r"nests deeper than 64 levels"),                                  # save refuses it, so load does
     ("*", [{"tensor": "t", "scalar": True}], [("t", np.ones(3, "<f4"))], r"unexpected leaf record"),
     ({"list": ["*", "*"]}, [{"tensor": "t"}, {"tensor": "t"}], [("t", np.ones(3, "<f4"))], r"KeyError\('t'\)"),
     ("*", [{"int": "1"}], [("t", np.ones(3, "<f4"))], r"tensor\(s\) 't' belong to no leaf"),

@@ -38,3 +38,5 @@ FUZZERS["libraries"] = 500
 FUZZERS["cache_entries"] = 400
 FUZZERS["onnx_files"] = 1000
 FUZZERS["gradients"] = 40
+FUZZERS["params_files"] = 3000
+FUZZERS["checkpoints"] = 2000
