@@ -93,6 +93,9 @@ def test_loader_maps_a_private_copy_and_leaves_none_behind(lib, tmp_path):
         mlc.load(path)
     with pytest.raises(LibraryError, match="/dev/zero: not a regular file"):   # copied, it would never end
         mlc.load("/dev/zero")
+    os.mkfifo(tmp_path / "fifo.so")
+    with pytest.raises(LibraryError, match="fifo.so: not a regular file"):    # opened, it would wait for a writer
+        mlc.load(tmp_path / "fifo.so")
     assert os.listdir(folder) == []
 
 

@@ -114,14 +114,18 @@ def _private_copy(path: str, what: str = "model library"):
     copy = _Copy(tmp, b"")
     try:
         with os.fdopen(fd, "wb") as dst:
-            try:
-                src = open(path, "rb")
+            try:   # non-blocking: opening a FIFO must not wait for a writer
+                src = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
             except OSError as e:
                 raise LibraryError(f"cannot open {what} {path}: {e.strerror}") from None
             with src:
                 if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):   # a FIFO or a device would never end
                     raise LibraryError(f"{path}: not a regular file")
-                shutil.copyfileobj(src, dst, 1 << 22)
+                try:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+                except OSError as e:
+                    raise LibraryError(f"cannot copy {path} into {os.path.dirname(tmp)} to verify and load it: "
+                                       f"{e.strerror}") from None
         with open(tmp, "rb") as f:
             if os.fstat(f.fileno()).st_size:
                 copy.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
