@@ -3,9 +3,17 @@ or run to the original's outputs, none crashing its worker), and its self-checks
 import hashlib
 import os
 import signal
-import tempfile
+
+import pytest
 
 from fuzz import FUZZERS, libraries
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("seeds")
+    libraries.build_seeds(str(folder))
+    return str(folder)
 
 
 def test_ci_slice():
@@ -18,10 +26,8 @@ def test_ci_slice():
     assert result.notes["refused"] > 0.9 * result.cases
 
 
-def test_mutants_replay_and_change_what_they_say():
-    with tempfile.TemporaryDirectory() as d:
-        libraries.build_seeds(d)
-        originals = {n: open(os.path.join(d, n + ".so"), "rb").read() for n in ("tree", "external")}
+def test_mutants_replay_and_change_what_they_say(seeds):
+    originals = {n: open(os.path.join(seeds, n + ".so"), "rb").read() for n in ("tree", "external")}
     for i in range(60):
         a, b = libraries.mutant(5, i, originals), libraries.mutant(5, i, originals)
         assert a == b
@@ -34,13 +40,11 @@ def test_mutants_replay_and_change_what_they_say():
         assert (sig is None) == (kind != "signed")
 
 
-def test_a_crashing_worker_is_reported_and_replaced():
-    with tempfile.TemporaryDirectory() as d:
-        libraries.build_seeds(d)
-        worker = libraries._Worker(d)
-        os.kill(worker.proc.pid, signal.SIGSEGV)
-        answer = worker.ask({"path": os.path.join(d, "tree.so"), "seed": "tree", "key": None})
-        assert answer["died"] in ("the worker died (signal 11)", "the worker had exited")
-        worker = libraries._Worker(d)
-        assert worker.ask({"path": os.path.join(d, "tree.so"), "seed": "tree", "key": None}) == {"ran": True}
-        worker.close()
+def test_a_crashing_worker_is_reported_and_replaced(seeds):
+    job = {"path": os.path.join(seeds, "tree.so"), "seed": "tree", "key": None}
+    worker = libraries._Worker(seeds)
+    os.kill(worker.proc.pid, signal.SIGSEGV)
+    assert worker.ask(job)["died"] in ("the worker died (signal 11)", "the worker had exited")
+    worker = libraries._Worker(seeds)
+    assert worker.ask(job) == {"ran": True}
+    worker.close()
