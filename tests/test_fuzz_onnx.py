@@ -9,7 +9,7 @@ def test_ci_slice():
     assert result.cases == FUZZERS["onnx_files"]
     assert not result.failures, "\n".join(result.failures)
     # the slice exercises both outcomes, not only refusals
-    assert result.notes.get("matched", 0) >= 40 and result.notes.get("refused", 0) >= 500, result.notes
+    assert result.notes.get("matched", 0) >= 40 and result.notes.get("refused", 0) >= 200, result.notes
 
 
 def test_seed_models_run_unmutated():

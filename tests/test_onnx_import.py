@@ -304,3 +304,25 @@ def test_dropout_in_training_mode_is_refused():
     m.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array(False), "t"))
     x = np.arange(4, dtype=np.float32)
     np.testing.assert_array_equal(mlc.compile(from_onnx(m))(x), x)
+
+
+def test_flags_other_than_0_or_1_are_refused():
+    # keepdims=7 used to be read as true; the reference reads it otherwise
+    m = model([helper.make_node("ReduceMax", ["x"], ["y"], axes=[1], keepdims=7)], [vi("x", [2, 3])], [vi("y", None)])
+    with pytest.raises(OnnxImportError, match=r"\(ReduceMax\): attribute 'keepdims' must be 0 or 1, got 7"):
+        from_onnx(m)
+    w = numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    m = model([helper.make_node("Gemm", ["x", "w"], ["y"], transB=-1)], [vi("x", [2, 3])], [vi("y", None)], [w])
+    with pytest.raises(OnnxImportError, match=r"attribute 'transB' must be 0 or 1, got -1"):
+        from_onnx(m)
+
+
+def test_constant_gather_indices_out_of_range_are_refused():
+    # mlc's gather clamps; ONNX makes an out-of-range index an error (the reference raises)
+    idx = numpy_helper.from_array(np.array([5, -3], np.int64), "idx")
+    m = model([helper.make_node("Gather", ["x", "idx"], ["y"], axis=1)], [vi("x", [2, 4])], [vi("y", None)], [idx])
+    with pytest.raises(OnnxImportError, match=r"\(Gather\): Gather's index 5 is out of range for axis 1 of size 4"):
+        from_onnx(m)
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([3, -4], np.int64), "idx"))
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_array_equal(mlc.compile(from_onnx(m))(x), x[:, [3, 0]])

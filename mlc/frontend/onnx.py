@@ -182,6 +182,13 @@ class _Node:
     def attr(self, name, default=None):
         return self.attrs.get(name, default)
 
+    def flag(self, name, default: int) -> bool:
+        """A 0/1 attribute (keepdims, transA, ...): another value is refused, not read as true."""
+        v = self.attrs.get(name, default)
+        if v not in (0, 1):
+            raise OnnxImportError(f"attribute {name!r} must be 0 or 1, got {v!r}")
+        return bool(v)
+
 
 def op(name: str, *args, **attrs):
     """Apply an mlc op to importer values (tracers or constant numpy arrays). An op on
@@ -344,7 +351,7 @@ def _mod(n, a, b):
     dt = a.dtype
     fa, fb = (op("cast", a, dtype="float64"), op("cast", b, dtype="float64")) if np.dtype(dt).kind in "iu" else (a, b)
     q = op("div", fa, fb)
-    q = op("floor", q) if not n.attr("fmod", 0) else op("where", op("less", q, 0.0), op("ceil", q), op("floor", q))
+    q = op("floor", q) if not n.flag("fmod", 0) else op("where", op("less", q, 0.0), op("ceil", q), op("floor", q))
     return op("cast", op("sub", fa, op("mul", q, fb)), dtype=dt)
 
 
@@ -361,8 +368,8 @@ def _isnan(n, x):
 
 @converter("IsInf")
 def _isinf(n, x):
-    pos = op("equal", x, np.array(np.inf, x.dtype)) if n.attr("detect_positive", 1) else False
-    neg = op("equal", x, np.array(-np.inf, x.dtype)) if n.attr("detect_negative", 1) else False
+    pos = op("equal", x, np.array(np.inf, x.dtype)) if n.flag("detect_positive", 1) else False
+    neg = op("equal", x, np.array(-np.inf, x.dtype)) if n.flag("detect_negative", 1) else False
     if pos is False and neg is False:
         return op("less", x, np.array(np.nan, x.dtype))   # all false, with x's shape
     if pos is False or neg is False:
@@ -395,9 +402,9 @@ def _matmul(n, a, b):
 
 @converter("Gemm")
 def _gemm(n, a, b, c=None):
-    if n.attr("transA", 0):
+    if n.flag("transA", 0):
         a = op("transpose", a)
-    if n.attr("transB", 0):
+    if n.flag("transB", 0):
         b = op("transpose", b)
     y = op("matmul", a, b)
     alpha, beta = float(n.attr("alpha", 1.0)), float(n.attr("beta", 1.0))
@@ -463,7 +470,7 @@ def _range(n, start, limit, delta):
 @converter("Reshape")
 def _reshape(n, x, shape=None):
     target = _ints(shape, "Reshape's shape") if shape is not None else list(n.attr("shape"))
-    if not n.attr("allowzero", 0):   # 0 copies the input's dimension
+    if not n.flag("allowzero", 0):   # 0 copies the input's dimension
         target = [_shape(x)[i] if d == 0 else d for i, d in enumerate(target)]
     return op("reshape", x, shape=tuple(target))
 
@@ -537,7 +544,7 @@ def _slice(n, x, starts=None, ends=None, axes=None, steps=None):
 def _reduce_axes(n, x, axes_input):
     ax = _axes_arg(n, axes_input)
     if not ax:
-        if n.attr("noop_with_empty_axes", 0):
+        if n.flag("noop_with_empty_axes", 0):
             return ()
         return None
     return tuple(ax)
@@ -547,7 +554,7 @@ def _reduce_axes(n, x, axes_input):
            "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceLogSum")
 def _reduce(n, x, axes=None):
     ax = _reduce_axes(n, x, axes)
-    keep = bool(n.attr("keepdims", 1))
+    keep = n.flag("keepdims", 1)
     kind = n.op_type
     if kind == "ReduceSumSquare":
         return op("sum", op("mul", x, x), axis=ax, keepdims=keep)
@@ -594,6 +601,8 @@ def _spatial_attrs(n, names):
         v = n.attr(k)
         if v is not None:
             out[k] = tuple(v) if isinstance(v, (list, tuple)) else v
+    if "ceil_mode" in out:
+        out["ceil_mode"] = n.flag("ceil_mode", 0)
     return out
 
 
@@ -630,7 +639,7 @@ def _max_pool(n, x):
 @converter("AveragePool")
 def _avg_pool(n, x):
     attrs = _spatial_attrs(n, ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"))
-    attrs["count_include_pad"] = bool(n.attr("count_include_pad", 0))
+    attrs["count_include_pad"] = n.flag("count_include_pad", 0)
     return op("avg_pool", x, **attrs)
 
 
@@ -706,13 +715,25 @@ def _lrn(n, x):
               bias=float(n.attr("bias", 1.0)))
 
 
+def _check_indices(n, data, indices):
+    """Constant indices must lie in [-size, size) as ONNX requires (mlc's gather would clamp)."""
+    if isinstance(indices, np.ndarray) and indices.size:
+        axis = _axis(n.attr("axis", 0), len(_shape(data)), f"{n.op_type}'s axis")
+        size = _shape(data)[axis]
+        bad = indices[(indices < -size) | (indices >= size)]
+        if bad.size:
+            raise OnnxImportError(f"{n.op_type}'s index {int(bad[0])} is out of range for axis {axis} of size {size}")
+
+
 @converter("Gather")
 def _gather(n, data, indices):
+    _check_indices(n, data, indices)
     return op("gather", data, indices, axis=n.attr("axis", 0))
 
 
 @converter("GatherElements")
 def _gather_elements(n, data, indices):
+    _check_indices(n, data, indices)
     return op("gather_elements", data, indices, axis=n.attr("axis", 0))
 
 
@@ -749,20 +770,20 @@ def _split(n, x, split=None):
 @converter("CumSum")
 def _cumsum(n, x, axis):
     return op("cumsum", x, axis=int(_const(axis, "CumSum's axis").item()),
-              exclusive=bool(n.attr("exclusive", 0)), reverse=bool(n.attr("reverse", 0)))
+              exclusive=n.flag("exclusive", 0), reverse=n.flag("reverse", 0))
 
 
 @converter("ArgMax", "ArgMin")
 def _argmax(n, x):
-    return op(n.op_type.lower(), x, axis=n.attr("axis", 0), keepdims=bool(n.attr("keepdims", 1)),
-              select_last_index=bool(n.attr("select_last_index", 0)))
+    return op(n.op_type.lower(), x, axis=n.attr("axis", 0), keepdims=n.flag("keepdims", 1),
+              select_last_index=n.flag("select_last_index", 0))
 
 
 @converter("TopK")
 def _top_k(n, x, k=None):
     kk = int(_const(k, "TopK's k").reshape(-1)[0]) if k is not None else int(n.attr("k"))
-    return op("top_k", x, k=kk, axis=n.attr("axis", -1), largest=bool(n.attr("largest", 1)),
-              sorted=bool(n.attr("sorted", 1)))
+    return op("top_k", x, k=kk, axis=n.attr("axis", -1), largest=n.flag("largest", 1),
+              sorted=n.flag("sorted", 1))
 
 
 def _einsum_terms(equation: str, shapes):

@@ -103,9 +103,51 @@ def _seed_bytes() -> tuple[bytes, ...]:
         [init("k", (3,)), numpy_helper.from_array(np.array(-0.5, np.float32), "lo"),
          numpy_helper.from_array(np.array(1.5, np.float32), "hi"),
          numpy_helper.from_array(np.array(2.0, np.float32), "two")])
-    for m in (conv, mlp, shapes, arith, elementwise):
+    misc = _model("misc", [
+        helper.make_node("Pad", ["x", "pads", "pv"], ["p"], mode="constant"),
+        helper.make_node("Split", ["p", "split"], ["s0", "s1"], axis=1),
+        helper.make_node("Tile", ["s1", "reps"], ["t"]),
+        helper.make_node("Gather", ["x", "idx"], ["g"], axis=2),
+        helper.make_node("Unsqueeze", ["g", "uaxes"], ["u"]),
+        helper.make_node("Squeeze", ["u", "uaxes"], ["sq"]),
+        helper.make_node("CumSum", ["sq", "cax"], ["cs"], reverse=1),
+        helper.make_node("ArgMax", ["x"], ["am"], axis=1, keepdims=0),
+        helper.make_node("TopK", ["x", "k"], ["tv", "ti"], axis=-1)],
+        [_vi("x", [2, 3, 4])],
+        [_vi("s0", [2, 2, 5]), _vi("t", [2, 4, 5]), _vi("cs", [2, 3, 2]), _vi("am", [2, 4], TensorProto.INT64),
+         _vi("tv", [2, 3, 2]), _vi("ti", [2, 3, 2], TensorProto.INT64)],
+        [ints("pads", [0, 1, 0, 0, 0, 1]), numpy_helper.from_array(np.array(0.5, np.float32), "pv"),
+         ints("split", [2, 2]), ints("reps", [1, 2, 1]), ints("idx", [3, 0]), ints("uaxes", [0]), ints("cax", 2),
+         ints("k", [2])])
+    norm = _model("norm", [
+        helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["bn"], epsilon=1e-3),
+        helper.make_node("ConvTranspose", ["bn", "wt"], ["ct"], strides=[2, 2]),
+        helper.make_node("LayerNormalization", ["ct", "ls", "lb"], ["ln"], axis=-1),
+        helper.make_node("ReduceMax", ["ln"], ["y"], axes=[2, 3], keepdims=1),
+        helper.make_node("Sigmoid", ["y"], ["sy"]),
+        helper.make_node("Einsum", ["sy", "e"], ["z"], equation="nchw,dc->ndhw")],
+        [_vi("x", [1, 3, 3, 3])], [_vi("ln", [1, 2, 6, 6]), _vi("z", [1, 4, 1, 1])],
+        [init("scale", (3,)), init("bias", (3,)), init("mean", (3,)),
+         numpy_helper.from_array(r.random(3).astype(np.float32) + 0.5, "var"), init("wt", (3, 2, 2, 2)),
+         init("ls", (6,)), init("lb", (6,)), init("e", (4, 2))])
+    integers = _model("integers", [
+        helper.make_node("Mod", ["x", "m"], ["md"]),
+        helper.make_node("Div", ["x", "d"], ["dv"]),
+        helper.make_node("Equal", ["md", "zero"], ["eq"]),
+        helper.make_node("Not", ["eq"], ["ne"]),
+        helper.make_node("Where", ["ne", "dv", "x"], ["w"]),
+        helper.make_node("ConstantOfShape", ["cshape"], ["c"], value=numpy_helper.from_array(np.array([3], np.int64))),
+        helper.make_node("Add", ["w", "c"], ["a"]),
+        helper.make_node("Range", ["zero", "six", "two"], ["rg"]),
+        helper.make_node("Mul", ["a", "rg"], ["y"]),
+        helper.make_node("Cast", ["y"], ["f"], to=TensorProto.FLOAT)],
+        [_vi("x", [2, 3], TensorProto.INT64)], [_vi("y", [2, 3], TensorProto.INT64), _vi("f", [2, 3])],
+        [ints("m", [2, -3, 4]), ints("d", [3]), ints("zero", 0), ints("cshape", [2, 3]), ints("six", 6),
+         ints("two", 2)])
+    models = (conv, mlp, shapes, arith, elementwise, misc, norm, integers)
+    for m in models:
         onnx.checker.check_model(m, full_check=True)
-    return tuple(m.SerializeToString() for m in (conv, mlp, shapes, arith, elementwise))
+    return tuple(m.SerializeToString() for m in models)
 
 
 # ----------------------------------------------------------------------------- mutations
@@ -277,15 +319,50 @@ def _structure_mutation(m, r) -> None:
         m.opset_import[0].version = int(r.choice([1, 6, 7, 9, 11, 12, 13, 18, 21, 99]))
 
 
+def _value_mutation(m, r) -> None:
+    """A value that keeps the model well-formed more often: an attribute's value within its
+    type, or an initializer's values or shape."""
+    g = m.graph
+    if g.initializer and r.random() < 0.5:
+        t = g.initializer[r.integers(len(g.initializer))]
+        try:
+            a = numpy_helper.to_array(t)
+        except Exception:   # noqa: BLE001 -- already broken
+            return
+        if a.size and r.random() < 0.7:
+            flat = a.reshape(-1).copy()
+            k = r.integers(flat.size)
+            flat[k] = (flat[k] + r.integers(-3, 4)) if a.dtype.kind in "iu" else r.choice([0.0, -1.0, 2.0, 1e-3])
+            t.CopyFrom(numpy_helper.from_array(flat.reshape(a.shape), t.name))
+        else:
+            _mutate_initializer(r, t)
+        return
+    with_attrs = [n for n in g.node if any(a.type in (AttributeProto.INT, AttributeProto.INTS, AttributeProto.FLOAT)
+                                           for a in n.attribute)]
+    if not with_attrs:
+        return
+    node = with_attrs[r.integers(len(with_attrs))]
+    a = [a for a in node.attribute if a.type in (AttributeProto.INT, AttributeProto.INTS, AttributeProto.FLOAT)]
+    a = a[r.integers(len(a))]
+    if a.type == AttributeProto.INT:
+        a.i = int(a.i + r.integers(-2, 3)) if r.random() < 0.7 else int(r.choice(INTERESTING))
+    elif a.type == AttributeProto.FLOAT:
+        a.f = float(r.choice([0.0, 1.0, -0.5, 2.0, 1e-6]))
+    elif a.ints:
+        k = r.integers(len(a.ints))
+        a.ints[k] = int(a.ints[k] + r.integers(-2, 3))
+
+
 def mutant(seed: int, i: int) -> bytes:
     """The bytes of case ``i`` of the run with ``seed``."""
     r = np.random.default_rng([seed, i])
     models = seeds()
     m = models[r.integers(len(models))]
-    if r.random() < 0.3:
+    p = r.random()
+    if p < 0.25:
         return _byte_mutation(m.SerializeToString(), r, [x.SerializeToString() for x in models])
     for _ in range(r.integers(1, 3)):
-        _structure_mutation(m, r)
+        (_value_mutation if p < 0.55 else _structure_mutation)(m, r)
     return m.SerializeToString()
 
 
