@@ -162,6 +162,8 @@ def cmd_run(args) -> int:
         outs = exe.call_flat(arrays)
     except TypeError as e:
         raise SystemExit(f"mlc run: {e}")
+    except MemoryError as e:   # e.g. a model whose intermediates need more memory than there is
+        raise SystemExit(f"mlc run: not enough memory to run the model: {e}")
     t_run = time.perf_counter() - t0
     outs = flatten(outs)[0]
     print(f"{how} ({exe.kernel_count} kernels), ran in {t_run * 1e3:.2f} ms")

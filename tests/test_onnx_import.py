@@ -326,3 +326,16 @@ def test_constant_gather_indices_out_of_range_are_refused():
     m.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([3, -4], np.int64), "idx"))
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_array_equal(mlc.compile(from_onnx(m))(x), x[:, [3, 0]])
+
+
+def test_mlc_run_prints_one_line_when_memory_runs_out(tmp_path):
+    # 2**60 float32 intermediates: the model compiles, its workspace cannot be allocated
+    from mlc.cli import main
+    s = numpy_helper.from_array(np.array([2 ** 60], np.int64), "s")
+    nodes = [helper.make_node("Expand", ["x", "s"], ["e"]), helper.make_node("Exp", ["e"], ["f"]),
+             helper.make_node("Mul", ["f", "e"], ["g"]), helper.make_node("ReduceSum", ["g"], ["y"], keepdims=0)]
+    path = tmp_path / "huge.onnx"
+    onnx.save(model(nodes, [vi("x", [1])], [vi("y", None)], [s]), str(path))
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(path), "--random-inputs"])
+    assert str(e.value).startswith("mlc run: not enough memory to run the model: Unable to allocate")
