@@ -13,7 +13,10 @@ real computation.
 Errors are ``OnnxImportError`` and name the problem: a corrupted or truncated
 file, a missing external-data file, every unsupported op type at once (with
 domain and opset), a node whose types do not fit its op, declared output shapes
-that contradict the computed ones.
+that contradict the computed ones. Any model protobuf can decode imports or
+raises one: nodes are checked against their op's ONNX schema, values must have
+one writer, and sizes are bounded (``MAX_FOLDED_BYTES`` for constants computed
+at import, int64 bytes for any value). An error in a node's conversion names the node.
 """
 from __future__ import annotations
 
