@@ -22,12 +22,14 @@ def test_replay_is_deterministic_and_covers_the_op_families():
     texts = " ".join(s.text for seed in range(200) for s in programs.generate(seed).steps if s is not None)
     for family in ("sum", "mean", "max", "min", "prod", "keepdims=True", "axis=None", "axis=()", "matmul",
                    "reshape", "transpose", "expand_dims", "squeeze", "slice begin=", "concatenate", "softmax",
-                   "log_softmax", "astype int32", "astype float32", "where", "exp", "div"):
+                   "log_softmax", "astype int32", "astype float32", "where", "exp", "div", "pad", "edge", "reflect",
+                   "tile", "broadcast_to", "cumsum", "clip", "argmax", "argmin", "gather"):
         assert family in texts, family
     assert re.search(r"slice\([^)]*, -\d\)", texts)                        # negative steps
     assert re.search(r"slice\((-\d+|\d\d+|\d), ", texts)                 # begin out of range (sometimes)
     shapes = [v.shape for seed in range(200) for v in programs.generate(seed).inputs]
     assert any(0 in s for s in shapes) and any(len(s) == 0 for s in shapes)
+    assert any(np.prod(s) > 4096 for s in shapes)   # reductions as trees of blocks
     dtypes = {v.dtype.name for seed in range(200) for v in programs.generate(seed).vals}
     assert {"float32", "float64", "int32", "int64", "bool"} <= dtypes
 

@@ -123,10 +123,16 @@ class Program:
     # ------------------------------------------------------------------ shapes
     def dim(self) -> int:
         r = self.rng.random()
-        return 0 if r < 0.04 else self.rng.choice([17, 33]) if r < 0.12 else self.rng.randint(1, 7)
+        return 0 if r < 0.04 else self.rng.choice([17, 33]) if r < 0.11 else 130 if r < 0.125 else \
+            self.rng.randint(1, 7)
 
     def shape(self, max_rank=3) -> tuple:
-        return tuple(self.dim() for _ in range(self.rng.randint(0, max_rank)))
+        if self.rng.random() < 0.04:   # past the size where reductions become trees of blocks, with tails
+            return self.rng.choice([(4099,), (67, 131), (3, 2053), (2, 65, 33), (8193,)])
+        shape = [self.dim() for _ in range(self.rng.randint(0, max_rank))]
+        while math.prod(shape) > 5000:   # big enough for vector loops and blocked sums, still quick
+            shape[shape.index(max(shape))] = self.rng.randint(1, 7)
+        return tuple(shape)
 
     def dtype(self):
         return self.rng.choice([F32, F32, F64, F64, I32])
@@ -138,7 +144,7 @@ class Program:
             out = out[self.rng.randint(0, len(out)):]   # numpy aligns shapes from the right
         else:
             while len(out) < 3 and self.rng.random() < 0.3:
-                out.insert(0, self.dim())
+                out.insert(0, self.dim() if math.prod(out) < 1000 else 1)
         return tuple(out)
 
     def partner(self, shape, pred=lambda v: True) -> Val:
@@ -451,6 +457,8 @@ def matmul(p: Program):
         return
     err = k * (a.err * b.bound + b.err * a.bound) + _round(dt, bound) * (2 * math.sqrt(max(k, 1)) + 2)
     out = np.matmul(np.zeros(a.shape, np.int8), np.zeros(b.shape, np.int8)).shape
+    if math.prod(out) * max(k, 1) > 200000:
+        return
     mfn = (lambda x, y: x @ y) if rng.random() < 0.6 else (lambda x, y: mlc.matmul(x, y))
     p.add([a, b], out, dt, bound, err, dt.kind == "i", np.matmul, mfn, f"matmul {a.shape} @ {b.shape}",
           from_mul=True)
@@ -587,8 +595,84 @@ def movement(p: Program):
               from_mul=any(v.from_mul for v in args))
 
 
+def extra(p: Program):
+    """pad (constant, edge, reflect), tile, broadcast_to, cumsum, clip, argmax/argmin,
+    gather with constant indices, comparisons as results."""
+    rng = p.rng
+    a = p.pick(lambda v: v.dtype != BOOL)
+    rank = len(a.shape)
+    kind = rng.choice(["pad", "tile", "broadcast_to", "cumsum", "clip", "arg", "gather", "compare"])
+    keep = (a.dtype, a.bound, a.err, a.exact)
+    if kind == "pad" and rank >= 1:
+        mode = rng.choice(["constant", "edge", "reflect"])
+        widths = [(rng.randint(0, 2), rng.randint(0, 2)) for _ in range(rank)]
+        if mode != "constant":   # numpy's rules: edge needs elements, reflect needs more than the width
+            widths = [(lo, hi) if (n > 0 and (mode == "edge" or max(lo, hi) < n)) else (0, 0)
+                      for (lo, hi), n in zip(widths, a.shape)]
+        pads = tuple(lo for lo, _ in widths) + tuple(hi for _, hi in widths)
+        shape = tuple(n + lo + hi for n, (lo, hi) in zip(a.shape, widths))
+        if mode == "constant":
+            value = rng.choice([0, 1])
+            p.add([a], shape, *keep, lambda x: np.pad(x, widths, constant_values=value),
+                  lambda x: mlc.pad(x, pads=pads, value=value), f"pad {pads} value={value}", from_mul=a.from_mul)
+        else:
+            p.add([a], shape, *keep, lambda x: np.pad(x, widths, mode=mode),
+                  lambda x: mlc.pad(x, pads=pads, mode=mode), f"pad {pads} {mode}", from_mul=a.from_mul)
+    elif kind == "tile" and rank >= 1 and math.prod(a.shape) < 5000:
+        reps = tuple(rng.randint(1, 3) for _ in range(rank))
+        p.add([a], tuple(n * r for n, r in zip(a.shape, reps)), *keep, lambda x: np.tile(x, reps),
+              lambda x: mlc.tile(x, repeats=reps), f"tile {reps}", from_mul=a.from_mul)
+    elif kind == "broadcast_to" and rank < 3:
+        shape = (p.dim(),) + tuple(p.dim() if n == 1 and rng.random() < 0.5 else n for n in a.shape)
+        if math.prod(shape) > 20000:
+            return
+        p.add([a], shape, *keep, lambda x: np.broadcast_to(x, shape), lambda x: mlc.broadcast_to(x, shape=shape),
+              f"broadcast_to {shape}", from_mul=a.from_mul)
+    elif kind == "cumsum" and rank >= 1:
+        ax = rng.randint(-rank, rank - 1)
+        n = a.shape[ax]
+        bound = a.bound * max(n, 1)
+        if a.dtype.kind == "i" and bound > INT_LIMIT:
+            return
+        # mlc keeps the input's dtype (ONNX CumSum); numpy would widen int32 to int64
+        p.add([a], a.shape, a.dtype, bound, _sum_err(a.dtype, n, a.err, bound), a.dtype.kind == "i",
+              lambda x: np.cumsum(x, axis=ax, dtype=x.dtype), lambda x: mlc.cumsum(x, axis=ax),
+              f"cumsum axis={ax}")
+    elif kind == "clip":
+        lo, hi = sorted(rng.sample([-1.5, -0.5, 0.25, 1.0, 2.0], 2))
+        if a.dtype.kind == "i":
+            lo, hi = int(lo), int(hi)
+        p.add([a], a.shape, *keep, lambda x: np.clip(x, lo, hi).astype(x.dtype), lambda x: mlc.clip(x, min=lo, max=hi),
+              f"clip {lo} {hi}")
+    elif kind == "arg" and rank >= 1 and a.exact:
+        ax = rng.randint(-rank, rank - 1)
+        if a.shape[ax] == 0:
+            return
+        op = rng.choice(["argmax", "argmin"])
+        keepdims = rng.random() < 0.5
+        shape = tuple(1 if d == ax % rank else n for d, n in enumerate(a.shape)) if keepdims else \
+            tuple(n for d, n in enumerate(a.shape) if d != ax % rank)
+        p.add([a], shape, I64, max(a.shape), 0, True,
+              lambda x: getattr(np, op)(x, axis=ax, keepdims=keepdims),
+              lambda x: getattr(mlc, op)(x, axis=ax, keepdims=keepdims), f"{op} axis={ax} keepdims={keepdims}")
+    elif kind == "gather" and rank >= 1 and a.shape[rank - 1 if rng.random() < 0.5 else 0] > 0:
+        ax = rng.choice([d for d in range(rank) if a.shape[d] > 0])
+        n = a.shape[ax]
+        idx = np.array([rng.randint(-n, n - 1) for _ in range(rng.randint(0, 4))], np.int64)
+        if rng.random() < 0.3 and idx.size:
+            idx = idx.reshape(-1, 1)
+        shape = np.take(np.zeros(a.shape, np.int8), idx, axis=ax).shape
+        p.add([a], shape, *keep, lambda x: np.take(x, idx, axis=ax), lambda x: mlc.gather(x, idx, axis=ax),
+              f"gather {idx.tolist()} axis={ax}", from_mul=a.from_mul)
+    elif kind == "compare" and a.exact:
+        b = p.partner(a.shape, lambda v: v.exact and v.dtype != BOOL)
+        op = rng.choice(["greater", "less", "equal"])
+        p.add([a, b], np.broadcast_shapes(a.shape, b.shape), BOOL, 1, 0, True, getattr(np, op),
+              lambda x, y: getattr(mlc, op)(x, y), op)
+
+
 GENERATORS = [unary, binary, binary, unary, where, cast, reduction, reduction, softmax, matmul, movement, movement,
-              movement]
+              movement, extra]
 
 
 def generate(seed: int) -> Program:
@@ -596,7 +680,7 @@ def generate(seed: int) -> Program:
     p.input(p.shape(), p.dtype())
     if p.rng.random() < 0.5:
         p.input(p.partner_shape(p.vals[0].shape), p.dtype())
-    for _ in range(p.rng.randint(2, 9)):
+    for _ in range(p.rng.randint(2, 12)):
         p.rng.choice(GENERATORS)(p)
     used = {r for s in p.steps if s is not None for r in s.args}
     p.outputs = [v for v, s in zip(p.vals, p.steps) if s is not None and v.ref not in used]
@@ -611,12 +695,20 @@ def make_inputs(p: Program) -> list[np.ndarray]:
     out = []
     for v in p.inputs:
         if v.dtype.kind == "i":
-            out.append(rng.integers(-4, 5, v.shape).astype(v.dtype))
+            x = rng.integers(-4, 5, v.shape).astype(v.dtype)
         else:
             x = rng.uniform(-2, 2, v.shape)
             if rng.random() < 0.2:   # some exactly representable values with ties for max/min/where
                 x = np.round(x * 2) / 2
-            out.append(x.astype(v.dtype))
+            x = x.astype(v.dtype)
+        r = rng.random()
+        if r < 0.1 and x.ndim >= 2:   # non-contiguous views: the runtime must copy them, never misread them
+            x = np.asfortranarray(x)
+        elif r < 0.2 and x.ndim:
+            wide = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
+            wide[..., ::2] = x
+            x = wide[..., ::2]
+        out.append(x)
     return out
 
 
