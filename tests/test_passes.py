@@ -90,7 +90,7 @@ def test_constant_folding_evaluates_and_respects_the_size_cap():
         return y, z
 
     g = mlc.trace(f, x, x2)
-    after = check_pass("fold_constants", g, [x, x2])
+    after = check_pass("fold_constants", g, [x, x2], atol=1e-4)   # sums of 256 products: BLAS orders them by host
     assert "exp" not in op_names(after)
     assert op_names(after).count("transpose") == 1
     # a big constant with one reader is folded: the result replaces it

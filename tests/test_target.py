@@ -253,7 +253,9 @@ def test_cross_compiler_is_found_and_called(tmp_path, monkeypatch):
     obj = tmp_path / "m.o"
     write_object(c, obj)
     assert ("-lgomp" in args) == (b"GOMP_parallel" in obj.read_bytes())
-    meta = read_metadata(tmp_path / "m.so")
+    # the stand-in compiler writes an ELF header only, without the tables that hold the
+    # metadata's copy the loader compares with the trailer: read the trailer alone
+    meta = read_metadata(tmp_path / "m.so", verify=False)
     assert meta["target"]["name"] == "neoverse-n1" and meta["target"]["triple"] == "aarch64-unknown-linux-gnu"
     assert (tmp_path / "m.h").read_text().count("MLC_MODEL_INPUT_0_SHAPE {64, 96}") == 1
 
