@@ -95,7 +95,7 @@ def test_constant_folding_evaluates_and_respects_the_size_cap():
     assert op_names(after).count("transpose") == 1
     # a big constant with one reader is folded: the result replaces it
     g2 = mlc.trace(lambda x: x @ mlc.transpose(big), rand(3, 256))
-    after2 = check_pass("fold_constants", g2, [rand(3, 256)])
+    after2 = check_pass("fold_constants", g2, [rand(3, 256)], atol=1e-4)
     assert op_names(after2) == ["matmul"]
     assert sum(n.attrs["value"].nbytes for n in after2.nodes if n.op == "constant") == big.nbytes
 
