@@ -31,7 +31,7 @@ def test_replay_is_deterministic_and_covers_the_op_families():
     assert any(0 in s for s in shapes) and any(len(s) == 0 for s in shapes)
     assert any(np.prod(s) > 4096 for s in shapes)   # reductions as trees of blocks
     dtypes = {v.dtype.name for seed in range(200) for v in programs.generate(seed).vals}
-    assert {"float32", "float64", "int32", "int64", "bool"} <= dtypes
+    assert {"float32", "float64", "int32", "int64", "int8", "uint8", "bool"} <= dtypes
 
 
 def test_a_wrong_result_is_reported_with_its_seed():
@@ -55,3 +55,11 @@ def test_matmul_of_a_vector_with_itself(dtype, opt_level):
     assert got == x @ x == 140
     m = np.arange(12).reshape(3, 4).astype(dtype)
     np.testing.assert_array_equal(mlc.compile(lambda m: m @ m.T, m, opt_level=opt_level)(m), m @ m.T)
+
+
+@pytest.mark.parametrize("opt_level", [0, 2])
+def test_abs_of_unsigned_is_the_identity(opt_level):
+    """abs of uint8 went through llvm.abs, which reads its operand as signed: 255 -> 1."""
+    a = np.array([0, 1, 127, 128, 200, 255], np.uint8)
+    np.testing.assert_array_equal(mlc.compile(lambda a: abs(a), a, opt_level=opt_level)(a), a)
+    np.testing.assert_array_equal(mlc.compile(lambda a: mlc.abs(a) + a, a, opt_level=opt_level)(a), a + a)

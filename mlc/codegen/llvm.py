@@ -614,6 +614,8 @@ class FuncEmitter:
         if fn == "neg":
             return b.fneg(x) if dt.is_float else b.neg(x)
         if not dt.is_float:
+            if fn == "abs" and dt.kind == "uint":
+                return x   # llvm.abs reads its operand as signed
             if fn == "abs":
                 f = self.mb.declare(f"llvm.abs.{_suffix(x.type)}", x.type, [x.type, I1])
                 return b.call(f, [x, ir.Constant(I1, 0)])

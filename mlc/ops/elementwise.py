@@ -43,7 +43,7 @@ def _np_rsqrt(x):
 # name -> (numpy reference, scalar expression builder on a value already of the result dtype)
 _UNARY = {
     "neg": (np.negative, lambda x: E.call("neg", x)),
-    "abs": (np.abs, lambda x: E.call("abs", x) if not x.dtype.is_bool else x),
+    "abs": (np.abs, lambda x: x if x.dtype.kind in ("bool", "uint") else E.call("abs", x)),   # unsigned: itself
     "exp": (np.exp, lambda x: E.call("exp", x)),
     "log": (np.log, lambda x: E.call("log", x)),
     "sqrt": (np.sqrt, lambda x: E.call("sqrt", x)),

@@ -49,12 +49,23 @@ from mlc import ops
 
 from . import FuzzResult
 
-F32, F64, I32, I64, BOOL = (np.dtype(t) for t in ("float32", "float64", "int32", "int64", "bool"))
+F32, F64, I32, I64, I8, U8, BOOL = (np.dtype(t) for t in ("float32", "float64", "int32", "int64", "int8", "uint8",
+                                                             "bool"))
 FLOATS = (F32, F64)
 K_ERR = 4.0          # allowed error: K_ERR * the estimate (numpy's own rounding counts too)
 OPT_LEVELS = (0, 2)
 BATCH = 4            # programs per compiled graph
-INT_LIMIT = 2 ** 20  # |int32 values| stay below this
+INT_LIMIT = 2 ** 20  # |int32 values| stay below this (8-bit values wrap, as in numpy)
+
+
+def is_int(dt) -> bool:
+    return dt.kind in "iu"
+
+
+def int_range(dt) -> float:
+    """The largest magnitude a value of integer type dt can have."""
+    info = np.iinfo(dt)
+    return float(max(-int(info.min), int(info.max)))
 
 
 def eps(dt) -> float:
@@ -90,6 +101,8 @@ class Program:
         self.steps: list[Step | None] = []   # None: an input
         self.inputs: list[Val] = []
         self.outputs: list[Val] = []
+        # one integer type per program: int8 with uint8 would promote to int16, which mlc lacks
+        self.int_dtype = self.rng.choice([I32, I32, I32, I64, I8, U8])
 
     # ------------------------------------------------------------------ pool
     def _new(self, shape, dtype, bound, err, exact, from_mul=False) -> Val:
@@ -100,7 +113,8 @@ class Program:
 
     def input(self, shape, dtype) -> Val:
         dtype = np.dtype(dtype)
-        v = self._new(shape, dtype, 4 if dtype.kind == "i" else 2.0, 0.0, True)
+        bound = (255.0 if dtype == U8 else 128.0 if dtype == I8 else 4.0) if is_int(dtype) else 2.0
+        v = self._new(shape, dtype, bound, 0.0, True)
         self.steps.append(None)
         self.inputs.append(v)
         return v
@@ -109,6 +123,8 @@ class Program:
         dtype = np.dtype(dtype)
         if dtype.kind != "f":
             err, exact = 0.0, True
+        if is_int(dtype):   # a wrapped value is still in the type's range
+            bound = min(bound, int_range(dtype))
         v = self._new(shape, dtype, bound, err, exact, from_mul)
         v.nan = dtype.kind == "f" and (nan or any(a.nan for a in args))
         self.steps.append(Step(v, [a.ref for a in args], np_fn, mlc_fn, text))
@@ -135,7 +151,7 @@ class Program:
         return tuple(shape)
 
     def dtype(self):
-        return self.rng.choice([F32, F32, F64, F64, I32])
+        return self.rng.choice([F32, F32, F64, F64, self.int_dtype])
 
     def partner_shape(self, shape) -> tuple:
         """A shape that broadcasts with ``shape``."""
@@ -250,6 +266,8 @@ def binary(p: Program):
     op = rng.choice(BINARY)
     if rng.random() < 0.2:   # a Python scalar operand (numpy's weak scalar promotion)
         sc = rng.choice([0.5, -1.5, 2.0, 3, -2])
+        if a.dtype.kind == "u" and sc == -2:
+            sc = 2   # numpy refuses a negative Python int with an unsigned array
         bs = abs(sc)
         fn, bound, err = {
             "add": (lambda x: x + sc, a.bound + bs, a.err),
@@ -294,8 +312,8 @@ def binary(p: Program):
         dt = _result_dtype(dt, F32) if dt.kind == "f" else F64
         bound = a.bound
         err = ea + a.bound * eb + 3 * _round(dt, a.bound + b.bound + 1)
-        fn = lambda x, y: x / (np.abs(y) + 1)
-        mfn = lambda x, y: x / (abs(y) + 1)
+        fn = lambda x, y: x / (np.abs(y) + 1.0)   # 1.0: an unsigned |y| + 1 would wrap to 0
+        mfn = lambda x, y: x / (abs(y) + 1.0)
         exact = False
     if dt.kind == "i" and bound > INT_LIMIT:
         return
@@ -334,18 +352,21 @@ def cast(p: Program):
         to = rng.choice([F32, I32])
         p.add([a], a.shape, to, 1, 0, True, lambda x: x.astype(to), lambda x: x.astype(to), f"astype {to}")
         return
-    choices = [F32, F64] + ([I32, BOOL] if a.exact and a.bound < 2 ** 30 and not a.nan else [])
+    in_range = a.bound < 2 ** 30 and (a.dtype.kind != "f" or a.bound < int_range(p.int_dtype))
+    choices = [F32, F64] + ([I32, p.int_dtype, BOOL] if a.exact and in_range and not a.nan else [])
+    if a.dtype.kind == "f" and p.int_dtype == U8 and p.int_dtype in choices:
+        choices.remove(p.int_dtype)   # a negative float to uint8 is platform-defined in numpy, poison in LLVM
     to = rng.choice([t for t in choices if t != a.dtype] or [F64])
-    if to.kind == "i" and a.dtype.kind == "f" and a.exact:
+    if is_int(to) and a.dtype.kind == "f" and a.exact:
         err = 0.0
     elif to.kind == "f":
         err = a.err + _round(to, a.bound)
     else:
         err = 0.0
-    exact = a.exact and not (to == F32 and a.dtype.kind == "i" and a.bound > 2 ** 24)
+    exact = a.exact and not (to == F32 and is_int(a.dtype) and a.bound > 2 ** 24)
     fn = lambda x: x.astype(to)
     mfn = fn if rng.random() < 0.6 else (lambda x: mlc.cast(x, dtype=to.name))
-    p.add([a], a.shape, to, a.bound + (1 if to.kind == "i" else 0) if to != BOOL else 1, err, exact, fn, mfn,
+    p.add([a], a.shape, to, a.bound + (1 if is_int(to) else 0) if to != BOOL else 1, err, exact, fn, mfn,
           f"astype {to}")
 
 
@@ -378,14 +399,14 @@ def reduction(p: Program):
     shape = tuple(1 if d in axes else s for d, s in enumerate(a.shape)) if keepdims else \
         tuple(s for d, s in enumerate(a.shape) if d not in axes)
     dt = a.dtype
-    if op in ("sum", "prod") and dt.kind == "i":
-        dt = I64
-    if op == "mean" and dt.kind == "i":
+    if op in ("sum", "prod") and is_int(dt):
+        dt = I64   # numpy gives uint64 for unsigned input; mlc, without uint64, int64
+    if op == "mean" and is_int(dt):
         dt = F64
     if op == "sum":
         bound = a.bound * n
         err = _sum_err(dt, n, a.err, bound)
-        exact = dt.kind == "i" or (a.exact and n <= 1)
+        exact = is_int(dt) or (a.exact and n <= 1)
     elif op == "mean":
         bound = a.bound
         err = a.err + _round(dt, a.bound) * (2 * math.sqrt(n) + 4)
@@ -393,7 +414,7 @@ def reduction(p: Program):
     elif op == "prod":
         bound = a.bound ** n
         err = n * a.bound ** max(n - 1, 0) * a.err + 2 * n * _round(dt, max(bound, 1))
-        exact = dt.kind == "i" or (a.exact and n <= 1)
+        exact = is_int(dt) or (a.exact and n <= 1)
     else:
         bound, err, exact = a.bound, a.err, a.exact
     if dt.kind == "i" and bound > 2 ** 40:
@@ -403,6 +424,8 @@ def reduction(p: Program):
     def np_fn(x):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)   # mean of nothing: NaN, like numpy
+            if op in ("sum", "prod") and x.dtype.kind == "u":
+                return np.asarray(npfn(x, axis=axis, keepdims=keepdims, dtype=np.int64))
             return np.asarray(npfn(x, axis=axis, keepdims=keepdims))
 
     if rng.random() < 0.6:
@@ -460,7 +483,7 @@ def matmul(p: Program):
     if math.prod(out) * max(k, 1) > 200000:
         return
     mfn = (lambda x, y: x @ y) if rng.random() < 0.6 else (lambda x, y: mlc.matmul(x, y))
-    p.add([a, b], out, dt, bound, err, dt.kind == "i", np.matmul, mfn, f"matmul {a.shape} @ {b.shape}",
+    p.add([a, b], out, dt, bound, err, is_int(dt), np.matmul, mfn, f"matmul {a.shape} @ {b.shape}",
           from_mul=True)
 
 
@@ -635,13 +658,15 @@ def extra(p: Program):
         if a.dtype.kind == "i" and bound > INT_LIMIT:
             return
         # mlc keeps the input's dtype (ONNX CumSum); numpy would widen int32 to int64
-        p.add([a], a.shape, a.dtype, bound, _sum_err(a.dtype, n, a.err, bound), a.dtype.kind == "i",
+        p.add([a], a.shape, a.dtype, bound, _sum_err(a.dtype, n, a.err, bound), is_int(a.dtype),
               lambda x: np.cumsum(x, axis=ax, dtype=x.dtype), lambda x: mlc.cumsum(x, axis=ax),
               f"cumsum axis={ax}")
     elif kind == "clip":
         lo, hi = sorted(rng.sample([-1.5, -0.5, 0.25, 1.0, 2.0], 2))
-        if a.dtype.kind == "i":
+        if is_int(a.dtype):
             lo, hi = int(lo), int(hi)
+        if a.dtype.kind == "u":
+            lo, hi = abs(lo), abs(lo) + abs(hi)
         p.add([a], a.shape, *keep, lambda x: np.clip(x, lo, hi).astype(x.dtype), lambda x: mlc.clip(x, min=lo, max=hi),
               f"clip {lo} {hi}")
     elif kind == "arg" and rank >= 1 and a.exact:
@@ -694,8 +719,9 @@ def make_inputs(p: Program) -> list[np.ndarray]:
     rng = np.random.default_rng(p.seed)
     out = []
     for v in p.inputs:
-        if v.dtype.kind == "i":
-            x = rng.integers(-4, 5, v.shape).astype(v.dtype)
+        if is_int(v.dtype):
+            lo, hi = {U8: (0, 256), I8: (-128, 128)}.get(v.dtype, (-4, 5))
+            x = rng.integers(lo, hi, v.shape).astype(v.dtype)
         else:
             x = rng.uniform(-2, 2, v.shape)
             if rng.random() < 0.2:   # some exactly representable values with ties for max/min/where
@@ -777,7 +803,29 @@ def bounds_checked(on: bool):
                 os.environ["MLC_BOUNDS_CHECK"] = old
 
 
-def check(progs: list[Program], opt_levels=OPT_LEVELS, bounds_check=True) -> list[str]:
+@contextmanager
+def tuned_schedules():
+    """Kernels compiled meanwhile get a schedule from the tuner's search space (random
+    knobs, replayed as a tuned trace is) instead of the rules' defaults: the schedules
+    a tuned model runs. The knobs are a function of the kernel's text, so a kernel gets
+    the same schedule in a batch and alone."""
+    from mlc import driver
+    from mlc.tune.space import SearchSpace, workload_key
+    real = driver.schedule_kernel
+
+    def schedule(kernel, target, trace=None):
+        space = SearchSpace(kernel, target)
+        config = random.Random(workload_key(kernel, target)).choice(space.configs)
+        return real(kernel, target, space.schedule(config).trace)
+
+    driver.schedule_kernel = schedule
+    try:
+        yield
+    finally:
+        driver.schedule_kernel = real
+
+
+def check(progs: list[Program], opt_levels=OPT_LEVELS, bounds_check=True, tuned=True) -> list[str]:
     """Problems found running ``progs`` as one graph (empty: all agree)."""
     inputs = [x for p in progs for x in make_inputs(p)]
     wants, outs = [], []
@@ -797,6 +845,10 @@ def check(progs: list[Program], opt_levels=OPT_LEVELS, bounds_check=True) -> lis
             for o in opt_levels:
                 r = mlc.compile(graph, opt_level=o)(*inputs)
                 results[f"-O{o}"] = list(r) if isinstance(r, tuple) else [r]
+            if tuned:
+                with tuned_schedules():
+                    r = mlc.compile(graph, opt_level=max(opt_levels))(*inputs)
+                results[f"-O{max(opt_levels)} tuned"] = list(r) if isinstance(r, tuple) else [r]
     except Exception as e:   # noqa: BLE001 - any exception is a finding
         tb = traceback.extract_tb(e.__traceback__)[-1]
         return [f"{type(e).__name__}: {e} (at {os.path.basename(tb.filename)}:{tb.lineno})"]
