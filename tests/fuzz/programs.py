@@ -5,8 +5,13 @@ unary and binary ops (broadcasting, Python scalars, mixed dtypes), ``where`` on
 comparisons, casts, reductions (sum/mean/max/min/prod over random axes, all axes or
 none, keepdims), softmax/log_softmax, matmul (vectors, matrices, broadcast batches),
 reshape/transpose/expand_dims/squeeze, slicing (negative steps, out-of-range bounds,
-integer indices, new axes) and concatenate, on float32/float64/int32 values of rank
-0-3 whose dims may be 0. Each step has two implementations written here: numpy on
+integer indices, new axes), concatenate, pad, tile, broadcast_to, cumsum, clip,
+argmax/argmin, gather, on float32/float64 values and one integer type per program
+(int32 mostly, else int64, int8 or uint8; float16 now and then) of rank 0-3 whose
+dims may be 0, with now and then an input past the size where reductions become
+trees of blocks. Inputs are sometimes passed as non-contiguous views. Each batch is
+compiled at -O0 and -O2 with the default schedules, and once more at -O2 with
+schedules from the tuner's search space. Each step has two implementations written here: numpy on
 arrays (the oracle) and mlc on tracers (operators, tracer methods, ``mlc.<op>``
 functions and numpy ufuncs on tracers, chosen at random), so the oracle is
 independent of mlc's own op references. The traced graph is also run by the
@@ -25,8 +30,10 @@ Values stay finite and exactly comparable by construction, so a mismatch is a bu
   movement, add/sub of exact values that no multiply fed, integers) must match bit
   for bit; only they feed comparisons, floor/ceil/round and float->int casts, so a
   rounding difference can never flip a branch or an integer;
-- int32 values stay far from overflow (numpy and LLVM both wrap, but a wrapped
-  intermediate makes sums, casts and comparisons meaningless to compare), integer
+- int32 and int64 values stay far from overflow (8-bit ones wrap, as both numpy and
+  LLVM define it; a bound is kept on every value so that float errors are estimated
+  from true magnitudes), int8 and uint8 never meet (numpy would promote to int16,
+  which mlc lacks), unsigned sums are compared as int64 (mlc has no uint64), integer
   division is numpy's true division (float64) by ``|b| + 1``, integer powers have
   small non-negative exponents (negative ones are an error in numpy), and float->int
   casts only see in-range exact values (out of range, numpy's result is
@@ -49,8 +56,8 @@ from mlc import ops
 
 from . import FuzzResult
 
-F32, F64, I32, I64, I8, U8, BOOL = (np.dtype(t) for t in ("float32", "float64", "int32", "int64", "int8", "uint8",
-                                                             "bool"))
+F16, F32, F64, I32, I64, I8, U8, BOOL = (np.dtype(t) for t in ("float16", "float32", "float64", "int32", "int64",
+                                                                  "int8", "uint8", "bool"))
 FLOATS = (F32, F64)
 K_ERR = 4.0          # allowed error: K_ERR * the estimate (numpy's own rounding counts too)
 OPT_LEVELS = (0, 2)
@@ -70,6 +77,10 @@ def int_range(dt) -> float:
 
 def eps(dt) -> float:
     return float(np.finfo(dt).eps) if dt.kind == "f" else 0.0
+
+
+class Skip(Exception):
+    """A step the generator drops (its value could overflow its type)."""
 
 
 @dataclass
@@ -125,6 +136,8 @@ class Program:
             err, exact = 0.0, True
         if is_int(dtype):   # a wrapped value is still in the type's range
             bound = min(bound, int_range(dtype))
+        if dtype == F16 and bound > 3e4:   # float16 overflows at 65504
+            raise Skip
         v = self._new(shape, dtype, bound, err, exact, from_mul)
         v.nan = dtype.kind == "f" and (nan or any(a.nan for a in args))
         self.steps.append(Step(v, [a.ref for a in args], np_fn, mlc_fn, text))
@@ -151,7 +164,7 @@ class Program:
         return tuple(shape)
 
     def dtype(self):
-        return self.rng.choice([F32, F32, F64, F64, self.int_dtype])
+        return self.rng.choice([F32, F32, F32, F64, F64, F64, self.int_dtype, self.int_dtype, F16])
 
     def partner_shape(self, shape) -> tuple:
         """A shape that broadcasts with ``shape``."""
@@ -706,7 +719,10 @@ def generate(seed: int) -> Program:
     if p.rng.random() < 0.5:
         p.input(p.partner_shape(p.vals[0].shape), p.dtype())
     for _ in range(p.rng.randint(2, 12)):
-        p.rng.choice(GENERATORS)(p)
+        try:
+            p.rng.choice(GENERATORS)(p)
+        except Skip:
+            pass
     used = {r for s in p.steps if s is not None for r in s.args}
     p.outputs = [v for v, s in zip(p.vals, p.steps) if s is not None and v.ref not in used]
     if not p.outputs:   # only inputs: return a computed copy of the first one
