@@ -8,7 +8,8 @@ binary ops, ``where``, reductions (sum, mean, max, min, prod), softmax/log_softm
 layer_norm, matmul, movement ops, slicing (negative steps, out-of-range bounds, empty
 slices), concatenate, pad, tile, cumsum and broadcast_to. Its outputs are projected
 onto fixed random weights (``gradcheck._scalarized``), which gives one scalar to
-differentiate with respect to every input.
+differentiate with respect to every input; every fourth program differentiates its
+gradient again (projected the same way), checking second derivatives.
 
 Non-differentiable points are avoided by construction: the program's intermediate
 values are computed first (reference interpreter), and inputs whose values come
@@ -91,11 +92,13 @@ def unary(p: GradProgram):
               "log1": (lambda x: mlc.log(x * x + 1.0), math.log(b * b + 1)),
               "sqrt1": (lambda x: mlc.sqrt(x * x + 1.0), math.sqrt(b * b + 1)),
               "square": (lambda x: x ** 2, b * b), "cube": (lambda x: x * x * x, b ** 3),
-              "pow15": (lambda x: abs(x) ** 1.5, b ** 1.5),   # C1 at 0
               "softplus": (lambda x: mlc.softplus(x), b + 1), "gelu": (lambda x: mlc.gelu(x), b),
-              "elu": (lambda x: mlc.elu(x), b),                # alpha 1: C1 at 0
-              "mish": (lambda x: mlc.mish(x), b), "softsign": (lambda x: mlc.softsign(x), 1)}
+              "mish": (lambda x: mlc.mish(x), b)}
+    # kinks, and points where the second derivative (checked for some programs) jumps
+    # or blows up: |x| ** 1.5, elu and softsign are only C1 at 0
     kinked = {"relu": (lambda x: mlc.relu(x), b), "abs": (lambda x: abs(x), b),
+              "pow15": (lambda x: abs(x) ** 1.5, b ** 1.5), "elu": (lambda x: mlc.elu(x), b),
+              "softsign": (lambda x: mlc.softsign(x), 1),
               "leaky_relu": (lambda x: mlc.leaky_relu(x, alpha=0.1), b), "selu": (lambda x: mlc.selu(x), 2 * b)}
     if op in smooth:
         fn, bound = smooth[op]
@@ -158,7 +161,7 @@ def reduction(p: GradProgram):
         op = "mean"
     shape = tuple(1 if d in axes else s for d, s in enumerate(a.shape)) if keepdims else \
         tuple(s for d, s in enumerate(a.shape) if d not in axes)
-    bound = {"sum": a.bound * n, "prod": a.bound ** n}.get(op, a.bound)
+    bound = a.bound * n if op == "sum" else a.bound ** n if op == "prod" else a.bound
     fn = (lambda x: getattr(x, op)(axis=axis, keepdims=keepdims)) if rng.random() < 0.5 else \
         (lambda x: getattr(mlc, op)(x, axis=axis, keepdims=keepdims))
     margin = (lambda x: _top_gap(x, axis)) if op in ("max", "min") else None
@@ -325,9 +328,24 @@ def prepare(p: GradProgram) -> list[np.ndarray] | None:
     return None
 
 
+def order(p: GradProgram) -> int:
+    """Every fourth program checks the gradient of its gradient."""
+    return 2 if p.seed % 4 == 0 else 1
+
+
+def objective(p: GradProgram, inputs):
+    """The scalar differentiated: the program's outputs against fixed random weights,
+    or for order 2 the gradient's, like ``gradcheck.check_grads(order=2)``."""
+    f = _scalarized(program_fn(p), inputs, p.seed)
+    if order(p) == 2:
+        inner = mlc.grad(f, argnums=tuple(range(len(inputs))))
+        f = _scalarized(lambda *xs: inner(*xs), inputs, p.seed + 1)
+    return f
+
+
 def finite_differences(p: GradProgram, inputs, grads, value) -> list[str]:
     """Directional derivatives of the scalarized program against <grad, direction>."""
-    f = _scalarized(program_fn(p), inputs, p.seed)
+    f = objective(p, inputs)
     graph = mlc.trace(f, *inputs)
     at = lambda xs: float(run_reference(graph, *xs)[0])
     problems = []
@@ -350,7 +368,8 @@ def finite_differences(p: GradProgram, inputs, grads, value) -> list[str]:
             # programs; rounding in f costs about 1e-16 * |f| / EPS
             tol = 1e-5 * abs(fd) + 1e-6 * (1 + float(np.sum(np.abs(g * v)))) + 1e-14 * (1 + abs(f0)) / EPS
             if not abs(an - fd) <= tol:
-                problems.append(f"gradient of input {i} {list(x.shape)} along a random direction: mlc {an!r}, "
+                problems.append(f"order-{order(p)} gradient of input {i} {list(x.shape)} along a random direction: "
+                                f"mlc {an!r}, "
                                 f"finite differences {fd!r} (allowed {tol:.2g})")
                 break
     return problems
@@ -373,7 +392,7 @@ def check(progs: list[GradProgram], inputs: list[list[np.ndarray]], opt_levels=O
     """Problems of one batch: the gradient graph (reference interpreter) against finite
     differences per program, and the compiled gradient against the reference. Odd
     seeds use ``mlc.grad``, even ones ``mlc.value_and_grad``."""
-    fns = [_scalarized(program_fn(p), x, p.seed) for p, x in zip(progs, inputs)]
+    fns = [objective(p, x) for p, x in zip(progs, inputs)]
     counts = [len(x) for x in inputs]
 
     def batch(*xs):
