@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     for name in names:
         t0 = time.perf_counter()
         result = importlib.import_module(f"{__package__}.{name}").fuzz(args.seed, args.iterations)
-        print(f"{result.summary()} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        dt = time.perf_counter() - t0
+        print(f"{result.summary()} ({dt:.0f} s, {result.cases / max(dt, 1e-9):.1f} cases/s)", flush=True)
         for f in result.failures:
             print(f"  FAIL {f}")
         bad += len(result.failures)
