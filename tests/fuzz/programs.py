@@ -322,11 +322,11 @@ def binary(p: Program):
         fn = getattr(np, op)
         mfn = fn if style < 0.5 else (lambda x, y, op=op: getattr(mlc, op)(x, y))
     else:   # a / (|b| + 1): true division, the denominator >= 1
-        dt = _result_dtype(dt, F32) if dt.kind == "f" else F64
-        bound = a.bound
-        err = ea + a.bound * eb + 3 * _round(dt, a.bound + b.bound + 1)
         fn = lambda x, y: x / (np.abs(y) + 1.0)   # 1.0: an unsigned |y| + 1 would wrap to 0
         mfn = lambda x, y: x / (abs(y) + 1.0)
+        dt = np.asarray(fn(np.zeros((), a.dtype), np.zeros((), b.dtype))).dtype   # numpy's, float16 included
+        bound = a.bound
+        err = ea + a.bound * eb + 3 * _round(dt, a.bound + b.bound + 1)
         exact = False
     if dt.kind == "i" and bound > INT_LIMIT:
         return
@@ -477,6 +477,14 @@ def softmax(p: Program):
 
 def matmul(p: Program):
     rng = p.rng
+    if rng.random() < 0.08:   # big enough for the default schedule's cache blocks and packing, with tails
+        dt = rng.choice([F32, F64])
+        a = p.input((rng.choice([49, 67]), rng.choice([300, 520])), dt)
+        b = p.input((a.shape[1], rng.choice([17, 70])), dt)
+        bound = a.shape[1] * 4.0
+        p.add([a, b], (a.shape[0], b.shape[1]), dt, bound, _round(dt, bound) * (2 * math.sqrt(a.shape[1]) + 2), False,
+              np.matmul, lambda x, y: x @ y, f"matmul {a.shape} @ {b.shape}", from_mul=True)
+        return
     a = p.pick(lambda v: v.dtype != BOOL and 1 <= len(v.shape) <= 3 and v.shape[-1] <= 40)
     if a is None:
         return
