@@ -26,7 +26,7 @@ from . import FuzzResult
 OPSET = 17
 F = TensorProto.FLOAT
 INTERESTING = [0, 1, -1, 2, 3, -2, 7, 64, 2 ** 31 - 1, 2 ** 31, -2 ** 31, 2 ** 62, -2 ** 62, 2 ** 63 - 1]
-RUN_LIMIT = 1 << 24   # bytes of inputs and outputs a mutant may have to be run
+RUN_LIMIT = 1 << 24   # bytes of inputs, outputs and workspace a mutant may have to be run
 
 
 def _vi(name, shape, elem=F):
@@ -406,12 +406,15 @@ def check(data: bytes, r=None) -> str:
         raise AssertionError(f"import raised {type(e).__name__}: {e}") from e
     model = onnx.load_from_string(data)
     sizes = [v.type.nbytes for v in list(g.inputs) + list(g.outputs)]
-    if sum(sizes) > RUN_LIMIT:
+    largest = max((v.type.nbytes for node in g.nodes for v in node.outputs), default=0)
+    if sum(sizes) > RUN_LIMIT or largest > 64 * RUN_LIMIT:   # valid, but e.g. a pool padded by 2**31 rows
         return "too big to run"
     try:
         exe = mlc.compile(g)
     except Exception as e:   # noqa: BLE001
         raise AssertionError(f"imported, then compile raised {type(e).__name__}: {e}") from e
+    if exe.workspace_bytes > 64 * RUN_LIMIT:
+        return "too big to run"
     xs = _inputs(g, r)
     outs = exe(*xs)
     outs = outs if isinstance(outs, tuple) else (outs,)
