@@ -161,8 +161,12 @@ def test_every_op_has_a_function_with_doc():
 def test_empty_reductions_without_identity_are_refused():
     with pytest.raises(TraceError, match=r"max: cannot reduce an empty axis of f32\[2,0\]"):
         mlc.trace(lambda x: x.max(axis=1), np.zeros((2, 0), np.float32))
-    with pytest.raises(TraceError, match=r"softmax: axis 1 of f32\[3,0\] is empty"):
-        mlc.trace(lambda x: mlc.softmax(x), np.zeros((3, 0), np.float32))
+    # softmax over an empty axis normalizes nothing: an empty result, as in PyTorch
+    for fn in (mlc.softmax, mlc.log_softmax):
+        for shape, axis in (((3, 0), 1), ((0, 3), 0), ((0, 3), 1)):
+            x = np.zeros(shape, np.float32)
+            got = mlc.compile(lambda x: fn(x, axis=axis), x)(x)
+            assert got.shape == shape and got.dtype == np.float32
     # sums have an identity, as in numpy
     x = np.zeros((2, 0), np.float32)
     np.testing.assert_array_equal(mlc.compile(lambda x: x.sum(axis=1), x)(x), np.zeros(2, np.float32))

@@ -898,9 +898,7 @@ def describe(p: Program) -> str:
 
 # Failures already reported against code outside the fuzzer's reach, by a fragment of
 # their message: counted as "known", not as failures. Empty when everything is fixed.
-KNOWN: dict[str, str] = {
-    "is empty; operand types": "softmax over an empty axis refused (numpy: an empty result)",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _known(problems: list[str]) -> str | None:
