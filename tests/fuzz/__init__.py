@@ -2,7 +2,7 @@
 file mlc reads (ONNX models, model libraries, params files, checkpoints, cache entries).
 
 Each fuzzer is a module here with ``fuzz(seed, iterations) -> FuzzResult``. The tests
-(``tests/test_fuzz.py``) run a short fixed-seed slice of each; a long run is
+(``tests/test_fuzz_<name>.py``) run a short fixed-seed slice of each; a long run is
 
     make fuzz                                   # every fuzzer, 2000 iterations each
     cd tests && ../.venv/bin/python -m fuzz programs gradients --iterations 20000 --seed 7
