@@ -32,11 +32,8 @@ class FuzzResult:
 
 
 # module name -> iterations in the CI slice (each slice runs in seconds)
-FUZZERS: dict[str, int] = {}
-FUZZERS["programs"] = 120
-FUZZERS["libraries"] = 500
-FUZZERS["cache_entries"] = 400
-FUZZERS["onnx_files"] = 400
-FUZZERS["gradients"] = 40
-FUZZERS["params_files"] = 3000
-FUZZERS["checkpoints"] = 2000
+FUZZERS: dict[str, int] = {
+    "programs": 120, "gradients": 40,                        # random programs and gradients
+    "onnx_files": 400, "libraries": 500, "params_files": 3000, "checkpoints": 2000,   # mutated files
+    "cache_entries": 400,
+}
