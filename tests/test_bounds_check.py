@@ -11,7 +11,7 @@ import mlc
 from mlc import driver
 from mlc.codegen import llvm as cg
 from mlc.codegen.export import ExportError
-from mlc.ir.expr import Const, Load, Var
+from mlc.ir.expr import Load, Var
 from mlc.ir.loop import Alloc, Buffer, For, Func, Seq, Store
 from mlc.ir.types import float32, int32
 from mlc.runtime.executable import BoundsError, LoadedCode

@@ -102,12 +102,20 @@ def test_big_endian_input_is_converted_not_refused():
 def test_sizes_past_int64_are_refused_by_name():
     x = np.ones(1, np.float32)
     # the element count used to overflow: "cannot broadcast f32[1] to [2147483648, 2147483648, 4]"
-    with pytest.raises(mlc.TraceError, match=r"broadcast_to: f32\[2147483648, 2147483648, 4\] would hold "
+    with pytest.raises(mlc.TraceError, match=r"broadcast_to: the result f32\[2147483648, 2147483648, 4\] would hold "
                                              r"18446744073709551616 elements \(73786976294838206464 bytes\), "
                                              r"more than fits in memory"):
         mlc.trace(lambda x: mlc.broadcast_to(x, (2 ** 31, 2 ** 31, 4)), x)
-    with pytest.raises(mlc.TraceError, match=r"broadcast_to: f32\[4611686018427387904\] would hold .* more than"):
+    with pytest.raises(mlc.TraceError, match=r"broadcast_to: the result f32\[4611686018427387904\] would hold .* "
+                                             r"more than"):
         mlc.trace(lambda x: mlc.broadcast_to(x, (2 ** 62,)), x)   # 2**62 elements fit int64, their bytes do not
+    # every op's result is checked in one place (the element count used to wrap and give
+    # misleading messages: "cannot be broadcast", "-9223372036854775808 elements")
+    for op, fn in [("tile", lambda x: mlc.tile(x, (2 ** 62,)) * 2.0), ("tile", lambda x: mlc.reshape(
+            mlc.tile(x, (2 ** 61,)), (-1, 2))), ("pad", lambda x: mlc.pad(x, pads=(0, 2 ** 62)))]:
+        with pytest.raises(mlc.TraceError, match=op + r": the result f32\[\d+\] would hold \d+ elements .* more than "
+                                                  r"fits in memory"):
+            mlc.trace(fn, np.ones(4, np.float32))
 
     def two_live(x):   # 2**62 bytes each; two of them live at once
         y = mlc.broadcast_to(x, (2 ** 60,))

@@ -30,7 +30,7 @@ from .. import ops
 from ..ir.graph import Graph
 from ..ir.types import TensorType
 from ..ops.registry import OpTypeError
-from ..ops.shape import MAX_NBYTES
+from ..ops.registry import MAX_NBYTES
 from .trace import TraceError, Tracer, evaluate_or_record, trace_info
 
 
@@ -207,7 +207,7 @@ def _check_folded_op(name: str, args, attrs) -> None:
     try:
         inputs, bound = o.bind(args, attrs)
         types = [TensorType.of(np.asarray(x)) for x in inputs]
-        outs = o.infer(types, **o.canonical_attrs(types, bound))
+        outs = o.output_types(types, o.canonical_attrs(types, bound))
     except (OpTypeError, TypeError, ValueError):
         return   # not a valid call: evaluate_or_record reports it
     for t in outs:

@@ -300,7 +300,7 @@ def _typed(op, in_types, attrs, loc):
     """Canonical attrs and output types, or a TraceError naming op, types and line."""
     try:
         attrs = op.canonical_attrs(in_types, attrs)
-        return attrs, op.infer(in_types, **attrs)
+        return attrs, op.output_types(in_types, attrs)
     except OpTypeError as e:
         msg = str(e) if str(e).startswith(op.name + ":") else f"{op.name}: {e}"
         raise TraceError(f"{msg}; operand types: ({', '.join(map(str, in_types))})" + _at(loc)) from None

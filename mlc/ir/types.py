@@ -5,6 +5,7 @@ A ``DType`` is a small immutable record; the module-level singletons
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Sequence
@@ -110,7 +111,7 @@ class TensorType:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)   # exact: numpy's int64 product would wrap
 
     @property
     def nbytes(self) -> int:

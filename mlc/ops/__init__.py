@@ -52,7 +52,7 @@ def communicates(name: str) -> bool:
 def infer(name: str, in_types, attrs: dict) -> list[TensorType]:
     """Output types of ``name`` on these input types; attrs must be canonical."""
     op = get(name)
-    return list(op.infer(list(in_types), **attrs))
+    return op.output_types(in_types, attrs)
 
 
 def verify(graph: Graph) -> None:

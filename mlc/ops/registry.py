@@ -5,6 +5,7 @@ builds the registry from those lists explicitly (no registration side effects).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -15,6 +16,9 @@ from ..ir.tensor import Compute, Tensor
 from ..ir.types import DType, TensorType, dtype as to_dtype
 
 KINDS = ("injective", "reduction", "contraction", "opaque", "collective")
+
+# The largest tensor mlc describes: byte sizes and offsets are int64 in the generated code.
+MAX_NBYTES = 2 ** 63 - 1
 
 
 class OpTypeError(TypeError):
@@ -71,6 +75,14 @@ class OpDef:
             attrs[k] = v
         return inputs, attrs
 
+    def output_types(self, in_types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
+        """``infer`` on canonical attrs, and every result small enough to exist: a shape
+        whose byte size passes int64 is refused here, once for every op."""
+        outs = list(self.infer(list(in_types), **attrs))
+        for t in outs:
+            check_fits(self.name, t.shape, t.dtype)
+        return outs
+
     def canonical_attrs(self, in_types: Sequence[TensorType], attrs: dict) -> dict:
         full = dict(self.attrs)
         full.update(attrs)
@@ -82,6 +94,15 @@ class OpDef:
 def check(cond: bool, msg: str) -> None:
     if not cond:
         raise OpTypeError(msg)
+
+
+def check_fits(op: str, shape: Sequence[int], dt: DType) -> None:
+    """Refuse a result of ``shape`` whose byte size passes int64 (exact arithmetic: an
+    int64 product would wrap into a small or negative size)."""
+    n = math.prod(shape)
+    check(n * dt.itemsize <= MAX_NBYTES,
+          f"{op}: the result {dt.short}{list(shape)} would hold {n} elements ({n * dt.itemsize} bytes), more than "
+          f"fits in memory (at most 2**63-1 bytes)")
 
 
 def numpy_result_dtype(fn: Callable, *dtypes: DType) -> DType:

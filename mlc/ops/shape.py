@@ -2,7 +2,6 @@
 concatenate, slice. All injective: each output element reads one input element."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -10,8 +9,8 @@ from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import compute
 from ..ir.types import TensorType
-from .registry import (OpDef, OpTypeError, broadcast_load, check, normalize_axes, normalize_axis, numpy_result_dtype,
-                       unbroadcast)
+from .registry import (OpDef, OpTypeError, broadcast_load, check, check_fits, normalize_axes, normalize_axis,
+                       numpy_result_dtype, unbroadcast)
 
 
 def _flat_index(idx, shape):
@@ -80,17 +79,10 @@ def _transpose_lower(ins, outs, axes):
 
 # ----------------------------------------------------------------------------- broadcast_to / expand_dims / squeeze
 
-# The largest tensor mlc describes: byte sizes and offsets are int64 in the generated code.
-MAX_NBYTES = 2 ** 63 - 1
-
-
 def _broadcast_to_infer(ins, shape):
     (x,) = ins
     shape = tuple(shape)
-    count = math.prod(shape)
-    check(count * x.dtype.itemsize <= MAX_NBYTES,
-          f"broadcast_to: {x.dtype.short}{list(shape)} would hold {count} elements ({count * x.dtype.itemsize} "
-          f"bytes), more than fits in memory (at most 2**63-1 bytes)")
+    check_fits("broadcast_to", shape, x.dtype)   # before numpy, whose shape arithmetic overflows
     try:
         out = np.broadcast_shapes(x.shape, shape)
     except ValueError:

@@ -24,7 +24,7 @@ from ..ir import expr as E
 from ..ir.graph import Node, Value
 from ..ir.loop import Func
 from ..ir.tensor import Kernel, Placeholder, Reduce
-from ..ops.shape import MAX_NBYTES
+from ..ops.registry import MAX_NBYTES
 from .lower import KernelCall, LoweredGraph, lower_group
 
 ALIGN = 64
