@@ -1,13 +1,10 @@
 """The compile-cache mutation fuzzer's CI slice: truncated, flipped, extended, swapped,
 old-format and empty entries are never served; compiled functions give numpy's answer."""
-from fuzz import FUZZERS, cache_entries
+from fuzz import FUZZERS, ci_slice, cache_entries
 
 
 def test_ci_slice():
-    result = cache_entries.fuzz(0, FUZZERS["cache_entries"])
-    print(result.summary())
-    assert result.cases == FUZZERS["cache_entries"]
-    assert not result.failures, "\n".join(result.failures)
+    result = ci_slice("cache_entries")
     assert all(result.notes.get(k, 0) > 0 for k in cache_entries.KINDS), result.notes
     assert result.notes["recompiled"] >= FUZZERS["cache_entries"] // cache_entries.END_TO_END_EVERY
 

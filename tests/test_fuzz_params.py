@@ -1,13 +1,10 @@
 """The tensor-container mutation fuzzer's CI slice: every mutant of a params file is
 refused with ParamsFormatError or loads exactly what its bytes say."""
-from fuzz import FUZZERS, params_files
+from fuzz import ci_slice, params_files
 
 
 def test_ci_slice():
-    result = params_files.fuzz(0, FUZZERS["params_files"])
-    print(result.summary())
-    assert result.cases == FUZZERS["params_files"]
-    assert not result.failures, "\n".join(result.failures)
+    result = ci_slice("params_files")
     assert result.notes.get("loaded", 0) >= 50 and result.notes.get("refused", 0) >= 1000, result.notes
 
 

@@ -32,7 +32,7 @@ import mlc
 from gradcheck import EPS, _scalarized
 from mlc.ops import run_reference
 
-from . import FuzzResult
+from . import FuzzResult, random_slice_key
 from .programs import F64, Program, Skip, _factor, bounds_checked
 
 MARGIN = 1e-3
@@ -230,18 +230,7 @@ def movement(p: GradProgram):
         shape = tuple(s for s in a.shape if s != 1)
         p.step([a], shape, b, lambda x: mlc.squeeze(x, axis=axes), f"squeeze {axes}")
     elif kind == "slice" and rank >= 1:
-        key = []
-        for d in range(rank):
-            n = a.shape[d]
-            r = rng.random()
-            if r < 0.3:
-                key.append(slice(None))
-            elif r < 0.45 and n > 0:
-                key.append(rng.randint(-n, n - 1))
-            else:
-                end = lambda: None if rng.random() < 0.2 else rng.randint(-n - 3, n + 3)
-                key.append(slice(end(), end(), rng.choice([None, 1, 2, -1, -1, -2])))
-        key = tuple(key)
+        key = tuple(random_slice_key(rng, a.shape, [None, 1, 2, -1, -1, -2]))
         shape = np.zeros(a.shape, np.int8)[key].shape
         p.step([a], shape, b, lambda x: x[key], f"[{key}]")
     elif kind == "concat" and rank >= 1:

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import mlc
+
+from . import random_slice_key
 from mlc import ops
 
 from . import FuzzResult
@@ -585,17 +587,7 @@ def movement(p: Program):
     elif kind == "slice":
         if rank == 0:
             return
-        key = []
-        for d in range(rank):
-            n = a.shape[d]
-            r = rng.random()
-            if r < 0.35:
-                key.append(slice(None))
-            elif r < 0.5 and n > 0:
-                key.append(rng.randint(-n, n - 1))
-            else:
-                bound = lambda: None if rng.random() < 0.2 else rng.randint(-n - 3, n + 3)
-                key.append(slice(bound(), bound(), rng.choice([None, 1, 2, 3, -1, -1, -2, -3])))
+        key = random_slice_key(rng, a.shape, [None, 1, 2, 3, -1, -1, -2, -3], whole=0.35)
         explicit = rng.random() < 0.3 and not any(isinstance(k, int) for k in key)
         if not explicit and rng.random() < 0.2:
             key.insert(rng.randint(0, len(key)), None)   # a new axis
