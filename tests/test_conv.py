@@ -374,3 +374,22 @@ def test_im2col_times_weights_is_the_convolution(attrs):
     np.testing.assert_allclose((w.reshape(4, -1) @ cols).reshape(conv.shape), conv, rtol=1e-12, atol=1e-12)
     got = mlc.compile(lambda v: mlc.im2col(v, **attrs), x)(x)
     np.testing.assert_array_equal(got, cols)
+
+
+def test_avg_pool_divisor_breakpoints_see_every_count():
+    # the divisor's taps-inside count is found at O(kernel) breakpoints, not at every output
+    # position (a pad of 2**31 used to loop over 2**31 positions while compiling)
+    import random
+    from mlc.ops.conv import _tap_breakpoints, _taps_inside
+    rng = random.Random(0)
+    for _ in range(2000):
+        n, k, s, d = rng.randint(1, 12), rng.randint(1, 5), rng.randint(1, 4), rng.randint(1, 3)
+        pb, pe = rng.randint(0, 6), rng.randint(0, 6)
+        n_out = max(0, (n + pb + pe - (k - 1) * d - 1) // s + 1)
+        for lo, hi in ((-pb, n + pe), (0, n)):
+            every = {_taps_inside(o, k, s, d, pb, lo, hi) for o in range(n_out)}
+            assert every == {_taps_inside(o, k, s, d, pb, lo, hi)
+                             for o in _tap_breakpoints(n_out, k, s, d, pb, lo, hi)}
+    x = np.ones((1, 3, 5, 5), np.float32)
+    exe = mlc.compile(lambda x: mlc.avg_pool(x, kernel_shape=(3, 3), pads=(1, 1, 2 ** 31, 1)), x)
+    assert exe.output_types[0].shape == (1, 3, 2 ** 31 + 4, 5)

@@ -565,6 +565,22 @@ def sum_selects(o, k, s, d, pb, lo, hi):
     return total
 
 
+def _taps_inside(oo, k, s, d, pb, lo, hi) -> int:
+    return sum(1 for j in range(k) if lo <= oo * s + j * d - pb < hi)
+
+
+def _tap_breakpoints(n_out, k, s, d, pb, lo, hi) -> set:
+    """Output positions where the number of taps inside [lo, hi) can change: the first
+    one, and where each tap crosses lo or hi. The count is constant from one of them to
+    the next, so these positions see every count (in O(k), not O(outputs))."""
+    points = {0} if n_out else set()
+    for j in range(k):
+        for bound in (lo, hi):
+            first = -(-(bound + pb - j * d) // s)   # the first position whose tap j reaches the bound
+            points.update(p for p in (first - 1, first) if 0 <= p < n_out)
+    return points
+
+
 def _avg_divisor(S, O, kernel_shape, strides, pads, dilations, count_include_pad):
     """``div(os)``: the number of taps each window averages over (those inside the
     input, or inside the padded input), as an index expression of the output position."""
@@ -573,7 +589,7 @@ def _avg_divisor(S, O, kernel_shape, strides, pads, dilations, count_include_pad
     for a in range(D):
         n, k, s, d, pb, pe = S[a], kernel_shape[a], strides[a], dilations[a], pads[a], pads[D + a]
         lo, hi = (-pb, n + pe) if count_include_pad else (0, n)
-        counts = {sum(1 for j in range(k) if lo <= oo * s + j * d - pb < hi) for oo in range(O[a])}
+        counts = {_taps_inside(oo, k, s, d, pb, lo, hi) for oo in _tap_breakpoints(O[a], k, s, d, pb, lo, hi)}
         per_axis.append(counts.pop() if len(counts) == 1 else (k, s, d, pb, lo, hi))
     const = math.prod(c for c in per_axis if isinstance(c, int))
 
