@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from .expr import Const, Expr, Load, Var, cast, format_expr, walk
+from .expr import Const, Expr, Load, Var, binop, cast, format_expr, maximum, minimum, walk
 from .types import DType, TensorType
 
 REDUCERS = ("sum", "prod", "max", "min")
@@ -119,6 +119,16 @@ def reduce(combiner: str, extents: Sequence[int], fn: Callable[..., Expr]) -> Re
     return Reduce(combiner, axes, extents, fn(*axes))
 
 
+def combine(combiner: str, acc: Expr, x: Expr) -> Expr:
+    """One step of a reduction: ``acc`` combined with ``x`` (booleans sum by "or" and
+    multiply by "and")."""
+    if combiner == "sum":
+        return acc + x if not acc.dtype.is_bool else binop("or", acc, x)
+    if combiner == "prod":
+        return acc * x if not acc.dtype.is_bool else binop("and", acc, x)
+    return maximum(acc, x) if combiner == "max" else minimum(acc, x)
+
+
 def reduce_identity(combiner: str, dtype: DType) -> Const:
     import numpy as np
     if combiner == "sum":
@@ -180,4 +190,4 @@ def stages_of(outputs: Sequence[Compute]) -> list[Compute]:
 
 
 __all__ = ["Tensor", "Placeholder", "ScalarConstant", "Compute", "Reduce", "Kernel", "compute", "reduce",
-           "reduce_identity", "stages_of", "index_vars", "cast"]
+           "combine", "reduce_identity", "stages_of", "index_vars", "cast"]

@@ -5,11 +5,13 @@ Result dtypes follow numpy, except that sums and products of uint8 give int64
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..ir import expr as E
 from ..ir.expr import Const, cast
-from ..ir.tensor import Compute, compute, reduce
+from ..ir.tensor import Compute, combine, compute, reduce
 from ..ir.types import TensorType, float32, float64, int64
 from .registry import OpDef, check, keep_reduced, normalize_axes, normalize_axis, numpy_result_dtype
 
@@ -83,18 +85,11 @@ def blocked_reduce_stages(x, axes, combiner, acc_dtype) -> list[Compute]:
     return stages
 
 
-def _combine(combiner, a, b):
-    return {"sum": lambda: a + b, "prod": lambda: a * b, "max": lambda: E.maximum(a, b),
-            "min": lambda: E.minimum(a, b)}[combiner]()
-
-
 def _reduce_tree(read, out_shape, extents, combiner, acc, block, out_inner, stages) -> Compute:
     """One level of ``blocked_reduce_stages``: appends the stages it needs to ``stages``
     and returns the stage holding the reduction of ``read(out_index, red_index)``;
     ``out_inner``: the output axes vary fastest in the source's memory."""
-    total = int(np.prod(extents, dtype=np.int64))
-
-    if total <= block:
+    if math.prod(extents) <= block:
         return compute(out_shape, lambda *o: reduce(combiner, extents, lambda *r: cast(acc, read(o, r))), "T")
     # the innermost axes that fit in a block whole, and the axis j whose rows are split into blocks
     j, inner = len(extents) - 1, 1
@@ -124,7 +119,7 @@ def _reduce_tree(read, out_shape, extents, combiner, acc, block, out_inner, stag
         rest_result = _reduce_tree(lambda o, r: read(o, (*r[:j], q * f + r[j], *r[j + 1:])), out_shape,
                                    outer + [tail] + rest, combiner, acc, block, out_inner, stages)
         stages.append(rest_result)
-        result = compute(out_shape, lambda *o: _combine(combiner, result[o], rest_result[o]), "T")
+        result = compute(out_shape, lambda *o: combine(combiner, result[o], rest_result[o]), "T")
     return result
 
 
@@ -140,20 +135,22 @@ def _reduction(name: str, np_fn, combiner: str) -> OpDef:
         acc = float32 if o.dtype.is_float and o.dtype.bits < 32 else o.dtype
         if combiner in ("max", "min"):
             acc = x.dtype
-        n = int(np.prod([x.shape[d] for d in axis], dtype=np.int64))
+        n = math.prod(x.shape[d] for d in axis)
+        at = lambda i: i   # noqa: E731 -- the output index -> the reduction's index
         if n > TREE_MIN:
             if acc is float32 and combiner == "sum":
                 acc = float64   # float32 partials of long sums accumulate in float64: better than numpy's pairwise
-            stages = blocked_reduce_stages(x, axis, combiner, acc)
-            stage, kept = stages[-1], [d for d in range(len(x.shape)) if d not in axis]
-            at = (lambda i: tuple(i[d] for d in kept)) if keepdims else (lambda i: i)
+            stages = blocked_reduce_stages(x, axis, combiner, acc)   # its result has no kept dims
+            if keepdims:
+                kept = [d for d in range(len(x.shape)) if d not in axis]
+                at = lambda i: tuple(i[d] for d in kept)   # noqa: E731
         else:
-            stage, stages, at = reduce_stage(x, axis, keepdims, combiner, acc), [], lambda i: i
-            stages = [stage]
+            stages = [reduce_stage(x, axis, keepdims, combiner, acc)]
+        stage = stages[-1]
         if name == "mean":
             scale = Const(1.0 / n if n else float("nan"), acc)   # the mean of nothing is NaN, as in numpy
             return stages + [compute(o.shape, lambda *i: cast(o.dtype, stage[at(i)] * scale))]
-        if acc is not o.dtype or at(o.shape) != o.shape:
+        if acc is not o.dtype or stage.shape != o.shape:
             return stages + [compute(o.shape, lambda *i: cast(o.dtype, stage[at(i)]))]
         return stages
 

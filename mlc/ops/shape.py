@@ -2,7 +2,6 @@
 concatenate, slice. All injective: each output element reads one input element."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..ir import expr as E

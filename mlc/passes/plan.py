@@ -16,7 +16,6 @@ workspace and copied over the input by a final kernel.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..codegen.llvm import EntryCall, Slot
@@ -35,9 +34,8 @@ def _align(n: int) -> int:
 
 
 def _nbytes(t, what: str) -> int:
-    """A buffer's exact size (``TensorType.nbytes`` wraps past int64), refused when the
-    generated code's int64 offsets cannot address it."""
-    n = math.prod(t.shape) * t.dtype.itemsize
+    """A buffer's size, refused when the generated code's int64 offsets cannot address it."""
+    n = t.nbytes
     if n > MAX_NBYTES:
         raise ValueError(f"{what} of type {t} needs {n} bytes, more than fits in memory (at most 2**63-1 bytes)")
     return n

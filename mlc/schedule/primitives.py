@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from ..ir import expr as E
 from ..ir.expr import Const, Expr, Load, Var, affine, affine_expr as _lin, linear_coefficient, simplify_index, simplify_int, substitute
 from ..ir.loop import GPU_KINDS, Accumulate, Alloc, Buffer, For, Func, If, Seq, Stmt, Store, buffers_used
-from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, reduce_identity
+from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, combine, reduce_identity
 from ..target import Target
 
 MAX_VECTOR_LANES = 64      # wider vector loops make LLVM spill; split first
@@ -54,14 +54,6 @@ def primitive(fn):
             self._restore(saved)
             raise
     return wrapper
-
-
-def combine(combiner: str, acc: Expr, x: Expr) -> Expr:
-    if combiner == "sum":
-        return acc + x if not acc.dtype.is_bool else E.binop("or", acc, x)
-    if combiner == "prod":
-        return acc * x if not acc.dtype.is_bool else E.binop("and", acc, x)
-    return E.maximum(acc, x) if combiner == "max" else E.minimum(acc, x)
 
 
 # ============================================================================ statement utilities
