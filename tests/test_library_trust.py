@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ import mlc
 from mlc.cli import main
 from mlc.runtime import library
 from mlc.runtime.library import LibraryError, read_metadata, trailer
+from concurrency import run_in_threads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -102,22 +102,16 @@ def test_loader_maps_a_private_copy_and_leaves_none_behind(lib, tmp_path):
 def test_concurrent_loads_each_get_their_own_library(lib, tmp_path):
     other = tmp_path / "other.so"
     mlc.compile(lambda x: x * 3.0, X).export(other)
-    errors, barrier = [], threading.Barrier(6)
 
     def work(k):
-        barrier.wait()
+        wrong = 0
         for _ in range(5):
             m = mlc.load(lib if k % 2 else other)
             want = expected(X) if k % 2 else X * 3
-            if not np.allclose(m(X), want, rtol=1e-5, atol=1e-5):
-                errors.append(k)
+            wrong += not np.allclose(m(X), want, rtol=1e-5, atol=1e-5)
+        return wrong
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and os.listdir(library._private_dir()) == []
+    assert run_in_threads(work, 6) == [0] * 6 and os.listdir(library._private_dir()) == []
 
 
 def test_private_folder_is_removed_when_the_process_exits(lib, tmp_path):

@@ -1,10 +1,9 @@
 """Tracing, jit and autodiff from several threads at once: each thread has its own
 trace stack, so concurrent traces never mix (and the results match numpy)."""
-import threading
-
 import numpy as np
 
 import mlc
+from concurrency import run_in_threads
 
 
 def _long(x, k):
@@ -20,29 +19,9 @@ def _np_long(x, k):
     return x.sum()
 
 
-def _run_in_threads(work, n=8):
-    barrier = threading.Barrier(n)
-    results, errors = [None] * n, []
-
-    def run(k):
-        try:
-            barrier.wait()
-            results[k] = work(k)
-        except BaseException as e:   # reported below with the thread's number
-            errors.append(f"thread {k}: {type(e).__name__}: {e}")
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, "\n".join(errors)
-    return results
-
-
 def test_eight_threads_trace_at_once():
     x = np.linspace(-1, 1, 16)
-    graphs = _run_in_threads(lambda k: mlc.trace(lambda x: _long(x, k), x))
+    graphs = run_in_threads(lambda k: mlc.trace(lambda x: _long(x, k), x))
     for k, g in enumerate(graphs):
         assert len(g.nodes) > 300
         np.testing.assert_allclose(mlc.ops.run_reference(g, x)[0], _np_long(x, k), rtol=1e-12)
@@ -51,7 +30,7 @@ def test_eight_threads_trace_at_once():
 def test_first_calls_of_one_jit_function_from_eight_threads():
     f = mlc.jit(lambda x, y: _long(x, 1) * y)
     xs = [np.linspace(-1, 1, 16) * (k + 1) for k in range(8)]
-    got = _run_in_threads(lambda k: f(xs[k], np.float64(k)))
+    got = run_in_threads(lambda k: f(xs[k], np.float64(k)))
     for k in range(8):
         np.testing.assert_allclose(got[k], _np_long(xs[k], 1) * k, rtol=1e-12)
 
@@ -66,7 +45,7 @@ def test_eight_threads_trace_jit_and_differentiate_at_once():
             return mlc.jit(lambda x: _long(x, k))(x)
         return mlc.grad(lambda x: _long(x, k))(x)
 
-    got = _run_in_threads(work)
+    got = run_in_threads(work)
     h = 1e-6
     for k, r in enumerate(got):
         if k % 3 == 0:

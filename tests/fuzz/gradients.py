@@ -33,7 +33,7 @@ from gradcheck import EPS, _scalarized
 from mlc.ops import run_reference
 
 from . import FuzzResult, random_slice_key
-from .programs import F64, Program, Skip, _factor, bounds_checked
+from .programs import F64, Program, Skip, _factor, bounds_checked, grow
 
 MARGIN = 1e-3
 BATCH = 4
@@ -269,13 +269,7 @@ def generate(seed: int) -> GradProgram:
     p.input(p.shape(), F64)
     if p.rng.random() < 0.5:
         p.input(p.partner_shape(p.vals[0].shape), F64)
-    for _ in range(p.rng.randint(1, 7)):
-        try:
-            p.rng.choice(GENERATORS)(p)
-        except Skip:
-            pass
-    used = {r for s in p.steps if s is not None for r in s.args}
-    p.outputs = [v for v, s in zip(p.vals, p.steps) if s is not None and v.ref not in used]
+    p.outputs = grow(p, GENERATORS, p.rng.randint(1, 7))
     if not p.outputs:
         a = p.vals[0]
         p.outputs = [p.step([a], a.shape, a.bound, lambda x: mlc.tanh(x), "tanh")]

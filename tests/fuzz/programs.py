@@ -713,18 +713,24 @@ GENERATORS = [unary, binary, binary, unary, where, cast, reduction, reduction, s
               movement, extra]
 
 
+def grow(p, generators, n: int) -> list:
+    """Apply ``n`` generators drawn at random to ``p`` (one that does not apply skips);
+    returns the computed values no step reads: the program's outputs."""
+    for _ in range(n):
+        try:
+            p.rng.choice(generators)(p)
+        except Skip:
+            pass
+    used = {r for s in p.steps if s is not None for r in s.args}
+    return [v for v, s in zip(p.vals, p.steps) if s is not None and v.ref not in used]
+
+
 def generate(seed: int) -> Program:
     p = Program(seed)
     p.input(p.shape(), p.dtype())
     if p.rng.random() < 0.5:
         p.input(p.partner_shape(p.vals[0].shape), p.dtype())
-    for _ in range(p.rng.randint(2, 12)):
-        try:
-            p.rng.choice(GENERATORS)(p)
-        except Skip:
-            pass
-    used = {r for s in p.steps if s is not None for r in s.args}
-    p.outputs = [v for v, s in zip(p.vals, p.steps) if s is not None and v.ref not in used]
+    p.outputs = grow(p, GENERATORS, p.rng.randint(2, 12))
     if not p.outputs:   # only inputs: return a computed copy of the first one
         a = p.vals[0]
         p.outputs = [p.add([a], a.shape, a.dtype, a.bound, a.err, a.exact, np.negative, lambda x: -x, "neg")]
