@@ -226,14 +226,16 @@ def test_pipeline_training_matches_single_device():
 
 
 @needs_mpi
-def test_a_rank_exiting_early_fails_the_others_within_the_timeout():
+def test_a_rank_exiting_early_fails_the_others_within_the_timeout(tmp_path):
+    report = tmp_path / "rank0.txt"
     t0 = time.monotonic()
-    r = run_ranks("dead_rank.py", timeout=120, MLC_DIST_TIMEOUT="3")
+    r = run_ranks("dead_rank.py", timeout=120, _args=(str(report),), MLC_DIST_TIMEOUT="3")
     elapsed = time.monotonic() - t0
-    assert r.returncode != 0
     out = r.stdout + r.stderr
+    assert r.returncode != 0, out
     assert "rank 1: leaving early" in out
-    assert "allreduce(sum) on ranks [0, 1] did not complete within 3 s: another rank exited" in out
+    assert report.exists(), f"rank 0 never reported an error:\n{out}"
+    assert "allreduce(sum) on ranks [0, 1] did not complete within 3 s: another rank exited" in report.read_text()
     assert elapsed < 90
 
 

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -165,9 +166,20 @@ _CHECK_BYTES = 256                # the header, then "words\ttype" for messages
 _broken = False   # a collective timed out: abort the job at exit instead of hanging in MPI_Finalize
 
 
+ABORT_GRACE = 1.0   # seconds the launcher gets to forward this rank's last output before the abort
+
+
 def _abort_if_broken():
     if _broken:
         from mpi4py import MPI
+        # MPI_Abort kills every rank and its forwarding of output at once: the error that explains
+        # the abort (already printed) would be lost to the user without the flush and the grace
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        time.sleep(ABORT_GRACE)
         MPI.COMM_WORLD.Abort(1)
 
 

@@ -1,5 +1,6 @@
 """A rank that exits early: the others fail with a clear error within MLC_DIST_TIMEOUT,
-never hang (run with mpirun -n 2 and MLC_DIST_TIMEOUT=3)."""
+never hang (run with mpirun -n 2 and MLC_DIST_TIMEOUT=3). Rank 0 also writes its error to
+the file named by the first argument: the launcher may stop forwarding output at the abort."""
 import sys
 import time
 
@@ -18,5 +19,8 @@ t0 = time.monotonic()
 try:
     step(x)
 except mlc.dist.DistError as e:
-    print(f"rank 0: DistError after {time.monotonic() - t0:.1f} s: {e}", flush=True)
+    report = f"rank 0: DistError after {time.monotonic() - t0:.1f} s: {e}"
+    with open(sys.argv[1], "w") as f:
+        f.write(report)
+    print(report, flush=True)
     raise
