@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .driver import JitFunction
-from .frontend.trace import TraceError, Tracer, current_trace_active, record, trace_info, user_location
+from .frontend.trace import TraceError, Tracer, current_trace, current_trace_active, trace_info, user_location
 from .passes.autodiff import backprop
 from .tree import flatten, unflatten
 
@@ -37,13 +37,18 @@ def _eager_or_traced(traced: Callable) -> Callable:
     return wrapper
 
 
+def _constant(array) -> Tracer:
+    """``array`` as a constant of the current trace."""
+    return current_trace().record("constant", [], {"value": np.asarray(array)})[0]
+
+
 def _subtrace(fn: Callable, args: Sequence, what: str):
     """Trace ``fn`` on ``args`` into its own graph (tracers of the enclosing trace become
     inputs); returns (traced, the outer tensor for each graph input)."""
     leaves, tree = flatten(tuple(args))
     types = unflatten(tree, [a.value.type if isinstance(a, Tracer) else a for a in leaves])
     traced = trace_info(fn, types, name=getattr(fn, "__name__", what))
-    outer = [a if isinstance(a, Tracer) else record("constant", [], {"value": np.asarray(a)})[0]
+    outer = [a if isinstance(a, Tracer) else _constant(a)
              for a, s in zip(leaves, traced.static) if s is None]
     return traced, outer + traced.captured
 
@@ -102,8 +107,8 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
             raise TraceError(f"{what}: the function must return a float scalar to differentiate, got "
                              f"{value.type if value_tree.kind == 'leaf' else 'a ' + repr(value_tree)}"
                              + ("; use has_aux=True to return (value, aux)" if not has_aux else ""))
-        one = record("constant", [], {"value": np.ones((), value.dtype.np)})[0]
-        outs, grads = backprop(t.graph, outer, wrt, [one] + [None] * (len(t.graph.outputs) - 1))
+        one = _constant(np.ones((), value.dtype.np))
+        outs, grads = backprop(current_trace(), t.graph, outer, wrt, [one] + [None] * (len(t.graph.outputs) - 1))
         grouped, k = [], 0
         for tree, n in trees:
             grouped.append(unflatten(tree, grads[k:k + n]))
@@ -147,7 +152,7 @@ def vjp(fn: Callable, *primals, has_aux: bool = False):
 
     def forward(*ps):
         t, outer = _subtrace(fn, ps, what)
-        outs, _ = backprop(t.graph, outer, [], [None] * len(t.graph.outputs))
+        outs, _ = backprop(current_trace(), t.graph, outer, [], [None] * len(t.graph.outputs))
         out_tree, aux_tree = split(t)
         n = out_tree.num_leaves
         out = unflatten(out_tree, outs[:n])
@@ -166,9 +171,9 @@ def vjp(fn: Callable, *primals, has_aux: bool = False):
             if tuple(c.shape) != v.shape or np.dtype(c.dtype) != v.dtype.np:
                 raise TraceError(f"{what}: a cotangent of {c.dtype}{list(c.shape)} was given for an output of "
                                  f"type {v.type}")
-            cts.append(c if isinstance(c, Tracer) else record("constant", [], {"value": np.asarray(c)})[0])
+            cts.append(c if isinstance(c, Tracer) else _constant(c))
         cts += [None] * (len(t.graph.outputs) - len(cts))
-        _, grads = backprop(t.graph, outer, wrt_float, cts)
+        _, grads = backprop(current_trace(), t.graph, outer, wrt_float, cts)
         by_input = dict(zip(wrt_float, grads))
         # integer and boolean primals get no gradient: None in their place
         flat = [by_input.get(i) for i in wrt]

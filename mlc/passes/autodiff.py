@@ -1,8 +1,8 @@
 """Reverse-mode autodiff as a graph transformation.
 
-``backprop`` replays a graph into the current trace and then walks its nodes in
-reverse, calling each op's ``vjp`` rule (``ops/<family>.py``) on the cotangents of
-the node's outputs. Rules are written with ops themselves, so the backward pass is
+``backprop`` replays a graph on an emitter (``ops/builder.py``: a graph being built,
+or the trace open in ``mlc.grad``) and then walks its nodes in reverse, calling each
+op's ``vjp`` rule (``ops/<family>.py``) on the cotangents of the node's outputs. Rules are written with ops themselves, so the backward pass is
 an ordinary graph: it fuses, plans memory and compiles with the forward, and can
 be differentiated again (grad of grad).
 
@@ -11,7 +11,7 @@ cotangent per output and returning g's outputs plus the gradient of each input.
 
 A rule has the signature ``vjp(em, ins, outs, cts, **attrs) -> list``: ``em(op,
 *args, **attrs)`` records an op (Python scalars adopt the tensors' dtype), ``ins``
-and ``outs`` are the node's inputs and outputs as traced tensors, ``cts`` the
+and ``outs`` are the node's inputs and outputs as values being built (``Sym``), ``cts`` the
 cotangents of the outputs (None for an output nothing depends on; a single-output
 op always gets one). It returns one cotangent per input, or None where an input
 gets no gradient (an integer index, a boolean condition).
@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from .. import ops
-from ..frontend.trace import TraceError, Tracer, apply, record, trace_info
 from ..ir.graph import Graph
+from ..ops.builder import Emitter, Sym, TraceError, build_graph
 
 
 def differentiable(t) -> bool:
@@ -32,19 +32,18 @@ def differentiable(t) -> bool:
     return t.dtype.is_float
 
 
-def zeros_like(x: Tracer) -> Tracer:
-    return apply("broadcast_to", np.zeros((), x.dtype), shape=x.shape)
+def zeros_like(em: Emitter, x: Sym) -> Sym:
+    return em("broadcast_to", np.zeros((), x.dtype), shape=x.shape)
 
 
-def backprop(graph: Graph, inputs: Sequence, wrt: Sequence[int], cotangents: Sequence) -> tuple[list, list]:
-    """Replay ``graph`` on ``inputs`` (traced tensors of the current trace) and
-    differentiate it: returns (outputs, gradients of the inputs numbered in ``wrt``).
-    ``cotangents`` has one entry per graph output (None: no cotangent)."""
+def backprop(em: Emitter, graph: Graph, inputs: Sequence[Sym], wrt: Sequence[int],
+             cotangents: Sequence) -> tuple[list, list]:
+    """Replay ``graph`` on ``inputs`` (values of ``em``) and differentiate it: returns
+    (outputs, gradients of the inputs numbered in ``wrt``). ``cotangents`` has one
+    entry per graph output (None: no cotangent)."""
     if len(inputs) != len(graph.inputs):
         raise TypeError(f"backprop: graph @{graph.name} takes {len(graph.inputs)} inputs, got {len(inputs)}")
-    env = dict(zip(graph.inputs, inputs))
-    for n in graph.nodes:
-        env.update(zip(n.outputs, record(n.op, [env[v] for v in n.inputs], n.attrs, n.loc)))
+    env, _ = em.replay(graph, inputs)
 
     # values that depend on a differentiated input (only those need cotangents), and what
     # a recv received: its gradient goes back to the sender (the objective is the sum over ranks)
@@ -73,7 +72,7 @@ def backprop(graph: Graph, inputs: Sequence, wrt: Sequence[int], cotangents: Seq
         op = ops.get(n.op)
         if op.vjp is None:
             raise TraceError(f"mlc.grad: op {n.op} has no gradient rule" + (f" (at {n.loc})" if n.loc else ""))
-        in_cts = op.vjp(apply, [env[v] for v in n.inputs], [env[o] for o in n.outputs], out_cts, **n.attrs)
+        in_cts = op.vjp(em, [env[v] for v in n.inputs], [env[o] for o in n.outputs], out_cts, **n.attrs)
         if len(in_cts) != len(n.inputs):
             raise TraceError(f"internal error: the gradient rule of {n.op} returned {len(in_cts)} cotangents "
                              f"for {len(n.inputs)} inputs")
@@ -81,7 +80,7 @@ def backprop(graph: Graph, inputs: Sequence, wrt: Sequence[int], cotangents: Seq
             if g is not None and v in active:
                 accumulate(v, g, n.op)
     outputs = [env[v] for v in graph.outputs]
-    grads = [cts[graph.inputs[i]] if graph.inputs[i] in cts else zeros_like(env[graph.inputs[i]]) for i in wrt]
+    grads = [cts[graph.inputs[i]] if graph.inputs[i] in cts else zeros_like(em, env[graph.inputs[i]]) for i in wrt]
     return outputs, grads
 
 
@@ -96,10 +95,10 @@ def gradient_graph(graph: Graph, wrt: Sequence[int] | None = None) -> Graph:
                             f"inputs have gradients")
     n_in = len(graph.inputs)
 
-    def fn(*args):
-        outs, grads = backprop(graph, args[:n_in], wrt, args[n_in:])
+    def fn(em, *args):
+        outs, grads = backprop(em, graph, args[:n_in], wrt, args[n_in:])
         return tuple(outs) + tuple(grads)
 
     types = [v.type for v in graph.inputs] + [v.type for v in graph.outputs]
     names = [v.name for v in graph.inputs] + [f"ct{i}" for i in range(len(graph.outputs))]
-    return trace_info(fn, types, name=f"{graph.name}_vjp", input_names=names).graph
+    return build_graph(f"{graph.name}_vjp", types, names, fn)

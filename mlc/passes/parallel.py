@@ -13,8 +13,9 @@
   operand agrees; P -> R by allreduce(sum), S -> R by allgather. This is Megatron's
   column- then row-parallel MLP without writing any collective by hand.
 
-Each works by replaying a graph into a new trace, so the result is an ordinary
-graph: printing it shows the collectives where they were inserted.
+Each is a Graph -> Graph function that replays the graph on an emitter
+(``ops/builder.py``), so the result is an ordinary graph: printing it shows the
+collectives where they were inserted.
 """
 from __future__ import annotations
 
@@ -23,23 +24,26 @@ from typing import Sequence
 import numpy as np
 
 from .. import ops
-from ..frontend.trace import Tracer, apply, record, trace_info
 from ..ir.graph import Graph
+from ..ops.builder import Emitter, Sym, build_graph
 
 DEFAULT_BUCKET_BYTES = 25 << 20   # PyTorch DDP's default bucket size
 
 
 def allreduce_gradients(grads: Sequence, bucket_bytes: int = DEFAULT_BUCKET_BYTES, op: str = "mean",
                         group=None) -> list:
-    """Average (``op``) traced gradient tensors over ``group``: bucketed all-reduces on
-    flat buffers, in the order the gradients were produced. Returns the reduced
-    tensors in the order given."""
+    """Average (``op``) gradient tensors being built (traced tensors, or Syms of a
+    graph being built) over ``group``: bucketed all-reduces on flat buffers, in the
+    order the gradients were produced. Returns the reduced tensors in the order given."""
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
     for g in grads:
-        if not isinstance(g, Tracer):
+        if not isinstance(g, Sym):
             raise TypeError(f"allreduce_gradients works on traced tensors, got {type(g).__name__}")
-    position = {id(n): k for k, n in enumerate(grads[0]._ctx.builder.nodes)} if grads else {}
+    if not grads:
+        return []
+    position = {id(n): k for k, n in enumerate(grads[0].em.builder.nodes)}
+    emit = grads[0]._emit   # records where the gradients' operators record
 
     def produced_at(k):
         p = grads[k].value.producer
@@ -57,15 +61,15 @@ def allreduce_gradients(grads: Sequence, bucket_bytes: int = DEFAULT_BUCKET_BYTE
             return
         if len(bucket) == 1:
             k = bucket[0]
-            out[k] = apply("allreduce", grads[k], op=op, group=group)
+            out[k] = emit("allreduce", grads[k], op=op, group=group)
         else:
-            flat = apply("concatenate", [apply("reshape", grads[k], shape=(-1,)) for k in bucket], axis=0)
-            reduced = apply("allreduce", flat, op=op, group=group)
+            flat = emit("concatenate", [emit("reshape", grads[k], shape=(-1,)) for k in bucket], axis=0)
+            reduced = emit("allreduce", flat, op=op, group=group)
             start = 0
             for k in bucket:
                 n = int(np.prod(grads[k].shape, dtype=np.int64))
-                piece = apply("slice", reduced, begin=(start,), end=(start + n,), step=(1,))
-                out[k] = apply("reshape", piece, shape=tuple(grads[k].shape))
+                piece = emit("slice", reduced, begin=(start,), end=(start + n,), step=(1,))
+                out[k] = emit("reshape", piece, shape=tuple(grads[k].shape))
                 start += n
         bucket, size = [], 0
 
@@ -80,12 +84,10 @@ def allreduce_gradients(grads: Sequence, bucket_bytes: int = DEFAULT_BUCKET_BYTE
     return out
 
 
-def replay(graph: Graph, inputs: Sequence) -> list:
-    """Record ``graph``'s nodes into the current trace on ``inputs``; its outputs."""
-    env = dict(zip(graph.inputs, inputs))
-    for n in graph.nodes:
-        env.update(zip(n.outputs, record(n.op, [env[v] for v in n.inputs], n.attrs, n.loc)))
-    return [env[v] for v in graph.outputs]
+def replay(graph: Graph, inputs: Sequence[Sym]) -> list:
+    """Record ``graph``'s nodes on ``inputs`` where their first Sym records; its outputs."""
+    em = next(x.em for x in inputs if isinstance(x, Sym))
+    return em.replay(graph, inputs)[1]
 
 
 def data_parallel_graph(graph: Graph, grad_outputs: Sequence[int] | None = None,
@@ -95,15 +97,14 @@ def data_parallel_graph(graph: Graph, grad_outputs: Sequence[int] | None = None,
     if grad_outputs is None:
         grad_outputs = [k for k, v in enumerate(graph.outputs) if v.dtype.is_float]
 
-    def fn(*args):
-        outs = replay(graph, args)
+    def fn(em: Emitter, *args):
+        _, outs = em.replay(graph, args)
         reduced = allreduce_gradients([outs[k] for k in grad_outputs], bucket_bytes, group=group)
         for k, r in zip(grad_outputs, reduced):
             outs[k] = r
         return tuple(outs)
 
-    return trace_info(fn, [v.type for v in graph.inputs], name=f"{graph.name}_dp",
-                      input_names=[v.name for v in graph.inputs]).graph
+    return build_graph(f"{graph.name}_dp", [v.type for v in graph.inputs], [v.name for v in graph.inputs], fn)
 
 
 # ----------------------------------------------------------------------------- tensor parallel
@@ -139,7 +140,7 @@ def tensor_parallel_graph(graph: Graph, sharded: dict[int, str], group=None) -> 
     n = len(ranks)
     in_types = [local_type(v.type, sharded[i], n) if i in sharded else v.type for i, v in enumerate(graph.inputs)]
 
-    def fn(*args):
+    def fn(em: Emitter, *args):
         env, state = {}, {}
         for i, (v, a) in enumerate(zip(graph.inputs, args)):
             env[v] = a
@@ -149,14 +150,14 @@ def tensor_parallel_graph(graph: Graph, sharded: dict[int, str], group=None) -> 
             """v's full value on every rank."""
             s = state[v]
             if s[0] == "P":
-                env[v], state[v] = apply("allreduce", env[v], op="sum", group=ranks), ("R",)
+                env[v], state[v] = em("allreduce", env[v], op="sum", group=ranks), ("R",)
             elif s[0] == "S":
-                env[v], state[v] = apply("allgather", env[v], axis=s[1] % v.type.rank, group=ranks), ("R",)
+                env[v], state[v] = em("allgather", env[v], axis=s[1] % v.type.rank, group=ranks), ("R",)
             return env[v]
 
         for node in graph.nodes:
             if node.op == "constant":
-                outs, st = record("constant", [], node.attrs, node.loc), ("R",)
+                outs, st = em.record("constant", [], node.attrs, node.loc), ("R",)
             else:
                 st = _propagate(node, state)
                 if st is None:   # the node needs whole values
@@ -164,20 +165,20 @@ def tensor_parallel_graph(graph: Graph, sharded: dict[int, str], group=None) -> 
                     st = ("R",)
                 else:
                     ins = [env[v] for v in node.inputs]
-                outs = _record_local(node, ins)
+                outs = _record_local(em, node, ins)
             for o, t in zip(node.outputs, outs):
                 env[o], state[o] = t, st
         return tuple(whole(v) for v in graph.outputs)
 
-    return trace_info(fn, in_types, name=f"{graph.name}_tp", input_names=[v.name for v in graph.inputs]).graph
+    return build_graph(f"{graph.name}_tp", in_types, [v.name for v in graph.inputs], fn)
 
 
-def _record_local(node, ins):
+def _record_local(em: Emitter, node, ins):
     """Record ``node`` on local values, whose shapes may be shards: attributes are
     re-canonicalized against the local types."""
     op = ops.get(node.op)
     attrs = op.canonical_attrs([t.value.type for t in ins], node.attrs)
-    return record(node.op, ins, attrs, node.loc)
+    return em.record(node.op, ins, attrs, node.loc)
 
 
 def _propagate(node, state) -> tuple | None:
