@@ -68,11 +68,13 @@ class Compiled:
         partition = fuse if pm.opt_level >= FUSION_LEVEL else unfused
         self.fused = pm.timed("fuse", "graph", partition, self.graph)
         self.lowered = pm.timed("lower", "tensor", lower_graph, self.fused)
+        pm.run_tensor_passes(self.lowered)
         if self.aliases:
             place_aliases(self.lowered, self.aliases)
         self.tuned = 0
         self.funcs = pm.timed("schedule", "loop",
                               lambda: _Funcs(self._schedule(c.kernel, db) for c in self.lowered.calls))
+        pm.run_loop_passes(self.funcs)
         self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs, self.aliases)
         self.parallel = cg.gomp_available() if target.is_host else target.cores > 1
         # MLC_BOUNDS_CHECK=1: every load and store checked (codegen.llvm), BoundsError on a miss

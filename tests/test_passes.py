@@ -295,10 +295,12 @@ def test_dumps_every_stage_in_order(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00-input.graph.txt", "01-infer_types.graph.txt", "02-fold_constants.graph.txt",
                      "03-simplify.graph.txt", "04-cse.graph.txt", "05-dce.graph.txt", "06-conv_layout.graph.txt",
-                     "07-fuse.graph.txt", "08-lower.tensor.txt", "09-schedule.loop.txt", "10-plan.memory.txt",
-                     "11-codegen.llvm.txt"]
+                     "07-fuse.graph.txt", "08-lower.tensor.txt", "09-inline.tensor.txt",
+                     "10-simplify_indices.tensor.txt", "11-reindex_reductions.tensor.txt", "12-schedule.loop.txt",
+                     "13-partition.loop.txt", "14-lower_accumulate.loop.txt", "15-simplify_loops.loop.txt",
+                     "16-plan.memory.txt", "17-codegen.llvm.txt"]
     assert "kernel @matmul_add_relu_0" in (tmp_path / "07-fuse.graph.txt").read_text()
-    assert "define void @\"mlc_entry\"" in (tmp_path / "11-codegen.llvm.txt").read_text()
+    assert "define void @\"mlc_entry\"" in (tmp_path / "17-codegen.llvm.txt").read_text()
     report = pm.timing_report()
     for name in ("fold_constants", "fuse", "lower", "schedule", "codegen", "total"):
         assert name in report

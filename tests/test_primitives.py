@@ -19,6 +19,7 @@ from mlc.driver import Compiled
 from mlc.ir import expr as E
 from mlc.ir.tensor import Kernel, Placeholder, compute, reduce
 from mlc.ir.types import float32
+from mlc.passes.loops import lower_loops
 from mlc.runtime.executable import LoadedCode
 from mlc.schedule.default import rule_schedule, schedule_kernel
 from mlc.schedule.primitives import (
@@ -76,7 +77,7 @@ MM_WANT = np.maximum(MM_IN[0] @ MM_IN[1] + MM_IN[2], 0)
 
 
 def check_mm(s):
-    f = s.finalize()
+    f = lower_loops(s.finalize())
     (got,) = run_func(f, *MM_IN)
     np.testing.assert_allclose(got, MM_WANT, rtol=1e-4, atol=1e-4)
     return f
@@ -95,7 +96,7 @@ EW_WANT = (EW_IN[0] * 2 + EW_IN[1]) ** 2 - EW_IN[1]
 
 
 def check_ew(s):
-    f = s.finalize()
+    f = lower_loops(s.finalize())
     (got,) = run_func(f, *EW_IN)
     np.testing.assert_allclose(got, EW_WANT, rtol=1e-4, atol=1e-5)
     return f
@@ -171,7 +172,7 @@ def top_loops(s) -> list[str]:
 def test_default_nests_match_numpy():
     check_mm(Schedule(matmul_kernel(), HOST))
     check_ew(Schedule(elementwise_kernel(), HOST))
-    (got,) = run_func(Schedule(rowsum_kernel(), HOST).finalize(), SUM_IN)
+    (got,) = run_func(lower_loops(Schedule(rowsum_kernel(), HOST).finalize()), SUM_IN)
     np.testing.assert_allclose(got, SUM_IN.sum(1), rtol=1e-4, atol=1e-5)
 
 
@@ -272,7 +273,7 @@ def test_vectorize_reduction_loop_gets_lane_partial_accumulators():
     text = str(s)
     assert "alloc vacc: f32[1,8] local" in text and "vector ki_lane in [0, 8)" in text
     assert "out[i] = vacc[0, 0] + vacc[0, 1]" in text       # the lanes are folded at the write-back
-    (got,) = run_func(s.finalize(), SUM_IN)
+    (got,) = run_func(lower_loops(s.finalize()), SUM_IN)
     np.testing.assert_allclose(got, SUM_IN.sum(1), rtol=1e-4, atol=1e-5)
 
 
@@ -283,7 +284,7 @@ def test_vectorize_whole_reduction_loop_of_2d_sum():
     s.vectorize("r1i")
     s.unroll("r1o")
     assert "alloc vacc: f32[8] local" in str(s)
-    (got,) = run_func(s.finalize(), SUM_IN)
+    (got,) = run_func(lower_loops(s.finalize()), SUM_IN)
     np.testing.assert_allclose(got, SUM_IN.sum(), rtol=1e-4, atol=1e-4)
 
 
@@ -299,7 +300,7 @@ def test_max_reductions_of_softmax_with_lane_partials():
     s.vectorize("j2i")
     s.parallel("i2")
     assert "vacc[0, j, ki] max= A[i, ko * 4 + ki]" in str(s)
-    (got,) = run_func(s.finalize(), SM_IN)
+    (got,) = run_func(lower_loops(s.finalize()), SM_IN)
     np.testing.assert_allclose(got, softmax_ref(SM_IN), rtol=1e-4, atol=1e-6)
 
 
@@ -315,7 +316,7 @@ def test_compute_inline_injective_intermediate():
 def test_compute_inline_conv_padding():
     s = Schedule(conv_kernel(), HOST)
     s.compute_inline("T0")
-    (got,) = run_func(s.finalize(), CONV_X, CONV_W)
+    (got,) = run_func(lower_loops(s.finalize()), CONV_X, CONV_W)
     np.testing.assert_allclose(got, conv_ref(CONV_X, CONV_W), rtol=1e-4, atol=1e-4)
 
 
@@ -325,7 +326,7 @@ def test_compute_at_conv_padding_inside_output_rows(loop, rows):
     s.compute_at("T0", loop)
     # only the padded rows one iteration reads: 3 for one output row, all 11 for one channel
     assert s.loops()["T0"] == ["i", "j", "k", "l"]
-    f = s.finalize()
+    f = lower_loops(s.finalize())
     assert [b.type.shape for b in f.scratch if b.name == "T0"] == [(1, 3, rows, 11)]
     (got,) = run_func(f, CONV_X, CONV_W)
     np.testing.assert_allclose(got, conv_ref(CONV_X, CONV_W), rtol=1e-4, atol=1e-4)
@@ -340,7 +341,7 @@ def test_compute_at_elementwise_producer_of_matmul(split):
         s.split("i1", split)
         loop = "i1o"                        # a block of rows, the last one partial
     s.compute_at("P", loop)
-    f = s.finalize()
+    f = lower_loops(s.finalize())
     assert [b.type.shape for b in f.scratch] == [(split or 1, K)]
     (got,) = run_func(f, a, b)
     np.testing.assert_allclose(got, np.exp(a) @ b, rtol=1e-4, atol=1e-4)
@@ -353,7 +354,7 @@ def test_compute_at_inside_parallel_loop_is_thread_local():
     s.parallel("i1o")
     s.compute_at("P", "i1i")
     assert "alloc P: f32[1,23] local" in str(s)
-    f = s.finalize()
+    f = lower_loops(s.finalize())
     assert f.scratch == []
     (got,) = run_func(f, a, b)
     np.testing.assert_allclose(got, np.exp(a) @ b, rtol=1e-4, atol=1e-4)
@@ -370,7 +371,7 @@ def test_compute_at_a_parallel_loop_is_thread_local():
     s = Schedule(producer_matmul_kernel(), HOST)
     s.parallel("i1")
     s.compute_at("P", "i1")
-    f = s.finalize()
+    f = lower_loops(s.finalize())
     assert "alloc P: f32[1,23] local" in str(f) and f.scratch == []
 
 
@@ -475,7 +476,7 @@ def test_bind_on_gpu_target_prints_gpu_loops():
     s.bind("ji", "threadIdx.x")
     text = str(s)
     assert "blockIdx.x io in [0, 10)" in text and "threadIdx.x ji in [0, 8)" in text
-    assert "likely" not in str(s.finalize())
+    assert "likely" not in str(lower_loops(s.finalize()))
 
 
 # ============================================================================ 2. printed structure
@@ -488,7 +489,7 @@ def test_split_prints_outer_inner_and_likely_guard_until_finalize():
     assert "if likely io * 4 + ii < 37 {" in text
     assert "T0[io * 4 + ii, j] += A[io * 4 + ii, k] * B[k, j]" in text
     assert s.loops()["T0"] == ["i_init", "j_init", "io", "ii", "j", "k"]
-    f = str(s.finalize())
+    f = str(lower_loops(s.finalize()))
     assert "likely" not in f and "if " not in f
     assert "for io in [0, 9) {" in f                       # the whole blocks
     assert "T0[36, j]" in f                                # the peeled last block, one row
@@ -509,7 +510,7 @@ def test_default_nest_prints_init_then_reduction():
 
 
 def test_finalize_lowers_accumulate_and_lists_scratch():
-    f = Schedule(matmul_kernel(), HOST).finalize()
+    f = lower_loops(Schedule(matmul_kernel(), HOST).finalize())
     text = str(f)
     assert "+=" not in text and "T0[i, j] = T0[i, j] + A[i, k] * B[k, j]" in text
     assert "// outputs: out; scratch: T0" in text
@@ -771,7 +772,7 @@ def test_reverse_compute_at_epilogue_reading_a_later_stage_is_refused_or_correct
         s.reverse_compute_at("out", "j")
     except ScheduleError:
         return
-    (got,) = run_func(s.finalize(), a, b, b2)
+    (got,) = run_func(lower_loops(s.finalize()), a, b, b2)
     np.testing.assert_allclose(got, a @ b + a @ b2, rtol=1e-4, atol=1e-4)
 
 
@@ -838,12 +839,12 @@ def test_rule_schedule_trace_survives_json_and_replays_identically(name, make, i
     trace = json.loads(text)
     assert trace == s.trace
     assert all(set(c) == {"prim", "args"} and c["prim"] in PRIMITIVES for c in trace)
-    f = s.finalize()
+    f = lower_loops(s.finalize())
     again = replay(kernel, HOST, trace)
-    assert str(again.finalize()) == str(f)
-    assert str(replay(kernel, HOST, text).finalize()) == str(f)      # the JSON string itself
+    assert str(lower_loops(again.finalize())) == str(f)
+    assert str(lower_loops(replay(kernel, HOST, text).finalize())) == str(f)      # the JSON string itself
     assert again.trace == trace                                       # replay records the same calls
-    assert str(schedule_kernel(kernel, HOST, trace)) == str(f)
+    assert str(lower_loops(schedule_kernel(kernel, HOST, trace))) == str(f)
     (got,) = run_func(f, *inputs())
     np.testing.assert_allclose(got, want(), rtol=1e-4, atol=1e-4)
 
@@ -873,7 +874,7 @@ def test_hand_schedule_trace_replays_identically():
                                           "reverse_compute_at", "vectorize", "unroll", "vectorize"]
     f = check_mm(s)
     assert f.scratch == []
-    assert str(replay(k, HOST, trace).finalize()) == str(f)
+    assert str(lower_loops(replay(k, HOST, trace).finalize())) == str(f)
 
 
 def test_parallel_over_shared_packed_panel_is_refused():
@@ -906,7 +907,7 @@ def test_replay_on_same_structure_other_sizes_either_refuses_or_is_correct():
         s = replay(small, HOST, trace)
     except ScheduleError:
         return
-    (got,) = run_func(s.finalize(), a, b, c)
+    (got,) = run_func(lower_loops(s.finalize()), a, b, c)
     np.testing.assert_allclose(got, np.maximum(a @ b + c, 0), rtol=1e-4, atol=1e-4)
 
 
@@ -975,9 +976,9 @@ def random_sequence(rnd: random.Random):
 @pytest.mark.parametrize("seed", range(24))
 def test_random_legal_sequences_match_numpy(seed):
     k, s, log = random_sequence(random.Random(seed))
-    f = s.finalize()
+    f = lower_loops(s.finalize())
     assert "likely" not in str(f)
     (got,) = run_func(f, *MM_IN)
     np.testing.assert_allclose(got, MM_WANT, rtol=1e-4, atol=1e-4, err_msg=f"trace {s.trace}\nlog {log}")
     again = replay(k, HOST, json.loads(json.dumps(s.trace)))
-    assert str(again.finalize()) == str(f)
+    assert str(lower_loops(again.finalize())) == str(f)

@@ -1,10 +1,12 @@
 """Fused graph -> tensor level: each group of nodes (``passes.fuse``) becomes one Kernel.
 
 Each node of a group is lowered by its op's rule, reading the stages of the nodes
-before it in the group; then every injective stage that is not a kernel output is
-inlined into the stages that read it, when that reads each of its elements about
-once (so nothing expensive is recomputed). What is left is materialized inside
-the kernel.
+before it in the group. The tensor-level passes below (``inline``,
+``simplify_indices``, ``reindex_reductions``; run, verified and dumped by the pass
+manager) then inline every injective stage that is not a kernel output into the
+stages that read it, when that reads each of its elements about once (so nothing
+expensive is recomputed), and tidy the index arithmetic. What is left is
+materialized inside the kernel.
 
 Constants become runtime parameters, except one-element constants, which are
 folded into the kernels that read them as literals. A graph output that is not
@@ -119,18 +121,42 @@ def lower_group(nodes: list[Node], name: str, constant_of: dict, outputs: list[V
         if not isinstance(t, Compute) or t in out_stages:   # an input passed through, or a repeat
             t = _copy_stage(t)
         out_stages.append(t)
-    stages = _inline(stages_of(out_stages), out_stages)
-    _simplify_indices(stages)
-    stages = _reindex_reductions(stages, out_stages)
-    temp = 0
-    for s in stages:
-        if s in out_stages:
-            s.name = "out" if len(out_stages) == 1 else f"out{out_stages.index(s)}"
-        else:
-            s.name, temp = f"T{temp}", temp + 1
     kinds = {ops.get(n.op).kind for n in nodes}
     kind = next((k for k in ("contraction", "reduction") if k in kinds), "injective")
-    return Kernel(name, inputs, stages, out_stages, kind), bound
+    return name_stages(Kernel(name, inputs, stages_of(out_stages), out_stages, kind)), bound
+
+
+def name_stages(kernel: Kernel) -> Kernel:
+    """Outputs ``out`` (``out0``, ``out1``, ...), temporaries ``T0``, ``T1``, ... in order."""
+    temp = 0
+    for s in kernel.stages:
+        if s in kernel.outputs:
+            s.name = "out" if len(kernel.outputs) == 1 else f"out{kernel.outputs.index(s)}"
+        else:
+            s.name, temp = f"T{temp}", temp + 1
+    return kernel
+
+
+# ----------------------------------------------------------------------------- tensor-level passes
+# Kernel -> Kernel, run in this order on every kernel by the pass manager (passes/manager.py)
+
+def inline(kernel: Kernel) -> Kernel:
+    """Injective temporaries read about once per element are inlined into their readers."""
+    kernel.stages = _inline(kernel.stages, kernel.outputs)
+    return name_stages(kernel)
+
+
+def simplify_indices(kernel: Kernel) -> Kernel:
+    """Index arithmetic left by reshapes is simplified with the ranges of the axes."""
+    _simplify_indices(kernel.stages)
+    return kernel
+
+
+def reindex_reductions(kernel: Kernel) -> Kernel:
+    """A reduction read through a reshape by one elementwise stage is recomputed in the
+    reader's index space, so the reader becomes its epilogue."""
+    kernel.stages = _reindex_reductions(kernel.stages, kernel.outputs)
+    return name_stages(kernel)
 
 
 def _copy_stage(t: Tensor) -> Compute:

@@ -11,6 +11,12 @@ Dumps are numbered in pipeline order (``00-input.graph.txt``, ``01-fold_constant
 Levels: -O0 runs no graph pass (one kernel per op); -O1 simplifies (folding, CSE,
 DCE, algebraic identities, batch_norm folding); -O2, the default, also picks the
 convolution layout and fuses; -O3 folds constants without the size cap.
+
+After lowering, every level runs the tensor passes (``TENSOR_PASSES``) on each kernel
+and, after scheduling, the loop passes (``LOOP_PASSES``) on each function; each is
+verified under MLC_VERIFY=1 and dumped like a graph pass. ``disabled`` (the CLI's
+``--disable-pass NAME``) switches passes off by name at any level, except the ones
+code generation needs.
 """
 from __future__ import annotations
 
@@ -22,8 +28,9 @@ from pathlib import Path
 from typing import Callable
 
 from .. import ops
+from ..ir import loop as loop_ir, tensor as tensor_ir
 from ..ir.graph import Graph
-from . import layout, simplify
+from . import layout, loops, lower, simplify
 
 DEFAULT_OPT_LEVEL = 2
 
@@ -31,8 +38,10 @@ DEFAULT_OPT_LEVEL = 2
 @dataclass(frozen=True)
 class Pass:
     name: str
-    run: Callable[[Graph], Graph]
+    run: Callable          # graph: Graph -> Graph; tensor: Kernel -> Kernel; loop: Func -> Func
     doc: str
+    level: str = "graph"
+    required: bool = False   # a later stage cannot do without it: it cannot be disabled
 
 
 PASSES: dict[str, Pass] = {p.name: p for p in (
@@ -55,6 +64,22 @@ PIPELINES: dict[int, list[str]] = {
 }
 FUSION_LEVEL = 2   # the first level that fuses ops into kernels
 
+# The passes after lowering, at every -O level, in order: each runs on every kernel
+# (tensor) or every scheduled function (loop), then is verified and dumped.
+TENSOR_PASSES = [
+    Pass("inline", lower.inline, "inline injective temporaries read about once per element", "tensor"),
+    Pass("simplify_indices", lower.simplify_indices, "simplify index arithmetic with the axes' ranges", "tensor"),
+    Pass("reindex_reductions", lower.reindex_reductions,
+         "recompute a reduction read through a reshape in its reader's index space (an epilogue)", "tensor"),
+]
+LOOP_PASSES = [
+    Pass("partition", loops.partition, "remove likely guards by loop partitioning", "loop"),
+    Pass("lower_accumulate", loops.lower_accumulate, "accumulations as loads, combines and stores", "loop",
+         required=True),
+    Pass("simplify_loops", loops.simplify, "fold conditions and simplify indices with the loops' ranges", "loop"),
+]
+ALL_PASSES: dict[str, Pass] = {**PASSES, **{p.name: p for p in TENSOR_PASSES + LOOP_PASSES}}
+
 
 def check_opt_level(level) -> int:
     if not isinstance(level, int) or level not in PIPELINES:
@@ -66,6 +91,17 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def check_disabled(names) -> frozenset[str]:
+    """The pass names ``--disable-pass`` may switch off, or a ValueError naming the choices."""
+    names = frozenset(names)
+    for n in sorted(names):
+        if n not in ALL_PASSES:
+            raise ValueError(f"unknown pass {n!r}; passes: {', '.join(ALL_PASSES)}")
+        if ALL_PASSES[n].required:
+            raise ValueError(f"pass {n} cannot be disabled: code generation needs its result")
+    return names
+
+
 class PassManager:
     """Runs one pipeline; keeps (name, seconds) per pass and writes dumps when asked.
 
@@ -74,8 +110,9 @@ class PassManager:
     ``DIR/<graph name>.1``, ...), so every ``mlc.jit`` specialization keeps its dumps."""
 
     def __init__(self, opt_level: int = DEFAULT_OPT_LEVEL, verify: bool | None = None,
-                 dump_dir: str | os.PathLike | None = None, time_passes: bool = False):
+                 dump_dir: str | os.PathLike | None = None, time_passes: bool = False, disabled=()):
         self.opt_level = check_opt_level(opt_level)
+        self.disabled = check_disabled(disabled)
         self.verify = env_flag("MLC_VERIFY") if verify is None else verify
         self._env_dump = dump_dir is None and bool(os.environ.get("MLC_DUMP_IR"))
         dump_dir = dump_dir if dump_dir is not None else os.environ.get("MLC_DUMP_IR") or None
@@ -98,8 +135,41 @@ class PassManager:
             self.dump_dir, self._env_dump = base, False
         self.record("input", "graph", graph)
         for name in self.pipeline:
-            graph = self.apply(PASSES[name], graph)
+            if name not in self.disabled:
+                graph = self.apply(PASSES[name], graph)
         return graph
+
+    def run_tensor_passes(self, lowered) -> None:
+        """The tensor-level passes on every kernel of a ``LoweredGraph``, in place."""
+        calls = [c for c in lowered.calls if isinstance(c.kernel, tensor_ir.Kernel)]
+
+        def run(p):
+            for c in calls:
+                c.kernel = p.run(c.kernel)
+            return [c.kernel for c in calls]
+        self._run_level(TENSOR_PASSES, run, getattr(tensor_ir, "verify", None), lowered)
+
+    def run_loop_passes(self, funcs: list) -> None:
+        """The loop-level passes on every scheduled function, in place."""
+        def run(p):
+            funcs[:] = [p.run(f) for f in funcs]
+            return funcs
+        self._run_level(LOOP_PASSES, run, getattr(loop_ir, "verify", None), funcs)
+
+    def _run_level(self, passes: list[Pass], run: Callable, verify: Callable, whole) -> None:
+        for p in passes:
+            if p.name in self.disabled:
+                continue
+            t0 = time.perf_counter()
+            units = run(p)
+            self.timings.append((p.name, time.perf_counter() - t0))
+            if self.verify and verify is not None:
+                for u in units:
+                    try:
+                        verify(u)
+                    except Exception as e:
+                        raise RuntimeError(f"pass {p.name} produced invalid {p.level} IR: {e}") from e
+            self.record(p.name, p.level, whole)
 
     def apply(self, p: Pass, graph: Graph) -> Graph:
         t0 = time.perf_counter()

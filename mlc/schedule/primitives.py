@@ -29,8 +29,10 @@ import json
 from dataclasses import dataclass, field
 
 from ..ir import expr as E
-from ..ir.expr import Const, Expr, Load, Var, affine, affine_expr as _lin, linear_coefficient, simplify_index, simplify_int, substitute
+from ..ir.expr import Const, Expr, Load, Var, affine_expr as _lin, linear_coefficient, substitute
 from ..ir.loop import GPU_KINDS, Accumulate, Alloc, Buffer, For, Func, If, Seq, Stmt, Store, buffers_used
+from ..ir.stmt import (REMOVE, fold_bool as _fold_bool, map_stmt, replace_for as _for, simplify_stmt as _simplify_stmt,
+                       simplify_sub as _simplify_sub, subst_stmt, walk_stmts)
 from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, combine, reduce_identity
 from ..target import Target
 
@@ -57,85 +59,6 @@ def primitive(fn):
 
 
 # ============================================================================ statement utilities
-
-def _for(old: For, **changes) -> For:
-    f = For(changes.get("var", old.var), changes.get("extent", old.extent), changes.get("body", old.body),
-            changes.get("kind", old.kind), changes.get("start", old.start))
-    return f
-
-
-def map_stmt(s: Stmt, fn) -> Stmt | None:
-    """Rebuild ``s`` bottom-up after ``fn``: ``fn(node)`` returns a replacement (used as
-    is), or None to recurse into the node's children. A replacement of None-valued
-    children (a removed statement) is dropped from its parent."""
-    r = fn(s)
-    if r is not None:
-        return r if not isinstance(r, _Removed) else None
-    if isinstance(s, For):
-        body = map_stmt(s.body, fn)
-        return None if body is None else _for(s, body=body)
-    if isinstance(s, Seq):
-        kids = [k for k in (map_stmt(x, fn) for x in s.stmts) if k is not None]
-        return Seq(kids) if kids else None
-    if isinstance(s, Alloc):
-        body = map_stmt(s.body, fn)
-        return None if body is None else Alloc(s.buffer, body)
-    if isinstance(s, If):
-        then = map_stmt(s.then, fn)
-        orelse = map_stmt(s.orelse, fn) if s.orelse is not None else None
-        if then is None and orelse is None:
-            return None
-        return If(s.cond, then if then is not None else Seq([]), orelse, s.likely)
-    return s
-
-
-class _Removed:
-    """Returned by a ``map_stmt`` callback to delete the node."""
-
-
-REMOVE = _Removed()
-
-
-def subst_stmt(s: Stmt, vmap: dict, loads: dict | None = None, buffers: dict | None = None) -> Stmt:
-    """Substitute variables (``vmap``), whole loads (``loads``: buffer -> fn(indices))
-    and stored-to buffers (``buffers``: old -> new) throughout a statement."""
-    def ex(e):
-        return substitute(e, vmap, None, loads)
-
-    def fn(x):
-        if isinstance(x, For):
-            return For(x.var, ex(x.extent), subst_stmt(x.body, vmap, loads, buffers), x.kind, ex(x.start))
-        if isinstance(x, Store):
-            buf = buffers.get(x.buffer, x.buffer) if buffers else x.buffer
-            return Store(buf, [ex(i) for i in x.indices], ex(x.value))
-        if isinstance(x, Accumulate):
-            buf = buffers.get(x.buffer, x.buffer) if buffers else x.buffer
-            return Accumulate(buf, [ex(i) for i in x.indices], x.combiner, ex(x.value),
-                              [(ex(r), n) for r, n in x.rindex])
-        if isinstance(x, If):
-            return If(ex(x.cond), subst_stmt(x.then, vmap, loads, buffers),
-                      subst_stmt(x.orelse, vmap, loads, buffers) if x.orelse is not None else None, x.likely)
-        return None
-    out = map_stmt(s, fn)
-    return out if out is not None else Seq([])
-
-
-def walk_stmts(s: Stmt, above: tuple = ()):
-    """(statement, its ancestors outermost first) for every statement under ``s``."""
-    yield s, above
-    inner = above + (s,)
-    if isinstance(s, For):
-        yield from walk_stmts(s.body, inner)
-    elif isinstance(s, Seq):
-        for x in s.stmts:
-            yield from walk_stmts(x, inner)
-    elif isinstance(s, Alloc):
-        yield from walk_stmts(s.body, inner)
-    elif isinstance(s, If):
-        yield from walk_stmts(s.then, inner)
-        if s.orelse is not None:
-            yield from walk_stmts(s.orelse, inner)
-
 
 def subst_loads(e: Expr, buf: Buffer, fn) -> Expr:
     """``e`` with every load of ``buf`` replaced by ``fn(indices)``."""
@@ -1046,12 +969,9 @@ class Schedule:
 
     # ================================================================== result
     def finalize(self) -> Func:
-        """The scheduled kernel as plain loops: guards partitioned away, accumulations as
-        stores, index arithmetic simplified."""
+        """The scheduled kernel as one function, with its ``likely`` guards and
+        accumulations: the loop passes (``passes/loops.py``) make plain loops of it."""
         body: Stmt = Seq([self.nests[n] for n in self.order if n in self.nests])
-        body = partition(body)
-        body = map_stmt(body, _lower_accumulate) or Seq([])
-        body = _simplify_stmt(body)
         outputs = [self.tensor_buffers[t] for t in self.kernel.outputs]
         used = buffers_used(body)
         scratch = [st.buffer for st in self.stages.values()
@@ -1161,164 +1081,3 @@ def _check_dense(accs, L: For, shape, what: str) -> None:
                 raise ScheduleError(f"cannot {what}: the loops inside it walk dimension {d} of {w.buffer.name} "
                                     f"with gaps (a {shape[d]}-wide box for {span} elements); reorder so the "
                                     "inner loops cover a contiguous tile")
-
-
-def _fold_bool(e: Expr) -> Expr:
-    """Fold comparisons of constants and and/or of constant booleans."""
-    if isinstance(e, E.BinOp):
-        a, b = _fold_bool(e.a), _fold_bool(e.b)
-        if isinstance(a, Const) and isinstance(b, Const):
-            ops = {"lt": lambda x, y: x < y, "le": lambda x, y: x <= y, "gt": lambda x, y: x > y,
-                   "ge": lambda x, y: x >= y, "eq": lambda x, y: x == y, "ne": lambda x, y: x != y,
-                   "and": lambda x, y: x and y, "or": lambda x, y: x or y}
-            if e.op in ops:
-                return Const(ops[e.op](a.value, b.value), E.bool_)
-        if e.op in ("and", "or"):
-            for x, y in ((a, b), (b, a)):
-                if isinstance(x, Const):
-                    if e.op == "and":
-                        return y if x.value else Const(False, E.bool_)
-                    return Const(True, E.bool_) if x.value else y
-        return E.binop(e.op, a, b) if (a is not e.a or b is not e.b) else e
-    return e
-
-
-def _simplify_sub(e: Expr) -> Expr:
-    """(outer + x) - outer -> x for affine index expressions."""
-    aff = affine(e)
-    return _lin(*aff) if aff is not None else e
-
-
-def _simplify_stmt(s: Stmt, ranges: dict | None = None) -> Stmt:
-    ranges = dict(ranges or {})
-
-    def fn(x):
-        if isinstance(x, For):
-            r = dict(ranges)
-            if isinstance(x.start, Const) and isinstance(x.extent, Const):
-                r[x.var] = (x.start.value, x.start.value + x.extent.value - 1)
-            return _for(x, body=_simplify_stmt(x.body, r))
-        if isinstance(x, Store):
-            return Store(x.buffer, [_simplify_sub(simplify_int(i, ranges)) for i in x.indices],
-                         simplify_index(x.value, ranges))
-        if isinstance(x, Accumulate):
-            return Accumulate(x.buffer, [_simplify_sub(simplify_int(i, ranges)) for i in x.indices], x.combiner,
-                              simplify_index(x.value, ranges), x.rindex)
-        if isinstance(x, If):
-            cond = _fold_bool(simplify_index(x.cond, ranges))
-            then = _simplify_stmt(x.then, ranges)
-            orelse = _simplify_stmt(x.orelse, ranges) if x.orelse is not None else None
-            if isinstance(cond, Const):
-                return then if cond.value else (orelse if orelse is not None else REMOVE)
-            return If(cond, then, orelse, x.likely)
-        return None
-    return map_stmt(s, fn) or Seq([])
-
-
-def _lower_accumulate(x):
-    if isinstance(x, Accumulate):
-        return Store(x.buffer, x.indices, combine(x.combiner, Load(x.buffer, x.indices), x.value))
-    return None
-
-
-# ============================================================================ loop partitioning
-
-def _guard_terms(cond: Expr):
-    """``e < n`` with affine e: (coeffs, const, n); else None."""
-    if isinstance(cond, E.BinOp) and cond.op == "lt" and isinstance(cond.b, Const):
-        aff = affine(cond.a)
-        if aff is not None:
-            return aff[0], aff[1], int(cond.b.value)
-    return None
-
-
-def partition(s: Stmt, ranges: dict | None = None) -> Stmt:
-    """Remove ``likely`` guards by loop partitioning. At a loop whose variable is the
-    outermost one in a guard below it, the iterations where the guard holds for every
-    inner iteration run unguarded; the rest are peeled (one iteration: the variable
-    becomes a constant) or dropped (the guard never holds there)."""
-    ranges = dict(ranges or {})
-    if isinstance(s, Seq):
-        return Seq([partition(x, ranges) for x in s.stmts])
-    if isinstance(s, Alloc):
-        return Alloc(s.buffer, partition(s.body, ranges))
-    if isinstance(s, If):
-        if s.likely:
-            t = _guard_terms(s.cond)
-            if t is not None and all(v in ranges for v in t[0]):
-                cs, c0, n = t
-                lo = c0 + sum(min(c * ranges[v][0], c * ranges[v][1]) for v, c in cs.items())
-                hi = c0 + sum(max(c * ranges[v][0], c * ranges[v][1]) for v, c in cs.items())
-                if hi < n:
-                    return partition(s.then, ranges)
-                if lo >= n:
-                    return Seq([])
-        return If(s.cond, partition(s.then, ranges), partition(s.orelse, ranges) if s.orelse is not None else None,
-                  s.likely)
-    if not isinstance(s, For):
-        return s
-    if not (isinstance(s.start, Const) and isinstance(s.extent, Const)):
-        return _for(s, body=partition(s.body, ranges))
-    start, n = s.start.value, s.extent.value
-    if n <= 0:
-        return Seq([])
-    inner = dict(ranges)
-    inner[s.var] = (start, start + n - 1)
-    # the guards below whose outermost unresolved variable is this loop's: up to
-    # ``limit`` they hold for every inner iteration; from a guard's ``dead`` on they
-    # never hold, and once every statement below is dead the loop can stop
-    limit = None
-    dead_of: dict[int, int] = {}        # id(guard) -> first iteration where it never holds
-    for g, above in walk_stmts(s.body):
-        if not (isinstance(g, If) and g.likely):
-            continue
-        t = _guard_terms(g.cond)
-        if t is None or s.var not in t[0] or t[0][s.var] <= 0:
-            continue
-        cs, c0, bound = t
-        below = {a.var: a for a in above if isinstance(a, For)}
-        hi_rest = lo_rest = 0
-        ok = True
-        for v, c in cs.items():
-            if v is s.var:
-                continue
-            if v in ranges:
-                lo, hi = ranges[v]
-            elif v in below and isinstance(below[v].start, Const) and isinstance(below[v].extent, Const):
-                lo, hi = below[v].start.value, below[v].start.value + below[v].extent.value - 1
-            else:
-                ok = False
-                break
-            hi_rest += max(c * lo, c * hi)
-            lo_rest += min(c * lo, c * hi)
-        if not ok:
-            continue
-        c = cs[s.var]
-        v_ok = (bound - c0 - hi_rest - 1) // c + 1        # first iteration that may fail
-        limit = v_ok if limit is None else min(limit, v_ok)
-        dead_of[id(g)] = -(-(bound - c0 - lo_rest) // c)  # first iteration that always fails
-    end = start + n
-    leaves = [(x, above) for x, above in walk_stmts(s.body) if isinstance(x, (Store, Accumulate))]
-    if dead_of and leaves and all(any(id(a) in dead_of for a in above) for _, above in leaves):
-        live = max(min(dead_of[id(a)] for a in above if id(a) in dead_of) for _, above in leaves)
-        end = max(start, min(end, live))
-        if end == start:
-            return Seq([])
-        n = end - start
-    if limit is None or limit >= end:
-        inner[s.var] = (start, end - 1)
-        return _for(s, extent=Const(n), body=partition(s.body, inner))
-    limit = max(limit, start)
-    parts = []
-    if limit > start:
-        main = dict(ranges)
-        main[s.var] = (start, limit - 1)
-        parts.append(_for(s, start=Const(start), extent=Const(limit - start), body=partition(s.body, main)))
-    for v in range(limit, start + n):
-        if start + n - limit > 4:
-            rest = dict(ranges)
-            rest[s.var] = (limit, start + n - 1)
-            parts.append(_for(s, start=Const(limit), extent=Const(start + n - limit), body=partition(s.body, rest)))
-            break
-        parts.append(partition(subst_stmt(s.body, {s.var: Const(v)}), ranges))
-    return Seq(parts)

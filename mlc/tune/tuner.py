@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.tensor import Kernel
+from ..passes.loops import lower_loops
 from ..schedule.default import schedule_kernel
 from ..schedule.primitives import ScheduleError
 from ..target import Target
@@ -213,7 +214,7 @@ class Tuner:
                     train[h] = rec          # latest last
             for rec in list(train.values())[-RESUME_TRAIN:] if t.default_time else []:
                 try:
-                    func = schedule_kernel(t.kernel, self.target, rec.schedule)
+                    func = lower_loops(schedule_kernel(t.kernel, self.target, rec.schedule))
                 except ScheduleError:
                     continue
                 self.model.add(features(func, self.target), rec.median / t.default_time)
@@ -237,7 +238,7 @@ class Tuner:
     def _candidate(self, t: Task, config: dict) -> Candidate:
         schedule = self._schedule_of(t, config)
         built = t.built.pop(config_id(config), None)
-        func = built.finalize() if built is not None else schedule_kernel(t.kernel, self.target, schedule)
+        func = lower_loops(built.finalize() if built is not None else schedule_kernel(t.kernel, self.target, schedule))
         return Candidate(config, schedule, func, features(func, self.target))
 
     @property
@@ -408,7 +409,7 @@ class Tuner:
             for r in list(fastest.values())[:CONFIRM] if len(fastest) > 1 else []:
                 if out_of_time():
                     break
-                self._remeasure(t, r.schedule, schedule_kernel(t.kernel, self.target, r.schedule))
+                self._remeasure(t, r.schedule, lower_loops(schedule_kernel(t.kernel, self.target, r.schedule)))
             if out_of_time():
                 return
 
