@@ -224,7 +224,11 @@ def _load_graph(spec: str, shapes, command: str):
 
 def _pass_manager(args, **kw):
     from .passes.manager import PassManager
-    return PassManager(args.opt_level, verify=True if args.verify else None, **kw)
+    try:
+        return PassManager(args.opt_level, verify=True if args.verify else None,
+                           disabled=getattr(args, "disable_pass", ()), **kw)
+    except ValueError as e:
+        raise SystemExit(f"mlc: --disable-pass: {e}") from None
 
 
 def cmd_compile(args) -> int:
@@ -529,6 +533,8 @@ def main(argv=None) -> int:
     _add_compile_options(comp)
     comp.add_argument("--time-passes", action="store_true", help="print the time spent in every pass")
     comp.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
+    comp.add_argument("--disable-pass", action="append", default=[], metavar="NAME",
+                      help="skip this pass (graph, tensor or loop level; repeatable); --dump-ir names them all")
     comp.add_argument("--target", metavar="T", help="host (default), a named target such as neoverse-n1 or "
                                                     "sifive-u74, or a .json file describing the hardware")
     comp.add_argument("-o", dest="output", metavar="OUT", help="write the code: OUT.so a model library with a C "

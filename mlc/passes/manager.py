@@ -73,7 +73,8 @@ TENSOR_PASSES = [
          "recompute a reduction read through a reshape in its reader's index space (an epilogue)", "tensor"),
 ]
 LOOP_PASSES = [
-    Pass("partition", loops.partition, "remove likely guards by loop partitioning", "loop"),
+    Pass("partition", loops.partition, "remove likely guards by loop partitioning", "loop",
+         required=True),   # a guard left inside a vector loop cannot be generated
     Pass("lower_accumulate", loops.lower_accumulate, "accumulations as loads, combines and stores", "loop",
          required=True),
     Pass("simplify_loops", loops.simplify, "fold conditions and simplify indices with the loops' ranges", "loop"),
@@ -98,7 +99,8 @@ def check_disabled(names) -> frozenset[str]:
         if n not in ALL_PASSES:
             raise ValueError(f"unknown pass {n!r}; passes: {', '.join(ALL_PASSES)}")
         if ALL_PASSES[n].required:
-            raise ValueError(f"pass {n} cannot be disabled: code generation needs its result")
+            raise ValueError(f"pass {n} cannot be disabled: code generation needs its result ("
+                             f"{', '.join(p.name for p in ALL_PASSES.values() if p.required)} always run)")
     return names
 
 
