@@ -26,12 +26,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .frontend.api import OP_FUNCTIONS
-from .frontend.trace import Tracer, apply, trace_info
+from .frontend.trace import TraceError, Tracer, apply, current_trace, trace_info
 from .ir.types import TensorType
-from .passes.parallel import (DEFAULT_BUCKET_BYTES, allreduce_gradients, data_parallel_graph, local_type,
-                              replay, shard_axis, tensor_parallel_graph)
-from .runtime.comm import (Communicator, DistError, MPICommunicator, NCCLCommunicator, SingleProcess, set_world,
-                           world)
+from .passes import parallel
+from .passes.parallel import DEFAULT_BUCKET_BYTES, local_type, replay, shard_axis
+from .ops.collective import OPS_BY_NAME, _group
+from .runtime.comm import (Communicator, DistError, MPICommunicator, NCCLCommunicator, SingleProcess, run_collective,
+                           set_world, world)
 from .tree import flatten, key_paths, unflatten
 
 __all__ = ["rank", "world_size", "barrier", "allreduce", "allgather", "reduce_scatter", "broadcast", "send",
@@ -40,12 +41,65 @@ __all__ = ["rank", "world_size", "barrier", "allreduce", "allgather", "reduce_sc
            "Communicator", "MPICommunicator", "NCCLCommunicator", "SingleProcess", "set_world", "world",
            "DEFAULT_BUCKET_BYTES"]
 
-allreduce = OP_FUNCTIONS["allreduce"]
-allgather = OP_FUNCTIONS["allgather"]
-reduce_scatter = OP_FUNCTIONS["reduce_scatter"]
-broadcast = OP_FUNCTIONS["broadcast"]
-send = OP_FUNCTIONS["send"]
-recv = OP_FUNCTIONS["recv"]
+def _collective(name: str):
+    """mlc.dist's ``name``: fills in ``group`` (None: every rank of the job) and this
+    process's rank, then records the op inside a trace or runs it on arrays."""
+    op = OP_FUNCTIONS[name]
+
+    def fn(*args, **kwargs):
+        bound = op.__signature__.bind(*args, **kwargs)
+        bound.apply_defaults()
+        attrs = dict(bound.arguments)
+        x = attrs.pop("x", None)
+        traced = isinstance(x, Tracer) or current_trace() is not None
+        error = TraceError if traced else DistError
+        w = world()
+        group = tuple(range(w.size)) if attrs["group"] is None else attrs["group"]
+        if any(int(r) >= w.size for r in group):
+            raise error(f"{name}: group {[int(r) for r in group]} names ranks outside the world of {w.size}")
+        attrs["group"] = group
+        if name == "broadcast":
+            attrs["rank"] = w.rank
+        if attrs.get("peer") == w.rank:
+            raise error(f"{name}: peer {attrs['peer']} is this process's own rank")
+        if traced:
+            return apply(name, *([] if x is None else [x]), **attrs)
+        x = None if x is None else np.ascontiguousarray(x)
+        ins = [TensorType.of(x)] if x is not None else []
+        attrs = OPS_BY_NAME[name].canonicalize(ins, attrs)
+        (t,) = OPS_BY_NAME[name].infer(ins, **attrs)
+        out = np.empty(t.shape, t.dtype.np)
+        run_collective(name, attrs, x, out)
+        return out
+
+    for k in ("__name__", "__qualname__", "__module__", "__signature__", "__doc__"):
+        setattr(fn, k, getattr(op, k))
+    return fn
+
+
+allreduce = _collective("allreduce")
+allgather = _collective("allgather")
+reduce_scatter = _collective("reduce_scatter")
+broadcast = _collective("broadcast")
+send = _collective("send")
+recv = _collective("recv")
+
+
+def allreduce_gradients(grads: list, bucket_bytes: int = DEFAULT_BUCKET_BYTES, op: str = "mean", group=None) -> list:
+    return parallel.allreduce_gradients(grads, bucket_bytes, op=op, group=_ranks(group))
+
+
+def data_parallel_graph(graph, grad_outputs=None, bucket_bytes: int = DEFAULT_BUCKET_BYTES, group=None):
+    return parallel.data_parallel_graph(graph, grad_outputs, bucket_bytes, group=_ranks(group))
+
+
+def tensor_parallel_graph(graph, sharded: dict, group=None):
+    return parallel.tensor_parallel_graph(graph, sharded, group=_ranks(group))
+
+
+allreduce_gradients.__doc__ = parallel.allreduce_gradients.__doc__
+data_parallel_graph.__doc__ = parallel.data_parallel_graph.__doc__
+tensor_parallel_graph.__doc__ = parallel.tensor_parallel_graph.__doc__
 
 
 def rank() -> int:
@@ -61,8 +115,12 @@ def barrier() -> None:
 
 
 def _ranks(group) -> tuple[int, ...]:
-    from .ops.collective import _group
-    return _group(group)
+    """``group`` as world ranks (None: every rank of the job), checked against the world."""
+    w = world()
+    ranks = _group(tuple(range(w.size)) if group is None else group)
+    if any(r >= w.size for r in ranks):
+        raise DistError(f"group {list(ranks)} names ranks outside the world of {w.size}")
+    return ranks
 
 
 def shard_batch(batch, group=None):

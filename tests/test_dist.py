@@ -13,7 +13,7 @@ import pytest
 
 import mlc
 from mlc.frontend.trace import trace_info
-from mlc.passes.parallel import allreduce_gradients, data_parallel_graph
+from mlc.dist import allreduce_gradients, data_parallel_graph
 from mlc.passes.simplify import eliminate_common_subexpressions, eliminate_dead_code
 from mlc.runtime.comm import DistError, SingleProcess, world
 

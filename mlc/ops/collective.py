@@ -1,11 +1,12 @@
 """Collective communication as graph ops: allreduce, allgather, reduce_scatter,
 broadcast, send, recv.
 
-Each has a ``group`` attribute: the world ranks taking part, in order (None when
-traced means every rank of the job, so a printed graph shows the ranks). Type
+Each has a ``group`` attribute: the world ranks taking part, in order, fixed when
+the graph is built (``mlc.dist`` fills in the job's ranks), so a graph's types do not
+depend on the process that reads it; broadcast also records this process's ``rank``. Type
 rules know the group size: allgather multiplies the gathered axis by it,
 reduce_scatter divides it. The ops run through a communicator
-(``runtime/comm.py``: MPI or NCCL); the passes never fuse, fold, merge or drop
+(MPI or NCCL, through ``mlc.dist`` on arrays); the passes never fuse, fold, merge or drop
 them. Gradient rules are collectives too: allreduce -> allreduce,
 allgather <-> reduce_scatter, broadcast -> allreduce to the root, send <-> recv (a
 recv's gradient is sent back to the sender, whose send receives it).
@@ -22,17 +23,15 @@ from .registry import OpDef, check, normalize_axis
 REDUCE_OPS = ("sum", "mean", "max", "min")
 
 
-def _group(group) -> tuple[int, ...]:
-    from ..runtime.comm import world
-    w = world()
-    if group is None:
-        return tuple(range(w.size))
+def _group(group, name: str = "collective") -> tuple[int, ...]:
+    check(group is not None, f"{name}: group must list the ranks taking part; mlc.dist.{name} fills in the "
+                             f"job's ranks")
     try:
         ranks = tuple(int(r) for r in group)
     except TypeError:
         raise TypeError(f"group must be a sequence of ranks, got {group!r}") from None
     check(len(ranks) > 0 and len(set(ranks)) == len(ranks), f"group {list(ranks)} must list distinct ranks")
-    check(all(0 <= r < w.size for r in ranks), f"group {list(ranks)} names ranks outside the world of {w.size}")
+    check(all(r >= 0 for r in ranks), f"group {list(ranks)} names negative ranks")
     return ranks
 
 
@@ -45,22 +44,22 @@ def _reduce_op(op: str, t: TensorType, name: str) -> str:
 def _canon(name: str):
     def canon(ins, attrs):
         out = dict(attrs)
-        out["group"] = _group(attrs["group"])
+        out["group"] = _group(attrs["group"], name)
         if "op" in attrs:
             out["op"] = _reduce_op(attrs["op"], ins[0], name)
         if "axis" in attrs:
             out["axis"] = normalize_axis(attrs["axis"], ins[0].rank, name)
         if "peer" in attrs:
-            from ..runtime.comm import world
             peer = attrs["peer"]
             check(isinstance(peer, (int, np.integer)) and peer in out["group"],
                   f"{name}: peer {peer!r} is not a rank of the group {list(out['group'])}")
-            check(peer != world().rank, f"{name}: peer {peer} is this process's own rank")
             out["peer"] = int(peer)
             out["tag"] = int(attrs["tag"])
         if "root" in attrs:
             check(attrs["root"] in out["group"], f"{name}: root {attrs['root']!r} is not a rank of the group "
                                                  f"{list(out['group'])}")
+            check(attrs["rank"] in out["group"], f"{name}: rank {attrs['rank']!r} (this process's) is not a rank "
+                                                 f"of the group {list(out['group'])}")
             out["root"] = int(attrs["root"])
         if "shape" in attrs:
             out["shape"] = tuple(int(d) for d in attrs["shape"])
@@ -98,13 +97,8 @@ def _recv_infer(ins, shape, dtype, peer, tag, group):
 
 def _reference(name: str):
     def reference(*args, **attrs):
-        from ..runtime.comm import run_collective
-        x = np.ascontiguousarray(args[0]) if args else None
-        ins = [TensorType.of(x)] if x is not None else []
-        (t,) = OPS_BY_NAME[name].infer(ins, **attrs)
-        out = np.empty(t.shape, t.dtype.np)
-        run_collective(name, attrs, x, out)
-        return out
+        raise NotImplementedError(f"{name}: collectives on arrays run through mlc.dist.{name}, which knows the job's "
+                                  f"ranks")
     return reference
 
 
@@ -147,10 +141,9 @@ def _reduce_scatter_vjp(em, ins, outs, g, axis, op, group):
 
 
 @_float
-def _broadcast_vjp(em, ins, outs, g, root, group):
-    from ..runtime.comm import world
+def _broadcast_vjp(em, ins, outs, g, root, group, rank):
     total = em("allreduce", g, op="sum", group=group)
-    return [total if world().rank == root else total * 0.0]
+    return [total if rank == root else total * 0.0]
 
 
 def _send_vjp(em, ins, outs, cts, **attrs):
@@ -183,7 +176,7 @@ OPS = [
           vjp=_reduce_scatter_vjp,
           doc="Reduce x over the group and give member r block r of the result along axis."),
     OpDef("broadcast", "collective", _same, _reference("broadcast"), _not_lowered,
-          attrs={"root": 0, "group": None}, canonicalize=_canon("broadcast"), vjp=_broadcast_vjp,
+          attrs={"root": 0, "group": None, "rank": None}, canonicalize=_canon("broadcast"), vjp=_broadcast_vjp,
           doc="Every member gets the root's x."),
     OpDef("send", "collective", _same, _reference("send"), _not_lowered,
           attrs={"peer": None, "tag": 0, "group": None}, canonicalize=_canon("send"), vjp=_send_vjp,

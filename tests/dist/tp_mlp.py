@@ -40,6 +40,6 @@ if fwd > 1e-5 or bwd > 1e-5 or abs(float(l_tp) - float(l_ref)) > 1e-5:
     sys.exit(f"rank {rank}: tensor-parallel results differ from the single-device model")
 if rank == 0:
     from mlc.frontend.trace import trace_info
-    from mlc.passes.parallel import tensor_parallel_graph
+    from mlc.dist import tensor_parallel_graph
     g = trace_info(mlp, (params, x)).graph
     print(tensor_parallel_graph(g, {0: "column", 1: "column", 2: "row"}))
