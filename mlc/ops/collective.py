@@ -103,7 +103,7 @@ def _reference(name: str):
 
 
 def _not_lowered(ins, outs, **attrs):
-    raise NotImplementedError("collectives are runtime calls (passes/lower.py), not compute stages")
+    raise NotImplementedError("collectives are communicator calls (passes/lower.py), not compute stages")
 
 
 # ----------------------------------------------------------------------------- gradient rules
