@@ -4,7 +4,7 @@
     @mlc.jit
     def f(x, w): return mlc.relu(x @ w)
 """
-from .version import __version__  # noqa: E402
+from .version import __version__  # noqa: E402, F401  (mlc.__version__)
 
 from .ir.types import (DType, TensorType, dtype, float16, float32, float64, int8, int32, int64, uint8,  # noqa: E402
                        bool_)

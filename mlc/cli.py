@@ -287,7 +287,7 @@ def _target_of(args, command: str):
 def _open_tuning_db(path, command: str):
     if path is None:
         return None
-    from .tune.database import TuningDB, TuningDBError
+    from .schedule.database import TuningDB, TuningDBError
     if not os.path.exists(path):
         raise SystemExit(f"mlc {command}: --db {path}: no such file (create it with `mlc tune MODEL --db {path}`)")
     try:
@@ -300,11 +300,12 @@ def _compile_for_file(graph, target, pm, db=None):
     """(Compiled with its object code generated, its stats, the memory report)."""
     from types import SimpleNamespace
 
-    from .driver import _LLVM_LOCK, Compiled
+    from . import codegen
+    from .driver import Compiled
     from .runtime.executable import Executable
     if target.kind != "cpu":
         raise SystemExit(f"mlc compile: target {target.name} is a {target.kind} target; mlc generates CPU code only")
-    with _LLVM_LOCK:
+    with codegen.LOCK:
         c = Compiled(graph, target, pm, db=db)
         pm.timed("codegen", None, c.object_code)
         if pm.dump_dir is not None:
@@ -390,7 +391,7 @@ def cmd_sign(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .tune.database import TuningDBError
+    from .schedule.database import TuningDBError
     from .tune.progress import make_progress
     from .tune.report import write_report
     from .tune.tuner import TuneError, trial_limit, tune
@@ -505,7 +506,7 @@ def _random_array(rng, t):
 
 
 def main(argv=None) -> int:
-    from . import __version__
+    from .version import __version__
     p = argparse.ArgumentParser(prog="mlc", description="mlc: trace, compile and run ML models as native code.")
     p.add_argument("--version", action="version", version=f"mlc {__version__}")
     sub = p.add_subparsers(dest="command")

@@ -1,7 +1,7 @@
 """The compile pipeline, one stage after another:
 
     trace -> Graph -> graph passes (per -O level) -> fuse -> lower (tensor)
-          -> schedule (loop) -> memory plan -> LLVM module
+          -> schedule (loop) -> memory plan -> codegen (LLVM module)
           -> object code (cached on disk) -> Executable
 
 ``passes.manager.PassManager`` runs the graph passes and times and dumps every stage.
@@ -11,15 +11,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import threading
 import warnings
 from typing import Callable
 
 import llvmlite
 import numpy as np
 
-from . import __version__
-from .codegen import llvm as cg
+from . import codegen
 from .frontend.trace import TraceError, Traced, Tracer, trace_info
 from .ir.graph import Graph
 from .passes.fuse import fuse, unfused
@@ -28,14 +26,13 @@ from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_
 from .passes.plan import place_aliases, plan_memory
 from .ir.loop import Buffer, CallExtern, Func
 from .runtime import cache, comm
-from .runtime.executable import Executable, LoadedCode, Signature
+from .runtime.executable import Executable, Signature
+from .schedule.database import TuningDB, best_schedule
 from .schedule.default import schedule_kernel
 from .schedule.primitives import ScheduleError
 from .target import Target
 from .tree import flatten, unflatten
-
-
-_LLVM_LOCK = threading.RLock()
+from .version import __version__
 
 
 class _Funcs(list):
@@ -76,7 +73,7 @@ class Compiled:
                               lambda: _Funcs(self._schedule(c.kernel, db) for c in self.lowered.calls))
         pm.run_loop_passes(self.funcs)
         self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs, self.aliases)
-        self.parallel = cg.gomp_available() if target.is_host else target.cores > 1
+        self.parallel = codegen.runs_parallel(target)
         # MLC_BOUNDS_CHECK=1: every load and store checked (codegen.llvm), BoundsError on a miss
         self.bounds_check = env_flag("MLC_BOUNDS_CHECK")
 
@@ -85,7 +82,6 @@ class Compiled:
         if kernel.kind == "collective":
             return collective_func(kernel)
         if db is not None:
-            from .tune.tuner import best_schedule
             trace = best_schedule(db, kernel, self.target)
             if trace is not None:
                 try:
@@ -110,17 +106,15 @@ class Compiled:
                 "in_place": self.plan.in_place, "views": self.plan.views, "tuned_kernels": self.tuned,
                 "param_bytes": sum(p.nbytes for p in self.lowered.param_data)}
 
-    @functools.cached_property
-    def llvm_module(self) -> str:
-        mb = cg.ModuleBuilder(self.graph.name, self.target.triple, self.parallel, self.bounds_check)
-        for f in self.funcs:
-            mb.add_func(f)
-        mb.add_entry(self.plan.calls)
-        return str(mb.module)
+    @property
+    def program(self) -> codegen.Program:
+        """What code generation compiles: the scheduled functions and the plan's calls."""
+        return codegen.Program(self.graph.name, list(self.funcs), self.plan.calls, self.parallel, self.bounds_check,
+                               self.plan.workspace_bytes)
 
     @functools.cached_property
-    def tm(self):
-        return cg.target_machine(self.target.triple, self.target.cpu, self.target.features)
+    def llvm_module(self) -> str:
+        return codegen.source(self.program, self.target)
 
     def cache_key(self) -> str:
         return cache.key_of(__version__, cache.source_hash(), llvmlite.__version__, self.target.key, str(self.parallel),
@@ -131,9 +125,15 @@ class Compiled:
         key = self.cache_key()
         obj = cache.load(key)
         if obj is None:
-            obj = self.tm.emit_object(cg.optimize(self.llvm_module, self.tm))
+            with codegen.LOCK:
+                obj = codegen.backend(self.target).compile(self.llvm_module, self.target)
             cache.store(key, obj)
         return obj
+
+    def export(self, path, **options):
+        """Write this compilation as a model library (``codegen.export.export_library``)."""
+        from .codegen.export import export_library
+        return export_library(self, path, **options)
 
     def text(self, level: str) -> str:
         if level == "graph":
@@ -147,9 +147,8 @@ class Compiled:
         if level == "llvm":
             return self.llvm_module
         if level in ("llvm-opt", "asm"):
-            with _LLVM_LOCK:
-                mod = cg.optimize(self.llvm_module, self.tm)
-                return str(mod) if level == "llvm-opt" else self.tm.emit_assembly(mod)
+            with codegen.LOCK:
+                return codegen.backend(self.target).text(self.llvm_module, self.target, level)
         raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt or asm")
 
 
@@ -164,12 +163,12 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
         raise ValueError(f"target {target.name} is not this machine ({Target.get('host').triple}): code for it "
                          "cannot run here; write it to a file with `mlc compile MODEL --target ... -o out.o`")
     pm = pm or PassManager(opt_level)
-    with _LLVM_LOCK, _open_db(db) as database:   # LLVM's global context is not safe for concurrent compiles
+    with codegen.LOCK, _open_db(db) as database:   # LLVM's global context is not safe for concurrent compiles
         c = Compiled(graph, target, pm, aliases, database)
         obj = pm.timed("codegen", None, c.object_code)
         if pm.dump_dir is not None:
             pm.record("codegen", "llvm", c.llvm_module)
-        code = LoadedCode(obj, c.tm)
+        code = codegen.load(obj, target)
     returned = len(graph.outputs) - len(aliases or {})   # outputs written in place are not returned
     single = returned == 1 if single_output is None else single_output
     return Executable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
@@ -231,7 +230,6 @@ def _open_db(db):
         return
     if not os.path.exists(db):
         raise FileNotFoundError(f"tuning database {os.fspath(db)!r} does not exist (create it with `mlc tune`)")
-    from .tune.database import TuningDB
     with TuningDB(db) as d:
         yield d
 

@@ -21,6 +21,31 @@ DEFAULT_CACHES = {"l1d": 32 * KiB, "l2": 512 * KiB, "l3": 8 * MiB}   # when the 
 KINDS = ("cpu", "cuda")
 
 
+_LLVM_INIT_LOCK = threading.Lock()
+_LLVM_INITIALIZED = False
+
+
+def init_llvm() -> None:
+    """Initialize LLVM once per process: the host's backend and every backend llvmlite
+    carries (AArch64, RISC-V, NVPTX, ...), so objects can be cross-compiled."""
+    global _LLVM_INITIALIZED
+    import llvmlite.binding as llvm
+    with _LLVM_INIT_LOCK:
+        if not _LLVM_INITIALIZED:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            llvm.initialize_all_targets()
+            llvm.initialize_all_asmprinters()
+            _LLVM_INITIALIZED = True
+
+
+def llvm_host_info() -> tuple[str, str, str]:
+    """The running machine as LLVM names it: (triple, CPU, features)."""
+    import llvmlite.binding as llvm
+    init_llvm()
+    return llvm.get_process_triple(), llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
 @dataclass(frozen=True)
 class Target:
     triple: str
@@ -46,7 +71,6 @@ class Target:
 
     @staticmethod
     def host() -> Target:
-        from .codegen.llvm import llvm_host_info
         triple, cpu, features = llvm_host_info()
         feats = set(features.split(","))
         vb = 64 if "+avx512f" in feats else 32 if ("+avx2" in feats or "+avx" in feats) else 16
@@ -321,8 +345,6 @@ def check_llvm(triple: str, cpu: str, features: str, source: str = "target") -> 
     if (triple, cpu, features) in _CHECKED:
         return
     import llvmlite.binding as llvm
-
-    from .codegen.llvm import init_llvm
     init_llvm()
     try:
         t = llvm.Target.from_triple(triple)

@@ -9,24 +9,17 @@ import pytest
 
 import mlc
 from mlc import driver
-from mlc.codegen import llvm as cg
+from mlc import codegen
 from mlc.codegen.export import ExportError
 from mlc.ir.expr import Load, Var
 from mlc.ir.loop import Alloc, Buffer, For, Func, Seq, Store
 from mlc.ir.types import float32, int32
-from mlc.runtime.executable import BoundsError, LoadedCode
-from mlc.target import Target
+from mlc.runtime.executable import BoundsError
 
 
 def build(func: Func, bounds_check: bool = True, parallel: bool = False):
-    t = Target.get("host")
-    mb = cg.ModuleBuilder("test", t.triple, parallel, bounds_check)
-    mb.add_func(func)
-    slots = [cg.Slot("input", n) for n in range(len(func.inputs))] + \
-            [cg.Slot("output", n) for n in range(len(func.outputs))]
-    mb.add_entry([cg.EntryCall(func, slots)])
-    tm = cg.target_machine(t.triple, t.cpu, t.features)
-    return LoadedCode(tm.emit_object(cg.optimize(str(mb.module), tm)), tm)
+    program = codegen.Program.of_func(func, parallel=parallel, bounds_check=bounds_check)
+    return codegen.load(codegen.build(program, "host"))
 
 
 def call(code, func, *inputs):
@@ -60,7 +53,7 @@ x = np.arange(8, dtype=np.float32)
 ])
 def test_out_of_bounds_access_raises(name, body, message):
     f = Func(name, [a], [out], body)
-    code = build(f, parallel=cg.gomp_available())
+    code = build(f, parallel=codegen.runs_parallel("host"))
     with pytest.raises(BoundsError, match=re.escape(message)):
         call(code, f, x)
     # the status is reset: the next call reports again (not stale, not silent)

@@ -6,29 +6,24 @@ import warnings
 import numpy as np
 import pytest
 
+from mlc import codegen
 from mlc.codegen import llvm as cg
 from mlc.ir import expr as E
 from mlc.ir.expr import Const, Load, Var
 from mlc.ir.loop import Alloc, Buffer, For, Func, If, Seq, Store
 from mlc.ir.types import bool_, float32, int32
-from mlc.runtime.executable import LoadedCode
 from mlc.target import Target
 
 
 def run_func(func: Func, *inputs, parallel=True):
     """Compile one Func as a whole module and run it on numpy inputs."""
-    t = Target.get("host")
-    mb = cg.ModuleBuilder("test", t.triple, parallel and cg.gomp_available())
-    mb.add_func(func)
-    slots = [cg.Slot("input", n) for n in range(len(func.inputs))] + \
-            [cg.Slot("output", n) for n in range(len(func.outputs))]
-    mb.add_entry([cg.EntryCall(func, slots)])
-    tm = cg.target_machine(t.triple, t.cpu, t.features)
-    code = LoadedCode(tm.emit_object(cg.optimize(str(mb.module), tm)), tm)
+    program = codegen.Program.of_func(func, parallel=parallel and codegen.runs_parallel("host"))
+    source = codegen.source(program, "host")
+    code = codegen.load(codegen.build(program, "host"))
     outs = [np.zeros(b.shape, b.dtype.np) for b in func.outputs]
     arr = lambda xs: (ctypes.c_void_p * max(1, len(xs)))(*[x.ctypes.data for x in xs])
     code.entry(arr(inputs), arr(outs), arr([]), None)
-    return outs, str(mb.module)
+    return outs, source
 
 
 def test_every_statement_kind_prints():

@@ -22,6 +22,7 @@ import onnx.backend.test
 from onnx import helper
 
 from mlc.frontend import onnx as mlc_onnx
+from mlc.interop.onnx_backend import MlcBackend
 from mlc.ir.types import dtype as mlc_dtype
 
 KNOWN_FAILURES: dict[str, list[str]] = {
@@ -120,7 +121,7 @@ def exclusions() -> dict[str, list[str]]:
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")   # the case generators divide by zero on purpose
     EXCLUDED = exclusions()
-    backend_test = onnx.backend.test.BackendTest(mlc_onnx.MlcBackend, __name__)
+    backend_test = onnx.backend.test.BackendTest(MlcBackend, __name__)
 
 for names in EXCLUDED.values():
     for name in names:

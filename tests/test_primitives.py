@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 
 import mlc
-from mlc.codegen import llvm as cg
+from mlc import codegen
 from mlc.driver import Compiled
 from mlc.ir import expr as E
 from mlc.ir.tensor import Kernel, Placeholder, compute, reduce
 from mlc.ir.types import float32
 from mlc.passes.loops import lower_loops
-from mlc.runtime.executable import LoadedCode
 from mlc.schedule.default import rule_schedule, schedule_kernel
 from mlc.schedule.primitives import (
     MAX_UNROLL,
@@ -42,14 +41,8 @@ R, C = 13, 19                 # elementwise sizes
 def run_func(func, *inputs, parallel=True):
     """Compile one finalized Func and run it; scratch buffers are passed as params
     (filled with NaN, so a read of a never-written element shows)."""
-    mb = cg.ModuleBuilder("test", HOST.triple, parallel and cg.gomp_available())
-    mb.add_func(func)
-    slots = [cg.Slot("input", n) for n in range(len(func.inputs))] + \
-            [cg.Slot("output", n) for n in range(len(func.outputs))] + \
-            [cg.Slot("param", n) for n in range(len(func.scratch))]
-    mb.add_entry([cg.EntryCall(func, slots)])
-    tm = cg.target_machine(HOST.triple, HOST.cpu, HOST.features)
-    code = LoadedCode(tm.emit_object(cg.optimize(str(mb.module), tm)), tm)
+    program = codegen.Program.of_func(func, parallel=parallel and codegen.runs_parallel(HOST), scratch="param")
+    code = codegen.load(codegen.build(program, HOST))
     inputs = [np.ascontiguousarray(x) for x in inputs]
     outs = [np.zeros(b.shape, b.dtype.np) for b in func.outputs]
     scratch = [np.full(b.shape, np.nan, b.dtype.np) for b in func.scratch]

@@ -10,7 +10,8 @@ import pytest
 
 import mlc
 from mlc.cli import main
-from mlc.codegen.cross import ToolchainNotFound, elf_header, elf_machine, find_c_compiler, write_object
+from mlc.codegen.cross import ToolchainNotFound, find_c_compiler, write_object
+from mlc.runtime.elf import elf_header, elf_machine
 from mlc.driver import Compiled
 from mlc.target import NAMED, Target, host_caches, parse_size
 

@@ -25,12 +25,12 @@ from mlc.examples import mlp, mlp_inputs, mlp_numpy
 from mlc.schedule.default import default_knobs, rule_schedule
 from mlc.schedule.primitives import replay
 from mlc.target import Target
-from mlc.tune.database import TuningDB, schedule_hash
+from mlc.schedule.database import TuningDB, best_schedule, schedule_hash, workload_key
 from mlc.tune.measure import MeasureResult
 from mlc.tune.rpc import RPCServer
 from mlc.tune.runner import LocalRunner
-from mlc.tune.space import FEATURES, ROWS, VECTORS, SearchSpace, workload_key
-from mlc.tune.tuner import MIN_TRAIN, CostModel, best_schedule, extract_tasks, tune
+from mlc.tune.space import FEATURES, ROWS, VECTORS, SearchSpace
+from mlc.tune.tuner import MIN_TRAIN, CostModel, extract_tasks, tune
 from processes import child_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,7 @@ import pytest
 from mlc.ir.expr import Const, Load, Var
 from mlc.ir.loop import Buffer, For, Func, Seq, Store
 from mlc.ir.types import float32
-from mlc.tune.database import SCHEMA_VERSION, TuningDB, TuningDBError, schedule_hash
+from mlc.schedule.database import SCHEMA_VERSION, TuningDB, TuningDBError, schedule_hash
 from mlc.tune.measure import KernelBuild, build_kernel, run_build
 from mlc.tune.rpc import RPCError, RPCRunner, RPCServer, runner_from_spec
 from mlc.tune.runner import LocalRunner
@@ -187,7 +187,7 @@ def test_db_refuses_other_files(tmp_path):
 
 _WRITER = """
 import sys
-from mlc.tune.database import TuningDB
+from mlc.schedule.database import TuningDB
 db = TuningDB(sys.argv[1])
 n = 0
 while True:

@@ -25,10 +25,11 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-from .. import __version__
+from ..version import __version__
 from ..runtime import params as container
 from ..runtime.library import ABI_VERSION, DTYPE_CODES, MAGIC, trailer
-from .cross import ElfHeader, elf_header, find_c_compiler, write_object
+from ..runtime.elf import ElfHeader, elf_header
+from .cross import find_c_compiler, write_object
 
 C_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime", "c")
 API_FUNCTIONS = ("mlc_abi_version", "mlc_version", "mlc_metadata", "mlc_status_name", "mlc_last_error",

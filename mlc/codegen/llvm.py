@@ -20,44 +20,26 @@ one is recorded in the module's ``mlc_bounds_status``, which the runtime turns i
 from __future__ import annotations
 
 import ctypes.util
-import threading
 import warnings
-from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, substitute, uses_var
 from ..ir.loop import GPU_KINDS, Alloc, Buffer, CallExtern, For, Func, If, Seq, Stmt, Store
+from ..ir.plan import EntryCall
 from ..ir.types import DType, float64
-from ..runtime.executable import BOUNDS_STATUS
+from ..runtime.executable import BOUNDS_STATUS, LoadedCode
+from ..target import Target, init_llvm
+from . import Backend, Program
 from . import fastmath
 
-_INIT_LOCK = threading.Lock()
-_INITIALIZED = False
 _GOMP: bool | None = None
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
 VOID = ir.VoidType()
 FLOAT_FLAGS = ("contract",)
-
-
-def init_llvm() -> None:
-    global _INITIALIZED
-    with _INIT_LOCK:
-        if not _INITIALIZED:
-            llvm.initialize_native_target()
-            llvm.initialize_native_asmprinter()
-            # every backend llvmlite carries (AArch64, RISC-V, NVPTX, ...): cross-compiled objects
-            llvm.initialize_all_targets()
-            llvm.initialize_all_asmprinters()
-            _INITIALIZED = True
-
-
-def llvm_host_info() -> tuple[str, str, str]:
-    init_llvm()
-    return llvm.get_process_triple(), llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
 
 
 def gomp_available() -> bool:
@@ -97,22 +79,6 @@ def _suffix(t: ir.Type) -> str:
     if isinstance(t, ir.DoubleType):
         return "f64"
     return f"i{t.width}"
-
-
-# ----------------------------------------------------------------------------- plan given to codegen
-
-@dataclass(frozen=True)
-class Slot:
-    """Where a kernel argument lives: ``input``/``output``/``param`` (index into the
-    pointer array) or ``workspace`` (byte offset into the arena)."""
-    space: str
-    index: int
-
-
-@dataclass
-class EntryCall:
-    func: Func
-    args: list[Slot]
 
 
 # ----------------------------------------------------------------------------- module
@@ -714,3 +680,43 @@ def optimize(module_text: str, tm) -> "llvm.ModuleRef":
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
     return mod
+
+
+class LLVMBackend(Backend):
+    """CPU code through LLVM: x86-64 and every other CPU triple llvmlite has a backend for."""
+    kind = "cpu"
+
+    def source(self, program: Program, target: Target) -> str:
+        mb = ModuleBuilder(program.name, target.triple, program.parallel, program.bounds_check)
+        for f in program.funcs:
+            mb.add_func(f)
+        mb.add_entry(program.calls)
+        return str(mb.module)
+
+    def compile(self, source: str, target: Target) -> bytes:
+        tm = target_machine(target.triple, target.cpu, target.features)
+        return tm.emit_object(optimize(source, tm))
+
+    def text(self, source: str, target: Target, level: str) -> str:
+        tm = target_machine(target.triple, target.cpu, target.features)
+        mod = optimize(source, tm)
+        if level == "llvm-opt":
+            return str(mod)
+        if level == "asm":
+            return tm.emit_assembly(mod)
+        raise ValueError(f"unknown LLVM level {level!r}: use llvm-opt or asm")
+
+    def load(self, obj: bytes, target: Target) -> LoadedCode:
+        if not target.is_host:
+            raise ValueError(f"code for {target.name} ({target.triple}) cannot run on this machine")
+        if b"GOMP_parallel" in obj:
+            gomp_available()   # GOMP_parallel must resolve when the object is linked
+        # a fresh target machine each time: the MCJIT engine takes ownership of (and frees) it
+        return LoadedCode(obj, target_machine(target.triple, target.cpu, target.features))
+
+    def runs_parallel(self, target: Target) -> bool:
+        # libgomp is looked for here only when the code runs here; another machine is assumed to have it
+        return gomp_available() if target.is_host else target.cores > 1
+
+
+BACKEND = LLVMBackend()

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..codegen.llvm import EntryCall, Slot
 from ..ir import expr as E
 from ..ir.graph import Node, Value
 from ..ir.loop import Func
+from ..ir.plan import ALIGN, EntryCall, Slot
 from ..ir.tensor import Kernel, Placeholder, Reduce
 from ..ops.registry import MAX_NBYTES
 from .lower import KernelCall, LoweredGraph, lower_group
 
-ALIGN = 64
 
 
 def _align(n: int) -> int:

@@ -236,9 +236,8 @@ class Executable:
         (``codegen.export.Exported``)."""
         if self._compiled is None:
             raise ValueError(f"{self.name} was loaded from a library, which is already exported")
-        from ..codegen.export import export_library
-        return export_library(self._compiled, path, params=params, signature=self.signature,
-                              single_output=self._single, prefix=prefix)
+        return self._compiled.export(path, params=params, signature=self.signature, single_output=self._single,
+                                     prefix=prefix)
 
     def ir(self, level: str = "graph") -> str:
         """The program at ``graph``, ``tensor``, ``loop``, ``llvm`` or ``asm`` level, as text."""

@@ -315,7 +315,7 @@ class _LibraryCode:
 
 
 def _check_runs_here(data, path: str, meta: dict) -> None:
-    from ..codegen.cross import elf_machine, machine_of_triple
+    from .elf import elf_machine, machine_of_triple
     from ..target import Target
     try:
         machine = elf_machine(bytes(data[:20]))
@@ -414,7 +414,7 @@ def describe(path, public_key=None) -> str:
         signer = None if public_key is None else _check_signature(copy.data, path, public_key)
         meta, _ = _parse(copy.data, path)
         size = len(copy.data)
-        from ..codegen.cross import elf_header
+        from .elf import elf_header
         try:
             elf = elf_header(bytes(copy.data[:20]))
         except ValueError as e:

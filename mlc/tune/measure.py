@@ -17,13 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..codegen import llvm as cg
-from ..driver import _LLVM_LOCK
+from .. import codegen
 from ..ir.loop import Func
-from ..runtime.executable import LoadedCode
+from ..ir.plan import ALIGN
 from ..target import Target
 
-ALIGN = 64          # workspace offsets and the arena itself
 _MAX_NUMBER = 10**8  # calls per timing; a bound for kernels too fast to time
 
 Spec = tuple[tuple[int, ...], str]   # (shape, numpy dtype str)
@@ -98,34 +96,17 @@ class MeasureResult:
         return self.error is None and bool(self.times)
 
 
-def _align(n: int) -> int:
-    return n + (-n) % ALIGN
-
-
 def build_kernel(func: Func, target="host") -> KernelBuild:
     """Compile one loop-level Func into object code with an ``mlc_entry`` that passes
     it its inputs, outputs and scratch buffers (placed in the workspace)."""
     target = Target.get(target)
-    if getattr(target, "kind", "cpu") != "cpu":
+    if target.kind != "cpu":
         raise ValueError(f"build_kernel compiles CPU kernels; target {target} is {target.kind}")
-    offsets, total = [], 0
-    for b in func.scratch:
-        offsets.append(total)
-        total = _align(total + b.type.nbytes)
-    slots = ([cg.Slot("input", n) for n in range(len(func.inputs))]
-             + [cg.Slot("output", n) for n in range(len(func.outputs))]
-             + [cg.Slot("workspace", off) for off in offsets])
-    with _LLVM_LOCK:   # LLVM's global context is not thread-safe
-        # libgomp is looked for here only when the code runs here; another machine is assumed to have it
-        parallel = cg.gomp_available() if target.key == Target.get("host").key else target.cores > 1
-        mb = cg.ModuleBuilder(func.name, target.triple, parallel)
-        mb.add_func(func)
-        mb.add_entry([cg.EntryCall(func, slots)])
-        tm = cg.target_machine(target.triple, target.cpu, target.features)
-        obj = tm.emit_object(cg.optimize(str(mb.module), tm))
+    program = codegen.Program.of_func(func, parallel=codegen.runs_parallel(target))
+    obj = codegen.build(program, target)
     specs = lambda bufs: [(b.shape, b.dtype.np.str) for b in bufs]
-    return KernelBuild(func.name, obj, specs(func.inputs), specs(func.outputs), total, target.triple, parallel,
-                       target.key)
+    return KernelBuild(func.name, obj, specs(func.inputs), specs(func.outputs), program.workspace_bytes,
+                       target.triple, program.parallel, target.key)
 
 
 def check_inputs(build: KernelBuild, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -166,11 +147,7 @@ def run_build(build: KernelBuild, inputs: Sequence[np.ndarray], repeat: int = 5,
     if build.triple != host.triple:
         raise ValueError(f"kernel {build.name} was built for {build.triple}; this machine is {host.triple}")
     ins = check_inputs(build, inputs)
-    with _LLVM_LOCK:
-        if build.parallel:
-            cg.gomp_available()   # GOMP_parallel must resolve when the object is linked
-        # a fresh target machine each time: the MCJIT engine takes ownership of (and frees) it
-        code = LoadedCode(build.object, cg.target_machine(host.triple, host.cpu, host.features))
+    code = codegen.load(build.object, host)
     outs = [np.zeros(shape, dtype) for shape, dtype in build.outputs]
     arena = np.zeros(build.workspace_bytes + ALIGN, np.uint8)
     ws = arena.ctypes.data + (-arena.ctypes.data) % ALIGN

@@ -1,7 +1,7 @@
 """``mlc tune --report``: best latency against trials, per kernel, as a PNG."""
 from __future__ import annotations
 
-from .database import TuningDB
+from ..schedule.database import TuningDB
 
 MAX_PANELS = 11      # the kernels that matter most, plus the model estimate
 

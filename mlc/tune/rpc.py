@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from .measure import KernelBuild, MeasureResult, check_inputs
 from .runner import LocalRunner, check_triple, target_info
 from .worker import PROTOCOL_VERSION, ProtocolError, array_spec, decode_arrays, recv_frame, send_frame

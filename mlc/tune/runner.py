@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..target import Target
 from .measure import KernelBuild, MeasureResult, check_inputs
 from .worker import PROTOCOL_VERSION, ProtocolError, array_spec, decode_arrays, fd_reader, fd_writer, recv_frame, \

@@ -7,12 +7,10 @@ the space grows from the same rules that make an untuned compile fast.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
 import random
-import re
 
 import numpy as np
 
@@ -26,13 +24,6 @@ from ..target import Target
 ROWS = (1, 2, 3, 4, 6, 8)
 VECTORS = (1, 2, 3, 4)
 BLOCKS = (32, 64, 128, 256, 512, 1024)
-
-
-def workload_key(kernel: Kernel, target: Target) -> str:
-    """What a tuning record is stored under: the kernel's tensor-level text without
-    its name (equal kernels share records), hashed with the target's key."""
-    text = re.sub(r"^kernel @\S+?\(", "kernel @k(", str(kernel), count=1)
-    return hashlib.sha256(f"{text}\n{target.key}".encode()).hexdigest()[:32]
 
 
 class SearchSpace:

@@ -33,9 +33,9 @@ from ..passes.loops import lower_loops
 from ..schedule.default import schedule_kernel
 from ..schedule.primitives import ScheduleError
 from ..target import Target
-from .database import TuningDB, schedule_hash
+from ..schedule.database import TuningDB, schedule_hash, workload_key
 from .measure import build_kernel
-from .space import SearchSpace, config_id, features, workload_key
+from .space import SearchSpace, config_id, features
 
 BATCH = 8                 # candidates per round
 POOL = 32                 # untried candidates the cost model ranks per round
@@ -434,9 +434,3 @@ def tune(graph, target="host", db="tuning.db", trials: int | None = None, time_b
             runner.close()
         if not isinstance(db, TuningDB):
             database.close()
-
-
-def best_schedule(db: TuningDB, kernel: Kernel, target: Target) -> list | None:
-    """The fastest stored schedule of a kernel on a target, or None."""
-    rec = db.best(workload_key(kernel, target), target.key)
-    return rec.schedule if rec is not None else None

@@ -832,7 +832,8 @@ def tuned_schedules():
     a tuned model runs. The knobs are a function of the kernel's text, so a kernel gets
     the same schedule in a batch and alone."""
     from mlc import driver
-    from mlc.tune.space import SearchSpace, workload_key
+    from mlc.schedule.database import workload_key
+    from mlc.tune.space import SearchSpace
     real = driver.schedule_kernel
 
     def schedule(kernel, target, trace=None):

@@ -8,6 +8,9 @@ schedules already stored (``tried``).
     with TuningDB("tune.db") as db:
         db.add(wkey, target.key, schedule, times=[1.2e-4, 1.1e-4])
         best = db.best(wkey, target.key)
+
+The tuner (``mlc tune``) writes it; the driver reads the best schedule of each
+kernel from it (``best_schedule``).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import os
 import sqlite3
 import statistics
@@ -23,9 +27,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .. import __version__
+from ..ir.tensor import Kernel
+from ..target import Target
+from ..version import __version__
 
 SCHEMA_VERSION = 1
+
+
+def workload_key(kernel: Kernel, target: Target) -> str:
+    """What a tuning record is stored under: the kernel's tensor-level text without
+    its name (equal kernels share records), hashed with the target's key."""
+    text = re.sub(r"^kernel @\S+?\(", "kernel @k(", str(kernel), count=1)
+    return hashlib.sha256(f"{text}\n{target.key}".encode()).hexdigest()[:32]
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -265,3 +279,9 @@ class TuningDB:
 
     def __repr__(self) -> str:
         return f"<TuningDB {self.path!r}>"
+
+
+def best_schedule(db: TuningDB, kernel: Kernel, target: Target) -> list | None:
+    """The fastest stored schedule of a kernel on a target, or None."""
+    rec = db.best(workload_key(kernel, target), target.key)
+    return rec.schedule if rec is not None else None

@@ -1,0 +1,3 @@
+"""mlc meeting other frameworks' interfaces: ``onnx_backend`` is mlc as an ONNX
+backend (``onnx.backend.base.Backend``), so ONNX's conformance suite and tools that
+drive a backend run models through mlc."""
