@@ -380,7 +380,7 @@ def test_avg_pool_divisor_breakpoints_see_every_count():
     # the divisor's taps-inside count is found at O(kernel) breakpoints, not at every output
     # position (a pad of 2**31 used to loop over 2**31 positions while compiling)
     import random
-    from mlc.ops.conv import _tap_breakpoints, _taps_inside
+    from mlc.ops.pool import _tap_breakpoints, _taps_inside
     rng = random.Random(0)
     for _ in range(2000):
         n, k, s, d = rng.randint(1, 12), rng.randint(1, 5), rng.randint(1, 4), rng.randint(1, 3)

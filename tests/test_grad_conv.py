@@ -1,4 +1,4 @@
-"""Gradient rules of the convolution and pooling ops (mlc/ops/conv.py) against finite
+"""Gradient rules of the convolution and pooling ops (mlc/ops/conv.py, pool.py, im2col.py) against finite
 differences (tests/gradcheck.py, float64), and the ops added for them --
 conv_weight_grad, col2im, max_pool_grad, avg_pool_grad -- against straightforward
 numpy loops and compiled against their references.

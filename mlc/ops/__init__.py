@@ -9,7 +9,7 @@ import numpy as np
 
 from ..ir.graph import Graph, verify as _verify_graph
 from ..ir.types import TensorType
-from . import collective, conv, elementwise, indexing, linalg, nn, random, reduction, shape
+from . import collective, conv, elementwise, im2col, indexing, linalg, nn, pool, random, reduction, shape
 from .registry import OpDef, OpTypeError
 
 # ``constant`` has no inputs: its value attribute is the data. Graph lowering keeps
@@ -20,7 +20,7 @@ CONSTANT = OpDef("constant", "opaque",
                  lower=lambda ins, outs, value: [],
                  params=(), attrs={"value": None}, doc="A constant tensor.")
 
-_FAMILIES = (elementwise, reduction, linalg, shape, conv, nn, indexing, random, collective)
+_FAMILIES = (elementwise, reduction, linalg, shape, conv, im2col, pool, nn, indexing, random, collective)
 
 
 def _build() -> dict[str, OpDef]:
