@@ -447,19 +447,25 @@ def _simplify_divmod(op: str, a: Expr, f: int, ranges: dict) -> Expr | None:
 
 # ----------------------------------------------------------------------------- printer
 
-_PREC = {"or": 1, "and": 2, "lt": 3, "le": 3, "gt": 3, "ge": 3, "eq": 3, "ne": 3,
-         "xor": 3, "shr": 4, "add": 4, "sub": 4, "mul": 5, "div": 5, "floordiv": 5, "mod": 5}
+# infix precedence (higher binds tighter); the parser (ir/text.py) reads with the same table
+PREC = {"or": 1, "and": 2, "lt": 3, "le": 3, "gt": 3, "ge": 3, "eq": 3, "ne": 3,
+        "xor": 3, "shr": 4, "add": 4, "sub": 4, "mul": 5, "div": 5, "floordiv": 5, "mod": 5}
 
 
-def format_expr(e: Expr, prec: int = 0) -> str:
+def format_expr(e: Expr, prec: int = 0, names: dict | None = None) -> str:
+    """``e`` as text (``ir/text.py`` parses it back). ``names`` (Var -> name) overrides
+    the names of some variables, so variables that share a name print apart."""
+    def fmt(x, p=0):
+        return format_expr(x, p, names)
+
     if isinstance(e, Var):
-        return e.name
+        return names.get(e, e.name) if names else e.name
     if isinstance(e, Const):
         if e.dtype.is_bool:
             return "true" if e.value else "false"
         if e.dtype.is_float:
             if e.dtype.bits == 64:
-                return repr(e.value)
+                return f"{e.value!r}:f64"
             s = str(e.dtype.np.type(e.value))   # shortest text that reads back as this f32/f16
             s = s if any(c in s for c in ".eni") else s + ".0"
             return s if e.dtype.bits == 32 else f"{s}:{e.dtype.short}"
@@ -467,18 +473,18 @@ def format_expr(e: Expr, prec: int = 0) -> str:
     if isinstance(e, BinOp):
         sym = BINARY_OPS[e.op]
         if sym is None:
-            return f"{e.op}({format_expr(e.a)}, {format_expr(e.b)})"
-        p = _PREC[e.op]
-        s = f"{format_expr(e.a, p)} {sym} {format_expr(e.b, p + 1)}"
+            return f"{e.op}({fmt(e.a)}, {fmt(e.b)})"
+        p = PREC[e.op]
+        s = f"{fmt(e.a, p)} {sym} {fmt(e.b, p + 1)}"
         return f"({s})" if p < prec else s
     if isinstance(e, Call):
-        if e.fn == "neg":
-            return f"-{format_expr(e.args[0], 9)}"
-        return f"{e.fn}({', '.join(format_expr(a) for a in e.args)})"
+        if e.fn == "neg" and not isinstance(e.args[0], Const):   # -3 would read as the literal
+            return f"-{fmt(e.args[0], 9)}"
+        return f"{e.fn}({', '.join(fmt(a) for a in e.args)})"
     if isinstance(e, Select):
-        return f"select({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
+        return f"select({fmt(e.cond)}, {fmt(e.a)}, {fmt(e.b)})"
     if isinstance(e, Cast):
-        return f"{e.dtype.short}({format_expr(e.value)})"
+        return f"{e.dtype.short}({fmt(e.value)})"
     if isinstance(e, Load):
-        return f"{e.source.name}[{', '.join(format_expr(i) for i in e.indices)}]"
+        return f"{e.source.name}[{', '.join(fmt(i) for i in e.indices)}]"
     raise TypeError(type(e).__name__)

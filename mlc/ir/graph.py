@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .types import ALL_DTYPES, DType, TensorType
+from .text import DTYPES as _DTYPES, GRAPH_TOKENS, ParseError, Parser, VerificationError
+from .types import DType, TensorType
 
 # A graph or input name prints as ``@name`` / ``%name``; only these characters parse back.
 _NAME = re.compile(r"[A-Za-z0-9_.]+")
@@ -151,10 +152,6 @@ class GraphBuilder:
 
 
 # ----------------------------------------------------------------------------- verifier
-
-class VerificationError(Exception):
-    pass
-
 
 def verify(graph: Graph, infer: Callable | None = None) -> None:
     """Check SSA (each value defined once, before use), topological order, that outputs
@@ -309,91 +306,9 @@ def print_graph(graph: Graph, elide_constants: bool = False, groups=None) -> str
 
 # ----------------------------------------------------------------------------- parser
 
-class ParseError(Exception):
-    pass
-
-
-_TOKEN = re.compile(r"""
-    (?P<ws>\s+)
-  | (?P<hex>0x[0-9a-fA-F]*)
-  | (?P<num>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+|inf)(?![A-Za-z_]))
-  | (?P<val>%[A-Za-z0-9_.]+)
-  | (?P<gname>@[A-Za-z0-9_.]+)
-  | (?P<str>"(?:[^"\\]|\\.)*")
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
-  | (?P<punct>\.\.\.|[()\[\]{}<>,:=])
-""", re.VERBOSE)
-
-
-def _tokenize(text: str):
-    pos, line = 0, 1
-    out = []
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m:
-            raise ParseError(f"line {line}: unexpected character {text[pos]!r}")
-        kind = m.lastgroup
-        if kind != "ws":
-            out.append((kind, m.group(), line))
-        line += m.group().count("\n")
-        pos = m.end()
-    out.append(("eof", "", line))
-    return out
-
-
-# the dtype spellings the text form accepts: the IR's (f32) and numpy's names (float32)
-_DTYPES = {d.short: d for d in ALL_DTYPES} | {d.name: d for d in ALL_DTYPES}
-
-
-class _Parser:
+class _Parser(Parser):
     def __init__(self, text: str):
-        self.toks = _tokenize(text)
-        self.i = 0
-
-    def peek(self):
-        return self.toks[self.i]
-
-    def next(self):
-        t = self.toks[self.i]
-        if t[0] != "eof":
-            self.i += 1
-        return t
-
-    def expect(self, value: str | None = None, kind: str | None = None):
-        k, v, line = self.next()
-        if (value is not None and v != value) or (kind is not None and k != kind):
-            want = value if value is not None else kind
-            raise ParseError(f"line {line}: expected {want!r}, found {v or 'end of input'!r}")
-        return v
-
-    def accept(self, value: str) -> bool:
-        if self.peek()[1] == value:
-            self.i += 1
-            return True
-        return False
-
-    def error(self, msg: str, line: int | None = None):
-        raise ParseError(f"line {self.peek()[2] if line is None else line}: {msg}")
-
-    def dtype(self) -> DType:
-        k, v, line = self.next()
-        if k != "ident" or v not in _DTYPES:
-            raise ParseError(f"line {line}: unknown dtype {v or 'end of input'!r} "
-                             f"(expected one of {', '.join(d.short for d in ALL_DTYPES)})")
-        return _DTYPES[v]
-
-    def type(self) -> TensorType:
-        dt = self.dtype()
-        self.expect("[")
-        dims = []
-        while not self.accept("]"):
-            k, v, line = self.next()
-            if k != "num" or not re.fullmatch(r"\d+", v):
-                raise ParseError(f"line {line}: bad dimension {v or 'end of input'!r} (expected an integer >= 0)")
-            dims.append(int(v))
-            if self.peek()[1] != "]":
-                self.expect(",")
-        return TensorType(dims, dt)
+        super().__init__(text, GRAPH_TOKENS)
 
     def attr_value(self):
         k, v, line = self.peek()

@@ -14,12 +14,23 @@ unrolled by codegen; constant extent), and the GPU bindings ``blockIdx.x``...
 ``Accumulate`` and ``likely`` ``If`` guards exist only while a kernel is being
 scheduled (``mlc.schedule``); ``Schedule.finalize`` lowers them to plain stores,
 loops and partitions before code generation.
+
+The text form parses back (``parse``, ``parse_all``) to a function that prints the
+same, and ``verify`` checks a function's rules. In the text, the comment line after
+the header names the outputs, scratch buffers and the params the memory plan may
+place in place (the other params are inputs); an accumulation ends with the index
+and extent of each reduced axis (``acc[i] += A[i, ko * 8 + ki] over [ko * 8 + ki < 64]``);
+``alloc`` makes a local buffer for the statements after it in its block; a runtime
+call's descriptor is JSON.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-from .expr import Expr, Load, Var, as_expr, format_expr, walk
+import json
+
+from .expr import BinOp, Const, Expr, Load, Var, as_expr, format_expr, walk
+from .text import ParseError, Parser, VerifyError
 from .types import DType, TensorType
 
 GPU_KINDS = tuple(f"{g}.{a}" for g in ("blockIdx", "threadIdx") for a in "xyz")
@@ -174,7 +185,8 @@ def format_stmt(s: Stmt, depth: int) -> list[str]:
     if isinstance(s, Accumulate):
         idx = ", ".join(format_expr(i) for i in s.indices)
         op = {"sum": "+=", "prod": "*="}.get(s.combiner, s.combiner + "=")
-        return [f"{pad}{s.buffer.name}[{idx}] {op} {format_expr(s.value)}"]
+        over = ", ".join(f"{format_expr(e, 4)} < {n}" for e, n in s.rindex)
+        return [f"{pad}{s.buffer.name}[{idx}] {op} {format_expr(s.value)}" + (f" over [{over}]" if over else "")]
     if isinstance(s, Alloc):
         b = s.buffer
         return [f"{pad}alloc {b.name}: {b.type} {b.scope}", *format_stmt(s.body, depth)]
@@ -219,3 +231,286 @@ def buffers_used(stmt: Stmt) -> set:
 
     visit(stmt)
     return used
+
+
+# ----------------------------------------------------------------------------- verifier
+
+REDUCERS = ("sum", "prod", "max", "min")   # Accumulate's combiners (tensor.REDUCERS)
+
+
+def verify(func: Func, target=None) -> None:
+    """Check a function's rules in one walk: params have distinct names; every loop
+    variable is used inside its loop only, and every buffer read or written is a
+    param or an enclosing alloc, indexed once per dimension; stores and accumulations
+    have the buffer's dtype, accumulations a known combiner; constant extents are
+    positive, vector and unroll loops have one; GPU loop kinds appear only for a CUDA
+    ``target`` (a ``mlc.Target``; None allows every kind); every output is written.
+    Raises VerifyError."""
+    def fail(msg):
+        raise VerifyError(f"func @{func.name}: {msg}")
+
+    gpu = target is None or getattr(target, "kind", None) == "cuda"
+    names: set[str] = set()
+    for b in func.params:
+        if b.name in names:
+            fail(f"param name {b.name} is repeated")
+        names.add(b.name)
+    buffers = {id(b) for b in func.params}
+    variables: set[int] = set()
+    written: set[int] = set()
+
+    def exprs(what, *es):
+        for e in es:
+            for x in walk(e):
+                if isinstance(x, Var) and id(x) not in variables:
+                    fail(f"{what} uses {x.name} outside the loops that define it")
+                if isinstance(x, Load):
+                    if id(x.source) not in buffers:
+                        fail(f"{what} loads from {x.source.name}, which is not a param or an enclosing alloc")
+                    if len(x.indices) != len(x.source.shape):
+                        fail(f"{what} loads {x.source.name} (rank {len(x.source.shape)}) with {len(x.indices)} indices")
+
+    def target_of(s, what):
+        b = s.buffer
+        if id(b) not in buffers:
+            fail(f"{what} writes {b.name}, which is not a param or an enclosing alloc")
+        if len(s.indices) != len(b.shape):
+            fail(f"{what} writes {b.name} (rank {len(b.shape)}) with {len(s.indices)} indices")
+        if s.value.dtype is not b.dtype:
+            fail(f"{what} writes a {s.value.dtype} value into {b.name}: {b.dtype}")
+        written.add(id(b))
+
+    def visit(s):
+        if isinstance(s, Seq):
+            for x in s.stmts:
+                visit(x)
+        elif isinstance(s, For):
+            what = f"loop {s.var.name}"
+            if s.kind not in FOR_KINDS:
+                fail(f"{what} has unknown kind {s.kind!r}")
+            if s.kind in GPU_KINDS and not gpu:
+                fail(f"{what} is bound to {s.kind}, but target {target.name} is not a GPU")
+            exprs(what, s.start, s.extent)
+            if isinstance(s.extent, Const) and s.extent.value < 1:
+                fail(f"{what} has extent {s.extent.value}: extents must be positive")
+            if s.kind in ("vector", "unroll") and not isinstance(s.extent, Const):
+                fail(f"{s.kind} {what} needs a constant extent, has {format_expr(s.extent)}")
+            if id(s.var) in variables:
+                fail(f"{what} is nested in a loop over the same variable")
+            variables.add(id(s.var))
+            visit(s.body)
+            variables.discard(id(s.var))
+        elif isinstance(s, Store):
+            exprs(f"store to {s.buffer.name}", *s.indices, s.value)
+            target_of(s, f"store to {s.buffer.name}")
+        elif isinstance(s, Accumulate):
+            what = f"accumulation into {s.buffer.name}"
+            if s.combiner not in REDUCERS:
+                fail(f"{what} combines with {s.combiner!r}, not one of {', '.join(REDUCERS)}")
+            exprs(what, *s.indices, s.value, *(e for e, _ in s.rindex))
+            target_of(s, what)
+        elif isinstance(s, Alloc):
+            buffers.add(id(s.buffer))
+            visit(s.body)
+            buffers.discard(id(s.buffer))
+        elif isinstance(s, If):
+            exprs("a condition", s.cond)
+            if not s.cond.dtype.is_bool:
+                fail(f"condition {format_expr(s.cond)} is {s.cond.dtype}, not bool")
+            visit(s.then)
+            if s.orelse is not None:
+                visit(s.orelse)
+        elif isinstance(s, CallExtern):
+            for b in s.buffers:
+                if b is not None and id(b) not in buffers:
+                    fail(f"call {s.name} passes {b.name}, which is not a param or an enclosing alloc")
+                if b is not None:
+                    written.add(id(b))   # the runtime writes the destination
+        else:
+            fail(f"unknown statement {type(s).__name__}")
+
+    visit(func.body)
+    for b in func.outputs:
+        if id(b) not in written:
+            fail(f"output {b.name} is never written")
+
+
+# ----------------------------------------------------------------------------- parser
+
+_COMBINERS = {"+=": "sum", "*=": "prod"}
+
+
+class _Parser(Parser):
+    def __init__(self, text: str):
+        super().__init__(text, comments=True)
+
+    def funcs(self) -> list[Func]:
+        out = [self.func()]
+        while self.peek()[0] != "eof":
+            out.append(self.func())
+        return out
+
+    def func(self) -> Func:
+        self.expect("func")
+        name = self.expect(kind="gname")[1:]
+        params: dict[str, Buffer] = {}
+        self.expect("(")
+        while not self.accept(")"):
+            b = self.buffer("global")
+            if b.name in params:
+                self.error(f"param {b.name} is declared twice")
+            params[b.name] = b
+            if self.peek()[1] != ")":
+                self.expect(",")
+        self.expect("{")
+        roles: dict[str, list[Buffer]] = {"outputs": [], "scratch": [], "in place": []}
+        if self.peek()[0] == "comment":
+            _, text, line = self.next()
+            for part in text.split(";"):
+                key, _, listed = part.partition(":")
+                if key.strip() not in roles:
+                    self.error(f"unknown comment entry {key.strip()!r} (expected outputs, scratch or in place)", line)
+                for n in filter(None, (x.strip() for x in listed.split(","))):
+                    if n not in params:
+                        self.error(f"{key.strip()} names {n}, which is not a param", line)
+                    roles[key.strip()].append(params[n])
+        special = {id(b) for b in roles["outputs"] + roles["scratch"]}
+        body = self.block({}, dict(params))
+        f = Func(name, [b for b in params.values() if id(b) not in special], roles["outputs"], body, roles["scratch"])
+        if f.params != list(params.values()):
+            self.error(f"func @{name}: params must be inputs, then outputs, then scratch")
+        f.aliased = set(roles["in place"])
+        return f
+
+    def buffer(self, scope: str | None = None) -> Buffer:
+        """``name: type``, then the scope unless given."""
+        name = self.name("a buffer name")
+        self.expect(":")
+        t = self.type()
+        if scope is None:
+            line = self.peek()[2]
+            scope = self.name("a buffer scope")
+            if scope not in SCOPES:
+                self.error(f"unknown buffer scope {scope!r} (expected {' or '.join(SCOPES)})", line)
+        return Buffer(name, t.shape, t.dtype, scope)
+
+    def block(self, variables: dict, buffers: dict) -> Stmt:
+        """Statements up to the closing brace (consumed); an alloc holds the rest of them."""
+        stmts: list[Stmt] = []
+        while not self.accept("}"):
+            k, v, line = self.peek()
+            if k == "eof":
+                self.error("expected '}', found end of input")
+            if v == "alloc" and self.peek(1)[0] == "ident" and self.peek(2)[1] == ":":
+                self.next()
+                b = self.buffer()
+                if b.name in buffers:
+                    self.error(f"buffer {b.name} is already defined here", line)
+                stmts.append(Alloc(b, self.block(variables, {**buffers, b.name: b})))
+                break
+            stmts.append(self.stmt(variables, buffers))
+        return stmts[0] if len(stmts) == 1 else Seq(stmts)
+
+    def stmt(self, variables: dict, buffers: dict) -> Stmt:
+        k, v, line = self.next()
+        if k != "ident":
+            self.error(f"expected a statement, found {v or 'end of input'!r}", line)
+        if v == "if":
+            likely = self.accept("likely")
+            cond = self.expr(variables, buffers)
+            self.expect("{")
+            then = self.block(variables, buffers)
+            orelse = None
+            if self.accept("else"):
+                self.expect("{")
+                orelse = self.block(variables, buffers)
+            return If(cond, then, orelse, likely)
+        if v == "call":
+            return self.call_extern(buffers, line)
+        if (v == "for" or v in FOR_KINDS) and self.peek()[0] == "ident" and self.peek(1)[1] == "in":
+            return self.loop("serial" if v == "for" else v, variables, buffers, line)
+        if v not in buffers:
+            self.error(f"store to {v}, which is not a param or an enclosing alloc", line)
+        b = buffers[v]
+        self.expect("[")
+        indices = []
+        while not self.accept("]"):
+            indices.append(self.expr(variables, buffers))
+            if self.peek()[1] != "]":
+                self.expect(",")
+        if len(indices) != len(b.shape):
+            self.error(f"{v} has rank {len(b.shape)}, indexed with {len(indices)} indices", line)
+        k, op, _ = self.next()
+        if op == "=":
+            value = self.expr(variables, buffers)
+            if value.dtype is not b.dtype:
+                self.error(f"store of {value.dtype} into {v}: {b.dtype}", line)
+            return Store(b, indices, value)
+        if op in _COMBINERS or (k == "ident" and self.accept("=")):
+            value = self.expr(variables, buffers)
+            rindex = []
+            if self.accept("over"):
+                self.expect("[")
+                while not self.accept("]"):
+                    e = self.expr(variables, buffers, min_prec=4)
+                    self.expect("<")
+                    rindex.append((e, self.integer("reduce extent")))
+                    if self.peek()[1] != "]":
+                        self.expect(",")
+            return Accumulate(b, indices, _COMBINERS.get(op, op), value, rindex)
+        self.error(f"expected '=', '+=', '*=', 'max=' or 'min=' after {v}[...], found {op or 'end of input'!r}", line)
+
+    def loop(self, kind: str, variables: dict, buffers: dict, line: int) -> For:
+        var = Var(self.name("a loop variable"))
+        self.expect("in")
+        self.expect("[")
+        lo = self.expr(variables, buffers)
+        self.expect(",")
+        hi = self.expr(variables, buffers)
+        self.expect(")")
+        self.expect("{")
+        body = self.block({**variables, var.name: var}, buffers)
+        # the text shows [start, start + extent): take the extent back out of the end
+        if isinstance(lo, Const) and lo.value == 0:
+            extent = hi
+        elif isinstance(lo, Const) and isinstance(hi, Const):
+            extent = Const(hi.value - lo.value)
+        elif format_expr(hi) == format_expr(lo):
+            extent = Const(0)
+        elif isinstance(hi, BinOp) and hi.op == "add" and format_expr(hi.a) == format_expr(lo):
+            extent = hi.b
+        else:
+            self.error(f"loop {var.name}: cannot tell its extent from [{format_expr(lo)}, {format_expr(hi)})", line)
+        return For(var, extent, body, kind, lo)
+
+    def call_extern(self, buffers: dict, line: int) -> CallExtern:
+        name = self.name("a function name")
+        self.expect("(")
+        start = self.offsets[self.i]
+        try:
+            _, end = json.JSONDecoder().raw_decode(self.text, start)
+        except ValueError as e:
+            raise ParseError(f"line {line}: the descriptor of call {name} is not JSON: {e}") from None
+        while self.offsets[self.i] < end:
+            self.next()
+        args = []
+        while self.accept(","):
+            k, v, aline = self.next()
+            if v != "null" and v not in buffers:
+                raise ParseError(f"line {aline}: call {name} passes {v or 'end of input'!r}, which is not a buffer")
+            args.append(None if v == "null" else buffers[v])
+        self.expect(")")
+        return CallExtern(name, self.text[start:end], args)
+
+
+def parse(text: str) -> Func:
+    """The function printed as ``text`` (``str(func)``); ParseError (with the line) if malformed."""
+    p = _Parser(text)
+    func = p.func()
+    p.expect(kind="eof")
+    return func
+
+
+def parse_all(text: str) -> list[Func]:
+    """Every function of a text holding several, as ``Compiled.text("loop")`` prints them."""
+    return _Parser(text).funcs()

@@ -149,23 +149,31 @@ class PassManager:
             for c in calls:
                 c.kernel = p.run(c.kernel)
             return [c.kernel for c in calls]
-        self._run_level(TENSOR_PASSES, run, getattr(tensor_ir, "verify", None), lowered)
+        self._run_level(TENSOR_PASSES, run, tensor_ir.verify, [c.kernel for c in calls], lowered)
 
     def run_loop_passes(self, funcs: list) -> None:
         """The loop-level passes on every scheduled function, in place."""
         def run(p):
             funcs[:] = [p.run(f) for f in funcs]
             return funcs
-        self._run_level(LOOP_PASSES, run, getattr(loop_ir, "verify", None), funcs)
+        self._run_level(LOOP_PASSES, run, loop_ir.verify, funcs, funcs)
 
-    def _run_level(self, passes: list[Pass], run: Callable, verify: Callable, whole) -> None:
+    def _run_level(self, passes: list[Pass], run: Callable, verify: Callable, units: list, whole) -> None:
+        """Run ``passes`` over ``units`` (``run(p)`` applies one and returns the new
+        units); under ``verify``, the units are verified before the first pass and after each."""
+        if self.verify:
+            for u in units:
+                try:
+                    verify(u)
+                except Exception as e:
+                    raise RuntimeError(f"invalid {passes[0].level} IR before its passes: {e}") from e
         for p in passes:
             if p.name in self.disabled:
                 continue
             t0 = time.perf_counter()
             units = run(p)
             self.timings.append((p.name, time.perf_counter() - t0))
-            if self.verify and verify is not None:
+            if self.verify:
                 for u in units:
                     try:
                         verify(u)

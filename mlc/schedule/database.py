@@ -37,7 +37,7 @@ SCHEMA_VERSION = 1
 def workload_key(kernel: Kernel, target: Target) -> str:
     """What a tuning record is stored under: the kernel's tensor-level text without
     its name (equal kernels share records), hashed with the target's key."""
-    text = re.sub(r"^kernel @\S+?\(", "kernel @k(", str(kernel), count=1)
+    text = re.sub(r"^(\w+ )?kernel @\S+?\(", r"\1kernel @k(", str(kernel), count=1)   # "contraction kernel @..."
     return hashlib.sha256(f"{text}\n{target.key}".encode()).hexdigest()[:32]
 
 
