@@ -180,7 +180,27 @@ def cmd_run(args) -> int:
             path = os.path.join(args.output_dir, sanitize_name(name) + ".npy")
             np.save(path, o)
             print(f"  saved to {path}")
+    if args.profile or args.trace or args.roofline:
+        _profile(exe, arrays, args)
     return 0
+
+
+def _profile(exe, arrays, args) -> None:
+    """``mlc run --profile [--trace FILE] [--roofline PNG]``."""
+    try:
+        report = exe.profile(*arrays, runs=args.runs)
+    except ValueError as e:
+        raise SystemExit(f"mlc run --profile: {e}")
+    print(report)
+    if args.trace:
+        report.to_chrome_trace(args.trace)
+        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev or chrome://tracing)")
+    if args.roofline:
+        try:
+            report.roofline(args.roofline)
+        except (ImportError, ValueError) as e:
+            raise SystemExit(f"mlc run --roofline: {e}")
+        print(f"roofline written to {args.roofline}")
 
 
 def _load_onnx(path: str, shapes, command: str):
@@ -529,6 +549,12 @@ def main(argv=None) -> int:
     run.add_argument("--output-dir", help="save each output as NAME.npy in this folder")
     run.add_argument("--public-key", metavar="PUB.pem", help="run a model library only if MODEL.so.sig is a good "
                                                             "signature by this Ed25519 key (mlc sign)")
+    run.add_argument("--profile", action="store_true", help="time every kernel (a profiling build of the same code) "
+                                                             "and print them, slowest first")
+    run.add_argument("--runs", type=int, default=20, help="runs to take the median of with --profile (default 20)")
+    run.add_argument("--trace", metavar="FILE.json", help="with --profile: write a Chrome trace (Perfetto)")
+    run.add_argument("--roofline", metavar="FILE.png", help="with --profile: draw each kernel against the machine's "
+                                                            "peak and memory bandwidth")
     run.set_defaults(func=cmd_run)
     comp = sub.add_parser("compile", help="compile a model and report kernels and memory before/after the passes")
     _add_compile_options(comp)

@@ -9,8 +9,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import json
 import os
+import time
 import warnings
 from typing import Callable
 
@@ -19,7 +22,9 @@ import numpy as np
 
 from . import codegen
 from .frontend.trace import TraceError, Traced, Tracer, trace_info
+from .ir.cost import Cost, kernel_cost
 from .ir.graph import Graph
+from .ir.tensor import Kernel
 from .passes.fuse import fuse, unfused
 from .passes.lower import lower_graph
 from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_opt_level, env_flag
@@ -27,6 +32,7 @@ from .passes.plan import place_aliases, plan_memory
 from .ir.loop import Buffer, CallExtern, Func
 from .runtime import cache, comm
 from .runtime.executable import Executable, Signature
+from .runtime.profile import KernelInfo
 from .schedule.database import TuningDB, best_schedule
 from .schedule.default import schedule_kernel
 from .schedule.primitives import ScheduleError
@@ -69,6 +75,7 @@ class Compiled:
         if self.aliases:
             place_aliases(self.lowered, self.aliases)
         self.tuned = 0
+        self.tuned_names: set[str] = set()
         self.funcs = pm.timed("schedule", "loop",
                               lambda: _Funcs(self._schedule(c.kernel, db) for c in self.lowered.calls))
         pm.run_loop_passes(self.funcs)
@@ -87,6 +94,7 @@ class Compiled:
                 try:
                     func = schedule_kernel(kernel, self.target, trace)
                     self.tuned += 1
+                    self.tuned_names.add(kernel.name)
                     return func
                 except ScheduleError as e:
                     warnings.warn(f"tuning record for kernel {kernel.name} does not apply ({e}); "
@@ -116,10 +124,10 @@ class Compiled:
     def llvm_module(self) -> str:
         return codegen.source(self.program, self.target)
 
-    def cache_key(self) -> str:
+    def cache_key(self, profile: bool = False) -> str:
         return cache.key_of(__version__, cache.source_hash(), llvmlite.__version__, self.target.key, str(self.parallel),
                             f"bounds_check={self.bounds_check}", str(self.fused), "\n\n".join(map(str, self.funcs)),
-                            str(self.plan))
+                            str(self.plan), f"profile={profile}")
 
     def object_code(self) -> bytes:
         key = self.cache_key()
@@ -130,10 +138,40 @@ class Compiled:
             cache.store(key, obj)
         return obj
 
+    def profiling_code(self):
+        """This compilation's profiling build (every kernel call timed, per thread), loaded."""
+        key = self.cache_key(profile=True)
+        obj = cache.load(key)
+        if obj is None:
+            obj = codegen.build(dataclasses.replace(self.program, profile=True), self.target)
+            cache.store(key, obj)
+        return codegen.load(obj, self.target)
+
+    def kernel_calls(self) -> list[KernelInfo]:
+        """What the profiler reports of each call of the entry, in order: the kernel, the
+        graph ops fused into it, its schedule's origin and its cost (ir.cost)."""
+        groups = dict(zip(self.fused.kernel_names(), self.fused.groups))
+        kernels = {c.kernel.name: c.kernel for c in self.lowered.calls}
+        out = []
+        for call in self.plan.calls:
+            name = call.func.name
+            k = kernels.get(name)
+            if isinstance(k, Kernel):
+                cost = kernel_cost(k)
+            else:   # a collective, or a copy the plan added: it moves its buffers
+                cost = Cost(0, sum(b.type.nbytes for b in call.func.inputs + call.func.outputs))
+            ops = [n.op for n in groups.get(name, [])] or [name.rsplit("_", 1)[0]]
+            out.append(KernelInfo(name, ops, "tuned" if name in self.tuned_names else "default", cost.flops,
+                                  cost.bytes))
+        return out
+
     def export(self, path, **options):
         """Write this compilation as a model library (``codegen.export.export_library``)."""
         from .codegen.export import export_library
         return export_library(self, path, **options)
+
+    def ceilings(self) -> tuple[float, float]:
+        return machine_ceilings(self.target)
 
     def text(self, level: str) -> str:
         if level == "graph":
@@ -150,6 +188,84 @@ class Compiled:
             with codegen.LOCK:
                 return codegen.backend(self.target).text(self.llvm_module, self.target, level)
         raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt or asm")
+
+
+_CEILINGS: dict[str, tuple[float, float]] = {}
+
+
+def machine_ceilings(target: Target) -> tuple[float, float]:
+    """(peak GFLOP/s, memory GB/s) of ``target``: measured on this machine once (cached on
+    disk by target key) when the target is the host, else (0, 0): unknown."""
+    if not target.is_host:
+        return 0.0, 0.0
+    found = _CEILINGS.get(target.key)
+    if found is None:
+        key = cache.key_of("ceilings", __version__, target.key)
+        data = cache.load(key)
+        try:
+            found = tuple(json.loads(data)) if data else None
+        except ValueError:
+            found = None
+        if found is None:
+            found = (_measure_peak(target), _measure_bandwidth(target))
+            cache.store(key, json.dumps(found).encode())
+        _CEILINGS[target.key] = found
+    return found
+
+
+def _fma_func(target: Target, iterations: int) -> Func:
+    """Independent FMA chains on one thread, enough to cover the FMA units' latency:
+    ``acc = acc * x + y`` on registers, one row of lanes per chain."""
+    from .ir.expr import Const, Load, Var
+    from .ir.loop import Alloc, For, Seq, Store
+    from .ir.types import float32
+    lanes, chains = target.lanes(4), 24 if target.vector_bytes >= 64 else 12
+    out = Buffer("out", (chains, lanes), float32)
+    acc = Buffer("acc", (chains, lanes), float32, "local")
+    i, a, v = Var("i"), Var("a"), Var("v")
+
+    def each(store):
+        return For(a, chains, For(v, lanes, store, "vector"), "unroll")
+    step = each(Store(acc, [a, v], Load(acc, [a, v]) * Const(0.999, float32) + Const(1e-3, float32)))
+    # starting from memory the compiler cannot see, so it cannot fold the chains away
+    body = Seq([each(Store(acc, [a, v], Load(out, [a, v]))), For(i, iterations, step),
+                each(Store(out, [a, v], Load(acc, [a, v])))])
+    return Func("fma_peak", [], [out], Alloc(acc, body))
+
+
+def _best_time(fn, runs: int) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _measure_peak(target: Target) -> float:
+    """One core's FMA throughput times the cores: short single-thread runs, the best of
+    many, so that a machine shared with other work still shows what a core can do."""
+    import ctypes
+    iterations = 1 << 15
+    func = _fma_func(target, iterations)
+    code = codegen.load(codegen.build(codegen.Program.of_func(func), target), target)
+    out = np.zeros(func.outputs[0].shape, np.float32)
+    ptr = lambda xs: (ctypes.c_void_p * max(1, len(xs)))(*[x.ctypes.data for x in xs])
+    args = (ptr([]), ptr([out]), ptr([]), None)
+    seconds = _best_time(lambda: code.entry(*args), 50)
+    return 2 * iterations * out.size / seconds / 1e9 * max(1, target.cores)
+
+
+def _measure_bandwidth(target: Target) -> float:
+    """Read plus write bytes per second of mlc's own streaming kernel (x * 1.5 on 64 MiB in
+    and out), on all cores and on one (the better of the two: a parallel loop on a busy
+    machine waits for its slowest thread)."""
+    x = np.ones(16 << 20, np.float32)
+    best = float("inf")
+    for t in (target, dataclasses.replace(target, cores=1)):
+        exe = compile(lambda a: a * 1.5, x, target=t)
+        best = min(best, _best_time(lambda: exe(x), 10))
+    return 2 * x.nbytes / best / 1e9
 
 
 def compile_graph(graph: Graph, target="host", single_output: bool | None = None, opt_level: int = DEFAULT_OPT_LEVEL,

@@ -27,13 +27,15 @@ LOCK = threading.RLock()
 class Program:
     """What a backend compiles: kernel functions and the entry that calls them in order,
     each argument placed by the memory plan. ``parallel``: run ``parallel`` loops on
-    threads (else serially). ``bounds_check``: check every load and store."""
+    threads (else serially). ``bounds_check``: check every load and store. ``profile``:
+    record when each kernel call starts and ends, per thread."""
     name: str
     funcs: list[Func]
     calls: list[EntryCall]
     parallel: bool = False
     bounds_check: bool = False
     workspace_bytes: int = 0
+    profile: bool = False   # time every kernel call (ModuleBuilder's profiling build)
 
     @classmethod
     def of_func(cls, func: Func, parallel: bool = False, bounds_check: bool = False,

@@ -29,7 +29,7 @@ from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_
 from ..ir.loop import GPU_KINDS, Alloc, Buffer, CallExtern, For, Func, If, Seq, Stmt, Store
 from ..ir.plan import EntryCall
 from ..ir.types import DType, float64
-from ..runtime.executable import BOUNDS_STATUS, LoadedCode
+from ..runtime.executable import BOUNDS_STATUS, PROFILE_MAX_THREADS, PROFILE_SYMBOLS, LoadedCode
 from ..target import Target, init_llvm
 from . import Backend, Program
 from . import fastmath
@@ -84,7 +84,14 @@ def _suffix(t: ir.Type) -> str:
 # ----------------------------------------------------------------------------- module
 
 class ModuleBuilder:
-    def __init__(self, name: str, triple: str, parallel: bool, bounds_check: bool = False):
+    """``profile_calls``: the number of kernel calls the entry makes, for a profiling build
+    (0: none). Such a build times every call on the calling thread (``mlc_profile``: start
+    and end per call, nanoseconds of CLOCK_MONOTONIC) and every thread's share of each
+    parallel loop (``mlc_profile_threads``: first start and last end per call and thread,
+    up to ``PROFILE_MAX_THREADS`` threads); ``runtime.executable.LoadedCode`` reads both."""
+
+    def __init__(self, name: str, triple: str, parallel: bool, bounds_check: bool = False,
+                 profile_calls: int = 0):
         self.module = ir.Module(name)
         self.module.triple = triple
         self.parallel = parallel
@@ -93,6 +100,51 @@ class ModuleBuilder:
         self._outlined = 0
         self._strings: dict[str, ir.GlobalVariable] = {}
         self._bounds_fail: ir.Function | None = None
+        self.profile = None
+        if profile_calls:
+            self.profile = self._profile_globals(profile_calls)
+
+    def _profile_globals(self, calls: int):
+        def array(name, n):
+            g = ir.GlobalVariable(self.module, ir.ArrayType(I64, n), name)
+            g.initializer = ir.Constant(ir.ArrayType(I64, n), None)
+            return g
+        current = ir.GlobalVariable(self.module, I64, PROFILE_SYMBOLS[2])
+        current.initializer = ir.Constant(I64, 0)
+        now = ir.Function(self.module, ir.FunctionType(I64, []), "mlc.now")
+        now.linkage = "internal"
+        b = ir.IRBuilder(now.append_basic_block("entry"))
+        ts = _alloca(b, ir.ArrayType(I64, 2), "ts")   # struct timespec {time_t tv_sec; long tv_nsec}
+        b.call(self.declare("clock_gettime", I32, [I32, PTR]), [ir.Constant(I32, 1), ts])   # CLOCK_MONOTONIC
+        sec = b.load(b.gep(ts, [ir.Constant(I64, 0)], source_etype=I64), typ=I64)
+        nsec = b.load(b.gep(ts, [ir.Constant(I64, 1)], source_etype=I64), typ=I64)
+        b.ret(b.add(b.mul(sec, ir.Constant(I64, 1_000_000_000)), nsec))
+        return {"calls": array(PROFILE_SYMBOLS[0], 2 * calls),
+                "threads": array(PROFILE_SYMBOLS[1], 2 * calls * PROFILE_MAX_THREADS),
+                "current": current, "now": now, "n": calls}
+
+    def _element(self, b: ir.IRBuilder, array: ir.GlobalVariable, index) -> ir.Value:
+        p = b.gep(array, [ir.Constant(I64, 0), index], source_etype=array.value_type)
+        p.type = PTR
+        return p
+
+    def profile_thread_start(self, b: ir.IRBuilder) -> tuple:
+        """In a parallel loop's outlined body: (this thread's slot index, start time)."""
+        prof = self.profile
+        tid = b.sext(b.call(self.declare("omp_get_thread_num", I32, []), []), I64)
+        call = b.load(prof["current"], typ=I64)
+        slot = b.mul(b.add(b.mul(call, ir.Constant(I64, PROFILE_MAX_THREADS)), tid), ir.Constant(I64, 2))
+        return tid, slot, b.call(prof["now"], [])
+
+    def profile_thread_end(self, b: ir.IRBuilder, tid, slot, start) -> None:
+        """Record the thread's first start and last end for the current call."""
+        prof = self.profile
+        end = b.call(prof["now"], [])
+        with b.if_then(b.icmp_signed("<", tid, ir.Constant(I64, PROFILE_MAX_THREADS))):
+            first = self._element(b, prof["threads"], slot)
+            old = b.load(first, typ=I64)
+            b.store(b.select(b.icmp_signed("==", old, ir.Constant(I64, 0)), start, old), first)
+            b.store(end, self._element(b, prof["threads"], b.add(slot, ir.Constant(I64, 1))))
 
     def declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
         fn = self.module.globals.get(name)
@@ -160,7 +212,13 @@ class ModuleBuilder:
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         ins, outs, params, ws = fn.args
         arrays = {"input": ins, "output": outs, "param": params}
-        for call in calls:
+        prof = self.profile
+        if prof is not None:
+            assert prof["n"] == len(calls), (prof["n"], len(calls))
+            size = prof["threads"].value_type.count * 8
+            memset = self.module.declare_intrinsic("llvm.memset", [PTR, I64])
+            b.call(memset, [prof["threads"], ir.Constant(I8, 0), ir.Constant(I64, size), ir.Constant(I1, 0)])
+        for n, call in enumerate(calls):
             kfn = self.functions[call.func.name]
             args = []
             for slot in call.args:
@@ -169,7 +227,14 @@ class ModuleBuilder:
                 else:
                     p = b.gep(arrays[slot.space], [ir.Constant(I64, slot.index)], source_etype=PTR)
                     args.append(b.load(p, typ=PTR))
+            if prof is None:
+                b.call(kfn, args)
+                continue
+            b.store(ir.Constant(I64, n), prof["current"])
+            start = b.call(prof["now"], [])
             b.call(kfn, args)
+            b.store(start, self._element(b, prof["calls"], ir.Constant(I64, 2 * n)))
+            b.store(b.call(prof["now"], []), self._element(b, prof["calls"], ir.Constant(I64, 2 * n + 1)))
         b.ret_void()
         return fn
 
@@ -339,7 +404,10 @@ class FuncEmitter:
         end = sb.add(start, extent)
         hi = sb.add(lo, chunk)
         hi = sb.select(sb.icmp_signed("<", hi, end), hi, end)
+        timing = self.mb.profile_thread_start(sb) if self.mb.profile is not None else None
         sub.loop(s.var, lo, hi, lambda: sub.stmt(s.body))
+        if timing is not None:
+            self.mb.profile_thread_end(sb, *timing)
         sb.ret_void()
         gomp = self.mb.declare("GOMP_parallel", VOID, [PTR, PTR, I32, I32])
         b.call(gomp, [outlined, data, ir.Constant(I32, 0), ir.Constant(I32, 0)])
@@ -687,7 +755,8 @@ class LLVMBackend(Backend):
     kind = "cpu"
 
     def source(self, program: Program, target: Target) -> str:
-        mb = ModuleBuilder(program.name, target.triple, program.parallel, program.bounds_check)
+        mb = ModuleBuilder(program.name, target.triple, program.parallel, program.bounds_check,
+                           len(program.calls) if program.profile else 0)
         for f in program.funcs:
             mb.add_func(f)
         mb.add_entry(program.calls)

@@ -27,6 +27,11 @@ _ALIGN = 64
 # elements accessed, the buffer's element count]) and skips the access; LoadedCode
 # raises BoundsError after the call.
 BOUNDS_STATUS = "mlc_bounds_status"
+# a profiling build's records (codegen.llvm.ModuleBuilder): per kernel call, start and end on
+# the calling thread; per call and thread, the thread's first start and last end in the
+# call's parallel loops; the index of the call running now
+PROFILE_SYMBOLS = ("mlc_profile", "mlc_profile_threads", "mlc_profile_call")
+PROFILE_MAX_THREADS = 64
 
 
 class BoundsError(RuntimeError):
@@ -82,6 +87,20 @@ class LoadedCode:
                 if self._status[0]:
                     self._raise_bounds_error()
             self.entry = checked
+
+    def profile_records(self, calls: int) -> tuple[np.ndarray, np.ndarray]:
+        """A profiling build's records of its last run, in nanoseconds (copies): an array
+        (calls, 2) of start and end per kernel call, and (calls, PROFILE_MAX_THREADS, 2)
+        of each thread's first start and last end in the call's parallel loops (0: the
+        thread took no part). ValueError when the code was not built for profiling."""
+        found = []
+        for name, shape in ((PROFILE_SYMBOLS[0], (calls, 2)), (PROFILE_SYMBOLS[1], (calls, PROFILE_MAX_THREADS, 2))):
+            addr = self.engine.get_global_value_address(name)
+            if not addr:
+                raise ValueError("this code was not built for profiling")
+            n = int(np.prod(shape))
+            found.append(np.ctypeslib.as_array((ctypes.c_int64 * n).from_address(addr)).reshape(shape).copy())
+        return found[0], found[1]
 
     def _raise_bounds_error(self):
         kind, kernel, buf, offset, count, size = self._status
@@ -238,6 +257,19 @@ class Executable:
             raise ValueError(f"{self.name} was loaded from a library, which is already exported")
         return self._compiled.export(path, params=params, signature=self.signature, single_output=self._single,
                                      prefix=prefix)
+
+    def profile(self, *args, runs: int = 20, warmup: int = 2):
+        """Where the time goes on these arguments: per kernel call, its median time, share,
+        GFLOP/s and GB/s against the target's ceilings, its fused ops and schedule
+        (``runtime.profile.ProfileReport``: print it, ``to_chrome_trace``, ``roofline``).
+        Times come from a profiling build of the same code; the model's own time from
+        this one, measured in turn with it."""
+        from .profile import profile
+        if self._compiled is None:
+            raise ValueError(f"{self.name} was loaded from a library: profile the model where it is compiled "
+                             "(mlc.compile(...).profile(...))")
+        c = self._compiled
+        return profile(self, args, runs, warmup, c.kernel_calls(), c.profiling_code(), c.ceilings(), c.target.name)
 
     def ir(self, level: str = "graph") -> str:
         """The program at ``graph``, ``tensor``, ``loop``, ``llvm`` or ``asm`` level, as text."""
