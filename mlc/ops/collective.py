@@ -164,9 +164,12 @@ def _recv_vjp(em, ins, outs, cts, shape, dtype, peer, tag, group):
     return []
 
 
+# allreduce, broadcast and send keep their input's type, so the runtime may work in the
+# input's buffer (in_place); allgather, reduce_scatter and recv change the shape.
 OPS = [
     OpDef("allreduce", "collective", _same, _reference("allreduce"), _not_lowered,
           attrs={"op": "sum", "group": None}, canonicalize=_canon("allreduce"), vjp=_allreduce_vjp,
+          in_place=True,
           doc="Reduce x over the group (op: sum, mean, max, min); every member gets the result."),
     OpDef("allgather", "collective", _allgather_infer, _reference("allgather"), _not_lowered,
           attrs={"axis": 0, "group": None}, canonicalize=_canon("allgather"), vjp=_allgather_vjp,
@@ -177,9 +180,11 @@ OPS = [
           doc="Reduce x over the group and give member r block r of the result along axis."),
     OpDef("broadcast", "collective", _same, _reference("broadcast"), _not_lowered,
           attrs={"root": 0, "group": None, "rank": None}, canonicalize=_canon("broadcast"), vjp=_broadcast_vjp,
+          in_place=True,
           doc="Every member gets the root's x."),
     OpDef("send", "collective", _same, _reference("send"), _not_lowered,
           attrs={"peer": None, "tag": 0, "group": None}, canonicalize=_canon("send"), vjp=_send_vjp,
+          in_place=True,
           doc="Send x to rank peer; the result is x (so the send stays in the graph where it is used)."),
     OpDef("recv", "collective", _recv_infer, _reference("recv"), _not_lowered, params=(),
           attrs={"shape": None, "dtype": "float32", "peer": None, "tag": 0, "group": None},

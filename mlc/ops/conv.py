@@ -481,6 +481,7 @@ _CONVT_ATTRS = {"strides": None, "dilations": None, "pads": None, "output_paddin
 OPS = [
     OpDef("conv", "contraction", _conv_infer, _np_conv, _conv_lower, params=("x", "w"), attrs=dict(_CONV_ATTRS),
           canonicalize=_conv_canon, vjp=_conv_vjp,
+          weight_channel_axis=lambda out, w: 0,   # w [M, C/group, *K]: output channel m is w[m]
           doc="ONNX Conv without bias: x [N, C, *S], w [M, C/group, *K] -> [N, M, *O]; pads are "
               "[begin..., end...]; auto_pad resolves to pads. Add a bias b[M] as reshape(b, (M, 1, ...)) "
               "after the conv."),

@@ -70,7 +70,7 @@ def _unary(name: str, ref, scalar) -> OpDef:
         (x,), (o,) = ins, outs
         return [compute(o.shape, lambda *i: scalar(cast(o.dtype, x[i])))]
 
-    return OpDef(name, "injective", infer, ref, lower, doc=f"Elementwise {name}, like numpy.")
+    return OpDef(name, "injective", infer, ref, lower, doc=f"Elementwise {name}, like numpy.", elementwise=True)
 
 
 # ----------------------------------------------------------------------------- binary
@@ -125,7 +125,7 @@ def _binary(name: str, ref, scalar) -> OpDef:
         return [compute(o.shape, lambda *i: scalar(cast(cdt, broadcast_load(a, i)), cast(cdt, broadcast_load(b, i))))]
 
     return OpDef(name, "injective", infer, ref, lower, params=("a", "b"),
-                 doc=f"Elementwise {name} with numpy broadcasting.")
+                 doc=f"Elementwise {name} with numpy broadcasting.", elementwise=True)
 
 
 # ----------------------------------------------------------------------------- where, cast, copy
@@ -240,16 +240,18 @@ OPS = [
     *[_with_vjp(_unary(n, r, s), _unary_vjp(n)) for n, (r, s) in _UNARY.items()],
     *[_with_vjp(_binary(n, r, s), _binary_vjp(n)) for n, (r, s) in _BINARY.items()],
     OpDef("where", "injective", _where_infer, lambda c, a, b: np.where(c, a, b), _where_lower,
-          params=("cond", "a", "b"), vjp=_where_vjp, doc="Select a where cond is true, else b (numpy broadcasting)."),
+          params=("cond", "a", "b"), vjp=_where_vjp, doc="Select a where cond is true, else b (numpy broadcasting).",
+          elementwise=True),
     OpDef("cast", "injective",
           lambda ins, dtype: [TensorType(ins[0].shape, dtype)],
           lambda x, dtype: np.asarray(x).astype(dtype.np),
           lambda ins, outs, dtype: [compute(outs[0].shape, lambda *i: _cast_scalar(dtype, ins[0][i]))],
           attrs={"dtype": None}, canonicalize=_cast_canon, vjp=_cast_vjp,
-          doc="Convert to another dtype (numpy astype)."),
+          doc="Convert to another dtype (numpy astype).", elementwise=True, identity_when_same_type=True),
     OpDef("copy", "injective",
           lambda ins: [ins[0]],
           lambda x: np.array(x, copy=True),
           lambda ins, outs: [compute(outs[0].shape, lambda *i: ins[0][i])],
-          vjp=lambda em, ins, outs, cts: [cts[0]], doc="A copy of the tensor."),
+          vjp=lambda em, ins, outs, cts: [cts[0]], doc="A copy of the tensor.", elementwise=True,
+          identity_when_same_type=True),
 ]

@@ -81,7 +81,27 @@ def _reshaped(em, t, shape):
     return t if tuple(t.shape) == tuple(shape) else em("reshape", t, shape=tuple(shape))
 
 
+def _shard(sts, types):
+    """Megatron's tensor-parallel matmul: a replicated a times a column-split 2-D b
+    gives a column-split result; a column-split a times a row-split 2-D b gives
+    partial sums (each rank's share of the contraction)."""
+    if len(sts) != 2:
+        return None
+    (a, b), (ta, tb) = sts, types
+    if a[0] == "R" and b == ("S", -1) and tb.rank == 2:
+        return ("S", -1)                                     # column parallel
+    if a == ("S", -1) and b[0] == "S" and b[1] == -tb.rank and tb.rank == 2 and ta.rank >= 1:
+        return ("P",)                                        # row parallel: partial sums
+    return None
+
+
+def _weight_channel_axis(out, w):
+    """[N, K] @ w[K, M]: the result's channels are w's columns (batch_norm folds into them)."""
+    return 1 if out.rank == 2 and w.rank == 2 else None
+
+
 OPS = [
     OpDef("matmul", "contraction", _infer, np.matmul, _lower, params=("a", "b"), vjp=_vjp,
-          doc="Matrix product with numpy.matmul semantics."),
+          doc="Matrix product with numpy.matmul semantics.", shard=_shard,
+          weight_channel_axis=_weight_channel_axis),
 ]

@@ -38,6 +38,13 @@ class OpDef:
     canonicalize: Callable[..., dict] | None = None   # (input_types, attrs) -> canonical attrs
     vjp: Callable | None = None                 # gradient rule, filled by the autodiff work
     doc: str = ""
+    # Facts the graph passes read instead of lists of op names:
+    elementwise: bool = False                   # out[i] = f(inputs at i) under numpy broadcasting
+    view: bool = False                          # the result is the input's bytes under another shape
+    identity_when_same_type: bool = False       # a no-op when the result type equals the input's type
+    in_place: bool = False                      # the result may be written over its input when both have one type
+    shard: Callable | None = None               # tensor parallel: shard(in_shardings, in_types) -> sharding or None
+    weight_channel_axis: Callable | None = None  # (out type, w type) -> w's out-channel axis or None (batch_norm fold)
 
     def __post_init__(self):
         assert self.kind in KINDS, self.kind

@@ -29,9 +29,6 @@ from ..ir.types import DType
 from .fuse import FusedGraph
 
 
-VIEW_OPS = ("reshape", "squeeze", "expand_dims")   # the same bytes under another shape
-
-
 @dataclass
 class CollectiveKernel:
     """A collective op (``ops/collective.py``): one call into the runtime's
@@ -296,7 +293,7 @@ def lower_graph(fused: FusedGraph) -> LoweredGraph:
         kernel, bound = lower_group(group, names[k], constant_of, outs)
         for v in bound:
             use(v)
-        view = len(group) == 1 and group[0].op in VIEW_OPS and len(bound) == 1 and bound[0].type.nbytes == \
+        view = len(group) == 1 and ops.get(group[0].op).view and len(bound) == 1 and bound[0].type.nbytes == \
             outs[0].type.nbytes
         lowered.calls.append(KernelCall(kernel, bound, outs, view))
 

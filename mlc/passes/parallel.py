@@ -9,7 +9,8 @@
   along their last axis) or ``row`` (split along their first axis) are the local
   shards; sharding is propagated node by node (replicated R, sharded S(axis),
   partial sum P) and collectives are inserted where a node needs whole values:
-  matmul(R, column) -> S; matmul(S, row) -> P; elementwise ops keep S when every
+  an op's own ``shard`` rule decides where it has one (matmul's, in ops/linalg.py:
+  matmul(R, column) -> S; matmul(S, row) -> P); elementwise ops keep S when every
   operand agrees; P -> R by allreduce(sum), S -> R by allgather. This is Megatron's
   column- then row-parallel MLP without writing any collective by hand.
 
@@ -110,7 +111,6 @@ def data_parallel_graph(graph: Graph, grad_outputs: Sequence[int] | None = None,
 # ----------------------------------------------------------------------------- tensor parallel
 
 SHARD_KINDS = ("column", "row")
-_ELEMENTWISE = {op.name for op in ops.elementwise.OPS}   # numpy-broadcasting elementwise ops
 
 
 def shard_axis(kind: str, rank: int) -> int:
@@ -187,14 +187,10 @@ def _propagate(node, state) -> tuple | None:
     sts = [state[v] for v in node.inputs]
     if all(s[0] == "R" for s in sts):
         return ("R",)
-    if node.op == "matmul" and len(sts) == 2:
-        (a, b), (ta, tb) = sts, (node.inputs[0].type, node.inputs[1].type)
-        if a[0] == "R" and b == ("S", -1) and tb.rank == 2:
-            return ("S", -1)                                     # column parallel
-        if a == ("S", -1) and b[0] == "S" and b[1] == -tb.rank and tb.rank == 2 and ta.rank >= 1:
-            return ("P",)                                        # row parallel: partial sums
-        return None
-    if node.op in _ELEMENTWISE:
+    op = ops.get(node.op)
+    if op.shard is not None:
+        return op.shard(sts, [v.type for v in node.inputs])
+    if op.elementwise:
         if any(s[0] == "P" for s in sts):
             return None
         out_rank = node.outputs[0].type.rank

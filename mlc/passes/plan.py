@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import ops
 from ..ir import expr as E
 from ..ir.graph import Node, Value
 from ..ir.loop import Func
@@ -95,10 +96,10 @@ def in_place_pairs(kernel: Kernel) -> list[tuple[int, int]]:
     """(placeholder position among the bound inputs, output position) pairs where the
     output may overwrite the input: only that output's stage reads the input, only
     at the very index it writes, and the two have the same size. A collective that
-    keeps the type (allreduce, broadcast, send) works in place."""
+    keeps the type works in place if its op says so (``OpDef.in_place``)."""
     if kernel.kind == "collective":
         same = kernel.in_type is not None and kernel.in_type == kernel.out_type
-        return [(0, 0)] if same and kernel.op in ("allreduce", "broadcast", "send") else []
+        return [(0, 0)] if same and ops.get(kernel.op).in_place else []
     bound = [t for t in kernel.inputs if isinstance(t, Placeholder)]
     pairs = []
     for o_idx, out in enumerate(kernel.outputs):
