@@ -30,7 +30,7 @@ from typing import Callable
 from .. import ops
 from ..ir import loop as loop_ir, tensor as tensor_ir
 from ..ir.graph import Graph
-from . import layout, loops, lower, simplify
+from . import graph_rules, layout, loops, lower, simplify
 
 DEFAULT_OPT_LEVEL = 2
 
@@ -49,7 +49,8 @@ PASSES: dict[str, Pass] = {p.name: p for p in (
     Pass("fold_constants", simplify.fold_constants, "evaluate nodes with constant inputs (size-capped)"),
     Pass("fold_all_constants", partial(simplify.fold_constants, max_bytes=1 << 62),
          "evaluate nodes with constant inputs, whatever the size"),
-    Pass("simplify", simplify.simplify, "algebraic identities, transpose/reshape chains, batch_norm folding"),
+    Pass("simplify", graph_rules.simplify, "algebraic identities, transpose/reshape chains, batch_norm folding "
+         "(the rule tables of graph_rules.py)"),
     Pass("cse", simplify.eliminate_common_subexpressions, "merge identical nodes and constants"),
     Pass("dce", simplify.eliminate_dead_code, "drop nodes whose results are never used"),
     Pass("conv_layout", layout.select_conv_layout, "narrow or 1x1 convolutions as matrix products"),
