@@ -5,6 +5,13 @@
     def f(x, w): return mlc.relu(x @ w)
 """
 from .version import __version__  # noqa: E402, F401  (mlc.__version__)
+from . import logs as _logs  # noqa: E402
+
+try:
+    _logs.configure()   # MLC_LOG=debug|info|...,mlc.passes=debug
+except ValueError as _e:   # a typo in the environment must not break every import of mlc
+    import warnings as _warnings
+    _warnings.warn(f"{_e}; logging left as it was", RuntimeWarning)
 
 from .ir.types import (DType, TensorType, dtype, float16, float32, float64, int8, int32, int64, uint8,  # noqa: E402
                        bool_)

@@ -245,10 +245,12 @@ def _load_graph(spec: str, shapes, command: str):
 def _pass_manager(args, **kw):
     from .passes.manager import PassManager
     try:
-        return PassManager(args.opt_level, verify=True if args.verify else None,
-                           disabled=getattr(args, "disable_pass", ()), **kw)
+        pm = PassManager(args.opt_level, verify=True if args.verify else None,
+                         disabled=getattr(args, "disable_pass", ()), **kw)
     except ValueError as e:
         raise SystemExit(f"mlc: --disable-pass: {e}") from None
+    pm.progress = getattr(args, "verbose", False)
+    return pm
 
 
 def cmd_compile(args) -> int:
@@ -327,6 +329,8 @@ def _compile_for_file(graph, target, pm, db=None):
         raise SystemExit(f"mlc compile: target {target.name} is a {target.kind} target; mlc generates CPU code only")
     with codegen.LOCK:
         c = Compiled(graph, target, pm, db=db)
+        if pm.progress:
+            print(f"mlc: codegen: LLVM, {len(c.funcs)} kernels ...", file=sys.stderr, flush=True)
         pm.timed("codegen", None, c.object_code)
         if pm.dump_dir is not None:
             pm.record("codegen", "llvm", c.llvm_module)
@@ -501,6 +505,7 @@ def _add_compile_options(p) -> None:
     p.add_argument("--shape", action="append", metavar="NAME=D0,D1,...",
                    help="a static shape for an ONNX input declared with symbolic dimensions")
     p.add_argument("--verify", action="store_true", help="run the IR verifier after every pass")
+    p.add_argument("-v", "--verbose", action="store_true", help="show each stage and the kernels scheduled as they go")
 
 
 def _shape_overrides(specs, command: str = "run"):

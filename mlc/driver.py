@@ -12,7 +12,9 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
+import sys
 import time
 import warnings
 from typing import Callable
@@ -24,6 +26,7 @@ from . import codegen
 from .frontend.trace import TraceError, Traced, Tracer, trace_info
 from .ir.cost import Cost, kernel_cost
 from .ir.graph import Graph
+from .logs import Progress
 from .ir.tensor import Kernel
 from .passes.fuse import fuse, unfused
 from .passes.lower import lower_graph
@@ -39,6 +42,9 @@ from .schedule.primitives import ScheduleError
 from .target import Target
 from .tree import flatten, unflatten
 from .version import __version__
+
+
+log = logging.getLogger(__name__)
 
 
 class _Funcs(list):
@@ -67,7 +73,7 @@ class Compiled:
         self.pm = pm
         self.source = graph
         self.target = target
-        self.graph = pm.run(graph)
+        self.graph = pm.run(graph, target)
         partition = fuse if pm.opt_level >= FUSION_LEVEL else unfused
         self.fused = pm.timed("fuse", "graph", partition, self.graph)
         self.lowered = pm.timed("lower", "tensor", lower_graph, self.fused)
@@ -76,8 +82,16 @@ class Compiled:
             place_aliases(self.lowered, self.aliases)
         self.tuned = 0
         self.tuned_names: set[str] = set()
-        self.funcs = pm.timed("schedule", "loop",
-                              lambda: _Funcs(self._schedule(c.kernel, db) for c in self.lowered.calls))
+        _stage_done(pm, f"graph passes, fuse and lower: {len(self.lowered.calls)} kernels")
+        with Progress("schedule", len(self.lowered.calls)) if pm.progress else contextlib.nullcontext() as bar:
+            def schedule_all():
+                funcs = _Funcs()
+                for c in self.lowered.calls:
+                    funcs.append(self._schedule(c.kernel, db))
+                    if bar is not None:
+                        bar.advance(detail=c.kernel.name)
+                return funcs
+            self.funcs = pm.timed("schedule", "loop", schedule_all)
         pm.run_loop_passes(self.funcs)
         self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs, self.aliases)
         self.parallel = codegen.runs_parallel(target)
@@ -190,6 +204,18 @@ class Compiled:
         raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt or asm")
 
 
+def _stage_start(what: str) -> None:
+    print(f"mlc: {what} ...", file=sys.stderr, flush=True)
+
+
+def _stage_done(pm: PassManager, what: str) -> None:
+    """After a stage: a line under -v (mlc compile -v), a debug record always."""
+    elapsed = sum(t for _, t in pm.timings)
+    log.debug("%s (%.2f s so far)", what, elapsed)
+    if pm.progress:
+        print(f"mlc: {what} done, {elapsed:.2f} s so far", file=sys.stderr, flush=True)
+
+
 _CEILINGS: dict[str, tuple[float, float]] = {}
 
 
@@ -281,10 +307,15 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
     pm = pm or PassManager(opt_level)
     with codegen.LOCK, _open_db(db) as database:   # LLVM's global context is not safe for concurrent compiles
         c = Compiled(graph, target, pm, aliases, database)
+        if pm.progress:
+            _stage_start(f"codegen: LLVM, {len(c.funcs)} kernels")
         obj = pm.timed("codegen", None, c.object_code)
+        _stage_done(pm, "codegen")
         if pm.dump_dir is not None:
             pm.record("codegen", "llvm", c.llvm_module)
         code = codegen.load(obj, target)
+    log.info("compiled @%s for %s: %d kernels in %.2f s (%s)", graph.name, target.name, len(c.funcs),
+             sum(t for _, t in pm.timings), ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in pm.timings))
     returned = len(graph.outputs) - len(aliases or {})   # outputs written in place are not returned
     single = returned == 1 if single_output is None else single_output
     return Executable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],

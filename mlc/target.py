@@ -19,6 +19,8 @@ from dataclasses import dataclass
 KiB, MiB = 1024, 1024 * 1024
 DEFAULT_CACHES = {"l1d": 32 * KiB, "l2": 512 * KiB, "l3": 8 * MiB}   # when the host does not tell
 KINDS = ("cpu", "cuda")
+# Conv layout thresholds, measured on a 2-core AVX2 host (passes/layout.py); a target file may set them.
+LAYOUT_DEFAULTS = {"conv_direct_min_width": 16, "conv_strided_direct_min_width": 64}
 
 
 _LLVM_INIT_LOCK = threading.Lock()
@@ -59,6 +61,11 @@ class Target:
     l2_bytes: int = DEFAULT_CACHES["l2"]     # per core (cuda: the whole device's)
     l3_bytes: int = DEFAULT_CACHES["l3"]     # shared; 0 when there is none
     arch: str = ""             # cuda only: "sm_90"
+    # conv layout (passes/layout.py): a conv moves to the matrix form (im2col + matmul) when its
+    # output rows are narrower than this, from which the direct kernel fills its vector tiles ...
+    conv_direct_min_width: int = LAYOUT_DEFAULTS["conv_direct_min_width"]
+    # ... or, when it is strided (its reads are not contiguous), narrower than this
+    conv_strided_direct_min_width: int = LAYOUT_DEFAULTS["conv_strided_direct_min_width"]
 
     def __post_init__(self):
         if not self.name:
@@ -159,14 +166,20 @@ class Target:
     @property
     def key(self) -> str:
         """Identifies generated code: two targets with the same key run the same code."""
-        return (f"{self.kind}|{self.triple}|{self.cpu}|{self.features}|{self.vector_bytes}|"
-                f"{self.l1d_bytes}/{self.l2_bytes}/{self.l3_bytes}")
+        key = (f"{self.kind}|{self.triple}|{self.cpu}|{self.features}|{self.vector_bytes}|"
+               f"{self.l1d_bytes}/{self.l2_bytes}/{self.l3_bytes}")
+        layout = self.layout_thresholds()
+        # only thresholds that differ from the defaults extend the key (so existing keys stay valid)
+        return key if layout == LAYOUT_DEFAULTS else key + "|" + "/".join(map(str, layout.values()))
 
     @property
     def is_host(self) -> bool:
         """Whether code for this target can be loaded into this process: a CPU target of
         the host's architecture. (A CPU feature the host lacks still faults at run time.)"""
         return self.kind == "cpu" and _arch(self.triple) == _arch(_host().triple)
+
+    def layout_thresholds(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in LAYOUT_DEFAULTS}
 
     def lanes(self, itemsize: int) -> int:
         return max(1, self.vector_bytes // itemsize)
@@ -178,6 +191,7 @@ class Target:
              "caches": {"l1d": self.l1d_bytes, "l2": self.l2_bytes, "l3": self.l3_bytes}}
         if self.arch:
             d["arch"] = self.arch
+        d.update(self.layout_thresholds())
         return d
 
     def __str__(self) -> str:
@@ -218,7 +232,8 @@ NAMED: dict[str, dict] = {
         "cores": 132, "vector_bytes": 16, "caches": {"l1d": "256K", "l2": "50M", "l3": 0}},
 }
 
-_KEYS = ("name", "base", "kind", "triple", "cpu", "features", "arch", "cores", "vector_bytes", "caches")
+_KEYS = ("name", "base", "kind", "triple", "cpu", "features", "arch", "cores", "vector_bytes", "caches",
+         *LAYOUT_DEFAULTS)
 _REQUIRED = ("name", "triple", "cpu", "cores", "vector_bytes", "caches")
 _CACHE_KEYS = ("l1d", "l2", "l3")
 
@@ -264,9 +279,13 @@ def _build(spec: dict, source: str) -> Target:
             raise ValueError(f"{source}: 'triple' of a cuda target must be nvptx64-nvidia-cuda, got {triple!r}")
     elif arch:
         raise ValueError(f"{source}: 'arch' is for cuda targets only (this one has kind {kind!r})")
+    layout = {k: spec.get(k, default) for k, default in LAYOUT_DEFAULTS.items()}
+    for k, v in layout.items():
+        if not (_is_int(v) and v >= 1):
+            raise ValueError(f"{source}: {k!r} must be a whole number >= 1 (output columns), got {v!r}")
     check_llvm(triple, cpu, features, source)
     return Target(triple, cpu, features, cores, vb, name=name, kind=kind, l1d_bytes=caches["l1d"],
-                  l2_bytes=caches["l2"], l3_bytes=caches["l3"], arch=arch)
+                  l2_bytes=caches["l2"], l3_bytes=caches["l3"], arch=arch, **layout)
 
 
 def _is_int(v) -> bool:
@@ -285,6 +304,10 @@ def _field_problem(t: Target) -> str | None:
         v = getattr(t, f)
         if not (_is_int(v) and v >= 0):
             return f"{f} must be a whole number of bytes >= 0, got {v!r}"
+    for f in LAYOUT_DEFAULTS:
+        v = getattr(t, f)
+        if not (_is_int(v) and v >= 1):
+            return f"{f} must be a whole number >= 1, got {v!r}"
     if (t.kind == "cuda") != bool(t.arch):
         return "a cuda target needs arch (such as 'sm_90'); a cpu target has none"
     return None

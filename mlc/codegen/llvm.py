@@ -20,6 +20,8 @@ one is recorded in the module's ``mlc_bounds_status``, which the runtime turns i
 from __future__ import annotations
 
 import ctypes.util
+import logging
+import time
 import warnings
 
 import llvmlite.binding as llvm
@@ -35,6 +37,7 @@ from . import Backend, Program
 from . import fastmath
 
 _GOMP: bool | None = None
+log = logging.getLogger(__name__)
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -763,8 +766,12 @@ class LLVMBackend(Backend):
         return str(mb.module)
 
     def compile(self, source: str, target: Target) -> bytes:
+        t0 = time.perf_counter()
         tm = target_machine(target.triple, target.cpu, target.features)
-        return tm.emit_object(optimize(source, tm))
+        obj = tm.emit_object(optimize(source, tm))
+        log.info("LLVM compiled %d KiB of IR for %s into %d KiB of code in %.2f s", len(source) >> 10, target.name,
+                 len(obj) >> 10, time.perf_counter() - t0)
+        return obj
 
     def text(self, source: str, target: Target, level: str) -> str:
         tm = target_machine(target.triple, target.cpu, target.features)

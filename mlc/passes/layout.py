@@ -9,21 +9,21 @@ on 14x14 8.6 vs 75. The matrix form ``W[M, C*KH*KW] @ im2col(X)[N, C*KH*KW, OH*O
 runs on the matmul micro-kernel whatever the map size, at the price of writing the
 rearranged input once (nothing for a 1x1, stride-1 convolution: a reshape). So a
 convolution moves to the matrix layout when it is 1x1 with stride 1, when its
-output rows are narrower than ``DIRECT_MIN_WIDTH``, or when it is strided and
-narrower than ``STRIDED_DIRECT_MIN_WIDTH``; the reshapes into and out of that
-layout are inserted once, around the convolution, and fuse with its neighbours.
+output rows are narrower than the target's ``conv_direct_min_width``, or when it is
+strided and narrower than its ``conv_strided_direct_min_width`` (``mlc.target``:
+defaults are the widths measured here, a target file may set others); the
+reshapes into and out of that layout are inserted once, around the convolution,
+and fuse with its neighbours.
 Grouped convolutions and weights that are not constants stay direct.
 """
 from __future__ import annotations
 
 from ..ir.graph import Graph, Node
+from ..target import LAYOUT_DEFAULTS, Target
 from .simplify import constant_value, eliminate_dead_code, emit, rebuild
 
-DIRECT_MIN_WIDTH = 16           # output widths from which the direct kernel fills its vector tiles
-STRIDED_DIRECT_MIN_WIDTH = 64   # ... and with strides, whose reads are not contiguous
 
-
-def use_matrix_form(n: Node) -> bool:
+def use_matrix_form(n: Node, target: Target | None = None) -> bool:
     if n.op != "conv":
         return False
     x, w = n.inputs
@@ -32,12 +32,15 @@ def use_matrix_form(n: Node) -> bool:
     pointwise = w.shape[2:] == (1, 1) and tuple(n.attrs["strides"]) == (1, 1) and not any(n.attrs["pads"])
     width = n.outputs[0].shape[3]
     strided = any(s > 1 for s in n.attrs["strides"])
-    return pointwise or width < DIRECT_MIN_WIDTH or (strided and width < STRIDED_DIRECT_MIN_WIDTH)
+    widths = target.layout_thresholds() if target is not None else LAYOUT_DEFAULTS
+    return pointwise or width < widths["conv_direct_min_width"] or \
+        (strided and width < widths["conv_strided_direct_min_width"])
 
 
-def select_conv_layout(graph: Graph) -> Graph:
+def select_conv_layout(graph: Graph, target: Target | None = None) -> Graph:
+    """Convolutions in matrix form where ``target`` (default: the default thresholds) says so."""
     def rule(n: Node, ins, b):
-        if not use_matrix_form(n):
+        if not use_matrix_form(n, target):
             return None
         x, w = ins
         N, C = x.shape[:2]

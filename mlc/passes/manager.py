@@ -121,6 +121,7 @@ class PassManager:
         dump_dir = dump_dir if dump_dir is not None else os.environ.get("MLC_DUMP_IR") or None
         self.dump_dir = Path(dump_dir) if dump_dir else None
         self.time_passes = time_passes
+        self.progress = False   # show each compile stage and the kernels scheduled (mlc compile -v)
         self.timings: list[tuple[str, float]] = []
         self._step = 0
 

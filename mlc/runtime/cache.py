@@ -11,11 +11,13 @@ compiler never reuses old code. The folder is ``$MLC_CACHE_DIR`` (default ``~/.c
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import warnings
 
 MAGIC = b"MLCOBJ02"
+log = logging.getLogger(__name__)
 _HEADER = len(MAGIC) + 32
 
 
@@ -67,6 +69,7 @@ def _path(key: str) -> str | None:
 def load(key: str) -> bytes | None:
     path = _path(key)
     if path is None or not os.path.exists(path):
+        log.debug("cache miss %s", key[:16])
         return None
     try:
         with open(path, "rb") as f:
@@ -82,6 +85,7 @@ def load(key: str) -> bytes | None:
         except OSError:
             pass
         return None
+    log.debug("cache hit %s (%d bytes)", key[:16], len(payload))
     return payload
 
 
@@ -95,5 +99,6 @@ def store(key: str, payload: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(MAGIC + _checksum(key, payload) + payload)
         os.replace(tmp, path)
+        log.debug("cache store %s (%d bytes)", key[:16], len(payload))
     except OSError as e:   # a read-only or full disk costs the cache, not the compile
         warnings.warn(f"mlc could not write its cache entry {path}: {e}", RuntimeWarning)
