@@ -42,6 +42,7 @@ class Pass:
     doc: str
     level: str = "graph"
     required: bool = False   # a later stage cannot do without it: it cannot be disabled
+    takes_target: bool = False   # a graph pass whose decisions depend on the Target: run(graph, target)
 
 
 PASSES: dict[str, Pass] = {p.name: p for p in (
@@ -53,7 +54,8 @@ PASSES: dict[str, Pass] = {p.name: p for p in (
          "(the rule tables of graph_rules.py)"),
     Pass("cse", simplify.eliminate_common_subexpressions, "merge identical nodes and constants"),
     Pass("dce", simplify.eliminate_dead_code, "drop nodes whose results are never used"),
-    Pass("conv_layout", layout.select_conv_layout, "narrow or 1x1 convolutions as matrix products"),
+    Pass("conv_layout", layout.select_conv_layout, "narrow or 1x1 convolutions as matrix products",
+         takes_target=True),
 )}
 
 _SIMPLIFY = ["infer_types", "fold_constants", "simplify", "cse", "dce"]
@@ -129,8 +131,9 @@ class PassManager:
     def pipeline(self) -> list[str]:
         return PIPELINES[self.opt_level]
 
-    def run(self, graph: Graph) -> Graph:
-        """The level's graph passes, in order."""
+    def run(self, graph: Graph, target=None) -> Graph:
+        """The level's graph passes, in order; ``target`` (a Target) for the passes that
+        depend on it (None: their defaults)."""
         ops.verify(graph)
         if self._env_dump:   # MLC_DUMP_IR=DIR: one fresh folder per compile, named after the graph
             base, n = self.dump_dir / graph.name, 1
@@ -140,7 +143,7 @@ class PassManager:
         self.record("input", "graph", graph)
         for name in self.pipeline:
             if name not in self.disabled:
-                graph = self.apply(PASSES[name], graph)
+                graph = self.apply(PASSES[name], graph, target)
         return graph
 
     def run_tensor_passes(self, lowered) -> None:
@@ -183,9 +186,9 @@ class PassManager:
                         raise RuntimeError(f"pass {p.name} produced invalid {p.level} IR: {e}") from e
             self.record(p.name, p.level, whole)
 
-    def apply(self, p: Pass, graph: Graph) -> Graph:
+    def apply(self, p: Pass, graph: Graph, target=None) -> Graph:
         t0 = time.perf_counter()
-        out = p.run(graph)
+        out = p.run(graph, target) if p.takes_target else p.run(graph)
         self.timings.append((p.name, time.perf_counter() - t0))
         if self.verify:
             try:
