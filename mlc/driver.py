@@ -220,10 +220,13 @@ _CEILINGS: dict[str, tuple[float, float]] = {}
 
 
 def machine_ceilings(target: Target) -> tuple[float, float]:
-    """(peak GFLOP/s, memory GB/s) of ``target``: measured on this machine once (cached on
-    disk by target key) when the target is the host, else (0, 0): unknown."""
+    """(peak GFLOP/s, memory GB/s) of ``target``: as the target gives them (a target file's
+    ``peak_gflops``, ``bandwidth_gbs``), else measured on this machine once (cached on disk
+    by target key) when the target is the host, else 0: unknown."""
+    if target.peak_gflops and target.bandwidth_gbs:
+        return target.peak_gflops, target.bandwidth_gbs
     if not target.is_host:
-        return 0.0, 0.0
+        return target.peak_gflops, target.bandwidth_gbs
     found = _CEILINGS.get(target.key)
     if found is None:
         key = cache.key_of("ceilings", __version__, target.key)
@@ -236,7 +239,7 @@ def machine_ceilings(target: Target) -> tuple[float, float]:
             found = (_measure_peak(target), _measure_bandwidth(target))
             cache.store(key, json.dumps(found).encode())
         _CEILINGS[target.key] = found
-    return found
+    return target.peak_gflops or found[0], target.bandwidth_gbs or found[1]
 
 
 def _fma_func(target: Target, iterations: int) -> Func:

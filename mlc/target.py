@@ -21,6 +21,7 @@ DEFAULT_CACHES = {"l1d": 32 * KiB, "l2": 512 * KiB, "l3": 8 * MiB}   # when the 
 KINDS = ("cpu", "cuda")
 # Conv layout thresholds, measured on a 2-core AVX2 host (passes/layout.py); a target file may set them.
 LAYOUT_DEFAULTS = {"conv_direct_min_width": 16, "conv_strided_direct_min_width": 64}
+CEILINGS = ("peak_gflops", "bandwidth_gbs")   # a target file may give them; else measured on the host
 
 
 _LLVM_INIT_LOCK = threading.Lock()
@@ -66,6 +67,10 @@ class Target:
     conv_direct_min_width: int = LAYOUT_DEFAULTS["conv_direct_min_width"]
     # ... or, when it is strided (its reads are not contiguous), narrower than this
     conv_strided_direct_min_width: int = LAYOUT_DEFAULTS["conv_strided_direct_min_width"]
+    # the roofline's ceilings (exe.profile): all cores' float32 FMA throughput and the memory
+    # bandwidth; 0: unknown, measured on the host when a profile needs them (driver.machine_ceilings)
+    peak_gflops: float = 0.0
+    bandwidth_gbs: float = 0.0
 
     def __post_init__(self):
         if not self.name:
@@ -192,6 +197,7 @@ class Target:
         if self.arch:
             d["arch"] = self.arch
         d.update(self.layout_thresholds())
+        d.update({k: getattr(self, k) for k in CEILINGS if getattr(self, k)})
         return d
 
     def __str__(self) -> str:
@@ -233,7 +239,7 @@ NAMED: dict[str, dict] = {
 }
 
 _KEYS = ("name", "base", "kind", "triple", "cpu", "features", "arch", "cores", "vector_bytes", "caches",
-         *LAYOUT_DEFAULTS)
+         *LAYOUT_DEFAULTS, *CEILINGS)
 _REQUIRED = ("name", "triple", "cpu", "cores", "vector_bytes", "caches")
 _CACHE_KEYS = ("l1d", "l2", "l3")
 
@@ -283,9 +289,14 @@ def _build(spec: dict, source: str) -> Target:
     for k, v in layout.items():
         if not (_is_int(v) and v >= 1):
             raise ValueError(f"{source}: {k!r} must be a whole number >= 1 (output columns), got {v!r}")
+    ceilings = {k: spec.get(k, 0.0) for k in CEILINGS}
+    for k, v in ceilings.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ValueError(f"{source}: {k!r} must be a number >= 0 (0: measure it on the host), got {v!r}")
     check_llvm(triple, cpu, features, source)
     return Target(triple, cpu, features, cores, vb, name=name, kind=kind, l1d_bytes=caches["l1d"],
-                  l2_bytes=caches["l2"], l3_bytes=caches["l3"], arch=arch, **layout)
+                  l2_bytes=caches["l2"], l3_bytes=caches["l3"], arch=arch, **layout,
+                  **{k: float(v) for k, v in ceilings.items()})
 
 
 def _is_int(v) -> bool:

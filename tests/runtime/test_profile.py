@@ -110,3 +110,17 @@ def test_cli_run_profiles_a_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "profile of" in out and "GFLOP/s" in out and "conv_add_relu_0" in out
     assert json.loads(trace.read_text())["traceEvents"]
+
+
+def test_a_target_file_gives_the_ceilings(tmp_path):
+    from mlc.driver import machine_ceilings
+    from mlc.target import Target
+    spec = {"name": "fast-host", "base": "znver3", "peak_gflops": 1000, "bandwidth_gbs": 50.5}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(spec))
+    t = Target.from_file(str(path))
+    assert (t.peak_gflops, t.bandwidth_gbs) == (1000.0, 50.5)
+    assert Target.from_json(t.to_json()) == t and machine_ceilings(t) == (1000.0, 50.5)
+    path.write_text(json.dumps(dict(spec, peak_gflops=-1)))
+    with pytest.raises(ValueError, match="'peak_gflops' must be a number >= 0"):
+        Target.from_file(str(path))
