@@ -28,6 +28,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", help="comma-separated names (default: all light models)")
     p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--profile", action="store_true",
+                   help="after each model, its top kernels: share of the time and GFLOP/s against the peak")
+    p.add_argument("--top", type=int, default=10, help="kernels shown per model with --profile (default 10)")
     args = p.parse_args(argv)
     try:
         import onnxruntime as ort
@@ -58,6 +61,19 @@ def main(argv=None):
         t_ort = median_seconds(lambda: sess.run(None, feeds), args.repeat)
         print(f"{name:14s} {t_mlc * 1e3:9.2f} {t_ort * 1e3:9.2f} {t_ort / t_mlc:8.3f} {t_compile:10.1f} "
               f"{exe.kernel_count:8d}  {diff:.1e}")
+        if args.profile:
+            print_top(exe.profile(*mlc_args, runs=args.repeat), args.top)
+
+
+def print_top(report, top: int) -> None:
+    total = report.kernel_time
+    peak = report.peak_gflops
+    print(f"  {report.model}: kernels' sum {total * 1e3:.2f} ms vs model {report.model_time * 1e3:.2f} ms; "
+          f"peak {peak:.0f} GFLOP/s, bandwidth {report.bandwidth_gbs:.1f} GB/s")
+    for k in report.slowest(top):
+        print(f"    {k.name[:32]:32s} {100 * k.median / total:5.1f}%  {k.median * 1e6:9.1f} us  "
+              f"{k.gflops:7.1f} GFLOP/s ({100 * k.gflops / peak if peak else 0:4.1f}% of peak)  "
+              f"{k.intensity:6.1f} flop/B")
 
 
 if __name__ == "__main__":
