@@ -187,8 +187,13 @@ def cmd_run(args) -> int:
 
 def _profile(exe, arrays, args) -> None:
     """``mlc run --profile [--trace FILE] [--roofline PNG]``."""
+    ceilings = None
+    if exe.metadata is not None:   # a model library: its target's ceilings, measured here when it gives none
+        from .driver import machine_ceilings
+        from .target import Target
+        ceilings = machine_ceilings(Target.from_json(exe.metadata["target"]))
     try:
-        report = exe.profile(*arrays, runs=args.runs)
+        report = exe.profile(*arrays, runs=args.runs, ceilings=ceilings)
     except ValueError as e:
         raise SystemExit(f"mlc run --profile: {e}")
     print(report)
@@ -261,6 +266,9 @@ def cmd_compile(args) -> int:
         raise SystemExit(f"mlc compile: -o {args.output}: write an object file (.o) or a shared library (.so)")
     if (args.params or args.prefix) and suffix != ".so":
         raise SystemExit("mlc compile: --params and --prefix apply to a model library: -o MODEL.so")
+    if args.profile and not args.output:
+        raise SystemExit("mlc compile: --profile builds a model library or object that times its kernels: give -o "
+                         "MODEL.so (to profile here, use mlc run MODEL --profile)")
     if suffix == ".so":
         from .codegen.cross import ToolchainNotFound, find_c_compiler
         try:
@@ -276,7 +284,7 @@ def cmd_compile(args) -> int:
             exe = mlc.compile(graph, target=target, opt_level=args.opt_level, pm=pm, db=db)
             st, report = exe.stats, exe.memory_report()
         else:   # code for a file, maybe for another machine: generated, not loaded into this process
-            c, st, report = _compile_for_file(graph, target, pm, db)
+            c, st, report = _compile_for_file(graph, target, pm, db, profile=args.profile)
     finally:
         if db is not None:
             db.close()
@@ -318,7 +326,7 @@ def _open_tuning_db(path, command: str):
         raise SystemExit(f"mlc {command}: --db: {e}")
 
 
-def _compile_for_file(graph, target, pm, db=None):
+def _compile_for_file(graph, target, pm, db=None, profile: bool = False):
     """(Compiled with its object code generated, its stats, the memory report)."""
     from types import SimpleNamespace
 
@@ -328,7 +336,7 @@ def _compile_for_file(graph, target, pm, db=None):
     if target.kind != "cpu":
         raise SystemExit(f"mlc compile: target {target.name} is a {target.kind} target; mlc generates CPU code only")
     with codegen.LOCK:
-        c = Compiled(graph, target, pm, db=db)
+        c = Compiled(graph, target, pm, db=db, profile=profile)
         if pm.progress:
             print(f"mlc: codegen: LLVM, {len(c.funcs)} kernels ...", file=sys.stderr, flush=True)
         pm.timed("codegen", None, c.object_code)
@@ -578,6 +586,8 @@ def main(argv=None) -> int:
     comp.add_argument("--prefix", metavar="NAME", help="name a model library's C functions NAME_model_create, ... "
                                                        "(default mlc_...), to link several models into one program")
     comp.add_argument("--db", metavar="FILE", help="use the best schedules in this tuning database (mlc tune)")
+    comp.add_argument("--profile", action="store_true", help="with -o: a profiling build that times every kernel "
+                                                             "call (mlc run LIB.so --profile, mlc_model_profile)")
     comp.set_defaults(func=cmd_compile)
     tune = sub.add_parser("tune", help="auto-tune a model's kernels for a target into a tuning database")
     _add_compile_options(tune)

@@ -67,7 +67,7 @@ class Compiled:
     """Every level of one compilation, kept for printing."""
 
     def __init__(self, graph: Graph, target: Target, pm: PassManager | None = None,
-                 aliases: dict[int, int] | None = None, db=None):
+                 aliases: dict[int, int] | None = None, db=None, profile: bool = False):
         pm = pm or PassManager()
         self.aliases = dict(aliases or {})
         self.pm = pm
@@ -97,6 +97,7 @@ class Compiled:
         self.parallel = codegen.runs_parallel(target)
         # MLC_BOUNDS_CHECK=1: every load and store checked (codegen.llvm), BoundsError on a miss
         self.bounds_check = env_flag("MLC_BOUNDS_CHECK")
+        self.profile = profile   # a profiling build (mlc compile --profile): every kernel call timed
 
     def _schedule(self, kernel, db):
         """The kernel's best schedule in the tuning database, else the rules' default."""
@@ -132,7 +133,7 @@ class Compiled:
     def program(self) -> codegen.Program:
         """What code generation compiles: the scheduled functions and the plan's calls."""
         return codegen.Program(self.graph.name, list(self.funcs), self.plan.calls, self.parallel, self.bounds_check,
-                               self.plan.workspace_bytes)
+                               self.plan.workspace_bytes, self.profile)
 
     @functools.cached_property
     def llvm_module(self) -> str:
@@ -144,7 +145,7 @@ class Compiled:
                             str(self.plan), f"profile={profile}")
 
     def object_code(self) -> bytes:
-        key = self.cache_key()
+        key = self.cache_key(self.profile)
         obj = cache.load(key)
         if obj is None:
             with codegen.LOCK:

@@ -16,6 +16,7 @@ existing export is replaced whole or not at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -35,7 +36,7 @@ C_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 API_FUNCTIONS = ("mlc_abi_version", "mlc_version", "mlc_metadata", "mlc_status_name", "mlc_last_error",
                  "mlc_model_create", "mlc_model_destroy", "mlc_model_num_inputs", "mlc_model_num_outputs",
                  "mlc_model_input_info", "mlc_model_output_info", "mlc_model_workspace_size", "mlc_model_run",
-                 "mlc_model_run_unchecked")
+                 "mlc_model_run_unchecked", "mlc_model_profile")
 _DTYPE_ENUM = {name: f"MLC_{name.upper()}" for name in DTYPE_CODES}
 
 
@@ -98,6 +99,8 @@ def export_library(compiled, path, *, params: str = "embedded", signature=None,
                        "count": len(tensors), "nbytes": stats["param_bytes"],
                        "table": [[k, a.dtype.newbyteorder("<").str, list(a.shape)] for k, a in tensors.items()]},
             "stats": stats}
+    if compiled.profile:   # what the profiler reports of each kernel call (runtime/profile.py)
+        meta["profile"] = [dataclasses.asdict(k) for k in compiled.kernel_calls()]
     with tempfile.TemporaryDirectory(prefix="mlc-export-") as build:
         write_object(compiled, os.path.join(build, "model.o"))
         blob = None
@@ -215,6 +218,7 @@ def _tables_c(inputs, outputs, tensors, blob, meta, workspace_bytes) -> str:
               f"    {_c_string(_json(meta))},",
               f"    {_c_string(__version__)},",
               f"    {workspace_bytes}u,",
+              f"    {len(meta.get('profile', []))}u,",
               "};", ""]
     return "\n".join(lines)
 

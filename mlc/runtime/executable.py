@@ -258,18 +258,30 @@ class Executable:
         return self._compiled.export(path, params=params, signature=self.signature, single_output=self._single,
                                      prefix=prefix)
 
-    def profile(self, *args, runs: int = 20, warmup: int = 2):
+    def profile(self, *args, runs: int = 20, warmup: int = 2, ceilings: tuple[float, float] | None = None):
         """Where the time goes on these arguments: per kernel call, its median time, share,
         GFLOP/s and GB/s against the target's ceilings, its fused ops and schedule
         (``runtime.profile.ProfileReport``: print it, ``to_chrome_trace``, ``roofline``).
         Times come from a profiling build of the same code; the model's own time from
-        this one, measured in turn with it."""
-        from .profile import profile
-        if self._compiled is None:
-            raise ValueError(f"{self.name} was loaded from a library: profile the model where it is compiled "
-                             "(mlc.compile(...).profile(...))")
+        this one, measured in turn with it. A model library profiles when it was built
+        with ``mlc compile --profile``. ``ceilings``: (peak GFLOP/s, GB/s) to draw against,
+        by default the target's (measured on the host when it gives none)."""
+        from .profile import KernelInfo, profile
         c = self._compiled
-        return profile(self, args, runs, warmup, c.kernel_calls(), c.profiling_code(), c.ceilings(), c.target.name)
+        if c is not None:
+            infos, code, target = c.kernel_calls(), c.profiling_code(), c.target.name
+            ceilings = ceilings or c.ceilings()
+        else:
+            meta = self.metadata or {}
+            if "profile" not in meta:
+                raise ValueError(f"{self.name} was loaded from a library built without profiling: export it with "
+                                 "`mlc compile MODEL -o LIB.so --profile`, or profile the model where it is compiled "
+                                 "(mlc.compile(...).profile(...))")
+            infos, code = [KernelInfo(**k) for k in meta["profile"]], self._code
+            spec = meta.get("target", {})
+            target = spec.get("name", "?")
+            ceilings = ceilings or (float(spec.get("peak_gflops", 0)), float(spec.get("bandwidth_gbs", 0)))
+        return profile(self, args, runs, warmup, infos, code, ceilings, target)
 
     def ir(self, level: str = "graph") -> str:
         """The program at ``graph``, ``tensor``, ``loop``, ``llvm`` or ``asm`` level, as text."""

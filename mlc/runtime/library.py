@@ -37,7 +37,7 @@ import weakref
 from ..ir.types import TensorType, dtype as to_dtype
 from ..tree import TreeDef
 from . import signing
-from .executable import Executable, Signature
+from .executable import PROFILE_MAX_THREADS, Executable, Signature
 
 MAGIC = b"MLC_LIB\0"
 TRAILER_VERSION = 1
@@ -279,6 +279,11 @@ class _LibraryCode:
             raise LibraryError(self._last_error().decode("utf-8", "replace"))
         self.handle = handle.value
         self._run = fns["model_run_unchecked"]
+        # a library built before the profiling API has no such function: it has no records either
+        self._profile = getattr(lib, f"{prefix}_model_profile", None)
+        if self._profile is not None:
+            self._profile.restype = ctypes.c_size_t
+            self._profile.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_int64))]
         self._finalizer = weakref.finalize(self, fns["model_destroy"], handle.value)
 
     def check_tables(self, meta: dict, raw: bytes) -> None:
@@ -308,6 +313,19 @@ class _LibraryCode:
         if fns["model_workspace_size"](h) != meta["workspace_bytes"]:
             differs(f"workspace of {meta['workspace_bytes']} bytes in the metadata, "
                     f"{fns['model_workspace_size'](h)} in the code")
+
+    def profile_records(self, calls: int):
+        """Like ``LoadedCode.profile_records``, through ``mlc_model_profile``: the library
+        records the calling thread only, so the per-thread records are all 0."""
+        import numpy as np
+        ptr = ctypes.POINTER(ctypes.c_int64)()
+        n = self._profile(self.handle, ctypes.byref(ptr)) if self._profile is not None else 0
+        if n == 0:
+            raise ValueError(f"{self.path} was not built for profiling (mlc compile MODEL -o LIB.so --profile)")
+        if n != calls:
+            raise ValueError(f"{self.path}: the code records {n} kernel calls, its metadata lists {calls}")
+        records = np.ctypeslib.as_array(ptr, shape=(n, 2)).copy()
+        return records, np.zeros((n, PROFILE_MAX_THREADS, 2), np.int64)
 
     def entry(self, inputs, outputs, _params, _workspace) -> None:
         if self._run(self.handle, inputs, outputs):

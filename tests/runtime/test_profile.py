@@ -124,3 +124,33 @@ def test_a_target_file_gives_the_ceilings(tmp_path):
     path.write_text(json.dumps(dict(spec, peak_gflops=-1)))
     with pytest.raises(ValueError, match="'peak_gflops' must be a number >= 0"):
         Target.from_file(str(path))
+
+
+def test_a_library_built_with_profile_times_its_kernels(tmp_path, capsys):
+    import ctypes
+    lib = tmp_path / "mlp.so"
+    assert main(["compile", "mlp", "-o", str(lib), "--profile"]) == 0
+    exe = mlc.load(lib)
+    names = [k["name"] for k in exe.metadata["profile"]]
+    assert names == ["matmul_add_relu_0", "matmul_1", "softmax_2"]
+    report = exe.profile(*mlp_inputs(), runs=2, warmup=1, ceilings=(100.0, 10.0))
+    assert [k.name for k in report.kernels] == names and report.peak_gflops == 100.0
+    assert all(k.median > 0 for k in report.kernels) and report.kernels[0].info.flops == 2 * 32 * 784 * 128 + 2 * 32 * 128
+    # the C API hands the records back (mlc.load maps a private copy: its functions, not the file's)
+    c = exe._code.lib
+    c.mlc_model_profile.restype = ctypes.c_size_t
+    c.mlc_model_profile.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_int64))]
+    records = ctypes.POINTER(ctypes.c_int64)()
+    n = c.mlc_model_profile(ctypes.c_void_p(exe._code.handle), ctypes.byref(records))
+    assert n == 3 and all(0 < records[2 * i] <= records[2 * i + 1] for i in range(3))
+    assert records[1] <= records[2] and records[3] <= records[4]
+    capsys.readouterr()
+    assert main(["run", str(lib), "--random-inputs", "--profile", "--runs", "2"]) == 0
+    assert "softmax_2" in capsys.readouterr().out
+    # a library built without --profile has no records, and says how to get them
+    plain = tmp_path / "plain.so"
+    assert main(["compile", "mlp", "-o", str(plain)]) == 0
+    with pytest.raises(ValueError, match="built without profiling: export it with `mlc compile MODEL -o LIB.so --profile`"):
+        mlc.load(plain).profile(*mlp_inputs())
+    with pytest.raises(SystemExit, match="--profile builds a model library"):
+        main(["compile", "mlp", "--profile"])

@@ -18,11 +18,16 @@ typedef struct mlc_model_tables {
     const char *metadata;                     /* JSON */
     const char *version;                      /* mlc version */
     uint64_t workspace_bytes;
+    uint64_t profile_calls;                   /* kernel calls a profiling build records; 0: not one */
 } mlc_model_tables;
 
 extern const mlc_model_tables mlc__tables;
 
 /* The model's code (LLVM object): runs every kernel over one workspace. */
 void mlc_entry(void **inputs, void **outputs, void **params, char *workspace);
+
+/* A profiling build's records (mlc compile --profile): start and end of every kernel call
+ * of the last run, CLOCK_MONOTONIC nanoseconds. Absent (NULL) in a normal build. */
+extern int64_t mlc_profile[] __attribute__((weak));
 
 #endif

@@ -135,6 +135,13 @@ MLC_API mlc_status mlc_model_run(mlc_model *model, const mlc_tensor *inputs, siz
  * For callers that have checked the buffers themselves (the Python loader does). */
 MLC_API mlc_status mlc_model_run_unchecked(mlc_model *model, const void *const *inputs, void *const *outputs);
 
+/* A library built with `mlc compile --profile` times every kernel call: after a run,
+ * *records points at two values per call, its start and end (CLOCK_MONOTONIC
+ * nanoseconds) in the last run of any handle, and the number of calls is returned; the
+ * calls' kernels (name, fused ops, FLOPs, bytes) are the "profile" list of
+ * mlc_metadata(). Returns 0 (and NULL) for a library built without --profile. */
+MLC_API size_t mlc_model_profile(const mlc_model *model, const int64_t **records);
+
 #ifdef __cplusplus
 }
 #endif

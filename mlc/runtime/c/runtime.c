@@ -424,6 +424,13 @@ MLC_API size_t mlc_model_num_inputs(const mlc_model *m) { return m ? mlc__tables
 MLC_API size_t mlc_model_num_outputs(const mlc_model *m) { return m ? mlc__tables.num_outputs : 0; }
 MLC_API size_t mlc_model_workspace_size(const mlc_model *m) { return m ? (size_t)mlc__tables.workspace_bytes : 0; }
 
+MLC_API size_t mlc_model_profile(const mlc_model *m, const int64_t **records) {
+    if (records) *records = NULL;
+    if (!m || !mlc__tables.profile_calls || !mlc_profile) return 0;
+    if (records) *records = mlc_profile;
+    return (size_t)mlc__tables.profile_calls;
+}
+
 static mlc_status info_of(const mlc_model *m, size_t index, mlc_tensor_info *info, const char *what,
                           size_t count, const mlc_tensor_info *table) {
     if (!m) return fail(MLC_ERROR_NULL_ARGUMENT, "mlc_model_%s_info: model is NULL", what);
