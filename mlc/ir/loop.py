@@ -243,8 +243,8 @@ def verify(func: Func, target=None) -> None:
     variable is used inside its loop only, and every buffer read or written is a
     param or an enclosing alloc, indexed once per dimension; stores and accumulations
     have the buffer's dtype, accumulations a known combiner; constant extents are
-    positive, vector and unroll loops have one; GPU loop kinds appear only for a CUDA
-    ``target`` (a ``mlc.Target``; None allows every kind); every output is written.
+    >= 0, vector and unroll loops have one; GPU loop kinds appear only for a CUDA
+    ``target`` (a ``mlc.Target``; None allows every kind); every non-empty output is written.
     Raises VerifyError."""
     def fail(msg):
         raise VerifyError(f"func @{func.name}: {msg}")
@@ -291,8 +291,9 @@ def verify(func: Func, target=None) -> None:
             if s.kind in GPU_KINDS and not gpu:
                 fail(f"{what} is bound to {s.kind}, but target {target.name} is not a GPU")
             exprs(what, s.start, s.extent)
-            if isinstance(s.extent, Const) and s.extent.value < 1:
-                fail(f"{what} has extent {s.extent.value}: extents must be positive")
+            # 0 is legal: an empty tensor (a slice past the end, a sum over no elements) runs no iterations
+            if isinstance(s.extent, Const) and s.extent.value < 0:
+                fail(f"{what} has extent {s.extent.value}: extents must be >= 0")
             if s.kind in ("vector", "unroll") and not isinstance(s.extent, Const):
                 fail(f"{s.kind} {what} needs a constant extent, has {format_expr(s.extent)}")
             if id(s.var) in variables:
@@ -331,7 +332,7 @@ def verify(func: Func, target=None) -> None:
 
     visit(func.body)
     for b in func.outputs:
-        if id(b) not in written:
+        if id(b) not in written and b.type.size:   # an empty output has nothing to write
             fail(f"output {b.name} is never written")
 
 

@@ -222,7 +222,7 @@ KINDS = ("injective", "reduction", "contraction")
 def verify(kernel: Kernel) -> None:
     """Check a kernel's rules (one pass over it): inputs are placeholders or scalar
     constants and names are unique; each stage has one index variable per dimension,
-    positive reduce extents, a known combiner, the dtype of its body, uses only its
+    reduce extents >= 0, a known combiner, the dtype of its body, uses only its
     own index variables and reduce axes, and reads only inputs and earlier stages with
     one index per dimension; every output is a stage. Raises VerifyError."""
     def fail(msg):
@@ -258,8 +258,8 @@ def verify(kernel: Kernel) -> None:
             if len(body.axes) != len(body.extents):
                 fail(f"stage {s.name} has {len(body.axes)} reduce axes for {len(body.extents)} extents")
             for v, n in zip(body.axes, body.extents):
-                if n < 1:
-                    fail(f"stage {s.name} reduces over {v.name} < {n}: extents must be positive")
+                if n < 0:   # 0: a reduction over no elements gives the combiner's identity
+                    fail(f"stage {s.name} reduces over {v.name} < {n}: extents must be >= 0")
             bound |= {id(v) for v in body.axes}
             if body.dtype is not body.body.dtype:
                 fail(f"stage {s.name}: the reduction has dtype {body.dtype} but its body {body.body.dtype}")

@@ -45,7 +45,7 @@ def broken_kernels():
         k.stages[1].dtype = int32
 
     def extent(k):
-        k.stages[0].body.extents[0] = 0
+        k.stages[0].body.extents[0] = -1
 
     def combiner(k):
         k.stages[0].body.combiner = "avg"
@@ -63,7 +63,7 @@ def broken_kernels():
         (arity, r"stage out reads T0 \(rank 2\) with 3 indices"),
         (rank, "stage out has 3 index variables for its 2 dimensions"),
         (dtype, "stage out has dtype i32 but its body computes f32"),
-        (extent, "stage T0 reduces over k < 0: extents must be positive"),
+        (extent, "stage T0 reduces over k < -1: extents must be >= 0"),
         (combiner, "stage T0 reduces with 'avg'"),
         (output, "output out9 is not computed by any stage"),
         (reduce_axis_reused, "stage T0 binds a variable twice"),
@@ -118,7 +118,7 @@ def broken_funcs():
         f.body.body.body.stmts[0].value = Const(0, int32)
 
     def extent(f):
-        inner(f).extent = Const(0)
+        inner(f).extent = Const(-1)
 
     def vector_extent(f):
         inner(f).kind = "vector"
@@ -139,7 +139,7 @@ def broken_funcs():
         (store_to_unknown, "store to zz writes zz, which is not a param or an enclosing alloc"),
         (arity, r"store to out writes out \(rank 1\) with 2 indices"),
         (store_dtype, "store to acc writes a i32 value into acc: f32"),
-        (extent, "loop j has extent 0: extents must be positive"),
+        (extent, "loop j has extent -1: extents must be >= 0"),
         (vector_extent, "vector loop j needs a constant extent, has i \\+ 1"),
         (gpu_kind, "loop i is bound to blockIdx.x, but target .* is not a GPU"),
         (combiner, "accumulation into acc combines with 'avg'"),
