@@ -30,7 +30,7 @@ from .frontend.trace import TraceError, Tracer, apply, current_trace, trace_info
 from .ir.types import TensorType
 from .passes import parallel
 from .passes.parallel import DEFAULT_BUCKET_BYTES, local_type, replay, shard_axis
-from .ops.collective import OPS_BY_NAME, _group
+from .ops.collective import OPS_BY_NAME, group_ranks
 from .runtime.comm import (Communicator, DistError, MPICommunicator, NCCLCommunicator, SingleProcess, run_collective,
                            set_world, world)
 from .tree import flatten, key_paths, unflatten
@@ -117,7 +117,7 @@ def barrier() -> None:
 def _ranks(group) -> tuple[int, ...]:
     """``group`` as world ranks (None: every rank of the job), checked against the world."""
     w = world()
-    ranks = _group(tuple(range(w.size)) if group is None else group)
+    ranks = group_ranks(tuple(range(w.size)) if group is None else group)
     if any(r >= w.size for r in ranks):
         raise DistError(f"group {list(ranks)} names ranks outside the world of {w.size}")
     return ranks

@@ -23,7 +23,8 @@ from .registry import OpDef, check, normalize_axis
 REDUCE_OPS = ("sum", "mean", "max", "min")
 
 
-def _group(group, name: str = "collective") -> tuple[int, ...]:
+def group_ranks(group, name: str = "collective") -> tuple[int, ...]:
+    """A collective's ``group`` attribute as a tuple of distinct ranks; a clear error otherwise."""
     check(group is not None, f"{name}: group must list the ranks taking part; mlc.dist.{name} fills in the "
                              f"job's ranks")
     try:
@@ -44,7 +45,7 @@ def _reduce_op(op: str, t: TensorType, name: str) -> str:
 def _canon(name: str):
     def canon(ins, attrs):
         out = dict(attrs)
-        out["group"] = _group(attrs["group"], name)
+        out["group"] = group_ranks(attrs["group"], name)
         if "op" in attrs:
             out["op"] = _reduce_op(attrs["op"], ins[0], name)
         if "axis" in attrs:

@@ -27,12 +27,13 @@ import numpy as np
 from .. import ops
 from ..ir.graph import Graph
 from ..ops.builder import Emitter, Sym, build_graph
+from ..ops.collective import group_ranks
 
 DEFAULT_BUCKET_BYTES = 25 << 20   # PyTorch DDP's default bucket size
 
 
-def allreduce_gradients(grads: Sequence, bucket_bytes: int = DEFAULT_BUCKET_BYTES, op: str = "mean",
-                        group=None) -> list:
+def allreduce_gradients(grads: Sequence, bucket_bytes: int = DEFAULT_BUCKET_BYTES, op: str = "mean", *,
+                        group: Sequence[int]) -> list:
     """Average (``op``) gradient tensors being built (traced tensors, or Syms of a
     graph being built) over ``group``: bucketed all-reduces on flat buffers, in the
     order the gradients were produced. Returns the reduced tensors in the order given."""
@@ -92,7 +93,7 @@ def replay(graph: Graph, inputs: Sequence[Sym]) -> list:
 
 
 def data_parallel_graph(graph: Graph, grad_outputs: Sequence[int] | None = None,
-                        bucket_bytes: int = DEFAULT_BUCKET_BYTES, group=None) -> Graph:
+                        bucket_bytes: int = DEFAULT_BUCKET_BYTES, *, group: Sequence[int]) -> Graph:
     """``graph`` with the outputs at ``grad_outputs`` (default: every float output)
     averaged over the group by bucketed all-reduces."""
     if grad_outputs is None:
@@ -132,11 +133,10 @@ def local_type(t, kind: str, n: int):
     return TensorType(shape, t.dtype)
 
 
-def tensor_parallel_graph(graph: Graph, sharded: dict[int, str], group=None) -> Graph:
+def tensor_parallel_graph(graph: Graph, sharded: dict[int, str], *, group: Sequence[int]) -> Graph:
     """``graph`` rewritten for tensor parallelism: input ``i`` in ``sharded`` is
     this rank's shard (``column`` or ``row``); every output is replicated."""
-    from ..ops.collective import _group
-    ranks = _group(group)
+    ranks = group_ranks(group, "tensor_parallel_graph")
     n = len(ranks)
     in_types = [local_type(v.type, sharded[i], n) if i in sharded else v.type for i, v in enumerate(graph.inputs)]
 
