@@ -1,7 +1,11 @@
-"""Test setup: a private compile cache per test session, so tests neither read nor
+"""Test setup (tests/ mirrors mlc/: tests/ir, tests/passes, ...): a private compile cache per test session, so tests neither read nor
 pollute the user's cache; the IR verifier runs after every compiler pass."""
 import os
+import sys
 import tempfile
+
+# the shared helpers (gradcheck, numerics, processes, ...) sit here; tests in tests/<package>/ import them
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _CACHE = tempfile.mkdtemp(prefix="mlc-test-cache-")
 os.environ["MLC_CACHE_DIR"] = _CACHE

@@ -1,6 +1,6 @@
 """mlc as an ONNX backend (``onnx.backend.base.Backend``), on the CPU: ``prepare``
 imports a model (``mlc.frontend.onnx``) and compiles it (``mlc.driver``); ONNX's
-conformance suite runs against it in tests/test_onnx_backend.py.
+conformance suite runs against it in tests/interop/test_onnx_backend.py.
 
     rep = MlcBackend.prepare(onnx.load("model.onnx"))
     outputs = rep.run([x])

@@ -26,7 +26,7 @@ from mlc.tune.worker import PROTOCOL_VERSION, recv_frame, send_frame
 from processes import child_processes
 
 N = 1024
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
 
 
 def _double() -> Func:

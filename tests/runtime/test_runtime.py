@@ -13,7 +13,7 @@ import mlc
 from mlc.examples import mlp, mlp_inputs, mlp_numpy
 from mlc.runtime import cache
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
 
 
 def f32(*shape, seed=0):

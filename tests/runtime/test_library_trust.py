@@ -22,7 +22,7 @@ from mlc.runtime import library
 from mlc.runtime.library import LibraryError, read_metadata, trailer
 from concurrency import run_in_threads
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(CC is None, reason="exporting a model library needs a C compiler")

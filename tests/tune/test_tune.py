@@ -33,7 +33,7 @@ from mlc.tune.space import FEATURES, ROWS, VECTORS, SearchSpace
 from mlc.tune.tuner import MIN_TRAIN, CostModel, extract_tasks, tune
 from processes import child_processes
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -71,8 +71,8 @@ def test_every_registered_op_is_tested():
     import glob
     import os
     import re
-    here = os.path.dirname(os.path.abspath(__file__))
-    text = "\n".join(open(f).read() for f in glob.glob(os.path.join(here, "test_*.py")))
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = "\n".join(open(f).read() for f in glob.glob(os.path.join(tests, "**", "test_*.py"), recursive=True))
     untested = [name for name in ops.REGISTRY if name != "constant"
                 and not re.search(rf"(mlc\.{name}\b|[\"']{name}[\"'])", text)]
     assert not untested, untested

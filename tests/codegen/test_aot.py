@@ -21,7 +21,7 @@ from mlc.codegen.export import API_FUNCTIONS, C_DIR, ExportError, export_library
 from mlc.runtime import params as container
 from mlc.runtime.library import DTYPE_CODES, LibraryError, read_metadata, trailer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
 RUN_MODEL_C = os.path.join(ROOT, "tutorials", "c_api", "run_model.c")
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 pytestmark = pytest.mark.skipif(CC is None, reason="exporting a model library needs a C compiler")
