@@ -166,24 +166,20 @@ class PassManager:
     def _run_level(self, passes: list[Pass], run: Callable, verify: Callable, units: list, whole) -> None:
         """Run ``passes`` over ``units`` (``run(p)`` applies one and returns the new
         units); under ``verify``, the units are verified before the first pass and after each."""
-        if self.verify:
-            for u in units:
+        def check(units, what: str):   # what: the message, "{}" standing for the level
+            for u in units if self.verify else ():
                 try:
                     verify(u)
                 except Exception as e:
-                    raise RuntimeError(f"invalid {passes[0].level} IR before its passes: {e}") from e
+                    raise RuntimeError(f"{what.format(passes[0].level)}: {e}") from e
+        check(units, "invalid {} IR before its passes")
         for p in passes:
             if p.name in self.disabled:
                 continue
             t0 = time.perf_counter()
             units = run(p)
             self.timings.append((p.name, time.perf_counter() - t0))
-            if self.verify:
-                for u in units:
-                    try:
-                        verify(u)
-                    except Exception as e:
-                        raise RuntimeError(f"pass {p.name} produced invalid {p.level} IR: {e}") from e
+            check(units, f"pass {p.name} produced invalid {{}} IR")
             self.record(p.name, p.level, whole)
 
     def apply(self, p: Pass, graph: Graph, target=None) -> Graph:
