@@ -356,8 +356,13 @@ def _write_output(c, out: str, suffix: str, params: str, prefix: str) -> None:
         head = write_object(c, out)
         print(f"wrote {out}: {head} ({os.path.getsize(out)} bytes)")
         return
+    if c.pm.progress:
+        print(f"mlc: export: building {out} with the C runtime and {params} weights ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
     try:
         print(export_library(c, out, params=params, prefix=prefix))
+        if c.pm.progress:
+            print(f"mlc: export done in {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
     except (ExportError, ValueError) as e:
         raise SystemExit(f"mlc compile: -o {out}: {e}")
     if c.target.is_host:

@@ -74,3 +74,9 @@ def test_cli_compile_verbose_shows_the_stages(capsys):
     err = capsys.readouterr().err
     assert "mlc: graph passes, fuse and lower: 3 kernels done" in err
     assert "schedule: 3/3" in err and "mlc: codegen: LLVM, 3 kernels" in err and "mlc: codegen done" in err
+
+
+def test_cli_export_verbose_shows_the_library_build(tmp_path, capsys):
+    assert main(["compile", "mlp", "-v", "-o", str(tmp_path / "m.so")]) == 0
+    err = capsys.readouterr().err
+    assert f"mlc: export: building {tmp_path / 'm.so'}" in err and "mlc: export done in" in err
