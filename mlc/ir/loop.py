@@ -35,12 +35,13 @@ from .types import DType, TensorType
 
 GPU_KINDS = tuple(f"{g}.{a}" for g in ("blockIdx", "threadIdx") for a in "xyz")
 FOR_KINDS = ("serial", "parallel", "vector", "unroll") + GPU_KINDS
-SCOPES = ("global", "local")
+SCOPES = ("global", "local", "shared")
 
 
 class Buffer:
-    """``scope``: ``global`` (a function parameter, placed by the runtime) or ``local``
-    (a small per-thread array, e.g. a register accumulator)."""
+    """``scope``: ``global`` (a function parameter, placed by the runtime), ``local``
+    (a small per-thread array, e.g. a register accumulator) or ``shared`` (GPU: one array
+    per thread block, which its threads exchange data through between barriers)."""
 
     def __init__(self, name: str, shape: Sequence[int], dtype: DType, scope: str = "global"):
         assert scope in SCOPES, scope
@@ -130,6 +131,12 @@ class Seq(Stmt):
         self.stmts = flat
 
 
+class Barrier(Stmt):
+    """GPU: every thread of the block waits here until all have arrived, so what one wrote
+    to a shared buffer before it is visible to all after it (``__syncthreads``). Only inside
+    a ``blockIdx`` loop and outside ``threadIdx`` loops: it separates the block's phases."""
+
+
 class CallExtern(Stmt):
     """A call into the runtime: ``name(descriptor, *buffers)``. Collective ops are such
     calls (``mlc_collective``, the op's JSON descriptor, source and destination)."""
@@ -190,6 +197,8 @@ def format_stmt(s: Stmt, depth: int) -> list[str]:
     if isinstance(s, Alloc):
         b = s.buffer
         return [f"{pad}alloc {b.name}: {b.type} {b.scope}", *format_stmt(s.body, depth)]
+    if isinstance(s, Barrier):
+        return [f"{pad}barrier"]
     if isinstance(s, CallExtern):
         args = ", ".join(b.name if b is not None else "null" for b in s.buffers)
         return [f"{pad}call {s.name}({s.descriptor}, {args})"]
@@ -244,7 +253,8 @@ def verify(func: Func, target=None) -> None:
     param or an enclosing alloc, indexed once per dimension; stores and accumulations
     have the buffer's dtype, accumulations a known combiner; constant extents are
     >= 0, vector and unroll loops have one; GPU loop kinds appear only for a CUDA
-    ``target`` (a ``mlc.Target``; None allows every kind); every non-empty output is written.
+    ``target`` (a ``mlc.Target``; None allows every kind), as do shared buffers and
+    barriers, which never sit inside a threadIdx loop; every non-empty output is written.
     Raises VerifyError."""
     def fail(msg):
         raise VerifyError(f"func @{func.name}: {msg}")
@@ -258,6 +268,7 @@ def verify(func: Func, target=None) -> None:
     buffers = {id(b) for b in func.params}
     variables: set[int] = set()
     written: set[int] = set()
+    thread_loops: list = []   # the threadIdx loops around the statement being checked
 
     def exprs(what, *es):
         for e in es:
@@ -299,7 +310,12 @@ def verify(func: Func, target=None) -> None:
             if id(s.var) in variables:
                 fail(f"{what} is nested in a loop over the same variable")
             variables.add(id(s.var))
+            threads = s.kind.startswith("threadIdx")
+            if threads:
+                thread_loops.append(s)
             visit(s.body)
+            if threads:
+                thread_loops.pop()
             variables.discard(id(s.var))
         elif isinstance(s, Store):
             exprs(f"store to {s.buffer.name}", *s.indices, s.value)
@@ -311,6 +327,8 @@ def verify(func: Func, target=None) -> None:
             exprs(what, *s.indices, s.value, *(e for e, _ in s.rindex))
             target_of(s, what)
         elif isinstance(s, Alloc):
+            if s.buffer.scope == "shared" and not gpu:
+                fail(f"shared buffer {s.buffer.name}, but target {target.name} is not a GPU")
             buffers.add(id(s.buffer))
             visit(s.body)
             buffers.discard(id(s.buffer))
@@ -321,6 +339,12 @@ def verify(func: Func, target=None) -> None:
             visit(s.then)
             if s.orelse is not None:
                 visit(s.orelse)
+        elif isinstance(s, Barrier):
+            if not gpu:
+                fail(f"a barrier, but target {target.name} is not a GPU")
+            if thread_loops:
+                fail("a barrier inside a threadIdx loop (threads of a block would wait for each other's "
+                     "later iterations): put it between the block's thread loops")
         elif isinstance(s, CallExtern):
             for b in s.buffers:
                 if b is not None and id(b) not in buffers:
@@ -428,6 +452,8 @@ class _Parser(Parser):
             return If(cond, then, orelse, likely)
         if v == "call":
             return self.call_extern(buffers, line)
+        if v == "barrier":
+            return Barrier()
         if (v == "for" or v in FOR_KINDS) and self.peek()[0] == "ident" and self.peek(1)[1] == "in":
             return self.loop("serial" if v == "for" else v, variables, buffers, line)
         if v not in buffers:

@@ -77,7 +77,7 @@ HEAD = "func @f(a: f32[4], out: f32[4]) {\n  // outputs: out\n"
     ("  for i in [0, 4) {\n    out[i] = a[i] + 1\n  }\n}", 4, "operand dtypes differ"),
     ("  for i in [0, 4) {\n    out[i] = 1\n  }\n}", 4, "store of i64 into out: f32"),
     ("  for i in [0, 4) {\n    out[i] <- a[i]\n  }\n}", 4, "expected '=', '\\+=', '\\*=', 'max=' or 'min='"),
-    ("  alloc t: f32[4] shared\n}", 3, "unknown buffer scope 'shared'"),
+    ("  alloc t: f32[4] texture\n}", 3, "unknown buffer scope 'texture'"),
     ("  for i in [0, 4) {\n    out[i] = a[i]\n  }\n", 6, "expected '}', found end of input"),
     ("  call c(not json, out)\n}", 3, "descriptor of call c is not JSON"),
 ])
