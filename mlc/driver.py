@@ -30,6 +30,7 @@ from .logs import Progress
 from .ir.tensor import Kernel
 from .passes.fuse import fuse, unfused
 from .passes.lower import lower_graph
+from .passes.emulate import emulate_gpu
 from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_opt_level, env_flag
 from .passes.plan import place_aliases, plan_memory
 from .ir.loop import Buffer, CallExtern, Func
@@ -94,7 +95,10 @@ class Compiled:
             self.funcs = pm.timed("schedule", "loop", schedule_all)
         pm.run_loop_passes(self.funcs)
         self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs, self.aliases)
-        self.parallel = codegen.runs_parallel(target)
+        # MLC_CUDA_EMULATE=1: a cuda target's functions run here as CPU code (passes/emulate.py)
+        self.emulated = target.kind == "cuda" and emulating()
+        self.code_target = Target.get("host") if self.emulated else target
+        self.parallel = codegen.runs_parallel(self.code_target)
         # MLC_BOUNDS_CHECK=1: every load and store checked (codegen.llvm), BoundsError on a miss
         self.bounds_check = env_flag("MLC_BOUNDS_CHECK")
         self.profile = profile   # a profiling build (mlc compile --profile): every kernel call timed
@@ -132,15 +136,21 @@ class Compiled:
     @property
     def program(self) -> codegen.Program:
         """What code generation compiles: the scheduled functions and the plan's calls."""
-        return codegen.Program(self.graph.name, list(self.funcs), self.plan.calls, self.parallel, self.bounds_check,
+        funcs, calls = list(self.funcs), self.plan.calls
+        if self.emulated:   # the same calls, each running its function's emulation
+            emulated = {id(f): emulate_gpu(f) for f in funcs}
+            funcs = [emulated[id(f)] for f in funcs]
+            calls = [dataclasses.replace(c, func=emulated.get(id(c.func), c.func)) for c in calls]
+        return codegen.Program(self.graph.name, funcs, calls, self.parallel, self.bounds_check,
                                self.plan.workspace_bytes, self.profile)
 
     @functools.cached_property
     def llvm_module(self) -> str:
-        return codegen.source(self.program, self.target)
+        return codegen.source(self.program, self.code_target)
 
     def cache_key(self, profile: bool = False) -> str:
-        return cache.key_of(__version__, cache.source_hash(), llvmlite.__version__, self.target.key, str(self.parallel),
+        return cache.key_of(__version__, cache.source_hash(), llvmlite.__version__, self.code_target.key,
+                            self.target.key, str(self.parallel),
                             f"bounds_check={self.bounds_check}", str(self.fused), "\n\n".join(map(str, self.funcs)),
                             str(self.plan), f"profile={profile}")
 
@@ -149,7 +159,7 @@ class Compiled:
         obj = cache.load(key)
         if obj is None:
             with codegen.LOCK:
-                obj = codegen.backend(self.target).compile(self.llvm_module, self.target)
+                obj = codegen.backend(self.code_target).compile(self.llvm_module, self.code_target)
             cache.store(key, obj)
         return obj
 
@@ -158,9 +168,9 @@ class Compiled:
         key = self.cache_key(profile=True)
         obj = cache.load(key)
         if obj is None:
-            obj = codegen.build(dataclasses.replace(self.program, profile=True), self.target)
+            obj = codegen.build(dataclasses.replace(self.program, profile=True), self.code_target)
             cache.store(key, obj)
-        return codegen.load(obj, self.target)
+        return codegen.load(obj, self.code_target)
 
     def kernel_calls(self) -> list[KernelInfo]:
         """What the profiler reports of each call of the entry, in order: the kernel, the
@@ -201,7 +211,7 @@ class Compiled:
             return self.llvm_module
         if level in ("llvm-opt", "asm"):
             with codegen.LOCK:
-                return codegen.backend(self.target).text(self.llvm_module, self.target, level)
+                return codegen.backend(self.code_target).text(self.llvm_module, self.code_target, level)
         raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt or asm")
 
 
@@ -305,7 +315,7 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
     buffers they are written into (the Executable updates those arguments in place).
     ``db``: a tuning database (path or ``TuningDB``) whose best schedules are used."""
     target = Target.get(target)
-    if not target.is_host:
+    if not target.is_host and not (target.kind == "cuda" and emulating()):
         raise ValueError(f"target {target.name} is not this machine ({Target.get('host').triple}): code for it "
                          "cannot run here; write it to a file with `mlc compile MODEL --target ... -o out.o`")
     pm = pm or PassManager(opt_level)
@@ -317,7 +327,7 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
         _stage_done(pm, "codegen")
         if pm.dump_dir is not None:
             pm.record("codegen", "llvm", c.llvm_module)
-        code = codegen.load(obj, target)
+        code = codegen.load(obj, c.code_target)
     log.info("compiled @%s for %s: %d kernels in %.2f s (%s)", graph.name, target.name, len(c.funcs),
              sum(t for _, t in pm.timings), ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in pm.timings))
     returned = len(graph.outputs) - len(aliases or {})   # outputs written in place are not returned
@@ -326,6 +336,14 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
                       [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
                       single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases,
                       compiled=c)
+
+
+def emulating() -> bool:
+    """``MLC_CUDA_EMULATE=1``: compiling for a cuda target runs its GPU schedules on this
+    CPU (block and thread loops serial, each phase between barriers for every thread),
+    numpy arrays in and out; the target name ``cuda`` then means ``cuda-sm90`` when no
+    device is present (``Target.get``)."""
+    return env_flag("MLC_CUDA_EMULATE")
 
 
 def _signature(traced: Traced | None, aliases) -> Signature | None:

@@ -149,8 +149,9 @@ class Target:
 
     @staticmethod
     def get(spec: Target | str | dict | None) -> Target:
-        """A Target, None/"host"/"llvm" (this machine), a named target, a path to a
-        .json target file, or a parsed JSON dict."""
+        """A Target, None/"host"/"llvm" (this machine), "cuda" (the current CUDA device;
+        under ``MLC_CUDA_EMULATE=1`` without a device, ``cuda-sm90``), a named target, a
+        path to a .json target file, or a parsed JSON dict."""
         if isinstance(spec, Target):
             return spec
         if spec in (None, "host", "llvm"):
@@ -159,6 +160,8 @@ class Target:
             return Target.from_json(spec)
         if isinstance(spec, (str, os.PathLike)):
             s = os.fspath(spec)
+            if s == "cuda":
+                return _current_cuda()
             if s in NAMED:
                 return Target.from_name(s)
             if s.endswith(".json") or os.path.isfile(s):
@@ -237,6 +240,16 @@ NAMED: dict[str, dict] = {
         "kind": "cuda", "triple": "nvptx64-nvidia-cuda", "cpu": "sm_90", "features": "+ptx78", "arch": "sm_90",
         "cores": 132, "vector_bytes": 16, "caches": {"l1d": "256K", "l2": "50M", "l3": 0}},
 }
+
+
+def _current_cuda() -> Target:
+    """The target ``cuda`` names: the current device. No device is read yet, so it is
+    ``cuda-sm90`` when GPU code is emulated on the CPU (``MLC_CUDA_EMULATE=1``)."""
+    if os.environ.get("MLC_CUDA_EMULATE", "").strip().lower() not in ("", "0", "false", "no", "off"):
+        return Target.from_name("cuda-sm90")
+    raise ValueError("target 'cuda' means the current CUDA device, and none was found: name a CUDA target "
+                     "(cuda-sm80, cuda-sm90), or set MLC_CUDA_EMULATE=1 to run GPU schedules on the CPU")
+
 
 _KEYS = ("name", "base", "kind", "triple", "cpu", "features", "arch", "cores", "vector_bytes", "caches",
          *LAYOUT_DEFAULTS, *CEILINGS)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..ir import expr as E
 from ..ir.expr import Const, Expr, Load, affine
-from ..ir.loop import Accumulate, Alloc, For, Func, If, Seq, Stmt, Store, buffers_used
+from ..ir.loop import GPU_KINDS, Accumulate, Alloc, For, Func, If, Seq, Stmt, Store, buffers_used
 from ..ir.stmt import map_stmt, replace_for, simplify_stmt, subst_stmt, walk_stmts
 from ..ir.tensor import combine
 
@@ -97,6 +97,10 @@ def partition_stmt(s: Stmt, ranges: dict | None = None) -> Stmt:
         return Seq([])
     inner = dict(ranges)
     inner[s.var] = (start, start + n - 1)
+    if s.kind in GPU_KINDS:
+        # a block or thread index stays whole (a launch's grid and block are one shape
+        # each): the guards on it stay, as the device's bounds checks
+        return replace_for(s, body=partition_stmt(s.body, inner))
     # the guards below whose outermost unresolved variable is this loop's: up to
     # ``limit`` they hold for every inner iteration; from a guard's ``dead`` on they
     # never hold, and once every statement below is dead the loop can stop

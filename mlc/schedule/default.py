@@ -25,6 +25,7 @@ from ..ir.expr import Const, Expr, Load, Var, linear_coefficient
 from ..ir.loop import Func
 from ..ir.tensor import Compute, Kernel
 from ..target import Target
+from .gpu import gpu_schedule
 from .primitives import Schedule, replay
 
 PARALLEL_MIN_WORK = 1 << 15     # elementwise operations below which threads cost more than they give
@@ -110,7 +111,10 @@ def schedule_kernel(kernel: Kernel, target: Target, trace: list | None = None) -
 
 
 def rule_schedule(kernel: Kernel, target: Target, knobs: dict | None = None) -> Schedule:
-    """The rules applied to a fresh Schedule; ``.trace`` is the JSON list of calls."""
+    """The rules applied to a fresh Schedule; ``.trace`` is the JSON list of calls.
+    A cuda target gets the GPU rules (``gpu.py``)."""
+    if target.kind == "cuda":
+        return gpu_schedule(kernel, target, knobs)
     k = default_knobs(kernel, target)
     k.update(knobs or {})
     s = Schedule(kernel, target)

@@ -556,9 +556,26 @@ class Schedule:
         def check(f, above):
             if any(isinstance(a, For) and a.kind == axis for a in above):
                 raise ScheduleError(f"cannot bind {loop}: an enclosing loop is bound to {axis} already")
-            self._check_independent(f, "bind")
+            if _const(f.extent) != 1:   # one iteration cannot race with another
+                self._check_independent(f, "bind")
         self._annotate(loop, axis, check)
         self._record("bind", loop, axis)
+
+    @primitive
+    def add_loop(self, stage: str, name: str) -> str:
+        """Wrap the stage's whole nest (init nest included) in a loop of one iteration:
+        a stage without loops of its own (a scalar, a full reduction) gets one to bind
+        to a GPU block or thread."""
+        st = self._stage(stage)
+        if st.status != "root" or stage not in self.nests:
+            raise ScheduleError(f"cannot add a loop around {stage}: it is {st.status}")
+        self._check_name(name)
+        self.nests[stage] = For(Var(name), 1, self.nests[stage])
+        self.taken.add(name)
+        self.loop_stage[name] = stage
+        st.touched = True
+        self._record("add_loop", stage, name)
+        return name
 
     # ================================================================== stage primitives
     def _root(self, name: str, what: str) -> Stage:
@@ -1000,7 +1017,7 @@ class Schedule:
 
 
 PRIMITIVES = ("split", "reorder", "fuse", "tile", "vectorize", "parallel", "unroll", "bind", "compute_inline",
-              "compute_at", "reverse_compute_at", "cache_read", "cache_write")
+              "compute_at", "reverse_compute_at", "cache_read", "cache_write", "add_loop")
 
 
 def replay(kernel: Kernel, target, trace) -> Schedule:

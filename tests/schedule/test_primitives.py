@@ -469,7 +469,9 @@ def test_bind_on_gpu_target_prints_gpu_loops():
     s.bind("ji", "threadIdx.x")
     text = str(s)
     assert "blockIdx.x io in [0, 10)" in text and "threadIdx.x ji in [0, 8)" in text
-    assert "likely" not in str(lower_loops(s.finalize()))
+    lowered = str(lower_loops(s.finalize()))
+    # bound loops stay whole (one grid, one block shape): the tail guard stays inside them
+    assert "blockIdx.x io in [0, 10)" in lowered and "if likely io * 4 + ii < 37 {" in lowered
 
 
 # ============================================================================ 2. printed structure
