@@ -5,17 +5,33 @@ Every stage becomes its own launch nest: a ``blockIdx`` loop nest with constant
 extents, its ``threadIdx`` loops inside (what the NVPTX code generator takes; a
 block's size per axis is its widest thread loop, narrower ones are guarded).
 
-* every stage (the rule that covers all kernels): one thread per output element --
+* contractions (matmul, batch matmul: a sum over one axis of a product of operands,
+  each missing one of the two last output axes): a ``TILE`` x ``TILE`` block tile,
+  ``TILE/REG`` x ``TILE/REG`` threads each accumulating a ``REG`` x ``REG`` register
+  tile (``register_tile``), the operands' tiles for each ``K_TILE`` slice of the
+  reduction copied cooperatively into shared memory between barriers
+  (``cache_shared``); batch axes on ``blockIdx.z``.
+* row reductions (softmax's max and sum, layer norm's moments, sums over the last
+  axis: a reduction read contiguously along its innermost reduced axis, with few rows
+  or long ones): one block per output element, threads striding the row into
+  registers, then a shared-memory tree with a barrier per step (``block_reduce``).
+* every other stage (the rule that covers all kernels): one thread per output element --
   the output axes fused into one, split by ``THREADS``, the outer part bound to
   ``blockIdx.x`` and the inner to ``threadIdx.x`` (the tail block guarded); a
   reduction's loops run serially in its thread, accumulating in a register.
 """
 from __future__ import annotations
 
+from ..ir import expr as E
+from ..ir.expr import Load, affine, linear_coefficient
 from ..ir.tensor import Compute, Kernel
 from .primitives import Schedule
 
 THREADS = 256     # threads per block of the one-thread-per-element rule
+TILE = 64         # a contraction's block tile (rows and columns)
+REG = 4           # each thread's register tile (rows and columns): 16 x 16 threads
+K_TILE = 16       # the reduction slice staged through shared memory per step
+ROW_THREADS = 256  # the most threads a row reduction's block uses
 
 
 def _name(s: Schedule, base: str) -> str:
@@ -31,7 +47,13 @@ def gpu_schedule(kernel: Kernel, target, knobs: dict | None = None) -> Schedule:
     k.update(knobs or {})
     s = Schedule(kernel, target)
     for c in kernel.stages:
-        if s.stages[c.name].status == "root":
+        if s.stages[c.name].status != "root":
+            continue
+        if _tiled_contraction(c):
+            matmul_tiles(s, c)
+        elif _row_reduction(c):
+            s.block_reduce(c.name, _row_threads(c))
+        else:
             per_element(s, c, k["threads"])
     return s
 
@@ -61,3 +83,84 @@ def per_element(s: Schedule, c: Compute, threads: int = THREADS) -> None:
     bo, ti = s.split(flat, min(threads, size), [_name(s, f"{flat}_b"), _name(s, f"{flat}_t")])
     s.bind(bo, "blockIdx.x")
     s.bind(ti, "threadIdx.x")
+
+
+def _size(xs) -> int:
+    n = 1
+    for x in xs:
+        n *= x
+    return n
+
+
+def _loads(c: Compute) -> list:
+    return [x for x in E.walk(c.body.body if c.is_reduction else c.body) if isinstance(x, Load)]
+
+
+def _tiled_contraction(c: Compute) -> bool:
+    """A sum over one axis whose operands each miss one of the two last output axes
+    (so a block tile reuses them), every index affine, both tiled axes wide enough."""
+    if not c.is_reduction or c.body.combiner != "sum" or len(c.shape) < 2 or len(c.body.axes) != 1:
+        return False
+    if c.shape[-2] < 16 or c.shape[-1] < 16 or c.body.extents[0] < 8:
+        return False
+    i, j = c.axes[-2], c.axes[-1]
+    loads = _loads(c)
+    if not loads or any(affine(x) is None for ld in loads for x in ld.indices):
+        return False
+    return any(not any(E.uses_var(x, j) for x in ld.indices) for ld in loads) and any(
+        not any(E.uses_var(x, i) for x in ld.indices) for ld in loads)
+
+
+def _row_reduction(c: Compute) -> bool:
+    """Read contiguously along the innermost reduced axis, with few rows (a softmax,
+    a layer norm over a batch) or long ones, so a block per row has work."""
+    if not c.is_reduction or c.body.combiner not in ("sum", "max", "min", "prod"):
+        return False
+    k, rows = _size(c.body.extents), _size(c.shape)
+    if k < 32 or not (rows <= 8192 or k >= 1024):
+        return False
+    r = c.body.axes[-1]
+    strides = set()
+    for ld in _loads(c):
+        off = 0
+        for x, n in zip(ld.indices, ld.source.shape):
+            off = off * n + x
+        strides.add(linear_coefficient(E.as_expr(off), r))
+    return 1 in strides and None not in strides
+
+
+def _row_threads(c: Compute) -> int:
+    k = _size(c.body.extents)
+    t = 32
+    while t < min(k, ROW_THREADS):
+        t *= 2
+    return t
+
+
+def matmul_tiles(s: Schedule, c: Compute) -> None:
+    """Block tile through shared memory, register tile per thread (see the module doc)."""
+    st = s.stages[c.name]
+    rank = len(c.shape)
+    names = st.loop_names
+    batch, i, j, k = names[:rank - 2], names[rank - 2], names[rank - 1], names[rank]
+    bi, i1 = s.split(i, TILE, [_name(s, f"{i}_b"), _name(s, f"{i}_1")])
+    ty, ri = s.split(i1, REG, [_name(s, f"{i}_t"), _name(s, f"{i}_r")])
+    bj, j1 = s.split(j, TILE, [_name(s, f"{j}_b"), _name(s, f"{j}_1")])
+    tx, rj = s.split(j1, REG, [_name(s, f"{j}_t"), _name(s, f"{j}_r")])
+    ko, ki = s.split(k, K_TILE, [_name(s, f"{k}_o"), _name(s, f"{k}_i")])
+    bz = batch[0] if batch else None
+    for n in batch[1:]:
+        bz = s.fuse(bz, n, _name(s, f"{bz}_{n}"))
+    s.reorder(*([bz] if bz else []), bi, bj, ko, ty, tx, ki, ri, rj)
+    if bz:
+        s.bind(bz, "blockIdx.z")
+    s.bind(bi, "blockIdx.y")
+    s.bind(bj, "blockIdx.x")
+    s.bind(ty, "threadIdx.y")
+    s.bind(tx, "threadIdx.x")
+    s.register_tile(c.name, ko)
+    staged = []
+    for ld in _loads(c):
+        if ld.source.name not in staged:
+            staged.append(ld.source.name)
+            s.cache_shared(ld.source.name, ko)

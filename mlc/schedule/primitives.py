@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from ..ir import expr as E
 from ..ir.expr import Const, Expr, Load, Var, affine_expr as _lin, linear_coefficient, substitute
-from ..ir.loop import GPU_KINDS, Accumulate, Alloc, Buffer, For, Func, If, Seq, Stmt, Store, buffers_used
+from ..ir.loop import GPU_KINDS, Accumulate, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store, buffers_used
 from ..ir.stmt import (REMOVE, fold_bool as _fold_bool, map_stmt, replace_for as _for, simplify_stmt as _simplify_stmt,
                        simplify_sub as _simplify_sub, subst_stmt, walk_stmts)
 from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, combine, reduce_identity
@@ -577,6 +577,288 @@ class Schedule:
         self._record("add_loop", stage, name)
         return name
 
+    # ================================================================== GPU primitives
+    def _thread_chain(self, L: For) -> list[For]:
+        """The block's thread loops inside ``L``: the widest loop per axis, z, y, x."""
+        widest: dict[str, For] = {}
+        for f, _ in walk_stmts(L.body):
+            if isinstance(f, For) and f.kind.startswith("threadIdx"):
+                if f.kind not in widest or _const(f.extent) > _const(widest[f.kind].extent):
+                    widest[f.kind] = f
+        return [widest[k] for k in ("threadIdx.z", "threadIdx.y", "threadIdx.x") if k in widest]
+
+    def _gpu_loop(self, loop: str, what: str) -> list:
+        """The copies of ``loop``: serial, inside a blockIdx loop, outside threadIdx loops,
+        with thread loops inside it."""
+        copies = self._find(loop)
+        for f, above in copies:
+            kinds = [a.kind for a in above if isinstance(a, For)]
+            if f.kind != "serial" or not any(k.startswith("blockIdx") for k in kinds) or any(
+                    k.startswith("threadIdx") for k in kinds):
+                raise ScheduleError(f"cannot {what} at {loop}: it must be a serial loop of a block, outside its "
+                                    "thread loops (bind the block and thread loops first)")
+            if not self._thread_chain(f):
+                raise ScheduleError(f"cannot {what} at {loop}: no thread loops inside it")
+        return copies
+
+    def _fresh_threads(self, chain: list[For], base: str) -> list[Var]:
+        out = []
+        for f in chain:
+            name = self._fresh(f"{base}_{f.kind[-1]}", self.loop_stage.get(f.var.name, "?"))
+            out.append(Var(name))
+        return out
+
+    @staticmethod
+    def _over_threads(chain: list[For], tvars: list[Var], body: Stmt) -> Stmt:
+        for f, v in reversed(list(zip(chain, tvars))):
+            body = For(v, f.extent, body, f.kind)
+        return body
+
+    @primitive
+    def register_tile(self, stage: str, loop: str) -> str:
+        """Accumulate a reduction in per-thread registers across ``loop``: a serial loop of
+        a block (the k-tiles of a matmul) holding the whole reduction, its thread loops
+        inside. Each thread's accumulator (the elements it updates inside its thread loops)
+        is allocated at the block, set to the identity in a thread phase before ``loop``
+        and stored in one after it; the stage's init nest goes away::
+
+            blockIdx.x bj { for ko { threadIdx.x tx { for rj { C[bj*64 + tx*4 + rj] += ... } } } }
+            ->
+            blockIdx.x bj {
+              alloc acc: f32[4] local                       // per thread
+              threadIdx.x tx' { for rj { acc[rj] = 0.0 } }
+              for ko { threadIdx.x tx { for rj { acc[rj] += ... } } }
+              threadIdx.x tx' { for rj { C[bj*64 + tx'*4 + rj] = acc[rj] } }
+            }
+        """
+        st = self._stage(stage)
+        what = f"register_tile {stage}"
+        if not st.is_reduction:
+            raise ScheduleError(f"cannot {what}: it is not a reduction")
+        if any(v == stage for v in self.acc_of.values()):
+            raise ScheduleError(f"cannot {what}: it accumulates in registers already")
+        copies = self._gpu_loop(loop, what)
+        ident = reduce_identity(st.combiner, st.buffer.dtype)
+        acc_buf: list[Buffer] = []
+
+        def fn(s):
+            if not (isinstance(s, For) and any(s is L for L, _ in copies)):
+                return None
+            above_L = next(a for L, a in copies if L is s)
+            accs = [(w, a) for w, a in walk_stmts(s.body, (*above_L, s))
+                    if isinstance(w, Accumulate) and w.buffer is st.buffer]
+            if not accs:
+                raise ScheduleError(f"cannot {what} at {loop}: it does not accumulate there")
+            chain = self._thread_chain(s)
+            boxes = None
+            for w, above in accs:
+                below = _below(above, s)
+                threads = [a for a in below if isinstance(a, For) and a.kind.startswith("threadIdx")]
+                if not threads:
+                    raise ScheduleError(f"cannot {what} at {loop}: an accumulation lies outside the thread loops")
+                inner = below[below.index(threads[-1]) + 1:]
+                rng = {a.var: (_const(a.start), _const(a.start) + _const(a.extent) - 1) for a in inner
+                       if isinstance(a, For)}
+                serial = {a.var for a in (s, *below[:below.index(threads[-1])])
+                          if isinstance(a, For) and not a.kind.startswith("threadIdx")}
+                if any(E.uses_var(r, a.var) for r, _ in w.rindex for a in above_L if isinstance(a, For)):
+                    raise ScheduleError(f"cannot {what} at {loop}: the reduction continues outside {loop}")
+                box = []
+                for e in w.indices:
+                    sa = split_affine(e, list(rng))
+                    if sa is None or any(E.uses_var(sa[0], v) for v in serial):
+                        raise ScheduleError(f"cannot {what} at {loop}: index {E.format_expr(e)} is not an affine "
+                                            "function of the thread and register loops")
+                    o, cs = sa
+                    box.append((o, sum(min(c * rng[v][0], c * rng[v][1]) for v, c in cs.items()),
+                                sum(max(c * rng[v][0], c * rng[v][1]) for v, c in cs.items()), cs))
+                if boxes is not None and [E.format_expr(b[0]) for b in box] != [E.format_expr(b[0]) for b in boxes]:
+                    raise ScheduleError(f"cannot {what} at {loop}: accumulations at unrelated offsets")
+                boxes = box
+            shape = [h - lo + 1 for _, lo, h, _ in boxes]
+            acc = acc_buf[0] if acc_buf else Buffer("acc", shape, st.buffer.dtype, "local")
+            acc_buf[:] = [acc]
+            tv = self._fresh_threads(chain, f"{loop}_t")
+            tmap = dict(zip([f.var for f in chain], tv))
+
+            def region(make) -> Stmt:
+                names = [self._fresh(f"{loop}_r{d}", stage) for d in range(len(shape))]
+                lv = [Var(n) if n_ > 1 else Const(0) for n, n_ in zip(names, shape)]
+                gidx = [substitute(o, tmap) + lo + v for (o, lo, _, _), v in zip(boxes, lv)]
+                body = make(lv, gidx)
+                for v, n_ in reversed(list(zip(lv, shape))):
+                    if n_ > 1:
+                        body = For(v, n_, body)
+                return self._over_threads(chain, tv, body)
+
+            def bounded(lv, g):
+                body: Stmt = Store(st.buffer, g, Load(acc, lv))
+                for d in reversed(range(len(g))):
+                    body = If(E.binop("lt", g[d], Const(st.extents[d])), body, None, likely=True)
+                return body
+            init = region(lambda lv, g: Store(acc, lv, ident))
+            writeback = region(bounded)
+
+            def to_acc(x):
+                if isinstance(x, Accumulate) and x.buffer is st.buffer:
+                    idx = [_simplify_sub(E.binop("sub", i, o + lo)) for i, (o, lo, _, _) in zip(x.indices, boxes)]
+                    return Accumulate(acc, idx, x.combiner, x.value, x.rindex)
+                return None
+            return Alloc(acc, Seq([init, map_stmt(s, to_acc), writeback]))
+
+        self._rewrite(fn)
+        self._rewrite(lambda x: REMOVE if isinstance(x, For) and x.var.name.endswith("_init")
+                      and self.loop_stage.get(x.var.name) == stage else None)
+        self.acc_of[acc_buf[0]] = stage
+        st.touched = True
+        self._record("register_tile", stage, loop)
+        return acc_buf[0].name
+
+    @primitive
+    def cache_shared(self, buffer: str, loop: str) -> str:
+        """Stage the tile of ``buffer`` that one iteration of ``loop`` reads in a shared
+        buffer: at each iteration the block's threads copy the tile cooperatively
+        (consecutive threads, consecutive elements), a barrier, the iteration's work
+        reading the copy, a barrier before the next copy overwrites it. ``loop`` is a
+        serial loop of a block outside its thread loops (a matmul's k-tile loop); a
+        second buffer staged at the same loop joins the first one's copy phase."""
+        src = next((b for b in self.inputs if b.name == buffer), None) or next(
+            (st.buffer for st in self.stages.values() if st.name == buffer and st.buffer.scope == "global"), None)
+        if src is None:
+            raise ScheduleError(f"no global buffer named {buffer!r} to cache_shared")
+        what = f"cache_shared {buffer}"
+        copies = self._gpu_loop(loop, what)
+        name = f"{buffer}_shared"
+        if any(isinstance(x, Alloc) and x.buffer.name == name for x, _ in self._walk()):
+            raise ScheduleError(f"{buffer} is staged in shared memory already")
+        shared: list[Buffer] = []
+
+        def fn(s):
+            if not (isinstance(s, For) and any(s is L for L, _ in copies)):
+                return None
+            above_L = next(a for L, a in copies if L is s)
+            reads = []
+            for x, above in walk_stmts(s.body, (*above_L, s)):
+                for e in stmt_exprs(x):
+                    for ld in _loads(e):
+                        if ld.source is src:
+                            if not any(isinstance(a, For) and a.kind.startswith("threadIdx") for a in _below(above, s)):
+                                raise ScheduleError(f"cannot {what} at {loop}: it is read outside the thread loops")
+                            reads.append((ld.indices, above))
+            if not reads:
+                raise ScheduleError(f"cannot {what} at {loop}: nothing under it reads {buffer}")
+            p = self._region(reads, s, f"{what} at {loop}")
+            shape = [h - lo + 1 for _, lo, h in p]
+            if shared and list(shared[0].shape) != shape:
+                raise ScheduleError(f"cannot {what} at {loop}: its copies read differently shaped tiles")
+            sh = shared[0] if shared else Buffer(name, shape, src.dtype, "shared")
+            shared[:] = [sh]
+            chain = self._thread_chain(s)
+            tv = self._fresh_threads(chain, f"{buffer}_copy")
+            nthreads, tid = 1, Const(0)
+            for f, v in zip(chain, tv):
+                nthreads *= _const(f.extent)
+                tid = tid * _const(f.extent) + v
+            size = 1
+            for n in shape:
+                size *= n
+            c = Var(self._fresh(f"{buffer}_copy_c", self.loop_stage.get(loop, "?")))
+            e = c * nthreads + tid
+            local, stride = [], 1
+            for n in reversed(shape):
+                local.insert(0, (e // stride) % n if stride * n < size else e // stride)
+                stride *= n
+            gidx = [_simplify_sub(o + lo + d) for (o, lo, _), d in zip(p, local)]
+            body: Stmt = Store(sh, local, Load(src, gidx))
+            outer_rng = {a.var: (_const(a.start), _const(a.start) + _const(a.extent) - 1)
+                         for a in (*above_L, s) if isinstance(a, For)}
+            for d in reversed(range(len(gidx))):
+                aff = E.affine(p[d][0])
+                top = None if aff is None or any(v not in outer_rng for v in aff[0]) else aff[1] + sum(
+                    max(c * outer_rng[v][0], c * outer_rng[v][1]) for v, c in aff[0].items())
+                if top is None or top + p[d][2] >= src.shape[d]:    # the tile can reach past the buffer's end
+                    body = If(E.binop("lt", gidx[d], Const(src.shape[d])), body)
+            if size % nthreads:
+                body = If(E.binop("lt", e, Const(size)), body, None, likely=True)
+            copy = self._over_threads(chain, tv, For(c, -(-size // nthreads), body))
+
+            def relocal(idx, p=p):
+                return Load(sh, [_simplify_sub(E.binop("sub", i, o + lo)) for i, (o, lo, _) in zip(idx, p)])
+            work = subst_stmt(s.body, {}, loads={src: relocal})
+            if isinstance(work, Seq) and any(isinstance(x, Barrier) for x in work.stmts):
+                k = next(i for i, x in enumerate(work.stmts) if isinstance(x, Barrier))   # join the copy phase
+                new = Seq([*work.stmts[:k], copy, *work.stmts[k:]])
+            else:
+                new = Seq([copy, Barrier(), work, Barrier()])
+            return Alloc(sh, _for(s, body=new))
+
+        self._rewrite(fn)
+        self._record("cache_shared", buffer, loop)
+        return name
+
+    @primitive
+    def block_reduce(self, stage: str, threads: int) -> None:
+        """One block per output element of a reduction: ``threads`` threads stride its
+        reduced elements (consecutive threads, consecutive elements) into registers, then
+        combine their partials in a shared-memory tree, halving the threads at each step
+        with a barrier between steps; one thread stores the result::
+
+            blockIdx.x row in [0, R) {
+              alloc red: f32[T] shared
+              threadIdx.x t in [0, T) { acc = identity; for r { acc = acc + x[row, r*T + t] }; red[t] = acc }
+              barrier
+              threadIdx.x t in [0, T/2) { red[t] = red[t] + red[t + T/2] }
+              barrier ... threadIdx.x t in [0, 1) { out[row] = red[0] + red[1] }
+            }
+        """
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 2 or threads & (threads - 1) \
+                or threads > 1024:
+            raise ScheduleError(f"block_reduce threads must be a power of two in [2, 1024], got {threads!r}")
+        if self.target.kind != "cuda":
+            raise ScheduleError(f"cannot block_reduce {stage}: target {self.target.name} is not a GPU")
+        st = self._root(stage, "block_reduce")
+        if not st.is_reduction:
+            raise ScheduleError(f"cannot block_reduce {stage}: it is not a reduction")
+        rows, k = 1, 1
+        for n in st.extents:
+            rows *= n
+        for n in st.rextents:
+            k *= n
+        dtype = st.buffer.dtype
+        row = Var(self._fresh(f"{stage}_row", stage))
+
+        def unflatten(e, extents):
+            out, stride = [], 1
+            for n in reversed(extents):
+                out.insert(0, (e // stride) % n if stride * n < max(1, _prod(extents)) else e // stride)
+                stride *= n
+            return out
+        spatial = unflatten(row, st.extents)
+        red = Buffer(f"{stage}_red", [threads], dtype, "shared")
+        acc = Buffer(f"{stage}_acc", [1], dtype, "local")
+        t = Var(self._fresh(f"{stage}_t", stage))
+        r = Var(self._fresh(f"{stage}_r", stage))
+        e = r * threads + t
+        value = substitute(st.value, {**dict(zip(st.axes, spatial)), **dict(zip(st.raxes, unflatten(e, st.rextents)))})
+        step: Stmt = Store(acc, [Const(0)], combine(st.combiner, Load(acc, [Const(0)]), value))
+        if k % threads:
+            step = If(E.binop("lt", e, Const(k)), step, None, likely=True)
+        phases: list[Stmt] = [For(t, threads, Alloc(acc, Seq([
+            Store(acc, [Const(0)], reduce_identity(st.combiner, dtype)),
+            For(r, -(-k // threads), step),
+            Store(red, [t], Load(acc, [Const(0)]))])), "threadIdx.x")]
+        half = threads // 2
+        while half >= 1:
+            tt = Var(self._fresh(f"{stage}_t", stage))
+            merged = combine(st.combiner, Load(red, [tt]), Load(red, [tt + half]))
+            last = half == 1
+            phases += [Barrier(), For(tt, half, Store(st.buffer, spatial, merged) if last else
+                                      Store(red, [tt], merged), "threadIdx.x")]
+            half //= 2
+        self.nests[stage] = For(row, rows, Alloc(red, Seq(phases)), "blockIdx.x")
+        st.touched = True
+        self._record("block_reduce", stage, threads)
+
     # ================================================================== stage primitives
     def _root(self, name: str, what: str) -> Stage:
         st = self._stage(name)
@@ -1017,7 +1299,8 @@ class Schedule:
 
 
 PRIMITIVES = ("split", "reorder", "fuse", "tile", "vectorize", "parallel", "unroll", "bind", "compute_inline",
-              "compute_at", "reverse_compute_at", "cache_read", "cache_write", "add_loop")
+              "compute_at", "reverse_compute_at", "cache_read", "cache_write", "add_loop", "register_tile",
+              "cache_shared", "block_reduce")
 
 
 def replay(kernel: Kernel, target, trace) -> Schedule:
@@ -1028,6 +1311,13 @@ def replay(kernel: Kernel, target, trace) -> Schedule:
     for call in trace:
         s.apply(call)
     return s
+
+
+def _prod(xs) -> int:
+    n = 1
+    for x in xs:
+        n *= x
+    return n
 
 
 def _check_layout(layout, src: Buffer) -> list:

@@ -1,0 +1,154 @@
+"""The GPU schedule primitives (add_loop, register_tile, cache_shared, block_reduce)
+and the GPU rules' loop text: each result runs right under emulation, is recorded in
+the trace and replays from JSON to the same loops, and refuses what it cannot do,
+leaving the schedule as it was."""
+import ctypes
+import json
+
+import numpy as np
+import pytest
+
+from mlc import codegen
+from mlc.ir import loop as L
+from mlc.ir.tensor import Kernel, Placeholder, compute, reduce
+from mlc.ir.types import float32
+from mlc.passes.emulate import emulate_gpu
+from mlc.passes.loops import lower_loops
+from mlc.schedule.default import rule_schedule
+from mlc.schedule.primitives import Schedule, ScheduleError, replay
+from mlc.target import Target
+
+GPU = Target.get("cuda-sm90")
+HOST = Target.get("host")
+M, K, N = 37, 23, 29
+
+
+def run_gpu(func, *inputs):
+    """A finalized GPU function, lowered, verified for the GPU, emulated and run here."""
+    func = lower_loops(func)
+    L.verify(func, GPU)
+    func = emulate_gpu(func)
+    code = codegen.load(codegen.build(codegen.Program.of_func(func, scratch="param"), HOST))
+    outs = [np.zeros(b.shape, b.dtype.np) for b in func.outputs]
+    scratch = [np.full(b.shape, np.nan, b.dtype.np) for b in func.scratch]
+    arr = lambda xs: (ctypes.c_void_p * max(1, len(xs)))(*[x.ctypes.data for x in xs])
+    code.entry(arr([np.ascontiguousarray(x) for x in inputs]), arr(outs), arr(scratch), None)
+    return outs
+
+
+def rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def matmul_kernel(m=M, k=K, n=N):
+    A, B = Placeholder("A", (m, k), float32), Placeholder("B", (k, n), float32)
+    out = compute((m, n), lambda i, j: reduce("sum", [k], lambda r: A[i, r] * B[r, j]), "out")
+    return Kernel("mm", [A, B], [out], [out], "reduction")
+
+
+def rowsum_kernel(rows=5, k=300, combiner="sum"):
+    A = Placeholder("A", (rows, k), float32)
+    out = compute((rows,), lambda i: reduce(combiner, [k], lambda r: A[i, r] * A[i, r]), "out")
+    return Kernel("rowsum", [A], [out], [out], "reduction")
+
+
+def tiled(s: Schedule) -> Schedule:
+    """A 16 x 16 block tile, 4 x 4 threads of 4 x 4 registers, k-tiles of 8."""
+    s.split("i", 16, ["bi", "i1"])
+    s.split("i1", 4, ["ty", "ri"])
+    s.split("j", 16, ["bj", "j1"])
+    s.split("j1", 4, ["tx", "rj"])
+    s.split("k", 8, ["ko", "ki"])
+    s.reorder("bi", "bj", "ko", "ty", "tx", "ki", "ri", "rj")
+    for loop, axis in (("bi", "blockIdx.y"), ("bj", "blockIdx.x"), ("ty", "threadIdx.y"), ("tx", "threadIdx.x")):
+        s.bind(loop, axis)
+    return s
+
+
+A_MM, B_MM = rand(M, K, seed=1), rand(K, N, seed=2)
+
+
+def test_register_tile_and_cache_shared_compute_a_matmul():
+    s = tiled(Schedule(matmul_kernel(), GPU))
+    assert s.register_tile("out", "ko") == "acc"
+    s.cache_shared("A", "ko")
+    s.cache_shared("B", "ko")
+    text = str(s)
+    assert "alloc acc: f32[4,4] local" in text
+    assert "alloc A_shared: f32[16,8] shared" in text and "alloc B_shared: f32[8,16] shared" in text
+    assert "i_init" not in text                     # the registers start the reduction
+    assert text.count("barrier") == 2               # one copy phase for both tiles, one after the work
+    (out,) = run_gpu(s.finalize(), A_MM, B_MM)
+    np.testing.assert_allclose(out, A_MM @ B_MM, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_shared_alone_stages_reads_of_a_global_accumulation():
+    s = tiled(Schedule(matmul_kernel(), GPU))
+    s.cache_shared("B", "ko")
+    (out,) = run_gpu(s.finalize(), A_MM, B_MM)
+    np.testing.assert_allclose(out, A_MM @ B_MM, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("combiner,threads", [("sum", 64), ("max", 256), ("min", 2)])
+def test_block_reduce(combiner, threads):
+    s = Schedule(rowsum_kernel(combiner=combiner), GPU)
+    s.block_reduce("out", threads)
+    text = str(s)
+    assert "blockIdx.x out_row in [0, 5)" in text and f"alloc out_red: f32[{threads}] shared" in text
+    assert text.count("barrier") == threads.bit_length() - 1
+    a = rand(5, 300)
+    (out,) = run_gpu(s.finalize(), a)
+    np.testing.assert_allclose(out, getattr(np, combiner)(a * a, axis=1), rtol=1e-5)
+
+
+def test_add_loop_gives_a_scalar_stage_loops_to_bind():
+    A = Placeholder("A", (40,), float32)
+    out = compute((), lambda: reduce("sum", [40], lambda r: A[r]), "out")
+    s = Schedule(Kernel("total", [A], [out], [out], "reduction"), GPU)
+    s.add_loop("out", "t")
+    s.add_loop("out", "b")
+    s.bind("b", "blockIdx.x")
+    s.bind("t", "threadIdx.x")          # one iteration: no race, although it reduces
+    assert str(s).splitlines()[2].strip() == "blockIdx.x b in [0, 1) {"
+    a = rand(40)
+    (out,) = run_gpu(s.finalize(), a)
+    np.testing.assert_allclose(out, a.sum(), rtol=1e-5)
+
+
+def test_gpu_traces_replay_from_json():
+    for kernel in (matmul_kernel(), matmul_kernel(64, 32, 128), rowsum_kernel()):
+        s = rule_schedule(kernel, GPU)
+        again = replay(kernel, GPU, json.dumps(s.trace))
+        assert str(again.finalize()) == str(s.finalize())
+        assert {c["prim"] for c in s.trace} & {"bind", "block_reduce", "register_tile", "cache_shared"}
+
+
+def refuses(s: Schedule, call, match: str):
+    before, trace = str(s), list(s.trace)
+    with pytest.raises(ScheduleError, match=match):
+        call()
+    assert str(s) == before and s.trace == trace
+
+
+def test_gpu_primitives_refuse_what_they_cannot_do():
+    s = tiled(Schedule(matmul_kernel(), GPU))
+    refuses(s, lambda: s.cache_shared("A", "tx"), "outside its thread loops")
+    refuses(s, lambda: s.cache_shared("C", "ko"), "no global buffer named 'C'")
+    refuses(s, lambda: s.register_tile("out", "ki"), "serial loop of a block")
+    refuses(s, lambda: s.block_reduce("out", 48), "power of two")
+    refuses(s, lambda: s.block_reduce("out", 64), "loops were transformed")
+    refuses(s, lambda: s.add_loop("out", "ko"), "exists already")
+    cpu = Schedule(rowsum_kernel(), HOST)
+    refuses(cpu, lambda: cpu.block_reduce("out", 64), "not a GPU")
+    plain = Schedule(matmul_kernel(), GPU)
+    refuses(plain, lambda: plain.register_tile("out", "k"), "serial loop of a block")
+
+
+def test_rules_loop_text_names_blocks_threads_shared_memory_and_barriers():
+    mm = str(lower_loops(rule_schedule(matmul_kernel(128, 64, 128), GPU).finalize()))
+    for word in ("blockIdx.y", "blockIdx.x", "threadIdx.y", "threadIdx.x", "shared", "barrier"):
+        assert word in mm, word
+    assert "if " not in mm          # tiles that divide the shapes need no guards
+    red = str(lower_loops(rule_schedule(rowsum_kernel(8, 1000), GPU).finalize()))
+    for word in ("blockIdx.x", "threadIdx.x", "shared", "barrier"):
+        assert word in red, word
