@@ -65,16 +65,17 @@ def _guard_terms(cond: Expr):
     return None
 
 
-def partition_stmt(s: Stmt, ranges: dict | None = None) -> Stmt:
+def partition_stmt(s: Stmt, ranges: dict | None = None, gpu: frozenset = frozenset()) -> Stmt:
     """Remove ``likely`` guards by loop partitioning. At a loop whose variable is the
     outermost one in a guard below it, the iterations where the guard holds for every
     inner iteration run unguarded; the rest are peeled (one iteration: the variable
-    becomes a constant) or dropped (the guard never holds there)."""
+    becomes a constant) or dropped (the guard never holds there). ``gpu``: the block
+    and thread indices around ``s``, whose loops stay whole and whose guards stay."""
     ranges = dict(ranges or {})
     if isinstance(s, Seq):
-        return Seq([partition_stmt(x, ranges) for x in s.stmts])
+        return Seq([partition_stmt(x, ranges, gpu) for x in s.stmts])
     if isinstance(s, Alloc):
-        return Alloc(s.buffer, partition_stmt(s.body, ranges))
+        return Alloc(s.buffer, partition_stmt(s.body, ranges, gpu))
     if isinstance(s, If):
         if s.likely:
             t = _guard_terms(s.cond)
@@ -83,15 +84,15 @@ def partition_stmt(s: Stmt, ranges: dict | None = None) -> Stmt:
                 lo = c0 + sum(min(c * ranges[v][0], c * ranges[v][1]) for v, c in cs.items())
                 hi = c0 + sum(max(c * ranges[v][0], c * ranges[v][1]) for v, c in cs.items())
                 if hi < n:
-                    return partition_stmt(s.then, ranges)
+                    return partition_stmt(s.then, ranges, gpu)
                 if lo >= n:
                     return Seq([])
-        return If(s.cond, partition_stmt(s.then, ranges), partition_stmt(s.orelse, ranges) if s.orelse is not None else None,
+        return If(s.cond, partition_stmt(s.then, ranges, gpu), partition_stmt(s.orelse, ranges, gpu) if s.orelse is not None else None,
                   s.likely)
     if not isinstance(s, For):
         return s
     if not (isinstance(s.start, Const) and isinstance(s.extent, Const)):
-        return replace_for(s, body=partition_stmt(s.body, ranges))
+        return replace_for(s, body=partition_stmt(s.body, ranges, gpu))
     start, n = s.start.value, s.extent.value
     if n <= 0:
         return Seq([])
@@ -100,7 +101,7 @@ def partition_stmt(s: Stmt, ranges: dict | None = None) -> Stmt:
     if s.kind in GPU_KINDS:
         # a block or thread index stays whole (a launch's grid and block are one shape
         # each): the guards on it stay, as the device's bounds checks
-        return replace_for(s, body=partition_stmt(s.body, inner))
+        return replace_for(s, body=partition_stmt(s.body, inner, gpu | {s.var}))
     # the guards below whose outermost unresolved variable is this loop's: up to
     # ``limit`` they hold for every inner iteration; from a guard's ``dead`` on they
     # never hold, and once every statement below is dead the loop can stop
@@ -132,6 +133,8 @@ def partition_stmt(s: Stmt, ranges: dict | None = None) -> Stmt:
             continue
         c = cs[s.var]
         v_ok = (bound - c0 - hi_rest - 1) // c + 1        # first iteration that may fail
+        if v_ok <= start and any(v in gpu for v in cs):
+            continue    # it fails for some block or thread in every iteration: peeling would only copy code
         limit = v_ok if limit is None else min(limit, v_ok)
         dead_of[id(g)] = -(-(bound - c0 - lo_rest) // c)  # first iteration that always fails
     end = start + n
@@ -144,18 +147,18 @@ def partition_stmt(s: Stmt, ranges: dict | None = None) -> Stmt:
         n = end - start
     if limit is None or limit >= end:
         inner[s.var] = (start, end - 1)
-        return replace_for(s, extent=Const(n), body=partition_stmt(s.body, inner))
+        return replace_for(s, extent=Const(n), body=partition_stmt(s.body, inner, gpu))
     limit = max(limit, start)
     parts = []
     if limit > start:
         main = dict(ranges)
         main[s.var] = (start, limit - 1)
-        parts.append(replace_for(s, start=Const(start), extent=Const(limit - start), body=partition_stmt(s.body, main)))
+        parts.append(replace_for(s, start=Const(start), extent=Const(limit - start), body=partition_stmt(s.body, main, gpu)))
     for v in range(limit, start + n):
         if start + n - limit > 4:
             rest = dict(ranges)
             rest[s.var] = (limit, start + n - 1)
-            parts.append(replace_for(s, start=Const(limit), extent=Const(start + n - limit), body=partition_stmt(s.body, rest)))
+            parts.append(replace_for(s, start=Const(limit), extent=Const(start + n - limit), body=partition_stmt(s.body, rest, gpu)))
             break
-        parts.append(partition_stmt(subst_stmt(s.body, {s.var: Const(v)}), ranges))
+        parts.append(partition_stmt(subst_stmt(s.body, {s.var: Const(v)}), ranges, gpu))
     return Seq(parts)

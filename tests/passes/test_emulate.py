@@ -163,3 +163,25 @@ def test_emulated_loop_nests_keep_gpu_kinds_in_the_program_text(monkeypatch):
     np.testing.assert_allclose(exe(x), 15.0)
     kinds = {s.kind for f in L.parse_all(exe.ir("loop")) for s, _ in walk_stmts(f.body) if isinstance(s, For)}
     assert {"blockIdx.x", "threadIdx.x"} <= kinds and kinds <= {"serial", *GPU_KINDS}
+
+
+def test_partition_peels_a_serial_loop_inside_threads_only_where_it_frees_iterations():
+    func = lower_loops(L.parse("""func @f(a: f32[2,1000], out: f32[2,1000]) {
+  // outputs: out
+  blockIdx.x b in [0, 2) {
+    threadIdx.x t in [0, 256) {
+      for r in [0, 4) {
+        if likely r * 256 + t < 1000 {
+          for c in [0, 3) {
+            if likely c * 90 + t < 250 {
+              out[b, r * 256 + t] = a[b, r * 256 + t] + 1.0
+            }
+          }
+        }
+      }
+    }
+  }
+}"""))
+    text = str(func)
+    assert "for r in [0, 3) {" in text and "if likely 768 + t < 1000 {" in text   # the free iterations split off
+    assert text.count("for c in [0, 3) {") == 2   # no iteration of c is free for every thread: not peeled
