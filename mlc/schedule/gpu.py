@@ -10,7 +10,8 @@ block's size per axis is its widest thread loop, narrower ones are guarded).
   ``TILE/REG`` x ``TILE/REG`` threads each accumulating a ``REG`` x ``REG`` register
   tile (``register_tile``), the operands' tiles for each ``K_TILE`` slice of the
   reduction copied cooperatively into shared memory between barriers
-  (``cache_shared``); batch axes on ``blockIdx.z``.
+  (``cache_shared``); batch axes on ``blockIdx.z``; an elementwise epilogue (bias,
+  activation, residual) applied as the registers are stored.
 * row reductions (softmax's max and sum, layer norm's moments, sums over the last
   axis: a reduction read contiguously along its innermost reduced axis, with few rows
   or long ones): one block per output element, threads striding the row into
@@ -45,12 +46,14 @@ def gpu_schedule(kernel: Kernel, target, knobs: dict | None = None) -> Schedule:
     """The GPU rules applied to a fresh Schedule; ``.trace`` is the JSON list of calls."""
     k = {"threads": THREADS}
     k.update(knobs or {})
+    from .default import epilogues   # (default.py imports this module)
     s = Schedule(kernel, target)
+    epi = epilogues(kernel)
     for c in kernel.stages:
         if s.stages[c.name].status != "root":
             continue
         if _tiled_contraction(c):
-            matmul_tiles(s, c)
+            matmul_tiles(s, c, epi.get(c))
         elif _row_reduction(c):
             s.block_reduce(c.name, _row_threads(c))
         else:
@@ -137,8 +140,9 @@ def _row_threads(c: Compute) -> int:
     return t
 
 
-def matmul_tiles(s: Schedule, c: Compute) -> None:
-    """Block tile through shared memory, register tile per thread (see the module doc)."""
+def matmul_tiles(s: Schedule, c: Compute, epilogue: Compute | None = None) -> None:
+    """Block tile through shared memory, register tile per thread (see the module doc);
+    ``epilogue`` (an elementwise consumer) computed as the registers are stored."""
     st = s.stages[c.name]
     rank = len(c.shape)
     names = st.loop_names
@@ -158,7 +162,7 @@ def matmul_tiles(s: Schedule, c: Compute) -> None:
     s.bind(bj, "blockIdx.x")
     s.bind(ty, "threadIdx.y")
     s.bind(tx, "threadIdx.x")
-    s.register_tile(c.name, ko)
+    s.register_tile(c.name, ko, *([epilogue.name] if epilogue is not None else []))
     staged = []
     for ld in _loads(c):
         if ld.source.name not in staged:

@@ -615,7 +615,7 @@ class Schedule:
         return body
 
     @primitive
-    def register_tile(self, stage: str, loop: str) -> str:
+    def register_tile(self, stage: str, loop: str, epilogue: str | None = None) -> str:
         """Accumulate a reduction in per-thread registers across ``loop``: a serial loop of
         a block (the k-tiles of a matmul) holding the whole reduction, its thread loops
         inside. Each thread's accumulator (the elements it updates inside its thread loops)
@@ -630,6 +630,10 @@ class Schedule:
               for ko { threadIdx.x tx { for rj { acc[rj] += ... } } }
               threadIdx.x tx' { for rj { C[bj*64 + tx'*4 + rj] = acc[rj] } }
             }
+
+        ``epilogue``: an elementwise stage that reads only this one's elements, each at its
+        own index (a bias add, an activation), computed from the registers as they are
+        stored instead of ``stage`` (which must be read by nothing else).
         """
         st = self._stage(stage)
         what = f"register_tile {stage}"
@@ -637,6 +641,7 @@ class Schedule:
             raise ScheduleError(f"cannot {what}: it is not a reduction")
         if any(v == stage for v in self.acc_of.values()):
             raise ScheduleError(f"cannot {what}: it accumulates in registers already")
+        ep = self._check_epilogue(st, epilogue, what) if epilogue is not None else None
         copies = self._gpu_loop(loop, what)
         ident = reduce_identity(st.combiner, st.buffer.dtype)
         acc_buf: list[Buffer] = []
@@ -692,7 +697,11 @@ class Schedule:
                 return self._over_threads(chain, tv, body)
 
             def bounded(lv, g):
-                body: Stmt = Store(st.buffer, g, Load(acc, lv))
+                if ep is None:
+                    body: Stmt = Store(st.buffer, g, Load(acc, lv))
+                else:
+                    value = subst_loads(substitute(ep.value, dict(zip(ep.axes, g))), st.buffer, lambda _: Load(acc, lv))
+                    body = Store(ep.buffer, g, value)
                 for d in reversed(range(len(g))):
                     body = If(E.binop("lt", g[d], Const(st.extents[d])), body, None, likely=True)
                 return body
@@ -711,8 +720,33 @@ class Schedule:
                       and self.loop_stage.get(x.var.name) == stage else None)
         self.acc_of[acc_buf[0]] = stage
         st.touched = True
-        self._record("register_tile", stage, loop)
+        if ep is None:
+            self._record("register_tile", stage, loop)
+        else:
+            del self.nests[ep.name]
+            ep.status = "attached"
+            self._record("register_tile", stage, loop, epilogue)
         return acc_buf[0].name
+
+    def _check_epilogue(self, prod: Stage, name: str, what: str) -> Stage:
+        """The stage ``name`` if it can be computed from ``prod``'s registers as they are stored."""
+        ep = self._root(name, f"{what} with epilogue")
+        if ep.is_reduction or ep.extents != prod.extents:
+            raise ScheduleError(f"cannot {what} with epilogue {name}: it must be elementwise over {prod.name}'s shape")
+        loads = [x for x in _loads(ep.value) if x.source is prod.buffer]
+        if not loads or any(len(x.indices) != len(ep.axes) or any(i is not a for i, a in zip(x.indices, ep.axes))
+                            for x in loads):
+            raise ScheduleError(f"cannot {what} with epilogue {name}: it must read {prod.name} element for element, "
+                                "at its own index")
+        for x in _loads(ep.value):
+            owner = self._stage_of_buffer(x.source)
+            if owner not in (None, prod.name) and self.order.index(owner) > self.order.index(prod.name):
+                raise ScheduleError(f"cannot {what} with epilogue {name}: it also reads {owner}, computed after "
+                                    f"{prod.name}")
+        if prod.output or any(self._owner(s) != name for s, _ in self._readers(prod.buffer)
+                              if self._owner(s) != prod.name):
+            raise ScheduleError(f"cannot {what} with epilogue {name}: {prod.name} is read elsewhere too")
+        return ep
 
     @primitive
     def cache_shared(self, buffer: str, loop: str) -> str:

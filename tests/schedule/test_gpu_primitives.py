@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mlc import codegen
+from mlc.ir import expr as E
 from mlc.ir import loop as L
 from mlc.ir.tensor import Kernel, Placeholder, compute, reduce
 from mlc.ir.types import float32
@@ -54,10 +55,10 @@ def rowsum_kernel(rows=5, k=300, combiner="sum"):
 
 def tiled(s: Schedule) -> Schedule:
     """A 16 x 16 block tile, 4 x 4 threads of 4 x 4 registers, k-tiles of 8."""
-    s.split("i", 16, ["bi", "i1"])
-    s.split("i1", 4, ["ty", "ri"])
-    s.split("j", 16, ["bj", "j1"])
-    s.split("j1", 4, ["tx", "rj"])
+    s.split("i", 16, ["bi", "im"])
+    s.split("im", 4, ["ty", "ri"])
+    s.split("j", 16, ["bj", "jm"])
+    s.split("jm", 4, ["tx", "rj"])
     s.split("k", 8, ["ko", "ki"])
     s.reorder("bi", "bj", "ko", "ty", "tx", "ki", "ri", "rj")
     for loop, axis in (("bi", "blockIdx.y"), ("bj", "blockIdx.x"), ("ty", "threadIdx.y"), ("tx", "threadIdx.x")):
@@ -152,3 +153,31 @@ def test_rules_loop_text_names_blocks_threads_shared_memory_and_barriers():
     red = str(lower_loops(rule_schedule(rowsum_kernel(8, 1000), GPU).finalize()))
     for word in ("blockIdx.x", "threadIdx.x", "shared", "barrier"):
         assert word in red, word
+
+
+def matmul_relu_kernel():
+    A, B, C = Placeholder("A", (M, K), float32), Placeholder("B", (K, N), float32), Placeholder("C", (N,), float32)
+    T0 = compute((M, N), lambda i, j: reduce("sum", [K], lambda r: A[i, r] * B[r, j]), "T0")
+    out = compute((M, N), lambda i, j: E.maximum(T0[i, j] + C[j], E.Const(0.0, float32)), "out")
+    return Kernel("mm_relu", [A, B, C], [T0, out], [out], "reduction")
+
+
+def test_register_tile_computes_the_epilogue_from_the_registers():
+    s = tiled(Schedule(matmul_relu_kernel(), GPU))
+    refuses(s, lambda: s.register_tile("T0", "ko", "T0"), "loops were transformed")
+    refuses(s, lambda: s.register_tile("T0", "ko", "Z"), "no stage named 'Z'")
+    s.register_tile("T0", "ko", "out")
+    s.cache_shared("A", "ko")
+    func = s.finalize()
+    assert "T0" not in [b.name for b in func.params]     # the product never reaches memory
+    c = rand(N, seed=3)
+    (out,) = run_gpu(func, A_MM, B_MM, c)
+    np.testing.assert_allclose(out, np.maximum(A_MM @ B_MM + c, 0), rtol=1e-5, atol=1e-5)
+    again = replay(matmul_relu_kernel(), GPU, json.dumps(s.trace))
+    assert str(again.finalize()) == str(func)
+
+
+def test_rules_fuse_a_matmul_epilogue_into_one_launch():
+    func = lower_loops(rule_schedule(matmul_relu_kernel(), GPU).finalize())
+    tops = func.body.stmts if isinstance(func.body, L.Seq) else [func.body]
+    assert len(tops) == 1 and "max(acc[" in str(func)
