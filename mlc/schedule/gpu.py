@@ -33,6 +33,7 @@ TILE = 64         # a contraction's block tile (rows and columns)
 REG = 4           # each thread's register tile (rows and columns): 16 x 16 threads
 K_TILE = 16       # the reduction slice staged through shared memory per step
 ROW_THREADS = 256  # the most threads a row reduction's block uses
+MAX_GRID_YZ = 65535   # blocks a grid may have along y and z (x: 2**31 - 1)
 
 
 def _name(s: Schedule, base: str) -> str:
@@ -105,6 +106,8 @@ def _tiled_contraction(c: Compute) -> bool:
     if not c.is_reduction or c.body.combiner != "sum" or len(c.shape) < 2 or len(c.body.axes) != 1:
         return False
     if c.shape[-2] < 16 or c.shape[-1] < 16 or c.body.extents[0] < 8:
+        return False
+    if _size(c.shape[:-2]) > MAX_GRID_YZ or -(-c.shape[-2] // TILE) > MAX_GRID_YZ:
         return False
     i, j = c.axes[-2], c.axes[-1]
     loads = _loads(c)

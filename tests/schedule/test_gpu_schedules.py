@@ -165,3 +165,13 @@ def test_every_kernel_of_the_squeezenet_is_scheduled_for_the_gpu():
     for f in funcs:
         L.verify(f, GPU)
         assert "threadIdx.x" in str(f)
+
+
+def test_loop_text_of_matmul_and_softmax_names_blocks_threads_shared_memory_and_barriers():
+    a, b = rand(128, 64), rand(64, 96, seed=1)
+    for g in (mlc.trace(lambda a, b: a @ b, a, b), mlc.trace(lambda a: mlc.softmax(a, axis=-1), rand(8, 512))):
+        text = str(Compiled(g, Target.get("cuda-sm90")).funcs)
+        for word in ("blockIdx.x", "threadIdx.x", "shared", "barrier"):
+            assert word in text, (g.name, word)
+        for func in L.parse_all(text):
+            L.verify(func, GPU)
