@@ -262,8 +262,25 @@ def cmd_compile(args) -> int:
     import mlc
     target = _target_of(args, "compile")
     suffix = os.path.splitext(args.output)[1] if args.output else None
-    if suffix not in (None, ".o", ".so"):
-        raise SystemExit(f"mlc compile: -o {args.output}: write an object file (.o) or a shared library (.so)")
+    if suffix not in (None, ".o", ".so", ".ptx", ".cubin"):
+        raise SystemExit(f"mlc compile: -o {args.output}: write an object file (.o) or a shared library (.so); "
+                         "for a cuda target, PTX (.ptx) or a cubin (.cubin)")
+    gpu_file = suffix in (".ptx", ".cubin")
+    if target.kind == "cuda" and not gpu_file:
+        raise SystemExit(f"mlc compile: target {target.name} is a cuda target: write its code as PTX "
+                         "(-o MODEL.ptx) or a cubin (-o MODEL.cubin)")
+    if gpu_file and target.kind != "cuda":
+        raise SystemExit(f"mlc compile: -o {args.output}: PTX and cubins are code for cuda targets (--target "
+                         f"cuda-sm90); {target.name} is a {target.kind} target")
+    if gpu_file and args.profile:
+        raise SystemExit("mlc compile: --profile builds a model library or object file (-o MODEL.so or MODEL.o)")
+    if suffix == ".cubin":
+        from .codegen.cross import ToolchainNotFound
+        from .codegen.nvptx import find_ptxas
+        try:
+            find_ptxas()   # before compiling: a missing assembler should fail fast
+        except ToolchainNotFound as e:
+            raise SystemExit(f"mlc compile: -o {args.output}: {e}")
     if (args.params or args.prefix) and suffix != ".so":
         raise SystemExit("mlc compile: --params and --prefix apply to a model library: -o MODEL.so")
     if args.profile and not args.output:
@@ -333,13 +350,12 @@ def _compile_for_file(graph, target, pm, db=None, profile: bool = False):
     from . import codegen
     from .driver import Compiled
     from .runtime.executable import Executable
-    if target.kind != "cpu":
-        raise SystemExit(f"mlc compile: target {target.name} is a {target.kind} target; mlc generates CPU code only")
     with codegen.LOCK:
         c = Compiled(graph, target, pm, db=db, profile=profile)
         if pm.progress:
             print(f"mlc: codegen: LLVM, {len(c.funcs)} kernels ...", file=sys.stderr, flush=True)
-        pm.timed("codegen", None, c.object_code)
+        # a cuda target's code is PTX (codegen.nvptx), whatever runs the compiled functions here
+        pm.timed("codegen", None, (lambda: c.ptx) if target.kind == "cuda" else c.object_code)
         if pm.dump_dir is not None:
             pm.record("codegen", "llvm", c.llvm_module)
     st = c.stats()
@@ -352,6 +368,9 @@ def _compile_for_file(graph, target, pm, db=None, profile: bool = False):
 def _write_output(c, out: str, suffix: str, params: str, prefix: str) -> None:
     from .codegen.cross import write_object
     from .codegen.export import ExportError, export_library
+    if suffix in (".ptx", ".cubin"):
+        _write_gpu_output(c, out, suffix)
+        return
     if suffix == ".o":
         head = write_object(c, out)
         print(f"wrote {out}: {head} ({os.path.getsize(out)} bytes)")
@@ -367,6 +386,24 @@ def _write_output(c, out: str, suffix: str, params: str, prefix: str) -> None:
         raise SystemExit(f"mlc compile: -o {out}: {e}")
     if c.target.is_host:
         print(f"run it from Python: mlc.load({out!r}); from C: see tutorials/c_api/")
+
+
+def _write_gpu_output(c, out: str, suffix: str) -> None:
+    """PTX as text, or a cubin assembled from it by ptxas for the target's architecture."""
+    from .codegen.cross import ToolchainNotFound
+    from .codegen.nvptx import assemble
+    ptx, arch = c.ptx, c.target.arch
+    kernels = ptx.count(".entry ")
+    if suffix == ".ptx":
+        data, what = ptx.encode(), "PTX"
+    else:
+        try:
+            data, what = assemble(ptx, arch), "cubin"
+        except (ToolchainNotFound, RuntimeError) as e:
+            raise SystemExit(f"mlc compile: -o {out}: {e}")
+    with open(out, "wb") as f:
+        f.write(data)
+    print(f"wrote {out}: {what} for {arch}, {kernels} kernels ({len(data)} bytes)")
 
 
 def cmd_inspect(args) -> int:
@@ -584,7 +621,8 @@ def main(argv=None) -> int:
                                                     "sifive-u74, or a .json file describing the hardware")
     comp.add_argument("-o", dest="output", metavar="OUT", help="write the code: OUT.so a model library with a C "
                                                                "API and OUT.h its header (needs a C compiler for "
-                                                               "the target), or OUT.o the bare object file")
+                                                               "the target), OUT.o the bare object file; for a cuda "
+                                                               "target OUT.ptx (PTX) or OUT.cubin (ptxas)")
     comp.add_argument("--params", choices=["embedded", "external"],
                       help="where a model library keeps its weights: embedded in OUT.so (default) or in the "
                            "file OUT.params beside it")

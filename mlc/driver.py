@@ -148,6 +148,23 @@ class Compiled:
     def llvm_module(self) -> str:
         return codegen.source(self.program, self.code_target)
 
+    @functools.cached_property
+    def gpu_module(self):
+        """A cuda target's code for a GPU runtime: the PTX of every GPU function's kernels and
+        the launches that run the plan (``codegen.nvptx.GpuModule``), also when the functions
+        are emulated here."""
+        if self.target.kind != "cuda":
+            raise ValueError(f"IR level 'ptx' is for cuda targets; {self.target.name} is a {self.target.kind} "
+                             "target (its assembly is level 'asm')")
+        from .codegen.nvptx import build_gpu
+        program = codegen.Program(self.graph.name, list(self.funcs), self.plan.calls, False, self.bounds_check,
+                                  self.plan.workspace_bytes)
+        return build_gpu(program, self.target)
+
+    @property
+    def ptx(self) -> str:
+        return self.gpu_module.ptx
+
     def cache_key(self, profile: bool = False) -> str:
         return cache.key_of(__version__, cache.source_hash(), llvmlite.__version__, self.code_target.key,
                             self.target.key, str(self.parallel),
@@ -212,7 +229,9 @@ class Compiled:
         if level in ("llvm-opt", "asm"):
             with codegen.LOCK:
                 return codegen.backend(self.code_target).text(self.llvm_module, self.code_target, level)
-        raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt or asm")
+        if level == "ptx":
+            return self.ptx
+        raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt, asm or ptx")
 
 
 def _stage_start(what: str) -> None:
@@ -316,8 +335,10 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
     ``db``: a tuning database (path or ``TuningDB``) whose best schedules are used."""
     target = Target.get(target)
     if not target.is_host and not (target.kind == "cuda" and emulating()):
+        out = "model.ptx` (or run its GPU schedules on this CPU: MLC_CUDA_EMULATE=1)" if target.kind == "cuda" \
+            else "out.o`"
         raise ValueError(f"target {target.name} is not this machine ({Target.get('host').triple}): code for it "
-                         "cannot run here; write it to a file with `mlc compile MODEL --target ... -o out.o`")
+                         f"cannot run here; write it to a file with `mlc compile MODEL --target {target.name} -o {out}")
     pm = pm or PassManager(opt_level)
     with codegen.LOCK, _open_db(db) as database:   # LLVM's global context is not safe for concurrent compiles
         c = Compiled(graph, target, pm, aliases, database)

@@ -287,7 +287,7 @@ def test_cli_compile_errors(tmp_path, monkeypatch):
         main(["compile", "mlp", "-o", "x.txt"])
     with pytest.raises(SystemExit, match="--target: unknown target 'nope'; known targets: host, znver3"):
         main(["compile", "mlp", "--target", "nope"])
-    with pytest.raises(SystemExit, match="cuda-sm80 is a cuda target; mlc generates CPU code only"):
+    with pytest.raises(SystemExit, match="cuda-sm80 is a cuda target: write its code as PTX"):
         main(["compile", "mlp", "--target", "cuda-sm80", "-o", str(tmp_path / "k.o")])
     with pytest.raises(SystemExit, match=f"{tmp_path}.*'cores' must be a whole number"):
         main(["compile", "mlp", "--target", _write(tmp_path, {"base": "znver3", "name": "z", "cores": 0})])

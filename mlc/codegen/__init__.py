@@ -7,9 +7,10 @@
 ``backend(target)`` picks the generator for the target's kind. A backend turns a
 Program into its source text (LLVM IR for ``codegen.llvm``, the CPU backend),
 compiles that text to object code, and prints the later levels (``llvm-opt``,
-``asm``). A second backend (NVPTX for ``cuda`` targets) implements the same
-methods beside it. Every entry here takes ``LOCK``: LLVM's global context is not
-safe for concurrent compiles.
+``asm``). ``codegen.nvptx`` is the backend for ``cuda`` targets: its "object code"
+is PTX text, and ``nvptx.build_gpu`` adds the launch table a GPU runtime replays
+(it has no entry function and loads nothing into this process). Every entry here
+takes ``LOCK``: LLVM's global context is not safe for concurrent compiles.
 """
 from __future__ import annotations
 
@@ -84,11 +85,14 @@ class Backend:
 
 def backend(target: Target) -> Backend:
     """The code generator for the target's kind; ValueError for a kind mlc cannot generate."""
-    from . import llvm
     if target.kind == "cpu":
+        from . import llvm
         return llvm.BACKEND
-    raise ValueError(f"target {target.name} is a {target.kind} target ({target.arch}): mlc generates CPU "
-                     "code only")
+    if target.kind == "cuda":
+        from . import nvptx
+        return nvptx.BACKEND
+    raise ValueError(f"target {target.name} is a {target.kind} target: mlc generates code for cpu and cuda "
+                     "targets")
 
 
 def source(program: Program, target) -> str:
