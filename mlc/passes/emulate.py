@@ -12,8 +12,10 @@ this way). It is an execution mode of the same loop IR, not a second implementat
 - a ``local`` buffer allocated inside a blockIdx loop but outside its thread loops
   is per thread on the device (each thread its own registers, kept across phases:
   a register tile accumulated over the k-tiles of a matmul), so it gets one copy
-  per thread of the block, indexed by the enclosing thread loops' variables; block
-  code outside any thread loop that touches it runs for every thread.
+  per thread of the block, indexed by the enclosing thread loops' variables. Block
+  code outside any thread loop runs once, as thread 0 of the block (``codegen.nvptx``
+  runs it on thread 0), except code that writes such a register: every thread
+  runs that on its own copy.
 
 A function without GPU loops comes back unchanged.
 
@@ -103,7 +105,9 @@ class _Block:
         if isinstance(s, Barrier):
             return Seq([])
         if tvars is None and self.private and not self._has_threads(s) and self._uses_private(s):
-            return self._every_thread(s)
+            if self._writes_private(s):
+                return self._every_thread(s)
+            return self.stmt(s, {})   # block code that only reads registers: thread 0's, which runs it
         if isinstance(s, For):
             inner = tvars
             if s.kind.startswith("threadIdx"):
@@ -154,6 +158,9 @@ class _Block:
 
     def _uses_private(self, s: Stmt) -> bool:
         return bool(buffers_used(s) & set(self.private))
+
+    def _writes_private(self, s: Stmt) -> bool:
+        return any(isinstance(x, (Store, Accumulate)) and x.buffer in self.private for x, _ in walk_stmts(s))
 
     def _every_thread(self, s: Stmt) -> Stmt:
         """Block code without thread loops that reads or writes per-thread registers:

@@ -185,3 +185,28 @@ def test_partition_peels_a_serial_loop_inside_threads_only_where_it_frees_iterat
     text = str(func)
     assert "for r in [0, 3) {" in text and "if likely 768 + t < 1000 {" in text   # the free iterations split off
     assert text.count("for c in [0, 3) {") == 2   # no iteration of c is free for every thread: not peeled
+
+
+def test_block_code_reading_registers_is_thread_zeros():
+    # every thread counts its own index into its register; block code outside the thread
+    # loops runs on thread 0 only, so it reads thread 0's register
+    func = L.parse("""func @f(a: f32[2], out: f32[2,8]) {
+  // outputs: out
+  blockIdx.x b in [0, 2) {
+    alloc r: f32[1] local
+    r[0] = a[b]
+    threadIdx.x t in [0, 8) {
+      r[0] = r[0] + f32(t)
+    }
+    out[b, 0] = r[0] * 10.0
+    threadIdx.x t2 in [1, 8) {
+      out[b, t2] = r[0]
+    }
+  }
+}""")
+    L.verify(func, GPU)
+    a = np.array([100, 200], np.float32)
+    (out,) = run(func, a)
+    want = a[:, None] + np.arange(8, dtype=np.float32)
+    want[:, 0] = a * 10
+    np.testing.assert_array_equal(out, want)
