@@ -175,3 +175,16 @@ def test_loop_text_of_matmul_and_softmax_names_blocks_threads_shared_memory_and_
             assert word in text, (g.name, word)
         for func in L.parse_all(text):
             L.verify(func, GPU)
+
+
+def test_training_step_updates_in_place_like_the_cpu_build():
+    x, w = rand(8, 40), rand(40, 30, seed=1) * 0.1
+
+    def step(w, x):
+        loss, g = mlc.value_and_grad(lambda w: mlc.sum(mlc.relu(x @ w) ** 2))(w)
+        return loss, w - 0.01 * g
+    gpu, cpu = mlc.compile(step, w, x, target="cuda", in_place=(0,)), mlc.compile(step, w, x, in_place=(0,))
+    w_gpu, w_cpu = w.copy(), w.copy()
+    for _ in range(3):
+        np.testing.assert_allclose(gpu(w_gpu, x), cpu(w_cpu, x), rtol=1e-4)
+    np.testing.assert_allclose(w_gpu, w_cpu, rtol=1e-5, atol=1e-6)
