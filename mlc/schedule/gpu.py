@@ -113,6 +113,11 @@ def _tiled_contraction(c: Compute) -> bool:
     loads = _loads(c)
     if not loads or any(affine(x) is None for ld in loads for x in ld.indices):
         return False
+    # each operand index follows at most one of the tiled and reduced axes: an index such as
+    # k * 55 + l (two output axes flattened into one) would make the staged tile span whole rows
+    # (hundreds of KiB of shared memory) instead of TILE x K_TILE elements
+    if any(sum(E.uses_var(x, v) for v in (i, j, c.body.axes[0])) > 1 for ld in loads for x in ld.indices):
+        return False
     return any(not any(E.uses_var(x, j) for x in ld.indices) for ld in loads) and any(
         not any(E.uses_var(x, i) for x in ld.indices) for ld in loads)
 
