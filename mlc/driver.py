@@ -334,11 +334,11 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
     buffers they are written into (the Executable updates those arguments in place).
     ``db``: a tuning database (path or ``TuningDB``) whose best schedules are used."""
     target = Target.get(target)
-    if not target.is_host and not (target.kind == "cuda" and emulating()):
-        out = "model.ptx` (or run its GPU schedules on this CPU: MLC_CUDA_EMULATE=1)" if target.kind == "cuda" \
-            else "out.o`"
+    if target.kind == "cuda" and not emulating():
+        return _compile_for_device(graph, target, single_output, opt_level, pm, traced, aliases, db)
+    if not target.is_host and target.kind != "cuda":   # (a cuda target here runs emulated)
         raise ValueError(f"target {target.name} is not this machine ({Target.get('host').triple}): code for it "
-                         f"cannot run here; write it to a file with `mlc compile MODEL --target {target.name} -o {out}")
+                         f"cannot run here; write it to a file with `mlc compile MODEL --target {target.name} -o out.o`")
     pm = pm or PassManager(opt_level)
     with codegen.LOCK, _open_db(db) as database:   # LLVM's global context is not safe for concurrent compiles
         c = Compiled(graph, target, pm, aliases, database)
@@ -357,6 +357,28 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
                       [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
                       single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases,
                       compiled=c)
+
+
+def _compile_for_device(graph: Graph, target: Target, single_output, opt_level, pm, traced, aliases, db):
+    """A cuda target with a device: PTX and its launch table, run through CuPy
+    (``runtime.cuda``); CudaUnavailable says what is missing."""
+    from .runtime.cuda import CudaCode, CudaExecutable, CudaUnavailable, cupy_module
+    try:
+        cupy_module()
+    except CudaUnavailable as e:
+        raise CudaUnavailable(f"{e}; or write the code to a file: `mlc compile MODEL --target {target.name} -o "
+                              "model.ptx`") from None
+    pm = pm or PassManager(opt_level)
+    with codegen.LOCK, _open_db(db) as database:
+        c = Compiled(graph, target, pm, aliases, database)
+        gpu = pm.timed("codegen", None, lambda: c.gpu_module)
+    code = CudaCode(gpu, c.lowered.param_data)
+    returned = len(graph.outputs) - len(aliases or {})
+    single = returned == 1 if single_output is None else single_output
+    return CudaExecutable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
+                          [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
+                          single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases,
+                          compiled=c)
 
 
 def emulating() -> bool:
@@ -465,7 +487,9 @@ class JitFunction:
         self.target = target
         self.opt_level = check_opt_level(opt_level)
         self._cache: dict = {}
-        self._target_key = Target.get(target).key
+        resolved = Target.get(target)
+        self._target_key = resolved.key
+        self._on_device = resolved.kind == "cuda" and not emulating()
         functools.update_wrapper(self, fn)
 
     def lower(self, *args) -> Executable:
@@ -475,8 +499,15 @@ class JitFunction:
     def _executable(self, leaves, tree) -> tuple[Executable, list]:
         """(Executable, argument leaves as arrays): zero-copy for __dlpack__ objects;
         Python scalars stay static (baked into the compiled code, part of the cache key)."""
-        leaves = [a if _is_static(a) or isinstance(a, np.ndarray) else
-                  np.from_dlpack(a) if hasattr(a, "__dlpack__") else np.asarray(a) for a in leaves]
+        if self._on_device:   # device arrays stay where they are (CuPy views of torch tensors, ...)
+            from .runtime.cuda import cupy_module
+            cp = cupy_module()
+            leaves = [a if _is_static(a) or isinstance(a, (np.ndarray, cp.ndarray)) else
+                      cp.asarray(a) if hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack__") else
+                      np.asarray(a) for a in leaves]
+        else:
+            leaves = [a if _is_static(a) or isinstance(a, np.ndarray) else
+                      np.from_dlpack(a) if hasattr(a, "__dlpack__") else np.asarray(a) for a in leaves]
         key = (tree, tuple(("static", type(a).__name__, a) if _is_static(a) else (a.shape, a.dtype.str)
                            for a in leaves), self._target_key)
         exe = self._cache.get(key)

@@ -243,12 +243,32 @@ NAMED: dict[str, dict] = {
 
 
 def _current_cuda() -> Target:
-    """The target ``cuda`` names: the current device. No device is read yet, so it is
-    ``cuda-sm90`` when GPU code is emulated on the CPU (``MLC_CUDA_EMULATE=1``)."""
+    """The target ``cuda`` names: the current device, read through CuPy (architecture,
+    SMs, shared memory per SM, L2). Without a device, ``cuda-sm90`` when GPU code is
+    emulated on the CPU (``MLC_CUDA_EMULATE=1``); else a ValueError naming the choices."""
+    device = _cuda_device()
+    if device is not None:
+        major, minor = device["major"], device["minor"]
+        ptx = "+ptx78" if major >= 9 else "+ptx70" if major >= 8 else "+ptx64"
+        return Target("nvptx64-nvidia-cuda", f"sm_{major}{minor}", ptx, device["sms"], 16, name="cuda",
+                      kind="cuda", l1d_bytes=device["shared_per_sm"] or DEFAULT_CACHES["l1d"],
+                      l2_bytes=device["l2"], l3_bytes=0, arch=f"sm_{major}{minor}")
     if os.environ.get("MLC_CUDA_EMULATE", "").strip().lower() not in ("", "0", "false", "no", "off"):
         return Target.from_name("cuda-sm90")
-    raise ValueError("target 'cuda' means the current CUDA device, and none was found: name a CUDA target "
-                     "(cuda-sm80, cuda-sm90), or set MLC_CUDA_EMULATE=1 to run GPU schedules on the CPU")
+    raise ValueError("target 'cuda' means the current CUDA device, and none was found (it is read through CuPy: "
+                     "pip install 'mlc[gpu]'): name a CUDA target (cuda-sm80, cuda-sm90), or set MLC_CUDA_EMULATE=1 "
+                     "to run GPU schedules on the CPU")
+
+
+def _cuda_device() -> dict | None:
+    """The current CUDA device's properties, or None when CuPy or a device is missing."""
+    try:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    except Exception:   # no CuPy, no driver, no device
+        return None
+    return {"major": int(props["major"]), "minor": int(props["minor"]), "sms": int(props["multiProcessorCount"]),
+            "shared_per_sm": int(props.get("sharedMemPerMultiprocessor", 0)), "l2": int(props["l2CacheSize"])}
 
 
 _KEYS = ("name", "base", "kind", "triple", "cpu", "features", "arch", "cores", "vector_bytes", "caches",

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import ops
 from ..ir.graph import Graph, Value
-from ..ir.types import TensorType
+from ..ir.types import TensorType, dtype as to_dtype
 from ..ops.builder import (Emitter, Sym, TraceError, as_array, at as _at, is_python_scalar as _is_python_scalar,
                            strong_dtype as _strong_dtype, typed as _typed, weak_dtype as _weak_dtype)
 from ..tree import TreeDef, flatten, key_paths, unflatten
@@ -206,6 +206,15 @@ class Traced:
         return out
 
 
+def _device_type(a) -> TensorType | None:
+    """The type of an array that lives elsewhere (a CuPy array on a GPU), read from its
+    shape and dtype without copying it to the host; None for anything else."""
+    if isinstance(a, np.ndarray) or not (hasattr(a, "shape") and hasattr(a, "dtype")
+                                         and hasattr(a, "__cuda_array_interface__")):
+        return None
+    return TensorType(tuple(a.shape), to_dtype(np.dtype(a.dtype)))
+
+
 def trace_info(fn: Callable, args: Sequence, name: str | None = None,
                input_names: Sequence[str] | None = None) -> Traced:
     """Trace ``fn`` on example ``args``. An argument may be an array (a graph input),
@@ -225,7 +234,7 @@ def trace_info(fn: Callable, args: Sequence, name: str | None = None,
             tracer_leaves.append(a)
             static.append(a)
             continue
-        t = a if isinstance(a, TensorType) else TensorType.of(as_array(a, "trace", None))
+        t = a if isinstance(a, TensorType) else _device_type(a) or TensorType.of(as_array(a, "trace", None))
         tracer_leaves.append(ctx.input(n, t))
         static.append(None)
     token = _STACK.set(_STACK.get() + (ctx,))

@@ -360,14 +360,6 @@ def test_ptx_level_of_a_compilation():
         Compiled(mlc.trace(lambda a: a * 2.0, x), Target.get("znver3")).text("ptx")
 
 
-def test_compiling_to_run_on_a_cuda_target_points_to_ptx(monkeypatch):
-    import mlc
-    monkeypatch.delenv("MLC_CUDA_EMULATE", raising=False)
-    with pytest.raises(ValueError, match="cannot run here; write it to a file with `mlc compile MODEL --target "
-                                         "cuda-sm90 -o model.ptx`"):
-        mlc.compile(lambda a: a * 2.0, np.ones(4, np.float32), target="cuda-sm90")
-
-
 @needs_ptxas
 def test_cli_writes_ptx_and_cubins(tmp_path, capsys):
     from mlc.cli import main
