@@ -135,9 +135,13 @@ def cmd_run(args) -> int:
             raise SystemExit("mlc run: --public-key verifies a signed model library (.so); an ONNX model is not signed")
         model, graph = _load_onnx(args.model, args.shape, "run")
         inputs = [(v.name, v.type) for v in graph.inputs]
-        exe = mlc.compile(graph)
+        target = _target_of(args, "run")
+        try:
+            exe = mlc.compile(graph, target=target)
+        except (RuntimeError, ValueError) as e:   # no CuPy or no device; a target that cannot run here
+            raise SystemExit(f"mlc run: {e}")
         out_names = [o.name for o in model.graph.output]
-        how = f"compiled in {time.perf_counter() - t0:.2f} s"
+        how = f"compiled for {target.name} in {time.perf_counter() - t0:.2f} s"
     given = _parse_inputs(args.input)
     names = {name for name, _ in inputs}
     unknown = [n for n in given if n not in names and sanitize_name(n) not in names]
@@ -165,7 +169,7 @@ def cmd_run(args) -> int:
     except MemoryError as e:   # e.g. a model whose intermediates need more memory than there is
         raise SystemExit(f"mlc run: not enough memory to run the model: {e}")
     t_run = time.perf_counter() - t0
-    outs = flatten(outs)[0]
+    outs = [o if isinstance(o, np.ndarray) else o.get() for o in flatten(outs)[0]]   # CuPy results: to the host
     print(f"{how} ({exe.kernel_count} kernels), ran in {t_run * 1e3:.2f} ms")
     for name, o in zip(out_names, outs):
         summary = ""
@@ -599,6 +603,8 @@ def main(argv=None) -> int:
     run.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="data for one input (repeatable)")
     run.add_argument("--random-inputs", action="store_true", help="use random data for inputs not given")
     run.add_argument("--seed", type=int, default=0, help="seed for --random-inputs (default 0)")
+    run.add_argument("--target", metavar="T", help="host (default), cuda (the current GPU, through CuPy; "
+                                                   "MLC_CUDA_EMULATE=1 runs its schedules on this CPU), or a named target")
     run.add_argument("--shape", action="append", metavar="NAME=D0,D1,...",
                      help="a static shape for an input declared with symbolic dimensions")
     run.add_argument("--output-dir", help="save each output as NAME.npy in this folder")

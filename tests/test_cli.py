@@ -3,6 +3,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 import mlc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,3 +128,21 @@ def test_symbolic_input_shape_names_the_shape_option(tmp_path):
     # the suggested option works
     np.save(tmp_path / "x.npy", np.full((1, 3, 2, 2), -1.0, np.float32))
     assert main(["run", sym, "--shape", "x=1,3,2,2", "--input", f"x={tmp_path / 'x.npy'}"]) == 0
+
+
+def test_run_on_a_cuda_target_emulated_gives_the_cpu_outputs(tmp_path, monkeypatch, capsys):
+    from mlc.cli import main
+    monkeypatch.setenv("MLC_CUDA_EMULATE", "1")
+    model = os.path.join(LIGHT, "light_squeezenet.onnx")
+    assert main(["run", model, "--random-inputs", "--output-dir", str(tmp_path / "cpu")]) == 0
+    assert main(["run", model, "--target", "cuda", "--random-inputs", "--output-dir", str(tmp_path / "gpu")]) == 0
+    assert "compiled for cuda-sm90" in capsys.readouterr().out
+    cpu, gpu = (np.load(next((tmp_path / d).glob("*.npy"))) for d in ("cpu", "gpu"))
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-6)
+    monkeypatch.delenv("MLC_CUDA_EMULATE")
+    from mlc.runtime.cuda import CudaUnavailable, cupy_module
+    try:
+        cupy_module()
+    except CudaUnavailable:
+        with pytest.raises(SystemExit, match="mlc run: .*MLC_CUDA_EMULATE=1"):
+            main(["run", model, "--target", "cuda-sm90", "--random-inputs"])
