@@ -14,7 +14,11 @@ strided and narrower than its ``conv_strided_direct_min_width`` (``mlc.target``:
 defaults are the widths measured here, a target file may set others); the
 reshapes into and out of that layout are inserted once, around the convolution,
 and fuse with its neighbours.
-Grouped convolutions and weights that are not constants stay direct.
+A grouped 1x1 convolution (ShuffleNet's) is a batch of matrix products, one per
+group: ``W[G, M/G, C/G] @ X[N, G, C/G, H*W]``; its direct kernel vectorizes along the
+width too, and at 7x7 ran at 4.5 GFLOP/s against 40+ in the batched matrix form.
+Other grouped convolutions (depthwise among them) and weights that are not constants
+stay direct.
 """
 from __future__ import annotations
 
@@ -23,13 +27,19 @@ from ..target import LAYOUT_DEFAULTS, Target
 from .simplify import constant_value, eliminate_dead_code, emit, rebuild
 
 
+def _pointwise(n: Node) -> bool:
+    return n.inputs[1].shape[2:] == (1, 1) and tuple(n.attrs["strides"]) == (1, 1) and not any(n.attrs["pads"])
+
+
 def use_matrix_form(n: Node, target: Target | None = None) -> bool:
     if n.op != "conv":
         return False
     x, w = n.inputs
-    if x.type.rank != 4 or n.attrs["group"] != 1 or constant_value(w) is None:
+    if x.type.rank != 4 or constant_value(w) is None:
         return False
-    pointwise = w.shape[2:] == (1, 1) and tuple(n.attrs["strides"]) == (1, 1) and not any(n.attrs["pads"])
+    if n.attrs["group"] != 1:   # grouped: only 1x1 with several channels per group (not depthwise)
+        return _pointwise(n) and w.shape[1] > 1
+    pointwise = _pointwise(n)
     width = n.outputs[0].shape[3]
     strided = any(s > 1 for s in n.attrs["strides"])
     widths = target.layout_thresholds() if target is not None else LAYOUT_DEFAULTS
@@ -46,10 +56,16 @@ def select_conv_layout(graph: Graph, target: Target | None = None) -> Graph:
         N, C = x.shape[:2]
         M, _, KH, KW = w.shape
         _, _, OH, OW = n.outputs[0].shape
+        G = n.attrs["group"]
+        loc = n.loc
+        if G != 1:   # one matrix product per group, batched: [G, M/G, C/G] @ [N, G, C/G, H*W]
+            cols = emit(b, "reshape", [x], loc, shape=[N, G, C // G, OH * OW])
+            weights = b.constant(constant_value(w).reshape(G, M // G, C // G))
+            y = emit(b, "matmul", [weights, cols], loc)
+            return [emit(b, "reshape", [y], loc, shape=[N, M, OH, OW])]
         sh, sw = n.attrs["strides"]
         dh, dw = n.attrs["dilations"]
         pads = list(n.attrs["pads"])
-        loc = n.loc
         if (KH, KW) == (1, 1) and (sh, sw) == (1, 1) and not any(pads):
             cols = emit(b, "reshape", [x], loc, shape=[N, C, OH * OW])
         else:
