@@ -487,6 +487,7 @@ class JitFunction:
         self.target = target
         self.opt_level = check_opt_level(opt_level)
         self._cache: dict = {}
+        self._fast: dict = {}   # (shape, dtype) per argument -> Executable, for calls of plain arrays
         resolved = Target.get(target)
         self._target_key = resolved.key
         self._on_device = resolved.kind == "cuda" and not emulating()
@@ -518,10 +519,20 @@ class JitFunction:
         return exe, leaves
 
     def __call__(self, *args):
+        # the common call, plain numpy arrays seen before, skips the pytree walk: keyed by
+        # (shape, dtype) per argument, it finds the Executable the full path chose for them
+        key = tuple([(a.shape, a.dtype) for a in args if type(a) is np.ndarray])
+        plain = len(key) == len(args)
+        if plain:
+            exe = self._fast.get(key)
+            if exe is not None:
+                return exe.call_flat(args)
         leaves, tree = flatten(args)
         if any(isinstance(a, Tracer) for a in leaves):   # called inside another trace: inline it
             return self.fn(*args)
         exe, leaves = self._executable(leaves, tree)
+        if plain and len(leaves) == len(args):
+            self._fast[key] = exe
         return exe.call_flat([a for a in leaves if not _is_static(a)])
 
 

@@ -67,6 +67,25 @@ def test_jit_caches_per_signature():
     assert len(calls) == 4
 
 
+def test_jit_calls_of_plain_arrays_take_the_cached_executable():
+    calls = []
+
+    @mlc.jit
+    def f(x, y):
+        calls.append(1)
+        return x + y
+
+    a, b = f32(2, 3), f32(3)
+    for _ in range(3):
+        np.testing.assert_allclose(f(a, b), a + b)
+    assert len(calls) == 1 and len(f._fast) == 1
+    big = a.astype(">f4")   # the same shape and kind, another byte order: its own entry, converted
+    np.testing.assert_allclose(f(big, b), a + b)
+    np.testing.assert_allclose(f(a[:, ::-1], b), a[:, ::-1] + b)   # not contiguous: converted by the executable
+    with pytest.raises(TypeError, match="expects f32"):
+        f.lower(a, b).call_flat((a.astype(np.float64), b))
+
+
 def test_wrong_shape_or_dtype_at_call_time():
     exe = mlc.compile(lambda x, w: x @ w, f32(2, 3), f32(3, 4))
     with pytest.raises(TypeError, match=r"argument 'w' expects f32\[3,4\].*got float32 array of shape \(3, 5\)"):
