@@ -103,6 +103,7 @@ class ModuleBuilder:
         self._outlined = 0
         self._strings: dict[str, ir.GlobalVariable] = {}
         self._bounds_fail: ir.Function | None = None
+        self._by_text: dict[str, ir.Function] = {}   # a function's text but its name -> its code
         self.profile = None
         if profile_calls:
             self.profile = self._profile_globals(profile_calls)
@@ -197,6 +198,17 @@ class ModuleBuilder:
         return self._bounds_fail
 
     def add_func(self, func: Func) -> ir.Function:
+        """The function's code; a function whose loops equal an earlier one's but for its name
+        (ResNet-50's repeated blocks: 57 kernels, 30 distinct) shares that one's code, so
+        LLVM compiles it once."""
+        text = str(func)
+        key = text[text.index("("):]   # all but "func @name"
+        if self.bounds_check:   # a bounds error names its kernel: each keeps its own code
+            key = f"{func.name}{key}"
+        twin = self._by_text.get(key)
+        if twin is not None:
+            self.functions[func.name] = twin
+            return twin
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(func.params)), f"mlc_{func.name}")
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
@@ -206,7 +218,7 @@ class ModuleBuilder:
         em = FuncEmitter(self, fn, {b: a for b, a in zip(func.params, fn.args)}, {}, kernel=func.name)
         em.stmt(func.body)
         em.builder.ret_void()
-        self.functions[func.name] = fn
+        self.functions[func.name] = self._by_text[key] = fn
         return fn
 
     def add_entry(self, calls: list[EntryCall], name: str = "mlc_entry") -> ir.Function:

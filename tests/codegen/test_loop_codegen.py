@@ -120,3 +120,22 @@ def test_parallel_loop_without_libgomp_runs_serially_with_one_warning(monkeypatc
     exe = mlc.compile(lambda x: x * 2.0, big, target=four_cores)
     assert "GOMP_parallel" not in exe.ir("llvm") and "parallel" in exe.ir("loop")
     np.testing.assert_array_equal(exe(big), big * 2)
+
+
+def test_kernels_with_equal_loops_share_one_function():
+    import mlc
+    x = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
+    w1, w2 = (np.random.default_rng(s).standard_normal((16, 16)).astype(np.float32) for s in (1, 2))
+
+    def f(x):   # two matmul+relu kernels with the same shapes: the same loops under two names
+        return mlc.relu(mlc.relu(x @ w1) @ w2)
+    exe = mlc.compile(f, x)
+    names = [fn.name for fn in exe._compiled.funcs]
+    assert len(names) == 2 and len(set(names)) == 2
+    llvm_ir = exe.ir("llvm")
+    assert llvm_ir.count("define internal void @\"mlc_") == 1
+    np.testing.assert_allclose(exe(x), np.maximum(np.maximum(x @ w1, 0) @ w2, 0), rtol=1e-4, atol=1e-4)
+    c = exe._compiled
+    import dataclasses
+    checked = codegen.source(dataclasses.replace(c.program, bounds_check=True), c.target)
+    assert checked.count("define internal void @\"mlc_") == 2   # bounds errors name their own kernel
