@@ -41,7 +41,13 @@ SCOPES = ("global", "local", "shared")
 class Buffer:
     """``scope``: ``global`` (a function parameter, placed by the runtime), ``local``
     (a small per-thread array, e.g. a register accumulator) or ``shared`` (GPU: one array
-    per thread block, which its threads exchange data through between barriers)."""
+    per thread block, which its threads exchange data through between barriers).
+
+    On a GPU, a ``local`` allocated inside a block but outside its thread loops (a
+    register tile kept across the block's phases) is one copy per thread, and a
+    statement outside the thread loops runs once per block, as thread 0, unless it
+    writes such a register: the NVPTX code generator and the CPU emulation
+    (``passes/emulate.py``) share this convention."""
 
     def __init__(self, name: str, shape: Sequence[int], dtype: DType, scope: str = "global"):
         assert scope in SCOPES, scope
