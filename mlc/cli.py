@@ -356,12 +356,8 @@ def _compile_for_file(graph, target, pm, db=None, profile: bool = False):
     from .runtime.executable import Executable
     with codegen.LOCK:
         c = Compiled(graph, target, pm, db=db, profile=profile)
-        if pm.progress:
-            print(f"mlc: codegen: LLVM, {len(c.funcs)} kernels ...", file=sys.stderr, flush=True)
         # a cuda target's code is PTX (codegen.nvptx), whatever runs the compiled functions here
-        pm.timed("codegen", None, (lambda: c.ptx) if target.kind == "cuda" else c.object_code)
-        if pm.dump_dir is not None:
-            pm.record("codegen", "llvm", c.llvm_module)
+        c.generate(gpu=target.kind == "cuda")
     st = c.stats()
     # the report reads only these three, none of which needs the code loaded
     report = Executable.memory_report(SimpleNamespace(stats=st, workspace_bytes=c.plan.workspace_bytes,

@@ -171,23 +171,37 @@ class Compiled:
                             f"bounds_check={self.bounds_check}", str(self.fused), "\n\n".join(map(str, self.funcs)),
                             str(self.plan), f"profile={profile}")
 
-    def object_code(self) -> bytes:
-        key = self.cache_key(self.profile)
+    def object_code(self, profile: bool | None = None) -> bytes:
+        """The object code (cached on disk); ``profile``: of the profiling build or not
+        (default: the build this compilation was made for)."""
+        profile = self.profile if profile is None else profile
+        key = self.cache_key(profile)
         obj = cache.load(key)
         if obj is None:
+            source = self.llvm_module if profile == self.profile else \
+                codegen.source(dataclasses.replace(self.program, profile=profile), self.code_target)
             with codegen.LOCK:
-                obj = codegen.backend(self.code_target).compile(self.llvm_module, self.code_target)
+                obj = codegen.backend(self.code_target).compile(source, self.code_target)
             cache.store(key, obj)
         return obj
 
     def profiling_code(self):
         """This compilation's profiling build (every kernel call timed, per thread), loaded."""
-        key = self.cache_key(profile=True)
-        obj = cache.load(key)
-        if obj is None:
-            obj = codegen.build(dataclasses.replace(self.program, profile=True), self.code_target)
-            cache.store(key, obj)
-        return codegen.load(obj, self.code_target)
+        return codegen.load(self.object_code(profile=True), self.code_target)
+
+    def generate(self, gpu: bool = False):
+        """Code generation as a stage of the pipeline: timed, shown under -v (mlc compile
+        -v), its LLVM dumped under --dump-ir. The object code, or with ``gpu`` the GPU
+        module (PTX and its launches)."""
+        pm = self.pm
+        if pm.progress:
+            print(f"mlc: codegen: {'PTX' if gpu else 'LLVM'}, {len(self.funcs)} kernels ...", file=sys.stderr,
+                  flush=True)
+        out = pm.timed("codegen", None, (lambda: self.gpu_module) if gpu else self.object_code)
+        _stage_done(pm, "codegen")
+        if pm.dump_dir is not None:
+            pm.record("codegen", "llvm", self.llvm_module)
+        return out
 
     def kernel_calls(self) -> list[KernelInfo]:
         """What the profiler reports of each call of the entry, in order: the kernel, the
@@ -232,10 +246,6 @@ class Compiled:
         if level == "ptx":
             return self.ptx
         raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt, asm or ptx")
-
-
-def _stage_start(what: str) -> None:
-    print(f"mlc: {what} ...", file=sys.stderr, flush=True)
 
 
 def _stage_done(pm: PassManager, what: str) -> None:
@@ -342,21 +352,20 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
     pm = pm or PassManager(opt_level)
     with codegen.LOCK, _open_db(db) as database:   # LLVM's global context is not safe for concurrent compiles
         c = Compiled(graph, target, pm, aliases, database)
-        if pm.progress:
-            _stage_start(f"codegen: LLVM, {len(c.funcs)} kernels")
-        obj = pm.timed("codegen", None, c.object_code)
-        _stage_done(pm, "codegen")
-        if pm.dump_dir is not None:
-            pm.record("codegen", "llvm", c.llvm_module)
-        code = codegen.load(obj, c.code_target)
+        code = codegen.load(c.generate(), c.code_target)
     log.info("compiled @%s for %s: %d kernels in %.2f s (%s)", graph.name, target.name, len(c.funcs),
              sum(t for _, t in pm.timings), ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in pm.timings))
-    returned = len(graph.outputs) - len(aliases or {})   # outputs written in place are not returned
+    return _executable(Executable, c, code, single_output, traced)
+
+
+def _executable(cls, c: Compiled, code, single_output: bool | None, traced: Traced | None) -> Executable:
+    """The Executable (``cls``) of a compilation over its loaded ``code``."""
+    graph, aliases = c.source, c.aliases or None
+    returned = len(graph.outputs) - len(c.aliases)   # outputs written in place are not returned
     single = returned == 1 if single_output is None else single_output
-    return Executable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
-                      [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
-                      single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases,
-                      compiled=c)
+    return cls(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
+               [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
+               single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases, compiled=c)
 
 
 def _compile_for_device(graph: Graph, target: Target, single_output, opt_level, pm, traced, aliases, db):
@@ -371,14 +380,8 @@ def _compile_for_device(graph: Graph, target: Target, single_output, opt_level, 
     pm = pm or PassManager(opt_level)
     with codegen.LOCK, _open_db(db) as database:
         c = Compiled(graph, target, pm, aliases, database)
-        gpu = pm.timed("codegen", None, lambda: c.gpu_module)
-    code = CudaCode(gpu, c.lowered.param_data)
-    returned = len(graph.outputs) - len(aliases or {})
-    single = returned == 1 if single_output is None else single_output
-    return CudaExecutable(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
-                          [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
-                          single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases,
-                          compiled=c)
+        gpu = c.generate(gpu=True)
+    return _executable(CudaExecutable, c, CudaCode(gpu, c.lowered.param_data), single_output, traced)
 
 
 def emulating() -> bool:
