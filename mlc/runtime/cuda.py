@@ -70,6 +70,7 @@ class CudaCode:
         self.launches = [launch for launch in gpu_module.launches if all(launch.grid)]   # a 0 in a grid: empty
         self.params = [cp.asarray(np.ascontiguousarray(p)) for p in params]
         self.arena = cp.zeros(max(1, gpu_module.workspace_bytes), cp.uint8)
+        self._views: dict = {}   # workspace offset -> a view of the arena there
         self._graph = None
         self._static = None
         self.use_graph = os.environ.get("MLC_CUDA_GRAPH", "1").strip() not in ("0", "off", "no")
@@ -84,8 +85,11 @@ class CudaCode:
             return outputs[slot.index]
         if space == "param":
             return self.params[slot.index]
-        # a view into the arena at the plan's offset: the kernel takes its data pointer
-        return cp.ndarray((1,), cp.uint8, memptr=self.arena.data + slot.index)
+        # a view into the arena at the plan's offset (the kernel takes its data pointer), made once
+        view = self._views.get(slot.index)
+        if view is None:
+            view = self._views[slot.index] = cp.ndarray((1,), cp.uint8, memptr=self.arena.data + slot.index)
+        return view
 
     def launch_all(self, inputs, outputs, each=None) -> None:
         """Every launch of the table on the current stream; ``each(n, run)`` wraps launch n."""
