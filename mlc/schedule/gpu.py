@@ -20,13 +20,17 @@ block's size per axis is its widest thread loop, narrower ones are guarded).
   the output axes fused into one, split by ``THREADS``, the outer part bound to
   ``blockIdx.x`` and the inner to ``threadIdx.x`` (the tail block guarded); a
   reduction's loops run serially in its thread, accumulating in a register.
+
+The constants below are the defaults of the rules' knobs (``KNOBS``), which
+``gpu_schedule(kernel, target, knobs)`` overrides: the GPU tuner's search space
+(``mlc.tune.gpu_space``) is their legal combinations.
 """
 from __future__ import annotations
 
 from ..ir import expr as E
 from ..ir.expr import Load, affine, linear_coefficient
 from ..ir.tensor import Compute, Kernel
-from .primitives import Schedule
+from .primitives import Schedule, ScheduleError
 
 THREADS = 256     # threads per block of the one-thread-per-element rule
 TILE = 64         # a contraction's block tile (rows and columns)
@@ -34,6 +38,52 @@ REG = 4           # each thread's register tile (rows and columns): 16 x 16 thre
 K_TILE = 16       # the reduction slice staged through shared memory per step
 ROW_THREADS = 256  # the most threads a row reduction's block uses
 MAX_GRID_YZ = 65535   # blocks a grid may have along y and z (x: 2**31 - 1)
+MAX_BLOCK = 1024      # threads per block on every CUDA architecture
+
+# the knobs the tuner varies (mlc.tune.gpu_space), at the values the rules use untuned:
+# per-element threads, a contraction's block tile per axis, its register tile and
+# reduction slice, and the most threads of a row reduction's block
+KNOBS = {"threads": THREADS, "tile_m": TILE, "tile_n": TILE, "reg": REG, "k_tile": K_TILE,
+         "row_threads": ROW_THREADS}
+
+
+class _Knobs(dict):
+    """The knob values, remembering which ones the rules read (``Schedule.knobs_read``):
+    the tuner varies only those, so a kernel's space has no knob that changes nothing."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+
+def check_knobs(knobs: dict) -> dict:
+    """The knobs over the defaults; ScheduleError naming the first value no launch can
+    use (an unknown name, a block over 1024 threads, a register tile that does not
+    divide the block tile)."""
+    unknown = sorted(set(knobs) - set(KNOBS))
+    if unknown:
+        raise ScheduleError(f"unknown GPU schedule knob(s) {', '.join(unknown)}: the GPU rules take "
+                            f"{', '.join(KNOBS)}")
+    k = {**KNOBS, **knobs}
+    for name, v in k.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ScheduleError(f"GPU knob {name} must be a positive integer, got {v!r}")
+    if k["threads"] > MAX_BLOCK:
+        raise ScheduleError(f"GPU knob threads={k['threads']}: a block has at most {MAX_BLOCK} threads")
+    rt = k["row_threads"]
+    if rt < 32 or rt > MAX_BLOCK or rt & (rt - 1):
+        raise ScheduleError(f"GPU knob row_threads must be a power of two in [32, {MAX_BLOCK}], got {rt}")
+    if k["tile_m"] % k["reg"] or k["tile_n"] % k["reg"]:
+        raise ScheduleError(f"GPU knob reg={k['reg']} must divide the block tile {k['tile_m']}x{k['tile_n']}")
+    block = (k["tile_m"] // k["reg"]) * (k["tile_n"] // k["reg"])
+    if block > MAX_BLOCK:
+        raise ScheduleError(f"GPU knobs tile {k['tile_m']}x{k['tile_n']} with reg={k['reg']} make {block} threads "
+                            f"per block: at most {MAX_BLOCK}")
+    return k
 
 
 def _name(s: Schedule, base: str) -> str:
@@ -44,21 +94,23 @@ def _name(s: Schedule, base: str) -> str:
 
 
 def gpu_schedule(kernel: Kernel, target, knobs: dict | None = None) -> Schedule:
-    """The GPU rules applied to a fresh Schedule; ``.trace`` is the JSON list of calls."""
-    k = {"threads": THREADS}
-    k.update(knobs or {})
+    """The GPU rules applied to a fresh Schedule; ``.trace`` is the JSON list of calls.
+    ``knobs`` (``KNOBS``: the tuner's) override the rules' constants; ``.knobs_read``
+    names the knobs the rules used for this kernel."""
+    k = _Knobs(check_knobs(knobs or {}))
     from .default import epilogues   # (default.py imports this module)
     s = Schedule(kernel, target)
     epi = epilogues(kernel)
     for c in kernel.stages:
         if s.stages[c.name].status != "root":
             continue
-        if _tiled_contraction(c):
-            matmul_tiles(s, c, epi.get(c))
+        if _tiled_contraction(c, k):
+            matmul_tiles(s, c, epi.get(c), k["tile_m"], k["tile_n"], k["reg"], k["k_tile"])
         elif _row_reduction(c):
-            s.block_reduce(c.name, _row_threads(c))
+            s.block_reduce(c.name, _row_threads(c, k["row_threads"]))
         else:
             per_element(s, c, k["threads"])
+    s.knobs_read = set(k.read)
     return s
 
 
@@ -100,14 +152,14 @@ def _loads(c: Compute) -> list:
     return [x for x in E.walk(c.body.body if c.is_reduction else c.body) if isinstance(x, Load)]
 
 
-def _tiled_contraction(c: Compute) -> bool:
+def _tiled_contraction(c: Compute, knobs=KNOBS) -> bool:
     """A sum over one axis whose operands each miss one of the two last output axes
     (so a block tile reuses them), every index affine, both tiled axes wide enough."""
     if not c.is_reduction or c.body.combiner != "sum" or len(c.shape) < 2 or len(c.body.axes) != 1:
         return False
     if c.shape[-2] < 16 or c.shape[-1] < 16 or c.body.extents[0] < 8:
         return False
-    if _size(c.shape[:-2]) > MAX_GRID_YZ or -(-c.shape[-2] // TILE) > MAX_GRID_YZ:
+    if _size(c.shape[:-2]) > MAX_GRID_YZ or -(-c.shape[-2] // knobs["tile_m"]) > MAX_GRID_YZ:
         return False
     i, j = c.axes[-2], c.axes[-1]
     loads = _loads(c)
@@ -140,26 +192,29 @@ def _row_reduction(c: Compute) -> bool:
     return 1 in strides and None not in strides
 
 
-def _row_threads(c: Compute) -> int:
+def _row_threads(c: Compute, most: int = ROW_THREADS) -> int:
+    """The smallest power of two from 32 that covers the row, up to ``most``."""
     k = _size(c.body.extents)
     t = 32
-    while t < min(k, ROW_THREADS):
+    while t < min(k, most):
         t *= 2
     return t
 
 
-def matmul_tiles(s: Schedule, c: Compute, epilogue: Compute | None = None) -> None:
-    """Block tile through shared memory, register tile per thread (see the module doc);
+def matmul_tiles(s: Schedule, c: Compute, epilogue: Compute | None = None, tile_m: int = TILE, tile_n: int = TILE,
+                 reg: int = REG, k_tile: int = K_TILE) -> None:
+    """Block tile (``tile_m`` x ``tile_n``) through shared memory, ``reg`` x ``reg``
+    register tile per thread, ``k_tile`` reduction slice per step (see the module doc);
     ``epilogue`` (an elementwise consumer) computed as the registers are stored."""
     st = s.stages[c.name]
     rank = len(c.shape)
     names = st.loop_names
     batch, i, j, k = names[:rank - 2], names[rank - 2], names[rank - 1], names[rank]
-    bi, i1 = s.split(i, TILE, [_name(s, f"{i}_b"), _name(s, f"{i}_1")])
-    ty, ri = s.split(i1, REG, [_name(s, f"{i}_t"), _name(s, f"{i}_r")])
-    bj, j1 = s.split(j, TILE, [_name(s, f"{j}_b"), _name(s, f"{j}_1")])
-    tx, rj = s.split(j1, REG, [_name(s, f"{j}_t"), _name(s, f"{j}_r")])
-    ko, ki = s.split(k, K_TILE, [_name(s, f"{k}_o"), _name(s, f"{k}_i")])
+    bi, i1 = s.split(i, tile_m, [_name(s, f"{i}_b"), _name(s, f"{i}_1")])
+    ty, ri = s.split(i1, reg, [_name(s, f"{i}_t"), _name(s, f"{i}_r")])
+    bj, j1 = s.split(j, tile_n, [_name(s, f"{j}_b"), _name(s, f"{j}_1")])
+    tx, rj = s.split(j1, reg, [_name(s, f"{j}_t"), _name(s, f"{j}_r")])
+    ko, ki = s.split(k, k_tile, [_name(s, f"{k}_o"), _name(s, f"{k}_i")])
     bz = batch[0] if batch else None
     for n in batch[1:]:
         bz = s.fuse(bz, n, _name(s, f"{bz}_{n}"))
