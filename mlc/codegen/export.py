@@ -26,11 +26,12 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+from ..target import Target
 from ..version import __version__
 from ..runtime import params as container
 from ..runtime.library import ABI_VERSION, DTYPE_CODES, MAGIC, trailer
 from ..runtime.elf import ElfHeader, elf_header
-from .cross import find_c_compiler, write_object
+from .cross import ToolchainNotFound, find_c_compiler, write_object
 
 C_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime", "c")
 API_FUNCTIONS = ("mlc_abi_version", "mlc_version", "mlc_metadata", "mlc_status_name", "mlc_last_error",
@@ -64,7 +65,32 @@ def export_library(compiled, path, *, params: str = "embedded", signature=None,
     with ``params="external"``, ``path``'s .params. ``signature``: the pytree structure
     ``mlc.load`` restores (``runtime.executable.Signature``), None for flat arrays.
     ``prefix`` names the API functions (``<prefix>_model_create``, ...), so several
-    models can be linked into one program."""
+    models can be linked into one program. A cuda target's compilation becomes a cuda
+    model library (``export_gpu_library``)."""
+    if compiled.target.kind == "cuda":
+        return export_gpu_library(compiled, path, compiled.gpu_module, params=params, signature=signature,
+                                  single_output=single_output, prefix=prefix)
+    return _export(compiled, path, None, params, signature, single_output, prefix)
+
+
+def export_gpu_library(compiled, path, gpu_module, *, params: str = "embedded", signature=None,
+                       single_output: bool | None = None, prefix: str = "mlc") -> Exported:
+    """Export a cuda target's compilation as a model library with the same C API: the
+    library is host code (built by this machine's C compiler, no CUDA toolkit needed)
+    that opens the NVIDIA driver when a handle is created (``runtime/c/runtime_cuda.c``),
+    loads ``gpu_module`` (a ``codegen.nvptx.GpuModule``: its PTX, and a cubin for the
+    target's architecture when ptxas is installed), holds the weights and the workspace
+    in device memory, and runs the launch table on the caller's device pointers."""
+    if compiled.target.kind != "cuda":
+        raise ExportError(f"a cuda model library is built for a cuda target; {compiled.target.name} is a "
+                          f"{compiled.target.kind} target (export_library)")
+    if compiled.profile:
+        raise ExportError("--profile builds a CPU library that times its kernels; a cuda library's kernels are "
+                          "timed with CUDA events (mlc run MODEL --target cuda --profile)")
+    return _export(compiled, path, gpu_module, params, signature, single_output, prefix)
+
+
+def _export(compiled, path, gpu_module, params, signature, single_output, prefix) -> Exported:
     path = os.fspath(path)
     if params not in ("embedded", "external"):
         raise ValueError(f"params must be 'embedded' or 'external', got {params!r}")
@@ -79,7 +105,8 @@ def export_library(compiled, path, *, params: str = "embedded", signature=None,
         raise ExportError("a model with collectives (allreduce, send, ...) runs under mlc's runtime with its "
                           "communicator (mpirun python ...); a model library is single-process")
     target = compiled.target
-    cc = find_c_compiler(target)
+    # a cuda library's C code runs on this machine's CPU and drives the GPU through libcuda
+    cc = find_c_compiler(target if gpu_module is None else Target.get("host"))
     stem = path[:-3]
     header_path, params_path = stem + ".h", (stem + ".params" if params == "external" else None)
     for p in (path, header_path, params_path):
@@ -101,8 +128,20 @@ def export_library(compiled, path, *, params: str = "embedded", signature=None,
             "stats": stats}
     if compiled.profile:   # what the profiler reports of each kernel call (runtime/profile.py)
         meta["profile"] = [dataclasses.asdict(k) for k in compiled.kernel_calls()]
+    cubin = None
+    if gpu_module is not None:
+        cubin = _cubin(gpu_module, target.arch)
+        meta["host"] = {"triple": Target.get("host").triple}   # where the library's own code runs
+        meta["device"] = _device_json(gpu_module, target.arch, cubin)
     with tempfile.TemporaryDirectory(prefix="mlc-export-") as build:
-        write_object(compiled, os.path.join(build, "model.o"))
+        if gpu_module is None:
+            write_object(compiled, os.path.join(build, "model.o"))
+        else:
+            with open(os.path.join(build, "module.ptx"), "w") as f:
+                f.write(gpu_module.ptx)
+            if cubin is not None:
+                with open(os.path.join(build, "module.cubin"), "wb") as f:
+                    f.write(cubin)
         blob = None
         if params == "embedded":
             blob = container.encode(tensors, {"model": source.name, "mlc_version": __version__})
@@ -110,11 +149,13 @@ def export_library(compiled, path, *, params: str = "embedded", signature=None,
                 f.write(blob)
         with open(os.path.join(build, "tables.c"), "w") as f:
             f.write(_tables_c(inputs, outputs, tensors, blob, meta, compiled.plan.workspace_bytes))
+            if gpu_module is not None:
+                f.write(_cuda_tables_c(gpu_module, target.arch, len(cubin) if cubin else 0))
         with open(os.path.join(build, "exports.map"), "w") as f:
             f.write("{\n  global:\n" + "".join(f"    {api_name(n, prefix)};\n" for n in API_FUNCTIONS)
                     + "  local: *;\n};\n")
         linked = os.path.join(build, "model.so")
-        _build(cc, build, linked, os.path.basename(path), prefix)
+        _build(cc, build, linked, os.path.basename(path), prefix, gpu=gpu_module is not None)
         if params_path:
             container.write_tensors(params_path, tensors, {"model": source.name, "mlc_version": __version__})
         container.write_atomic(path, _with_trailer(linked, meta))
@@ -223,6 +264,76 @@ def _tables_c(inputs, outputs, tensors, blob, meta, workspace_bytes) -> str:
     return "\n".join(lines)
 
 
+SLOT_SPACES = {"input": 0, "output": 1, "param": 2, "workspace": 3}   # MLC_SLOT_* of mlc_internal.h
+
+
+def _cubin(gpu_module, arch: str) -> bytes | None:
+    """The module assembled for ``arch`` by ptxas, or None without ptxas (the library
+    then carries the PTX alone, compiled by the driver when loaded)."""
+    from .nvptx import assemble
+    try:
+        return assemble(gpu_module.ptx, arch)
+    except ToolchainNotFound:
+        return None
+    except RuntimeError as e:
+        raise ExportError(f"the model's PTX does not assemble for {arch}: {e}") from None
+
+
+def _launch_json(launch) -> dict:
+    return {"kernel": launch.kernel, "grid": list(launch.grid), "block": list(launch.block),
+            "dynamic_shared_bytes": launch.dynamic_shared_bytes, "args": [[a.space, a.index] for a in launch.args]}
+
+
+def _device_json(gpu_module, arch: str, cubin: bytes | None) -> dict:
+    """What a cuda library's metadata says of its device code."""
+    return {"api": "cuda", "arch": arch, "pointers": "device", "code": ["cubin", "ptx"] if cubin else ["ptx"],
+            "ptx_bytes": len(gpu_module.ptx.encode()), "cubin_bytes": len(cubin) if cubin else 0,
+            "kernels": _kernel_names(gpu_module), "launches": [_launch_json(x) for x in gpu_module.launches]}
+
+
+def _kernel_names(gpu_module) -> list[str]:
+    return list(dict.fromkeys(x.kernel for x in gpu_module.launches))
+
+
+def _cuda_tables_c(gpu_module, arch: str, cubin_size: int) -> str:
+    """The module and its launch table (mlc_cuda_tables of mlc_internal.h); the module's
+    files (module.ptx, module.cubin when ``cubin_size``) are in the build folder."""
+    names = _kernel_names(gpu_module)
+    index = {k: i for i, k in enumerate(names)}
+    shared = {k: 0 for k in names}
+    slots, rows = [], []
+    for x in gpu_module.launches:
+        shared[x.kernel] = max(shared[x.kernel], x.dynamic_shared_bytes)
+        if any(a.space not in SLOT_SPACES for a in x.args):
+            raise ExportError(f"launch of {x.kernel}: an argument in an unknown place {x.args}")
+        rows.append(f"    {{{index[x.kernel]}u, {{{', '.join(f'{d}u' for d in x.grid)}}}, "
+                    f"{{{', '.join(f'{d}u' for d in x.block)}}}, {x.dynamic_shared_bytes}u, {len(x.args)}u, "
+                    f"cuda_slots + {len(slots)}}},")
+        slots += [f"{{{SLOT_SPACES[a.space]}u, {a.index}u}}" for a in x.args]
+    # the PTX NUL-terminated (cuModuleLoadData reads it as a C string), both 64-byte aligned
+    asm = ['".pushsection .rodata\\n"',
+           '".balign 64\\n.globl mlc__ptx\\n.hidden mlc__ptx\\nmlc__ptx:\\n.incbin \\"module.ptx\\"\\n.byte 0\\n"']
+    if cubin_size:
+        asm.append('".balign 64\\n.globl mlc__cubin\\n.hidden mlc__cubin\\nmlc__cubin:\\n.incbin \\"module.cubin\\"\\n"')
+    asm.append('".popsection\\n"')
+    lines = ["/* The device code and its launch table (runtime_cuda.c). */",
+             "__asm__(" + "\n        ".join(asm) + ");",
+             'extern const char mlc__ptx[] __attribute__((visibility("hidden")));',
+             'extern const unsigned char mlc__cubin[] __attribute__((visibility("hidden")));' if cubin_size else "",
+             f"static const char *const cuda_kernels[] = {{{', '.join(_c_string(k) for k in names) or '0'}}};",
+             f"static const uint32_t cuda_shared[] = {{{', '.join(f'{shared[k]}u' for k in names) or '0'}}};",
+             f"static const mlc_cuda_slot cuda_slots[] = {{{', '.join(slots) or '{0}'}}};",
+             "static const mlc_cuda_launch cuda_launches[] = {", *(rows or ["    {0},"]), "};",
+             "const mlc_cuda_tables mlc__cuda_tables = {",
+             f"    {_c_string(arch)},",
+             f"    {'mlc__cubin' if cubin_size else 'NULL'}, {cubin_size}u,",
+             "    mlc__ptx,",
+             f"    {len(names)}u, cuda_kernels, cuda_shared,",
+             f"    {len(gpu_module.launches)}u, cuda_launches,",
+             "};", ""]
+    return "\n".join(lines)
+
+
 def _json(meta: dict) -> str:
     return json.dumps(meta, allow_nan=False, ensure_ascii=False)
 
@@ -233,14 +344,19 @@ def api_name(function: str, prefix: str) -> str:
     return prefix + function[len("mlc"):]
 
 
-def _build(cc: list[str], build: str, out: str, soname: str, prefix: str) -> None:
-    with open(os.path.join(build, "model.o"), "rb") as f:
-        parallel = b"GOMP_parallel" in f.read()   # declared only when the code has parallel loops
+def _build(cc: list[str], build: str, out: str, soname: str, prefix: str, gpu: bool = False) -> None:
+    if gpu:   # the runtime that drives the GPU; the module is embedded by tables.c
+        sources, libs = [os.path.join(C_DIR, "runtime_cuda.c"), "tables.c"], []
+    else:
+        with open(os.path.join(build, "model.o"), "rb") as f:
+            parallel = b"GOMP_parallel" in f.read()   # declared only when the code has parallel loops
+        sources, libs = [os.path.join(C_DIR, "runtime.c"), "tables.c", "model.o"], \
+            ["-lm", *(["-lgomp"] if parallel else [])]
     renames = [f"-D{n}={api_name(n, prefix)}" for n in API_FUNCTIONS] if prefix != "mlc" else []
     args = [*cc, "-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", f"-I{C_DIR}", *renames, "-o", out,
-            os.path.join(C_DIR, "runtime.c"), "tables.c", "model.o", "-Wl,--version-script=exports.map",
-            f"-Wl,-soname,{soname}", "-Wl,-Bsymbolic", "-Wl,-z,noexecstack", "-Wl,--no-undefined", "-lm",
-            *(["-lgomp"] if parallel else []), "-lpthread", "-ldl"]
+            os.path.join(C_DIR, "runtime_common.c"), *sources, "-Wl,--version-script=exports.map",
+            f"-Wl,-soname,{soname}", "-Wl,-Bsymbolic", "-Wl,-z,noexecstack", "-Wl,--no-undefined", *libs,
+            "-lpthread", "-ldl"]
     r = subprocess.run(args, cwd=build, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise ExportError(f"building the model library failed ({' '.join(args)}):\n{r.stderr.strip()}")

@@ -15,6 +15,11 @@
  *   mlc_last_error() returns a message for the calling thread saying what was wrong.
  * - Buffers belong to the caller. Inputs are only read; outputs are written whole.
  *   Tensors are dense, row-major (C order), in the byte order of the target.
+ * - A library for a cuda target (mlc compile --target cuda-sm90 -o model.so) takes
+ *   CUDA DEVICE pointers for inputs and outputs, in the context that was current when
+ *   the handle was created (else device 0's primary context); its handle holds the
+ *   weights and the workspace in device memory, and a run launches the kernels on the
+ *   default stream and returns when they are done. Runs on one handle take turns.
  * - A model handle may be run from several threads at once: each run takes its own
  *   workspace from a pool in the handle. Create and destroy are not concurrent with runs.
  * - The library verifies itself (a SHA-256 over the whole file, appended by mlc) and its
@@ -43,7 +48,8 @@ typedef enum mlc_status {
     MLC_ERROR_IO = 6,               /* a file could not be opened or read */
     MLC_ERROR_CORRUPT = 7,          /* the library or its weights failed verification */
     MLC_ERROR_PARAMS_MISMATCH = 8,  /* a weights file written for a different model */
-    MLC_ERROR_OUT_OF_MEMORY = 9
+    MLC_ERROR_OUT_OF_MEMORY = 9,
+    MLC_ERROR_DEVICE = 10           /* the GPU driver failed or is missing (a cuda model library) */
 } mlc_status;
 
 typedef enum mlc_dtype {
