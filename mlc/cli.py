@@ -465,11 +465,24 @@ def cmd_sign(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    import warnings
     from .schedule.database import TuningDBError
     from .tune.progress import make_progress
     from .tune.report import write_report
-    from .tune.tuner import TuneError, trial_limit, tune
-    target = _target_of(args, "tune")
+    from .driver import emulating
+    from .schedule.database import record_key
+    from .tune.tuner import TuneError, check_device, emulation_warning, trial_limit, tune
+    emulated = False
+    try:
+        if (args.target or "").strip() == "cuda" and not args.runner and not emulating():
+            check_device("cuda")     # (the target 'cuda' is the device: it cannot be named without one)
+        target = _target_of(args, "tune")
+        if target.kind == "cuda" and not args.runner:
+            emulated = emulating()
+            if not emulated:
+                check_device(target)
+    except TuneError as e:
+        raise SystemExit(f"mlc tune: {e}")
     if args.trials is not None and args.trials < 0:
         raise SystemExit("mlc tune: --trials must be >= 0")
     if args.timeout <= 0:
@@ -484,7 +497,7 @@ def cmd_tune(args) -> int:
             runner = runner_from_spec(args.runner, timeout=args.timeout, flush=True)
         except (ValueError, ConnectionError, OSError) as e:
             raise SystemExit(f"mlc tune: --runner: {e}")
-    elif not target.is_host:
+    elif not target.is_host and target.kind != "cuda":   # (a cuda target: this machine's device, or emulated)
         raise SystemExit(f"mlc tune: target {target.name} is not this machine; measure on the device with "
                          "`mlc rpc-server` there and `--runner rpc://HOST:PORT` here")
     else:
@@ -494,10 +507,14 @@ def cmd_tune(args) -> int:
     budget = [f"{limit} trials"] if limit != float("inf") else []
     budget += [f"{args.time_budget:g} s"] if args.time_budget else []
     print(f"mlc tune {args.model} for {target}: up to {' or '.join(budget)}, records in {args.db}")
+    if emulated:
+        print(f"warning: {emulation_warning(target)}")
     progress = make_progress(limit, force_lines=args.no_live)
     try:
-        tuner = tune(graph, target, args.db, args.trials, args.time_budget, runner=runner, progress=progress,
-                     opt_level=args.opt_level)
+        with warnings.catch_warnings():   # (the emulation warning is printed above)
+            warnings.filterwarnings("ignore", message="MLC_CUDA_EMULATE=1: ", category=RuntimeWarning)
+            tuner = tune(graph, target, args.db, args.trials, args.time_budget, runner=runner, progress=progress,
+                         opt_level=args.opt_level)
     except TuningDBError as e:
         raise SystemExit(f"mlc tune: --db: {e}")
     except TuneError as e:
@@ -512,10 +529,11 @@ def cmd_tune(args) -> int:
           f"(default schedules) -> {tuner.estimated_latency * 1e3:.3f} ms (best measured)")
     if target.is_host and tuner.trials and not args.runner and tuner.stopped_by != "interrupted":
         _end_to_end_check(graph, args)
-    print(f"use the records: mlc compile {args.model} --db {args.db}" + (f" --target {args.target}" if args.target
-                                                                         else ""))
+    print(("use the records (emulated: under MLC_CUDA_EMULATE=1 only): MLC_CUDA_EMULATE=1 " if emulated else
+           "use the records: ") + f"mlc compile {args.model} --db {args.db}" +
+          (f" --target {args.target}" if args.target else ""))
     if args.report:
-        print(write_report(args.db, target.key, args.report))
+        print(write_report(args.db, record_key(target, emulated), args.report))
     return 130 if tuner.stopped_by == "interrupted" else 0
 
 

@@ -108,7 +108,8 @@ class Compiled:
         if kernel.kind == "collective":
             return collective_func(kernel)
         if db is not None:
-            trace = best_schedule(db, kernel, self.target)
+            # emulated GPU records (mlc tune under MLC_CUDA_EMULATE=1) only for an emulated compile
+            trace = best_schedule(db, kernel, self.target, emulated=self.target.kind == "cuda" and emulating())
             if trace is not None:
                 try:
                     func = schedule_kernel(kernel, self.target, trace)

@@ -281,7 +281,22 @@ class TuningDB:
         return f"<TuningDB {self.path!r}>"
 
 
-def best_schedule(db: TuningDB, kernel: Kernel, target: Target) -> list | None:
-    """The fastest stored schedule of a kernel on a target, or None."""
-    rec = db.best(workload_key(kernel, target), target.key)
+EMULATED = "|emulated"   # ends the target key of records timed in the CPU emulation of a cuda target
+
+
+def record_key(target: Target, emulated: bool = False) -> str:
+    """The target key records are stored under: ``target.key``, with ``EMULATED`` appended
+    when a cuda target's candidates were timed in the CPU emulation (``MLC_CUDA_EMULATE=1``):
+    those times do not rank GPU speed, so a compile for a device never reads them."""
+    return target.key + EMULATED if emulated else target.key
+
+
+def best_schedule(db: TuningDB, kernel: Kernel, target: Target, emulated: bool = False) -> list | None:
+    """The fastest stored schedule of a kernel on a target, or None. ``emulated`` (a cuda
+    target compiled under MLC_CUDA_EMULATE=1): records measured on a device first, else
+    the fastest of those timed in the emulation."""
+    wkey = workload_key(kernel, target)
+    rec = db.best(wkey, target.key)
+    if rec is None and emulated:
+        rec = db.best(wkey, record_key(target, True))
     return rec.schedule if rec is not None else None

@@ -58,6 +58,10 @@ class SearchSpace:
         pool = [c for c in self.configs if config_id(c) not in exclude]
         return rng.sample(pool, min(n, len(pool)))
 
+    def features(self, func: Func) -> np.ndarray:
+        """What the cost model reads of a candidate's loop nest (``features``)."""
+        return features(func, self.target)
+
 
 def config_id(config: dict) -> str:
     return json.dumps(config, sort_keys=True)

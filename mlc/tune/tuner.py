@@ -24,6 +24,7 @@ import math
 import random
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,9 +34,9 @@ from ..passes.loops import lower_loops
 from ..schedule.default import schedule_kernel
 from ..schedule.primitives import ScheduleError
 from ..target import Target
-from ..schedule.database import TuningDB, schedule_hash, workload_key
+from ..schedule.database import TuningDB, record_key, schedule_hash, workload_key
 from .measure import build_kernel
-from .space import SearchSpace, config_id, features
+from .space import SearchSpace, config_id
 
 BATCH = 8                 # candidates per round
 POOL = 32                 # untried candidates the cost model ranks per round
@@ -64,7 +65,7 @@ class Task:
     kernel: Kernel
     key: str
     weight: int
-    space: SearchSpace
+    space: SearchSpace    # (a GpuSearchSpace for a cuda target)
     inputs: list = field(default_factory=list)
     reference: list | None = None
     default_time: float | None = None
@@ -101,8 +102,45 @@ def extract_tasks(graph, target: Target, opt_level: int = 2) -> list[Task]:
         if key in tasks:
             tasks[key].weight += 1
         else:
-            tasks[key] = Task(call.kernel.name, call.kernel, key, 1, SearchSpace(call.kernel, target))
+            tasks[key] = Task(call.kernel.name, call.kernel, key, 1, search_space(call.kernel, target))
     return list(tasks.values())
+
+
+def search_space(kernel: Kernel, target: Target):
+    """The knob space of a kernel: the GPU rules' (``gpu_space``) for a cuda target."""
+    if target.kind == "cuda":
+        from .gpu_space import GpuSearchSpace
+        return GpuSearchSpace(kernel, target)
+    return SearchSpace(kernel, target)
+
+
+def check_device(target: Target | str) -> None:
+    """TuneError unless this machine has a CUDA device of ``target``'s architecture to
+    time candidates on; the message says what is missing and what to do instead.
+    (A name: the target "cuda", which is whatever device there is.)"""
+    from ..runtime.cuda import CudaUnavailable, cupy_module
+    name = target if isinstance(target, str) else target.name
+    instead = (f"MLC_CUDA_EMULATE=1 runs every {name} candidate in the CPU emulation instead and checks its "
+               "results (its times do not rank GPU speed), or measure on a GPU machine with `mlc rpc-server` there "
+               "and `--runner rpc://HOST:PORT`")
+    try:
+        cupy_module()
+    except CudaUnavailable as e:
+        raise TuneError(f"tuning for {name} times every candidate on a CUDA device, and none is usable here: "
+                        f"{str(e).split('; ')[0]}. {instead}") from None
+    if isinstance(target, str):
+        return
+    device = Target.get("cuda")
+    if device.arch != target.arch:
+        raise TuneError(f"tuning for {target.name} ({target.arch}) needs a device of that architecture; this one "
+                        f"is {device.arch}: tune for --target cuda (this device)")
+
+
+def emulation_warning(target: Target) -> str:
+    return (f"MLC_CUDA_EMULATE=1: the {target.name} candidates run in the CPU emulation, which checks each one's "
+            "results but whose times do not rank GPU speed; the records are stored as emulated "
+            f"(target key '{record_key(target, True)}'), which only compiles under MLC_CUDA_EMULATE=1 read: "
+            "tune on a device for GPU timings")
 
 
 def example_inputs(func, seed: int = 0) -> list[np.ndarray]:
@@ -182,9 +220,14 @@ class Tuner:
     ``mlc.tune.runner`` / ``mlc.tune.rpc``). ``progress(tuner, event)`` is called
     after every measurement and round (the CLI's live view)."""
 
-    def __init__(self, tasks: list[Task], target: Target, db: TuningDB, runner, seed: int = 0, progress=None):
+    def __init__(self, tasks: list[Task], target: Target, db: TuningDB, runner, seed: int = 0, progress=None,
+                 emulated: bool = False):
         self.tasks = tasks
         self.target = target
+        # a cuda target under MLC_CUDA_EMULATE=1: candidates built as their CPU emulation,
+        # records stored under the emulated key (never read as GPU measurements)
+        self.emulated = emulated
+        self.record_key = record_key(target, emulated)
         self.db = db
         self.runner = runner
         self.rng = random.Random(seed)
@@ -202,11 +245,11 @@ class Tuner:
         model (each one is a schedule to replay for its features: a few per task keep a
         resume quick on a large database)."""
         for t in self.tasks:
-            self.db.set_task(t.key, self.target.key, t.name, weight=t.weight)
-            known = self.db.task(t.key, self.target.key)
+            self.db.set_task(t.key, self.record_key, t.name, weight=t.weight)
+            known = self.db.task(t.key, self.record_key)
             t.default_time = known.default_median if known else None
             train = {}
-            for rec in self.db.records(t.key, self.target.key):
+            for rec in self.db.records(t.key, self.record_key):
                 h = schedule_hash(rec.schedule)
                 t.tried_schedules.add(h)
                 if rec.ok:
@@ -217,8 +260,8 @@ class Tuner:
                     func = lower_loops(schedule_kernel(t.kernel, self.target, rec.schedule))
                 except ScheduleError:
                     continue
-                self.model.add(features(func, self.target), rec.median / t.default_time)
-            best = self.db.best(t.key, self.target.key)
+                self.model.add(t.space.features(func), rec.median / t.default_time)
+            best = self.db.best(t.key, self.record_key)
             if best is not None:
                 t.best_time, t.best_schedule = best.median, best.schedule
 
@@ -239,7 +282,7 @@ class Tuner:
         schedule = self._schedule_of(t, config)
         built = t.built.pop(config_id(config), None)
         func = lower_loops(built.finalize() if built is not None else schedule_kernel(t.kernel, self.target, schedule))
-        return Candidate(config, schedule, func, features(func, self.target))
+        return Candidate(config, schedule, func, t.space.features(func))
 
     @property
     def estimated_latency(self) -> float:
@@ -259,9 +302,9 @@ class Tuner:
         t.tried.add(config_id(cand.config))
         t.tried_schedules.add(schedule_hash(cand.schedule))
         try:
-            build = build_kernel(cand.func, self.target)
+            build = build_kernel(cand.func, self.target, emulate=self.emulated)
         except Exception as e:     # noqa: BLE001 -- a candidate that fails to compile costs one trial
-            self.db.add(t.key, self.target.key, cand.schedule, None, f"compile failed: {e}", str(t.kernel))
+            self.db.add(t.key, self.record_key, cand.schedule, None, f"compile failed: {e}", str(t.kernel))
             self.progress(self, "measured")
             return f"compile failed: {e}"
         if not t.inputs:
@@ -271,7 +314,7 @@ class Tuner:
         if error is None and not is_default:
             error = outputs_match(res.outputs, t.reference)
         times = res.times if error is None else None
-        self.db.add(t.key, self.target.key, cand.schedule, times, error, str(t.kernel))
+        self.db.add(t.key, self.record_key, cand.schedule, times, error, str(t.kernel))
         if error is not None:
             self.progress(self, "measured")
             return error
@@ -279,7 +322,7 @@ class Tuner:
         if is_default:
             t.reference = res.outputs
             t.default_time, t.default_schedule = median, cand.schedule
-            self.db.set_task(t.key, self.target.key, t.name, weight=t.weight, default_median=median)
+            self.db.set_task(t.key, self.record_key, t.name, weight=t.weight, default_median=median)
         if t.default_time:
             self.model.add(cand.feats, median / t.default_time)
         if t.best_time is None or median < t.best_time:
@@ -305,18 +348,18 @@ class Tuner:
         """Time a schedule measured before once more (one trial; no output check: its
         outputs were checked the first time) and store it; the database ranks a schedule,
         the default included, by the median of its measurements."""
-        res = self.runner.measure(build_kernel(func, self.target), t.inputs or example_inputs(func),
-                                  want_outputs=False)
+        res = self.runner.measure(build_kernel(func, self.target, emulate=self.emulated),
+                                  t.inputs or example_inputs(func), want_outputs=False)
         self.trials += 1
         t.trials += 1
-        self.db.add(t.key, self.target.key, schedule, res.times if res.error is None else None, res.error,
+        self.db.add(t.key, self.record_key, schedule, res.times if res.error is None else None, res.error,
                     str(t.kernel))
-        medians = [r.median for r in self.db.records(t.key, self.target.key)
+        medians = [r.median for r in self.db.records(t.key, self.record_key)
                    if r.ok and r.schedule == t.default_schedule]
         if medians:
             t.default_time = statistics.median(medians)
-            self.db.set_task(t.key, self.target.key, t.name, weight=t.weight, default_median=t.default_time)
-        best = self.db.best(t.key, self.target.key)
+            self.db.set_task(t.key, self.record_key, t.name, weight=t.weight, default_median=t.default_time)
+        best = self.db.best(t.key, self.record_key)
         if best is not None:
             t.best_time, t.best_schedule = best.median, best.schedule
             t.history.append((self.trials, t.best_time))
@@ -402,7 +445,7 @@ class Tuner:
         measurements is biased low, and the database ranks a schedule by the median of
         its measurements."""
         for t in self.tasks:
-            recs = [r for r in self.db.records(t.key, self.target.key) if r.ok]
+            recs = [r for r in self.db.records(t.key, self.record_key) if r.ok]
             fastest: dict[str, object] = {}
             for r in sorted(recs, key=lambda r: r.median):
                 fastest.setdefault(schedule_hash(r.schedule), r)
@@ -419,14 +462,27 @@ def tune(graph, target="host", db="tuning.db", trials: int | None = None, time_b
     """Tune a model (a Graph) for ``target`` into the database at ``db``; resumes from
     whatever that database holds. Stops after ``trials`` measurements or ``time_budget``
     seconds, whichever comes first (``trial_limit``: a time budget alone is not capped
-    by a trial count). Returns the Tuner (tasks, best times, trials)."""
-    from .rpc import runner_from_spec
+    by a trial count). Returns the Tuner (tasks, best times, trials).
+
+    A cuda target is measured on this machine's CUDA device (TuneError at once when
+    there is none), on an ``mlc rpc-server``'s, or under ``MLC_CUDA_EMULATE=1`` in the
+    CPU emulation: every candidate checked as on a device, its times stored as
+    emulated (``record_key``) with a RuntimeWarning that they do not rank GPU speed."""
+    from ..driver import emulating
+    from .rpc import RPCRunner, runner_from_spec
     target = Target.get(target)
+    emulated = target.kind == "cuda" and emulating()
+    remote = isinstance(runner, RPCRunner) or (isinstance(runner, str) and runner.startswith("rpc://"))
+    if target.kind == "cuda" and not emulated and not remote:
+        check_device(target)
+    if emulated:
+        warnings.warn(emulation_warning(target), RuntimeWarning, stacklevel=2)
     own_runner = runner is None or isinstance(runner, str)
     runner = runner_from_spec(runner, flush=True) if own_runner else runner
     database = db if isinstance(db, TuningDB) else TuningDB(db)
     try:
-        tuner = Tuner(extract_tasks(graph, target, opt_level), target, database, runner, seed, progress)
+        tuner = Tuner(extract_tasks(graph, target, opt_level), target, database, runner, seed, progress,
+                      emulated=emulated)
         tuner.run(trial_limit(trials, time_budget), time_budget)
         return tuner
     finally:
