@@ -270,9 +270,12 @@ def cmd_compile(args) -> int:
         raise SystemExit(f"mlc compile: -o {args.output}: write an object file (.o) or a shared library (.so); "
                          "for a cuda target, PTX (.ptx) or a cubin (.cubin)")
     gpu_file = suffix in (".ptx", ".cubin")
-    if target.kind == "cuda" and not gpu_file:
+    if target.kind == "cuda" and not gpu_file and suffix != ".so":
         raise SystemExit(f"mlc compile: target {target.name} is a cuda target: write its code as PTX "
-                         "(-o MODEL.ptx) or a cubin (-o MODEL.cubin)")
+                         "(-o MODEL.ptx), a cubin (-o MODEL.cubin) or a cuda model library (-o MODEL.so)")
+    if target.kind == "cuda" and args.profile:
+        raise SystemExit("mlc compile: --profile builds a CPU library that times its kernels; a cuda target's "
+                         "kernels are timed with CUDA events (mlc run MODEL --target cuda --profile)")
     if gpu_file and target.kind != "cuda":
         raise SystemExit(f"mlc compile: -o {args.output}: PTX and cubins are code for cuda targets (--target "
                          f"cuda-sm90); {target.name} is a {target.kind} target")
@@ -292,8 +295,9 @@ def cmd_compile(args) -> int:
                          "MODEL.so (to profile here, use mlc run MODEL --profile)")
     if suffix == ".so":
         from .codegen.cross import ToolchainNotFound, find_c_compiler
-        try:
-            find_c_compiler(target)   # before compiling: a missing cross compiler should fail fast
+        from .target import Target
+        try:   # before compiling: a missing cross compiler should fail fast (a cuda library is host code)
+            find_c_compiler(Target.get("host") if target.kind == "cuda" else target)
         except ToolchainNotFound as e:
             raise SystemExit(f"mlc compile: -o {args.output}: {e}")
     graph = _load_graph(args.model, args.shape, "compile")
@@ -386,6 +390,9 @@ def _write_output(c, out: str, suffix: str, params: str, prefix: str) -> None:
         raise SystemExit(f"mlc compile: -o {out}: {e}")
     if c.target.is_host:
         print(f"run it from Python: mlc.load({out!r}); from C: see tutorials/c_api/")
+    elif c.target.kind == "cuda":
+        print(f"a cuda model library: its C API takes device pointers; from Python, mlc.load({out!r}) with CuPy on "
+              "a machine with an NVIDIA GPU")
 
 
 def _write_gpu_output(c, out: str, suffix: str) -> None:

@@ -210,6 +210,14 @@ def _check_schema(meta: dict, path: str) -> None:
         bad("the target has no triple")
     if not isinstance(meta.get("prefix", "mlc"), str) or not isinstance(meta.get("signature"), (dict, type(None))):
         bad("'prefix' or 'signature'")
+    device = meta.get("device")
+    if device is not None and not (isinstance(device, dict) and isinstance(device.get("arch"), str)
+                                   and isinstance(device.get("kernels"), list)
+                                   and isinstance(device.get("launches"), list)
+                                   and all(isinstance(x, dict) for x in device["launches"])
+                                   and isinstance(meta.get("host"), dict)
+                                   and isinstance(meta["host"].get("triple"), str)):
+        bad("'device' or 'host' (of a cuda model library)")
 
 
 def read_metadata(path, verify: bool = True) -> dict:
@@ -332,6 +340,23 @@ class _LibraryCode:
             raise RuntimeError(f"{self.path}: {self._last_error().decode('utf-8', 'replace')}")
 
 
+class _CudaLibraryCode(_LibraryCode):
+    """A cuda library's C API in the shape ``CudaExecutable`` calls: ``run`` passes the
+    CuPy arrays' device pointers (the handle holds the weights and workspace on the
+    device and synchronizes before returning)."""
+
+    def __init__(self, file: str, path: str, params: str | None, prefix: str = "mlc"):
+        from .cuda import cupy_module
+        self.cp = cupy_module()
+        self.cp.cuda.runtime.free(0)   # the device's context current on this thread: the handle uses it
+        super().__init__(file, path, params, prefix)
+
+    def run(self, inputs, outputs) -> None:
+        ins = (ctypes.c_void_p * max(1, len(inputs)))(*[x.data.ptr for x in inputs])
+        outs = (ctypes.c_void_p * max(1, len(outputs)))(*[x.data.ptr for x in outputs])
+        self.entry(ins, outs, None, None)
+
+
 def _check_runs_here(data, path: str, meta: dict) -> None:
     from .elf import elf_machine, machine_of_triple
     from ..target import Target
@@ -340,9 +365,17 @@ def _check_runs_here(data, path: str, meta: dict) -> None:
     except ValueError as e:
         raise LibraryError(f"{path}: {e}") from None
     host = Target.get("host").triple
+    built = meta["host"]["triple"] if "device" in meta else meta["target"]["triple"]   # a cuda library's CPU
     if machine != machine_of_triple(host):
-        raise LibraryError(f"{path} is built for {machine} ({meta['target']['triple']}), this machine is "
+        raise LibraryError(f"{path} is built for {machine} ({built}), this machine is "
                            f"{host}: copy it to such a device and load it there")
+    if "device" in meta:
+        from .cuda import CudaUnavailable, cupy_module
+        try:
+            cupy_module()
+        except CudaUnavailable as e:
+            raise LibraryError(f"{path} is a cuda model library ({meta['target'].get('name', '?')}): it runs on "
+                               f"CUDA device pointers, so mlc.load needs CuPy and a GPU here: {str(e).split(';')[0]}") from None
 
 
 def _weights_path(path: str, meta: dict, params) -> str | None:
@@ -381,7 +414,8 @@ def load(path, params=None, public_key=None) -> Executable:
         with (_signed_weights(weights, public_key) if public_key is not None and weights
               else contextlib.nullcontext(weights)) as weights_file:
             try:
-                code = _LibraryCode(copy.path, path, weights_file, meta.get("prefix", "mlc"))
+                code = (_CudaLibraryCode if "device" in meta else _LibraryCode)(copy.path, path, weights_file,
+                                                                               meta.get("prefix", "mlc"))
             except LibraryError as e:
                 if weights_file == weights:
                     raise
@@ -395,7 +429,11 @@ def load(path, params=None, public_key=None) -> Executable:
                                   TreeDef.from_json(sig["out_tree"]))
         except (KeyError, TypeError, ValueError):
             raise LibraryError(f"{path}: malformed metadata: 'signature'") from None
-    exe = Executable(meta["name"], [e["name"] for e in meta["inputs"]], _types(meta["inputs"]),
+    if "device" in meta:   # CuPy arrays (or device arrays of other libraries) in, CuPy arrays out
+        from .cuda import CudaExecutable as executable
+    else:
+        executable = Executable
+    exe = executable(meta["name"], [e["name"] for e in meta["inputs"]], _types(meta["inputs"]),
                      _types(meta["outputs"]), [], meta["workspace_bytes"], code, meta["single_output"],
                      ir_text=_no_ir(path), stats=dict(meta.get("stats", {})), signature=signature)
     exe.metadata = meta   # what the library says of itself (mlc_metadata())
@@ -457,10 +495,16 @@ def describe(path, public_key=None) -> str:
         signed = f"{os.path.basename(sig_file)} (not checked: give --public-key)"
     else:
         signed = "none (mlc sign signs a library)"
+    device = meta.get("device")
+    if device is None:
+        target = (f"target:      {t.get('name', '?')} ({t['triple']}, cpu {t.get('cpu', '?')}, {t.get('cores', '?')} "
+                  "cores)")
+    else:
+        target = (f"target:      {t.get('name', '?')} ({t['triple']}, {device['arch']}): a cuda model library, its "
+                  f"C API takes CUDA device pointers; its own code runs on {meta['host']['triple']} and needs the "
+                  "NVIDIA driver (libcuda.so.1)")
     lines = [f"{path}: mlc model library '{meta['name']}' ({elf}, {size} bytes, SHA-256 verified, metadata matches the code)",
-             f"inputs:\n{sig(meta['inputs'])}", f"outputs:\n{sig(meta['outputs'])}",
-             f"target:      {t.get('name', '?')} ({t['triple']}, cpu {t.get('cpu', '?')}, {t.get('cores', '?')} "
-             "cores)",
+             f"inputs:\n{sig(meta['inputs'])}", f"outputs:\n{sig(meta['outputs'])}", target,
              f"mlc version: {meta['mlc_version']} (C ABI {meta['abi_version']}), exported {meta.get('created', '?')}",
              f"weights:     {p.get('count', '?')} tensors, {_size(p.get('nbytes', 0))}, " + (
                  "embedded" if p["storage"] == "embedded" else f"external: {_external_status(path, p)}"),
@@ -470,7 +514,33 @@ def describe(path, public_key=None) -> str:
              f"C functions: {meta.get('prefix', 'mlc')}_model_create, {meta.get('prefix', 'mlc')}_model_run, ... "
              f"(header {os.path.splitext(os.path.basename(path))[0]}.h)",
              f"signature:   {signed}"]
+    if device is not None:
+        lines[-3] = f"workspace:   {_size(meta['workspace_bytes'])} in device memory (runs on one handle take turns)"
+        lines[-3:-3] = _device_lines(device)
     return "\n".join(lines)
+
+
+def _device_lines(device: dict, most: int = 40) -> list[str]:
+    """A cuda library's device code and launch table, for ``mlc inspect``."""
+    code = " + ".join(f"cubin for {device['arch']} ({device.get('cubin_bytes', '?')} bytes)" if c == "cubin" else
+                      f"PTX ({device.get('ptx_bytes', '?')} bytes, compiled by the driver where the cubin does not "
+                      "run)" for c in device.get("code", []))
+    launches = device["launches"]
+    out = [f"device code: {code}", f"launches:    {len(launches)} of {len(device['kernels'])} kernels, in order "
+           "on one stream:"]
+
+    def place(a) -> str:
+        space, index = a if isinstance(a, list) and len(a) == 2 else ("?", "?")
+        return f"workspace+{index}" if space == "workspace" else f"{space}{index}"
+
+    for n, x in enumerate(launches[:most]):
+        shared = x.get("dynamic_shared_bytes", 0)
+        out.append(f"  {n + 1:3d}. {x.get('kernel', '?')} grid {tuple(x.get('grid', ()))} block "
+                   f"{tuple(x.get('block', ()))}" + (f" dynamic shared {shared} bytes" if shared else "") +
+                   f": {', '.join(place(a) for a in x.get('args', []))}")
+    if len(launches) > most:
+        out.append(f"  ... {len(launches) - most} more")
+    return out
 
 
 def _external_status(path: str, p: dict) -> str:
