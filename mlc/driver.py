@@ -2,7 +2,7 @@
 
     trace -> Graph -> graph passes (per -O level) -> fuse -> lower (tensor)
           -> schedule (loop) -> memory plan -> codegen (LLVM module)
-          -> object code (cached on disk) -> Executable
+          -> object code (each kernel cached on disk) -> Executable
 
 ``passes.manager.PassManager`` runs the graph passes and times and dumps every stage.
 """
@@ -173,9 +173,16 @@ class Compiled:
                             str(self.plan), f"profile={profile}")
 
     def object_code(self, profile: bool | None = None) -> bytes:
-        """The object code (cached on disk); ``profile``: of the profiling build or not
-        (default: the build this compilation was made for)."""
+        """The object code, one relocatable object; ``profile``: of the profiling build or not
+        (default: the build this compilation was made for). For this machine each distinct
+        kernel is compiled apart, on several processes, and cached on disk by itself
+        (``codegen.build_split``); for another target, or without ``ld``, the whole program
+        is one LLVM module, cached whole."""
         profile = self.profile if profile is None else profile
+        program = self.program if profile == self.profile else dataclasses.replace(self.program, profile=profile)
+        obj = codegen.build_split(program, self.code_target)   # each kernel cached by itself, compiled in parallel
+        if obj is not None:
+            return obj
         key = self.cache_key(profile)
         obj = cache.load(key)
         if obj is None:

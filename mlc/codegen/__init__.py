@@ -2,6 +2,7 @@
 
     program = Program(name, funcs, calls, parallel)   # the schedule's functions, the plan's calls
     obj = codegen.build(program, target)                # a relocatable object for the target
+    obj = codegen.build_split(program, target)          # the same, kernels compiled apart and cached
     code = codegen.load(obj, target)                    # linked into this process (host targets)
 
 ``backend(target)`` picks the generator for the target's kind. A backend turns a
@@ -70,6 +71,11 @@ class Backend:
         """Object code for ``source``."""
         raise NotImplementedError
 
+    def build_split(self, program: Program, target: Target) -> bytes | None:
+        """Object code for ``program`` with each kernel compiled apart and cached on disk by
+        itself; None where the backend cannot (the caller compiles the whole program)."""
+        return None
+
     def text(self, source: str, target: Target, level: str) -> str:
         """A later level of ``source`` as text: ``llvm-opt`` or ``asm``."""
         raise NotImplementedError
@@ -107,6 +113,15 @@ def build(program: Program, target) -> bytes:
     with LOCK:
         b = backend(target)
         return b.compile(b.source(program, target), target)
+
+
+def build_split(program: Program, target) -> bytes | None:
+    """Object code for ``program``, each distinct kernel compiled apart (in worker
+    processes) and cached on disk by itself, so graphs sharing kernels compile them once;
+    None where the backend cannot split (see ``Backend.build_split``)."""
+    target = Target.get(target)
+    with LOCK:
+        return backend(target).build_split(program, target)
 
 
 def load(obj: bytes, target="host"):

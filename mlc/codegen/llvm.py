@@ -1,9 +1,14 @@
 """Loop IR -> LLVM IR (llvmlite) -> optimized machine code for the CPU.
 
-One LLVM module per compiled graph: every kernel function plus ``mlc_entry``,
-which runs the whole plan over one workspace::
+A compiled graph is every kernel function plus ``mlc_entry``, which runs the whole
+plan over one workspace::
 
     void mlc_entry(void **inputs, void **outputs, void **params, char *workspace)
+
+``source`` writes them as one LLVM module (the text shown by ``mlc compile --emit llvm``);
+``build_split`` (what a compile for this machine runs) gives each distinct kernel a module
+of its own, compiled in worker processes and cached on disk kernel by kernel, and links
+their objects with the entry's (``ld -r``).
 
 ``vector`` loops are emitted as LLVM vector code (contiguous accesses become
 vector loads/stores, others gather/scatter lane by lane); ``unroll`` loops are
@@ -19,11 +24,21 @@ one is recorded in the module's ``mlc_bounds_status``, which the runtime turns i
 """
 from __future__ import annotations
 
+import atexit
+import collections
 import ctypes.util
 import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 import warnings
 
+import llvmlite
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
@@ -31,8 +46,10 @@ from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_
 from ..ir.loop import GPU_KINDS, Alloc, Buffer, CallExtern, For, Func, If, Seq, Stmt, Store
 from ..ir.plan import EntryCall
 from ..ir.types import DType, float64
+from ..runtime import cache
 from ..runtime.executable import BOUNDS_STATUS, PROFILE_MAX_THREADS, PROFILE_SYMBOLS, LoadedCode
 from ..target import Target, init_llvm
+from ..version import __version__
 from . import Backend, Program
 from . import fastmath
 
@@ -94,8 +111,12 @@ class ModuleBuilder:
     up to ``PROFILE_MAX_THREADS`` threads); ``runtime.executable.LoadedCode`` reads both."""
 
     def __init__(self, name: str, triple: str, parallel: bool, bounds_check: bool = False,
-                 profile_calls: int = 0):
+                 profile_calls: int = 0, extern_globals: bool = False):
         self.module = ir.Module(name)
+        # a kernel module compiled apart (``kernel_source``) declares the module-level globals
+        # (profile records, bounds status) that its entry module defines once
+        self.extern_globals = extern_globals
+        self._status: ir.GlobalVariable | None = None
         self.module.triple = triple
         self.parallel = parallel
         self.bounds_check = bounds_check
@@ -110,11 +131,14 @@ class ModuleBuilder:
 
     def _profile_globals(self, calls: int):
         def array(name, n):
+            if self.extern_globals:   # its length is the entry's business: declared unsized
+                return ir.GlobalVariable(self.module, ir.ArrayType(I64, 0), name)
             g = ir.GlobalVariable(self.module, ir.ArrayType(I64, n), name)
             g.initializer = ir.Constant(ir.ArrayType(I64, n), None)
             return g
         current = ir.GlobalVariable(self.module, I64, PROFILE_SYMBOLS[2])
-        current.initializer = ir.Constant(I64, 0)
+        if not self.extern_globals:
+            current.initializer = ir.Constant(I64, 0)
         now = ir.Function(self.module, ir.FunctionType(I64, []), "mlc.now")
         now.linkage = "internal"
         b = ir.IRBuilder(now.append_basic_block("entry"))
@@ -176,8 +200,7 @@ class ModuleBuilder:
         """``void (i64 kind, ptr kernel, ptr buffer, i64 offset, i64 count, i64 size)``: record the
         first out-of-bounds access in ``mlc_bounds_status`` (threads race: compare and swap)."""
         if self._bounds_fail is None:
-            status = ir.GlobalVariable(self.module, ir.ArrayType(I64, 6), BOUNDS_STATUS)
-            status.initializer = ir.Constant(ir.ArrayType(I64, 6), None)
+            status = self.bounds_status()
             fn = ir.Function(self.module, ir.FunctionType(VOID, [I64, PTR, PTR, I64, I64, I64]), "mlc.bounds_fail")
             fn.linkage = "internal"
             fn.attributes.add("cold")
@@ -197,20 +220,29 @@ class ModuleBuilder:
             self._bounds_fail = fn
         return self._bounds_fail
 
-    def add_func(self, func: Func) -> ir.Function:
+    def bounds_status(self) -> ir.GlobalVariable:
+        """``mlc_bounds_status``, where the first failing access is recorded: defined here, or
+        declared in a kernel module compiled apart (its entry module defines it)."""
+        if self._status is None:
+            self._status = ir.GlobalVariable(self.module, ir.ArrayType(I64, 6), BOUNDS_STATUS)
+            if not self.extern_globals:
+                self._status.initializer = ir.Constant(ir.ArrayType(I64, 6), None)
+        return self._status
+
+    def add_func(self, func: Func, symbol: str | None = None) -> ir.Function:
         """The function's code; a function whose loops equal an earlier one's but for its name
         (ResNet-50's repeated blocks: 57 kernels, 30 distinct) shares that one's code, so
         LLVM compiles it once."""
-        text = str(func)
-        key = text[text.index("("):]   # all but "func @name"
-        if self.bounds_check:   # a bounds error names its kernel: each keeps its own code
-            key = f"{func.name}{key}"
+        key = kernel_text(func, self.bounds_check)
         twin = self._by_text.get(key)
         if twin is not None:
             self.functions[func.name] = twin
             return twin
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(func.params)), f"mlc_{func.name}")
-        fn.linkage = "internal"
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(func.params)), symbol or f"mlc_{func.name}")
+        if symbol is None:
+            fn.linkage = "internal"
+        else:   # called from the entry's module, linked with it; not exported from a library
+            fn.visibility = "hidden"
         fn.attributes.add("nounwind")
         for b, a in zip(func.params, fn.args):
             if b not in func.aliased:   # an in-place output shares memory with an input
@@ -221,7 +253,17 @@ class ModuleBuilder:
         self.functions[func.name] = self._by_text[key] = fn
         return fn
 
-    def add_entry(self, calls: list[EntryCall], name: str = "mlc_entry") -> ir.Function:
+    def add_entry(self, calls: list[EntryCall], name: str = "mlc_entry",
+                  symbols: dict[str, str] | None = None) -> ir.Function:
+        """The entry function; ``symbols``: kernel name -> the symbol of its code compiled in
+        another module (declared here), for kernels not added to this one."""
+        for call in calls:
+            if call.func.name not in self.functions and symbols is not None:
+                k = self.declare(symbols[call.func.name], VOID, [PTR] * len(call.func.params))
+                k.visibility = "hidden"
+                self.functions[call.func.name] = k
+        if self.bounds_check:   # defined here once, also when only other modules' kernels check
+            self.bounds_status()
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * 4), name)
         fn.attributes.add("nounwind")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -252,6 +294,15 @@ class ModuleBuilder:
             b.store(b.call(prof["now"], []), self._element(b, prof["calls"], ir.Constant(I64, 2 * n + 1)))
         b.ret_void()
         return fn
+
+
+def kernel_text(func: Func, bounds_check: bool) -> str:
+    """What makes a kernel's code: its loops but its name (``func @name``), so that kernels
+    equal but for their name share code; with ``bounds_check`` the name too, as a bounds
+    error names its kernel."""
+    text = str(func)
+    key = text[text.index("("):]
+    return f"{func.name}{key}" if bounds_check else key
 
 
 def _alloca(builder: ir.IRBuilder, typ: ir.Type, name: str):
@@ -754,6 +805,12 @@ def target_machine(triple: str, cpu: str, features: str):
         cpu=cpu, features=features, opt=3, reloc="pic", codemodel="default")
 
 
+def compile_source(module_text: str, triple: str, cpu: str, features: str) -> bytes:
+    """LLVM IR text -> optimized object code."""
+    tm = target_machine(triple, cpu, features)
+    return tm.emit_object(optimize(module_text, tm))
+
+
 def optimize(module_text: str, tm) -> "llvm.ModuleRef":
     mod = llvm.parse_assembly(module_text)
     mod.verify()
@@ -779,11 +836,13 @@ class LLVMBackend(Backend):
 
     def compile(self, source: str, target: Target) -> bytes:
         t0 = time.perf_counter()
-        tm = target_machine(target.triple, target.cpu, target.features)
-        obj = tm.emit_object(optimize(source, tm))
+        obj = compile_source(source, target.triple, target.cpu, target.features)
         log.info("LLVM compiled %d KiB of IR for %s into %d KiB of code in %.2f s", len(source) >> 10, target.name,
                  len(obj) >> 10, time.perf_counter() - t0)
         return obj
+
+    def build_split(self, program: Program, target: Target) -> bytes | None:
+        return build_split(program, target)
 
     def text(self, source: str, target: Target, level: str) -> str:
         tm = target_machine(target.triple, target.cpu, target.features)
@@ -808,3 +867,246 @@ class LLVMBackend(Backend):
 
 
 BACKEND = LLVMBackend()
+
+
+# ----------------------------------------------------------------------------- kernels compiled apart
+#
+# ``build_split``: one LLVM module per distinct kernel, each compiled (in worker processes
+# when several miss the cache) and cached on disk by itself, plus a small entry module;
+# ``ld -r`` links them into one relocatable object. A kernel shared by two graphs (the
+# same model at another opt level, a training graph's forward) is compiled once.
+
+KERNEL_COUNTS = {"hits": 0, "misses": 0}   # kernel objects served from the disk cache / compiled
+
+
+def kernel_source(func: Func, symbol: str, triple: str, parallel: bool, bounds_check: bool, profile: bool) -> str:
+    """One kernel as a module of its own: its code under ``symbol`` (hidden), the globals it
+    shares with the entry declared."""
+    mb = ModuleBuilder(symbol, triple, parallel, bounds_check, 1 if profile else 0, extern_globals=True)
+    mb.add_func(func, symbol)
+    return str(mb.module)
+
+
+def compile_kernel(job: tuple) -> bytes:
+    """A worker process's task: (func, symbol, triple, cpu, features, parallel, bounds_check,
+    profile) -> the kernel's object code."""
+    func, symbol, triple, cpu, features, parallel, bounds_check, profile = job
+    return compile_source(kernel_source(func, symbol, triple, parallel, bounds_check, profile), triple, cpu, features)
+
+
+def compile_jobs() -> int:
+    """Processes compiling kernels at once, this one included: ``$MLC_COMPILE_JOBS``, else
+    the machine's cores."""
+    raw = os.environ.get("MLC_COMPILE_JOBS", "").strip()
+    if not raw:
+        return os.cpu_count() or 1
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"MLC_COMPILE_JOBS must be a positive integer (processes compiling kernels), got {raw!r}")
+    return n
+
+
+# A worker runs mlc's modules without mlc/__init__ (the frontends, the driver, nn...), so it
+# starts in about half the time; it is a fresh interpreter, not a fork of this process (whose
+# OpenMP and other threads a fork could catch holding a lock), and unlike multiprocessing's
+# spawn it does not run the caller's __main__ script again.
+_WORKER_BOOT = """
+import sys, types
+pkg = types.ModuleType("mlc")
+pkg.__path__ = [sys.argv[1]]
+sys.modules["mlc"] = pkg
+from mlc.codegen.llvm import serve_worker
+serve_worker()
+"""
+
+
+def serve_worker() -> None:
+    """A worker process's loop: length-prefixed pickles on stdin, ``compile_kernel``'s jobs,
+    answered on stdout with (True, object code) or (False, the exception)."""
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr   # a stray print must not corrupt the replies
+    while True:
+        head = inp.read(8)
+        if len(head) < 8:
+            return   # the compiling process closed the pipe or exited
+        job = pickle.loads(inp.read(int.from_bytes(head, "little")))
+        try:
+            reply = (True, compile_kernel(job))
+        except Exception as e:
+            reply = (False, e)
+        try:
+            data = pickle.dumps(reply)
+        except Exception:
+            data = pickle.dumps((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
+        out.write(len(data).to_bytes(8, "little") + data)
+        out.flush()
+
+
+class WorkerDied(RuntimeError):
+    """A compile worker process exited without answering."""
+
+
+class _Worker:
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_BOOT, os.path.dirname(os.path.dirname(__file__))],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def run(self, job: tuple) -> bytes:
+        try:
+            data = pickle.dumps(job)
+            self.proc.stdin.write(len(data).to_bytes(8, "little") + data)
+            self.proc.stdin.flush()
+            head = self.proc.stdout.read(8)
+            reply = self.proc.stdout.read(int.from_bytes(head, "little")) if len(head) == 8 else b""
+        except OSError as e:
+            raise WorkerDied(f"the pipe to it broke: {e}") from None
+        if not reply:
+            raise WorkerDied(f"exit status {self.proc.wait()}")
+        ok, value = pickle.loads(reply)
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()   # the worker exits at the end of its input
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+_WORKERS: list[_Worker] = []
+_WORKERS_PID = 0   # the process that started them (a fork of it starts its own)
+
+
+def _workers(n: int) -> list[_Worker]:
+    """``n`` worker processes, started once and reused by every compile in this process."""
+    global _WORKERS, _WORKERS_PID
+    if _WORKERS_PID != os.getpid():
+        _WORKERS, _WORKERS_PID = [], os.getpid()
+    _WORKERS = [w for w in _WORKERS if w.proc.poll() is None]
+    while len(_WORKERS) < n:
+        _WORKERS.append(_Worker())
+    return _WORKERS[:n]
+
+
+@atexit.register
+def _close_workers() -> None:
+    if _WORKERS_PID == os.getpid():
+        for w in _WORKERS:
+            w.close()
+        _WORKERS.clear()
+
+
+def compile_kernels(jobs: list[tuple], sizes: list[int]) -> list[bytes]:
+    """Object code of each job (``compile_kernel``'s tuples), the largest (``sizes``) first,
+    on ``compile_jobs() - 1`` worker processes and on this thread, which takes the smallest
+    jobs left (all of them while the workers start). In this process alone for one job, one
+    core or MLC_COMPILE_JOBS=1; here too what a dying worker left."""
+    n = compile_jobs()
+    if n <= 1 or len(jobs) <= 1:
+        return [compile_kernel(j) for j in jobs]
+    order = collections.deque(sorted(range(len(jobs)), key=lambda i: -sizes[i]))
+    results: list = [None] * len(jobs)
+    errors: dict[int, BaseException] = {}
+    lock = threading.Lock()
+
+    def take(front: bool):
+        with lock:
+            return (order.popleft() if front else order.pop()) if order else None
+
+    def drive(w: _Worker) -> None:
+        while (i := take(True)) is not None:
+            try:
+                results[i] = w.run(jobs[i])
+            except WorkerDied as e:
+                warnings.warn(f"an mlc compile worker process died ({e}); its kernels are compiled by the others",
+                              RuntimeWarning)
+                with lock:
+                    order.appendleft(i)
+                return
+            except Exception as e:   # the kernel's own error, raised as if compiled here
+                errors[i] = e
+
+    threads = [threading.Thread(target=drive, args=(w,), daemon=True) for w in _workers(min(n - 1, len(jobs) - 1))]
+    for t in threads:
+        t.start()
+    while (i := take(False)) is not None:
+        try:
+            results[i] = compile_kernel(jobs[i])
+        except Exception as e:
+            errors[i] = e
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[min(errors)]
+    return [r if r is not None else compile_kernel(j) for r, j in zip(results, jobs)]
+
+
+def linker() -> str | None:
+    """The ``ld`` that joins kernel objects into one (None: not installed)."""
+    return shutil.which("ld")
+
+
+def link_objects(objs: list[bytes], ld: str) -> bytes:
+    """One relocatable object of several (``ld -r``)."""
+    with tempfile.TemporaryDirectory(prefix="mlc-link-") as d:
+        paths = []
+        for n, obj in enumerate(objs):
+            paths.append(os.path.join(d, f"{n}.o"))
+            with open(paths[-1], "wb") as f:
+                f.write(obj)
+        out = os.path.join(d, "out.o")
+        r = subprocess.run([ld, "-r", "-o", out, *paths], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{ld} -r could not link the kernel objects: {r.stderr.strip()}")
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def kernel_key(func: Func, program: Program, target: Target) -> str:
+    """The disk-cache key of a kernel's object: its code, the codegen options, the target
+    and the exact mlc and llvmlite."""
+    return cache.key_of("kernel", __version__, cache.source_hash(), llvmlite.__version__, target.key,
+                        f"parallel={program.parallel}", f"bounds_check={program.bounds_check}",
+                        f"profile={program.profile}", kernel_text(func, program.bounds_check))
+
+
+def build_split(program: Program, target: Target) -> bytes | None:
+    """``program``'s object code, each distinct kernel compiled apart and cached on disk
+    by itself, linked with the entry; None where that cannot be done (a target other than
+    this machine, no ``ld``), for the caller to compile the whole program as one module."""
+    ld = linker()
+    if not target.is_host or ld is None:
+        return None
+    t0 = time.perf_counter()
+    symbols: dict[str, str] = {}     # kernel name -> symbol
+    kernels: dict[str, tuple] = {}   # symbol -> (key, func)
+    for f in program.funcs:
+        if f.name in symbols:
+            continue
+        key = kernel_key(f, program, target)
+        symbols[f.name] = sym = f"mlc_k{key[:24]}"
+        kernels.setdefault(sym, (key, f))
+    objs = {sym: cache.load(key) for sym, (key, _) in kernels.items()}
+    missing = [sym for sym, obj in objs.items() if obj is None]
+    KERNEL_COUNTS["hits"] += len(objs) - len(missing)
+    KERNEL_COUNTS["misses"] += len(missing)
+    jobs = [(kernels[s][1], s, target.triple, target.cpu, target.features, program.parallel,
+             program.bounds_check, program.profile) for s in missing]
+    built = compile_kernels(jobs, [len(str(kernels[s][1])) for s in missing])
+    for sym, obj in zip(missing, built):
+        cache.store(kernels[sym][0], obj)
+        objs[sym] = obj
+    mb = ModuleBuilder(program.name, target.triple, program.parallel, program.bounds_check,
+                       len(program.calls) if program.profile else 0)
+    mb.add_entry(program.calls, symbols=symbols)
+    entry = compile_source(str(mb.module), target.triple, target.cpu, target.features)
+    obj = link_objects([entry] + [objs[s] for s in sorted(objs)], ld)
+    log.info("LLVM: %d kernels for %s, %d from the cache, %d compiled (up to %d processes); done in %.2f s",
+             len(objs), target.name, len(objs) - len(missing), len(missing), min(compile_jobs(), len(missing)),
+             time.perf_counter() - t0)
+    return obj
