@@ -24,7 +24,9 @@ parameters are the function's buffers (generic pointers), in order::
   (static shared memory); a kernel using more than 48 KiB puts them all in dynamic
   shared memory (one ``extern .shared`` array, each buffer at its offset), up to the
   architecture's limit (227 KiB on sm_90); ``barrier`` is ``llvm.nvvm.barrier0``
-  (``bar.sync 0``); kernels carry ``!nvvm.annotations`` (``kernel``, ``maxntidx/y/z``).
+  (``bar.sync 0``); ``warp_reduce`` is log2(32) butterfly shuffles
+  (``llvm.nvvm.shfl.sync.bfly.i32``; 64-bit values as two halves) combined in registers;
+  kernels carry ``!nvvm.annotations`` (``kernel``, ``maxntidx/y/z``).
 - Math functions (exp, log, sin, cos, tanh, erf, pow) call libdevice (``__nv_expf``, ...),
   linked into the module at compile time from ``$CUDA_HOME/nvvm/libdevice`` (default
   ``/usr/local/cuda``); without libdevice, exp and tanh on float32 use the inline
@@ -56,7 +58,7 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 from ..ir.expr import Const, format_expr
-from ..ir.loop import GPU_KINDS, Alloc, Barrier, CallExtern, For, Func, If, Seq, Stmt, Store, format_stmt
+from ..ir.loop import GPU_KINDS, Alloc, Barrier, CallExtern, For, Func, If, Seq, Stmt, Store, WarpReduce, format_stmt
 from ..ir.plan import Slot
 from ..ir.types import DType
 from ..target import Target
@@ -355,10 +357,56 @@ class GPUFuncEmitter(FuncEmitter):
             if any(k.startswith("threadIdx.") for k in self.bound):   # loop.verify refuses it too
                 raise GpuCodegenError(f"kernel {self.kernel}: a barrier inside a threadIdx loop")
             self.builder.call(self.mb.declare("llvm.nvvm.barrier0", VOID, []), [])
+        elif isinstance(s, WarpReduce):
+            self.warp_reduce(s)
         elif isinstance(s, CallExtern):
             raise GpuCodegenError(f"kernel {self.kernel}: call {s.name}: runtime calls have no GPU code")
         else:
             super().stmt(s)
+
+    def warp_reduce(self, s: WarpReduce) -> None:
+        """Butterfly shuffles: after step ``off`` (16, 8, ..., 1) each lane holds the
+        combination of the 32/off lanes around it, so after the last one every lane of
+        the warp holds the whole warp's."""
+        if any(k.startswith("threadIdx.") for k in self.bound):   # loop.verify refuses it too
+            raise GpuCodegenError(f"kernel {self.kernel}: a warp_reduce inside a threadIdx loop")
+        threads = self.plan.block[0] * self.plan.block[1] * self.plan.block[2]
+        width = min(32, threads)
+        if threads % width or width & (width - 1):
+            raise GpuCodegenError(f"kernel {self.kernel}: warp_reduce in a block of {threads} threads: a block that "
+                                  "reduces across its warps has whole warps (a multiple of 32 threads, or a power "
+                                  "of two below 32)")
+        b, buf, dt = self.builder, s.buffer, s.buffer.dtype
+        off, _ = self._address(buf, s.indices)
+        ptr = self._ptr(buf, self.expr(off))
+        v = b.load(ptr, typ=memory_type(dt))
+        op = {"sum": "add", "prod": "mul", "max": "max", "min": "min"}[s.combiner]
+        mask = ir.Constant(I32, 0xFFFFFFFF if width == 32 else (1 << width) - 1)
+        clamp = ir.Constant(I32, ((32 - width) << 8) | 0x1F)   # lanes in segments of ``width``
+        step = width // 2
+        while step:
+            v = self.binop(op, dt, v, self._shuffle_xor(v, ir.Constant(I32, step), mask, clamp))
+            step //= 2
+        b.store(v, ptr)
+
+    def _shuffle_xor(self, v, lane_mask, mask, clamp):
+        """``v`` of the lane whose index differs from this one's by ``lane_mask`` (xor);
+        any scalar of up to 64 bits, moved as one or two 32-bit words."""
+        b = self.builder
+        shfl = self.mb.declare("llvm.nvvm.shfl.sync.bfly.i32", I32, [I32, I32, I32, I32])
+        t = v.type
+        bits = t.width if isinstance(t, ir.IntType) else {ir.HalfType: 16, ir.FloatType: 32, ir.DoubleType: 64}[type(t)]
+        word = ir.IntType(bits)
+        x = b.bitcast(v, word) if not isinstance(t, ir.IntType) else v
+        if bits <= 32:
+            w = b.zext(x, I32) if bits < 32 else x
+            r = b.call(shfl, [mask, w, lane_mask, clamp])
+            r = b.trunc(r, word) if bits < 32 else r
+        else:
+            lo = b.call(shfl, [mask, b.trunc(x, I32), lane_mask, clamp])
+            hi = b.call(shfl, [mask, b.trunc(b.lshr(x, ir.Constant(I64, 32)), I32), lane_mask, clamp])
+            r = b.or_(b.zext(lo, I64), b.shl(b.zext(hi, I64), ir.Constant(I64, 32)))
+        return b.bitcast(r, t) if not isinstance(t, ir.IntType) else r
 
     def for_(self, s: For) -> None:
         if s.kind not in GPU_KINDS:

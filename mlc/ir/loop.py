@@ -143,6 +143,20 @@ class Barrier(Stmt):
     a ``blockIdx`` loop and outside ``threadIdx`` loops: it separates the block's phases."""
 
 
+class WarpReduce(Stmt):
+    """GPU: every thread's ``buffer[indices]`` (a per-thread register: a ``local`` buffer
+    allocated in the block, outside its thread loops) becomes the ``combiner`` of that
+    register over the threads of its warp (32 consecutive threads; fewer when the block
+    has fewer), by butterfly shuffles (``shfl.sync.bfly``): no shared memory, no
+    barrier. Like a barrier, it sits in a ``blockIdx`` loop outside ``threadIdx`` loops:
+    every thread of the block takes part."""
+
+    def __init__(self, buffer: "Buffer", indices: Sequence, combiner: str):
+        self.buffer = buffer
+        self.indices = [as_expr(i) for i in indices]
+        self.combiner = combiner
+
+
 class CallExtern(Stmt):
     """A call into the runtime: ``name(descriptor, *buffers)``. Collective ops are such
     calls (``mlc_collective``, the op's JSON descriptor, source and destination)."""
@@ -205,6 +219,9 @@ def format_stmt(s: Stmt, depth: int) -> list[str]:
         return [f"{pad}alloc {b.name}: {b.type} {b.scope}", *format_stmt(s.body, depth)]
     if isinstance(s, Barrier):
         return [f"{pad}barrier"]
+    if isinstance(s, WarpReduce):
+        idx = ", ".join(format_expr(i) for i in s.indices)
+        return [f"{pad}warp_reduce {s.combiner} {s.buffer.name}[{idx}]"]
     if isinstance(s, CallExtern):
         args = ", ".join(b.name if b is not None else "null" for b in s.buffers)
         return [f"{pad}call {s.name}({s.descriptor}, {args})"]
@@ -233,6 +250,9 @@ def buffers_used(stmt: Stmt) -> set:
         elif isinstance(s, (Store, Accumulate)):
             used.add(s.buffer)
             exprs(*s.indices, s.value)
+        elif isinstance(s, WarpReduce):
+            used.add(s.buffer)
+            exprs(*s.indices)
         elif isinstance(s, Alloc):
             visit(s.body)
         elif isinstance(s, If):
@@ -351,6 +371,23 @@ def verify(func: Func, target=None) -> None:
             if thread_loops:
                 fail("a barrier inside a threadIdx loop (threads of a block would wait for each other's "
                      "later iterations): put it between the block's thread loops")
+        elif isinstance(s, WarpReduce):
+            what = f"warp_reduce of {s.buffer.name}"
+            if not gpu:
+                fail(f"a {what}, but target {target.name} is not a GPU")
+            if thread_loops:
+                fail(f"a {what} inside a threadIdx loop: every thread of the block takes part, so it sits between "
+                     "the block's thread loops")
+            if s.combiner not in REDUCERS:
+                fail(f"{what} combines with {s.combiner!r}, not one of {', '.join(REDUCERS)}")
+            if s.buffer.scope != "local" or s.buffer.dtype.is_bool:
+                fail(f"{what}: it reduces a per-thread register (a local buffer of numbers), {s.buffer.name} is "
+                     f"{s.buffer.scope} {s.buffer.dtype}")
+            exprs(what, *s.indices)
+            if id(s.buffer) not in buffers:
+                fail(f"{what}: {s.buffer.name} is not an enclosing alloc")
+            if len(s.indices) != len(s.buffer.shape):
+                fail(f"{what}: {s.buffer.name} (rank {len(s.buffer.shape)}) indexed with {len(s.indices)} indices")
         elif isinstance(s, CallExtern):
             for b in s.buffers:
                 if b is not None and id(b) not in buffers:
@@ -460,6 +497,20 @@ class _Parser(Parser):
             return self.call_extern(buffers, line)
         if v == "barrier":
             return Barrier()
+        if v == "warp_reduce":
+            combiner = self.name("a combiner")
+            if combiner not in REDUCERS:
+                self.error(f"warp_reduce combines with sum, prod, max or min, not {combiner!r}", line)
+            name = self.name("a buffer name")
+            if name not in buffers:
+                self.error(f"warp_reduce of {name}, which is not an enclosing alloc", line)
+            self.expect("[")
+            indices = []
+            while not self.accept("]"):
+                indices.append(self.expr(variables, buffers))
+                if self.peek()[1] != "]":
+                    self.expect(",")
+            return WarpReduce(buffers[name], indices, combiner)
         if (v == "for" or v in FOR_KINDS) and self.peek()[0] == "ident" and self.peek(1)[1] == "in":
             return self.loop("serial" if v == "for" else v, variables, buffers, line)
         if v not in buffers:

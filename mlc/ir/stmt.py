@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import expr as E
 from .expr import Const, Expr, affine, affine_expr, simplify_index, simplify_int, substitute
-from .loop import Accumulate, Alloc, For, If, Seq, Stmt, Store
+from .loop import Accumulate, Alloc, For, If, Seq, Stmt, Store, WarpReduce
 
 
 def replace_for(old: For, **changes) -> For:
@@ -63,6 +63,9 @@ def subst_stmt(s: Stmt, vmap: dict, loads: dict | None = None, buffers: dict | N
             buf = buffers.get(x.buffer, x.buffer) if buffers else x.buffer
             return Accumulate(buf, [ex(i) for i in x.indices], x.combiner, ex(x.value),
                               [(ex(r), n) for r, n in x.rindex])
+        if isinstance(x, WarpReduce):
+            buf = buffers.get(x.buffer, x.buffer) if buffers else x.buffer
+            return WarpReduce(buf, [ex(i) for i in x.indices], x.combiner)
         if isinstance(x, If):
             return If(ex(x.cond), subst_stmt(x.then, vmap, loads, buffers),
                       subst_stmt(x.orelse, vmap, loads, buffers) if x.orelse is not None else None, x.likely)

@@ -3,6 +3,9 @@ program on a machine without a GPU (the tests check every GPU schedule's numeric
 this way). It is an execution mode of the same loop IR, not a second implementation:
 
 - ``blockIdx`` and ``threadIdx`` loops become serial loops;
+- a ``warp_reduce`` of a per-thread register becomes loops over the block's warps
+  that combine the copies of their threads (in lane order) and give every lane the
+  result: what the butterfly shuffles leave in each thread's register on the device;
 - barriers disappear: the code between two barriers is its own threadIdx loop
   nest (``loop.verify`` keeps barriers out of thread loops), so running each such
   phase for every thread before the next phase starts is exactly what the barrier
@@ -33,7 +36,9 @@ A function without GPU loops comes back unchanged.
 from __future__ import annotations
 
 from ..ir.expr import Const, Load, Var, substitute
-from ..ir.loop import GPU_KINDS, Accumulate, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store, buffers_used
+from ..ir.loop import (GPU_KINDS, Accumulate, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store, WarpReduce,
+                       buffers_used)
+from ..ir.tensor import combine
 from ..ir.stmt import replace_for, walk_stmts
 
 AXES = ("z", "y", "x")
@@ -104,6 +109,8 @@ class _Block:
             return Seq([self.stmt(x, tvars) for x in s.stmts])
         if isinstance(s, Barrier):
             return Seq([])
+        if isinstance(s, WarpReduce):
+            return self._warp_reduce(s)
         if tvars is None and self.private and not self._has_threads(s) and self._uses_private(s):
             if self._writes_private(s):
                 return self._every_thread(s)
@@ -135,6 +142,37 @@ class _Block:
             return Accumulate(b, idx, s.combiner, self.expr(s.value, tvars),
                               [(self.expr(e, tvars), n) for e, n in s.rindex])
         return s
+
+    def _warp_reduce(self, s: WarpReduce) -> Stmt:
+        """Each warp's copies of the register combined in lane order, the result stored
+        back into every lane's copy (threads are numbered x fastest, then y, then z)."""
+        if s.buffer not in self.private:
+            raise ValueError(f"warp_reduce of {s.buffer.name}: not a per-thread register of the block (a local "
+                             "buffer allocated in the block, outside its thread loops)")
+        total = 1
+        for a in self.axes:
+            total *= self.threads[a]
+        width = min(32, total)
+        if total % width:
+            raise ValueError(f"warp_reduce in a block of {total} threads: its warps must be whole (a multiple of 32)")
+        priv, idx = self.private[s.buffer], list(s.indices)
+        self.fresh += 1
+        w, lane = Var(f"emu_warp{self.fresh}"), Var(f"emu_lane{self.fresh}")
+        acc = Buffer(f"emu_warp_acc{self.fresh}", [1], s.buffer.dtype, "local")
+
+        def copy(lane_expr):   # the register of lane ``lane_expr`` of warp w
+            linear, thread, stride = w * width + lane_expr, [], 1
+            for a in reversed(self.axes):   # x first
+                n = self.threads[a]
+                thread.insert(0, (linear // stride) % n if stride * n < total else linear // stride)
+                stride *= n
+            return thread + idx
+        first = Store(acc, [Const(0)], Load(priv, copy(Const(0))))
+        fold = For(lane, width - 1, Store(acc, [Const(0)], combine(s.combiner, Load(acc, [Const(0)]),
+                                                                      Load(priv, copy(lane + 1)))))
+        out = Var(f"emu_lane_out{self.fresh}")
+        back = For(out, width, Store(priv, copy(out), Load(acc, [Const(0)])))
+        return For(w, total // width, Alloc(acc, Seq([first, fold, back])))
 
     def _thread_index(self, tvars: dict | None) -> list:
         # a thread loop over fewer axes than the block runs on the threads at 0 of the others

@@ -15,7 +15,9 @@ block's size per axis is its widest thread loop, narrower ones are guarded).
 * row reductions (softmax's max and sum, layer norm's moments, sums over the last
   axis: a reduction read contiguously along its innermost reduced axis, with few rows
   or long ones): one block per output element, threads striding the row into
-  registers, then a shared-memory tree with a barrier per step (``block_reduce``).
+  registers, combined by warp shuffles, the warps' results through shared memory
+  (``block_reduce``); rows too few to fill the device (a full reduction) are split
+  over several blocks each, whose partials a second launch combines (two phases).
 * every other stage (the rule that covers all kernels): one thread per output element --
   the output axes fused into one, split by ``THREADS``, the outer part bound to
   ``blockIdx.x`` and the inner to ``threadIdx.x`` (the tail block guarded); a
@@ -38,6 +40,9 @@ REG = 4           # each thread's register tile (rows and columns): 16 x 16 thre
 K_TILE = 16       # the reduction slice staged through shared memory per step
 ROW_THREADS = 256  # the most threads a row reduction's block uses
 MAX_GRID_YZ = 65535   # blocks a grid may have along y and z (x: 2**31 - 1)
+BLOCKS_PER_SM = 4     # a two-phase reduction's first launch: blocks per SM it aims for
+MIN_RUNS_PER_BLOCK = 4   # ... and the fewest runs of a block's threads each block reduces
+MAX_PARTIALS = 1024   # ... and the most partials per row (its second launch: one block per row)
 MAX_BLOCK = 1024      # threads per block on every CUDA architecture
 
 # the knobs the tuner varies (mlc.tune.gpu_space), at the values the rules use untuned:
@@ -107,7 +112,8 @@ def gpu_schedule(kernel: Kernel, target, knobs: dict | None = None) -> Schedule:
         if _tiled_contraction(c, k):
             matmul_tiles(s, c, epi.get(c), k["tile_m"], k["tile_n"], k["reg"], k["k_tile"])
         elif _row_reduction(c):
-            s.block_reduce(c.name, _row_threads(c, k["row_threads"]))
+            threads = _row_threads(c, k["row_threads"])
+            s.block_reduce(c.name, threads, _row_blocks(c, threads, target))
         else:
             per_element(s, c, k["threads"])
     s.knobs_read = set(k.read)
@@ -190,6 +196,16 @@ def _row_reduction(c: Compute) -> bool:
             off = off * n + x
         strides.add(linear_coefficient(E.as_expr(off), r))
     return 1 in strides and None not in strides
+
+
+def _row_blocks(c: Compute, threads: int, target) -> int:
+    """Blocks per row: 1, or for rows too few to fill the device (a full reduction) as
+    many as give every SM ``BLOCKS_PER_SM`` blocks, each reducing at least
+    ``MIN_RUNS_PER_BLOCK`` runs of ``threads`` elements (the two-phase reduction)."""
+    k, rows = _size(c.body.extents), _size(c.shape)
+    want = -(-BLOCKS_PER_SM * max(1, target.cores) // rows)
+    blocks = min(want, k // (threads * MIN_RUNS_PER_BLOCK), MAX_PARTIALS)
+    return blocks if blocks >= 2 else 1
 
 
 def _row_threads(c: Compute, most: int = ROW_THREADS) -> int:

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from ..ir import expr as E
 from ..ir.expr import Const, Expr, Load, Var, affine_expr as _lin, linear_coefficient, substitute
-from ..ir.loop import GPU_KINDS, Accumulate, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store, buffers_used
+from ..ir.loop import (GPU_KINDS, Accumulate, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store, WarpReduce,
+                       buffers_used)
 from ..ir.stmt import (REMOVE, fold_bool as _fold_bool, map_stmt, replace_for as _for, simplify_stmt as _simplify_stmt,
                        simplify_sub as _simplify_sub, subst_stmt, walk_stmts)
 from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, combine, reduce_identity
@@ -831,35 +832,43 @@ class Schedule:
         return name
 
     @primitive
-    def block_reduce(self, stage: str, threads: int) -> None:
-        """One block per output element of a reduction: ``threads`` threads stride its
-        reduced elements (consecutive threads, consecutive elements) into registers, then
-        combine their partials in a shared-memory tree, halving the threads at each step
-        with a barrier between steps; one thread stores the result::
+    def block_reduce(self, stage: str, threads: int, blocks: int = 1) -> None:
+        """A reduction by thread blocks: ``threads`` threads stride a row's reduced
+        elements (consecutive threads, consecutive elements) into a register each, then
+        combine them -- by warp shuffles (``warp_reduce``), the warps' results through
+        shared memory, one barrier -- and one thread stores the result::
 
             blockIdx.x row in [0, R) {
-              alloc red: f32[T] shared
-              threadIdx.x t in [0, T) { acc = identity; for r { acc = acc + x[row, r*T + t] }; red[t] = acc }
+              alloc acc: f32[1] local                  (one register per thread)
+              threadIdx.x t in [0, T) { acc[0] = 0; for r { acc[0] = acc[0] + x[row, r*T + t] } }
+              warp_reduce sum acc[0]
+              alloc red: f32[32] shared
+              threadIdx.x t in [0, T) { if t % 32 == 0 { red[t / 32] = acc[0] } }
               barrier
-              threadIdx.x t in [0, T/2) { red[t] = red[t] + red[t + T/2] }
-              barrier ... threadIdx.x t in [0, 1) { out[row] = red[0] + red[1] }
+              threadIdx.x t in [0, 32) { acc[0] = t < T / 32 ? red[t] : 0 }
+              warp_reduce sum acc[0]
+              threadIdx.x t in [0, 1) { out[row] = acc[0] }
             }
-        """
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 2 or threads & (threads - 1) \
-                or threads > 1024:
+
+        Below 32 threads (or for booleans) the threads combine through a shared-memory
+        tree instead, halving at each step with a barrier between steps.
+
+        ``blocks`` > 1 reduces in two phases, for few long rows (a full reduction): ``blocks``
+        blocks per row each reduce every ``blocks``-th run of ``threads`` elements into a
+        partial (a scratch buffer of rows x blocks), then a second launch reduces each
+        row's partials with one block."""
+        for name, v, most in (("threads", threads, 1024), ("blocks", blocks, 1 << 16)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v > most:
+                raise ScheduleError(f"block_reduce {name} must be an integer in [1, {most}], got {v!r}")
+        if threads < 2 or threads & (threads - 1):
             raise ScheduleError(f"block_reduce threads must be a power of two in [2, 1024], got {threads!r}")
         if self.target.kind != "cuda":
             raise ScheduleError(f"cannot block_reduce {stage}: target {self.target.name} is not a GPU")
         st = self._root(stage, "block_reduce")
         if not st.is_reduction:
             raise ScheduleError(f"cannot block_reduce {stage}: it is not a reduction")
-        rows, k = 1, 1
-        for n in st.extents:
-            rows *= n
-        for n in st.rextents:
-            k *= n
+        rows, k = _prod(st.extents), _prod(st.rextents)
         dtype = st.buffer.dtype
-        row = Var(self._fresh(f"{stage}_row", stage))
 
         def unflatten(e, extents):
             out, stride = [], 1
@@ -867,31 +876,76 @@ class Schedule:
                 out.insert(0, (e // stride) % n if stride * n < max(1, _prod(extents)) else e // stride)
                 stride *= n
             return out
-        spatial = unflatten(row, st.extents)
-        red = Buffer(f"{stage}_red", [threads], dtype, "shared")
-        acc = Buffer(f"{stage}_acc", [1], dtype, "local")
-        t = Var(self._fresh(f"{stage}_t", stage))
-        r = Var(self._fresh(f"{stage}_r", stage))
-        e = r * threads + t
-        value = substitute(st.value, {**dict(zip(st.axes, spatial)), **dict(zip(st.raxes, unflatten(e, st.rextents)))})
-        step: Stmt = Store(acc, [Const(0)], combine(st.combiner, Load(acc, [Const(0)]), value))
-        if k % threads:
-            step = If(E.binop("lt", e, Const(k)), step, None, likely=True)
-        phases: list[Stmt] = [For(t, threads, Alloc(acc, Seq([
-            Store(acc, [Const(0)], reduce_identity(st.combiner, dtype)),
-            For(r, -(-k // threads), step),
-            Store(red, [t], Load(acc, [Const(0)]))])), "threadIdx.x")]
-        half = threads // 2
-        while half >= 1:
-            tt = Var(self._fresh(f"{stage}_t", stage))
-            merged = combine(st.combiner, Load(red, [tt]), Load(red, [tt + half]))
-            last = half == 1
-            phases += [Barrier(), For(tt, half, Store(st.buffer, spatial, merged) if last else
-                                      Store(red, [tt], merged), "threadIdx.x")]
-            half //= 2
-        self.nests[stage] = For(row, rows, Alloc(red, Seq(phases)), "blockIdx.x")
+
+        def element(row, e):   # the reduced value at flat reduced index e of flat output index row
+            return substitute(st.value, {**dict(zip(st.axes, unflatten(row, st.extents))),
+                                         **dict(zip(st.raxes, unflatten(e, st.rextents)))})
+        row = Var(self._fresh(f"{stage}_row", stage))
+        if blocks == 1:
+            self.nests[stage] = For(row, rows, self._reduce_block(
+                stage, st, threads, k, 1, Const(0), lambda e: element(row, e),
+                lambda v: Store(st.buffer, unflatten(row, st.extents), v)), "blockIdx.x")
+        else:
+            part = Buffer(self._fresh(f"{stage}_part", stage), [rows * blocks], dtype)
+            self.extra_scratch.append(part)
+            bid = Var(self._fresh(f"{stage}_blk", stage))
+            first = For(bid, rows * blocks, self._reduce_block(
+                stage, st, threads, k, blocks, bid % blocks, lambda e: element(bid // blocks, e),
+                lambda v: Store(part, [bid], v)), "blockIdx.x")
+            second_threads = 32
+            while second_threads < min(blocks, 1024):
+                second_threads *= 2
+            second = For(row, rows, self._reduce_block(
+                stage, st, second_threads, blocks, 1, Const(0), lambda e: Load(part, [row * blocks + e]),
+                lambda v: Store(st.buffer, unflatten(row, st.extents), v)), "blockIdx.x")
+            self.nests[stage] = Seq([first, second])
         st.touched = True
-        self._record("block_reduce", stage, threads)
+        self._record("block_reduce", stage, threads, *([blocks] if blocks != 1 else []))
+
+    def _reduce_block(self, stage: str, st, threads: int, count: int, blocks: int, part, value_of, store) -> Stmt:
+        """The body of a block that combines ``value_of(e)`` over e in [0, count) -- the
+        runs of ``threads`` elements numbered ``part`` mod ``blocks`` -- and stores the
+        result with ``store(value)`` from thread 0 (see ``block_reduce``)."""
+        dtype, comb = st.buffer.dtype, st.combiner
+        ident = reduce_identity(comb, dtype)
+        acc = Buffer(self._fresh(f"{stage}_acc", stage), [1], dtype, "local")
+        a0 = Load(acc, [Const(0)])
+        t, r = Var(self._fresh(f"{stage}_t", stage)), Var(self._fresh(f"{stage}_r", stage))
+        e = (r * blocks + part) * threads + t
+        step: Stmt = Store(acc, [Const(0)], combine(comb, a0, value_of(e)))
+        if count % (threads * blocks):
+            step = If(E.binop("lt", e, Const(count)), step, None, likely=True)
+        fill = Seq([Store(acc, [Const(0)], ident), For(r, -(-count // (threads * blocks)), step)])
+
+        def thread_loop(n, body, name="t"):
+            v = Var(self._fresh(f"{stage}_{name}", stage))
+            return For(v, n, body(v), "threadIdx.x")
+        if threads < 32 or dtype.is_bool:   # a shared-memory tree
+            red = Buffer(self._fresh(f"{stage}_red", stage), [threads], dtype, "shared")
+            phases: list[Stmt] = [For(t, threads, Alloc(acc, Seq([fill, Store(red, [t], a0)])), "threadIdx.x")]
+            half = threads // 2
+            while half >= 1:
+                merged = lambda tt, h=half: combine(comb, Load(red, [tt]), Load(red, [tt + h]))   # noqa: E731
+                last = half == 1
+                phases += [Barrier(), thread_loop(half, lambda tt, m=merged, last=last:
+                                                  store(m(tt)) if last else Store(red, [tt], m(tt)))]
+                half //= 2
+            return Alloc(red, Seq(phases))
+        phases = [For(t, threads, fill, "threadIdx.x"), WarpReduce(acc, [Const(0)], comb)]
+        if threads > 32:   # the warps' results through shared memory, combined by warp 0
+            warps = threads // 32
+            red = Buffer(self._fresh(f"{stage}_red", stage), [warps], dtype, "shared")
+            phases += [Alloc(red, Seq([
+                thread_loop(threads, lambda tt: If(E.binop("eq", tt % 32, Const(0)), Store(red, [tt // 32], a0))),
+                Barrier(),
+                thread_loop(32, lambda tt: Store(acc, [Const(0)], Load(red, [tt])) if warps == 32 else
+                            If(E.binop("lt", tt, Const(warps)), Store(acc, [Const(0)], Load(red, [tt])),
+                               Store(acc, [Const(0)], ident))),
+                WarpReduce(acc, [Const(0)], comb),
+                thread_loop(1, lambda tt: store(a0))]))]
+        else:
+            phases.append(thread_loop(1, lambda tt: store(a0)))
+        return Alloc(acc, Seq(phases))
 
     # ================================================================== stage primitives
     def _root(self, name: str, what: str) -> Stage:

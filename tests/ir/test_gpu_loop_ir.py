@@ -43,3 +43,57 @@ def test_a_barrier_inside_a_thread_loop_is_refused():
     inside = BLOCK_SUM.replace("      tile[t] = x[b * 256 + t]\n", "      tile[t] = x[b * 256 + t]\n      barrier\n")
     with pytest.raises(VerifyError, match="a barrier inside a threadIdx loop"):
         verify(parse(inside), Target.get("cuda-sm90"))
+
+
+WARP_SUM = """func @warp_sum(x: f32[256], out: f32[4]) {
+  // outputs: out
+  blockIdx.x b in [0, 4) {
+    alloc acc: f32[1] local
+    threadIdx.x t in [0, 64) {
+      acc[0] = x[b * 64 + t]
+    }
+    warp_reduce sum acc[0]
+    threadIdx.x t1 in [0, 1) {
+      out[b] = acc[0]
+    }
+  }
+}"""
+
+
+def test_warp_reduce_round_trips_and_verifies():
+    f = parse(WARP_SUM)
+    assert str(f) == WARP_SUM
+    verify(f, Target.get("cuda-sm90"))
+    on_cpu = WARP_SUM.replace("blockIdx.x b", "for b").replace("threadIdx.x t ", "for t ").replace(
+        "threadIdx.x t1", "for t1")
+    with pytest.raises(VerifyError, match="warp_reduce of acc, but target znver3 is not a GPU"):
+        verify(parse(on_cpu), Target.get("znver3"))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t.replace("      acc[0] = x[b * 64 + t]\n", "      acc[0] = x[b * 64 + t]\n      warp_reduce sum acc[0]\n"),
+     "warp_reduce of acc inside a threadIdx loop"),
+    (lambda t: t.replace("acc: f32[1] local", "acc: f32[1] shared"), "a per-thread register .* acc is shared f32"),
+])
+def test_warp_reduce_is_refused_where_every_thread_cannot_take_part(edit, match):
+    with pytest.raises(VerifyError, match=match):
+        verify(parse(edit(WARP_SUM)), Target.get("cuda-sm90"))
+
+
+def test_warp_reduce_parse_errors_name_the_problem():
+    from mlc.ir.text import ParseError
+    with pytest.raises(ParseError, match="warp_reduce combines with sum, prod, max or min, not 'avg'"):
+        parse(WARP_SUM.replace("warp_reduce sum", "warp_reduce avg"))
+    with pytest.raises(ParseError, match="warp_reduce of acd, which is not an enclosing alloc"):
+        parse(WARP_SUM.replace("warp_reduce sum acc", "warp_reduce sum acd"))
+
+
+def test_warp_reduce_needs_whole_warps_on_the_device_and_in_emulation():
+    from mlc.codegen import Program, build
+    from mlc.codegen.nvptx import GpuCodegenError
+    from mlc.passes.emulate import emulate_gpu
+    partial = parse(WARP_SUM.replace("[0, 64)", "[0, 48)").replace("b * 64", "b * 48"))
+    with pytest.raises(GpuCodegenError, match="warp_reduce in a block of 48 threads"):
+        build(Program.of_func(partial), Target.get("cuda-sm90"))
+    with pytest.raises(ValueError, match="warp_reduce in a block of 48 threads"):
+        emulate_gpu(partial)

@@ -12,7 +12,7 @@ from mlc import codegen
 from mlc.ir import expr as E
 from mlc.ir import loop as L
 from mlc.ir.tensor import Kernel, Placeholder, compute, reduce
-from mlc.ir.types import float32
+from mlc.ir.types import float32, float64, int32, int64
 from mlc.passes.emulate import emulate_gpu
 from mlc.passes.loops import lower_loops
 from mlc.schedule.default import rule_schedule
@@ -90,16 +90,63 @@ def test_cache_shared_alone_stages_reads_of_a_global_accumulation():
     np.testing.assert_allclose(out, A_MM @ B_MM, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("combiner,threads", [("sum", 64), ("max", 256), ("min", 2)])
-def test_block_reduce(combiner, threads):
+def rowsum_kernel_of(dtype, rows, k, combiner):
+    A = Placeholder("A", (rows, k), dtype)
+    out = compute((rows,), lambda i: reduce(combiner, [k], lambda r: A[i, r] * A[i, r]), "out")
+    return Kernel("rowsum", [A], [out], [out], "reduction")
+
+
+@pytest.mark.parametrize("combiner,threads", [("sum", 64), ("max", 256), ("sum", 32), ("prod", 1024)])
+def test_block_reduce_combines_a_block_by_warp_shuffles(combiner, threads):
     s = Schedule(rowsum_kernel(combiner=combiner), GPU)
     s.block_reduce("out", threads)
     text = str(s)
-    assert "blockIdx.x out_row in [0, 5)" in text and f"alloc out_red: f32[{threads}] shared" in text
+    assert "blockIdx.x out_row in [0, 5)" in text
+    warps = threads // 32
+    # one shuffle reduction per warp, a second over the warps' results when there are several
+    assert text.count("warp_reduce") == (1 if warps == 1 else 2)
+    assert text.count("barrier") == (0 if warps == 1 else 1)
+    assert (f"alloc out_red: f32[{warps}] shared" in text) == (warps > 1)
+    a = rand(5, 300) * (0.1 if combiner == "prod" else 1) + (1 if combiner == "prod" else 0)
+    (out,) = run_gpu(s.finalize(), a)
+    np.testing.assert_allclose(out, getattr(np, combiner)(a * a, axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("combiner,threads", [("min", 2), ("max", 16)])
+def test_block_reduce_below_a_warp_combines_through_a_shared_tree(combiner, threads):
+    s = Schedule(rowsum_kernel(combiner=combiner), GPU)
+    s.block_reduce("out", threads)
+    text = str(s)
+    assert "shared" in text and "warp_reduce" not in text
     assert text.count("barrier") == threads.bit_length() - 1
     a = rand(5, 300)
     (out,) = run_gpu(s.finalize(), a)
     np.testing.assert_allclose(out, getattr(np, combiner)(a * a, axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,combiner", [(int32, "max"), (int64, "sum"), (float64, "min")])
+def test_block_reduce_shuffles_integers_and_64_bit_values(dtype, combiner):
+    s = Schedule(rowsum_kernel_of(dtype, 3, 200, combiner), GPU)
+    s.block_reduce("out", 64)
+    a = np.random.default_rng(1).integers(-1000, 1000, (3, 200)).astype(dtype.np)
+    (out,) = run_gpu(s.finalize(), a)
+    np.testing.assert_array_equal(out, getattr(np, combiner)(a * a, axis=1))
+    ptx = codegen.build(codegen.Program.of_func(lower_loops(s.finalize())), GPU).decode()
+    assert "shfl.sync.bfly.b32" in ptx
+
+
+@pytest.mark.parametrize("rows,k,threads,blocks", [(1, 5000, 64, 7), (3, 1000, 32, 4), (2, 4096, 128, 8)])
+def test_block_reduce_in_two_phases_sums_each_rows_partials(rows, k, threads, blocks):
+    s = Schedule(rowsum_kernel(rows, k), GPU)
+    s.block_reduce("out", threads, blocks)
+    func = s.finalize()
+    top = func.body.stmts if isinstance(func.body, L.Seq) else [func.body]
+    assert [str(x.extent) for x in top if isinstance(x, L.For)] == [str(rows * blocks), str(rows)]   # two launches
+    assert [b.shape for b in func.scratch] == [(rows * blocks,)]   # the partials
+    a = rand(rows, k)
+    (out,) = run_gpu(func, a)
+    np.testing.assert_allclose(out, (a * a).sum(axis=1), rtol=1e-5)
+    assert json.loads(json.dumps(s.trace))[-1] == {"prim": "block_reduce", "args": ["out", threads, blocks]}
 
 
 def test_add_loop_gives_a_scalar_stage_loops_to_bind():

@@ -67,6 +67,17 @@ def test_scalar_output_and_full_reduction():
     gpu_run(lambda a: a.sum(), a, want=a.sum(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_long_full_reduction_runs_in_two_phases_and_rows_combine_by_warp_shuffles():
+    a, b = rand(4096), rand(3, 3000, seed=1)   # (above 4096 elements the tensor level splits a reduction)
+    text = gpu_run(lambda a, b: (mlc.sum(a), mlc.max(a), mlc.sum(b * b, axis=1)), a, b,
+                   want=(a.sum(dtype=np.float64), a.max(), (b * b).sum(axis=1)), rtol=1e-4, atol=1e-3)
+    func = next(f for f in L.parse_all(text) if f.name.startswith("sum"))
+    # the sum's long part: many blocks write partials, then one block combines them
+    parts = [b for b in func.scratch if "_part" in b.name]
+    assert len(parts) == 1 and parts[0].shape[0] > 1
+    assert "warp_reduce max" in text and "warp_reduce sum" in text
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2, None])
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_sum_and_max_over_each_axis(axis, keepdims):
