@@ -352,6 +352,8 @@ class _CudaLibraryCode(_LibraryCode):
         super().__init__(file, path, params, prefix)
 
     def run(self, inputs, outputs) -> None:
+        # the library runs on the default stream: inputs written on another stream must be ready
+        self.cp.cuda.get_current_stream().synchronize()
         ins = (ctypes.c_void_p * max(1, len(inputs)))(*[x.data.ptr for x in inputs])
         outs = (ctypes.c_void_p * max(1, len(outputs)))(*[x.data.ptr for x in outputs])
         self.entry(ins, outs, None, None)

@@ -96,6 +96,10 @@ def test_only_the_api_is_exported(sm90):
     assert sorted(line.split()[-1] for line in out.splitlines() if line.strip()) == sorted(API_FUNCTIONS)
     undefined = subprocess.run(["nm", "-D", "--undefined-only", str(path)], capture_output=True, text=True).stdout
     assert not re.search(r"\bcu[A-Z]\w*", undefined)   # the driver is opened at run time, never linked
+    if shutil.which("readelf"):   # needs the C library only: no libcuda, no CUDA runtime
+        r = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True, check=True)
+        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", r.stdout)
+        assert needed and all(re.fullmatch(r"lib(c|pthread|dl)\.so\.\d+|ld-linux.*", n) for n in needed), needed
 
 
 def _embedded(data: bytes, ptx: str) -> tuple[bytes, bytes | None]:
@@ -369,6 +373,47 @@ def test_load_without_a_device_says_what_is_needed(sm90):
                                            r"so mlc.load needs CuPy and a GPU here: running on a CUDA device needs "
                                            r"CuPy"):
         mlc.load(path)
+
+
+def _host_cupy():
+    """A stand-in for CuPy over host memory: arrays whose ``.data.ptr`` the library takes
+    as device pointers (the fake driver's memory is host memory)."""
+    import types
+
+    class ndarray(np.ndarray):
+        @property
+        def data(self):
+            return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    stream = types.SimpleNamespace(synchronize=lambda: None)
+    cp = types.ModuleType("cupy")
+    cp.ndarray = ndarray
+    cp.asarray = lambda a: np.asarray(a).view(ndarray)
+    cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(ndarray)
+    cp.empty = lambda shape, dtype: np.empty(shape, dtype).view(ndarray)
+    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, free=lambda p: None),
+                                    get_current_stream=lambda: stream)
+    return cp
+
+
+def test_load_passes_the_arrays_device_pointers(sm90, fake, monkeypatch, tmp_path):
+    import sys
+    c, path, _ = sm90
+    cp = _host_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    m = _Model(path, monkeypatch, tmp_path, fake, ptx=c.gpu_module.ptx)
+    exe = mlc.load(path)
+    x = cp.asarray(X)
+    y = exe(x)
+    assert isinstance(y, cp.ndarray) and y.shape == (8, 10) and y.dtype == np.float32
+    launched = [call for call in m.calls() if call[0] == "cuLaunchKernel"]
+    assert len(launched) == len(c.gpu_module.launches)
+    first = launched[0][launched[0].index("args") + 1:]
+    assert c.gpu_module.launches[0].args[0].space == "input" and first[0] == str(x.data.ptr)
+    last = launched[-1][launched[-1].index("args") + 1:]
+    assert [str(y.data.ptr)] == [p for p, a in zip(last, c.gpu_module.launches[-1].args) if a.space == "output"]
+    with pytest.raises(TypeError, match=r"argument .x. expects f32\[8,64\] .*got float32 of shape \(4, 64\)"):
+        exe(cp.asarray(X[:4]))
 
 
 def test_inspect_shows_the_device_code_and_launches(sm90, capsys):
