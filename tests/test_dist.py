@@ -208,6 +208,14 @@ def test_data_parallel_training_matches_single_process():
 
 
 @needs_mpi
+def test_data_parallel_training_with_gpu_schedules_matches_single_process():
+    # the cuda target's schedules, emulated, with the bucketed all-reduces between their launches
+    r = run_ranks("dp_train.py", _args=("cuda-sm90",), MLC_CUDA_EMULATE="1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("same on all ranks True") == 4
+
+
+@needs_mpi
 def test_tensor_parallel_mlp_matches_single_device():
     r = run_ranks("tp_mlp.py")
     assert r.returncode == 0, r.stdout + r.stderr

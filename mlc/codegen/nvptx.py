@@ -96,7 +96,12 @@ class Launch:
     ``dynamic_shared_bytes`` is 0; beyond, all of it is dynamic: the launch passes
     ``dynamic_shared_bytes`` (== ``shared_bytes``) as its shared memory size, after setting
     the kernel's ``CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`` to it once. A grid
-    with a 0 in it launches nothing (an empty tensor)."""
+    with a 0 in it launches nothing (an empty tensor).
+
+    A collective op of the graph (an all-reduce of data-parallel gradients) is an entry
+    with ``collective`` set to the op's JSON descriptor (``ops/collective.py``) and
+    ``args`` its source and destination (a recv has no source: ``args[0]`` is None): the
+    runtime runs it with its communicator (NCCL) on the same stream, in order."""
     kernel: str
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
@@ -104,6 +109,7 @@ class Launch:
     args: tuple[Slot, ...]
     func: str = ""   # the loop-level function the kernel comes from
     dynamic_shared_bytes: int = 0
+    collective: str = ""   # not a kernel: a collective op's JSON descriptor, run by the runtime's communicator
 
 
 @dataclass
@@ -543,7 +549,8 @@ class NVPTXBackend(Backend):
     def module(self, program: Program, target: Target) -> NVPTXModuleBuilder:
         mb = NVPTXModuleBuilder(program.name, target, program.bounds_check)
         for f in program.funcs:
-            mb.add_gpu_func(f)
+            if collective_call(f) is None:   # collectives are the runtime's, not kernels
+                mb.add_gpu_func(f)
         return mb
 
     def source(self, program: Program, target: Target) -> str:
@@ -572,10 +579,22 @@ class NVPTXBackend(Backend):
         return False   # parallel loops in a GPU function run serially on their thread
 
 
+def collective_call(func: Func) -> CallExtern | None:
+    """The runtime call of a function that is one collective op, else None."""
+    return func.body if isinstance(func.body, CallExtern) else None
+
+
 def launches(program: Program, target: Target) -> list[Launch]:
-    """The launch table of a program: every kernel of every call's function, in call order."""
+    """The launch table of a program: every kernel of every call's function, in call order
+    (a collective op as one entry the runtime runs, see ``Launch``)."""
     out = []
     for call in program.calls:
+        ext = collective_call(call.func)
+        if ext is not None:
+            # the function's params are (source, destination), or (destination) for a recv
+            args = tuple(call.args) if len(call.args) == 2 else (None, *call.args)
+            out.append(Launch(call.func.name, (1, 1, 1), (1, 1, 1), 0, args, call.func.name, 0, ext.descriptor))
+            continue
         for k in kernels_of(call.func, target):
             out.append(Launch(k.name, k.grid, k.block, k.shared_bytes, tuple(call.args), call.func.name,
                               k.shared_bytes if k.dynamic_shared else 0))

@@ -9,6 +9,14 @@ through a ``Communicator``:
   unique id is shared over MPI.
 - ``SingleProcess``: the world of one process that mlc runs in without a launcher;
   every collective is then the identity (or a copy).
+- ``HostStaged``: another communicator's collectives on GPU buffers, each copied to
+  host memory and back (MPI on machines without NCCL).
+
+``world()`` is the communicator of CPU buffers (compiled code's collectives),
+``device_world()`` the one of GPU buffers (the CUDA runtime's launch table).
+``MLC_DIST`` picks: ``auto`` (default: MPI when an MPI launcher started the process;
+on the GPU, NCCL when CuPy has it), ``mpi``, ``nccl`` (GPU collectives by NCCL, its id
+sent over MPI) or ``none`` (a world of one).
 
 Calls work on the caller's buffers in place: compiled code hands the dispatcher raw
 pointers, which become numpy views (no copy) for mpi4py. Each call is non-blocking
@@ -362,6 +370,49 @@ class MPICommunicator(Communicator):
         return self._groups[ranks]
 
 
+class HostStaged(Communicator):
+    """``inner``'s collectives on device (CuPy) buffers: each source copied to host
+    memory, the result copied back -- for GPU jobs without NCCL (``MLC_DIST=mpi``)."""
+
+    def __init__(self, inner: Communicator):
+        import cupy
+        self.cupy, self.inner = cupy, inner
+        self.rank, self.size, self.ranks = inner.rank, inner.size, inner.ranks
+
+    def begin(self, site):
+        self.inner.begin(site)
+
+    def _through_host(self, src, dst, call) -> None:
+        h_src = self.cupy.asnumpy(src) if src is not None else None
+        h_dst = h_src if dst is src else np.empty(dst.shape, dst.dtype)
+        call(h_src, h_dst)
+        dst.set(h_dst)
+
+    def allreduce(self, src, dst, op):
+        self._through_host(src, dst, lambda s, d: self.inner.allreduce(s, d, op))
+
+    def allgather(self, src, dst):
+        self._through_host(src, dst, self.inner.allgather)
+
+    def reduce_scatter(self, src, dst, op):
+        self._through_host(src, dst, lambda s, d: self.inner.reduce_scatter(s, d, op))
+
+    def broadcast(self, buf, root):
+        self._through_host(buf, buf, lambda s, d: self.inner.broadcast(d, root))
+
+    def send(self, buf, peer, tag):
+        self.inner.send(self.cupy.asnumpy(buf), peer, tag)
+
+    def recv(self, buf, peer, tag):
+        self._through_host(None, buf, lambda s, d: self.inner.recv(d, peer, tag))
+
+    def barrier(self):
+        self.inner.barrier()
+
+    def subgroup(self, ranks):
+        return self if ranks == self.ranks else HostStaged(self.inner.subgroup(ranks))
+
+
 class NCCLCommunicator(Communicator):
     """NCCL through CuPy for CuPy arrays; the unique id travels over ``bootstrap`` (an
     MPICommunicator, or None for a world of one GPU)."""
@@ -441,16 +492,24 @@ def launched_by_mpi() -> bool:
     return any(v in os.environ for v in _LAUNCHER_VARS)
 
 
+DIST_CHOICES = ("auto", "mpi", "nccl", "none")
+
+
+def dist_choice() -> str:
+    want = os.environ.get("MLC_DIST", "auto").strip().lower() or "auto"
+    if want not in DIST_CHOICES:
+        raise DistError(f"MLC_DIST must be one of {', '.join(DIST_CHOICES)}, got {want!r}")
+    return want
+
+
 def world() -> Communicator:
     """The communicator of every process of the job: MPI when started by an MPI
     launcher (or ``MLC_DIST=mpi``), else a world of one."""
     global _world
     with _world_lock:
         if _world is None:
-            want = os.environ.get("MLC_DIST", "auto")
-            if want not in ("auto", "mpi", "none"):
-                raise DistError(f"MLC_DIST must be auto, mpi or none, got {want!r}")
-            if want == "mpi" or (want == "auto" and launched_by_mpi()):
+            want = dist_choice()
+            if want == "mpi" or (want in ("auto", "nccl") and launched_by_mpi()):
                 try:
                     import mpi4py  # noqa: F401
                 except ImportError:
@@ -461,6 +520,52 @@ def world() -> Communicator:
             else:
                 _world = SingleProcess()
         return _world
+
+
+_device_world: Communicator | None = None
+
+
+def nccl_available() -> bool:
+    try:
+        from cupy.cuda import nccl  # noqa: F401
+    except Exception:   # no CuPy, or a CuPy built without NCCL
+        return False
+    return True
+
+
+def device_world() -> Communicator:
+    """The communicator of collectives on GPU buffers (CuPy arrays): over the same
+    processes as ``world()``; NCCL with ``MLC_DIST=nccl`` or, under ``auto``, in a job
+    of several processes where CuPy has NCCL; else ``world()``'s transport staged
+    through host memory (``HostStaged``). A world of one passes buffers through."""
+    global _device_world
+    if _device_world is not None:
+        return _device_world
+    want = dist_choice()
+    w = world()
+    if want == "nccl" or (want == "auto" and w.size > 1 and nccl_available()):
+        if not nccl_available():
+            raise DistError("MLC_DIST=nccl: GPU collectives by NCCL need CuPy with NCCL (pip install 'mlc[gpu]', "
+                            "a CUDA build of CuPy; check `python -c 'from cupy.cuda import nccl'`); MLC_DIST=mpi "
+                            "sends GPU buffers through host memory instead")
+        if w.size > 1 and not isinstance(w, MPICommunicator):
+            raise DistError(f"MLC_DIST=nccl: the NCCL id is sent over MPI, but this world is a {type(w).__name__}")
+        comm: Communicator = NCCLCommunicator(w if w.size > 1 else None)
+    elif w.size == 1:
+        comm = w
+    else:
+        comm = HostStaged(w)
+    with _world_lock:
+        if _device_world is None:
+            _device_world = comm
+        return _device_world
+
+
+def device_group_of(ranks: tuple[int, ...]) -> Communicator:
+    w = device_world()
+    if w.rank not in ranks:
+        raise DistError(f"rank {w.rank} runs a collective of the group {list(ranks)}, which it is not part of")
+    return w.subgroup(tuple(ranks))
 
 
 def set_world(comm: Communicator) -> None:
@@ -497,14 +602,16 @@ def run_collective(op: str, attrs: dict, x, out, comm: Communicator | None = Non
             if axis == 0:
                 comm.allgather(x, out)
             else:   # gather rank-major, then lay the pieces out along the axis
-                tmp = np.empty((comm.size, *x.shape), x.dtype)
-                comm.allgather(np.ascontiguousarray(x), tmp)
-                out[...] = np.concatenate(list(tmp), axis=axis)
+                xp = _array_module(out)
+                tmp = xp.empty((comm.size, *x.shape), x.dtype)
+                comm.allgather(xp.ascontiguousarray(x), tmp)
+                out[...] = xp.concatenate(list(tmp), axis=axis)
         else:
             if axis == 0:
                 comm.reduce_scatter(x, out, attrs["op"])
             else:   # blocks along the axis, made contiguous rank-major
-                blocks = np.ascontiguousarray(np.stack(np.split(x, comm.size, axis=axis)))
+                xp = _array_module(out)
+                blocks = xp.ascontiguousarray(xp.stack(xp.split(x, comm.size, axis=axis)))
                 comm.reduce_scatter(blocks, out, attrs["op"])
     elif op == "send":
         if out is not x:
@@ -514,6 +621,22 @@ def run_collective(op: str, attrs: dict, x, out, comm: Communicator | None = Non
         comm.recv(out, comm.ranks.index(attrs["peer"]), attrs["tag"])
     else:
         raise DistError(f"unknown collective {op!r}")
+
+
+def _array_module(a):
+    """numpy for numpy arrays, CuPy for CuPy arrays (device buffers)."""
+    return np if isinstance(a, np.ndarray) else __import__("cupy")
+
+
+def parse_descriptor(desc: bytes | str) -> tuple:
+    """(op, attrs, (dtype str, shape) of the source or None, of the destination, CallSite)
+    of a collective's JSON descriptor (``passes/lower.py``)."""
+    j = json.loads(desc)
+    t_in = (j["in"][0], tuple(j["in"][1])) if j["in"] else None
+    t_out = (j["out"][0], tuple(j["out"][1]))
+    t = t_in or t_out
+    site = call_site(j["op"], j["attrs"], TensorType(t[1], to_dtype(np.dtype(t[0]))), j.get("site"))
+    return j["op"], j["attrs"], t_in, t_out, site
 
 
 # ----------------------------------------------------------------------------- compiled code's entry point
@@ -544,13 +667,8 @@ def _dispatch(desc: bytes, src: int | None, dst: int | None) -> None:
     try:
         d = _descriptors.get(desc)
         if d is None:
-            j = json.loads(desc)
-            t_in = (j["in"][0], tuple(j["in"][1])) if j["in"] else None
-            t_out = (j["out"][0], tuple(j["out"][1]))
-            t = t_in or t_out
-            site = call_site(j["op"], j["attrs"], TensorType(t[1], to_dtype(np.dtype(t[0]))), j.get("site"))
-            d = _descriptors[desc] = [j["op"], j["attrs"], t_in, t_out, group_of(tuple(j["attrs"]["group"])), None,
-                                      site]
+            op, attrs, t_in, t_out, site = parse_descriptor(desc)
+            d = _descriptors[desc] = [op, attrs, t_in, t_out, group_of(tuple(attrs["group"])), None, site]
         op, attrs, t_in, t_out, comm, last, site = d
         if last is None or last[0] != src or last[1] != dst:   # workspace buffers keep their address
             x = _view(src, *t_in) if t_in else None

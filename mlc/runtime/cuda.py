@@ -8,7 +8,10 @@ the device), keeps the weights and the arena on the device, and replays the tabl
 the current stream. After the first call it captures the replay as a CUDA graph
 (static input and output buffers; each call copies its inputs in and its outputs
 out), so a call of a small model costs one graph launch instead of one launch per
-kernel. ``MLC_CUDA_GRAPH=0`` keeps plain launches.
+kernel. ``MLC_CUDA_GRAPH=0`` keeps plain launches. A collective op in the table (the
+all-reduce of data-parallel gradients) runs between the launches through
+``comm.device_world()`` -- NCCL on the same stream -- and keeps the table out of a
+CUDA graph.
 
 ``CudaExecutable`` is the ``Executable`` of a GPU program: CuPy arrays, or anything
 with ``__cuda_array_interface__`` or ``__dlpack__`` on the device (a torch CUDA tensor),
@@ -62,7 +65,7 @@ class CudaCode:
             self.module = cp.RawModule(path=path)
             self.kernels = {}
             for launch in gpu_module.launches:
-                if launch.kernel not in self.kernels:
+                if not launch.collective and launch.kernel not in self.kernels:
                     k = self.module.get_function(launch.kernel)
                     if launch.dynamic_shared_bytes:
                         k.max_dynamic_shared_size_bytes = launch.dynamic_shared_bytes
@@ -73,7 +76,10 @@ class CudaCode:
         self._views: dict = {}   # workspace offset -> a view of the arena there
         self._graph = None
         self._static = None
-        self.use_graph = os.environ.get("MLC_CUDA_GRAPH", "1").strip() not in ("0", "off", "no")
+        self._collectives: dict = {}   # descriptor -> (op, attrs, source type, destination type, call site)
+        # a collective runs on the host's communicator between launches: no graph around it
+        self.use_graph = os.environ.get("MLC_CUDA_GRAPH", "1").strip() not in ("0", "off", "no") and not any(
+            launch.collective for launch in self.launches)
         self._lock = threading.Lock()   # one workspace: calls on one executable run one at a time
 
     def _pointer(self, slot, inputs, outputs) -> "object":
@@ -91,9 +97,35 @@ class CudaCode:
             view = self._views[slot.index] = cp.ndarray((1,), cp.uint8, memptr=self.arena.data + slot.index)
         return view
 
+    def _array(self, slot, typestr: str, shape: tuple, inputs, outputs):
+        """The slot's memory as a CuPy array of the given type (a view, no copy)."""
+        cp = self.cp
+        base = self._pointer(slot, inputs, outputs)
+        memptr = self.arena.data + slot.index if slot.space == "workspace" else base.data
+        return cp.ndarray(shape, np.dtype(typestr), memptr=memptr)
+
+    def collective(self, launch, inputs, outputs) -> None:
+        """A collective entry of the table, by the device communicator (NCCL) on the
+        current stream (``runtime.comm.device_world``)."""
+        from .comm import device_group_of, parse_descriptor, run_collective
+        parsed = self._collectives.get(launch.collective)
+        if parsed is None:
+            parsed = self._collectives[launch.collective] = parse_descriptor(launch.collective)
+        op, attrs, t_in, t_out, site = parsed
+        src, dst = launch.args
+        out = self._array(dst, *t_out, inputs, outputs)
+        x = None if t_in is None else out if (src == dst and t_in == t_out) else \
+            self._array(src, *t_in, inputs, outputs)
+        run_collective(op, attrs, x, out, device_group_of(tuple(attrs["group"])), site)
+
     def launch_all(self, inputs, outputs, each=None) -> None:
         """Every launch of the table on the current stream; ``each(n, run)`` wraps launch n."""
         for n, launch in enumerate(self.launches):
+            if launch.collective:
+                def run(launch=launch):
+                    self.collective(launch, inputs, outputs)
+                run() if each is None else each(n, run)
+                continue
             args = tuple(self._pointer(s, inputs, outputs) for s in launch.args)
             kernel = self.kernels[launch.kernel]
 

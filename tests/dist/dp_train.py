@@ -1,5 +1,6 @@
 """Data parallel: 20 steps on 2 ranks end with the parameters of single-process
-training on the whole batch (run with mpirun -n 2)."""
+training on the whole batch (run with mpirun -n 2). argv[1], if given, is the target
+(cuda-sm90 under MLC_CUDA_EMULATE=1: the GPU schedules with the all-reduces between them)."""
 import sys
 
 import numpy as np
@@ -8,6 +9,7 @@ import mlc
 from mlc import nn, optim
 
 rank, size = mlc.dist.rank(), mlc.dist.world_size()
+TARGET = sys.argv[1] if len(sys.argv) > 1 else "host"
 model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 4))
 rng = np.random.default_rng(0)
 X = rng.standard_normal((64, 16)).astype(np.float32)
@@ -24,7 +26,7 @@ def train(data_parallel, opt):
     params, _ = model.init(seed=1)
     state = opt.init(params)
     # small buckets: several all-reduces, bucketed by production order
-    step = optim.train_step(loss_fn, opt, data_parallel=data_parallel, bucket_bytes=4096)
+    step = optim.train_step(loss_fn, opt, data_parallel=data_parallel, bucket_bytes=4096, target=TARGET)
     losses = [float(step(params, state, X, Y)) for _ in range(20)]
     return params, losses, step
 

@@ -91,3 +91,57 @@ def test_profile_times_every_launch():
     exe = mlc.compile(mlp, *mlp_inputs(), target="cuda")
     report = exe.profile(*[CP.asarray(a) for a in mlp_inputs()], runs=3, warmup=1)
     assert len(report.kernels) == len(exe._code.launches) and all(k.median > 0 for k in report.kernels)
+
+
+# ----------------------------------------------------------------------------- collectives in GPU programs
+
+def _dp_step_graph():
+    x, w = np.ones((8, 16), np.float32), np.full((16, 4), 0.1, np.float32)
+
+    def step(w, x):
+        loss, g = mlc.value_and_grad(lambda w: mlc.sum((x @ w) ** 2))(w)
+        g, = mlc.dist.allreduce_gradients([g])
+        return loss, w - 0.1 * g
+    return mlc.trace(step, w, x), (w, x)
+
+
+def test_a_collective_is_an_entry_of_the_launch_table_between_kernels():
+    from mlc.driver import Compiled
+    graph, _ = _dp_step_graph()
+    c = Compiled(graph, Target.get("cuda-sm90"))
+    table = c.gpu_module.launches
+    coll = [n for n, launch in enumerate(table) if launch.collective]
+    assert len(coll) == 1 and 0 < coll[0] < len(table) - 1   # the update kernels run after it
+    entry = table[coll[0]]
+    import json
+    d = json.loads(entry.collective)
+    assert d["op"] == "allreduce" and d["attrs"]["op"] == "mean" and d["out"] == ["<f4", [16, 4]]
+    assert entry.kernel not in c.gpu_module.ptx   # no kernel of its own: the runtime's communicator runs it
+    assert all(launch.kernel in c.gpu_module.ptx for launch in table if not launch.collective)
+
+
+def test_device_world_choice_and_its_errors(monkeypatch):
+    from mlc.runtime import comm
+    monkeypatch.setattr(comm, "_device_world", None)
+    monkeypatch.setenv("MLC_DIST", "tcp")
+    with pytest.raises(comm.DistError, match="MLC_DIST must be one of auto, mpi, nccl, none, got 'tcp'"):
+        comm.device_world()
+    monkeypatch.setenv("MLC_DIST", "auto")
+    if comm.world().size == 1:   # one process: buffers pass through, whatever the transport
+        assert comm.device_world() is comm.world()
+    monkeypatch.setattr(comm, "_device_world", None)
+    monkeypatch.setattr(comm, "nccl_available", lambda: False)
+    monkeypatch.setenv("MLC_DIST", "nccl")
+    with pytest.raises(comm.DistError, match="GPU collectives by NCCL need CuPy with NCCL"):
+        comm.device_world()
+
+
+@needs_device
+def test_a_data_parallel_step_runs_its_all_reduce_on_the_device(monkeypatch):
+    from mlc.runtime import comm
+    monkeypatch.setattr(comm, "_device_world", None)
+    graph, (w, x) = _dp_step_graph()
+    step = mlc.compile(graph, target="cuda")
+    cpu = mlc.compile(graph)
+    for got, want in zip(step(CP.asarray(w), CP.asarray(x)), cpu(w, x)):
+        np.testing.assert_allclose(CP.asnumpy(got), want, rtol=1e-5)
