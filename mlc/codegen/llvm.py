@@ -889,9 +889,41 @@ def kernel_source(func: Func, symbol: str, triple: str, parallel: bool, bounds_c
 
 def compile_kernel(job: tuple) -> bytes:
     """A worker process's task: (func, symbol, triple, cpu, features, parallel, bounds_check,
-    profile) -> the kernel's object code."""
+    profile) -> the kernel's object code, its local symbols named after it."""
     func, symbol, triple, cpu, features, parallel, bounds_check, profile = job
-    return compile_source(kernel_source(func, symbol, triple, parallel, bounds_check, profile), triple, cpu, features)
+    obj = compile_source(kernel_source(func, symbol, triple, parallel, bounds_check, profile), triple, cpu, features)
+    return prefix_local_symbols(obj, f"{symbol}.".encode())
+
+
+def prefix_local_symbols(obj: bytes, prefix: bytes) -> bytes:
+    """An ELF64 little-endian object with ``prefix`` before the name of each local symbol
+    (not sections and files). MCJIT resolves a relocation against a local symbol by its name,
+    so once ``ld -r`` has joined kernel objects, two kernels' constant pools (``.LCPI0_1``)
+    or strings (``.Lstr.0``) must not share one. The new string table goes at the end of the
+    file (the old one is its start, so every other name keeps its offset)."""
+    if obj[:4] != b"\x7fELF" or obj[4] != 2 or obj[5] != 1:
+        raise ValueError("kernel objects compiled apart must be ELF64 little-endian")
+    buf = bytearray(obj)
+    shoff = int.from_bytes(obj[0x28:0x30], "little")
+    shentsize, shnum = int.from_bytes(obj[0x3A:0x3C], "little"), int.from_bytes(obj[0x3C:0x3E], "little")
+    headers = [shoff + i * shentsize for i in range(shnum)]
+    field = lambda h, at, n: int.from_bytes(obj[h + at:h + at + n], "little")
+    for h in headers:
+        if field(h, 4, 4) != 2:   # SHT_SYMTAB
+            continue
+        strtab = headers[field(h, 40, 4)]
+        start, size = field(strtab, 24, 8), field(strtab, 32, 8)
+        old = obj[start:start + size]
+        names = bytearray(old)
+        for sym in range(field(h, 24, 8), field(h, 24, 8) + field(h, 32, 8), 24):
+            name, info = int.from_bytes(obj[sym:sym + 4], "little"), obj[sym + 4]
+            if name and info >> 4 == 0 and info & 0xF not in (3, 4):   # STB_LOCAL, not STT_SECTION/STT_FILE
+                buf[sym:sym + 4] = len(names).to_bytes(4, "little")
+                names += prefix + old[name:old.index(b"\0", name)] + b"\0"
+        buf[strtab + 24:strtab + 32] = len(buf).to_bytes(8, "little")
+        buf[strtab + 32:strtab + 40] = len(names).to_bytes(8, "little")
+        buf += names
+    return bytes(buf)
 
 
 def compile_jobs() -> int:

@@ -118,6 +118,25 @@ def run(code, x):
     return y
 
 
+def test_kernels_linked_together_keep_their_own_constants(monkeypatch):
+    # each kernel's vector constants sit in its constant pool under a local name (.LCPI0_0) that
+    # the other kernel's pool has too: the loaded code must use each kernel's own
+    monkeypatch.setenv("MLC_CACHE_DIR", "off")
+    v = Var("v")
+    out1 = Buffer("out1", [8], float32)
+    scale = Func("scale", [a], [out], For(v, 8, Store(out, [v], Load(a, [v]) * 3.0 + 0.5), "vector"))
+    shift = Func("shift", [a], [out1], For(v, 8, Store(out1, [v], Load(a, [v]) * -7.0 - 2.25), "vector"))
+    calls = [EntryCall(scale, [Slot("input", 0), Slot("output", 0)]),
+             EntryCall(shift, [Slot("input", 0), Slot("output", 1)])]
+    code = codegen.load(codegen.build_split(codegen.Program("p", [scale, shift], calls), "host"))
+    x = np.arange(8, dtype=np.float32) - 3
+    y, y1 = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    arr = lambda xs: (ctypes.c_void_p * len(xs))(*[v.ctypes.data for v in xs])
+    code.entry(arr([x]), arr([y, y1]), arr([]), None)
+    np.testing.assert_array_equal(y, x * 3 + 0.5)
+    np.testing.assert_array_equal(y1, x * -7 - 2.25)
+
+
 def test_an_error_in_a_worker_is_raised_as_in_this_process(monkeypatch):
     monkeypatch.setenv("MLC_CACHE_DIR", "off")
     monkeypatch.setenv("MLC_COMPILE_JOBS", "2")
