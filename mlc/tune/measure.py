@@ -45,7 +45,7 @@ class KernelBuild:
     parallel: bool = False      # the code calls libgomp
     target_key: str = ""
     # a GPU build: ``object`` is PTX and these are its launches, in order, each
-    # {"kernel", "grid", "block", "dynamic_shared_bytes", "args": [[space, index], ...]}
+    # {"kernel", "grid", "block", "shared_bytes", "dynamic_shared_bytes", "args": [[space, index], ...]}
     launches: list = field(default_factory=list)
 
     @property
@@ -85,7 +85,8 @@ def _launch(x) -> dict:
     """One launch of a GPU build's header, checked; ValueError naming what is wrong."""
     try:
         out = {"kernel": str(x["kernel"]), "grid": [int(n) for n in x["grid"]],
-               "block": [int(n) for n in x["block"]], "dynamic_shared_bytes": int(x.get("dynamic_shared_bytes", 0)),
+               "block": [int(n) for n in x["block"]], "shared_bytes": int(x.get("shared_bytes", 0)),
+               "dynamic_shared_bytes": int(x.get("dynamic_shared_bytes", 0)),
                "args": [[str(sp), int(i)] for sp, i in x["args"]]}
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"malformed launch {x!r}: {e}") from None
@@ -154,7 +155,7 @@ def build_gpu_kernel(func: Func, target) -> KernelBuild:
     target = Target.get(target)
     program = codegen.Program.of_func(func)
     gpu = build_gpu(program, target)
-    launches = [{"kernel": x.kernel, "grid": list(x.grid), "block": list(x.block),
+    launches = [{"kernel": x.kernel, "grid": list(x.grid), "block": list(x.block), "shared_bytes": x.shared_bytes,
                  "dynamic_shared_bytes": x.dynamic_shared_bytes, "args": [[a.space, a.index] for a in x.args]}
                 for x in gpu.launches]
     specs = lambda bufs: [(b.shape, b.dtype.np.str) for b in bufs]
@@ -254,10 +255,10 @@ def run_gpu_build(build: KernelBuild, inputs: Sequence[np.ndarray], repeat: int 
     from ..codegen.nvptx import GpuModule, Launch
     from ..ir.plan import Slot
     from ..runtime.cuda import CudaCode
-    gm = GpuModule(build.object.decode(), [Launch(x["kernel"], tuple(x["grid"]), tuple(x["block"]),
-                                                  x["dynamic_shared_bytes"], tuple(Slot(sp, i) for sp, i in x["args"]),
-                                                  build.name, x["dynamic_shared_bytes"])
-                                           for x in build.launches], build.workspace_bytes)
+    launches = [Launch(kernel=x["kernel"], grid=tuple(x["grid"]), block=tuple(x["block"]),
+                       shared_bytes=x["shared_bytes"], args=tuple(Slot(sp, i) for sp, i in x["args"]),
+                       func=build.name, dynamic_shared_bytes=x["dynamic_shared_bytes"]) for x in build.launches]
+    gm = GpuModule(build.object.decode(), launches, build.workspace_bytes)
     code = CudaCode(gm, [])   # CudaUnavailable without CuPy or a device: this measurement's error
     cp = code.cp
     ins = [cp.asarray(a) for a in check_inputs(build, inputs)]

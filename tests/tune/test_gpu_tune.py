@@ -299,3 +299,117 @@ def test_tuning_on_the_device_stores_checked_gpu_measurements(tmp_path, monkeypa
     np.testing.assert_allclose(got.get() if hasattr(got, "get") else got, ref(*args), rtol=1e-4, atol=1e-4)
     assert workload_key(tuner.tasks[0].kernel, target) == tuner.tasks[0].key
     assert os.path.exists(db)
+
+
+# ----------------------------------------------------------------------------- the device measurement, on a fake CuPy
+
+class _Ptr:
+    def __init__(self, base, offset=0):
+        self.base, self.offset = base, offset
+
+    def __add__(self, n):
+        return _Ptr(self.base, self.offset + n)
+
+
+class _FakeCupy:
+    """Just enough of CuPy for ``CudaCode`` and ``run_gpu_build``: arrays are numpy
+    arrays, each launch and event is logged, events read a clock that every launch
+    advances by 1 ms, so the times the measurement reports are known."""
+
+    uint8, float32 = np.uint8, np.float32
+
+    def __init__(self):
+        self.log, self.clock = [], 0.0
+        fake = self
+
+        class Arr(np.ndarray):
+            @property
+            def data(self):
+                return _Ptr(self)
+
+            def fill(self, v):
+                fake.log.append(("fill", float(v)))
+                np.ndarray.fill(self, v)
+
+        class Kernel:
+            def __init__(self, name):
+                self.name = name
+
+            def __call__(self, grid, block, args, shared_mem=0):
+                fake.clock += 1.0
+                fake.log.append(("launch", self.name, tuple(grid), tuple(block), args, shared_mem))
+
+        class Module:
+            def __init__(self, path):
+                with open(path) as f:
+                    self.ptx = f.read()
+
+            def get_function(self, name):
+                assert f".entry {name}(" in self.ptx
+                return Kernel(name)
+
+        class Event:
+            def record(self):
+                self.t = fake.clock
+                fake.log.append(("event",))
+
+            def synchronize(self):
+                pass
+
+        class Device:
+            id = 0
+
+            def synchronize(self):
+                pass
+
+        class runtime:
+            getDeviceCount = staticmethod(lambda: 1)
+            getDeviceProperties = staticmethod(lambda i: {"l2CacheSize": 1 << 20})
+
+        class cuda:
+            pass
+        cuda.runtime, cuda.Event, cuda.Device = runtime, Event, Device
+        cuda.get_elapsed_time = staticmethod(lambda a, b: b.t - a.t)
+        self.cuda, self.RawModule, self.Arr = cuda, Module, Arr
+
+    def asarray(self, x):
+        return np.array(x).view(self.Arr)
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype).view(self.Arr)
+
+    def empty(self, shape, dtype):
+        return self.zeros(shape, dtype)
+
+    def ndarray(self, shape, dtype, memptr):
+        return ("workspace", memptr.offset)
+
+    def asnumpy(self, x):
+        return np.array(x)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_device_measurement_launches_the_table_and_times_with_events(monkeypatch, flush):
+    fake = _FakeCupy()
+    monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
+    fn, args, _ = CASES["softmax_like"]
+    space = _task("softmax_like").space
+    build = build_gpu_kernel(_func(space, {"row_threads": 64, "threads": 128}), SM90)
+    res = run_build(build, args, repeat=3, min_repeat_ms=5.0, flush=flush)
+    assert res.error is None and [o.shape for o in res.outputs] == [a.shape for a in args]
+    launches = [e for e in fake.log if e[0] == "launch"]
+    n = len(build.launches)
+    for got, want in zip(launches, build.launches * (len(launches) // n)):
+        assert got[1:4] == (want["kernel"], tuple(want["grid"]), tuple(want["block"]))
+        assert got[5] == want["dynamic_shared_bytes"]
+        for a, (space_, i) in zip(got[4], want["args"]):
+            if space_ == "input":
+                np.testing.assert_array_equal(a, args[i])
+    assert [e[3] for e in launches[:n]] == [(64, 1, 1), (128, 1, 1)]   # the knobs' blocks
+    if flush:
+        # the warm-up call, then per timing: the cache overwritten, an event, the call, an event
+        assert [e[0] for e in fake.log[n:]] == ["fill", "event", *["launch"] * n, "event"] * 3
+        assert res.times == [n * 1e-3] * 3     # one fake millisecond per launch, in seconds
+    else:
+        # back-to-back calls until one timing lasts 5 ms: 3 calls of 2 launches (6 ms), per call 2 ms
+        assert res.times == [n * 1e-3] * 3 and len(launches) > 3 * n
