@@ -479,15 +479,13 @@ def cmd_tune(args) -> int:
     from .driver import emulating
     from .schedule.database import record_key
     from .tune.tuner import TuneError, check_device, emulation_warning, trial_limit, tune
-    emulated = False
     try:
         if (args.target or "").strip() == "cuda" and not args.runner and not emulating():
             check_device("cuda")     # (the target 'cuda' is the device: it cannot be named without one)
         target = _target_of(args, "tune")
-        if target.kind == "cuda" and not args.runner:
-            emulated = emulating()
-            if not emulated:
-                check_device(target)
+        emulated = target.kind == "cuda" and emulating()   # (as tune() decides)
+        if target.kind == "cuda" and not emulated and not args.runner:
+            check_device(target)
     except TuneError as e:
         raise SystemExit(f"mlc tune: {e}")
     if args.trials is not None and args.trials < 0:
