@@ -444,3 +444,25 @@ def test_export_gpu_library_refuses_a_cpu_compilation(tmp_path):
     c = Compiled(mlc.trace(classifier, X), Target.get("host"))
     with pytest.raises(ExportError, match="a cuda model library is built for a cuda target; host is a cpu target"):
         export_gpu_library(c, tmp_path / "m.so", None)
+
+
+# ----------------------------------------------------------------------------- on a real device
+
+def _device_cupy():
+    try:
+        from mlc.runtime.cuda import CudaUnavailable, cupy_module
+        return cupy_module()
+    except (ImportError, CudaUnavailable) as e:
+        return str(e)
+
+
+@pytest.mark.skipif(isinstance(_device_cupy(), str), reason="no CUDA device (the fake driver tests above run instead)")
+def test_a_cuda_library_runs_on_the_device_like_numpy(tmp_path):
+    cp = _device_cupy()
+    path = tmp_path / "classifier.so"
+    Compiled(mlc.trace(classifier, X), Target.get("cuda")).export(path)
+    exe = mlc.load(path)
+    y = exe(cp.asarray(X))
+    h = np.maximum(X @ W1 + B1, 0) @ W2
+    want = np.exp(h - h.max(-1, keepdims=True))
+    np.testing.assert_allclose(cp.asnumpy(y), want / want.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
