@@ -1012,17 +1012,30 @@ class _Worker:
 
 _WORKERS: list[_Worker] = []
 _WORKERS_PID = 0   # the process that started them (a fork of it starts its own)
+_WORKERS_FAILED = ""   # why workers are not used any more in this process ("": they are)
 
 
 def _workers(n: int) -> list[_Worker]:
-    """``n`` worker processes, started once and reused by every compile in this process."""
-    global _WORKERS, _WORKERS_PID
+    """``n`` worker processes, started once and reused by every compile in this process;
+    none once one has died or could not be started (this process compiles alone then)."""
+    global _WORKERS, _WORKERS_PID, _WORKERS_FAILED
     if _WORKERS_PID != os.getpid():
-        _WORKERS, _WORKERS_PID = [], os.getpid()
-    _WORKERS = [w for w in _WORKERS if w.proc.poll() is None]
-    while len(_WORKERS) < n:
-        _WORKERS.append(_Worker())
+        _WORKERS, _WORKERS_PID, _WORKERS_FAILED = [], os.getpid(), ""
+    if _WORKERS_FAILED:
+        return []
+    try:
+        while len(_WORKERS) < n:
+            _WORKERS.append(_Worker())
+    except OSError as e:
+        _worker_failed(f"a compile worker process could not be started: {e}")
     return _WORKERS[:n]
+
+
+def _worker_failed(why: str) -> None:
+    global _WORKERS_FAILED
+    if not _WORKERS_FAILED:
+        _WORKERS_FAILED = why
+        warnings.warn(f"{why}; mlc compiles kernels in this process from now on", RuntimeWarning)
 
 
 @atexit.register
@@ -1055,8 +1068,7 @@ def compile_kernels(jobs: list[tuple], sizes: list[int]) -> list[bytes]:
             try:
                 results[i] = w.run(jobs[i])
             except WorkerDied as e:
-                warnings.warn(f"an mlc compile worker process died ({e}); its kernels are compiled by the others",
-                              RuntimeWarning)
+                _worker_failed(f"an mlc compile worker process died ({e})")
                 with lock:
                     order.appendleft(i)
                 return
@@ -1066,13 +1078,21 @@ def compile_kernels(jobs: list[tuple], sizes: list[int]) -> list[bytes]:
     threads = [threading.Thread(target=drive, args=(w,), daemon=True) for w in _workers(min(n - 1, len(jobs) - 1))]
     for t in threads:
         t.start()
-    while (i := take(False)) is not None:
-        try:
-            results[i] = compile_kernel(jobs[i])
-        except Exception as e:
-            errors[i] = e
-    for t in threads:
-        t.join()
+    try:
+        while (i := take(False)) is not None:
+            try:
+                results[i] = compile_kernel(jobs[i])
+            except Exception as e:
+                errors[i] = e
+    except BaseException:   # interrupted: the workers stop after their job (its reply read, the pipe clean)
+        with lock:
+            order.clear()
+        raise
+    finally:
+        for t in threads:
+            t.join()
+    if _WORKERS_FAILED:
+        _close_workers()
     if errors:
         raise errors[min(errors)]
     return [r if r is not None else compile_kernel(j) for r, j in zip(results, jobs)]

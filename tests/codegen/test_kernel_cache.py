@@ -146,6 +146,22 @@ def test_an_error_in_a_worker_is_raised_as_in_this_process(monkeypatch):
         codegen.build_split(program(*funcs, bad), "host")
 
 
+def test_a_dying_worker_leaves_its_kernels_to_this_process(monkeypatch):
+    monkeypatch.setenv("MLC_CACHE_DIR", "off")
+    monkeypatch.setenv("MLC_COMPILE_JOBS", "2")
+    monkeypatch.setattr(llvm, "_WORKER_BOOT", "import sys; sys.exit(3)")
+    monkeypatch.setattr(llvm, "_WORKERS", [])
+    monkeypatch.setattr(llvm, "_WORKERS_PID", 0)
+    monkeypatch.setattr(llvm, "_WORKERS_FAILED", "")
+    funcs = [Func(f"k{n}", [a], [out], For(i, 8, Store(out, [i], Load(a, [i]) * float(n + 2)))) for n in range(4)]
+    with pytest.warns(RuntimeWarning, match=re.escape("an mlc compile worker process died (exit status 3); mlc "
+                                                      "compiles kernels in this process from now on")):
+        code = codegen.load(codegen.build_split(program(*funcs), "host"))
+    x = np.arange(8, dtype=np.float32)
+    np.testing.assert_array_equal(run(code, x), x * 5)   # the last call's (k3) output
+    assert llvm._workers(1) == []
+
+
 def test_bounds_check_reports_a_kernel_compiled_apart(monkeypatch):
     monkeypatch.setenv("MLC_CACHE_DIR", "off")
     good = Func("good", [a], [out], For(i, 8, Store(out, [i], Load(a, [i]) + 1.0), "parallel"))
