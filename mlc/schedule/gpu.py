@@ -12,6 +12,11 @@ block's size per axis is its widest thread loop, narrower ones are guarded).
   reduction copied cooperatively into shared memory between barriers
   (``cache_shared``); batch axes on ``blockIdx.z``; an elementwise epilogue (bias,
   activation, residual) applied as the registers are stored.
+* convolutions (not grouped): an implicit GEMM (``conv_tiles``) -- output channels as
+  the rows, the innermost spatial axis as the columns (the other spatial axes and the
+  batch on ``blockIdx.z``), input channels and window fused into the reduction -- with
+  the same register tiles and fused epilogue; the weights' slice staged through shared
+  memory where it is a box (1x1 convolutions), the input read through the cache.
 * row reductions (softmax's max and sum, layer norm's moments, sums over the last
   axis: a reduction read contiguously along its innermost reduced axis, with few rows
   or long ones): one block per output element, threads striding the row into
@@ -111,6 +116,8 @@ def gpu_schedule(kernel: Kernel, target, knobs: dict | None = None) -> Schedule:
             continue
         if _tiled_contraction(c, k):
             matmul_tiles(s, c, epi.get(c), k["tile_m"], k["tile_n"], k["reg"], k["k_tile"])
+        elif _implicit_gemm(c, k):
+            conv_tiles(s, c, epi.get(c), k["tile_m"], k["tile_n"], k["reg"], k["k_tile"])
         elif _row_reduction(c):
             threads = _row_threads(c, k["row_threads"])
             s.block_reduce(c.name, threads, _row_blocks(c, threads, target))
@@ -222,10 +229,23 @@ def matmul_tiles(s: Schedule, c: Compute, epilogue: Compute | None = None, tile_
     """Block tile (``tile_m`` x ``tile_n``) through shared memory, ``reg`` x ``reg``
     register tile per thread, ``k_tile`` reduction slice per step (see the module doc);
     ``epilogue`` (an elementwise consumer) computed as the registers are stored."""
-    st = s.stages[c.name]
+    names = s.stages[c.name].loop_names
     rank = len(c.shape)
-    names = st.loop_names
-    batch, i, j, k = names[:rank - 2], names[rank - 2], names[rank - 1], names[rank]
+    ko = block_tile(s, c, epilogue, names[:rank - 2], names[rank - 2], names[rank - 1], names[rank],
+                    tile_m, tile_n, reg, k_tile)
+    staged = []
+    for ld in _loads(c):
+        if ld.source.name not in staged:
+            staged.append(ld.source.name)
+            s.cache_shared(ld.source.name, ko)
+
+
+def block_tile(s: Schedule, c: Compute, epilogue, batch: list, i: str, j: str, k: str, tile_m: int, tile_n: int,
+               reg: int, k_tile: int) -> str:
+    """The loops of a contraction as a GEMM: ``i`` x ``j`` output tiles per block (batch
+    loops on ``blockIdx.z``), a ``reg`` x ``reg`` register tile per thread, the
+    reduction ``k`` in slices of ``k_tile``; returns the slice loop (where operands are
+    staged through shared memory)."""
     bi, i1 = s.split(i, tile_m, [_name(s, f"{i}_b"), _name(s, f"{i}_1")])
     ty, ri = s.split(i1, reg, [_name(s, f"{i}_t"), _name(s, f"{i}_r")])
     bj, j1 = s.split(j, tile_n, [_name(s, f"{j}_b"), _name(s, f"{j}_1")])
@@ -242,8 +262,52 @@ def matmul_tiles(s: Schedule, c: Compute, epilogue: Compute | None = None, tile_
     s.bind(ty, "threadIdx.y")
     s.bind(tx, "threadIdx.x")
     s.register_tile(c.name, ko, *([epilogue.name] if epilogue is not None else []))
-    staged = []
-    for ld in _loads(c):
-        if ld.source.name not in staged:
-            staged.append(ld.source.name)
-            s.cache_shared(ld.source.name, ko)
+    return ko
+
+
+def _implicit_gemm(c: Compute, knobs=KNOBS) -> bool:
+    """A convolution (N, C_out, spatial...) = sum over (C_in, window...) of input x
+    weights, where the weights follow the output channel and no other output axis and
+    the input does not follow the output channel (not grouped or depthwise): a GEMM of
+    C_out x (spatial) over (C_in x window), tiled without an im2col copy."""
+    if not c.is_reduction or c.body.combiner != "sum" or not 3 <= len(c.shape) <= 5:
+        return False
+    loads = _loads(c)
+    if len(loads) != 2 or loads[0].source is loads[1].source:
+        return False
+    n, oc, spatial = c.axes[0], c.axes[1], c.axes[2:]
+    uses = [{v for v in c.axes if any(E.uses_var(x, v) for x in ld.indices)} for ld in loads]
+    weights = [m for m, u in enumerate(uses) if oc in u and not (u - {oc})]
+    if len(weights) != 1 or oc in uses[1 - weights[0]]:
+        return False
+    if c.shape[1] < 8 or _size(c.shape[2:]) < 16 or _size(c.body.extents) < 8:
+        return False
+    if _size(c.shape[:1] + c.shape[2:-1]) > MAX_GRID_YZ or -(-c.shape[1] // knobs["tile_m"]) > MAX_GRID_YZ:
+        return False
+    return n not in uses[weights[0]] and bool(spatial)
+
+
+def conv_tiles(s: Schedule, c: Compute, epilogue: Compute | None = None, tile_m: int = TILE, tile_n: int = TILE,
+               reg: int = REG, k_tile: int = K_TILE) -> None:
+    """Implicit GEMM: the output channels are the GEMM's rows, the innermost spatial
+    axis its columns (the others, with the batch, on ``blockIdx.z``), the reduced axes
+    (input channels and the window) fused into its reduction; the weights' slice
+    staged through shared memory, the input read through the cache (its window indices
+    are not a box a block could stage). The column tile shrinks to the row width (a
+    7-wide output takes 8 columns, not 64)."""
+    names = s.stages[c.name].loop_names
+    rank = len(c.shape)
+    n, oc, spatial, reduced = names[0], names[1], names[2:rank], names[rank:]
+    s.reorder(n, *spatial[:-1], oc, spatial[-1])
+    red = reduced[0]
+    for x in reduced[1:]:
+        red = s.fuse(red, x, _name(s, f"{red}_{x}"))
+    width = c.shape[-1]
+    cols = max(reg, min(tile_n, 1 << (width - 1).bit_length()))
+    ko = block_tile(s, c, epilogue, [n, *spatial[:-1]], oc, spatial[-1], red, tile_m, cols, reg, k_tile)
+    weights = next(ld.source.name for ld in _loads(c)
+                   if any(E.uses_var(x, c.axes[1]) for x in ld.indices))
+    try:
+        s.cache_shared(weights, ko)
+    except ScheduleError:   # (the schedule is left as it was: the weights are read through the cache)
+        pass

@@ -235,13 +235,26 @@ def test_top_level_statement_outside_a_block_loop_is_refused():
         codegen.source(program(text), SM90)
 
 
-def test_runtime_calls_are_refused():
+def test_a_collective_function_is_a_launch_table_entry_and_other_runtime_calls_are_refused():
     text = """func @gather(x: f32[8], y: f32[16]) {
   // outputs: y
   call mlc_collective({"op": "allgather"}, x, y)
 }"""
+    gm = nvptx.build_gpu(codegen.Program.of_func(parse(text)), SM90)
+    (entry,) = gm.launches
+    assert entry.collective == '{"op": "allgather"}' and [a.space for a in entry.args] == ["input", "output"]
+    assert ".entry" not in gm.ptx   # no kernel: the runtime's communicator runs it
+    mixed = """func @gather(x: f32[8], y: f32[16]) {
+  // outputs: y
+  call mlc_collective({"op": "allgather"}, x, y)
+  blockIdx.x b in [0, 1) {
+    threadIdx.x t in [0, 16) {
+      y[t] = y[t] * 2.0
+    }
+  }
+}"""
     with pytest.raises(nvptx.GpuCodegenError, match="func @gather: call mlc_collective: runtime calls"):
-        nvptx.build_gpu(codegen.Program.of_func(parse(text)), SM90)
+        nvptx.build_gpu(codegen.Program.of_func(parse(mixed)), SM90)
 
 
 def test_bound_loops_need_constant_extents():

@@ -130,6 +130,20 @@ def test_conv2d(stride, pads):
     gpu_run(lambda x, w: mlc.conv(x, w, strides=[stride, stride], pads=pads), x, w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("k,stride,pads,groups", [(3, 1, 1, 1), (1, 1, 0, 1), (3, 2, 1, 1), (3, 1, 1, 4)])
+def test_conv_with_bias_and_relu_as_an_implicit_gemm(k, stride, pads, groups):
+    x, w, b = rand(2, 16, 9, 7), rand(24, 16 // groups, k, k, seed=1) * 0.2, rand(24, seed=2)
+    text = gpu_run(lambda x, w, b: mlc.relu(mlc.conv(x, w, strides=[stride, stride], pads=[pads] * 4, group=groups)
+                                            + b.reshape(1, 24, 1, 1)), x, w, b, rtol=1e-4, atol=1e-4)
+    conv = next(f for f in L.parse_all(text) if f.name.startswith("conv"))
+    tiled = "alloc acc:" in str(conv)   # the register tile of the implicit GEMM, the epilogue on its registers
+    assert tiled == (groups == 1), str(conv)
+    if tiled:
+        assert "blockIdx.z" in str(conv) and "max(acc[" in str(conv)   # bias and relu applied to the registers
+    if k == 1 and groups == 1:   # a 1x1 conv's weight slice is a box: staged through shared memory
+        assert " shared" in str(conv)
+
+
 def test_pooling():
     x = rand(2, 4, 9, 10)
     gpu_run(lambda x: (mlc.max_pool(x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
