@@ -84,6 +84,7 @@ class Compiled:
         self.tuned = 0
         self.tuned_names: set[str] = set()
         _stage_done(pm, f"graph passes, fuse and lower: {len(self.lowered.calls)} kernels")
+        codegen.prepare(target, len(self.lowered.calls))   # compile workers start while the loops are made
         with Progress("schedule", len(self.lowered.calls)) if pm.progress else contextlib.nullcontext() as bar:
             def schedule_all():
                 funcs = _Funcs()

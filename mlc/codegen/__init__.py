@@ -76,6 +76,9 @@ class Backend:
         itself; None where the backend cannot (the caller compiles the whole program)."""
         return None
 
+    def prepare(self, target: Target, kernels: int) -> None:
+        """Start ahead what compiling about ``kernels`` kernels will need (worker processes)."""
+
     def text(self, source: str, target: Target, level: str) -> str:
         """A later level of ``source`` as text: ``llvm-opt`` or ``asm``."""
         raise NotImplementedError
@@ -122,6 +125,16 @@ def build_split(program: Program, target) -> bytes | None:
     target = Target.get(target)
     with LOCK:
         return backend(target).build_split(program, target)
+
+
+def prepare(target, kernels: int) -> None:
+    """Called as soon as a compile knows it will generate about ``kernels`` kernels for
+    ``target``: the backend starts what it will need (the CPU backend's compile workers), so
+    that this overlaps the stages before code generation."""
+    target = Target.get(target)
+    if target.kind == "cpu":
+        with LOCK:
+            backend(target).prepare(target, kernels)
 
 
 def load(obj: bytes, target="host"):

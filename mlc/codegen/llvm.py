@@ -844,6 +844,10 @@ class LLVMBackend(Backend):
     def build_split(self, program: Program, target: Target) -> bytes | None:
         return build_split(program, target)
 
+    def prepare(self, target: Target, kernels: int) -> None:
+        if target.is_host:
+            start_workers(kernels)
+
     def text(self, source: str, target: Target, level: str) -> str:
         tm = target_machine(target.triple, target.cpu, target.features)
         mod = optimize(source, tm)
@@ -876,7 +880,8 @@ BACKEND = LLVMBackend()
 # ``ld -r`` links them into one relocatable object. A kernel shared by two graphs (the
 # same model at another opt level, a training graph's forward) is compiled once.
 
-KERNEL_COUNTS = {"hits": 0, "misses": 0}   # kernel objects served from the disk cache / compiled
+# kernel objects served from the disk cache / compiled / of those, compiled by worker processes
+KERNEL_COUNTS = {"hits": 0, "misses": 0, "workers": 0}
 
 
 def kernel_source(func: Func, symbol: str, triple: str, parallel: bool, bounds_check: bool, profile: bool) -> str:
@@ -960,6 +965,9 @@ def serve_worker() -> None:
     answered on stdout with (True, object code) or (False, the exception)."""
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr   # a stray print must not corrupt the replies
+    init_llvm()
+    out.write(b"R")   # ready: the compiling process sends jobs only now
+    out.flush()
     while True:
         head = inp.read(8)
         if len(head) < 8:
@@ -985,8 +993,21 @@ class _Worker:
     def __init__(self):
         self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_BOOT, os.path.dirname(os.path.dirname(__file__))],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.lock = threading.Lock()   # one job at a time
+        self.ready = False
+
+    def wait_ready(self) -> bool:
+        """Wait until the worker has started (False: it died starting)."""
+        with self.lock:
+            if not self.ready:
+                self.ready = self.proc.stdout.read(1) == b"R"
+            return self.ready
 
     def run(self, job: tuple) -> bytes:
+        with self.lock:
+            return self._run(job)
+
+    def _run(self, job: tuple) -> bytes:
         try:
             data = pickle.dumps(job)
             self.proc.stdin.write(len(data).to_bytes(8, "little") + data)
@@ -1046,13 +1067,24 @@ def _close_workers() -> None:
         _WORKERS.clear()
 
 
+MIN_PARALLEL_JOBS = 4   # fewer kernels compile here as fast as a worker would start
+
+
+def start_workers(kernels: int) -> None:
+    """Start the worker processes ahead of a compile of about ``kernels`` kernels (they take
+    about half a second to start), so that they are ready when its code is generated."""
+    n = compile_jobs()
+    if n > 1 and kernels >= 2 * MIN_PARALLEL_JOBS and linker() is not None:
+        _workers(min(n - 1, kernels - 1))
+
+
 def compile_kernels(jobs: list[tuple], sizes: list[int]) -> list[bytes]:
     """Object code of each job (``compile_kernel``'s tuples), the largest (``sizes``) first,
     on ``compile_jobs() - 1`` worker processes and on this thread, which takes the smallest
     jobs left (all of them while the workers start). In this process alone for one job, one
     core or MLC_COMPILE_JOBS=1; here too what a dying worker left."""
     n = compile_jobs()
-    if n <= 1 or len(jobs) <= 1:
+    if n <= 1 or len(jobs) < MIN_PARALLEL_JOBS:
         return [compile_kernel(j) for j in jobs]
     order = collections.deque(sorted(range(len(jobs)), key=lambda i: -sizes[i]))
     results: list = [None] * len(jobs)
@@ -1063,10 +1095,22 @@ def compile_kernels(jobs: list[tuple], sizes: list[int]) -> list[bytes]:
         with lock:
             return (order.popleft() if front else order.pop()) if order else None
 
+    busy = threading.Condition(lock)
+    running = [0]   # jobs on the workers now
+
     def drive(w: _Worker) -> None:
-        while (i := take(True)) is not None:
+        if not w.wait_ready():   # meanwhile this thread has been taking jobs
+            _worker_failed(f"an mlc compile worker process died starting (exit status {w.proc.wait()})")
+            return
+        while True:
+            with lock:
+                if not order:
+                    return
+                i = order.popleft()
+                running[0] += 1
             try:
                 results[i] = w.run(jobs[i])
+                KERNEL_COUNTS["workers"] += 1
             except WorkerDied as e:
                 _worker_failed(f"an mlc compile worker process died ({e})")
                 with lock:
@@ -1074,23 +1118,29 @@ def compile_kernels(jobs: list[tuple], sizes: list[int]) -> list[bytes]:
                 return
             except Exception as e:   # the kernel's own error, raised as if compiled here
                 errors[i] = e
+            finally:
+                with busy:
+                    running[0] -= 1
+                    busy.notify_all()
 
-    threads = [threading.Thread(target=drive, args=(w,), daemon=True) for w in _workers(min(n - 1, len(jobs) - 1))]
-    for t in threads:
-        t.start()
+    for w in _workers(min(n - 1, len(jobs) - 1)):
+        threading.Thread(target=drive, args=(w,), daemon=True).start()
     try:
-        while (i := take(False)) is not None:
-            try:
-                results[i] = compile_kernel(jobs[i])
-            except Exception as e:
-                errors[i] = e
+        while True:
+            while (i := take(False)) is not None:
+                try:
+                    results[i] = compile_kernel(jobs[i])
+                except Exception as e:
+                    errors[i] = e
+            with busy:   # the workers' last jobs (a worker still starting takes none: not waited for)
+                busy.wait_for(lambda: running[0] == 0 or order)
+                if not order:
+                    break
     except BaseException:   # interrupted: the workers stop after their job (its reply read, the pipe clean)
-        with lock:
+        with busy:
             order.clear()
+            busy.wait_for(lambda: running[0] == 0)
         raise
-    finally:
-        for t in threads:
-            t.join()
     if _WORKERS_FAILED:
         _close_workers()
     if errors:

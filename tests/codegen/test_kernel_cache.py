@@ -10,7 +10,6 @@ import pytest
 import mlc
 from mlc import codegen
 from mlc.codegen import llvm
-from mlc.examples import mlp, mlp_inputs
 from mlc.ir.expr import Load, Var
 from mlc.ir.loop import Buffer, For, Func, Store
 from mlc.ir.plan import EntryCall, Slot
@@ -83,19 +82,26 @@ def test_a_corrupted_kernel_entry_is_detected_and_rebuilt(cache_dir):
 
 def test_worker_processes_give_the_same_code_as_one_process(monkeypatch):
     monkeypatch.setenv("MLC_CACHE_DIR", "off")
-    args = mlp_inputs(8)
+    x = rng.standard_normal((8, 16)).astype(np.float32)
+    args = [x] + [rng.standard_normal(s).astype(np.float32) * 0.3 for s in [(16, 32), (32, 24), (24, 12)]]
+
+    def deep(x, w1, w2, w3):
+        return mlc.softmax(mlc.relu(mlc.tanh(x @ w1) @ w2) @ w3, axis=-1)
     objs, outs = {}, {}
     for jobs in ("1", "2"):
         monkeypatch.setenv("MLC_COMPILE_JOBS", jobs)
-        exe = mlc.compile(mlp, *args)
-        assert len(kernel_keys(exe)) >= 3
+        llvm.start_workers(2 * llvm.MIN_PARALLEL_JOBS)
+        assert all(w.wait_ready() for w in llvm._WORKERS)   # so that the worker takes a job
+        before = llvm.KERNEL_COUNTS["workers"]
+        exe = mlc.compile(deep, *args)
+        assert len(kernel_keys(exe)) >= llvm.MIN_PARALLEL_JOBS   # enough to use the workers
         objs[jobs] = exe._compiled.object_code()
         outs[jobs] = exe(*args)
-    assert llvm._WORKERS and all(w.proc.poll() is None for w in llvm._WORKERS)   # jobs=2 used a worker
+        assert (llvm.KERNEL_COUNTS["workers"] > before) == (jobs == "2")
     assert objs["1"] == objs["2"]
     np.testing.assert_array_equal(outs["1"], outs["2"])
-    x, w1, b1, w2 = args
-    logits = np.maximum(x @ w1 + b1, 0) @ w2
+    x, w1, w2, w3 = args
+    logits = np.maximum(np.tanh(x @ w1) @ w2, 0) @ w3
     want = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(outs["2"], want / want.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
 
@@ -153,12 +159,14 @@ def test_a_dying_worker_leaves_its_kernels_to_this_process(monkeypatch):
     monkeypatch.setattr(llvm, "_WORKERS", [])
     monkeypatch.setattr(llvm, "_WORKERS_PID", 0)
     monkeypatch.setattr(llvm, "_WORKERS_FAILED", "")
-    funcs = [Func(f"k{n}", [a], [out], For(i, 8, Store(out, [i], Load(a, [i]) * float(n + 2)))) for n in range(4)]
-    with pytest.warns(RuntimeWarning, match=re.escape("an mlc compile worker process died (exit status 3); mlc "
-                                                      "compiles kernels in this process from now on")):
+    funcs = [Func(f"k{n}", [a], [out], For(i, 8, Store(out, [i], Load(a, [i]) * float(n + 2)))) for n in range(8)]
+    llvm.start_workers(len(funcs))
+    assert [w.proc.wait() for w in llvm._WORKERS] == [3]
+    with pytest.warns(RuntimeWarning, match=re.escape("an mlc compile worker process died starting (exit status 3); "
+                                                      "mlc compiles kernels in this process from now on")):
         code = codegen.load(codegen.build_split(program(*funcs), "host"))
     x = np.arange(8, dtype=np.float32)
-    np.testing.assert_array_equal(run(code, x), x * 5)   # the last call's (k3) output
+    np.testing.assert_array_equal(run(code, x), x * 9)   # the last call's (k7) output
     assert llvm._workers(1) == []
 
 
