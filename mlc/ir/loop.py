@@ -504,24 +504,13 @@ class _Parser(Parser):
             name = self.name("a buffer name")
             if name not in buffers:
                 self.error(f"warp_reduce of {name}, which is not an enclosing alloc", line)
-            self.expect("[")
-            indices = []
-            while not self.accept("]"):
-                indices.append(self.expr(variables, buffers))
-                if self.peek()[1] != "]":
-                    self.expect(",")
-            return WarpReduce(buffers[name], indices, combiner)
+            return WarpReduce(buffers[name], self.indices(variables, buffers), combiner)
         if (v == "for" or v in FOR_KINDS) and self.peek()[0] == "ident" and self.peek(1)[1] == "in":
             return self.loop("serial" if v == "for" else v, variables, buffers, line)
         if v not in buffers:
             self.error(f"store to {v}, which is not a param or an enclosing alloc", line)
         b = buffers[v]
-        self.expect("[")
-        indices = []
-        while not self.accept("]"):
-            indices.append(self.expr(variables, buffers))
-            if self.peek()[1] != "]":
-                self.expect(",")
+        indices = self.indices(variables, buffers)
         if len(indices) != len(b.shape):
             self.error(f"{v} has rank {len(b.shape)}, indexed with {len(indices)} indices", line)
         k, op, _ = self.next()
@@ -543,6 +532,16 @@ class _Parser(Parser):
                         self.expect(",")
             return Accumulate(b, indices, _COMBINERS.get(op, op), value, rindex)
         self.error(f"expected '=', '+=', '*=', 'max=' or 'min=' after {v}[...], found {op or 'end of input'!r}", line)
+
+    def indices(self, variables: dict, buffers: dict) -> list:
+        """``[e, e, ...]``: a buffer's index expressions."""
+        self.expect("[")
+        out = []
+        while not self.accept("]"):
+            out.append(self.expr(variables, buffers))
+            if self.peek()[1] != "]":
+                self.expect(",")
+        return out
 
     def loop(self, kind: str, variables: dict, buffers: dict, line: int) -> For:
         var = Var(self.name("a loop variable"))
