@@ -963,6 +963,8 @@ serve_worker()
 def serve_worker() -> None:
     """A worker process's loop: length-prefixed pickles on stdin, ``compile_kernel``'s jobs,
     answered on stdout with (True, object code) or (False, the exception)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the compiling process's to handle
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr   # a stray print must not corrupt the replies
     init_llvm()
