@@ -30,6 +30,7 @@ import ctypes.util
 import logging
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -1171,6 +1172,10 @@ def link_objects(objs: list[bytes], ld: str) -> bytes:
             return f.read()
 
 
+# triples whose objects are ELF64 little-endian (``prefix_local_symbols`` edits those)
+_ELF64LE = re.compile(r"(x86_64|aarch64|riscv64|powerpc64le)-[^-]*-(linux|freebsd)")
+
+
 def kernel_key(func: Func, program: Program, target: Target) -> str:
     """The disk-cache key of a kernel's object: its code, the codegen options, the target
     and the exact mlc and llvmlite."""
@@ -1184,7 +1189,7 @@ def build_split(program: Program, target: Target) -> bytes | None:
     by itself, linked with the entry; None where that cannot be done (a target other than
     this machine, no ``ld``), for the caller to compile the whole program as one module."""
     ld = linker()
-    if not target.is_host or ld is None:
+    if not target.is_host or ld is None or not _ELF64LE.match(target.triple):
         return None
     t0 = time.perf_counter()
     symbols: dict[str, str] = {}     # kernel name -> symbol
