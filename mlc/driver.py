@@ -35,7 +35,7 @@ from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_
 from .passes.plan import place_aliases, plan_memory
 from .ir.loop import Buffer, CallExtern, Func
 from .runtime import cache, comm
-from .runtime.executable import Executable, Signature
+from .runtime.executable import MISS, Executable, Signature
 from .runtime.profile import KernelInfo
 from .schedule.database import TuningDB, best_schedule
 from .schedule.default import schedule_kernel
@@ -500,6 +500,7 @@ class JitFunction:
         self.opt_level = check_opt_level(opt_level)
         self._cache: dict = {}
         self._fast: dict = {}   # (shape, dtype) per argument -> Executable, for calls of plain arrays
+        self._hot = None   # the fast call (Executable.fast_call) of the last plain call's Executable
         resolved = Target.get(target)
         self._target_key = resolved.key
         self._on_device = resolved.kind == "cuda" and not emulating()
@@ -531,6 +532,13 @@ class JitFunction:
         return exe, leaves
 
     def __call__(self, *args):
+        # the hottest call: the arrays the last plain call compiled for; the Executable's
+        # fast call checks every argument itself (MISS when one differs in any way)
+        hot = self._hot
+        if hot is not None:
+            out = hot(args)
+            if out is not MISS:
+                return out
         # the common call, plain numpy arrays seen before, skips the pytree walk: keyed by
         # (shape, dtype) per argument, it finds the Executable the full path chose for them
         key = tuple([(a.shape, a.dtype) for a in args if type(a) is np.ndarray])
@@ -538,6 +546,7 @@ class JitFunction:
         if plain:
             exe = self._fast.get(key)
             if exe is not None:
+                self._hot = exe.fast_call()
                 return exe.call_flat(args)
         leaves, tree = flatten(args)
         if any(isinstance(a, Tracer) for a in leaves):   # called inside another trace: inline it
@@ -545,6 +554,7 @@ class JitFunction:
         exe, leaves = self._executable(leaves, tree)
         if plain and len(leaves) == len(args):
             self._fast[key] = exe
+            self._hot = exe.fast_call()
         return exe.call_flat([a for a in leaves if not _is_static(a)])
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..ir.types import TensorType
 from ..tree import TreeDef, flatten, unflatten
-from . import comm
+from . import comm, fastcall
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 _ALIGN = 64
@@ -32,6 +32,9 @@ BOUNDS_STATUS = "mlc_bounds_status"
 # call's parallel loops; the index of the call running now
 PROFILE_SYMBOLS = ("mlc_profile", "mlc_profile_threads", "mlc_profile_call")
 PROFILE_MAX_THREADS = 64
+
+
+MISS = object()   # what a fast call returns when the arguments need the full path (Executable.fast_call)
 
 
 class BoundsError(RuntimeError):
@@ -183,6 +186,66 @@ class Executable:
         self._expect = [(t.dtype.np, t.shape) for t in self.input_types]
         self._produce = [(t.dtype.np, t.shape) for t in self.output_types]
         self._param_ptrs = (ctypes.c_void_p * max(1, len(self.params)))(*[p.ctypes.data for p in self.params])
+        self._fast = None   # (code, fast call or None), built on the first call
+
+    def fast_call(self):
+        """The fast call of this Executable's plain form (arrays in, an array or a tuple
+        out), or None where it has none: a function of the argument tuple that returns
+        the result, or MISS when an argument is not exactly a C-contiguous, aligned numpy
+        array of the expected dtype and shape (the caller then takes ``call_flat``, which
+        copies or raises the usual error). It checks and calls in native code
+        (``runtime.fastcall``)."""
+        fast = self._fast
+        if fast is None or fast[0] is not self._code:   # (a profiling copy runs other code)
+            fast = self._fast = (self._code, self._build_fast())
+        return fast[1]
+
+    def _build_fast(self):
+        code = self._code
+        if self.signature is not None or self.aliases or type(self).call_flat is not Executable.call_flat:
+            return None
+        if hasattr(code, "_raw"):
+            if code.entry is not code._raw:   # collectives or bounds checks run Python after the call
+                return None
+            function, first, kind = ctypes.cast(code._raw, ctypes.c_void_p).value, ctypes.addressof(self._param_ptrs), 0
+        elif hasattr(code, "_run") and hasattr(code, "handle"):   # a model library's C API
+            function, first, kind = ctypes.cast(code._run, ctypes.c_void_p).value, code.handle, 1
+        else:
+            return None
+        helper = fastcall.helper()
+        if helper is None:
+            return None
+        call, layout = helper
+        tab = fastcall.table(function, first, kind, self._expect, len(self._produce), layout)
+        if tab is None:
+            return None
+        addr, local, state, empty = tab.ctypes.data, self._local, self._thread_state, np.empty
+        produce, single, miss, path = self._produce, self._single, MISS, getattr(code, "path", self.name)
+        keep = (tab, code, self._param_ptrs, [dt for dt, _ in self._expect])   # what the table points into
+
+        def failed():
+            raise RuntimeError(f"{path}: {code._last_error().decode('utf-8', 'replace')}")
+
+        if single and len(produce) == 1:
+            (dt, shape), = produce
+
+            def run(args):
+                out = empty(shape, dt)
+                st = getattr(local, "st", None) or state()
+                r = call(args, (out,), addr, st[1])
+                if r:
+                    return failed() if r < 0 else miss
+                return out
+        else:
+            def run(args):
+                outs = tuple([empty(shape, dt) for dt, shape in produce])
+                st = getattr(local, "st", None) or state()
+                r = call(args, outs, addr, st[1])
+                if r:
+                    return failed() if r < 0 else miss
+                return outs
+        run.keep = keep
+        return run
 
     def _thread_state(self):
         """Per-thread workspace and argument pointer arrays (reused across calls)."""
@@ -199,6 +262,17 @@ class Executable:
         return st
 
     def __call__(self, *args):
+        fast = self._fast
+        if fast is not None and fast[1] is not None and fast[0] is self._code:
+            out = fast[1](args)
+            if out is not MISS:
+                return out
+        elif fast is None or fast[0] is not self._code:
+            run = self.fast_call()
+            if run is not None:
+                out = run(args)
+                if out is not MISS:
+                    return out
         if self.signature is not None:
             return self.call_flat(self.signature.flatten_args(args, self.name))
         return self.call_flat(args)
