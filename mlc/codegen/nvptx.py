@@ -26,6 +26,8 @@ parameters are the function's buffers (generic pointers), in order::
   architecture's limit (227 KiB on sm_90); ``barrier`` is ``llvm.nvvm.barrier0``
   (``bar.sync 0``); ``warp_reduce`` is log2(32) butterfly shuffles
   (``llvm.nvvm.shfl.sync.bfly.i32``; 64-bit values as two halves) combined in registers;
+  ``mma_m16n8k16`` is one ``mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32`` (inline
+  PTX), each lane loading the operand elements its fragments hold;
   kernels carry ``!nvvm.annotations`` (``kernel``, ``maxntidx/y/z``).
 - Math functions (exp, log, sin, cos, tanh, erf, pow) call libdevice (``__nv_expf``, ...),
   linked into the module at compile time from ``$CUDA_HOME/nvvm/libdevice`` (default
@@ -58,7 +60,8 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 from ..ir.expr import Const, format_expr
-from ..ir.loop import GPU_KINDS, Alloc, Barrier, CallExtern, For, Func, If, Seq, Stmt, Store, WarpReduce, format_stmt
+from ..ir.loop import (GPU_KINDS, Alloc, Barrier, CallExtern, For, Func, If, Mma, Seq, Stmt, Store, WarpReduce,
+                       format_stmt)
 from ..ir.plan import Slot
 from ..ir.types import DType
 from ..target import Target
@@ -365,6 +368,8 @@ class GPUFuncEmitter(FuncEmitter):
             self.builder.call(self.mb.declare("llvm.nvvm.barrier0", VOID, []), [])
         elif isinstance(s, WarpReduce):
             self.warp_reduce(s)
+        elif isinstance(s, Mma):
+            self.mma(s)
         elif isinstance(s, CallExtern):
             raise GpuCodegenError(f"kernel {self.kernel}: call {s.name}: runtime calls have no GPU code")
         else:
@@ -394,6 +399,48 @@ class GPUFuncEmitter(FuncEmitter):
             v = self.binop(op, dt, v, self._shuffle_xor(v, ir.Constant(I32, step), mask, clamp))
             step //= 2
         b.store(v, ptr)
+
+    MMA = ("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
+           "{$10, $11, $12, $13};")
+
+    def mma(self, s: Mma) -> None:
+        """Tensor cores: the fragments of lane l = 4g + c (PTX ISA, m16n8k16 with .f16
+        operands): a's registers hold (row, col) pairs (g, 2c), (g + 8, 2c), (g, 2c + 8),
+        (g + 8, 2c + 8) and the next column; b's (2c, g) and (2c + 8, g) and the next row;
+        the accumulator's (g, 2c), (g, 2c + 1), (g + 8, 2c), (g + 8, 2c + 1)."""
+        if "threadIdx.x" not in self.bound or self.plan.block[1] != 1 or self.plan.block[2] != 1 \
+                or self.plan.block[0] % 32:
+            raise GpuCodegenError(f"kernel {self.kernel}: mma_m16n8k16 needs a threadIdx.x loop in a block of whole "
+                                  f"warps along x, the block is {self.plan.block}")
+        b = self.builder
+        i64 = lambda n: ir.Constant(I64, n)   # noqa: E731
+        lane = b.and_(self.sreg("threadIdx.x"), i64(31))
+        g, c = b.lshr(lane, i64(2)), b.and_(lane, i64(3))
+        c2 = b.shl(c, i64(1))
+
+        def element(buf, row, col):
+            off = b.add(b.mul(row, i64(buf.shape[1])), col)
+            return b.bitcast(b.load(self._ptr(buf, off), typ=ir.HalfType()), ir.IntType(16))
+
+        def pair(buf, row, col, down: bool):   # two halves in one 32-bit register, the first in the low bits
+            lo = element(buf, row, col)
+            hi = element(buf, b.add(row, i64(1)), col) if down else element(buf, row, b.add(col, i64(1)))
+            return b.or_(b.zext(lo, I32), b.shl(b.zext(hi, I32), ir.Constant(I32, 16)))
+        a0, a1 = (self.expr(e) for e in s.a_index)
+        b0, b1 = (self.expr(e) for e in s.b_index)
+        a_regs = [pair(s.a, b.add(a0, b.add(g, i64(8 * (j & 1)))), b.add(a1, b.add(c2, i64(8 * (j >> 1)))), False)
+                  for j in range(4)]
+        b_regs = [pair(s.b, b.add(b0, b.add(c2, i64(8 * j))), b.add(b1, g), True) for j in range(2)]
+        off, _ = self._address(s.acc, s.indices)
+        base = self.expr(off)
+        f32 = ir.FloatType()
+        ptrs = [self._ptr(s.acc, b.add(base, i64(q))) for q in range(4)]
+        acc = [b.load(p, typ=f32) for p in ptrs]
+        ft = ir.FunctionType(ir.LiteralStructType([f32] * 4), [I32] * 6 + [f32] * 4)
+        asm = ir.InlineAsm(ft, self.MMA, "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", side_effect=True)
+        d = b.call(asm, a_regs + b_regs + acc)
+        for q, p in enumerate(ptrs):
+            b.store(b.extract_value(d, q), p)
 
     def _shuffle_xor(self, v, lane_mask, mask, clamp):
         """``v`` of the lane whose index differs from this one's by ``lane_mask`` (xor);

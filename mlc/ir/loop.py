@@ -157,6 +157,31 @@ class WarpReduce(Stmt):
         self.combiner = combiner
 
 
+class Mma(Stmt):
+    """GPU tensor cores, one warp-wide ``mma.sync.m16n8k16`` (float16 in, float32
+    accumulated): the warp's 32 threads together add the 16 x 8 product of
+    ``a[a0:a0+16, a1:a1+16]`` and ``b[b0:b0+16, b1:b1+8]`` (two-dimensional float16
+    buffers) to the 16 x 8 tile their registers hold, each thread four of its elements:
+    ``acc[indices..., q]`` (q < 4, from the last index) is element (g + 8 * (q // 2),
+    2 * c + q % 2) of the tile, for lane = g * 4 + c. So for each thread on its own::
+
+        acc[..., q] += sum[k < 16] a[a0 + g + 8 * (q // 2), a1 + k] * b[b0 + k, b1 + 2 * c + q % 2]
+
+    which is how the CPU emulation runs it. Inside a ``threadIdx.x`` loop of a block
+    of whole warps along x only; ``a0 .. b1`` are the same for every thread of a warp."""
+
+    def __init__(self, acc: "Buffer", indices: Sequence, a: "Buffer", a_index: Sequence, b: "Buffer",
+                 b_index: Sequence):
+        self.acc, self.a, self.b = acc, a, b
+        self.indices = [as_expr(i) for i in indices]
+        self.a_index = [as_expr(i) for i in a_index]
+        self.b_index = [as_expr(i) for i in b_index]
+
+    @property
+    def buffer(self) -> "Buffer":   # what it writes, as for Store
+        return self.acc
+
+
 class CallExtern(Stmt):
     """A call into the runtime: ``name(descriptor, *buffers)``. Collective ops are such
     calls (``mlc_collective``, the op's JSON descriptor, source and destination)."""
@@ -222,6 +247,10 @@ def format_stmt(s: Stmt, depth: int) -> list[str]:
     if isinstance(s, WarpReduce):
         idx = ", ".join(format_expr(i) for i in s.indices)
         return [f"{pad}warp_reduce {s.combiner} {s.buffer.name}[{idx}]"]
+    if isinstance(s, Mma):
+        def ref(b, idx):
+            return f"{b.name}[{', '.join(format_expr(i) for i in idx)}]"
+        return [f"{pad}mma_m16n8k16 {ref(s.acc, s.indices)} += {ref(s.a, s.a_index)} * {ref(s.b, s.b_index)}"]
     if isinstance(s, CallExtern):
         args = ", ".join(b.name if b is not None else "null" for b in s.buffers)
         return [f"{pad}call {s.name}({s.descriptor}, {args})"]
@@ -253,6 +282,9 @@ def buffers_used(stmt: Stmt) -> set:
         elif isinstance(s, WarpReduce):
             used.add(s.buffer)
             exprs(*s.indices)
+        elif isinstance(s, Mma):
+            used.update((s.acc, s.a, s.b))
+            exprs(*s.indices, *s.a_index, *s.b_index)
         elif isinstance(s, Alloc):
             visit(s.body)
         elif isinstance(s, If):
@@ -388,6 +420,24 @@ def verify(func: Func, target=None) -> None:
                 fail(f"{what}: {s.buffer.name} is not an enclosing alloc")
             if len(s.indices) != len(s.buffer.shape):
                 fail(f"{what}: {s.buffer.name} (rank {len(s.buffer.shape)}) indexed with {len(s.indices)} indices")
+        elif isinstance(s, Mma):
+            what = f"mma_m16n8k16 into {s.acc.name}"
+            if not gpu:
+                fail(f"{what}, but target {target.name} is not a GPU")
+            if not thread_loops or any(f.kind != "threadIdx.x" for f in thread_loops):
+                fail(f"{what}: a warp-wide instruction, it runs inside threadIdx.x loops only (one warp = 32 "
+                     "consecutive threads along x)")
+            for b, idx, dt in ((s.acc, s.indices, "f32"), (s.a, s.a_index, "f16"), (s.b, s.b_index, "f16")):
+                if id(b) not in buffers:
+                    fail(f"{what}: {b.name} is not a param or an enclosing alloc")
+                if b.dtype.short != dt:
+                    fail(f"{what}: {b.name} is {b.dtype}, the instruction takes {dt}")
+                if len(idx) != len(b.shape):
+                    fail(f"{what}: {b.name} (rank {len(b.shape)}) indexed with {len(idx)} indices")
+            if s.acc.scope != "local" or len(s.a.shape) != 2 or len(s.b.shape) != 2:
+                fail(f"{what}: the accumulator is a per-thread register, the operands two-dimensional")
+            exprs(what, *s.indices, *s.a_index, *s.b_index)
+            written.add(id(s.acc))
         elif isinstance(s, CallExtern):
             for b in s.buffers:
                 if b is not None and id(b) not in buffers:
@@ -497,6 +547,16 @@ class _Parser(Parser):
             return self.call_extern(buffers, line)
         if v == "barrier":
             return Barrier()
+        if v == "mma_m16n8k16":
+            refs = []
+            for what in ("accumulator", "a", "b"):
+                name = self.name(f"the {what} buffer")
+                if name not in buffers:
+                    self.error(f"mma_m16n8k16 uses {name}, which is not a param or an enclosing alloc", line)
+                refs += [buffers[name], self.indices(variables, buffers)]
+                if what != "b":
+                    self.expect("+=" if what == "accumulator" else "*")
+            return Mma(*refs)
         if v == "warp_reduce":
             combiner = self.name("a combiner")
             if combiner not in REDUCERS:

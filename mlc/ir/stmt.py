@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import expr as E
 from .expr import Const, Expr, affine, affine_expr, simplify_index, simplify_int, substitute
-from .loop import Accumulate, Alloc, For, If, Seq, Stmt, Store, WarpReduce
+from .loop import Accumulate, Alloc, For, If, Mma, Seq, Stmt, Store, WarpReduce
 
 
 def replace_for(old: For, **changes) -> For:
@@ -66,6 +66,10 @@ def subst_stmt(s: Stmt, vmap: dict, loads: dict | None = None, buffers: dict | N
         if isinstance(x, WarpReduce):
             buf = buffers.get(x.buffer, x.buffer) if buffers else x.buffer
             return WarpReduce(buf, [ex(i) for i in x.indices], x.combiner)
+        if isinstance(x, Mma):
+            new = (lambda b: buffers.get(b, b)) if buffers else (lambda b: b)
+            return Mma(new(x.acc), [ex(i) for i in x.indices], new(x.a), [ex(i) for i in x.a_index], new(x.b),
+                       [ex(i) for i in x.b_index])
         if isinstance(x, If):
             return If(ex(x.cond), subst_stmt(x.then, vmap, loads, buffers),
                       subst_stmt(x.orelse, vmap, loads, buffers) if x.orelse is not None else None, x.likely)

@@ -6,6 +6,8 @@ this way). It is an execution mode of the same loop IR, not a second implementat
 - a ``warp_reduce`` of a per-thread register becomes loops over the block's warps
   that combine the copies of their threads (in lane order) and give every lane the
   result: what the butterfly shuffles leave in each thread's register on the device;
+- an ``mma_m16n8k16`` becomes the loops of what it computes for its thread (the
+  product of the two 16-wide operand slices at the elements the thread's lane holds);
 - barriers disappear: the code between two barriers is its own threadIdx loop
   nest (``loop.verify`` keeps barriers out of thread loops), so running each such
   phase for every thread before the next phase starts is exactly what the barrier
@@ -35,10 +37,11 @@ A function without GPU loops comes back unchanged.
 """
 from __future__ import annotations
 
-from ..ir.expr import Const, Load, Var, substitute
-from ..ir.loop import (GPU_KINDS, Accumulate, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store, WarpReduce,
-                       buffers_used)
+from ..ir.expr import Cast, Const, Load, Var, substitute
+from ..ir.loop import (GPU_KINDS, Accumulate, Alloc, Barrier, Buffer, For, Func, If, Mma, Seq, Stmt, Store,
+                       WarpReduce, buffers_used)
 from ..ir.tensor import combine
+from ..ir.types import float32
 from ..ir.stmt import replace_for, walk_stmts
 
 AXES = ("z", "y", "x")
@@ -83,6 +86,20 @@ def _unshared(b: Buffer) -> Buffer:
     return Buffer(b.name, b.shape, b.dtype, "local") if b.scope == "shared" else b
 
 
+def mma_loops(s: Mma, thread) -> Stmt:
+    """What one thread's ``mma_m16n8k16`` computes (see ``loop.Mma``), as loops."""
+    if thread is None:
+        raise ValueError(f"mma_m16n8k16 into {s.acc.name} outside a threadIdx.x loop")
+    lane = thread % 32
+    g, c = lane // 4, lane % 4
+    q, k = Var(f"mma_q_{s.acc.name}"), Var(f"mma_k_{s.acc.name}")
+    idx = [*s.indices[:-1], s.indices[-1] + q]
+    a = Load(s.a, [s.a_index[0] + g + (q // 2) * 8, s.a_index[1] + k])
+    b = Load(s.b, [s.b_index[0] + k, s.b_index[1] + c * 2 + q % 2])
+    step = Store(s.acc, idx, Load(s.acc, idx) + Cast(float32, a) * Cast(float32, b))
+    return For(q, 4, For(k, 16, step))
+
+
 class _Block:
     """One launch nest: a blockIdx loop and everything inside it."""
 
@@ -111,6 +128,8 @@ class _Block:
             return Seq([])
         if isinstance(s, WarpReduce):
             return self._warp_reduce(s)
+        if isinstance(s, Mma):
+            return self.stmt(mma_loops(s, (tvars or {}).get("x")), tvars)
         if tvars is None and self.private and not self._has_threads(s) and self._uses_private(s):
             if self._writes_private(s):
                 return self._every_thread(s)

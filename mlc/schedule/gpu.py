@@ -12,6 +12,9 @@ block's size per axis is its widest thread loop, narrower ones are guarded).
   reduction copied cooperatively into shared memory between barriers
   (``cache_shared``); batch axes on ``blockIdx.z``; an elementwise epilogue (bias,
   activation, residual) applied as the registers are stored.
+* float16 matrix products on sm_80 and newer: tensor cores (``mma_tiles``: warps of
+  ``mma.sync.m16n8k16``, float32 accumulators in registers, operand slices in shared
+  memory, the epilogue on the registers).
 * convolutions (not grouped): an implicit GEMM (``conv_tiles``) -- output channels as
   the rows, the innermost spatial axis as the columns (the other spatial axes and the
   batch on ``blockIdx.z``), input channels and window fused into the reduction -- with
@@ -114,7 +117,9 @@ def gpu_schedule(kernel: Kernel, target, knobs: dict | None = None) -> Schedule:
     for c in kernel.stages:
         if s.stages[c.name].status != "root":
             continue
-        if _tiled_contraction(c, k):
+        if _half_products(c) and target.arch >= "sm_80" and _tensor_cores(s, c, epi.get(c)):
+            pass
+        elif _tiled_contraction(c, k):
             matmul_tiles(s, c, epi.get(c), k["tile_m"], k["tile_n"], k["reg"], k["k_tile"])
         elif _implicit_gemm(c, k):
             conv_tiles(s, c, epi.get(c), k["tile_m"], k["tile_n"], k["reg"], k["k_tile"])
@@ -263,6 +268,24 @@ def block_tile(s: Schedule, c: Compute, epilogue, batch: list, i: str, j: str, k
     s.bind(tx, "threadIdx.x")
     s.register_tile(c.name, ko, *([epilogue.name] if epilogue is not None else []))
     return ko
+
+
+def _half_products(c: Compute) -> bool:
+    """A sum of float16 products widened to float32 (a float16 matmul or convolution)."""
+    v = c.body.body if c.is_reduction else None
+    return (v is not None and c.body.combiner == "sum" and isinstance(v, E.BinOp) and v.op == "mul" and
+            all(isinstance(f, E.Cast) and f.value.dtype.name == "float16" for f in (v.a, v.b)))
+
+
+def _tensor_cores(s: Schedule, c: Compute, epilogue: Compute | None) -> bool:
+    """``mma_tiles`` where it applies (a float16 matrix product; a float16 convolution,
+    whose operands do not split into rows and columns, is refused and takes the other
+    rules)."""
+    try:
+        s.mma_tiles(c.name, epilogue.name if epilogue is not None else None)
+    except ScheduleError:
+        return False
+    return True
 
 
 def _implicit_gemm(c: Compute, knobs=KNOBS) -> bool:

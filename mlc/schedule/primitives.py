@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 
 from ..ir import expr as E
 from ..ir.expr import Const, Expr, Load, Var, affine_expr as _lin, linear_coefficient, substitute
-from ..ir.loop import (GPU_KINDS, Accumulate, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store, WarpReduce,
-                       buffers_used)
+from ..ir.loop import (GPU_KINDS, Accumulate, Alloc, Barrier, Buffer, For, Func, If, Mma, Seq, Stmt, Store,
+                       WarpReduce, buffers_used)
 from ..ir.stmt import (REMOVE, fold_bool as _fold_bool, map_stmt, replace_for as _for, simplify_stmt as _simplify_stmt,
                        simplify_sub as _simplify_sub, subst_stmt, walk_stmts)
 from ..ir.tensor import Compute, Kernel, Placeholder, Reduce, combine, reduce_identity
+from ..ir.types import float16, float32
 from ..target import Target
 
 MAX_VECTOR_LANES = 64      # wider vector loops make LLVM spill; split first
@@ -947,6 +948,150 @@ class Schedule:
             phases.append(thread_loop(1, lambda tt: store(a0)))
         return Alloc(acc, Seq(phases))
 
+    @primitive
+    def mma_tiles(self, stage: str, epilogue: str | None = None, warps_m: int = 2, warps_n: int = 2,
+                  tiles_m: int = 2, tiles_n: int = 4, k_tile: int = 32) -> None:
+        """A float16 matrix product on tensor cores: ``stage`` sums over one axis the
+        product of two float16 operands widened to float32 (``f32(X[.., i, k]) *
+        f32(Y[.., k, j])``, any index functions; leading axes are batch axes). Each block
+        computes a (``warps_m`` x ``tiles_m`` x 16) x (``warps_n`` x ``tiles_n`` x 8) tile
+        with ``warps_m * warps_n`` warps, each warp ``tiles_m`` x ``tiles_n`` tiles of
+        16 x 8 in registers (``mma_m16n8k16``); every ``k_tile`` slice of both operands is
+        copied into shared memory (zeros past the edges) between barriers; ``epilogue``
+        (an elementwise consumer) is applied as the registers are stored::
+
+            blockIdx.y bm { blockIdx.x bn {
+              alloc acc: f32[tiles_m, tiles_n, 4] local
+              for ko { copy X, Y slices to X_sh, Y_sh; barrier
+                       threadIdx.x t { for kk, mi, ni { mma_m16n8k16 acc[mi, ni, 0] += X_sh[..] * Y_sh[..] } }
+                       barrier }
+              threadIdx.x t { out[row(t, mi, q), col(t, ni, q)] = acc[mi, ni, q] ... }
+            } }
+        """
+        if self.target.kind != "cuda" or self.target.arch < "sm_80":
+            raise ScheduleError(f"cannot mma_tiles {stage}: tensor cores (mma.sync m16n8k16) need sm_80 or newer, "
+                                f"target {self.target.name} is {self.target.arch or self.target.kind}")
+        for name, v in (("warps_m", warps_m), ("warps_n", warps_n), ("tiles_m", tiles_m), ("tiles_n", tiles_n)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ScheduleError(f"mma_tiles {name} must be a positive integer, got {v!r}")
+        if warps_m * warps_n * 32 > 1024:
+            raise ScheduleError(f"mma_tiles: {warps_m} x {warps_n} warps are more than 1024 threads")
+        if not isinstance(k_tile, int) or k_tile < 16 or k_tile % 16:
+            raise ScheduleError(f"mma_tiles k_tile must be a multiple of 16, got {k_tile!r}")
+        st = self._root(stage, "mma_tiles")
+        x, y = self._mma_operands(st)
+        ep = self._check_epilogue(st, epilogue, f"mma_tiles {stage}") if epilogue is not None else None
+        threads = warps_m * warps_n * 32
+        tm, tn = warps_m * tiles_m * 16, warps_n * tiles_n * 8
+        batch, (m, n), k = st.extents[:-2], st.extents[-2:], st.rextents[0]
+        i, j, kv = st.axes[-2], st.axes[-1], st.raxes[0]
+        f = lambda base: Var(self._fresh(f"{stage}_{base}", stage))   # noqa: E731
+        bz, bm, bn, ko = f("bz"), f("bm"), f("bn"), f("ko")
+        spatial = {}
+        stride = 1
+        for a, e in reversed(list(zip(st.axes[:-2], batch))):   # the flat batch index on blockIdx.z
+            spatial[a] = (bz // stride) % e if stride * e < _prod(batch) else bz // stride
+            stride *= e
+        acc = Buffer(self._fresh(f"{stage}_acc", stage), [tiles_m, tiles_n, 4], float32, "local")
+        xs, ys = (Buffer(self._fresh(f"{_loads(o)[0].source.name if _loads(o) else 'op'}_shared", stage), shape,
+                         float16, "shared") for o, shape in ((x, [tm, k_tile]), (y, [k_tile, tn])))
+        m0, n0, k0 = bm * tm, bn * tn, ko * k_tile
+
+        def over_threads(body):
+            t = f("t")
+            return For(t, threads, body(t), "threadIdx.x")
+
+        def loops(extents, body):   # nested serial loops over ``extents``, body(vars)
+            vs = [f(name) for name in ("mi", "ni", "q")[:len(extents)]]
+            out = body(vs)
+            for v, e in reversed(list(zip(vs, extents))):
+                out = For(v, e, out)
+            return out
+
+        def copy(dst: Buffer, expr, rows: int, cols: int, row_of, col_of):
+            """dst[r, c] = the operand at the axis values row_of(r), col_of(c) (each: the
+            axis, its value, its extent), zero past the edges."""
+            def body(t):
+                c = f("c")
+                e = c * threads + t
+                r, cc = e // cols, e % cols
+                (ra, rv, rn), (ca, cv, cn) = row_of(r), col_of(cc)
+                inside = E.binop("and", E.binop("lt", rv, Const(rn)), E.binop("lt", cv, Const(cn)))
+                value = substitute(expr, {**spatial, ra: rv, ca: cv})
+                put: Stmt = If(inside, Store(dst, [r, cc], value), Store(dst, [r, cc], Const(0.0, float16)))
+                if (rows * cols) % threads:
+                    put = If(E.binop("lt", e, Const(rows * cols)), put)
+                return For(c, -(-rows * cols // threads), put)
+            return over_threads(body)
+        copy_x = copy(xs, x, tm, k_tile, lambda r: (i, m0 + r, m), lambda c: (kv, k0 + c, k))
+        copy_y = copy(ys, y, k_tile, tn, lambda r: (kv, k0 + r, k), lambda c: (j, n0 + c, n))
+
+        def warp_m(t):
+            return (t // 32) // warps_n
+
+        def warp_n(t):
+            return (t // 32) % warps_n
+
+        def products(t):
+            kk = f("kk")
+            return For(kk, k_tile // 16, loops([tiles_m, tiles_n], lambda v: Mma(
+                acc, [v[0], v[1], Const(0)], xs, [warp_m(t) * (tiles_m * 16) + v[0] * 16, kk * 16],
+                ys, [kk * 16, warp_n(t) * (tiles_n * 8) + v[1] * 8])))
+
+        def store(t):
+            def body(v):
+                mi, ni, q = v
+                lane = t % 32
+                row = m0 + warp_m(t) * (tiles_m * 16) + mi * 16 + lane // 4 + (q // 2) * 8
+                col = n0 + warp_n(t) * (tiles_n * 8) + ni * 8 + (lane % 4) * 2 + q % 2
+                where = [*(spatial[a] for a in st.axes[:-2]), row, col]
+                value = Load(acc, [mi, ni, q])
+                if ep is None:
+                    put = Store(st.buffer, where, value)
+                else:
+                    put = Store(ep.buffer, where, subst_loads(substitute(ep.value, dict(zip(ep.axes, where))),
+                                                              st.buffer, lambda _: value))
+                inside = E.binop("and", E.binop("lt", row, Const(m)), E.binop("lt", col, Const(n)))
+                return If(inside, put, None, likely=True)
+            return loops([tiles_m, tiles_n, 4], body)
+        block = Alloc(acc, Seq([
+            over_threads(lambda t: loops([tiles_m, tiles_n, 4], lambda v: Store(acc, v, Const(0.0, float32)))),
+            Alloc(xs, Alloc(ys, For(ko, -(-k // k_tile), Seq([copy_x, copy_y, Barrier(), over_threads(products),
+                                                               Barrier()])))),
+            over_threads(store)]))
+        nest = For(bn, -(-n // tn), block, "blockIdx.x")
+        nest = For(bm, -(-m // tm), nest, "blockIdx.y")
+        self.nests[stage] = For(bz, _prod(batch), nest, "blockIdx.z") if batch else nest
+        st.touched = True
+        if ep is not None:
+            del self.nests[ep.name]
+            ep.status = "attached"
+        self._record("mma_tiles", stage, epilogue, warps_m, warps_n, tiles_m, tiles_n, k_tile)
+
+    def _mma_operands(self, st: "Stage") -> tuple[Expr, Expr]:
+        """The float16 operands (X over i and k, Y over k and j) of a stage that tensor cores
+        can compute; ScheduleError saying what does not fit."""
+        what = f"cannot mma_tiles {st.name}"
+        if not st.is_reduction or st.combiner != "sum" or len(st.raxes) != 1 or len(st.axes) < 2:
+            raise ScheduleError(f"{what}: it must be a sum over one axis with at least two output axes")
+        v = st.value
+        if st.buffer.dtype is not float32 or not (isinstance(v, E.BinOp) and v.op == "mul"):
+            raise ScheduleError(f"{what}: it must sum float32 products")
+        ops = []
+        for factor in (v.a, v.b):
+            if not (isinstance(factor, E.Cast) and factor.value.dtype is float16):
+                raise ScheduleError(f"{what}: each factor must be a float16 value widened to float32")
+            ops.append(factor.value)
+        i, j = st.axes[-2], st.axes[-1]
+
+        def follows(e, a):
+            return E.uses_var(e, a)
+        for x, y in (ops, ops[::-1]):
+            if follows(x, i) and not follows(x, j) and follows(y, j) and not follows(y, i):
+                return x, y
+        raise ScheduleError(f"{what}: one factor must follow the rows and not the columns, the other the columns "
+                            "and not the rows")
+
     # ================================================================== stage primitives
     def _root(self, name: str, what: str) -> Stage:
         st = self._stage(name)
@@ -1388,7 +1533,7 @@ class Schedule:
 
 PRIMITIVES = ("split", "reorder", "fuse", "tile", "vectorize", "parallel", "unroll", "bind", "compute_inline",
               "compute_at", "reverse_compute_at", "cache_read", "cache_write", "add_loop", "register_tile",
-              "cache_shared", "block_reduce")
+              "cache_shared", "block_reduce", "mma_tiles")
 
 
 def replay(kernel: Kernel, target, trace) -> Schedule:

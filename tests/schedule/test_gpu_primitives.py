@@ -228,3 +228,62 @@ def test_rules_fuse_a_matmul_epilogue_into_one_launch():
     func = lower_loops(rule_schedule(matmul_relu_kernel(), GPU).finalize())
     tops = func.body.stmts if isinstance(func.body, L.Seq) else [func.body]
     assert len(tops) == 1 and "max(acc[" in str(func)
+
+
+# ----------------------------------------------------------------------------- tensor cores
+
+def half_matmul_kernel(m, k, n, batch=(), transposed_b=False, relu=False):
+    from mlc.ir.expr import Cast
+    from mlc.ir.types import float16
+    A = Placeholder("A", (*batch, m, k), float16)
+    B = Placeholder("B", (*batch, n, k) if transposed_b else (*batch, k, n), float16)
+
+    def prod(*ix):
+        *b, i, j = ix
+        return reduce("sum", [k], lambda r: Cast(float32, A[(*b, i, r)]) *
+                      Cast(float32, B[(*b, j, r)] if transposed_b else B[(*b, r, j)]))
+    t = compute((*batch, m, n), prod, "T0")
+    if not relu:
+        return Kernel("mm", [A, B], [t], [t], "contraction")
+    out = compute((*batch, m, n), lambda *ix: E.maximum(Cast(float16, t[ix]), E.Const(0.0, float16)), "out")
+    return Kernel("mm", [A, B], [t, out], [out], "contraction")
+
+
+def _half(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float16)
+
+
+@pytest.mark.parametrize("m,k,n,batch,transposed,relu", [(70, 40, 50, (), False, False), (16, 16, 8, (), True, False),
+                                                          (33, 64, 100, (3,), False, True)])
+def test_mma_tiles_computes_float16_products_on_tensor_cores(m, k, n, batch, transposed, relu):
+    s = Schedule(half_matmul_kernel(m, k, n, batch, transposed, relu), GPU)
+    s.mma_tiles("T0", "out" if relu else None)
+    func = s.finalize()
+    assert "mma_m16n8k16" in str(func) and ("blockIdx.z" in str(func)) == bool(batch)
+    a, b = _half(*batch, m, k), _half(*batch, n, k, seed=1) if transposed else _half(*batch, k, n, seed=1)
+    (out,) = run_gpu(func, a, b)
+    want = a.astype(np.float32) @ (np.swapaxes(b, -1, -2) if transposed else b).astype(np.float32)
+    if relu:
+        want = np.maximum(want.astype(np.float16), 0)
+    np.testing.assert_allclose(out, want, rtol=2e-3 if relu else 1e-5, atol=1e-3 if relu else 1e-4)
+    assert json.loads(json.dumps(s.trace))[-1]["prim"] == "mma_tiles"
+    again = replay(half_matmul_kernel(m, k, n, batch, transposed, relu), GPU, json.dumps(s.trace))
+    assert str(again.finalize()) == str(func)
+    for arch in ("cuda-sm80", "cuda-sm90"):
+        ptx = codegen.build(codegen.Program.of_func(lower_loops(rule_schedule(
+            half_matmul_kernel(m, k, n, batch, transposed, relu), Target.get(arch)).finalize())), arch).decode()
+        assert "mma.sync.aligned.m16n8k16" in ptx   # the GPU rules pick tensor cores for float16 products
+        try:
+            codegen.nvptx.assemble(ptx, Target.get(arch).arch)
+        except codegen.cross.ToolchainNotFound:
+            pass
+
+
+def test_mma_tiles_refuses_what_tensor_cores_do_not_compute():
+    f32 = Schedule(matmul_kernel(), GPU)
+    refuses(f32, lambda: f32.mma_tiles("out"), "each factor must be a float16 value")
+    s = Schedule(half_matmul_kernel(32, 32, 32), GPU)
+    refuses(s, lambda: s.mma_tiles("T0", k_tile=24), "k_tile must be a multiple of 16, got 24")
+    refuses(s, lambda: s.mma_tiles("T0", warps_m=8, warps_n=8), "8 x 8 warps are more than 1024 threads")
+    cpu = Schedule(half_matmul_kernel(32, 32, 32), HOST)
+    refuses(cpu, lambda: cpu.mma_tiles("T0"), "tensor cores .* need sm_80 or newer")

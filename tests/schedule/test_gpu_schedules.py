@@ -119,6 +119,15 @@ def test_matmul_with_fused_bias_and_relu():
     gpu_run(lambda a, b, c: mlc.relu(a @ b + c), a, b, c, want=np.maximum(a @ b + c, 0), rtol=1e-4, atol=1e-4)
 
 
+def test_float16_matmul_on_tensor_cores_and_float16_conv_without():
+    a, b = rand(40, 72).astype(np.float16), rand(72, 24, seed=1).astype(np.float16)
+    text = gpu_run(lambda a, b: mlc.relu(a @ b), a, b, rtol=2e-3, atol=2e-3)
+    assert "mma_m16n8k16" in text
+    x, w = rand(1, 8, 6, 6).astype(np.float16), rand(16, 8, 3, 3, seed=1).astype(np.float16)
+    text = gpu_run(lambda x, w: mlc.conv(x, w, pads=[1, 1, 1, 1]), x, w, rtol=2e-3, atol=2e-3)
+    assert "mma_m16n8k16" not in text   # its operands are not rows and columns: the implicit GEMM
+
+
 def test_batch_matmul():
     a, b = rand(3, 33, 20), rand(3, 20, 17, seed=1)
     gpu_run(lambda a, b: a @ b, a, b, want=a @ b, rtol=1e-4, atol=1e-4)
