@@ -7,7 +7,7 @@
 * matmul: float32 N x N x N for N in 1024..8192, mlc (jit, target "cuda") vs CuPy's
   matmul (cuBLAS SGEMM; TF32 off), GFLOP/s and the ratio mlc / cuBLAS throughput.
 * matmul16: float16 N x N x N (float32 accumulation) on tensor cores vs cuBLAS's
-  float16 GEMM, TFLOP/s and the ratio.
+  float16 GEMM, GFLOP/s and the ratio.
 * memory: an elementwise x * 2 + 1 and a row sum over 64M floats, as a fraction of
   the bandwidth a device-to-device copy reaches (bytes read plus written).
 * resnet50: torchvision's ResNet-50 (random weights, eval), exported to ONNX and
@@ -57,43 +57,34 @@ def torch_cuda():
     return torch if torch.cuda.is_available() else None
 
 
-def bench_matmul(args, cp, rows):
+def _square_matmuls(args, cp, rows, section: str, dtype, tolerance: float) -> None:
+    """mlc's N x N x N matmul of ``dtype`` against CuPy's (cuBLAS), checked against the
+    float32 product, then timed: GFLOP/s of each and the ratio."""
     sizes = [64, 128] if args.smoke else [1024, 2048, 4096, 8192]
     f = mlc.jit(lambda a, b: a @ b, target="cuda")
-    print(f"{'N':>6s} {'mlc GFLOP/s':>12s} {'cuBLAS':>9s} {'ratio':>6s}")
+    print(f"{'N':>6s} {'mlc GFLOP/s':>12s} {'cuBLAS':>9s} {'ratio':>6s}   ({np.dtype(dtype).name})")
     for n in sizes:
         rng = np.random.default_rng(n)
-        a, b = (cp.asarray(rng.standard_normal((n, n), np.float32)) for _ in range(2))
-        want = a @ b
-        got = f(a, b)
-        err = float(cp.abs(cp.asarray(got) - want).max() / (cp.abs(want).max() + 1e-30))
-        if err > 1e-4:
-            raise SystemExit(f"matmul {n}: mlc differs from cuBLAS by {err:.2e} (relative)")
+        a, b = (cp.asarray(rng.standard_normal((n, n)).astype(dtype)) for _ in range(2))
+        want = a.astype(cp.float32) @ b.astype(cp.float32)
+        err = float(cp.abs(cp.asarray(f(a, b)).astype(cp.float32) - want).max() / (cp.abs(want).max() + 1e-30))
+        if err > tolerance:
+            raise SystemExit(f"{section} {n}: mlc differs from the float32 product by {err:.2e} (relative)")
         t_mlc, t_blas = cuda_time(lambda: f(a, b), args.repeat, cp), cuda_time(lambda: a @ b, args.repeat, cp)
         g_mlc, g_blas = 2 * n ** 3 / t_mlc / 1e9, 2 * n ** 3 / t_blas / 1e9
         print(f"{n:6d} {g_mlc:12.0f} {g_blas:9.0f} {g_mlc / g_blas:6.2f}")
-        rows.append({"section": "matmul", "n": n, "mlc_gflops": g_mlc, "cublas_gflops": g_blas,
+        rows.append({"section": section, "n": n, "mlc_gflops": g_mlc, "cublas_gflops": g_blas,
                      "ratio": g_mlc / g_blas})
+
+
+def bench_matmul(args, cp, rows):
+    _square_matmuls(args, cp, rows, "matmul", np.float32, 1e-4)
 
 
 def bench_matmul16(args, cp, rows):
-    """float16 N x N x N with float32 accumulation: mlc's tensor-core schedule (mma.sync)
-    against cuBLAS's float16 GEMM (CuPy's matmul of float16 arrays)."""
-    sizes = [64, 128] if args.smoke else [1024, 2048, 4096, 8192]
-    f = mlc.jit(lambda a, b: a @ b, target="cuda")
-    print(f"{'N':>6s} {'mlc TFLOP/s':>12s} {'cuBLAS':>9s} {'ratio':>6s}   (float16, tensor cores)")
-    for n in sizes:
-        rng = np.random.default_rng(n)
-        a, b = (cp.asarray(rng.standard_normal((n, n)).astype(np.float16)) for _ in range(2))
-        want = a.astype(cp.float32) @ b.astype(cp.float32)
-        err = float(cp.abs(f(a, b).astype(cp.float32) - want).max() / (cp.abs(want).max() + 1e-30))
-        if err > 1e-2:
-            raise SystemExit(f"float16 matmul {n}: mlc differs from the float32 product by {err:.2e} (relative)")
-        t_mlc, t_blas = cuda_time(lambda: f(a, b), args.repeat, cp), cuda_time(lambda: a @ b, args.repeat, cp)
-        g_mlc, g_blas = 2 * n ** 3 / t_mlc / 1e12, 2 * n ** 3 / t_blas / 1e12
-        print(f"{n:6d} {g_mlc:12.1f} {g_blas:9.1f} {g_mlc / g_blas:6.2f}")
-        rows.append({"section": "matmul16", "n": n, "mlc_tflops": g_mlc, "cublas_tflops": g_blas,
-                     "ratio": g_mlc / g_blas})
+    """float16 with float32 accumulation: mlc's tensor-core schedule (mma.sync) against
+    cuBLAS's float16 GEMM (CuPy's matmul of float16 arrays)."""
+    _square_matmuls(args, cp, rows, "matmul16", np.float16, 1e-2)
 
 
 def bench_memory(args, cp, rows):
