@@ -12,9 +12,14 @@ covers nan/inf), ints at any size. A numpy Generator's ``bit_generator.state``
     mlc.checkpoint.save("step100.mlct", {"params": params, "opt": opt_state, "step": 100}, lr=1e-3)
     state = mlc.checkpoint.load("step100.mlct")
     state, meta = mlc.checkpoint.load_with_meta("step100.mlct")   # meta == {"lr": 0.001}
+
+``save_safetensors`` / ``load_safetensors`` exchange arrays with other frameworks
+in the safetensors format (Hugging Face's): a pytree of arrays goes out under
+dotted names ("layers.0.w"), a flat name -> array dict comes back.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -152,3 +157,71 @@ def load_with_meta(path) -> tuple[Any, dict]:
 def load(path) -> Any:
     """The tree saved in ``path`` (see ``save``)."""
     return load_with_meta(path)[0]
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+def _safetensors():
+    try:
+        import safetensors.numpy as st
+    except ImportError as e:   # a core dependency: only a broken install lacks it
+        raise ImportError("mlc.checkpoint's safetensors functions need the 'safetensors' package "
+                          "(pip install safetensors)") from e
+    return st
+
+
+def safetensors_names(tree: Any) -> list[str]:
+    """The safetensors name of each leaf of ``tree``, in ``flatten`` order: the
+    ``mlc.tree.key_paths`` path with dots, as PyTorch names its state dicts
+    ("layers.0.w"); the keys of a flat dict are kept as they are."""
+    return [p.replace("/", ".") for p in key_paths(tree)]
+
+
+def save_safetensors(path, tree: Any, metadata: dict[str, str] | None = None) -> None:
+    """Write the arrays of ``tree`` (a pytree of numpy arrays; numpy scalars are stored
+    as 0-d arrays) to ``path`` in the safetensors format, atomically. Each leaf is
+    named by ``safetensors_names`` ("blocks.0.attn.wq"); ``metadata`` is str -> str
+    stored in the header. ``load_safetensors`` reads the flat name -> array dict back."""
+    st = _safetensors()
+    _check_tree(tree)
+    leaves, _ = flatten(tree)
+    tensors: dict[str, np.ndarray] = {}
+    for name, leaf in zip(safetensors_names(tree), leaves):
+        if isinstance(leaf, np.generic):
+            leaf = np.asarray(leaf)
+        if not isinstance(leaf, np.ndarray):
+            raise TypeError(f"save_safetensors: leaf {name!r} is a {type(leaf).__name__}, not a numpy array "
+                            "(safetensors stores arrays only)")
+        if leaf.dtype.kind not in "biuf":
+            raise TypeError(f"save_safetensors: leaf {name!r} has dtype {leaf.dtype}, which safetensors "
+                            "cannot store (bool, integers and floats only)")
+        if name in tensors:   # {"a.b": x, "a": {"b": y}}
+            raise ValueError(f"save_safetensors: two leaves share the name {name!r}; rename a key so names "
+                             "are unique")
+        # the library writes the raw buffer, strides ignored (and ascontiguousarray makes 0-d arrays 1-d)
+        tensors[name] = leaf if leaf.flags.c_contiguous else leaf.copy(order="C")
+    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("save_safetensors: metadata must map str to str")
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        st.save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_safetensors(path) -> dict[str, np.ndarray]:
+    """The name -> array dict stored in the safetensors file ``path`` (fresh, writable,
+    C-contiguous arrays)."""
+    st = _safetensors()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such safetensors file: {path}")
+    try:
+        tensors = st.load_file(path)
+    except Exception as e:   # safetensors raises its own SafetensorError (and others) for bad files
+        raise ParamsFormatError(f"{path}: not a valid safetensors file: {e}") from None
+    return {k: np.array(v) for k, v in tensors.items()}

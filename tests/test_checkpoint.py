@@ -422,3 +422,52 @@ def test_forged_checkpoint_matches_the_writer(tmp_path):
     checkpoint.save(tmp_path / "a.mlct", {"w": np.ones(3, "<f4"), "n": 5})
     assert (tmp_path / "a.mlct").read_bytes() == forged_checkpoint(
         {"dict": [["w", "*"], ["n", "*"]]}, [{"tensor": "w"}, {"int": "5"}], [("w", np.ones(3, "<f4"))])
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+def test_safetensors_round_trip_with_dotted_names(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    r = np.random.default_rng(3)
+    tree = {"embed": {"table": r.standard_normal((5, 4)).astype(np.float32)},
+            "layers": [{"w": r.standard_normal((4, 4)), "b": np.arange(4, dtype=np.int32)},
+                       (np.arange(6, dtype=np.float16).reshape(2, 3)[:, ::2], np.array([True, False]))],
+            "none": None, "step": np.int64(7)}
+    path = tmp_path / "m.safetensors"
+    checkpoint.save_safetensors(path, tree, metadata={"format": "pt"})
+    flat = checkpoint.load_safetensors(path)
+    want = {"embed.table": tree["embed"]["table"], "layers.0.w": tree["layers"][0]["w"],
+            "layers.0.b": tree["layers"][0]["b"], "layers.1.0": tree["layers"][1][0],
+            "layers.1.1": tree["layers"][1][1], "step": np.array(7, np.int64)}
+    assert sorted(flat) == sorted(want)
+    for k, v in want.items():
+        assert flat[k].dtype == v.dtype and flat[k].shape == v.shape, k
+        np.testing.assert_array_equal(flat[k], v)
+        assert flat[k].flags.writeable and flat[k].flags.c_contiguous
+    # the file is plain safetensors: the library reads it, and its files load here
+    assert st.load_file(str(path))["layers.1.0"].tolist() == [[0.0, 2.0], [3.0, 5.0]]   # strided leaf
+    st.save_file({"conv1.weight": np.full((2, 1), 3.0, np.float32)}, str(tmp_path / "pt.safetensors"))
+    assert checkpoint.load_safetensors(tmp_path / "pt.safetensors")["conv1.weight"].tolist() == [[3.0], [3.0]]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_safetensors_refusals(tmp_path):
+    pytest.importorskip("safetensors")
+    with pytest.raises(TypeError, match=r"leaf 'opt.lr' is a float, not a numpy array"):
+        checkpoint.save_safetensors(tmp_path / "a.safetensors", {"w": np.ones(2), "opt": {"lr": 0.1}})
+    with pytest.raises(TypeError, match=r"leaf 'names' has dtype <U1"):
+        checkpoint.save_safetensors(tmp_path / "a.safetensors", {"names": np.array(["a", "b"])})
+    with pytest.raises(ValueError, match=r"two leaves share the name 'a.b'"):
+        checkpoint.save_safetensors(tmp_path / "a.safetensors", {"a.b": np.ones(1), "a": {"b": np.ones(1)}})
+    assert not os.listdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such safetensors file: .*missing.safetensors"):
+        checkpoint.load_safetensors(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    with pytest.raises(ParamsFormatError, match=r"bad.safetensors: not a valid safetensors file: "):
+        checkpoint.load_safetensors(bad)
+    good = tmp_path / "good.safetensors"
+    checkpoint.save_safetensors(good, {"w": np.ones((64, 64), np.float32)})
+    good.write_bytes(good.read_bytes()[:-100])   # truncated
+    with pytest.raises(ParamsFormatError, match=r"good.safetensors: not a valid safetensors file: "):
+        checkpoint.load_safetensors(good)
