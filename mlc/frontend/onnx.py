@@ -862,8 +862,9 @@ def _einsum(n, *xs):
 def _value_type(vi) -> tuple[list, np.dtype | None]:
     t = vi.type.tensor_type
     dtype = _np_dtype(t.elem_type, f"{vi.name!r}") if t.elem_type else None
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim] \
-        if t.HasField("shape") else None
+    # dim_value -1 is how some exporters write a dynamic dimension: like an unnamed one (other negatives stay errors)
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value != -1 else (d.dim_param or "?")
+            for d in t.shape.dim] if t.HasField("shape") else None
     return dims, dtype
 
 
@@ -1104,6 +1105,8 @@ def _check_declared_outputs(graph, g: Graph) -> None:
         dims, dtype = _value_type(vi)
         if dtype is not None and np.dtype(dtype) != v.dtype.np:
             raise OnnxImportError(f"output {vi.name!r} is declared {dtype} but the model computes {v.type}")
-        if dims and all(isinstance(d, int) for d in dims) and tuple(dims) != v.shape:
+        # the static dims of a partly dynamic shape must hold too ("?" and named dims match any extent)
+        if dims and len(dims) == len(v.shape) and any(isinstance(d, int) and d != n for d, n in zip(dims, v.shape)) \
+                or dims and all(isinstance(d, int) for d in dims) and tuple(dims) != v.shape:
             raise OnnxImportError(f"output {vi.name!r} is declared with shape {dims} but the model computes "
                                   f"{list(v.shape)}")

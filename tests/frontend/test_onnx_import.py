@@ -120,6 +120,20 @@ def test_symbolic_shapes_need_input_shapes():
     assert g.inputs[0].shape == (5, 3)
 
 
+def test_minus_one_dims_are_dynamic():
+    # some exporters write a dynamic dimension as dim_value -1: like a named one, never a contradiction
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [1, 2])], [vi("y", [-1, 2])])
+    x = np.array([[-1.0, 2.0]], np.float32)
+    np.testing.assert_array_equal(mlc.compile(from_onnx(m))(x), [[0.0, 2.0]])
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [-1, 2])], [vi("y", [-1, 2])])
+    with pytest.raises(OnnxImportError, match=r"input 'x' has shape \['\?', 2\], which is not static; pass input_shapes"):
+        from_onnx(m)
+    assert from_onnx(m, input_shapes={"x": (4, 2)}).outputs[0].shape == (4, 2)
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [1, 2])], [vi("y", [-1, 3])])
+    with pytest.raises(OnnxImportError, match=r"output 'y' is declared with shape \['\?', 3\] but the model computes \[1, 2\]"):
+        from_onnx(m)
+
+
 def test_opset_range_is_checked():
     m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2])], opset=6)
     with pytest.raises(OnnxImportError, match=r"opset 6; mlc imports opsets 7 to \d+"):
