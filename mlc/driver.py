@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from typing import Callable
@@ -34,7 +36,7 @@ from .passes.emulate import emulate_gpu
 from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_opt_level, env_flag
 from .passes.plan import place_aliases, plan_memory
 from .ir.loop import Buffer, CallExtern, Func
-from .runtime import cache, comm
+from .runtime import cache, comm, graph_cache
 from .runtime.executable import MISS, Executable, Signature
 from .runtime.profile import KernelInfo
 from .schedule.database import TuningDB, best_schedule
@@ -351,7 +353,12 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
                   aliases: dict[int, int] | None = None, db=None) -> Executable:
     """Compile a graph. ``aliases`` maps output positions to the input positions whose
     buffers they are written into (the Executable updates those arguments in place).
-    ``db``: a tuning database (path or ``TuningDB``) whose best schedules are used."""
+    ``db``: a tuning database (path or ``TuningDB``) whose best schedules are used.
+
+    A graph compiled before (the same text and constants, target, opt level, disabled
+    passes, tuning records and mlc sources; by any function, in any process) is loaded
+    from the compile cache (``runtime.graph_cache``) without running the pipeline; its
+    levels are rebuilt when first printed, profiled or exported."""
     target = Target.get(target)
     if target.kind == "cuda" and not emulating():
         return _compile_for_device(graph, target, single_output, opt_level, pm, traced, aliases, db)
@@ -359,22 +366,114 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
         raise ValueError(f"target {target.name} is not this machine ({Target.get('host').triple}): code for it "
                          f"cannot run here; write it to a file with `mlc compile MODEL --target {target.name} -o out.o`")
     pm = pm or PassManager(opt_level)
+    t0 = time.perf_counter()
     with codegen.LOCK, _open_db(db) as database:   # LLVM's global context is not safe for concurrent compiles
+        key = _graph_key(graph, target, pm, aliases, database)
+        entry = graph_cache.load(key) if key is not None else None
+        if entry is not None:
+            code_target = Target.get("host") if target.kind == "cuda" else target
+            code = codegen.load(entry.object_code, code_target)
+            pm.timings.append(("graph cache", time.perf_counter() - t0))
+            log.info("compiled @%s for %s: loaded from the compile cache in %.3f s", graph.name, target.name,
+                     time.perf_counter() - t0)
+            if pm.progress:
+                print(f"mlc: @{graph.name} loaded from the compile cache", file=sys.stderr, flush=True)
+            lazy = _Restored(graph, target, pm.opt_level, pm.disabled, aliases, db, entry.loop_digest)
+            return _make_executable(Executable, graph, aliases, entry.output_types, entry.params,
+                                    entry.workspace_bytes, code, single_output, traced, lazy.text, entry.stats, lazy)
         c = Compiled(graph, target, pm, aliases, database)
-        code = codegen.load(c.generate(), c.code_target)
+        obj = c.generate()
+        code = codegen.load(obj, c.code_target)
+        if key is not None:
+            graph_cache.store(key, graph_cache.Entry(obj, list(c.lowered.param_data),
+                                                     [v.type for v in c.lowered.outputs], c.plan.workspace_bytes,
+                                                     c.stats(), _loop_digest(c)))
     log.info("compiled @%s for %s: %d kernels in %.2f s (%s)", graph.name, target.name, len(c.funcs),
              sum(t for _, t in pm.timings), ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in pm.timings))
     return _executable(Executable, c, code, single_output, traced)
 
 
+def _graph_key(graph: Graph, target: Target, pm: PassManager, aliases, database) -> str | None:
+    """The compile cache's key of this graph's compilation (``runtime.graph_cache``): None
+    when the cache is off (MLC_CACHE_DIR=off; MLC_GRAPH_CACHE=off keeps only the kernels')
+    or the passes must run (IR dumps asked for)."""
+    if (cache.cache_dir() is None or pm.dump_dir is not None
+            or os.environ.get("MLC_GRAPH_CACHE", "").strip().lower() in ("0", "false", "no", "off")):
+        return None
+    emulated = target.kind == "cuda"   # (here only when emulated)
+    code_target = Target.get("host") if emulated else target
+    return cache.key_of("compiled-graph", __version__, graph_cache.source_hash(), llvmlite.__version__,
+                        graph_cache.graph_text(graph), graph_cache.constants_digest(graph), target.key,
+                        repr(target), code_target.key, f"emulated={emulated}", f"O{pm.opt_level}",
+                        f"disabled={sorted(pm.disabled)}", f"aliases={sorted((aliases or {}).items())}",
+                        f"bounds_check={env_flag('MLC_BOUNDS_CHECK')}",
+                        f"parallel={codegen.runs_parallel(code_target)}", _db_state(database))
+
+
+def _db_state(database) -> str:
+    """What of a tuning database decides the schedules: every measured record's kernel,
+    target, schedule and median (a record added, or a file swapped, changes it)."""
+    if database is None:
+        return "db=none"
+    h = hashlib.blake2b(digest_size=32)
+    for row in database._run("SELECT workload_key, target_key, schedule_hash, median FROM records "
+                             "WHERE median IS NOT NULL ORDER BY id"):
+        h.update(repr(row).encode())
+    return "db=" + h.hexdigest()
+
+
+def _loop_digest(c: Compiled) -> str:
+    return cache.key_of(str(c.funcs), str(c.plan))
+
+
+class _Restored:
+    """The compilation behind an Executable loaded from the compile cache: rebuilt (the
+    pipeline run once more, the object code not) the first time a level is printed, the
+    model profiled or exported; a rebuild that differs from what the cached code was
+    made of (the tuning database changed meanwhile) is an error, never a mismatched report."""
+
+    def __init__(self, graph, target, opt_level, disabled, aliases, db, loop_digest):
+        self._args = (graph, target, opt_level, disabled, aliases, db)
+        self._digest = loop_digest
+        self._compiled: Compiled | None = None
+        self._lock = threading.Lock()
+
+    def compiled(self) -> Compiled:
+        with self._lock:
+            if self._compiled is None:
+                graph, target, opt_level, disabled, aliases, db = self._args
+                with codegen.LOCK, _open_db(db) as database:
+                    c = Compiled(graph, target, PassManager(opt_level, disabled=disabled), aliases, database)
+                if _loop_digest(c) != self._digest:
+                    raise RuntimeError(f"@{graph.name} was loaded from the compile cache, and compiling it again now "
+                                       "gives other loops (its tuning database changed?): compile it again for its "
+                                       "levels and profile")
+                self._compiled = c
+            return self._compiled
+
+    def text(self, level: str) -> str:
+        return self.compiled().text(level)
+
+    def __getattr__(self, name):   # export, kernel_calls, profiling_code, target, ... of the rebuilt compilation
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.compiled(), name)
+
+
 def _executable(cls, c: Compiled, code, single_output: bool | None, traced: Traced | None) -> Executable:
     """The Executable (``cls``) of a compilation over its loaded ``code``."""
-    graph, aliases = c.source, c.aliases or None
-    returned = len(graph.outputs) - len(c.aliases)   # outputs written in place are not returned
+    return _make_executable(cls, c.source, c.aliases or None, [v.type for v in c.lowered.outputs],
+                            c.lowered.param_data, c.plan.workspace_bytes, code, single_output, traced, c.text,
+                            c.stats(), c)
+
+
+def _make_executable(cls, graph: Graph, aliases, output_types, params, workspace_bytes: int, code,
+                     single_output: bool | None, traced: Traced | None, ir_text, stats: dict, compiled):
+    returned = len(graph.outputs) - len(aliases or {})   # outputs written in place are not returned
     single = returned == 1 if single_output is None else single_output
-    return cls(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs],
-               [v.type for v in c.lowered.outputs], c.lowered.param_data, c.plan.workspace_bytes, code,
-               single, c.text, c.stats(), signature=_signature(traced, aliases), aliases=aliases, compiled=c)
+    return cls(graph.name, [v.name for v in graph.inputs], [v.type for v in graph.inputs], output_types, params,
+               workspace_bytes, code, single, ir_text, stats, signature=_signature(traced, aliases),
+               aliases=aliases or None, compiled=compiled)
 
 
 def _compile_for_device(graph: Graph, target: Target, single_output, opt_level, pm, traced, aliases, db):

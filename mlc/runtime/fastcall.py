@@ -1,5 +1,5 @@
 """The native half of the Executable's fast call: one small, fixed function (LLVM IR
-below, compiled once per process, its object cached on disk) that checks a tuple of numpy
+below, compiled once per process) that checks a tuple of numpy
 arrays against an Executable's input table and calls its entry with their data pointers.
 
 Reading an array's data pointer from Python costs about half a microsecond a
@@ -20,8 +20,6 @@ import ctypes
 import threading
 
 import numpy as np
-
-from . import cache
 
 MAX_DIMS = 8        # inputs of more dimensions take the Python path
 HEADER = 16         # i64 slots before the per-input records
@@ -195,19 +193,6 @@ def _layout() -> list[int] | None:
     return [items, type_off, id(np.ndarray), data, nd, dims, descr, flags, size_off]
 
 
-def _object_code(tm) -> bytes:
-    import llvmlite
-    import llvmlite.binding as llvm
-    key = cache.key_of("fastcall", _IR, llvmlite.__version__, tm.triple, str(tm.target_data))
-    obj = cache.load(key)
-    if obj is None:
-        mod = llvm.parse_assembly(_IR)
-        mod.verify()
-        obj = tm.emit_object(mod)
-        cache.store(key, obj)
-    return obj
-
-
 def helper():
     """(the compiled function, the layout offsets), or None where the layouts are not the
     ones the function reads."""
@@ -221,9 +206,10 @@ def helper():
                     import llvmlite.binding as llvm
                     from ..target import init_llvm
                     init_llvm()
-                    tm = llvm.Target.from_default_triple().create_target_machine(opt=2, reloc="pic")
-                    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-                    engine.add_object_file(llvm.ObjectFileRef.from_data(_object_code(tm)))
+                    tm = llvm.Target.from_default_triple().create_target_machine(opt=0, reloc="pic")
+                    mod = llvm.parse_assembly(_IR)
+                    mod.verify()
+                    engine = llvm.create_mcjit_compiler(mod, tm)   # unoptimized: a few loads and compares
                     engine.finalize_object()
                     fn = _FN(engine.get_function_address("mlc_fast_call"))
                     _STATE.append((fn, engine, layout))

@@ -62,7 +62,9 @@ def fuzz(seed: int, iterations: int) -> FuzzResult:
     counts = {"refused": 0, "served": 0, "recompiled": 0}
     folder = tempfile.mkdtemp(prefix="mlc-fuzz-cache-")
     saved = os.environ.get("MLC_CACHE_DIR")
+    saved_graphs = os.environ.get("MLC_GRAPH_CACHE")
     os.environ["MLC_CACHE_DIR"] = folder
+    os.environ["MLC_GRAPH_CACHE"] = "off"   # kernel entries only: a function compiled again loads its kernel's
     try:
         rng = np.random.default_rng(seed)
         payloads = {cache.key_of("fuzz", str(seed), str(k)): bytes(rng.integers(0, 256, int(rng.integers(0, 2000)),
@@ -144,5 +146,9 @@ def fuzz(seed: int, iterations: int) -> FuzzResult:
             os.environ.pop("MLC_CACHE_DIR", None)
         else:
             os.environ["MLC_CACHE_DIR"] = saved
+        if saved_graphs is None:
+            os.environ.pop("MLC_GRAPH_CACHE", None)
+        else:
+            os.environ["MLC_GRAPH_CACHE"] = saved_graphs
         shutil.rmtree(folder, ignore_errors=True)
     return result

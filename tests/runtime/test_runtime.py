@@ -217,7 +217,7 @@ def test_disk_cache_is_shared_between_processes(tmp_path):
     first = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, check=True)
     entries = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns for d, _, fs in os.walk(tmp_path)
                for f in fs}
-    # the kernel's object, the compiled graph (runtime.graph_cache), the fast call's helper
+    # the kernel's object, the compiled graph and the sources' stamp (runtime.graph_cache)
     assert entries and all(e.endswith(".o") for e in entries)
     second = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, check=True)
     assert first.stdout.strip() == second.stdout.strip() == str(len(entries))
@@ -226,6 +226,7 @@ def test_disk_cache_is_shared_between_processes(tmp_path):
 
 def test_corrupted_cache_entry_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("MLC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("MLC_GRAPH_CACHE", "off")   # the kernel's entry only (test_graph_cache.py: whole graphs)
     x = np.linspace(0, 1, 50, dtype=np.float32)
 
     def f(x):
@@ -255,6 +256,7 @@ def test_cache_entry_copied_under_another_key_is_not_served(tmp_path, monkeypatc
 
     def entry_of(fn, folder):   # the one entry compiling fn writes into an empty cache
         monkeypatch.setenv("MLC_CACHE_DIR", str(folder))
+        monkeypatch.setenv("MLC_GRAPH_CACHE", "off")
         mlc.compile(fn, x)
         (entry,) = [os.path.join(d, n) for d, _, ns in os.walk(folder) for n in ns]
         return entry
