@@ -156,3 +156,16 @@ def test_no_cache_when_ir_dumps_are_asked_for(tmp_path):
     mlc.compile(first, x, w, pm=pm)
     assert _delta(before) == {"hits": 0, "misses": 0, "damaged": 0}
     assert os.listdir(tmp_path / "dump")
+
+
+def test_a_compiled_graph_from_the_cache_exports_a_library(tmp_path):
+    x, w = f32(8, 16), f32(16, 4, seed=1)
+    mlc.compile(first, x, w)
+    before = _counts()
+    exe = mlc.compile(second, x, w)
+    assert _delta(before)["hits"] == 1
+    path = str(tmp_path / "second.so")
+    exe.export(path)
+    lib = mlc.load(path)
+    assert lib.metadata["name"] == "second"
+    np.testing.assert_allclose(lib(x, w), np.maximum(x @ w + 1, 0).sum(axis=1), rtol=1e-5)
