@@ -21,11 +21,11 @@ from .driver import compile, jit  # noqa: E402
 from .transforms import grad, value_and_grad, vjp  # noqa: E402
 from .target import Target  # noqa: E402
 from .runtime.library import LibraryError, load  # noqa: E402
-from . import checkpoint, data, dist, nn, optim  # noqa: E402
+from . import checkpoint, data, dist, models, nn, optim  # noqa: E402
 
 globals().update(_OPS)   # mlc.exp, mlc.matmul, mlc.sum, ... one per registered op
 globals().update({k: getattr(dist, k) for k in ("allreduce", "allgather", "reduce_scatter", "broadcast", "send",
                                                "recv")})  # collectives: mlc.dist's, which know the job's ranks
 
-__all__ = ["trace", "jit", "compile", "load", "LibraryError", "grad", "value_and_grad", "vjp", "nn", "optim", "data", "checkpoint", "dist", "Target", "TraceError", "DType", "TensorType", "dtype", "float16",
+__all__ = ["trace", "jit", "compile", "load", "LibraryError", "grad", "value_and_grad", "vjp", "nn", "optim", "models", "data", "checkpoint", "dist", "Target", "TraceError", "DType", "TensorType", "dtype", "float16",
            "float32", "float64", "int8", "int32", "int64", "uint8", "bool_", *sorted(_OPS)]

@@ -1,0 +1,193 @@
+"""mlc.models against PyTorch modules of the same architecture and weights: the
+forward pass, compiling with mlc.jit, a few training steps, and the weights through
+safetensors."""
+import numpy as np
+import pytest
+
+import mlc
+from mlc import checkpoint, models, nn, optim
+from mlc.tree import flatten
+
+torch = pytest.importorskip("torch", reason="the zoo is checked against PyTorch modules (pip install torch)")
+tnn = torch.nn
+
+R = np.random.default_rng(0)
+
+
+def randomize(module: "tnn.Module", seed: int):
+    """Weights, biases and BatchNorm statistics away from their initial values, so a
+    mapping that swaps or skips one shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith(("bn1.weight", "bn2.weight", "bn3.weight", "downsample.1.weight")):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+    return module.eval()
+
+
+def assert_close(mine, theirs, tol=1e-4):
+    theirs = theirs.detach().numpy()
+    scale = max(1.0, float(np.abs(theirs).max()))
+    np.testing.assert_allclose(mine, theirs, rtol=tol, atol=tol * scale)
+
+
+def roundtrip_safetensors(tmp_path, params):
+    path = tmp_path / "params.safetensors"
+    checkpoint.save_safetensors(path, params)
+    flat = checkpoint.load_safetensors(path)
+    leaves, _ = flatten(params)
+    names = checkpoint.safetensors_names(params)
+    assert sorted(flat) == sorted(names)
+    for name, leaf in zip(names, leaves):
+        assert flat[name].dtype == leaf.dtype
+        np.testing.assert_array_equal(flat[name], leaf)
+
+
+def train(loss_fn, params, batch, steps=4, lr=0.05, state=None):
+    """Losses over a few compiled SGD steps (updating params in place)."""
+    opt = optim.SGD(lr, momentum=0.9)
+    opt_state = opt.init(params)
+    if state is None:
+        step = optim.train_step(loss_fn, opt)
+        return [float(step(params, opt_state, *batch)) for _ in range(steps)]
+    step = optim.train_step(loss_fn, opt, has_state=True)
+    return [float(step(params, opt_state, state, *batch)) for _ in range(steps)]
+
+
+# ----------------------------------------------------------------------------- ResNet (torchvision's names)
+
+class BasicBlock(tnn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(planes)
+        self.relu = tnn.ReLU()
+        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class Bottleneck(tnn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(planes)
+        self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(planes)
+        self.conv3 = tnn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = tnn.BatchNorm2d(planes * 4)
+        self.relu = tnn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class TorchResNet(tnn.Module):
+    """torchvision.models.ResNet, as written there (its parameter names included)."""
+
+    def __init__(self, block, layers, num_classes):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = tnn.BatchNorm2d(64)
+        self.relu = tnn.ReLU()
+        self.maxpool = tnn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], 2)
+        self.layer3 = self._make_layer(block, 256, layers[2], 2)
+        self.layer4 = self._make_layer(block, 512, layers[3], 2)
+        self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
+        self.fc = tnn.Linear(512 * block.expansion, num_classes)
+
+    def _make_layer(self, block, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = tnn.Sequential(tnn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                                        tnn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return tnn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def test_resnet18_matches_torchvision_and_compiles(tmp_path):
+    ref = randomize(TorchResNet(BasicBlock, [2, 2, 2, 2], num_classes=5), seed=1)
+    model = models.resnet18(num_classes=5)
+    params, state = model.params_from_state_dict(ref.state_dict())   # torch tensors in
+    assert params["layer2"][0]["downsample"][0]["w"].shape == (128, 64, 1, 1)
+    np.testing.assert_array_equal(state["layer3"][1]["bn2"]["var"], ref.layer3[1].bn2.running_var.numpy())
+    np.testing.assert_array_equal(params["fc"]["w"], ref.fc.weight.detach().numpy().T)
+    x = R.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    want = ref(torch.from_numpy(x))
+    y = mlc.jit(lambda p, s, x: model(p, x, state=s))(params, state, x)
+    assert y.shape == (2, 5)
+    assert_close(y, want)
+    roundtrip_safetensors(tmp_path, {"params": params, "state": state})
+    with pytest.raises(TypeError, match="keeps BatchNorm running statistics"):
+        model(params, x)
+
+
+def test_resnet50_forward_matches_torchvision():
+    ref = randomize(TorchResNet(Bottleneck, [3, 4, 6, 3], num_classes=3), seed=2)
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}   # numpy arrays in
+    params, state = models.resnet50(num_classes=3).params_from_state_dict(sd)
+    assert params["layer4"][2]["conv3"]["w"].shape == (2048, 512, 1, 1)
+    x = R.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert_close(models.resnet50(num_classes=3)(params, x, state=state), ref(torch.from_numpy(x)))   # eager
+
+
+@pytest.mark.slow   # ~60-100 s here: LLVM compiles the ~300 kernels of the forward and backward passes
+def test_resnet_trains_and_keeps_running_statistics():
+    # the smallest ResNet (one BasicBlock a stage): the same blocks, shortcuts and BatchNorms as resnet18
+    model = models.ResNet("basic", (1, 1, 1, 1), num_classes=3)
+    params, state = model.init(seed=0)
+    x = R.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    labels = np.array([0, 1, 2, 1])
+
+    def loss(p, s, x, labels):
+        logits, s = model.apply(p, s, x, train=True)
+        return nn.cross_entropy(logits, labels), s
+
+    losses = train(loss, params, (x, labels), state=state)
+    assert losses[-1] < 0.5 * losses[0], losses
+    # the steps updated the running statistics in place (they start at 0 and 1)
+    for bn in (state["bn1"], state["layer4"][0]["downsample"][1]):
+        assert np.abs(bn["mean"]).max() > 1e-3 and np.abs(bn["var"] - 1.0).max() > 1e-3
+
+
+def test_state_dict_errors():
+    model = models.ResNet("basic", (1, 1, 1, 1), num_classes=3)
+    sd = TorchResNet(BasicBlock, [1, 1, 1, 1], num_classes=3).state_dict()
+    model.params_from_state_dict(sd)
+    with pytest.raises(KeyError, match=r"the state dict lacks 'layer1.0.bn2.running_var'"):
+        model.params_from_state_dict({k: v for k, v in sd.items() if k != "layer1.0.bn2.running_var"})
+    with pytest.raises(KeyError, match=r"unexpected entries 'head.weight'"):
+        model.params_from_state_dict({**sd, "head.weight": sd["fc.weight"]})
+    with pytest.raises(ValueError, match=r"'fc.weight' has shape \[4, 512\], expected \[3, 512\]"):
+        model.params_from_state_dict({**sd, "fc.weight": torch.zeros(4, 512)})
+    with pytest.raises(TypeError, match=r"'fc.bias' is a list"):
+        model.params_from_state_dict({**sd, "fc.bias": [0.0, 0.0, 0.0]})
