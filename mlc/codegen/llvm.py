@@ -1027,6 +1027,8 @@ class _Worker:
         return value
 
     def close(self) -> None:
+        if not self.ready:   # still starting, or never asked: it holds no job, so no need to wait for it
+            self.proc.kill()
         try:
             self.proc.stdin.close()   # the worker exits at the end of its input
             self.proc.wait(timeout=5)
