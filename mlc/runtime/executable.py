@@ -190,11 +190,11 @@ class Executable:
 
     def fast_call(self):
         """The fast call of this Executable's plain form (arrays in, an array or a tuple
-        out), or None where it has none: a function of the argument tuple that returns
-        the result, or MISS when an argument is not exactly a C-contiguous, aligned numpy
-        array of the expected dtype and shape (the caller then takes ``call_flat``, which
-        copies or raises the usual error). It checks and calls in native code
-        (``runtime.fastcall``)."""
+        out), or None where it has none: a function of the argument tuple that returns the
+        result, or MISS when an argument is not exactly a C-contiguous, aligned numpy array
+        of the expected dtype and shape, or the arguments are not a tuple (the caller then
+        takes ``call_flat``, which copies or raises the usual error). It checks and calls
+        in native code (``runtime.fastcall``)."""
         fast = self._fast
         if fast is None or fast[0] is not self._code:   # (a profiling copy runs other code)
             fast = self._fast = (self._code, self._build_fast())
@@ -230,6 +230,8 @@ class Executable:
             (dt, shape), = produce
 
             def run(args):
+                if type(args) is not tuple:   # the native side reads a tuple's items in place
+                    return miss
                 out = empty(shape, dt)
                 st = getattr(local, "st", None) or state()
                 r = call(args, (out,), addr, st[1])
@@ -238,12 +240,14 @@ class Executable:
                 return out
         else:
             def run(args):
+                if type(args) is not tuple:
+                    return miss
                 outs = tuple([empty(shape, dt) for dt, shape in produce])
                 st = getattr(local, "st", None) or state()
                 r = call(args, outs, addr, st[1])
                 if r:
                     return failed() if r < 0 else miss
-                return outs
+                return outs[0] if single else outs
         run.keep = keep
         return run
 

@@ -131,3 +131,17 @@ def test_loaded_library_fast_call_matches_and_errs_like_the_full_path(tmp_path):
     for args in [(a.astype(np.float64), b), (a, b.T), (a,)]:
         assert _error(lib, *args) == _error(lib.call_flat, list(args))
     assert _error(lib, a, b.T).startswith("_lambda_(): argument 'b' expects f32[3,5]")
+
+
+def test_fast_call_takes_a_tuple_only_and_keeps_single_output():
+    a = f32(4)
+    exe = mlc.compile(lambda a: (a + 1.0, a * 2.0), a)
+    run = exe.fast_call()
+    assert run([a]) is MISS                  # a list: the full path (exe.call_flat takes lists)
+    y, z = run((a,))
+    np.testing.assert_allclose(y, a + 1, rtol=1e-6)
+    np.testing.assert_allclose(z, a * 2, rtol=1e-6)
+    graph = mlc.trace(lambda a: (a + 1.0, a * 2.0), a)
+    first_only = mlc.driver.compile_graph(graph, single_output=True)   # two outputs, the first returned
+    np.testing.assert_allclose(first_only(a), a + 1, rtol=1e-6)
+    np.testing.assert_allclose(first_only.call_flat([a]), a + 1, rtol=1e-6)
