@@ -18,10 +18,13 @@ Ops and their attributes (all lists are per spatial axis; ``pads`` is ONNX order
   an implicit im2col of the padded input -- and columns m, on the register-tile
   micro-kernel, then a sum over the chunks.
 
-Gradients. conv: dx is conv_transpose of g with the same weight and attributes
-(output_padding restoring the rows the stride skipped), or for 2-D convolutions
-with C*KH*KW >= 64 ``col2im(W^T @ g)``, which avoids conv_transpose's s*s overwork
-on strided convolutions and runs on the matmul micro-kernel; dw is
+Gradients. conv: dx of a stride-1 convolution is a convolution of g, padded by
+(K-1)*d - pad, with the flipped weight (channels swapped within each group) -- the
+forward convolution's micro-kernel, and no columns buffer in memory (g is read in
+place of the N*C*KH*KW*OH*OW columns). Strided: conv_transpose of g with the same
+weight and attributes (output_padding restoring the rows the stride skipped), or
+for 2-D convolutions with C*KH*KW >= 64 ``col2im(W^T @ g)``, which avoids
+conv_transpose's s*s overwork and runs on the matmul micro-kernel. dw is
 ``conv_weight_grad(x, g)``. conv_transpose: dx = conv(g, w), dw =
 conv_weight_grad(g, x) (roles swapped).
 
@@ -191,12 +194,44 @@ def _matrix_input_grad(x, w, g, group) -> bool:
     return rows >= _MATRIX_DX_MIN_ROWS and cols_bytes <= _MATRIX_DX_MAX_BYTES
 
 
+def _flipped_pads(kernel_shape, strides, dilations, pads):
+    """The pads of the convolution that gives a stride-1 conv's dx -- g padded by
+    (K-1)*d - pad on each side, so that dx[i] = sum over k of g[i + pad_begin - k*d] w[k]
+    -- or None where that conv does not apply (a stride, or a pad wider than the
+    window, whose rows of g would have to be cropped)."""
+    if any(s != 1 for s in strides):
+        return None
+    D = len(kernel_shape)
+    span = [(k - 1) * d for k, d in zip(kernel_shape, dilations)]
+    flipped = tuple(sp - p for sp, p in zip(span + span, pads[:D] + pads[D:]))
+    return flipped if all(p >= 0 for p in flipped) else None
+
+
+def _flipped_weight(em, w, group):
+    """w [M, C/group, *K] as the weight of conv's input gradient: [C, M/group, *K],
+    input and output channels swapped within each group, every spatial axis reversed."""
+    M, Cg, *K = w.shape
+    D = len(K)
+    wf = em("slice", w, begin=(0, 0, *[k - 1 for k in K]), end=(None,) * (2 + D), step=(1, 1) + (-1,) * D)
+    if group == 1:
+        return em("transpose", wf, axes=(1, 0, *range(2, 2 + D)))
+    Mg = M // group
+    wf = em("transpose", em("reshape", wf, shape=(group, Mg, Cg, *K)), axes=(0, 2, 1, *range(3, 3 + D)))
+    return em("reshape", wf, shape=(group * Cg, Mg, *K))
+
+
 def _conv_vjp(em, ins, outs, cts, strides, dilations, pads, group, auto_pad, kernel_shape):
-    """dx: conv_transpose of g with the same weight and attributes (output_padding
-    restores the rows the forward stride skipped), or col2im(W^T @ g) (see
-    _matrix_input_grad); dw: conv_weight_grad."""
+    """dx: for a stride-1 convolution, conv(g, flipped w) with the pads of
+    _flipped_pads -- the forward convolution's own fast path, and nothing the size of
+    the columns in memory; otherwise col2im(W^T @ g) (see _matrix_input_grad) or
+    conv_transpose of g with the same weight and attributes (output_padding restores
+    the rows the forward stride skipped). dw: conv_weight_grad."""
     (x, w), g = ins, cts[0]
-    if _matrix_input_grad(x, w, g, group):
+    flipped = _flipped_pads(kernel_shape, strides, dilations, pads)
+    if flipped is not None:
+        dx = em("conv", g, _flipped_weight(em, w, group), strides=strides, dilations=dilations, pads=flipped,
+                group=group)
+    elif _matrix_input_grad(x, w, g, group):
         # the columns of every window: W^T [C*KH*KW, M] @ g [N, M, OH*OW], added back by col2im
         N, M = g.shape[:2]
         C = x.shape[1]

@@ -19,7 +19,9 @@ Gradients: max_pool: each window's cotangent goes to its first maximum in scan
 order (``max_pool_grad``, as ``max_pool_indices`` picks it); avg_pool:
 ``avg_pool_grad``, its transpose; global_avg_pool: g / size broadcast;
 global_max_pool: tied maxima share g evenly; max_pool_indices (int64): none. The
-gradient ops are gathers (``window.py``).
+gradient ops are gathers (``window.py``); max_pool_grad over disjoint windows
+(undilated, kernel <= stride: the common 2x2 / 2) is one elementwise stage instead --
+an element takes its window's g when it is the window's maximum and no earlier tap is.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import numpy as np
 from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import compute, reduce, reduce_identity
-from ..ir.types import TensorType, int64
+from ..ir.types import TensorType, bool_, int32, int64
 from .reduction import reduce_stage
 from .registry import OpDef, check
 from .window import (
@@ -374,18 +376,79 @@ def _max_pool_grad_infer(ins, kernel_shape, strides, pads, dilations, ceil_mode)
     return [x]
 
 
+def _disjoint_windows(kernel_shape, strides, dilations) -> bool:
+    """Whether every input element lies in at most one window: undilated windows no
+    longer than their stride (2x2 / 2, the common pool), whatever the padding."""
+    return all(d == 1 and k <= s for k, s, d in zip(kernel_shape, strides, dilations))
+
+
+def _max_pool_grad_disjoint(x, y, g, o, kernel_shape, strides, pads):
+    """max_pool_grad over disjoint windows, one elementwise stage over the input:
+    dx[p] = g[w] where x[p] is window w's maximum (or NaN) and none of w's earlier taps
+    (scan order) is, else 0 -- the first maximum takes the cotangent, as
+    max_pool_indices picks it. No index stage, no integer reduction: each element
+    reads its window's y and g and the taps before it, which the cache holds."""
+    D = x.type.rank - 2
+    S, O, K = x.shape[2:], g.shape[2:], list(kernel_shape)
+    pb = pads[:D]
+    taps = math.prod(K)
+    tap_strides = _flat_strides(K, 0)
+    acc = _acc_dtype(o.dtype)
+
+    def hit(v, m):                                   # a NaN is the maximum, as in numpy
+        return E.binop("or", E.binop("eq", v, m), E.binop("ne", v, v))
+
+    def fn(n, c, *ps):
+        os_, ts, valid = [], [], []
+        for a, p in enumerate(ps):
+            s, k = strides[a], K[a]
+            u = p + pb[a] if pb[a] else p               # >= 0
+            oo, t = (u // Const(s), u % Const(s)) if s > 1 else (u, Const(0))
+            if k < s:                                   # the stride skips the positions past the window
+                valid.append(E.binop("lt", t, Const(k)))
+            if (S[a] - 1 + pb[a]) // s >= O[a]:         # the last positions belong to no window
+                valid.append(E.binop("lt", oo, Const(O[a])))
+                oo = E.minimum(oo, Const(O[a] - 1))
+            os_.append(oo)
+            ts.append(t)
+        m = y[(n, c, *os_)]
+        mine = sum((t * Const(st) for t, st in zip(ts[1:], tap_strides[1:])), ts[0] * Const(tap_strides[0]))
+        conds = valid + [hit(x[(n, c, *ps)], m)]
+        # no earlier tap of the window is a maximum (the last tap is never earlier)
+        for f in range(taps - 1):
+            tk = [(f // st) % k for st, k in zip(tap_strides, K)]
+            idx, inside = [], []
+            for a, (oo, k_, s) in enumerate(zip(os_, tk, strides)):
+                q = oo * Const(s) + Const(k_ - pb[a]) if s > 1 else oo + Const(k_ - pb[a])
+                if k_ < pb[a]:                          # the tap can fall in the begin padding
+                    inside.append(E.binop("ge", q, Const(0)))
+                    q = E.maximum(q, Const(0))
+                if (O[a] - 1) * s + k_ - pb[a] >= S[a]:   # ... or past the input's end
+                    inside.append(E.binop("lt", q, Const(S[a])))
+                    q = E.minimum(q, Const(S[a] - 1))
+                idx.append(q)
+            earlier_hit = _guarded(hit(x[(n, c, *idx)], m), inside, Const(False, bool_))
+            conds.append(E.binop("or", E.binop("le", mine, Const(f)), E.call("not", earlier_hit)))
+        return _guarded(cast(acc, g[(n, c, *os_)]), conds, Const(0, acc))
+
+    stage = compute(o.shape, fn, "max_pool_grad")
+    return _finish(stage, o, [stage])
+
+
 def _max_pool_grad_lower(ins, outs, kernel_shape, strides, pads, dilations, ceil_mode):
-    """Two gather stages: the first maximal tap of every window (as max_pool_indices
+    """Disjoint windows: one elementwise stage (``_max_pool_grad_disjoint``). Otherwise two gather stages: the first maximal tap of every window (as max_pool_indices
     finds it), then per input element the sum of g over the windows covering it at
     their first maximal tap -- each element computed on its own, no scatter."""
     (x, y, g), (o,) = ins, outs
+    if _disjoint_windows(kernel_shape, strides, dilations):
+        return _max_pool_grad_disjoint(x, y, g, o, kernel_shape, strides, pads)
     D = x.type.rank - 2
     S, O, K = x.shape[2:], g.shape[2:], list(kernel_shape)
     taps = math.prod(K)
     tap_strides = _flat_strides(K, 0)
 
-    def flat_tap(ks):
-        return sum((k * st for k, st in zip(ks[1:], tap_strides[1:])), ks[0] * tap_strides[0])
+    def flat_tap(ks):   # int32: the index stage and its compares stay narrow (half the bytes of int64)
+        return cast(int32, sum((k * st for k, st in zip(ks[1:], tap_strides[1:])), ks[0] * tap_strides[0]))
 
     def first_tap(n, c, *os):
         def body(*ks):
@@ -401,7 +464,7 @@ def _max_pool_grad_lower(ins, outs, kernel_shape, strides, pads, dilations, ceil
                 idx.append(p)
             v = x[(n, c, *idx)]
             hit = E.binop("or", E.binop("eq", v, y[(n, c, *os)]), E.binop("ne", v, v))   # NaN is the max
-            return _guarded(E.select(hit, flat_tap(ks), Const(taps)), conds, Const(taps))
+            return _guarded(E.select(hit, flat_tap(ks), Const(taps, int32)), conds, Const(taps, int32))
         return reduce("min", K, body)
 
     first = compute(g.shape, first_tap, "first_tap")
@@ -543,7 +606,8 @@ OPS = [
           params=("x", "y", "g"), attrs=dict(_POOL_ATTRS), canonicalize=_grad_pool_canon("max_pool_grad"),
           vjp=_max_pool_grad_vjp,
           doc="The gradient of max_pool(x) = y for the cotangent g: dx [N, C, *S], each window's g added at "
-              "its first maximum in scan order (max_pool_indices), computed as a gather (two stages)."),
+              "its first maximum in scan order (max_pool_indices); one elementwise stage over disjoint windows "
+              "(kernel <= stride, undilated), else a gather (two stages)."),
     OpDef("avg_pool_grad", "reduction", _avg_pool_grad_infer, _np_avg_pool_grad, _avg_pool_grad_lower,
           params=("g",), attrs={**_POOL_ATTRS, "count_include_pad": False, "image_shape": None},
           canonicalize=_grad_pool_canon("avg_pool_grad", with_count=True), vjp=_avg_pool_grad_vjp,

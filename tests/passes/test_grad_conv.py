@@ -48,7 +48,7 @@ CONV = [
     ((1, 2, 5, 5), (2, 2, 3, 3), {"strides": [3, 3], "pads": [0, 1, 2, 2]}, False),   # end pads partly unread
     ((2, 3, 9), (4, 3, 3), {"strides": [2], "dilations": [2], "pads": [2, 1]}, True),                 # 1-D
     ((1, 2, 4, 4, 3), (2, 2, 2, 3, 2), {"strides": [1, 2, 1], "pads": [1, 0, 0, 0, 1, 1]}, True),     # 3-D
-    # dx as W^T @ g + col2im (C*KH*KW >= 64 rows), dw in the matrix form (>= 8 output channels)
+    # dx as a flipped conv (stride 1) or W^T @ g + col2im (C*KH*KW >= 64 rows), dw in the matrix form (>= 8 output channels)
     ((2, 8, 7, 6), (8, 8, 3, 3), {"pads": [1, 1, 1, 1]}, True),
     ((2, 8, 9, 8), (3, 8, 3, 3), {"strides": [2, 2], "pads": [1, 0, 2, 1], "dilations": [1, 2]}, True),
     ((1, 4, 5, 6), (16, 2, 3, 3), {"group": 2, "strides": [2, 1], "pads": [1, 1, 0, 0]}, True),
