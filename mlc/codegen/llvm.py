@@ -69,6 +69,8 @@ def gomp_available() -> bool:
     if _GOMP is None:
         init_llvm()
         name = ctypes.util.find_library("gomp") or "libgomp.so.1"
+        from ..runtime.threads import prepare_openmp
+        prepare_openmp()   # libgomp reads its wait policy once, as it loads
         try:
             llvm.load_library_permanently(name)
             _GOMP = True

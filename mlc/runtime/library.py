@@ -263,6 +263,8 @@ class _LibraryCode:
 
     def __init__(self, file: str, path: str, params: str | None, prefix: str = "mlc"):
         self.path = path
+        from .threads import prepare_openmp
+        prepare_openmp()   # before the library's libgomp loads and reads its wait policy
         try:
             lib = ctypes.CDLL(file, mode=os.RTLD_LOCAL | os.RTLD_NOW)
         except OSError as e:
