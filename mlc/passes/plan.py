@@ -102,13 +102,16 @@ def in_place_pairs(kernel: Kernel) -> list[tuple[int, int]]:
         return [(0, 0)] if same and ops.get(kernel.op).in_place else []
     bound = [t for t in kernel.inputs if isinstance(t, Placeholder)]
     pairs = []
+    stage_inputs = None   # each stage's inputs, walked once: a training step's update kernels have many
     for o_idx, out in enumerate(kernel.outputs):
         if isinstance(out.body, Reduce):
             continue
         for i_idx, p in enumerate(bound):
             if p.type.nbytes != out.type.nbytes or p.shape != out.shape:
                 continue
-            readers = [s for s in kernel.stages if p in s.inputs()]
+            if stage_inputs is None:
+                stage_inputs = [(s, s.inputs()) for s in kernel.stages]
+            readers = [s for s, ins in stage_inputs if p in ins]
             if readers != [out]:
                 continue
             loads = [x for x in E.walk(out.body) if isinstance(x, E.Load) and x.source is p]
