@@ -7,9 +7,11 @@
 
 Every model has ``init(seed)``, ``apply(params, state, *inputs, train=..., seed=...)``,
 ``model(params, *inputs)`` for inference, and ``params_from_state_dict`` to load the
-weights of the equivalent PyTorch module (torchvision's names for the ResNets).
+weights of the equivalent PyTorch module (torchvision's names for the ResNets,
+Hugging Face's for BERT).
 """
 from .base import Model
+from .bert import Bert, bert, bert_base
 from .resnet import ResNet, resnet18, resnet50
 
-__all__ = ["Model", "ResNet", "resnet18", "resnet50"]
+__all__ = ["Model", "ResNet", "resnet18", "resnet50", "Bert", "bert", "bert_base"]

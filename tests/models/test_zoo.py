@@ -49,9 +49,9 @@ def roundtrip_safetensors(tmp_path, params):
         np.testing.assert_array_equal(flat[name], leaf)
 
 
-def train(loss_fn, params, batch, steps=4, lr=0.05, state=None):
-    """Losses over a few compiled SGD steps (updating params in place)."""
-    opt = optim.SGD(lr, momentum=0.9)
+def train(loss_fn, params, batch, steps=4, lr=0.05, state=None, opt=None):
+    """Losses over a few compiled steps (SGD with momentum unless ``opt``), updating params in place."""
+    opt = opt or optim.SGD(lr, momentum=0.9)
     opt_state = opt.init(params)
     if state is None:
         step = optim.train_step(loss_fn, opt)
@@ -191,3 +191,108 @@ def test_state_dict_errors():
         model.params_from_state_dict({**sd, "fc.weight": torch.zeros(4, 512)})
     with pytest.raises(TypeError, match=r"'fc.bias' is a list"):
         model.params_from_state_dict({**sd, "fc.bias": [0.0, 0.0, 0.0]})
+
+
+# ----------------------------------------------------------------------------- BERT (Hugging Face's names)
+
+class TorchBertLayer(tnn.Module):
+    def __init__(self, h, heads):
+        super().__init__()
+        self.heads = heads
+        self.attention = tnn.Module()
+        self.attention.self = tnn.Module()
+        for n in ("query", "key", "value"):
+            setattr(self.attention.self, n, tnn.Linear(h, h))
+        self.attention.output = tnn.Module()
+        self.attention.output.dense, self.attention.output.LayerNorm = tnn.Linear(h, h), tnn.LayerNorm(h, eps=1e-12)
+        self.intermediate = tnn.Module()
+        self.intermediate.dense = tnn.Linear(h, 4 * h)
+        self.output = tnn.Module()
+        self.output.dense, self.output.LayerNorm = tnn.Linear(4 * h, h), tnn.LayerNorm(h, eps=1e-12)
+
+    def forward(self, x):
+        b, t, h = x.shape
+        s = self.attention.self
+
+        def split(y):
+            return y.view(b, t, self.heads, h // self.heads).transpose(1, 2)
+
+        q, k, v = split(s.query(x)), split(s.key(x)), split(s.value(x))
+        ctx = torch.softmax(q @ k.transpose(-1, -2) / (h // self.heads) ** 0.5, -1) @ v
+        ctx = ctx.transpose(1, 2).reshape(b, t, h)
+        x = self.attention.output.LayerNorm(x + self.attention.output.dense(ctx))
+        ffn = self.output.dense(torch.nn.functional.gelu(self.intermediate.dense(x)))
+        return self.output.LayerNorm(x + ffn)
+
+
+class TorchBert(tnn.Module):
+    """Hugging Face's BertModel without masks or dropout (the same parameter names)."""
+
+    def __init__(self, layers, h, heads, vocab, max_positions=512):
+        super().__init__()
+        self.embeddings = tnn.Module()
+        self.embeddings.word_embeddings = tnn.Embedding(vocab, h)
+        self.embeddings.position_embeddings = tnn.Embedding(max_positions, h)
+        self.embeddings.token_type_embeddings = tnn.Embedding(2, h)
+        self.embeddings.LayerNorm = tnn.LayerNorm(h, eps=1e-12)
+        self.embeddings.register_buffer("position_ids", torch.arange(max_positions)[None])
+        self.encoder = tnn.Module()
+        self.encoder.layer = tnn.ModuleList(TorchBertLayer(h, heads) for _ in range(layers))
+        self.pooler = tnn.Module()
+        self.pooler.dense = tnn.Linear(h, h)
+
+    def forward(self, ids):
+        e = self.embeddings
+        t = ids.shape[1]
+        x = e.word_embeddings(ids) + e.position_embeddings(e.position_ids[:, :t]) + e.token_type_embeddings.weight[0]
+        x = e.LayerNorm(x)
+        for layer in self.encoder.layer:
+            x = layer(x)
+        return x
+
+
+class TorchBertClassifier(tnn.Module):
+    """BertForSequenceClassification: "bert." before every encoder name."""
+
+    def __init__(self, layers, h, heads, vocab, num_classes):
+        super().__init__()
+        self.bert = TorchBert(layers, h, heads, vocab)
+        self.classifier = tnn.Linear(h, num_classes)
+
+    def forward(self, ids):
+        first = self.bert(ids)[:, 0]
+        return self.classifier(torch.tanh(self.bert.pooler.dense(first)))
+
+
+def test_bert_matches_torch_compiles_and_trains(tmp_path):
+    ref = randomize(TorchBertClassifier(2, 32, 4, 100, num_classes=3), seed=3)
+    model = models.bert(2, 32, 4, 100, num_classes=3)
+    params, _ = model.params_from_state_dict(ref.state_dict())
+    np.testing.assert_array_equal(params["layers"][1]["attention"]["wk"],
+                                  ref.bert.encoder.layer[1].attention.self.key.weight.detach().numpy().T)
+    ids = R.integers(0, 100, (2, 8))
+    f = mlc.jit(lambda p, ids: model(p, ids))
+    assert_close(f(params, ids), ref(torch.from_numpy(ids)))
+    # without num_classes: the hidden states (a BertModel's state dict, its pooler unused)
+    encoder = models.bert(2, 32, 4, 100)
+    enc_params, _ = encoder.params_from_state_dict(ref.bert.state_dict())
+    assert "pooler" not in enc_params
+    assert_close(encoder(enc_params, ids), ref.bert(torch.from_numpy(ids)))
+    roundtrip_safetensors(tmp_path, params)
+
+    # training: a 1-layer BERT (the compile of a step grows with the layers)
+    small = models.bert(1, 16, 2, 50, num_classes=3)
+    params, _ = small.init(seed=0)
+    ids, labels = R.integers(0, 50, (2, 4)), np.array([0, 2])
+    losses = train(lambda p, ids, labels: nn.cross_entropy(small(p, ids), labels), params, (ids, labels),
+                   steps=12, opt=optim.Adam(0.02))
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.5 * losses[0], losses
+
+
+def test_bert_base_configuration():
+    m = models.bert_base()
+    assert (m.layers, m.hidden, m.heads, m.vocab) == (12, 768, 12, 30522)
+    with pytest.raises(ValueError, match="hidden 30 must divide by heads 4"):
+        models.bert(1, 30, 4, 10)
+    with pytest.raises(ValueError, match="expected integer token ids"):
+        models.bert(1, 8, 2, 10)(models.bert(1, 8, 2, 10).init(seed=0)[0], np.zeros((1, 3), np.float32))
