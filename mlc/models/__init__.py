@@ -12,6 +12,8 @@ Hugging Face's for BERT).
 """
 from .base import Model
 from .bert import Bert, bert, bert_base
+from .recommend import NCF, WideDeep, ncf, wide_deep
 from .resnet import ResNet, resnet18, resnet50
 
-__all__ = ["Model", "ResNet", "resnet18", "resnet50", "Bert", "bert", "bert_base"]
+__all__ = ["Model", "ResNet", "resnet18", "resnet50", "Bert", "bert", "bert_base", "WideDeep", "wide_deep", "NCF",
+           "ncf"]

@@ -296,3 +296,83 @@ def test_bert_base_configuration():
         models.bert(1, 30, 4, 10)
     with pytest.raises(ValueError, match="expected integer token ids"):
         models.bert(1, 8, 2, 10)(models.bert(1, 8, 2, 10).init(seed=0)[0], np.zeros((1, 3), np.float32))
+
+
+# ----------------------------------------------------------------------------- recommendation models
+
+class TorchWideDeep(tnn.Module):
+    def __init__(self, n_wide, n_categories, n_dense, dim=8, hidden=(64, 32)):
+        super().__init__()
+        self.wide = tnn.Linear(n_wide, 1)
+        self.embeddings = tnn.ModuleList(tnn.Embedding(n, dim) for n in n_categories)
+        sizes = (len(n_categories) * dim + n_dense, *hidden)
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [tnn.Linear(a, b), tnn.ReLU()]
+        self.deep = tnn.Sequential(*layers, tnn.Linear(sizes[-1], 1))
+
+    def forward(self, wide, categories, dense):
+        deep_in = torch.cat([e(categories[:, f]) for f, e in enumerate(self.embeddings)] + [dense], 1)
+        return torch.sigmoid(self.wide(wide) + self.deep(deep_in))[:, 0]
+
+
+def test_wide_deep_matches_torch_compiles_and_trains(tmp_path):
+    ref = randomize(TorchWideDeep(6, [10, 7, 4], 3, dim=4, hidden=(16, 8)), seed=4)
+    model = models.wide_deep(6, [10, 7, 4], 3, embedding_dim=4, hidden=(16, 8))
+    params, _ = model.params_from_state_dict(ref.state_dict())
+    assert [p["w"].shape for p in params["deep"]] == [(15, 16), (16, 8), (8, 1)]
+    n = 16
+    wide = (R.random((n, 6)) > 0.5).astype(np.float32)
+    categories = np.stack([R.integers(0, k, n) for k in (10, 7, 4)], axis=1)
+    dense = R.standard_normal((n, 3)).astype(np.float32)
+    want = ref(*(torch.from_numpy(a) for a in (wide, categories, dense)))
+    y = mlc.jit(lambda p, *xs: model(p, *xs))(params, wide, categories, dense)
+    assert y.shape == (n,)
+    assert_close(y, want)
+    roundtrip_safetensors(tmp_path, params)
+
+    target = (dense[:, 0] + wide[:, 1] > 0.5).astype(np.float32)
+    params, _ = model.init(seed=0)
+    losses = train(lambda p, a, c, d, t: nn.binary_cross_entropy(model(p, a, c, d), t), params,
+                   (wide, categories, dense, target), steps=10, opt=optim.Adam(0.05))
+    assert losses[-1] < 0.8 * losses[0], losses
+    with pytest.raises(ValueError, match=r"wide_deep: categories has shape \(16, 2\), expected \(16, 3\)"):
+        model(params, wide, categories[:, :2], dense)
+    with pytest.raises(TypeError, match="wide_deep: categories must be integer ids, got float32"):
+        model(params, wide, categories.astype(np.float32), dense)
+
+
+class TorchNeuMF(tnn.Module):
+    def __init__(self, users, items, dim, mlp):
+        super().__init__()
+        self.gmf_user, self.gmf_item = tnn.Embedding(users, dim), tnn.Embedding(items, dim)
+        self.mlp_user, self.mlp_item = tnn.Embedding(users, mlp[0] // 2), tnn.Embedding(items, mlp[0] // 2)
+        layers = []
+        for a, b in zip(mlp[:-1], mlp[1:]):
+            layers += [tnn.Linear(a, b), tnn.ReLU()]
+        self.mlp = tnn.Sequential(*layers)
+        self.predict = tnn.Linear(dim + mlp[-1], 1)
+
+    def forward(self, u, i):
+        gmf = self.gmf_user(u) * self.gmf_item(i)
+        mlp = self.mlp(torch.cat([self.mlp_user(u), self.mlp_item(i)], 1))
+        return torch.sigmoid(self.predict(torch.cat([gmf, mlp], 1)))[:, 0]
+
+
+def test_ncf_matches_torch_compiles_and_trains(tmp_path):
+    ref = randomize(TorchNeuMF(20, 30, 8, (16, 8, 4)), seed=5)
+    model = models.ncf(20, 30, dim=8, mlp=(16, 8, 4))
+    params, _ = model.params_from_state_dict(ref.state_dict())
+    users, items = R.integers(0, 20, 32), R.integers(0, 30, 32)
+    y = mlc.jit(lambda p, u, i: model(p, u, i))(params, users, items)
+    assert y.shape == (32,) and ((y > 0) & (y < 1)).all()
+    assert_close(y, ref(torch.from_numpy(users), torch.from_numpy(items)))
+    roundtrip_safetensors(tmp_path, params)
+
+    liked = ((users + items) % 2).astype(np.float32)   # a pattern the embeddings can learn
+    params, _ = model.init(seed=0)
+    losses = train(lambda p, u, i, t: nn.binary_cross_entropy(model(p, u, i), t), params, (users, items, liked),
+                   steps=12, opt=optim.Adam(0.05))
+    assert losses[-1] < 0.8 * losses[0], losses
+    with pytest.raises(ValueError, match=r"ncf: items has shape \(31,\), expected \(32,\)"):
+        model(params, users, items[:31])
