@@ -10,8 +10,11 @@ median ms of 10 calls, three medians each; the machine's own load varied):
 libgomp's default 248-1758, OMP_WAIT_POLICY=active 562-1626, GOMP_SPINCOUNT=100000
 1637-1961, 10000 113-254, 3000 67-167, 1000 18-136, 300 14-57, 100 13-56, 0 15-176,
 OMP_WAIT_POLICY=passive 13-81.
-Up to a few hundred iterations the spin costs nothing measurable on a busy machine
-and still catches a loop that follows the last one at once on an idle machine.
+With less outside load: beside a busy process, default 22-28, 300 14-20, 1000 17-23,
+3000 25-31, 10000 21-55; no busy process beside, default 8-13, 300 9-14, 1000 10-13,
+3000 9-11, 10000 9-15, passive 12-15. A few hundred iterations cost little on a
+quiet machine (the spin still catches a loop that follows the last one at once) and
+keep a busy one from collapsing.
 
 libgomp reads its environment once, when it is loaded, so ``prepare_openmp`` runs
 before mlc loads it (``codegen.llvm.gomp_available``, and ``mlc.load`` of a model
