@@ -56,14 +56,10 @@ def source_hash() -> str:
     reading every source again takes longer than loading a small compiled graph."""
     with _SOURCE_LOCK:
         if not _SOURCE:
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             h = hashlib.sha256()
-            for d, dirs, files in sorted(os.walk(root)):
-                dirs.sort()
-                for f in sorted(files):
-                    if f.endswith(".py"):
-                        st = os.stat(os.path.join(d, f))
-                        h.update(f"{d}/{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            for _, path in cache.source_files():
+                st = os.stat(path)
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
             key = cache.key_of("source-stamp", h.hexdigest())
             found = cache.load(key)
             text = found.decode("ascii", "replace") if found is not None else ""
