@@ -13,8 +13,8 @@ except ValueError as _e:   # a typo in the environment must not break every impo
     import warnings as _warnings
     _warnings.warn(f"{_e}; logging left as it was", RuntimeWarning)
 
-from .ir.types import (DType, TensorType, dtype, float16, float32, float64, int8, int32, int64, uint8,  # noqa: E402
-                       bool_)
+from .ir.types import (DType, TensorType, dtype, float16, float32, float64, int8, int16, int32, int64,  # noqa: E402
+                       uint8, uint16, uint32, uint64, bool_)
 from .frontend.trace import trace, TraceError  # noqa: E402
 from .frontend.api import OP_FUNCTIONS as _OPS  # noqa: E402
 from .driver import compile, jit  # noqa: E402
@@ -28,4 +28,5 @@ globals().update({k: getattr(dist, k) for k in ("allreduce", "allgather", "reduc
                                                "recv")})  # collectives: mlc.dist's, which know the job's ranks
 
 __all__ = ["trace", "jit", "compile", "load", "LibraryError", "grad", "value_and_grad", "vjp", "nn", "optim", "models", "data", "checkpoint", "dist", "Target", "TraceError", "DType", "TensorType", "dtype", "float16",
-           "float32", "float64", "int8", "int32", "int64", "uint8", "bool_", *sorted(_OPS)]
+           "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool_",
+           *sorted(_OPS)]

@@ -378,4 +378,5 @@ def _recv_type(comm: Communicator, frm: int) -> TensorType:
     return TensorType(tuple(int(d) for d in code[1:1 + ndim]), TYPE_CODES[int(code[-1])])
 
 
-TYPE_CODES = ("float32", "float64", "float16", "int32", "int64", "int8", "uint8", "bool")
+TYPE_CODES = ("float32", "float64", "float16", "int32", "int64", "int8", "uint8", "bool", "int16", "uint16", "uint32",
+              "uint64")   # additive: a code's meaning never changes

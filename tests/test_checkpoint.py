@@ -152,6 +152,20 @@ def test_layout_is_as_documented(tmp_path):
     assert encode(tensors, {"k": "v"}) == buf   # the file is exactly the encoded bytes
 
 
+def test_every_mlc_dtype_round_trips_bit_exactly(tmp_path):
+    # extremes of each integer type (uint64 beyond int64's range), big-endian input stored little-endian
+    t = {"i16": np.array([-32768, -1, 0, 32767], np.int16), "u16": np.array([0, 1, 65535], ">u2"),
+         "u32": np.array([0, 2 ** 31, 2 ** 32 - 1], np.uint32),
+         "u64": np.array([[0, 2 ** 63], [2 ** 64 - 1, 12345678901234567890]], np.uint64)}
+    write_tensors(tmp_path / "u.mlct", t, None)
+    back, _ = read_tensors(tmp_path / "u.mlct")
+    for k, v in t.items():
+        assert back[k].dtype == v.dtype.newbyteorder("<") and back[k].shape == v.shape
+        np.testing.assert_array_equal(back[k], v)
+    header = parse((tmp_path / "u.mlct").read_bytes())[4]
+    assert [e["dtype"] for e in header["tensors"]] == ["<i2", "<u2", "<u4", "<u8"]
+
+
 def test_encode_decode_bytes():
     t = {"x": np.arange(12, dtype=np.int32).reshape(3, 4), "y": np.array(2.5)}
     back, meta = decode(encode(t, {"m": [1, 2]}))

@@ -269,3 +269,22 @@ def test_ranks_that_agree_check_once_and_compute():
     r = run_ranks("disagree.py", 2, 120, _args=("agree",))
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("finished with [3. 3. 3. 3. 3. 3.]") == 2
+
+
+def test_nccl_type_map_and_pipeline_type_codes_cover_the_integer_dtypes():
+    from types import SimpleNamespace
+
+    from mlc.dist import TYPE_CODES
+    from mlc.runtime.comm import nccl_types
+    # by name: the constants a CuPy has (NCCL has no 16-bit integers); an older CuPy
+    # without NCCL_UINT64 leaves uint64 out instead of failing
+    full = SimpleNamespace(NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_FLOAT16=6, NCCL_INT32=2, NCCL_INT64=4, NCCL_INT8=0,
+                           NCCL_UINT8=1, NCCL_UINT32=3, NCCL_UINT64=5)
+    types = nccl_types(full)
+    assert types[np.dtype(np.uint32)] == 3 and types[np.dtype(np.uint64)] == 5 and types[np.dtype(np.int8)] == 0
+    assert np.dtype(np.int16) not in types and np.dtype(np.uint16) not in types
+    old = SimpleNamespace(**{k: v for k, v in vars(full).items() if k != "NCCL_UINT64"})
+    assert np.dtype(np.uint64) not in nccl_types(old) and len(nccl_types(old)) == 8
+    # pipeline type codes are additive: the old codes keep their meaning
+    assert TYPE_CODES[:8] == ("float32", "float64", "float16", "int32", "int64", "int8", "uint8", "bool")
+    assert {d.name for d in mlc.ir.ALL_DTYPES} == set(TYPE_CODES)

@@ -54,12 +54,16 @@ float16 = DType("float16", "f16", "float", 16)
 float32 = DType("float32", "f32", "float", 32)
 float64 = DType("float64", "f64", "float", 64)
 int8 = DType("int8", "i8", "int", 8)
+int16 = DType("int16", "i16", "int", 16)
 int32 = DType("int32", "i32", "int", 32)
 int64 = DType("int64", "i64", "int", 64)
 uint8 = DType("uint8", "u8", "uint", 8)
+uint16 = DType("uint16", "u16", "uint", 16)
+uint32 = DType("uint32", "u32", "uint", 32)
+uint64 = DType("uint64", "u64", "uint", 64)
 bool_ = DType("bool", "bool", "bool", 8)
 
-ALL_DTYPES = (float16, float32, float64, int8, int32, int64, uint8, bool_)
+ALL_DTYPES = (float16, float32, float64, int8, int16, int32, int64, uint8, uint16, uint32, uint64, bool_)
 _BY_NAME = {d.name: d for d in ALL_DTYPES} | {d.short: d for d in ALL_DTYPES}
 
 

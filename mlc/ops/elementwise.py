@@ -13,7 +13,7 @@ from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import compute
 from ..ir.types import TensorType, dtype as to_dtype
-from .registry import OpDef, OpTypeError, broadcast_load, broadcast_shapes, check, numpy_result_dtype, unbroadcast
+from .registry import OpDef, broadcast_load, broadcast_shapes, check, numpy_result_dtype, unbroadcast
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -103,14 +103,28 @@ _COMPARISONS = {"equal", "less", "greater"}
 
 
 def _compare_dtype(a, b):
-    """The dtype a comparison computes in: numpy's promotion, except that int8 with
-    uint8 promotes to int16, which mlc lacks; int32 holds both exactly."""
-    try:
-        return numpy_result_dtype(np.add, a, b)
-    except OpTypeError:
-        if a.is_int and b.is_int:
-            return to_dtype("int32")
-        raise
+    """The dtype a comparison computes in: numpy's promotion."""
+    return numpy_result_dtype(np.add, a, b)
+
+
+_MIXED_U64 = {"equal": "eq", "less": "lt", "greater": "gt"}
+
+
+def _compare_u64_signed(name, a, b):
+    """``a name b`` with one operand uint64 and the other a signed integer, exactly
+    (numpy compares these exactly; their promoted dtype, float64, would round): a
+    negative signed operand is below every uint64, any other converts exactly."""
+    u64, i64 = to_dtype("uint64"), to_dtype("int64")
+    flip = a.dtype.kind == "int"   # put the signed operand second: a is uint64
+    if flip:
+        a, b = b, a
+        name = {"less": "greater", "greater": "less"}.get(name, name)
+    b = cast(i64, b)
+    neg = E.binop("lt", b, Const(0, i64))
+    same = E.binop(_MIXED_U64[name], a, cast(u64, b))
+    if name == "greater":   # uint64 > negative: always
+        return E.binop("or", neg, same)
+    return E.binop("and", E.call("not", neg), same)
 
 
 def _binary(name: str, ref, scalar) -> OpDef:
@@ -121,6 +135,8 @@ def _binary(name: str, ref, scalar) -> OpDef:
     def lower(ins, outs):
         (a, b), (o,) = ins, outs
         # comparisons compare in the promoted dtype; arithmetic computes in the result dtype
+        if name in _COMPARISONS and {(a.dtype.name, b.dtype.kind), (b.dtype.name, a.dtype.kind)} & {("uint64", "int")}:
+            return [compute(o.shape, lambda *i: _compare_u64_signed(name, broadcast_load(a, i), broadcast_load(b, i)))]
         cdt = _compare_dtype(a.dtype, b.dtype) if name in _COMPARISONS else o.dtype
         return [compute(o.shape, lambda *i: scalar(cast(cdt, broadcast_load(a, i)), cast(cdt, broadcast_load(b, i))))]
 

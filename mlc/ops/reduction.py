@@ -1,7 +1,7 @@
 """Reductions over any axes (sum, mean, max, min, prod) and softmax / log_softmax.
 
-Result dtypes follow numpy, except that sums and products of uint8 give int64
-(numpy: uint64, which mlc does not have). float16 sums accumulate in float32.
+Result dtypes follow numpy (sums and products of small signed integers give int64,
+of unsigned ones uint64). float16 sums accumulate in float32.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from ..ir import expr as E
 from ..ir.expr import Const, cast
 from ..ir.tensor import Compute, combine, compute, reduce
-from ..ir.types import TensorType, float32, float64, int64
+from ..ir.types import TensorType, float32, float64
 from .registry import OpDef, check, keep_reduced, normalize_axes, normalize_axis, numpy_result_dtype
 
 
@@ -27,8 +27,6 @@ def _reduced_shape(shape, axes, keepdims):
 
 
 def _reduce_dtype(np_fn, dt):
-    if dt.kind == "uint" and np_fn in (np.sum, np.prod):
-        return int64
     return numpy_result_dtype(lambda x: np_fn(x), dt)
 
 

@@ -413,6 +413,18 @@ class HostStaged(Communicator):
         return self if ranks == self.ranks else HostStaged(self.inner.subgroup(ranks))
 
 
+# numpy dtype -> cupy.cuda.nccl's constant for it (NCCL has no 16-bit integers or bool)
+_NCCL_TYPES = {np.float32: "NCCL_FLOAT32", np.float64: "NCCL_FLOAT64", np.float16: "NCCL_FLOAT16",
+               np.int32: "NCCL_INT32", np.int64: "NCCL_INT64", np.int8: "NCCL_INT8", np.uint8: "NCCL_UINT8",
+               np.uint32: "NCCL_UINT32", np.uint64: "NCCL_UINT64"}
+
+
+def nccl_types(nccl) -> dict:
+    """numpy dtype -> NCCL type constant, for the constants this ``cupy.cuda.nccl`` has
+    (looked up by name: a CuPy without one of them leaves that dtype out)."""
+    return {np.dtype(dt): getattr(nccl, name) for dt, name in _NCCL_TYPES.items() if hasattr(nccl, name)}
+
+
 class NCCLCommunicator(Communicator):
     """NCCL through CuPy for CuPy arrays; the unique id travels over ``bootstrap`` (an
     MPICommunicator, or None for a world of one GPU)."""
@@ -430,10 +442,7 @@ class NCCLCommunicator(Communicator):
             uid = bootstrap.comm.bcast(uid, root=0)
         self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
         self._ops = {"sum": nccl.NCCL_SUM, "mean": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
-        self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64,
-                       np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.int32): nccl.NCCL_INT32,
-                       np.dtype(np.int64): nccl.NCCL_INT64, np.dtype(np.int8): nccl.NCCL_INT8,
-                       np.dtype(np.uint8): nccl.NCCL_UINT8}
+        self._types = nccl_types(nccl)
 
     def begin(self, site):
         """Agreement goes over the bootstrap communicator (the same ranks)."""
@@ -443,7 +452,11 @@ class NCCLCommunicator(Communicator):
 
     def _args(self, src, dst):
         stream = self.cupy.cuda.get_current_stream().ptr
-        return src.data.ptr, dst.data.ptr, self._types[np.dtype(dst.dtype)], stream
+        t = self._types.get(np.dtype(dst.dtype))
+        if t is None:
+            raise DistError(f"NCCL cannot carry {np.dtype(dst.dtype).name} tensors "
+                            f"(it carries {', '.join(sorted(d.name for d in self._types))})")
+        return src.data.ptr, dst.data.ptr, t, stream
 
     def allreduce(self, src, dst, op):
         s, d, t, stream = self._args(src, dst)

@@ -92,7 +92,8 @@ def constants_digest(graph: Graph) -> str:
 _MAGIC = b"MLCGRAPH"
 _PREAMBLE = struct.Struct("<8sQ")   # magic, header length
 _ALIGN = 64
-_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64"}
+_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
+           "float64"}
 
 
 def encode(entry: Entry) -> bytes:

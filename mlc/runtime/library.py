@@ -47,7 +47,7 @@ SKIP_LIBRARY_CHECK = 1              # mlc_model_create flag: this loader verifie
 
 # mlc_dtype codes of the C API (mlc_model.h), by mlc dtype name
 DTYPE_CODES = {"bool": 1, "int8": 2, "int16": 3, "int32": 4, "int64": 5, "uint8": 6, "float16": 7, "float32": 8,
-               "float64": 9}
+               "float64": 9, "uint16": 10, "uint32": 11, "uint64": 12}
 _DTYPE_NAMES = {code: name for name, code in DTYPE_CODES.items()}
 
 

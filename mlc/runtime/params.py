@@ -42,7 +42,7 @@ _TRAILER = 32                         # SHA-256 digest
 MAX_DEPTH = 256
 
 # Little-endian numpy type strings the format stores ("|" where byte order does not apply).
-DTYPES = ("|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<f2", "<f4", "<f8")
+DTYPES = ("|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<f2", "<f4", "<f8", "<u2", "<u4", "<u8")
 
 
 class ParamsFormatError(ValueError):
@@ -71,7 +71,7 @@ def layout(tensors: dict) -> tuple[list[np.ndarray], list[dict], int]:
         dt = _storage_dtype(a.dtype)
         if dt is None:
             raise ValueError(f"tensor {name!r}: unsupported dtype {a.dtype} "
-                             "(supported: bool, int8/16/32/64, uint8, float16/32/64)")
+                             "(supported: bool, int8/16/32/64, uint8/16/32/64, float16/32/64)")
         a = np.asarray(a, dtype=dt, order="C")
         offset = _align(offset)
         entries.append({"name": name, "dtype": dt.str, "shape": list(a.shape), "offset": offset,

@@ -238,6 +238,28 @@ def test_c_api_runs_and_describes_the_model(lib):
     api.close()
 
 
+def test_c_api_carries_unsigned_and_16_bit_integers(tmp_path):
+    # the header's codes past float64 (MLC_UINT16 = 10, ...) name and size the new dtypes
+    x = np.array([0, 1, 300, 65535, 40000], np.uint16)
+    y = np.array([2 ** 64 - 1, 2 ** 63, 7, 0, 1], np.uint64)
+    f = lambda x, y: (x.astype("uint32") * 3, mlc.sum(y) + 1, x.astype("int16"))   # noqa: E731
+    mlc.compile(f, x, y).export(tmp_path / "u.so")
+    api = CApi(tmp_path / "u.so")
+    info = TensorInfo()
+    assert api.lib.mlc_model_input_info(api.handle, ctypes.c_size_t(0), ctypes.byref(info)) == 0
+    assert (info.dtype, info.nbytes) == (DTYPE_CODES["uint16"], 10) == (10, 10)
+    assert api.lib.mlc_model_input_info(api.handle, ctypes.c_size_t(1), ctypes.byref(info)) == 0
+    assert (info.dtype, info.nbytes) == (DTYPE_CODES["uint64"], 40) == (12, 40)
+    outs = [np.zeros(5, np.uint32), np.zeros((), np.uint64), np.zeros(5, np.int16)]
+    assert api.run([_tensor(x), _tensor(y)], [_tensor(o) for o in outs]) == ("MLC_OK", api.error())
+    for got, want in zip(outs, f(x, y)):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    assert api.run([_tensor(x.astype(np.uint32)), _tensor(y)], [_tensor(o) for o in outs]) == (
+        "MLC_ERROR_DTYPE_MISMATCH", "input 0 ('x'): expected uint16, got uint32")
+    api.close()
+
+
 def test_c_api_refuses_bad_calls_with_a_code_and_a_message(lib):
     api = CApi(lib)
     out = np.zeros((8, 10), np.float32)

@@ -317,11 +317,16 @@ def _op_cases():
         "matmul": (lambda a, b: mlc.relu(a @ b), f32(64, 96), f32(96, 80)),
         "conv": (lambda x, w: mlc.conv(x, w, pads=[1, 1, 1, 1]), f32(1, 8, 14, 14), f32(16, 8, 3, 3)),
         "pooling": (lambda x: mlc.max_pool(x, kernel_shape=[2, 2], strides=[2, 2]), f32(1, 8, 14, 14)),
+        # unsigned <-> float conversions (uitofp/fptoui), 16-bit integers, uint64 sums
+        "integers": (lambda u, h, x: (mlc.sum(u, axis=1), (h * 3).astype("float32") + u.astype("float32"),
+                                      (x * 100.0).astype("uint32"), x.astype("uint64"), u.astype("int16")),
+                     r.integers(0, 65535, (37, 300)).astype(np.uint16), r.integers(-99, 99, (37, 300)).astype(np.int16),
+                     f32(37, 300)),
     }
 
 
 @needs_ptxas
-@pytest.mark.parametrize("case", ["elementwise", "reduction", "softmax", "matmul", "conv", "pooling"])
+@pytest.mark.parametrize("case", ["elementwise", "reduction", "softmax", "matmul", "conv", "pooling", "integers"])
 def test_op_families_assemble_for_sm80_and_sm90(case):
     fn, *args = _op_cases()[case]
     c = _gpu_compiled(fn, *args)

@@ -33,7 +33,7 @@ Values stay finite and exactly comparable by construction, so a mismatch is a bu
 - int32 and int64 values stay far from overflow (8-bit ones wrap, as both numpy and
   LLVM define it; a bound is kept on every value so that float errors are estimated
   from true magnitudes), int8 and uint8 never meet (numpy would promote to int16,
-  which mlc lacks), unsigned sums are compared as int64 (mlc has no uint64), integer
+  which this generator leaves out), unsigned sums are uint64, as numpy's, integer
   division is numpy's true division (float64) by ``|b| + 1``, integer powers have
   small non-negative exponents (negative ones are an error in numpy), and float->int
   casts only see in-range exact values (out of range, numpy's result is
@@ -114,7 +114,7 @@ class Program:
         self.steps: list[Step | None] = []   # None: an input
         self.inputs: list[Val] = []
         self.outputs: list[Val] = []
-        # one integer type per program: int8 with uint8 would promote to int16, which mlc lacks
+        # one integer type per program: int8 with uint8 would promote to int16, which this generator leaves out
         self.int_dtype = self.rng.choice([I32, I32, I32, I64, I8, U8])
 
     # ------------------------------------------------------------------ pool
@@ -415,7 +415,7 @@ def reduction(p: Program):
         tuple(s for d, s in enumerate(a.shape) if d not in axes)
     dt = a.dtype
     if op in ("sum", "prod") and is_int(dt):
-        dt = I64   # numpy gives uint64 for unsigned input; mlc, without uint64, int64
+        dt = np.dtype(np.uint64) if dt.kind == "u" else I64   # numpy's (and mlc's) widening
     if op == "mean" and is_int(dt):
         dt = F64
     if op == "sum":
@@ -432,15 +432,13 @@ def reduction(p: Program):
         exact = is_int(dt) or (a.exact and n <= 1)
     else:
         bound, err, exact = a.bound, a.err, a.exact
-    if dt.kind == "i" and bound > 2 ** 40:
+    if dt.kind in "iu" and bound > 2 ** 40:
         return
     npfn = getattr(np, op)
 
     def np_fn(x):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)   # mean of nothing: NaN, like numpy
-            if op in ("sum", "prod") and x.dtype.kind == "u":
-                return np.asarray(npfn(x, axis=axis, keepdims=keepdims, dtype=np.int64))
             return np.asarray(npfn(x, axis=axis, keepdims=keepdims))
 
     if rng.random() < 0.6:

@@ -13,7 +13,7 @@ from mlc.ir.graph import (Graph, GraphBuilder, Node, ParseError, Value, Verifica
 from mlc.ir.types import ALL_DTYPES, TensorType
 
 F32 = np.float32
-DTYPE_NAMES = ["float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool"]
+DTYPE_NAMES = [d.name for d in ALL_DTYPES]
 
 
 def constants(graph):
@@ -476,7 +476,7 @@ def test_parse_good_text():
     ("%y: f32[2]", "%y: f31[2]", r"^line 1: unknown dtype 'f31'"),
     ("%y: f32[2]", "%y: complex64[2]", r"^line 1: unknown dtype 'complex64'"),
     ("%y: f32[2]", "%y: double[2]", r"^line 1: unknown dtype 'double'"),    # numpy aliases are not IR
-    ("<f32[2]: [1.0", "<u16[2]: [1", r"^line 3: unknown dtype 'u16'"),
+    ("<f32[2]: [1.0", "<c64[2]: [1", r"^line 3: unknown dtype 'c64'"),
     ("mul(%0, %1)", "mul(%0, %7)", r"^line 4: %7 is used before it is defined"),
     ("add(%x, %y)", "add(%x, %2)", r"^line 2: %2 is used before it is defined"),
     ("return %2", "return %z", r"^line 5: %z is used before it is defined"),
@@ -551,6 +551,8 @@ def test_dtype_lookup():
     assert mlc.dtype(np.float16) is mlc.float16
     assert mlc.dtype("float32") is mlc.float32 and mlc.dtype("f32") is mlc.float32
     assert mlc.dtype(np.dtype("int8")) is mlc.int8 and mlc.dtype("u8") is mlc.uint8
+    assert mlc.dtype(np.uint16) is mlc.uint16 and mlc.dtype("u32") is mlc.uint32 and mlc.dtype("i16") is mlc.int16
+    assert mlc.dtype(np.dtype("<u8")) is mlc.uint64   # numpy's "u8" is 8 bytes; mlc's IR "u8" is uint8
     assert mlc.dtype(bool) is mlc.bool_ and mlc.dtype(mlc.int64) is mlc.int64
     assert mlc.dtype(np.dtype(">f8")) is mlc.float64
     for d in ALL_DTYPES:
@@ -562,10 +564,10 @@ def test_dtype_lookup():
     assert pickle.loads(pickle.dumps(mlc.float32)) is mlc.float32 and copy.deepcopy(mlc.uint8) is mlc.uint8
 
 
-@pytest.mark.parametrize("bad", [np.complex64, np.uint16, "complex128", np.float128 if hasattr(np, "float128") else "uint32"])
+@pytest.mark.parametrize("bad", [np.complex64, "datetime64[s]", "complex128", np.float128 if hasattr(np, "float128") else "U3"])
 def test_unsupported_dtype_names_supported_list(bad):
     with pytest.raises(TypeError, match=r"is not supported by mlc \(supported: float16, float32, float64, int8, "
-                                        r"int32, int64, uint8, bool\)"):
+                                        r"int16, int32, int64, uint8, uint16, uint32, uint64, bool\)"):
         mlc.dtype(bad)
 
 

@@ -18,6 +18,7 @@ from mlc import ops
 
 F16, F32, F64 = np.float16, np.float32, np.float64
 I8, I32, I64, U8, B = np.int8, np.int32, np.int64, np.uint8, np.bool_
+I16, U16, U32, U64 = np.int16, np.uint16, np.uint32, np.uint64
 
 # (rtol, atol) per result dtype; integer and bool results must match exactly
 TOL = {np.dtype(F16): (1e-2, 1e-3), np.dtype(F32): (1e-5, 1e-6), np.dtype(F64): (1e-12, 1e-13)}
@@ -38,7 +39,8 @@ def rand(shape, dtype, lo=-3.0, hi=3.0):
     if dt.kind in "iu":
         info = np.iinfo(dt)
         lo, hi = max(int(lo), info.min), min(int(hi), info.max)
-        return np.asarray(_RNG.integers(lo, hi, size=shape, endpoint=True)).astype(dt)
+        big = {"dtype": dt} if hi > np.iinfo(np.int64).max else {}   # uint64 beyond int64's range
+        return np.asarray(_RNG.integers(lo, hi, size=shape, endpoint=True, **big)).astype(dt)
     return np.asarray(_RNG.uniform(lo, hi, size=shape)).astype(dt)
 
 
@@ -125,7 +127,9 @@ def test_unary_float_dtypes(name, dtype):
 # 8-bit inputs, f64 for wider ones) for the math functions
 UNARY_INT = [("neg", I32), ("neg", I8), ("neg", U8), ("neg", I64), ("abs", I8), ("abs", I64), ("abs", U8),
              ("abs", B), ("relu", I32), ("relu", I8), ("relu", U8), ("relu", B), ("exp", I32), ("exp", I8),
-             ("sqrt", U8), ("log", I64), ("sin", I8), ("erf", I32), ("sigmoid", B), ("tanh", U8)]
+             ("sqrt", U8), ("log", I64), ("sin", I8), ("erf", I32), ("sigmoid", B), ("tanh", U8),
+             ("neg", I16), ("neg", U16), ("neg", U64), ("abs", I16), ("abs", U32), ("relu", U32), ("sqrt", U16),
+             ("exp", I16), ("log", U64)]
 
 
 @pytest.mark.parametrize("name,dtype", UNARY_INT, ids=[f"{n}-{np.dtype(d).name}" for n, d in UNARY_INT])
@@ -177,7 +181,7 @@ def test_binary_f32_broadcasting(name, sa, sb):
     check(run(getattr(mlc, name), a, b), BINARY[name](a, b), tol)
 
 
-BINARY_DTYPES = [F64, F16, I32, I64, I8, U8, B]
+BINARY_DTYPES = [F64, F16, I32, I64, I8, U8, B, I16, U16, U32, U64]
 
 
 @pytest.mark.parametrize("dtype", BINARY_DTYPES, ids=[np.dtype(d).name for d in BINARY_DTYPES])
@@ -200,7 +204,8 @@ def test_integer_arithmetic_wraps_like_numpy():
     check(run(lambda c: c * c + c, c), c * c + c)
 
 
-MIXED = [(F32, F64), (I32, F32), (I8, I32), (U8, F32), (B, F16), (I64, F16), (U8, I32), (B, I8), (F16, F32)]
+MIXED = [(F32, F64), (I32, F32), (I8, I32), (U8, F32), (B, F16), (I64, F16), (U8, I32), (B, I8), (F16, F32),
+         (U8, I8), (U16, I16), (U32, I32), (U64, I64), (U64, F32), (U16, F16), (I16, U32), (U8, U64), (I8, U16)]
 
 
 @pytest.mark.parametrize("da,db", MIXED, ids=[f"{np.dtype(a).name}-{np.dtype(b).name}" for a, b in MIXED])
@@ -230,7 +235,7 @@ def test_pow_by_python_scalars(dtype):
         check(run(fn, x), fn(x), LOOSE)
 
 
-@pytest.mark.parametrize("dtype", [I64, I32, I8, U8], ids=["i64", "i32", "i8", "u8"])
+@pytest.mark.parametrize("dtype", [I64, I32, I8, U8, I16, U16, U32, U64], ids=lambda d: np.dtype(d).name)
 def test_integer_pow_is_exact_and_wraps(dtype):
     # beyond 2**53 (where a float64 power is inexact) and past the dtype's range (numpy wraps)
     base = np.array([3, 2000, 2_000_001, -7, 123457, 0, 1, -1, 2, 5, 255, -128] * 3)
@@ -256,7 +261,7 @@ OPERATORS = {
     "==": (lambda a, b: a == b), "!=": (lambda a, b: a != b), "<": (lambda a, b: a < b),
     ">": (lambda a, b: a > b), "<=": (lambda a, b: a <= b), ">=": (lambda a, b: a >= b),
 }
-CMP_DTYPES = [F32, F64, F16, I32, I64, I8, U8, B]
+CMP_DTYPES = [F32, F64, F16, I32, I64, I8, U8, B, I16, U16, U32, U64]
 
 
 def cmp_inputs(sa, sb, da, db):
@@ -279,7 +284,8 @@ def test_comparisons_broadcasting(sa, sb):
         check(g, ref(a, b))
 
 
-CMP_MIXED = [(I32, F32), (F16, F64), (I8, U8), (U8, I64), (B, I32), (I8, F16)]
+CMP_MIXED = [(I32, F32), (F16, F64), (I8, U8), (U8, I64), (B, I32), (I8, F16), (U64, I64), (I8, U64), (U16, I16),
+             (U32, I8)]
 
 
 @pytest.mark.parametrize("da,db", CMP_MIXED, ids=[f"{np.dtype(a).name}-{np.dtype(b).name}" for a, b in CMP_MIXED])
@@ -290,6 +296,16 @@ def test_comparisons_mixed_dtypes(da, db):
         b = np.array([[0, 1, 127, 128, 255, 0, 3, 200, 127]], dtype=U8)
     for name, ref in COMPARE.items():
         check(run(getattr(mlc, name), a, b), ref(a, b))
+
+
+def test_uint64_against_signed_compares_exactly():
+    # numpy compares these exactly; through their promoted dtype, float64, 2**63 - 1
+    # and 2**63 would be equal, and negative values would wrap
+    a = np.array([[2 ** 63 - 1], [2 ** 64 - 1], [0], [2 ** 63], [5]], dtype=U64)
+    b = np.array([[2 ** 63 - 1, -1, 0, -(2 ** 63), 5, 6, 2 ** 62]], dtype=I64)
+    for name, ref in COMPARE.items():
+        check(run(getattr(mlc, name), a, b), ref(a, b))
+        check(run(getattr(mlc, name), b.T, a.T), ref(b.T, a.T))
 
 
 @pytest.mark.parametrize("dtype", [F32, I32, U8], ids=["f32", "i32", "u8"])
@@ -325,7 +341,7 @@ def test_where_broadcasting(sc, sa, sb):
 
 
 WHERE_DTYPES = [(F64, F64), (F16, F16), (I32, I32), (I8, I8), (U8, U8), (B, B), (I64, I64), (I32, F32),
-                (F16, I8), (B, U8)]
+                (F16, I8), (B, U8), (I16, I16), (U16, U16), (U32, U32), (U64, U64), (U8, I8), (U64, I64)]
 
 
 @pytest.mark.parametrize("da,db", WHERE_DTYPES, ids=[f"{np.dtype(a).name}-{np.dtype(b).name}" for a, b in WHERE_DTYPES])
@@ -353,6 +369,11 @@ CASTS = [  # (from, to, lo, hi)
     (F32, F16, -100, 100), (F16, F32, -100, 100), (F64, F32, -100, 100), (F32, F64, -100, 100),
     (F64, F16, -7e4, 7e4), (F16, F64, -100, 100), (I64, F16, -7e4, 7e4), (F16, I64, -100, 100),
     (I64, I8, -1000, 1000), (U8, I8, 0, 255), (I8, U8, -128, 127), (I8, I64, -128, 127), (I32, U8, -300, 300),
+    (F32, U16, 0, 6e4), (F64, U32, 0, 4e9), (F64, U64, 0, 1.8e19), (F16, U64, 0, 6e4), (F32, I16, -3e4, 3e4),
+    (U16, F32, 0, 65535), (U32, F64, 0, 2 ** 32 - 1), (U64, F64, 0, 2 ** 64 - 1), (U64, F32, 0, 2 ** 64 - 1),
+    (U64, F16, 0, 6e4), (U32, F16, 0, 6e4), (I16, F16, -3e4, 3e4), (U16, B, 0, 2), (B, U64, 0, 1),
+    (U64, I64, 0, 2 ** 64 - 1), (I64, U64, -10 ** 18, 10 ** 18), (I16, U32, -3e4, 3e4), (U32, I16, 0, 2 ** 32 - 1),
+    (U8, U64, 0, 255), (U64, U8, 0, 2 ** 64 - 1), (I8, I16, -128, 127), (U16, I8, 0, 65535),
 ]
 
 
@@ -394,7 +415,7 @@ def test_cast_nan_to_bool_is_true():
     check(run(lambda x: mlc.cast(x, "bool"), x), x.astype(B))
 
 
-@pytest.mark.parametrize("dtype", [F32, F16, F64, I8, I64, U8, B], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", [F32, F16, F64, I8, I64, U8, B, I16, U16, U32, U64], ids=lambda d: np.dtype(d).name)
 def test_copy(dtype):
     for shape in [(), (7,), BIG]:
         x = rand(shape, dtype)
@@ -455,16 +476,12 @@ def test_mean_of_0d_over_axis_0():
         check(run(lambda x: mlc.mean(x, axis=axis, keepdims=True), x), np.sum(x, axis=axis, keepdims=True))
 
 
-REDUCE_DTYPES = [F64, F16, I32, I64, I8, U8, B]
+REDUCE_DTYPES = [F64, F16, I32, I64, I8, U8, B, I16, U16, U32, U64]
 
 
 def np_reduce(name, x, **kw):
-    """numpy's reduction, except the documented mlc rule: uint8 sums and products give int64."""
-    r = REDUCE[name](x, **kw)
-    if x.dtype == U8 and name in ("sum", "prod"):
-        assert r.dtype == np.uint64
-        r = REDUCE[name](x.astype(I64), **kw)
-    return r
+    """numpy's reduction: sums and products of small integers widen to int64 / uint64."""
+    return REDUCE[name](x, **kw)
 
 
 @pytest.mark.parametrize("dtype", REDUCE_DTYPES, ids=[np.dtype(d).name for d in REDUCE_DTYPES])
@@ -555,7 +572,11 @@ def test_integer_sum_does_not_overflow_the_input_type():
     x = np.full((3, 200), 127, dtype=I8)
     check(run(lambda x: mlc.sum(x, axis=1), x), np.sum(x, axis=1))
     u = np.full((3, 300), 255, dtype=U8)
-    check(run(lambda u: mlc.sum(u, axis=1), u), np.sum(u.astype(I64), axis=1))
+    check(run(lambda u: mlc.sum(u, axis=1), u), np.sum(u, axis=1))   # uint64, as numpy
+    w = np.full((3, 300), 65535, dtype=U16)
+    check(run(lambda w: mlc.sum(w, axis=1), w), np.sum(w, axis=1))
+    h = np.full((3, 300), -32768, dtype=I16)
+    check(run(lambda h: mlc.sum(h, axis=1), h), np.sum(h, axis=1))
     b = rand((70, 9), B)
     check(run(lambda b: mlc.sum(b, axis=0), b), np.sum(b, axis=0))
 

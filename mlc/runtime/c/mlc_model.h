@@ -61,7 +61,10 @@ typedef enum mlc_dtype {
     MLC_UINT8 = 6,
     MLC_FLOAT16 = 7,
     MLC_FLOAT32 = 8,
-    MLC_FLOAT64 = 9
+    MLC_FLOAT64 = 9,
+    MLC_UINT16 = 10,
+    MLC_UINT32 = 11,
+    MLC_UINT64 = 12
 } mlc_dtype;
 
 /* What the model expects of one input or output (owned by the library). */

@@ -414,12 +414,12 @@ MLC_API mlc_status mlc_model_output_info(const mlc_model *m, size_t index, mlc_t
 
 static const char *dtype_name(mlc_dtype d) {
     static const char *names[] = {"?", "bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32",
-                                  "float64"};
+                                  "float64", "uint16", "uint32", "uint64"};
     return (unsigned)d < sizeof names / sizeof *names ? names[d] : "unknown dtype";
 }
 
 static size_t dtype_size(mlc_dtype d) {
-    static const size_t sizes[] = {0, 1, 1, 2, 4, 8, 1, 2, 4, 8};
+    static const size_t sizes[] = {0, 1, 1, 2, 4, 8, 1, 2, 4, 8, 2, 4, 8};
     return (unsigned)d < sizeof sizes / sizeof *sizes ? sizes[d] : 0;
 }
 
