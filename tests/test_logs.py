@@ -69,11 +69,15 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
         "schedule: 4/4") and len(lines) == 2   # the first, then at most one a second, then the last
 
 
-def test_cli_compile_verbose_shows_the_stages(capsys):
+def test_cli_compile_verbose_shows_the_stages(capsys, monkeypatch):
+    monkeypatch.setenv("MLC_GRAPH_CACHE", "off")   # (a graph compiled before would load without its stages)
     assert main(["compile", "mlp", "-v"]) == 0
     err = capsys.readouterr().err
     assert "mlc: graph passes, fuse and lower: 3 kernels done" in err
     assert "schedule: 3/3" in err and "mlc: codegen: LLVM, 3 kernels" in err and "mlc: codegen done" in err
+    monkeypatch.delenv("MLC_GRAPH_CACHE")
+    assert main(["compile", "mlp", "-v"]) == 0 and main(["compile", "mlp", "-v"]) == 0
+    assert "mlc: @mlp loaded from the compile cache" in capsys.readouterr().err
 
 
 def test_cli_export_verbose_shows_the_library_build(tmp_path, capsys):
