@@ -65,7 +65,9 @@ def key_of(*parts: str) -> str:
 
 
 def _checksum(key: str, payload: bytes) -> bytes:
-    return hashlib.sha256(key.encode() + b"\0" + payload).digest()
+    h = hashlib.sha256(key.encode() + b"\0")
+    h.update(payload)   # (not concatenated: a model's weights would be copied for the hash)
+    return h.digest()
 
 
 def _path(key: str) -> str | None:
@@ -80,11 +82,10 @@ def load(key: str) -> bytes | None:
         return None
     try:
         with open(path, "rb") as f:
-            blob = f.read()
+            header, payload = f.read(_HEADER), f.read()   # two reads: no copy of the payload out of one blob
     except OSError:
         return None
-    payload = blob[_HEADER:]
-    if blob[:len(MAGIC)] != MAGIC or _checksum(key, payload) != blob[len(MAGIC):_HEADER]:
+    if len(header) != _HEADER or header[:len(MAGIC)] != MAGIC or _checksum(key, payload) != header[len(MAGIC):]:
         warnings.warn(f"mlc cache entry {path} is corrupted (damaged, or written for another key); it is removed "
                       "and rebuilt", RuntimeWarning)
         try:
