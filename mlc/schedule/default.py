@@ -129,15 +129,8 @@ def rule_schedule(kernel: Kernel, target: Target, knobs: dict | None = None) -> 
     return s
 
 
-def _name(s: Schedule, base: str) -> str:
-    name, n = base, 1
-    while name in s.taken:
-        name, n = f"{base}{n}", n + 1
-    return name
-
-
 def _split(s: Schedule, loop: str, factor: int, outer: str, inner: str) -> tuple[str, str]:
-    return s.split(loop, factor, [_name(s, outer), _name(s, inner)])
+    return s.split(loop, factor, [s.unused_name(outer), s.unused_name(inner)])
 
 
 def _work(c: Compute) -> int:

@@ -99,13 +99,6 @@ def check_knobs(knobs: dict) -> dict:
     return k
 
 
-def _name(s: Schedule, base: str) -> str:
-    name, n = base, 1
-    while name in s.taken:
-        name, n = f"{base}{n}", n + 1
-    return name
-
-
 def gpu_schedule(kernel: Kernel, target, knobs: dict | None = None) -> Schedule:
     """The GPU rules applied to a fresh Schedule; ``.trace`` is the JSON list of calls.
     ``knobs`` (``KNOBS``: the tuner's) override the rules' constants; ``.knobs_read``
@@ -144,8 +137,8 @@ def per_element(s: Schedule, c: Compute, threads: int = THREADS) -> None:
     if size == 0:
         return     # an empty output: nothing to compute, no launch
     if rank == 0:
-        thread = s.add_loop(c.name, _name(s, f"{c.name}_thread"))
-        s.bind(s.add_loop(c.name, _name(s, f"{c.name}_block")), "blockIdx.x")   # around the thread loop
+        thread = s.add_loop(c.name, s.unused_name(f"{c.name}_thread"))
+        s.bind(s.add_loop(c.name, s.unused_name(f"{c.name}_block")), "blockIdx.x")   # around the thread loop
         s.bind(thread, "threadIdx.x")
         return
     names = st.loop_names[:rank]
@@ -153,8 +146,8 @@ def per_element(s: Schedule, c: Compute, threads: int = THREADS) -> None:
         s.cache_write(c.name, names[-1])
     flat = names[0]
     for n in names[1:]:
-        flat = s.fuse(flat, n, _name(s, f"{flat}_{n}"))
-    bo, ti = s.split(flat, min(threads, size), [_name(s, f"{flat}_b"), _name(s, f"{flat}_t")])
+        flat = s.fuse(flat, n, s.unused_name(f"{flat}_{n}"))
+    bo, ti = s.split(flat, min(threads, size), [s.unused_name(f"{flat}_b"), s.unused_name(f"{flat}_t")])
     s.bind(bo, "blockIdx.x")
     s.bind(ti, "threadIdx.x")
 
@@ -251,14 +244,14 @@ def block_tile(s: Schedule, c: Compute, epilogue, batch: list, i: str, j: str, k
     loops on ``blockIdx.z``), a ``reg`` x ``reg`` register tile per thread, the
     reduction ``k`` in slices of ``k_tile``; returns the slice loop (where operands are
     staged through shared memory)."""
-    bi, i1 = s.split(i, tile_m, [_name(s, f"{i}_b"), _name(s, f"{i}_1")])
-    ty, ri = s.split(i1, reg, [_name(s, f"{i}_t"), _name(s, f"{i}_r")])
-    bj, j1 = s.split(j, tile_n, [_name(s, f"{j}_b"), _name(s, f"{j}_1")])
-    tx, rj = s.split(j1, reg, [_name(s, f"{j}_t"), _name(s, f"{j}_r")])
-    ko, ki = s.split(k, k_tile, [_name(s, f"{k}_o"), _name(s, f"{k}_i")])
+    bi, i1 = s.split(i, tile_m, [s.unused_name(f"{i}_b"), s.unused_name(f"{i}_1")])
+    ty, ri = s.split(i1, reg, [s.unused_name(f"{i}_t"), s.unused_name(f"{i}_r")])
+    bj, j1 = s.split(j, tile_n, [s.unused_name(f"{j}_b"), s.unused_name(f"{j}_1")])
+    tx, rj = s.split(j1, reg, [s.unused_name(f"{j}_t"), s.unused_name(f"{j}_r")])
+    ko, ki = s.split(k, k_tile, [s.unused_name(f"{k}_o"), s.unused_name(f"{k}_i")])
     bz = batch[0] if batch else None
     for n in batch[1:]:
-        bz = s.fuse(bz, n, _name(s, f"{bz}_{n}"))
+        bz = s.fuse(bz, n, s.unused_name(f"{bz}_{n}"))
     s.reorder(*([bz] if bz else []), bi, bj, ko, ty, tx, ki, ri, rj)
     if bz:
         s.bind(bz, "blockIdx.z")
@@ -324,7 +317,7 @@ def conv_tiles(s: Schedule, c: Compute, epilogue: Compute | None = None, tile_m:
     s.reorder(n, *spatial[:-1], oc, spatial[-1])
     red = reduced[0]
     for x in reduced[1:]:
-        red = s.fuse(red, x, _name(s, f"{red}_{x}"))
+        red = s.fuse(red, x, s.unused_name(f"{red}_{x}"))
     width = c.shape[-1]
     cols = max(reg, min(tile_n, 1 << (width - 1).bit_length()))
     ko = block_tile(s, c, epilogue, [n, *spatial[:-1]], oc, spatial[-1], red, tile_m, cols, reg, k_tile)

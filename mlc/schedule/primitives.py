@@ -186,11 +186,16 @@ class Schedule:
         st.loop_names = [self._fresh(n, st.name) for n in names]
         return st
 
-    def _fresh(self, base: str, stage: str) -> str:
+    def unused_name(self, base: str) -> str:
+        """``base``, or ``base1``, ``base2``, ... : the first name no loop or stage has (not
+        reserved: the rules pass it to the primitive that makes the loop)."""
         name, n = base, 1
         while name in self.taken:
-            name = f"{base}{n}"
-            n += 1
+            name, n = f"{base}{n}", n + 1
+        return name
+
+    def _fresh(self, base: str, stage: str) -> str:
+        name = self.unused_name(base)
         self.taken.add(name)
         self.loop_stage[name] = stage
         return name
@@ -871,21 +876,14 @@ class Schedule:
         rows, k = _prod(st.extents), _prod(st.rextents)
         dtype = st.buffer.dtype
 
-        def unflatten(e, extents):
-            out, stride = [], 1
-            for n in reversed(extents):
-                out.insert(0, (e // stride) % n if stride * n < max(1, _prod(extents)) else e // stride)
-                stride *= n
-            return out
-
         def element(row, e):   # the reduced value at flat reduced index e of flat output index row
-            return substitute(st.value, {**dict(zip(st.axes, unflatten(row, st.extents))),
-                                         **dict(zip(st.raxes, unflatten(e, st.rextents)))})
+            return substitute(st.value, {**dict(zip(st.axes, _unflatten(row, st.extents))),
+                                         **dict(zip(st.raxes, _unflatten(e, st.rextents)))})
         row = Var(self._fresh(f"{stage}_row", stage))
         if blocks == 1:
             self.nests[stage] = For(row, rows, self._reduce_block(
                 stage, st, threads, k, 1, Const(0), lambda e: element(row, e),
-                lambda v: Store(st.buffer, unflatten(row, st.extents), v)), "blockIdx.x")
+                lambda v: Store(st.buffer, _unflatten(row, st.extents), v)), "blockIdx.x")
         else:
             part = Buffer(self._fresh(f"{stage}_part", stage), [rows * blocks], dtype)
             self.extra_scratch.append(part)
@@ -898,7 +896,7 @@ class Schedule:
                 second_threads *= 2
             second = For(row, rows, self._reduce_block(
                 stage, st, second_threads, blocks, 1, Const(0), lambda e: Load(part, [row * blocks + e]),
-                lambda v: Store(st.buffer, unflatten(row, st.extents), v)), "blockIdx.x")
+                lambda v: Store(st.buffer, _unflatten(row, st.extents), v)), "blockIdx.x")
             self.nests[stage] = Seq([first, second])
         st.touched = True
         self._record("block_reduce", stage, threads, *([blocks] if blocks != 1 else []))
@@ -987,11 +985,7 @@ class Schedule:
         i, j, kv = st.axes[-2], st.axes[-1], st.raxes[0]
         f = lambda base: Var(self._fresh(f"{stage}_{base}", stage))   # noqa: E731
         bz, bm, bn, ko = f("bz"), f("bm"), f("bn"), f("ko")
-        spatial = {}
-        stride = 1
-        for a, e in reversed(list(zip(st.axes[:-2], batch))):   # the flat batch index on blockIdx.z
-            spatial[a] = (bz // stride) % e if stride * e < _prod(batch) else bz // stride
-            stride *= e
+        spatial = dict(zip(st.axes[:-2], _unflatten(bz, batch)))   # the flat batch index on blockIdx.z
         acc = Buffer(self._fresh(f"{stage}_acc", stage), [tiles_m, tiles_n, 4], float32, "local")
         xs, ys = (Buffer(self._fresh(f"{_loads(o)[0].source.name if _loads(o) else 'op'}_shared", stage), shape,
                          float16, "shared") for o, shape in ((x, [tm, k_tile]), (y, [k_tile, tn])))
@@ -1544,6 +1538,15 @@ def replay(kernel: Kernel, target, trace) -> Schedule:
     for call in trace:
         s.apply(call)
     return s
+
+
+def _unflatten(e: Expr, extents) -> list[Expr]:
+    """The row-major indices over ``extents`` of the flat index ``e``."""
+    out, stride = [], 1
+    for n in reversed(extents):
+        out.insert(0, (e // stride) % n if stride * n < max(1, _prod(extents)) else e // stride)
+        stride *= n
+    return out
 
 
 def _prod(xs) -> int:
