@@ -857,6 +857,56 @@ def _einsum(n, *xs):
     return op("transpose", y, axes=tuple(order.index(c) for c in out)) if order != list(out) else y
 
 
+# ----------------------------------------------------------------------------- losses
+
+def _nll(n, logp, target, weight=None):
+    """NegativeLogLikelihoodLoss on log-probabilities logp [N, C, d...] and class indices
+    target [N, d...]: -logp[n, target, d...] times the class weight, 0 where target is
+    ignore_index; reduction none / sum / mean (the mean divides by the summed weights)."""
+    reduction = n.attr("reduction", "mean")
+    if reduction not in ("none", "sum", "mean"):
+        raise OnnxImportError(f"{n.op_type}'s reduction must be none, sum or mean, got {reduction!r}")
+    shape, tshape = _shape(logp), _shape(target)
+    if len(shape) < 2 or tshape != shape[:1] + shape[2:]:
+        raise OnnxImportError(f"{n.op_type}: target {list(tshape)} must be the input {list(shape)} without its "
+                              "class axis 1")
+    ignore = n.attr("ignore_index")
+    dt = logp.dtype
+    if ignore is not None:
+        kept = op("where", op("equal", target, np.asarray(ignore, target.dtype)), False, True)
+        target = op("where", kept, target, np.zeros((), target.dtype))   # an index gather can read
+    picked = op("squeeze", op("gather_elements", logp, op("expand_dims", target, axis=(1,)), axis=1), axis=(1,))
+    loss = op("neg", picked)
+    w = None
+    if weight is not None:
+        w = op("gather", weight, target, axis=0)
+    if ignore is not None:
+        w = op("where", kept, np.ones((), dt) if w is None else w, np.zeros((), dt))
+    if w is not None:
+        loss = op("mul", loss, w)
+    if reduction == "none":
+        return loss
+    total = op("cast", op("sum", loss), dtype=dt)
+    if reduction == "sum":
+        return total
+    count = op("sum", w) if w is not None else np.asarray(math.prod(tshape), dt)
+    return op("cast", op("div", total, op("cast", count, dtype=dt)), dtype=dt)
+
+
+@converter("NegativeLogLikelihoodLoss")
+def _nll_loss(n, logp, target, weight=None):
+    return _nll(n, logp, target, weight)
+
+
+@converter("SoftmaxCrossEntropyLoss")
+def _softmax_cross_entropy(n, scores, labels, weight=None):
+    """log_softmax over the class axis 1, then NegativeLogLikelihoodLoss; the optional
+    second output is the log-probabilities."""
+    logp = op("log_softmax", scores, axis=1)
+    loss = _nll(n, logp, labels, weight)
+    return (loss, logp) if len([o for o in n.proto.output if o]) > 1 else loss
+
+
 # ----------------------------------------------------------------------------- the importer
 
 def _value_type(vi) -> tuple[list, np.dtype | None]:
