@@ -907,6 +907,137 @@ def _softmax_cross_entropy(n, scores, labels, weight=None):
     return (loss, logp) if len([o for o in n.proto.output if o]) > 1 else loss
 
 
+# ----------------------------------------------------------------------------- attention
+
+def _heads(x, heads: int, what: str):
+    """[B, S, heads * D] -> [B, heads, S, D]."""
+    b, s, hidden = _shape(x)
+    if heads <= 0 or hidden % heads:
+        raise OnnxImportError(f"Attention: {what}'s hidden size {hidden} is not a multiple of its {heads} heads")
+    return op("transpose", op("reshape", x, shape=(b, s, heads, hidden // heads)), axes=(0, 2, 1, 3))
+
+
+def _additive(mask, dt):
+    """A boolean mask (true: attend) as an additive bias: 0 or -inf."""
+    if np.dtype(mask.dtype) == np.bool_:
+        return op("where", mask, np.zeros((), dt), np.array(-np.inf, dt))
+    return mask
+
+
+def _frontier_bias(q: int, kv: int, offset, dt, left: int = -1, right: int = -1, causal: bool = False):
+    """The additive bias (0 or -inf) of query i attending key j, with the query at
+    absolute position i + offset: causal allows j <= i + offset, a window allows
+    i + offset - left <= j <= i + offset + right (a bound of -1 is none). offset is an
+    int (result [q, kv]) or a per-batch int tensor (result [B, 1, q, kv])."""
+    i = np.arange(q, dtype=np.int64).reshape(q, 1)
+    j = np.arange(kv, dtype=np.int64).reshape(1, kv)
+    if isinstance(offset, int):
+        diff = i + offset - j
+    else:
+        diff = op("sub", op("add", i, op("reshape", op("cast", offset, dtype="int64"), shape=(-1, 1, 1, 1))), j)
+    bad = []   # the conditions that mask key j for query i
+    if causal:
+        bad.append(op("less", diff, np.int64(0)))
+    if left >= 0:
+        bad.append(op("greater", diff, np.int64(left)))
+    if right >= 0:
+        bad.append(op("less", diff, np.int64(-right)))
+    if not bad:
+        return np.zeros((q, kv), dt)
+    masked = bad[0]
+    for b in bad[1:]:
+        masked = op("where", b, True, masked)
+    return op("where", masked, np.array(-np.inf, dt), np.zeros((), dt))
+
+
+@converter("Attention")
+def _attention(n, q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None):
+    """Scaled dot-product attention as ONNX defines it (opsets 23 to 25): 3-D inputs
+    split into heads, the key/value cache concatenated, grouped-query heads repeated,
+    causal / sliding-window / padding / given masks as one additive bias, softcap,
+    softmax (at softmax_precision), and the optional qk_matmul_output in its four
+    modes. A query row with every key masked gives 0, as the reference does."""
+    dt = q.dtype
+    rank = len(_shape(q))
+    if rank not in (3, 4) or len(_shape(k)) != rank or len(_shape(v)) != rank:
+        raise OnnxImportError(f"Attention: Q, K and V must all be 3-D or all 4-D, got {list(_shape(q))}, "
+                              f"{list(_shape(k))}, {list(_shape(v))}")
+    if (past_key is None) != (past_value is None):
+        raise OnnxImportError("Attention: past_key and past_value must be given together")
+    if nonpad_kv_seqlen is not None and past_key is not None:
+        raise OnnxImportError("Attention: nonpad_kv_seqlen cannot be combined with past_key/past_value")
+    qh, kvh = n.attr("q_num_heads"), n.attr("kv_num_heads")
+    if rank == 3:
+        if not qh or not kvh:
+            raise OnnxImportError("Attention with 3-D inputs needs the q_num_heads and kv_num_heads attributes")
+        q, k, v = _heads(q, qh, "Q"), _heads(k, kvh, "K"), _heads(v, kvh, "V")
+    scale = n.attr("scale")
+    scale = 1 / math.sqrt(_shape(q)[3]) if scale is None else float(scale)
+    s = np.asarray(math.sqrt(scale), dtype=dt)   # applied to Q and K each, as the reference does
+    if past_key is not None:
+        k = op("concatenate", [past_key, k], axis=2)
+        v = op("concatenate", [past_value, v], axis=2)
+    present_k, present_v = k, v
+    batch, lq, lkv = _shape(q)[0], _shape(q)[2], _shape(k)[2]
+    left, right = int(n.attr("left_window_size", -1)), int(n.attr("right_window_size", -1))
+    if attn_mask is not None and _shape(attn_mask)[-1] < lkv:   # a short mask: the missing keys are masked
+        ms = _shape(attn_mask)
+        fill = np.full(ms[:-1] + (lkv - ms[-1],), False if np.dtype(attn_mask.dtype) == np.bool_ else -np.inf,
+                       dtype=attn_mask.dtype)
+        attn_mask = op("concatenate", [attn_mask, fill], axis=-1)
+    if nonpad_kv_seqlen is not None and past_key is None:
+        offset = op("sub", op("cast", nonpad_kv_seqlen, dtype="int64"), np.int64(lq))
+    else:
+        offset = _shape(past_key)[2] if past_key is not None else 0
+    bias = np.zeros((lq, lkv), dt)
+    if n.attr("is_causal", 0):
+        base = bias if attn_mask is None else _additive(attn_mask, dt)
+        bias = op("add", base, _frontier_bias(lq, lkv, offset, dt, causal=True))
+    elif attn_mask is not None:
+        bias = op("add", bias, _additive(attn_mask, dt))
+    if left >= 0 or right >= 0:
+        bias = op("add", bias, _frontier_bias(lq, lkv, offset, dt, left, right))
+    if nonpad_kv_seqlen is not None:
+        kept = op("less", np.arange(lkv, dtype=np.int64),
+                  op("reshape", op("cast", nonpad_kv_seqlen, dtype="int64"), shape=(-1, 1, 1, 1)))
+        bias = op("add", bias, op("where", kept, np.zeros((), dt), np.array(-np.inf, dt)))
+    nq, nk = _shape(q)[1], _shape(k)[1]
+    if nq != nk:   # grouped-query attention: each K/V head serves nq // nk query heads in a row
+        if nq % nk or _shape(v)[1] != nk:
+            raise OnnxImportError(f"Attention: {nq} query heads cannot share {nk} key/value heads")
+        reps = nq // nk
+
+        def repeat(x):
+            b, h, sq, d = _shape(x)
+            return op("reshape", op("broadcast_to", op("expand_dims", x, axis=(2,)), shape=(b, h, reps, sq, d)),
+                      shape=(b, h * reps, sq, d))
+        k, v = repeat(k), repeat(v)
+    qk = op("matmul", op("mul", q, s), op("transpose", op("mul", k, s), axes=(0, 1, 3, 2)))
+    softcap = float(n.attr("softcap", 0.0))
+    if softcap > 0:
+        qk = op("mul", op("tanh", op("div", qk, np.asarray(softcap, dt))), np.asarray(softcap, dt))
+    mode = int(n.attr("qk_matmul_output_mode", 0))
+    if mode not in (0, 1, 2, 3):
+        raise OnnxImportError(f"Attention's qk_matmul_output_mode must be 0 to 3, got {mode}")
+    scores = op("add", qk, bias)
+    qk_out = scores if mode == 2 else qk
+    precision = n.attr("softmax_precision")
+    if precision:
+        scores = op("cast", scores, dtype=_np_dtype(precision, "Attention's softmax_precision"))
+    probs = op("softmax", scores, axis=-1)
+    # a row whose bias masks every key has no key to attend: 0, not softmax's NaN
+    dead = op("equal", op("max", bias, axis=-1, keepdims=True), np.array(-np.inf, np.dtype(bias.dtype)))
+    probs = op("where", dead, np.zeros((), np.dtype(probs.dtype)), probs)
+    if mode == 3:
+        qk_out = probs
+    probs = op("cast", probs, dtype=dt) if np.dtype(probs.dtype) != np.dtype(dt) else probs
+    qk_out = op("cast", qk_out, dtype=dt) if np.dtype(qk_out.dtype) != np.dtype(dt) else qk_out
+    y = op("matmul", probs, v)
+    if rank == 3:
+        y = op("reshape", op("transpose", y, axes=(0, 2, 1, 3)), shape=(batch, lq, -1))
+    return y, present_k, present_v, qk_out
+
+
 # ----------------------------------------------------------------------------- the importer
 
 def _value_type(vi) -> tuple[list, np.dtype | None]:
