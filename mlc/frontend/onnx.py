@@ -1038,6 +1038,202 @@ def _attention(n, q, k, v, attn_mask=None, past_key=None, past_value=None, nonpa
     return y, present_k, present_v, qk_out
 
 
+# ----------------------------------------------------------------------------- resize
+# Resize is separable and linear in its input: along each resized axis, output row o
+# is a fixed combination of input rows, which the importer computes now (the shapes and
+# scales are known) as a matrix W [out, in]. Nearest becomes a gather of the one row
+# each output takes, the other modes a matmul with W (in float64, as ONNX defines them).
+
+def _nearest_coeffs(rule):
+    def coeffs(ratio, scale):
+        if float(ratio).is_integer():
+            return np.array([0.0, 1.0])
+        pick_ceil = {"round_prefer_floor": ratio > 0.5, "round_prefer_ceil": ratio >= 0.5,
+                     "floor": False, "ceil": True}[rule]
+        return np.array([0.0, 1.0]) if pick_ceil else np.array([1.0, 0.0])
+    return coeffs
+
+
+def _linear_coeffs(antialias):
+    def coeffs(ratio, scale):
+        if not antialias:
+            return np.array([1 - ratio, ratio])
+        s = min(scale, 1.0)   # downsampling widens the tent to cover every input it spans
+        start = int(np.floor(-1 / s) + 1)
+        w = np.clip(1 - np.abs((np.arange(start, 2 - start) - ratio) * s), 0, 1)
+        return w / w.sum()
+    return coeffs
+
+
+def _cubic_coeffs(a, antialias):
+    def kernel(x):
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
+        return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a if x < 2 else 0.0
+
+    def coeffs(ratio, scale):
+        if not antialias:
+            return np.array([kernel(ratio + 1), kernel(ratio), kernel(1 - ratio), kernel(2 - ratio)])
+        s = min(scale, 1.0)
+        start = int(np.floor(-2 / s) + 1)
+        w = np.array([kernel(s * (i - ratio)) for i in range(start, 2 - start)])
+        return w / w.sum()
+    return coeffs
+
+
+def _source_coords(ctm, n_in, n_out, scale, roi):
+    """Where output index y samples the input (coordinate_transformation_mode), and for
+    tf_crop_and_resize which outputs fall outside the input (None otherwise)."""
+    y = np.arange(n_out, dtype=np.float64)
+    width = scale * n_in
+    outside = None
+    if ctm == "align_corners":
+        x = np.zeros(n_out) if width == 1 else y * (n_in - 1) / (width - 1)
+    elif ctm == "asymmetric":
+        x = y / scale
+    elif ctm == "tf_half_pixel_for_nn":
+        x = (y + 0.5) / scale
+    elif ctm == "tf_crop_and_resize":
+        x = np.full(n_out, (roi[1] - roi[0]) * (n_in - 1) / 2) if width == 1 else \
+            y * (roi[1] - roi[0]) * (n_in - 1) / (width - 1)
+        x = x + roi[0] * (n_in - 1)
+        outside = (x < 0) | (x > n_in - 1)
+    elif ctm == "pytorch_half_pixel":
+        x = np.full(n_out, -0.5) if width == 1 else (y + 0.5) / scale - 0.5
+    elif ctm == "half_pixel":
+        x = (y + 0.5) / scale - 0.5
+    elif ctm == "half_pixel_symmetric":
+        x = n_in / 2 * (1 - n_out / width) + (y + 0.5) / scale - 0.5
+    else:
+        raise OnnxImportError(f"Resize's coordinate_transformation_mode {ctm!r} is not one ONNX defines")
+    return x, outside
+
+
+def _resize_matrix(n_in, n_out, scale, ctm, roi, coeffs, exclude_outside):
+    """W [n_out, n_in] (float64) and the extrapolated outputs (or None) of one axis."""
+    x, outside = _source_coords(ctm, n_in, n_out, scale, roi)
+    base = np.floor(x)
+    ratios = np.where(x == base, 1.0, x - base)
+    w = np.stack([np.asarray(coeffs(float(r), scale), dtype=np.float64) for r in ratios]) if n_out else \
+        np.zeros((0, 2))
+    k = w.shape[1]
+    pad = int(np.ceil(k / 2))   # the neighbours of x: k consecutive indices, the nearer side preferred
+    xp = x + pad
+    frac = xp - np.floor(xp)
+    if k % 2 == 0:
+        first = np.floor(xp) + np.where(frac == 0, -(k // 2), -(k // 2) + 1)
+    else:
+        first = np.floor(xp) + np.where(frac <= 0.5, -((k - 1) // 2), -((k - 1) // 2) + 1)
+    idx = first.astype(np.int64)[:, None] + np.arange(k)[None, :] - pad
+    if exclude_outside:
+        w = np.where((idx < 0) | (idx >= n_in), 0.0, w)
+        total = w.sum(axis=-1, keepdims=True)
+        w = w / np.where(total == 0, 1.0, total)
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.repeat(np.arange(n_out), k), np.clip(idx, 0, n_in - 1).reshape(-1)), w.reshape(-1))
+    return m, outside
+
+
+def _along(x, axis: int, fn):
+    """fn applied with ``axis`` moved last, then moved back."""
+    rank = len(_shape(x))
+    if axis == rank - 1:
+        return fn(x)
+    perm = tuple(d for d in range(rank) if d != axis) + (axis,)
+    back = tuple(int(i) for i in np.argsort(perm))
+    return op("transpose", fn(op("transpose", x, axes=perm)), axes=back)
+
+
+# Float inputs (op type -> input positions) that decide shapes and must be known at
+# import time, as integer shape inputs must: a runtime that is handed a model taking
+# them as graph inputs (ONNX's backend) specializes the model on their values.
+FLOAT_SHAPE_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
+
+
+@converter("Resize", "Upsample")
+def _resize(n, x, roi=None, scales=None, sizes=None):
+    shape = _shape(x)
+    r = len(shape)
+    if n.op_type == "Upsample" or n.opset < 11:   # Upsample and Resize-10: (x, scales), asymmetric, floor
+        scales = roi if n.op_type == "Resize" or n.opset >= 9 else np.asarray(n.attr("scales"), np.float32)
+        roi = sizes = None
+        ctm, rule = "asymmetric", "floor"
+    else:
+        ctm, rule = n.attr("coordinate_transformation_mode", "half_pixel"), n.attr("nearest_mode", "round_prefer_floor")
+    mode = n.attr("mode", "nearest")
+    antialias = bool(n.attr("antialias", 0))
+    if mode == "nearest":
+        if antialias:
+            raise OnnxImportError("Resize: antialias applies to the linear and cubic modes, not nearest")
+        if rule not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+            raise OnnxImportError(f"Resize's nearest_mode {rule!r} is not one ONNX defines")
+        coeffs = _nearest_coeffs(rule)
+    elif mode in ("linear", "bilinear"):
+        coeffs = _linear_coeffs(antialias)
+    elif mode in ("cubic", "bicubic"):
+        coeffs = _cubic_coeffs(float(n.attr("cubic_coeff_a", -0.75)), antialias)
+    else:
+        raise OnnxImportError(f"Resize's mode {mode!r} is not nearest, linear or cubic")
+    axes = [_axis(a, r, "Resize's axis") for a in n.attr("axes", list(range(r)))]
+    sc = None if scales is None or _const(scales, "Resize's scales").size == 0 else \
+        [float(v) for v in _const(scales, "Resize's scales").reshape(-1)]
+    sz = None if sizes is None or _const(sizes, "Resize's sizes").size == 0 else _ints(sizes, "Resize's sizes")
+    if (sc is None) == (sz is None):
+        raise OnnxImportError("Resize needs exactly one of scales and sizes")
+    given = sc if sc is not None else sz
+    if len(given) != len(axes):
+        raise OnnxImportError(f"Resize's {'scales' if sc is not None else 'sizes'} has {len(given)} values for "
+                              f"{len(axes)} axes")
+    rois = [(0.0, 1.0)] * r
+    if roi is not None and _const(roi, "Resize's roi").size:
+        rv = [float(v) for v in _const(roi, "Resize's roi").reshape(-1)]
+        if len(rv) != 2 * len(axes):
+            raise OnnxImportError(f"Resize's roi has {len(rv)} values, {2 * len(axes)} expected")
+        for i, a in enumerate(axes):
+            rois[a] = (rv[i], rv[len(axes) + i])
+    if sc is not None:
+        if any(s <= 0 for s in sc):
+            raise OnnxImportError(f"Resize's scales {sc} must be positive")
+        scale = {a: s for a, s in zip(axes, sc)}
+        out = {a: int(s * shape[a]) for a, s in scale.items()}
+    else:
+        scale = {a: s / shape[a] if shape[a] else 1.0 for a, s in zip(axes, sz)}
+        out = dict(zip(axes, sz))
+        policy = n.attr("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch":
+            if policy not in ("not_larger", "not_smaller"):
+                raise OnnxImportError(f"Resize's keep_aspect_ratio_policy {policy!r} is not one ONNX defines")
+            s = (min if policy == "not_larger" else max)(scale.values())
+            scale = {a: s for a in axes}
+            out = {a: int(s * shape[a] + 0.5) for a in axes}
+    if any(v < 0 for v in out.values()):
+        raise OnnxImportError(f"Resize gives a negative output size {list(out.values())}")
+    dt = np.dtype(x.dtype)
+    y = x if mode == "nearest" else op("cast", x, dtype="float64")
+    fill = float(n.attr("extrapolation_value", 0.0))
+    for a in axes:
+        if math.isclose(scale[a], 1.0) and out[a] == shape[a] and rois[a] == (0.0, 1.0):
+            continue
+        if shape[a] == 0:
+            raise OnnxImportError(f"Resize cannot resize the empty axis {a}")
+        m, outside = _resize_matrix(shape[a], out[a], scale[a], ctm, rois[a], coeffs,
+                                    bool(n.attr("exclude_outside", 0)))
+        if mode == "nearest":
+            y = op("gather", y, m.argmax(axis=1).astype(np.int64), axis=a)
+        else:
+            y = _along(y, a, lambda t: op("matmul", t, np.ascontiguousarray(m.T)))
+        if outside is not None and outside.any():
+            where = outside.reshape((-1,) + (1,) * (r - 1 - a))
+            y = op("where", where, np.asarray(fill, np.dtype(y.dtype)), y)
+    if mode != "nearest":   # back to x's dtype as ONNX does: integers rounded and saturated
+        if dt.kind in "iu":
+            info = np.iinfo(dt)
+            y = op("clip", op("round", y), min=float(info.min), max=float(info.max))
+        y = op("cast", y, dtype=dt)
+    return y
+
+
 # ----------------------------------------------------------------------------- the importer
 
 def _value_type(vi) -> tuple[list, np.dtype | None]:

@@ -11,7 +11,7 @@ import numpy as np
 from onnx.backend.base import Backend, BackendRep, namedtupledict
 
 from ..driver import compile_graph
-from ..frontend.onnx import NEEDS_CONSTANT, OnnxImportError, data_inputs, from_onnx
+from ..frontend.onnx import FLOAT_SHAPE_INPUTS, NEEDS_CONSTANT, OnnxImportError, data_inputs, from_onnx
 
 
 class MlcBackendRep(BackendRep):
@@ -20,7 +20,8 @@ class MlcBackendRep(BackendRep):
     Inputs that decide shapes or attributes (an ``axes`` or ``shape`` tensor, a
     Clip bound, given as a graph input) cannot stay inputs of a statically shaped
     program: such a model is compiled at ``run``, specialized on the values of
-    its integer and one-element inputs."""
+    its integer and one-element inputs and of float inputs that decide shapes
+    (FLOAT_SHAPE_INPUTS: Resize's scales)."""
 
     def __init__(self, model, exe, output_names):
         self.model = model
@@ -30,6 +31,8 @@ class MlcBackendRep(BackendRep):
         self.input_names = [vi.name for vi in data_inputs(model.graph, weights)]
         self.output_names = output_names
         self._specialized: dict = {}
+        self._shape_deciding = {x for node in model.graph.node for k, x in enumerate(node.input)
+                                if k in FLOAT_SHAPE_INPUTS.get(node.op_type, ())}
 
     def run(self, inputs, **kwargs):
         if isinstance(inputs, np.ndarray):
@@ -39,7 +42,8 @@ class MlcBackendRep(BackendRep):
         inputs = [np.asarray(inputs[n]) for n in self.input_names]
         exe, args = self.exe, inputs
         if exe is None:
-            fixed = {n: x for n, x in zip(self.input_names, inputs) if x.dtype.kind in "iu" or x.size <= 1}
+            fixed = {n: x for n, x in zip(self.input_names, inputs) if x.dtype.kind in "iu" or x.size <= 1
+                     or n in self._shape_deciding}
             key = tuple((n, x.dtype.str, x.shape, x.tobytes()) for n, x in fixed.items())
             exe = self._specialized.get(key)
             if exe is None:
