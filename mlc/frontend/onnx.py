@@ -47,7 +47,7 @@ class SymbolicShapeError(OnnxImportError):
         self.input_name, self.dims = input_name, dims
 
 
-MIN_OPSET = 7
+MIN_OPSET = 1
 
 # Constants computed at import time (ConstantOfShape, Range, ops on constants) become
 # graph parameters in memory: a tiny model must not ask for more than this.
@@ -1232,6 +1232,91 @@ def _resize(n, x, roi=None, scales=None, sizes=None):
             y = op("clip", op("round", y), min=float(info.min), max=float(info.max))
         y = op("cast", y, dtype=dt)
     return y
+
+
+# ----------------------------------------------------------------------------- opsets 1 to 6
+# What older versions of ops spell differently, adapted before the current converter
+# runs: binary ops broadcast only when asked (broadcast=1), aligning the second
+# operand at ``axis``; PRelu's one-axis slope is per channel (axis 1); Concat's axis
+# defaults to 1; Cast names its target type; Pad's pads are "paddings"; Tile-1 repeats
+# along one axis.
+
+_LEGACY_BROADCAST = ("Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Xor", "Equal", "Less", "Greater", "Gemm")
+
+
+def _legacy(names, adapt):
+    for name in names:
+        def convert(n, *args, _current=CONVERTERS[name]):
+            if n.opset < 7:
+                args = adapt(n, list(args))
+            return _current(n, *args)
+        CONVERTERS[name] = convert
+
+
+def _legacy_broadcast(n, args):
+    if n.op_type == "Gemm":   # C broadcasts when broadcast=1, numpy's way
+        return args
+    a, b = args[0], args[1]
+    ra, rb = len(_shape(a)), len(_shape(b))
+    if not n.flag("broadcast", 0):
+        if _shape(a) != _shape(b):
+            raise OnnxImportError(f"{n.op_type} (opset {n.opset}) without broadcast=1 needs operands of one shape, "
+                                  f"got {list(_shape(a))} and {list(_shape(b))}")
+        return args
+    axis = n.attr("axis")
+    if axis is not None and rb:   # b's dims line up with a's from axis on
+        axis = _axis(axis, ra, f"{n.op_type}'s axis")
+        if axis + rb > ra:
+            raise OnnxImportError(f"{n.op_type}: operand {list(_shape(b))} does not fit {list(_shape(a))} at axis {axis}")
+        args[1] = op("reshape", b, shape=_shape(b) + (1,) * (ra - axis - rb))
+    return args
+
+
+def _legacy_concat(n, args):
+    n.attrs.setdefault("axis", 1)
+    return args
+
+
+def _legacy_cast(n, args):
+    to = n.attrs.get("to")
+    if isinstance(to, str):   # Cast-1 names the type: "FLOAT"
+        from onnx import TensorProto
+        try:
+            n.attrs["to"] = TensorProto.DataType.Value(to.upper())
+        except ValueError:
+            raise OnnxImportError(f"Cast's 'to' attribute {to!r} names no ONNX element type") from None
+    return args
+
+
+def _legacy_pad(n, args):
+    if "paddings" in n.attrs:
+        n.attrs["pads"] = n.attrs.pop("paddings")
+    return args
+
+
+def _legacy_tile(n, args):
+    if len(args) == 3:   # Tile-1: (input, tiles, axis): repeat `tiles` times along `axis`
+        x, tiles, axis = args
+        reps = [1] * len(_shape(x))
+        reps[_axis(_ints(axis, "Tile's axis")[0], len(reps), "Tile's axis")] = _ints(tiles, "Tile's tiles")[0]
+        return [x, np.asarray(reps, np.int64)]
+    return args
+
+
+def _legacy_prelu(n, args):
+    x, slope = args
+    rank = len(_shape(x))
+    if rank > 2 and len(_shape(slope)) == 1 and _shape(slope)[0] == _shape(x)[1] > 1:   # one slope per channel
+        args[1] = op("reshape", slope, shape=(-1,) + (1,) * (rank - 2))
+    return args
+
+
+_legacy(_LEGACY_BROADCAST, _legacy_broadcast)
+_legacy(("PRelu",), _legacy_prelu)
+_legacy(("Concat",), _legacy_concat)
+_legacy(("Cast",), _legacy_cast)
+_legacy(("Pad",), _legacy_pad)
+_legacy(("Tile",), _legacy_tile)
 
 
 # ----------------------------------------------------------------------------- the importer

@@ -135,9 +135,35 @@ def test_minus_one_dims_are_dynamic():
 
 
 def test_opset_range_is_checked():
-    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2])], opset=6)
-    with pytest.raises(OnnxImportError, match=r"opset 6; mlc imports opsets 7 to \d+"):
+    newest = onnx.defs.onnx_opset_version()
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2])], opset=newest + 1)
+    with pytest.raises(OnnxImportError, match=rf"opset {newest + 1}; mlc imports opsets 1 to {newest}"):
         from_onnx(m)
+
+
+def test_opset_6_binary_ops_broadcast_only_when_asked_at_axis():
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    b = np.array([10.0, 20.0, 30.0], np.float32)
+    # broadcast=1, axis=1: b lines up with a's axis 1 (not numpy's trailing alignment)
+    m = model([helper.make_node("Add", ["a", "b"], ["y"], broadcast=1, axis=1)],
+              [vi("a", [2, 3, 4]), vi("b", [3])], [vi("y", [2, 3, 4])], opset=6)
+    np.testing.assert_array_equal(mlc.compile(from_onnx(m))(a, b), a + b.reshape(3, 1))
+    m = model([helper.make_node("Mul", ["a", "b"], ["y"])], [vi("a", [2, 3, 4]), vi("b", [3])],
+              [vi("y", [2, 3, 4])], opset=6)
+    with pytest.raises(OnnxImportError, match=r"Mul \(opset 6\) without broadcast=1 needs operands of one shape, "
+                                              r"got \[2, 3, 4\] and \[3\]"):
+        from_onnx(m)
+
+
+def test_opset_1_cast_names_its_type_and_prelu_6_slope_is_per_channel():
+    m = model([helper.make_node("Cast", ["x"], ["y"], to="INT32")], [vi("x", [3])],
+              [vi("y", [3], TensorProto.INT32)], opset=1)
+    np.testing.assert_array_equal(mlc.compile(from_onnx(m))(np.array([1.7, -2.2, 3.0], np.float32)), [1, -2, 3])
+    slope = numpy_helper.from_array(np.array([0.1, 0.2, 0.3], np.float32), "s")
+    m = model([helper.make_node("PRelu", ["x", "s"], ["y"])], [vi("x", [1, 3, 2])], [vi("y", [1, 3, 2])], [slope],
+              opset=6)
+    x = -np.ones((1, 3, 2), np.float32)
+    np.testing.assert_allclose(mlc.compile(from_onnx(m))(x), [[[-0.1, -0.1], [-0.2, -0.2], [-0.3, -0.3]]])
 
 
 def test_backend_specializes_shape_inputs():

@@ -4,7 +4,7 @@ Which cases run is decided here, in one place, with the reason for every case
 left out, grouped by cause:
 
 * by rule, from the model itself: an op type the importer does not map, an
-  element type mlc does not have, an opset older than 7, a non-default domain;
+  element type mlc does not have, an opset older than mlc imports, a non-default domain;
 * by name, in KNOWN_FAILURES, for the few cases that fail for another reason.
 
 So when an op is added, its cases start running by themselves, and a case that
