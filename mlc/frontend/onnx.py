@@ -1319,6 +1319,72 @@ _legacy(("Pad",), _legacy_pad)
 _legacy(("Tile",), _legacy_tile)
 
 
+# ----------------------------------------------------------------------------- ops ONNX defines as functions
+# ONNX defines some ops as a function of other ops (a body in the op's schema, or one
+# built for the node's attributes and input types). Those listed here import as their
+# body, each body node through its own converter: mlc computes exactly what ONNX
+# specifies, with no semantics of the importer's own.
+
+def _function_body(n, args):
+    from onnx import FunctionProto, TypeProto, defs, helper
+    schema = defs.get_schema(n.op_type, n.opset, "")
+    plain = [v for v in schema.function_opset_versions if v <= n.opset]
+    built = [v for v in schema.context_dependent_function_opset_versions if v <= n.opset]
+    node = type(n.proto)()
+    node.CopyFrom(n.proto)
+    given = {a.name for a in node.attribute}
+    node.attribute.extend(spec.default_value for k, spec in schema.attributes.items()
+                          if k not in given and spec.default_value.name)
+    f = FunctionProto()
+    if built and (not plain or max(built) >= max(plain)):
+        types = [helper.make_tensor_type_proto(helper.np_dtype_to_tensor_dtype(np.dtype(a.dtype)), _shape(a))
+                 if a is not None else TypeProto() for a in args]
+        f.ParseFromString(schema.get_context_dependent_function_with_opset_version(
+            max(built), node.SerializeToString(), [t.SerializeToString() for t in types]))
+    elif plain:
+        f.ParseFromString(schema.get_function_with_opset_version(max(plain)))
+    else:
+        raise OnnxImportError(f"{n.op_type} has no ONNX function body at opset {n.opset}")
+    return f, {a.name: a for a in node.attribute}
+
+
+def _expand(n, *args):
+    from onnx import helper
+    f, attrs = _function_body(n, args)
+    opset = next((o.version for o in f.opset_import if o.domain in ("", "ai.onnx")), n.opset)
+    env = {name: (args[k] if k < len(args) else None) for k, name in enumerate(f.input)}
+    env[""] = None
+    for body_node in f.node:
+        node = helper.make_node(body_node.op_type, list(body_node.input), list(body_node.output),
+                                domain=body_node.domain)
+        for a in body_node.attribute:   # a reference to the op's attribute takes its value (or is absent)
+            if a.ref_attr_name:
+                if a.ref_attr_name in attrs:
+                    node.attribute.append(attrs[a.ref_attr_name])
+                    node.attribute[-1].name = a.name
+            else:
+                node.attribute.append(a)
+        if (node.domain or "ai.onnx") != "ai.onnx" or node.op_type not in CONVERTERS:
+            raise OnnxImportError(f"{n.op_type} is defined by an ONNX function that uses {node.op_type}, "
+                                  "which mlc does not import")
+        ins = [env[x] for x in node.input]
+        while ins and ins[-1] is None:
+            ins.pop()
+        result = CONVERTERS[node.op_type](_Node(node, opset), *ins)
+        for name, r in zip(node.output, result if isinstance(result, (tuple, list)) else (result,)):
+            if name:
+                env[name] = r
+    return tuple(env[o] for o in f.output)
+
+
+# (AffineGrid's body uses If, LinearAttention's Scan: they wait for control flow.)
+_FUNCTION_OPS = ("RMSNormalization", "CenterCropPad", "SpaceToDepth", "DepthToSpace", "Swish", "SwiGLU",
+                 "BlackmanWindow", "HammingWindow", "HannWindow", "GroupNormalization", "MeanVarianceNormalization",
+                 "RotaryEmbedding", "CausalConvWithState")
+for _name in _FUNCTION_OPS:
+    CONVERTERS.setdefault(_name, _expand)
+
+
 # ----------------------------------------------------------------------------- the importer
 
 def _value_type(vi) -> tuple[list, np.dtype | None]:

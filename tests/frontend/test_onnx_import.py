@@ -380,3 +380,50 @@ def test_mlc_run_prints_one_line_when_memory_runs_out(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["run", str(path), "--random-inputs"])
     assert str(e.value).startswith("mlc run: not enough memory to run the model: Unable to allocate")
+
+
+def test_ops_defined_as_onnx_functions_import_as_their_body():
+    # RMSNormalization's body is built for the node (context dependent), Swish's is fixed
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    scale = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "s")
+    m = model([helper.make_node("RMSNormalization", ["x", "s"], ["r"], epsilon=1e-3),
+               helper.make_node("Swish", ["r"], ["y"], alpha=0.5)],
+              [vi("x", [2, 3, 4])], [vi("y", [2, 3, 4])], [scale], opset=24)
+    g = from_onnx(m)
+    assert "sigmoid" in [n.op for n in g.nodes]
+    r = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-3) * numpy_helper.to_array(scale)
+    np.testing.assert_allclose(mlc.compile(g)(x), r / (1 + np.exp(-0.5 * r)), rtol=1e-5, atol=1e-6)
+
+
+def test_losses_attention_and_resize_match_onnx_reference():
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((3, 5, 2)).astype(np.float32)
+    labels = np.array([[0, 4], [2, -1], [1, 3]], np.int64)
+    w = numpy_helper.from_array(rng.random(5).astype(np.float32), "w")
+    m = model([helper.make_node("SoftmaxCrossEntropyLoss", ["s", "t", "w"], ["loss", "logp"], ignore_index=-1)],
+              [vi("s", [3, 5, 2]), vi("t", [3, 2], TensorProto.INT64)], [vi("loss", []), vi("logp", [3, 5, 2])],
+              [w], opset=13)
+    got = mlc.compile(from_onnx(m))(scores, labels)
+    want = onnx.reference.ReferenceEvaluator(m).run(None, {"s": scores, "t": labels})
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    q, k, v = (rng.standard_normal((1, 4, 3, 8)).astype(np.float32) for _ in range(3))
+    k, v = k[:, :2], v[:, :2]   # grouped-query: 4 query heads share 2 key/value heads
+    m = model([helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1, softcap=2.0)],
+              [vi("q", [1, 4, 3, 8]), vi("k", [1, 2, 3, 8]), vi("v", [1, 2, 3, 8])], [vi("y", [1, 4, 3, 8])], opset=23)
+    want = onnx.reference.ReferenceEvaluator(m).run(None, {"q": q, "k": k, "v": v})[0]
+    np.testing.assert_allclose(mlc.compile(from_onnx(m))(q, k, v), want, rtol=1e-5, atol=1e-6)
+
+    x = rng.standard_normal((1, 2, 3, 4)).astype(np.float32)
+    sizes = numpy_helper.from_array(np.array([5, 7], np.int64), "sizes")
+    for mode in ("nearest", "linear", "cubic"):
+        m = model([helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode=mode, axes=[2, 3])],
+                  [vi("x", [1, 2, 3, 4])], [vi("y", [1, 2, 5, 7])], [sizes], opset=19)
+        want = onnx.reference.ReferenceEvaluator(m).run(None, {"x": x})[0]
+        np.testing.assert_allclose(mlc.compile(from_onnx(m))(x), want, rtol=1e-5, atol=1e-6, err_msg=mode)
+    m = model([helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="area", axes=[2, 3])],
+              [vi("x", [1, 2, 3, 4])], [vi("y", [1, 2, 5, 7])], [sizes], opset=19)
+    with pytest.raises(OnnxImportError, match="Resize's mode 'area' is not nearest, linear or cubic"):
+        from_onnx(m)
