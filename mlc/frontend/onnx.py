@@ -1234,6 +1234,120 @@ def _resize(n, x, roi=None, scales=None, sizes=None):
     return y
 
 
+# ----------------------------------------------------------------------------- masks, one-hot, norms, inverse hyperbolics
+
+@converter("Trilu")
+def _trilu(n, x, k=None):
+    """The upper (j - i >= k) or lower (j - i <= k) triangle of the last two axes, zeros elsewhere."""
+    shape = _shape(x)
+    if len(shape) < 2:
+        raise OnnxImportError(f"Trilu needs an input of rank >= 2, got {list(shape)}")
+    kk = 0 if k is None else int(_const(k, "Trilu's k").reshape(-1)[0])
+    d = np.arange(shape[-1])[None, :] - np.arange(shape[-2])[:, None]
+    keep = d >= kk if n.flag("upper", 1) else d <= kk
+    return op("where", keep, x, np.zeros((), x.dtype))
+
+
+@converter("Hardmax")
+def _hardmax(n, x):
+    """1 at the first maximum along axis, 0 elsewhere (before opset 13: of the 2-D view at axis)."""
+    shape = _shape(x)
+    if n.opset < 13:
+        axis = _axis(n.attr("axis", 1), len(shape), "Hardmax's axis")
+        flat = op("reshape", x, shape=(int(np.prod(shape[:axis], dtype=np.int64)), -1))
+        return op("reshape", _hardmax_last(flat), shape=shape)
+    axis = _axis(n.attr("axis", -1), len(shape), "Hardmax's axis")
+    if axis == len(shape) - 1:
+        return _hardmax_last(x)
+    return _along(x, axis, _hardmax_last)
+
+
+def _hardmax_last(x):
+    shape = _shape(x)
+    first = op("argmax", x, axis=-1, keepdims=True)
+    hot = op("equal", op("cast", first, dtype="int64"), np.arange(shape[-1], dtype=np.int64))
+    return op("cast", hot, dtype=x.dtype)
+
+
+@converter("OneHot")
+def _one_hot(n, indices, depth, values):
+    """values[1] where the new axis' position equals the index (negative ones count from
+    depth), values[0] elsewhere; indices outside [-depth, depth) select nothing."""
+    d = _const(depth, "OneHot's depth").reshape(-1)
+    if d.size != 1:
+        raise OnnxImportError(f"OneHot's depth must hold one value, got {d.size}")
+    d = int(d[0])
+    if d < 1:
+        raise OnnxImportError(f"OneHot's depth must be positive, got {d}")
+    if tuple(_shape(values)) != (2,):
+        raise OnnxImportError(f"OneHot's values must be [off, on], got shape {list(_shape(values))}")
+    rank = len(_shape(indices)) + 1
+    axis = _axis(n.attr("axis", -1), rank, "OneHot's axis")
+    idx = op("cast", indices, dtype="int64")   # float indices count as their integer part
+    idx = op("where", op("less", idx, np.int64(0)), op("add", idx, np.int64(d)), idx)
+    iota = np.arange(d, dtype=np.int64).reshape((d,) + (1,) * (rank - 1 - axis))
+    hot = op("equal", op("expand_dims", idx, axis=(axis,)), iota)
+    off, on = (op("reshape", op("slice", values, begin=(i,), end=(i + 1,), step=(1,)), shape=()) for i in (0, 1))
+    return op("where", hot, on, off)
+
+
+@converter("LpNormalization")
+def _lp_normalization(n, x):
+    p = n.attr("p", 2)
+    if p not in (1, 2):
+        raise OnnxImportError(f"LpNormalization's p must be 1 or 2, got {p}")
+    axis = n.attr("axis", -1)
+    norm = op("sum", op("abs", x), axis=axis, keepdims=True) if p == 1 else \
+        op("sqrt", op("sum", op("mul", x, x), axis=axis, keepdims=True))
+    norm = op("cast", norm, dtype=x.dtype)
+    zero = op("equal", norm, np.zeros((), x.dtype))
+    return op("where", zero, np.zeros((), x.dtype), op("div", x, op("where", zero, np.ones((), x.dtype), norm)))
+
+
+@converter("InstanceNormalization")
+def _instance_norm(n, x, scale, bias):
+    """Each (sample, channel) normalized over its spatial axes, then scale[c] and bias[c]."""
+    shape = _shape(x)
+    if len(shape) < 3:
+        raise OnnxImportError(f"InstanceNormalization needs an input [N, C, D1, ...], got {list(shape)}")
+    axes = tuple(range(2, len(shape)))
+    eps = np.asarray(n.attr("epsilon", 1e-5), x.dtype)
+    mean = op("cast", op("mean", x, axis=axes, keepdims=True), dtype=x.dtype)
+    centered = op("sub", x, mean)
+    var = op("cast", op("mean", op("mul", centered, centered), axis=axes, keepdims=True), dtype=x.dtype)
+    per_channel = (-1,) + (1,) * (len(shape) - 2)
+    y = op("div", centered, op("sqrt", op("add", var, eps)))
+    return op("add", op("mul", y, op("reshape", scale, shape=per_channel)), op("reshape", bias, shape=per_channel))
+
+
+@converter("EyeLike")
+def _eye_like(n, x):
+    shape = _shape(x)
+    if len(shape) != 2:
+        raise OnnxImportError(f"EyeLike needs a 2-D input, got {list(shape)}")
+    dt = _np_dtype(n.attr("dtype"), "EyeLike's dtype") if n.attr("dtype") is not None else np.dtype(x.dtype)
+    return np.eye(shape[0], shape[1], k=int(n.attr("k", 0)), dtype=dt)
+
+
+@converter("Asinh", "Acosh", "Atanh")
+def _inverse_hyperbolic(n, x):
+    one = np.ones((), x.dtype)
+    if n.op_type == "Atanh":   # atanh x = log((1 + x) / (1 - x)) / 2
+        return op("mul", op("log", op("div", op("add", one, x), op("sub", one, x))), np.asarray(0.5, x.dtype))
+    # asinh x = log(x + sqrt(x^2 + 1)), acosh x = log(x + sqrt(x^2 - 1))
+    sq = op("add" if n.op_type == "Asinh" else "sub", op("mul", x, x), one)
+    return op("log", op("add", x, op("sqrt", sq)))
+
+
+@converter("Col2Im")
+def _col2im(n, x, image_shape, block_shape):
+    image, block = _ints(image_shape, "Col2Im's image_shape"), _ints(block_shape, "Col2Im's block_shape")
+    if len(image) != 2 or len(block) != 2:
+        raise OnnxImportError(f"Col2Im with {len(image)} spatial axes: mlc's col2im takes 2 (image_shape {image})")
+    attrs = {k: tuple(n.attr(k)) for k in ("strides", "pads", "dilations") if n.attr(k) is not None}
+    return op("col2im", x, image_shape=tuple(image), kernel_shape=tuple(block), **attrs)
+
+
 # ----------------------------------------------------------------------------- opsets 1 to 6
 # What older versions of ops spell differently, adapted before the current converter
 # runs: binary ops broadcast only when asked (broadcast=1), aligning the second

@@ -50,6 +50,7 @@ KNOWN_FAILURES: dict[str, list[str]] = {
     "rounds to float16 at each step; 2 of 192 outputs differ by 2 float16 ulps (rel 1.2e-3 > rtol 1e-3)": [
         "test_attention_4d_causal_fp16",
     ],
+    "Col2Im over 3 spatial axes: mlc's col2im op is 2-D (refused at import with that message)": ["test_col2im_5d"],
 }
 
 
