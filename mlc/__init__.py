@@ -17,6 +17,7 @@ from .ir.types import (DType, TensorType, dtype, float16, float32, float64, int8
                        uint8, uint16, uint32, uint64, bool_)
 from .frontend.trace import trace, TraceError  # noqa: E402
 from .frontend.api import OP_FUNCTIONS as _OPS  # noqa: E402
+from .frontend.control import cond, scan, while_loop  # noqa: E402
 from .driver import compile, jit  # noqa: E402
 from .transforms import grad, value_and_grad, vjp  # noqa: E402
 from .target import Target  # noqa: E402
@@ -27,6 +28,6 @@ globals().update(_OPS)   # mlc.exp, mlc.matmul, mlc.sum, ... one per registered 
 globals().update({k: getattr(dist, k) for k in ("allreduce", "allgather", "reduce_scatter", "broadcast", "send",
                                                "recv")})  # collectives: mlc.dist's, which know the job's ranks
 
-__all__ = ["trace", "jit", "compile", "load", "LibraryError", "grad", "value_and_grad", "vjp", "nn", "optim", "models", "data", "checkpoint", "dist", "Target", "TraceError", "DType", "TensorType", "dtype", "float16",
+__all__ = ["trace", "jit", "scan", "while_loop", "cond", "compile", "load", "LibraryError", "grad", "value_and_grad", "vjp", "nn", "optim", "models", "data", "checkpoint", "dist", "Target", "TraceError", "DType", "TensorType", "dtype", "float16",
            "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool_",
            *sorted(_OPS)]

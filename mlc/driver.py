@@ -35,6 +35,7 @@ from .passes.lower import lower_graph
 from .passes.emulate import emulate_gpu
 from .passes.manager import DEFAULT_OPT_LEVEL, FUSION_LEVEL, PassManager, check_opt_level, env_flag
 from .passes.plan import place_aliases, plan_memory
+from .ir.plan import ControlCall, Frame
 from .ir.loop import Buffer, CallExtern, Func
 from .runtime import cache, comm, graph_cache
 from .runtime.executable import MISS, Executable, Signature
@@ -91,13 +92,17 @@ class Compiled:
             def schedule_all():
                 funcs = _Funcs()
                 for c in self.lowered.calls:
-                    funcs.append(self._schedule(c.kernel, db))
+                    if c.kernel.kind != "control":   # a control-flow op's bodies are compiled below
+                        funcs.append(self._schedule(c.kernel, db))
                     if bar is not None:
                         bar.advance(detail=c.kernel.name)
                 return funcs
             self.funcs = pm.timed("schedule", "loop", schedule_all)
         pm.run_loop_passes(self.funcs)
-        self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, self.funcs, self.aliases)
+        scheduled = iter(self.funcs)
+        call_funcs = [None if c.kernel.kind == "control" else next(scheduled) for c in self.lowered.calls]
+        frames = self._compile_bodies(db)
+        self.plan = pm.timed("plan", "memory", plan_memory, self.lowered, call_funcs, self.aliases, frames)
         # MLC_CUDA_EMULATE=1: a cuda target's functions run here as CPU code (passes/emulate.py)
         self.emulated = target.kind == "cuda" and emulating()
         self.code_target = Target.get("host") if self.emulated else target
@@ -105,6 +110,36 @@ class Compiled:
         # MLC_BOUNDS_CHECK=1: every load and store checked (codegen.llvm), BoundsError on a miss
         self.bounds_check = env_flag("MLC_BOUNDS_CHECK")
         self.profile = profile   # a profiling build (mlc compile --profile): every kernel call timed
+
+    def _compile_bodies(self, db) -> dict[str, list[Frame]]:
+        """Each control-flow op's bodies compiled as programs of their own (their kernels
+        named after the op, their constants appended to this program's parameters): the
+        frames the memory plan places. A body's own control flow nests the same way."""
+        frames: dict[str, list[Frame]] = {}
+        self.bodies: list[Compiled] = []
+        for call in self.lowered.calls:
+            kernel = call.kernel
+            if kernel.kind != "control":
+                continue
+            if self.target.kind == "cuda":
+                raise NotImplementedError(
+                    f"{kernel.op} (kernel {kernel.name}) is not compiled for cuda targets yet: its loop runs in the "
+                    f"entry function, which GPU code does not have; compile this model for a cpu target")
+            frames[kernel.name] = []
+            for attr, graph in kernel.bodies():
+                body = Compiled(graph, self.target, self.pm.for_body(f"{kernel.name}.{attr}"), db=db)
+                self.pm.timings += body.pm.timings
+                for f in body.funcs:   # unique among the program's kernels
+                    f.name = f"{kernel.name}_{f.name}"
+                base = len(self.lowered.param_data)
+                self.lowered.params += body.lowered.params
+                self.lowered.param_data += body.lowered.param_data
+                self.funcs.extend(body.funcs)
+                self.tuned += body.tuned
+                self.bodies.append(body)
+                frames[kernel.name].append(Frame(f"{kernel.name}_{attr}", body.plan.calls, len(graph.inputs),
+                                                 len(body.lowered.outputs), base, body.plan.workspace_bytes))
+        return frames
 
     def _schedule(self, kernel, db):
         """The kernel's best schedule in the tuning database, else the rules' default."""
@@ -221,6 +256,10 @@ class Compiled:
         kernels = {c.kernel.name: c.kernel for c in self.lowered.calls}
         out = []
         for call in self.plan.calls:
+            if isinstance(call, ControlCall):   # timed as one call: its bodies' kernels, every step
+                out.append(KernelInfo(call.name, [call.op], "default", 0,
+                                      sum(t.nbytes for t in call.in_types + call.out_types)))
+                continue
             name = call.func.name
             k = kernels.get(name)
             if isinstance(k, Kernel):

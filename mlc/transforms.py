@@ -1,7 +1,7 @@
 """Function transforms: ``mlc.grad``, ``mlc.value_and_grad``, ``mlc.vjp``.
 
 Each traces the function into a graph, differentiates that graph
-(``passes.autodiff``) and returns the result in the caller's pytree structure.
+(``ops.autodiff``) and returns the result in the caller's pytree structure.
 Inside ``mlc.trace``/``mlc.jit``/``mlc.compile`` the forward and backward graphs
 are recorded into the enclosing trace, so ``print(mlc.trace(mlc.grad(f), x))``
 shows the backward graph and one compile covers both. Called on plain arrays, a
@@ -17,7 +17,7 @@ import numpy as np
 
 from .driver import JitFunction
 from .frontend.trace import TraceError, Tracer, current_trace, current_trace_active, trace_info, user_location
-from .passes.autodiff import backprop
+from .ops.autodiff import backprop
 from .tree import flatten, unflatten
 
 

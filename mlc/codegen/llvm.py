@@ -45,7 +45,7 @@ import llvmlite.ir as ir
 
 from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, substitute, uses_var
 from ..ir.loop import GPU_KINDS, Alloc, Buffer, CallExtern, For, Func, If, Seq, Stmt, Store
-from ..ir.plan import EntryCall
+from ..ir.plan import ControlCall, Frame, entry_calls
 from ..ir.types import DType, float64
 from ..runtime import cache
 from ..runtime.executable import BOUNDS_STATUS, PROFILE_MAX_THREADS, PROFILE_SYMBOLS, LoadedCode
@@ -256,11 +256,13 @@ class ModuleBuilder:
         self.functions[func.name] = self._by_text[key] = fn
         return fn
 
-    def add_entry(self, calls: list[EntryCall], name: str = "mlc_entry",
+    def add_entry(self, calls: list, name: str = "mlc_entry",
                   symbols: dict[str, str] | None = None) -> ir.Function:
         """The entry function; ``symbols``: kernel name -> the symbol of its code compiled in
-        another module (declared here), for kernels not added to this one."""
-        for call in calls:
+        another module (declared here), for kernels not added to this one. A control-flow
+        call (``ControlCall``) runs its bodies, each a function of the entry's signature
+        (``_frame``), from a loop or a branch here."""
+        for call in entry_calls(calls):
             if call.func.name not in self.functions and symbols is not None:
                 k = self.declare(symbols[call.func.name], VOID, [PTR] * len(call.func.params))
                 k.visibility = "hidden"
@@ -270,33 +272,129 @@ class ModuleBuilder:
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * 4), name)
         fn.attributes.add("nounwind")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        ins, outs, params, ws = fn.args
-        arrays = {"input": ins, "output": outs, "param": params}
         prof = self.profile
         if prof is not None:
             assert prof["n"] == len(calls), (prof["n"], len(calls))
             size = prof["threads"].value_type.count * 8
             memset = self.module.declare_intrinsic("llvm.memset", [PTR, I64])
             b.call(memset, [prof["threads"], ir.Constant(I8, 0), ir.Constant(I64, size), ir.Constant(I1, 0)])
-        for n, call in enumerate(calls):
-            kfn = self.functions[call.func.name]
-            args = []
-            for slot in call.args:
-                if slot.space == "workspace":
-                    args.append(b.gep(ws, [ir.Constant(I64, slot.index)], source_etype=I8))
-                else:
-                    p = b.gep(arrays[slot.space], [ir.Constant(I64, slot.index)], source_etype=PTR)
-                    args.append(b.load(p, typ=PTR))
-            if prof is None:
-                b.call(kfn, args)
-                continue
-            b.store(ir.Constant(I64, n), prof["current"])
-            start = b.call(prof["now"], [])
-            b.call(kfn, args)
-            b.store(start, self._element(b, prof["calls"], ir.Constant(I64, 2 * n)))
-            b.store(b.call(prof["now"], []), self._element(b, prof["calls"], ir.Constant(I64, 2 * n + 1)))
+        self._calls(b, fn, calls, prof)
         b.ret_void()
         return fn
+
+    def _calls(self, b: ir.IRBuilder, fn: ir.Function, calls: list, prof=None) -> None:
+        """``calls`` in order, in ``fn`` (an entry or a frame: inputs, outputs, params, workspace)."""
+        for n, call in enumerate(calls):
+            if prof is not None:
+                b.store(ir.Constant(I64, n), prof["current"])
+                start = b.call(prof["now"], [])
+            if isinstance(call, ControlCall):
+                self._control(b, fn, call)
+            else:
+                b.call(self.functions[call.func.name], [self._slot(b, fn, slot) for slot in call.args])
+            if prof is not None:
+                b.store(start, self._element(b, prof["calls"], ir.Constant(I64, 2 * n)))
+                b.store(b.call(prof["now"], []), self._element(b, prof["calls"], ir.Constant(I64, 2 * n + 1)))
+
+    @staticmethod
+    def _slot(b: ir.IRBuilder, fn: ir.Function, slot) -> ir.Value:
+        ins, outs, params, ws = fn.args
+        if slot.space == "workspace":
+            return b.gep(ws, [ir.Constant(I64, slot.index)], source_etype=I8)
+        array = {"input": ins, "output": outs, "param": params}[slot.space]
+        return b.load(b.gep(array, [ir.Constant(I64, slot.index)], source_etype=PTR), typ=PTR)
+
+    def _frame(self, frame: Frame) -> ir.Function:
+        """A control-flow body as a function of the entry's signature, running its calls."""
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * 4), self.outlined_name(f"mlc_frame_{frame.name}"))
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self._calls(b, fn, frame.calls)
+        b.ret_void()
+        return fn
+
+    def _control(self, b: ir.IRBuilder, fn: ir.Function, call: ControlCall) -> None:
+        """A scan, while_loop or cond of ``fn``: pointer arrays for its bodies' inputs and
+        outputs, filled before each call of a body; carries alternate between their two
+        buffers, so a step never writes what it reads."""
+        frames = [self._frame(f) for f in call.frames]
+        params, ws = fn.args[2], fn.args[3]
+        args = [self._slot(b, fn, s) for s in call.args]
+        results = [self._slot(b, fn, s) for s in call.results]
+
+        def frame_args(frame_index: int, ins: list, outs: list) -> None:
+            frame = call.frames[frame_index]
+            arrays = []
+            for ptrs in (ins, outs):
+                here = b.block   # the arrays are allocated once, in the entry block, not per step
+                b.position_at_start(fn.entry_basic_block)
+                a = _alloca(b, ir.ArrayType(PTR, max(len(ptrs), 1)), "frame.args")
+                b.position_at_end(here)
+                for i, p in enumerate(ptrs):
+                    b.store(p, b.gep(a, [ir.Constant(I64, i)], source_etype=PTR))
+                arrays.append(a)
+            sub_params = b.gep(params, [ir.Constant(I64, frame.param_base)], source_etype=PTR)
+            sub_ws = b.gep(ws, [ir.Constant(I64, call.frames_workspace)], source_etype=I8)
+            b.call(frames[frame_index], arrays + [sub_params, sub_ws])
+
+        def memcpy(dst, src, nbytes: int) -> None:
+            if nbytes:
+                f = self.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+                b.call(f, [dst, src, ir.Constant(I64, nbytes), ir.Constant(I1, 0)])
+
+        if call.op == "cond":
+            flag = b.icmp_unsigned("!=", b.load(args[0], typ=I8), ir.Constant(I8, 0))
+            with b.if_else(flag) as (then, otherwise):
+                with then:
+                    frame_args(0, args[1:], results)
+                with otherwise:
+                    frame_args(1, args[1:], results)
+            return
+
+        k = call.attrs["num_carry"]
+        buffers = [(b.gep(ws, [ir.Constant(I64, call.carries[2 * i])], source_etype=I8),
+                    b.gep(ws, [ir.Constant(I64, call.carries[2 * i + 1])], source_etype=I8)) for i in range(k)]
+        sizes = [t.nbytes for t in call.in_types[:k]]
+        for (first, _), src, size in zip(buffers, args[:k], sizes):
+            memcpy(first, src, size)
+
+        def carries(odd):   # (read, written) buffers of a step: odd steps read the second
+            read = [b.select(odd, second, first) for first, second in buffers]
+            written = [b.select(odd, first, second) for first, second in buffers]
+            return read, written
+
+        pre = b.block
+        header = fn.append_basic_block(f"{call.name}.header")
+        body = fn.append_basic_block(f"{call.name}.body")
+        exit_ = fn.append_basic_block(f"{call.name}.exit")
+        b.branch(header)
+        b.position_at_end(header)
+        step = b.phi(I64, name=f"{call.name}.step")
+        step.add_incoming(ir.Constant(I64, 0), pre)
+        odd = b.trunc(step, I1)
+        read, written = carries(odd)
+        if call.op == "scan":
+            m, length = call.attrs["num_xs"], call.attrs["length"]
+            b.cbranch(b.icmp_signed("<", step, ir.Constant(I64, length)), body, exit_)
+            b.position_at_end(body)
+            t = b.sub(ir.Constant(I64, length - 1), step) if call.attrs["reverse"] else step
+            xs = [b.gep(x, [b.mul(t, ir.Constant(I64, ty.nbytes // max(length, 1)))], source_etype=I8)
+                  for x, ty in zip(args[k:k + m], call.in_types[k:k + m])]
+            ys = [b.gep(y, [b.mul(t, ir.Constant(I64, ty.nbytes // max(length, 1)))], source_etype=I8)
+                  for y, ty in zip(results[k:], call.out_types[k:])]
+            frame_args(0, read + xs + args[k + m:], written + ys)
+        else:   # while_loop: the condition, then the body
+            flag = b.gep(ws, [ir.Constant(I64, call.flag)], source_etype=I8)
+            frame_args(0, read + args[k:], [flag])
+            b.cbranch(b.icmp_unsigned("!=", b.load(flag, typ=I8), ir.Constant(I8, 0)), body, exit_)
+            b.position_at_end(body)
+            frame_args(1, read + args[k:], written)
+        step.add_incoming(b.add(step, ir.Constant(I64, 1)), b.block)
+        b.branch(header)
+        b.position_at_end(exit_)
+        for dst, src, size in zip(results[:k], read, sizes):   # the buffers the last step wrote
+            memcpy(dst, src, size)
 
 
 def kernel_text(func: Func, bounds_check: bool) -> str:

@@ -35,4 +35,5 @@ def _op_function(name: str):
     return fn
 
 
-OP_FUNCTIONS = {name: _op_function(name) for name in ops.REGISTRY if name != "constant"}
+# control flow takes Python functions: mlc.scan, mlc.while_loop, mlc.cond (frontend/control.py)
+OP_FUNCTIONS = {name: _op_function(name) for name in ops.REGISTRY if name != "constant" and not ops.is_control(name)}

@@ -9,6 +9,11 @@ Text form (the printer and the parser round-trip exactly)::
       return %2
     }
 
+A control-flow node (``scan``, ``while_loop``, ``cond``) carries its bodies as
+graph-valued attributes, printed nested in place (``body=graph @body(...) {...}``)
+and parsed back the same way; a body is closed: what it reads from outside comes
+in as explicit inputs.
+
 Constants are ``constant`` nodes whose ``value`` attribute holds a numpy array,
 printed as ``dense<f32[2]: [1.0, 2.0]>`` (small) or as raw little-endian hex
 (large, or holding a NaN with a payload or sign bit that ``nan`` would lose), so a
@@ -115,6 +120,15 @@ class Graph:
         return Graph(self.name, inputs, nodes, [mapping[v] for v in self.outputs])
 
 
+def walk_nodes(graph: Graph):
+    """Every node of ``graph`` and, depth first, of the bodies its control-flow nodes carry."""
+    for n in graph.nodes:
+        yield n
+        for v in n.attrs.values():
+            if isinstance(v, Graph):
+                yield from walk_nodes(v)
+
+
 class GraphBuilder:
     """Appends nodes in order. ``infer(op, input_types, attrs) -> out types`` fills in
     output types when ``node`` is not given them."""
@@ -187,6 +201,12 @@ def verify(graph: Graph, infer: Callable | None = None) -> None:
             if expected != got:
                 raise VerificationError(
                     f"node {i} ({n.op}) has output types {_types(got)} but its type rule gives {_types(expected)}")
+        for key, body in n.attrs.items():
+            if isinstance(body, Graph):
+                try:
+                    verify(body, infer)
+                except VerificationError as e:
+                    raise VerificationError(f"node {i} ({n.op}), its {key} @{body.name}: {e}") from None
     for v in graph.outputs:
         if id(v) not in defined:
             raise VerificationError(f"graph output {v!r} is not defined")
@@ -216,6 +236,8 @@ def format_attr(v) -> str:
         return v.short
     if isinstance(v, np.ndarray):
         return _format_dense(v)
+    if isinstance(v, Graph):
+        return print_graph(v)
     if isinstance(v, (tuple, list)):
         return "[" + ", ".join(format_attr(x) for x in v) + "]"
     raise TypeError(f"attribute value {v!r} of type {type(v).__name__} cannot be printed")
@@ -288,6 +310,8 @@ def print_graph(graph: Graph, elide_constants: bool = False, groups=None) -> str
             for k, v in n.attrs.items():
                 if elide_constants and isinstance(v, np.ndarray) and v.size > _DENSE_INLINE_MAX:
                     items.append(f"{k}=dense<{TensorType.of(v)}: ...>")
+                elif isinstance(v, Graph):   # a body, nested one level deeper
+                    items.append(f"{k}=" + print_graph(v, elide_constants).replace("\n", "\n    "))
                 else:
                     items.append(f"{k}={format_attr(v)}")
             attrs = " {" + ", ".join(items) + "}"
@@ -322,6 +346,8 @@ class _Parser(Parser):
             return tuple(items)
         if k == "ident" and v == "dense":
             return self.dense()
+        if k == "ident" and v == "graph":
+            return self.graph(nested=True)
         self.next()
         if k == "num":
             return _parse_number(v)
@@ -390,7 +416,7 @@ class _Parser(Parser):
             return int(v)
         raise ParseError(f"line {line}: bad dense element {v or 'end of input'!r} for {dt}")
 
-    def graph(self) -> Graph:
+    def graph(self, nested: bool = False) -> Graph:
         self.expect("graph")
         name = self.expect(kind="gname")[1:]
         env: dict[str, Value] = {}
@@ -417,7 +443,8 @@ class _Parser(Parser):
                     while self.accept(","):
                         outs.append(self.use(env))
                 self.expect("}")
-                self.expect(kind="eof")
+                if not nested:
+                    self.expect(kind="eof")
                 return Graph(name, inputs, nodes, outs)
             line = self.peek()[2]
             results = [self.expect(kind="val")[1:]]

@@ -12,8 +12,9 @@ Hugging Face's for BERT).
 """
 from .base import Model
 from .bert import Bert, bert, bert_base
+from .language import LSTMLanguageModel, lstm_lm
 from .recommend import NCF, WideDeep, ncf, wide_deep
 from .resnet import ResNet, resnet18, resnet50
 
 __all__ = ["Model", "ResNet", "resnet18", "resnet50", "Bert", "bert", "bert_base", "WideDeep", "wide_deep", "NCF",
-           "ncf"]
+           "ncf", "LSTMLanguageModel", "lstm_lm"]

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..ir.graph import Graph, verify as _verify_graph
 from ..ir.types import TensorType
-from . import collective, conv, elementwise, im2col, indexing, linalg, nn, pool, random, reduction, shape
+from . import collective, control, conv, elementwise, im2col, indexing, linalg, nn, pool, random, reduction, shape
 from .registry import OpDef, OpTypeError
 
 # ``constant`` has no inputs: its value attribute is the data. Graph lowering keeps
@@ -20,7 +20,7 @@ CONSTANT = OpDef("constant", "opaque",
                  lower=lambda ins, outs, value: [],
                  params=(), attrs={"value": None}, doc="A constant tensor.")
 
-_FAMILIES = (elementwise, reduction, linalg, shape, conv, im2col, pool, nn, indexing, random, collective)
+_FAMILIES = (elementwise, reduction, linalg, shape, conv, im2col, pool, nn, indexing, random, collective, control)
 
 
 def _build() -> dict[str, OpDef]:
@@ -47,6 +47,12 @@ def communicates(name: str) -> bool:
     """Whether op ``name`` is a collective: it talks to other processes, which wait for
     it, so passes never drop, merge, fold or fuse it."""
     return get(name).kind == "collective"
+
+
+def is_control(name: str) -> bool:
+    """Whether op ``name`` is structured control flow (``ops/control.py``): its bodies are
+    graphs, planned and run as nested programs rather than fused into kernels."""
+    return get(name).kind == "control"
 
 
 def infer(name: str, in_types, attrs: dict) -> list[TensorType]:

@@ -169,7 +169,7 @@ def _cast_scalar(dt, x):
 
 
 # ----------------------------------------------------------------------------- gradient rules
-# vjp(em, ins, outs, cts) -> input cotangents (passes/autodiff.py); x: input, y: output, g: cotangent
+# vjp(em, ins, outs, cts) -> input cotangents (ops/autodiff.py); x: input, y: output, g: cotangent
 
 _UNARY_VJP = {
     "neg": lambda em, x, y, g: -g,

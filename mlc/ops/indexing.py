@@ -744,7 +744,7 @@ def _top_k_lower(ins, outs, k, axis, largest, sorted):
 
 
 # ----------------------------------------------------------------------------- gradient rules
-# vjp(em, ins, outs, cts, **attrs) -> input cotangents (passes/autodiff.py). Integer
+# vjp(em, ins, outs, cts, **attrs) -> input cotangents (ops/autodiff.py). Integer
 # indices never get a gradient (None).
 
 def _float(t) -> bool:

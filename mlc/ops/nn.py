@@ -407,7 +407,7 @@ def _lrn_lower(ins, outs, size, alpha, beta, bias):
 
 
 # ----------------------------------------------------------------------------- gradient rules
-# vjp(em, ins, outs, cts, **attrs) -> input cotangents (passes/autodiff.py). Rules compute in the
+# vjp(em, ins, outs, cts, **attrs) -> input cotangents (ops/autodiff.py). Rules compute in the
 # input's dtype, float16 in float32 (as the forward does), and return the input's dtype. At a
 # kink (where the derivative jumps) each rule takes the side torch's backward takes.
 

@@ -15,7 +15,7 @@ from ..ir.expr import Const, Expr
 from ..ir.tensor import Compute, Tensor
 from ..ir.types import DType, TensorType, dtype as to_dtype
 
-KINDS = ("injective", "reduction", "contraction", "opaque", "collective")
+KINDS = ("injective", "reduction", "contraction", "opaque", "collective", "control")
 
 # The largest tensor mlc describes: byte sizes and offsets are int64 in the generated code.
 MAX_NBYTES = 2 ** 63 - 1

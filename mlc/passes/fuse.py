@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from .. import ops
 from ..ir.graph import Graph, Node, Value, print_graph
 
-ANCHOR_KINDS = ("reduction", "contraction", "collective")   # a collective's group holds it alone
+ANCHOR_KINDS = ("reduction", "contraction", "collective", "control")
+ALONE_KINDS = ("collective", "control")   # a collective's or a control-flow op's group holds it alone
 
 
 @dataclass(eq=False)   # compared and hashed by identity
@@ -90,7 +91,7 @@ def fuse(graph: Graph) -> FusedGraph:
         candidates = dict.fromkeys(producer_group[v] for v in n.inputs if v in producer_group)
         chosen = next((g for g in candidates
                        if (kind == "injective" or (kind == "reduction" and g.anchor is None)) and can_join(g, n)
-                       and not (g.anchor is not None and ops.communicates(g.anchor.op))), None)
+                       and not (g.anchor is not None and ops.get(g.anchor.op).kind in ALONE_KINDS)), None)
         if chosen is None:
             chosen = Group()
             groups.append(chosen)

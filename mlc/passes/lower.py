@@ -58,6 +58,30 @@ class CollectiveKernel:
 
 
 @dataclass
+class ControlKernel:
+    """A control-flow op (``ops/control.py``): not stages but bodies, each compiled as a
+    program of its own (by the driver) and run by the entry (``codegen``) from a loop or
+    a branch, as the memory plan's ``ControlCall`` places it."""
+    name: str
+    op: str
+    attrs: dict          # the op's attributes, its body graphs among them
+    in_types: list
+    out_types: list
+    kind: str = "control"
+
+    def bodies(self) -> list[tuple[str, Graph]]:
+        """(attribute name, graph) of each body, in attribute order."""
+        return [(k, v) for k, v in self.attrs.items() if isinstance(v, Graph)]
+
+    def __str__(self) -> str:
+        ins = ", ".join(f"{_LETTERS[n] if n < len(_LETTERS) else f'in{n}'}: {t}" for n, t in enumerate(self.in_types))
+        attrs = ", ".join(f"{k}={v!r}" for k, v in self.attrs.items() if not isinstance(v, Graph))
+        bodies = ", ".join(f"{k}=@{g.name}" for k, g in self.bodies())
+        return (f"control @{self.name}({ins}) -> ({', '.join(map(str, self.out_types))}) "
+                f"{{ {self.op} {attrs}; {bodies} }}")
+
+
+@dataclass
 class KernelCall:
     kernel: Kernel
     inputs: list[Value]        # graph values bound to kernel.inputs that are not ScalarConstants
@@ -290,6 +314,14 @@ def lower_graph(fused: FusedGraph) -> LoweredGraph:
             continue
         if not outs:
             continue   # nothing reads it (only after an unoptimized build: DCE removes such nodes)
+        if len(group) == 1 and ops.is_control(group[0].op):   # its bodies are compiled by the driver
+            n = group[0]
+            for v in n.inputs:
+                use(v, any_size=True)   # each operand is a buffer the body reads
+            kernel = ControlKernel(names[k], n.op, dict(n.attrs), [v.type for v in n.inputs],
+                                   [o.type for o in n.outputs])
+            lowered.calls.append(KernelCall(kernel, list(n.inputs), list(n.outputs)))
+            continue
         kernel, bound = lower_group(group, names[k], constant_of, outs)
         for v in bound:
             use(v)

@@ -127,6 +127,14 @@ class PassManager:
         self.timings: list[tuple[str, float]] = []
         self._step = 0
 
+    def for_body(self, name: str) -> "PassManager":
+        """The pass manager for a control-flow body of this compile: the same options, its
+        dumps in a subfolder ``name`` of this one's."""
+        pm = PassManager(self.opt_level, self.verify, self.dump_dir / name if self.dump_dir else None,
+                         self.time_passes, self.disabled)
+        pm._env_dump = False
+        return pm
+
     @property
     def pipeline(self) -> list[str]:
         return PIPELINES[self.opt_level]

@@ -22,7 +22,7 @@ from .. import ops
 from ..ir import expr as E
 from ..ir.graph import Node, Value
 from ..ir.loop import Func
-from ..ir.plan import ALIGN, EntryCall, Slot
+from ..ir.plan import ALIGN, ControlCall, EntryCall, Frame, Slot
 from ..ir.tensor import Kernel, Placeholder, Reduce
 from ..ops.registry import MAX_NBYTES
 from .lower import KernelCall, LoweredGraph, lower_group
@@ -50,14 +50,30 @@ class MemoryPlan:
     views: int = 0             # reshapes that became the same bytes, with no kernel run
 
     def __str__(self) -> str:
-        def slot(a):
-            return f"ws+{a.index}" if a.space == "workspace" else f"{a.space}[{a.index}]"
         lines = [f"memory plan: workspace {self.workspace_bytes} bytes, naive {self.naive_bytes} bytes, "
                  f"{self.in_place} in place"]
-        for c in self.calls:
-            lines.append(f"  {c.func.name}(" + ", ".join(f"{b.name}={slot(a)}" for b, a in zip(c.func.params, c.args))
-                         + ")")
+        _format_calls(self.calls, lines, "  ")
         return "\n".join(lines)
+
+
+def _slot(a: Slot) -> str:
+    return f"ws+{a.index}" if a.space == "workspace" else f"{a.space}[{a.index}]"
+
+
+def _format_calls(calls: list, lines: list[str], indent: str) -> None:
+    for c in calls:
+        if isinstance(c, ControlCall):
+            attrs = ", ".join(f"{k}={v}" for k, v in c.attrs.items())
+            lines.append(f"{indent}{c.op} @{c.name}(" + ", ".join(map(_slot, c.args)) + ") -> ("
+                         + ", ".join(map(_slot, c.results)) + f") {{{attrs}; carries at "
+                         + ", ".join(f"ws+{o}" for o in c.carries) + f"; bodies at ws+{c.frames_workspace}}}")
+            for f in c.frames:
+                lines.append(f"{indent}  frame @{f.name}: {f.num_inputs} inputs, {f.num_outputs} outputs, "
+                             f"params from {f.param_base}, workspace {f.workspace_bytes} bytes")
+                _format_calls(f.calls, lines, indent + "    ")
+        else:
+            lines.append(f"{indent}{c.func.name}(" + ", ".join(f"{b.name}={_slot(a)}"
+                                                              for b, a in zip(c.func.params, c.args)) + ")")
 
 
 class _Arena:
@@ -97,6 +113,8 @@ def in_place_pairs(kernel: Kernel) -> list[tuple[int, int]]:
     output may overwrite the input: only that output's stage reads the input, only
     at the very index it writes, and the two have the same size. A collective that
     keeps the type works in place if its op says so (``OpDef.in_place``)."""
+    if kernel.kind == "control":   # its bodies write results while reading operands
+        return []
     if kernel.kind == "collective":
         same = kernel.in_type is not None and kernel.in_type == kernel.out_type
         return [(0, 0)] if same and ops.get(kernel.op).in_place else []
@@ -175,9 +193,42 @@ def place_aliases(lowered: LoweredGraph, aliases: dict[int, int]) -> None:
     lowered.calls = order + late_copies
 
 
-def plan_memory(lowered: LoweredGraph, funcs: list[Func], aliases: dict[int, int] | None = None) -> MemoryPlan:
-    """``aliases`` (output position -> input position) must have been placed by
-    ``place_aliases``: the runtime passes one buffer for both."""
+def _release(arena: _Arena, scratch, call: KernelCall, t: int, where: dict, last_use: dict) -> None:
+    """After call ``t``: its scratch, the inputs it read last and the results nothing reads."""
+    for off, size in scratch:
+        arena.release(off, size)
+    for v in dict.fromkeys(call.inputs):   # a value read twice by one call is freed once
+        if last_use.get(v) == t and v in where:
+            arena.release(where[v], v.type.nbytes)
+    for v in call.outputs:   # written but never read
+        if v in where and v not in last_use:
+            arena.release(where[v], v.type.nbytes)
+
+
+def _control_call(kernel, args: list[Slot], outs: list[Slot], frames: list[Frame], arena: _Arena):
+    """The ControlCall of a control-flow op, and the workspace blocks (offset, size) it
+    holds while it runs: two buffers per carry, while_loop's flag, its bodies' workspace."""
+    scratch = []
+
+    def block(size: int) -> int:
+        off = arena.alloc(size)
+        scratch.append((off, size))
+        return off
+    k = kernel.attrs.get("num_carry", 0)
+    carries = [block(_nbytes(t, f"a carry of {kernel.op}")) for t in kernel.in_types[:k] for _ in range(2)]
+    flag = block(1) if kernel.op == "while_loop" else 0
+    bodies = block(max(f.workspace_bytes for f in frames))
+    attrs = {a: kernel.attrs[a] for a in ("num_carry", "num_xs", "length", "reverse") if a in kernel.attrs}
+    call = ControlCall(kernel.name, kernel.op, attrs, args, outs, list(kernel.in_types), list(kernel.out_types),
+                       frames, carries, flag, bodies)
+    return call, scratch
+
+
+def plan_memory(lowered: LoweredGraph, funcs: list[Func | None], aliases: dict[int, int] | None = None,
+                frames: dict[str, list[Frame]] | None = None) -> MemoryPlan:
+    """``funcs``: each call's scheduled function (None for a control-flow op, whose bodies'
+    plans are ``frames[kernel name]``). ``aliases`` (output position -> input position)
+    must have been placed by ``place_aliases``: the runtime passes one buffer for both."""
     graph = lowered.graph
     fixed: dict[Value, Slot] = {}
     for n, v in enumerate(graph.inputs):
@@ -215,6 +266,19 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func], aliases: dict[int, int
             views += 1
             continue
         args = [fixed.get(v) or Slot("workspace", where[v]) for v in call.inputs]
+        if func is None:   # a control-flow op: its results, its carries and its bodies' workspace
+            outs = []
+            for v in call.outputs:
+                if v not in fixed:
+                    size = _nbytes(v.type, f"the result of {call.kernel.op}")
+                    naive += _align(size)
+                    where[v] = arena.alloc(size)
+                outs.append(fixed.get(v) or Slot("workspace", where[v]))
+            control, scratch = _control_call(call.kernel, args, outs, frames[call.kernel.name], arena)
+            naive += sum(_align(size) for _, size in scratch)
+            calls.append(control)
+            _release(arena, scratch, call, t, where, last_use)
+            continue
         reuse = {}   # output position -> input position it overwrites
         for i_idx, o_idx in in_place_pairs(call.kernel):
             v = call.inputs[i_idx]
@@ -245,14 +309,7 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func], aliases: dict[int, int
             naive += _align(size)
             scratch.append((off, size))
         calls.append(EntryCall(func, args + outs + [Slot("workspace", off) for off, _ in scratch]))
-        for off, size in scratch:
-            arena.release(off, size)
-        for v in dict.fromkeys(call.inputs):   # a value read twice by one call is freed once
-            if last_use.get(v) == t and v in where:
-                arena.release(where[v], v.type.nbytes)
-        for v in call.outputs:   # written but never read
-            if v in where and v not in last_use:
-                arena.release(where[v], v.type.nbytes)
+        _release(arena, scratch, call, t, where, last_use)
     if arena.top > MAX_NBYTES:
         raise ValueError(f"the workspace would need {arena.top} bytes for the intermediate values of "
                          f"{graph.name}, more than fits in memory (at most 2**63-1 bytes)")

@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from ..ir.graph import Graph, print_graph
+from ..ir.graph import Graph, print_graph, walk_nodes
 from ..ir.types import TensorType, dtype as to_dtype
 from . import cache
 
@@ -78,9 +78,10 @@ def graph_text(graph: Graph) -> str:
 
 
 def constants_digest(graph: Graph) -> str:
-    """A hash of every constant's dtype, shape and bytes, in node order."""
+    """A hash of every constant's dtype, shape and bytes, in node order (control-flow
+    bodies' constants included)."""
     h = hashlib.sha256()
-    for n in graph.nodes:
+    for n in walk_nodes(graph):
         for v in n.attrs.values():
             if isinstance(v, np.ndarray):
                 a = np.ascontiguousarray(v)

@@ -154,6 +154,9 @@ def test_every_op_has_a_function_with_doc():
         if name == "constant":
             continue
         fn = getattr(mlc, name)
+        if mlc.ops.is_control(name):   # mlc.scan & co take Python functions: documented by hand
+            assert fn.__module__ == "mlc.frontend.control" and fn.__doc__
+            continue
         # help() shows the signature (test_ops: test_op_functions_have_real_signatures), then the op's doc
         assert callable(fn) and fn.__doc__ and fn.__doc__.startswith(mlc.ops.get(name).doc)
 

@@ -937,7 +937,7 @@ def test_rounding_ops(name, dtype):
 def test_op_functions_have_real_signatures():
     import inspect
     for name, op in ops.REGISTRY.items():
-        if name == "constant":
+        if name == "constant" or ops.is_control(name):   # mlc.scan & co take Python functions (test_control)
             continue
         sig = inspect.signature(getattr(mlc, name))
         assert list(sig.parameters) == [p.lstrip("*") for p in op.params] + list(op.attrs), name

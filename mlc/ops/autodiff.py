@@ -22,9 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import ops
+from . import communicates, get
 from ..ir.graph import Graph
-from ..ops.builder import Emitter, Sym, TraceError, build_graph
+from .builder import Emitter, Sym, TraceError, build_graph
 
 
 def differentiable(t) -> bool:
@@ -49,7 +49,7 @@ def backprop(em: Emitter, graph: Graph, inputs: Sequence[Sym], wrt: Sequence[int
     # a recv received: its gradient goes back to the sender (the objective is the sum over ranks)
     active = {graph.inputs[i] for i in wrt if differentiable(graph.inputs[i].type)}
     for n in graph.nodes:
-        if any(v in active for v in n.inputs) or (not n.inputs and ops.communicates(n.op)):
+        if any(v in active for v in n.inputs) or (not n.inputs and communicates(n.op)):
             active.update(o for o in n.outputs if differentiable(o.type))
 
     cts: dict = {}
@@ -69,7 +69,7 @@ def backprop(em: Emitter, graph: Graph, inputs: Sequence[Sym], wrt: Sequence[int
             continue
         if n.outputs and all(o.type.size == 0 for o in n.outputs):
             continue   # an empty result carries no cotangent: its inputs' gradients stay zero
-        op = ops.get(n.op)
+        op = get(n.op)
         if op.vjp is None:
             raise TraceError(f"mlc.grad: op {n.op} has no gradient rule" + (f" (at {n.loc})" if n.loc else ""))
         in_cts = op.vjp(em, [env[v] for v in n.inputs], [env[o] for o in n.outputs], out_cts, **n.attrs)

@@ -7,7 +7,7 @@ import pytest
 import mlc
 from mlc.frontend.trace import TraceError
 from mlc.ir.graph import parse_graph
-from mlc.passes.autodiff import gradient_graph
+from mlc.ops.autodiff import gradient_graph
 
 from gradcheck import check_grads
 
