@@ -1348,6 +1348,135 @@ def _col2im(n, x, image_shape, block_shape):
     return op("col2im", x, image_shape=tuple(image), kernel_shape=tuple(block), **attrs)
 
 
+# ----------------------------------------------------------------------------- quantization
+# Integer quantization as ONNX's reference computes it: scale and zero point per tensor,
+# per axis or per block; integer sums exact (int32 matmul; convolutions in float64, exact
+# for these sums); requantization in float64, rounded half to even and saturated.
+
+_QUANT_RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127),
+                np.dtype(np.uint16): (0, 65535), np.dtype(np.int16): (-32768, 32767)}
+
+
+def _quant_param(v, x, axis: int, block: int, what: str):
+    """A scale or zero point broadcastable against x: one value, one per index along
+    axis, or (block_size > 0) one per block of that many indices along axis."""
+    shape, vs = _shape(x), _shape(v)
+    if len(vs) == 0 or math.prod(vs) == 1:
+        return op("reshape", v, shape=())
+    rank = len(shape)
+    a = _axis(axis, rank, f"{what}'s axis")
+    if not block:
+        if len(vs) != 1 or vs[0] != shape[a]:
+            raise OnnxImportError(f"{what} of shape {list(vs)} must hold 1 or {shape[a]} values (axis {a} of "
+                                  f"{list(shape)})")
+        return op("reshape", v, shape=tuple(shape[a] if d == a else 1 for d in range(rank)))
+    if len(vs) != rank or vs[a] != -(-shape[a] // block) or any(vs[d] != shape[d] for d in range(rank) if d != a):
+        raise OnnxImportError(f"{what} of shape {list(vs)} does not fit blocks of {block} along axis {a} of "
+                              f"{list(shape)}")
+    idx = np.arange(shape[a], dtype=np.int64) // block   # each index reads its block's value
+    return op("gather", v, idx, axis=a)
+
+
+def _saturate(y, dt):
+    lo, hi = _QUANT_RANGE[dt]
+    return op("cast", op("clip", op("round", y), min=float(lo), max=float(hi)), dtype=dt)
+
+
+def _quant_dtype(n, zero_point):
+    dt = np.dtype(zero_point.dtype) if zero_point is not None else \
+        (_np_dtype(n.attr("output_dtype"), "output_dtype") if n.attr("output_dtype") else np.dtype(np.uint8))
+    if dt not in _QUANT_RANGE:
+        raise OnnxImportError(f"{n.op_type} to {dt}: mlc quantizes to uint8, int8, uint16 and int16")
+    return dt
+
+
+@converter("QuantizeLinear")
+def _quantize_linear(n, x, scale, zero_point=None):
+    dt = _quant_dtype(n, zero_point)
+    axis, block = n.attr("axis", 1), n.attr("block_size", 0)
+    precision = n.attr("precision")
+    s = _quant_param(scale, x, axis, block, "QuantizeLinear's y_scale")
+    if precision:
+        p = _np_dtype(precision, "QuantizeLinear's precision")
+        x, s = op("cast", x, dtype=p), op("cast", s, dtype=p)
+    q = op("cast", op("round", op("div", x, s)), dtype="int32")
+    if zero_point is not None:
+        q = op("add", q, op("cast", _quant_param(zero_point, x, axis, block, "QuantizeLinear's y_zero_point"),
+                            dtype="int32"))
+    return _saturate(q, dt)
+
+
+@converter("DequantizeLinear")
+def _dequantize_linear(n, x, scale, zero_point=None):
+    if np.dtype(x.dtype) not in _QUANT_RANGE and np.dtype(x.dtype) != np.int32:
+        raise OnnxImportError(f"DequantizeLinear of {np.dtype(x.dtype)}: mlc dequantizes integer types")
+    axis, block = n.attr("axis", 1), n.attr("block_size", 0)
+    d = op("cast", x, dtype="float32")
+    if zero_point is not None:
+        d = op("sub", d, op("cast", _quant_param(zero_point, x, axis, block, "DequantizeLinear's x_zero_point"),
+                            dtype="float32"))
+    y = op("mul", d, _quant_param(scale, x, axis, block, "DequantizeLinear's x_scale"))
+    out = _np_dtype(n.attr("output_dtype"), "output_dtype") if n.attr("output_dtype") else np.dtype(scale.dtype)
+    return op("cast", y, dtype=out)
+
+
+def _centered(v, zero_point, shape_for_zp=None):
+    """v - zero_point in int32; shape_for_zp reshapes a per-row/per-channel zero point."""
+    v = op("cast", v, dtype="int32")
+    if zero_point is None:
+        return v
+    zp = op("cast", zero_point, dtype="int32")
+    if shape_for_zp is not None and math.prod(_shape(zero_point)) > 1:
+        zp = op("reshape", zp, shape=shape_for_zp)
+    return op("sub", v, zp)
+
+
+@converter("MatMulInteger")
+def _matmul_integer(n, a, b, a_zero_point=None, b_zero_point=None):
+    """(a - a_zero_point) @ (b - b_zero_point) in int32; a's zero point may be per row, b's per column."""
+    return op("matmul", _centered(a, a_zero_point, (-1, 1)), _centered(b, b_zero_point))
+
+
+def _conv_integer(n, x, w, x_zero_point, w_zero_point, bias=None):
+    xc = _centered(x, x_zero_point)
+    wc = _centered(w, w_zero_point, (-1,) + (1,) * (len(_shape(w)) - 1))
+    attrs = _spatial_attrs(n, ("strides", "dilations", "pads", "group", "auto_pad", "kernel_shape"))
+    y = op("conv", op("cast", xc, dtype="float64"), op("cast", wc, dtype="float64"), **attrs)
+    return _add_channel_bias(y, None if bias is None else op("cast", bias, dtype="float64"))
+
+
+@converter("ConvInteger")
+def _conv_integer_op(n, x, w, x_zero_point=None, w_zero_point=None):
+    return op("cast", _conv_integer(n, x, w, x_zero_point, w_zero_point), dtype="int32")
+
+
+def _requantize(acc, factor, y_zero_point, like):
+    """acc * factor (float64) + y_zero_point, rounded half to even and saturated to the zero point's type."""
+    y = op("mul", op("cast", acc, dtype="float64"), op("cast", factor, dtype="float64"))
+    dt = np.dtype(y_zero_point.dtype) if y_zero_point is not None else np.dtype(like.dtype)
+    if y_zero_point is not None:
+        y = op("add", y, op("cast", y_zero_point, dtype="float64"))
+    if dt not in _QUANT_RANGE:
+        raise OnnxImportError(f"requantizing to {dt}: mlc quantizes to uint8, int8, uint16 and int16")
+    return _saturate(y, dt)
+
+
+@converter("QLinearMatMul")
+def _qlinear_matmul(n, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point=None):
+    acc = op("matmul", _centered(a, a_zero_point), _centered(b, b_zero_point))
+    factor = op("div", op("mul", a_scale, b_scale), y_scale)   # in the scales' type, as the reference does
+    return _requantize(acc, factor, y_zero_point, a)
+
+
+@converter("QLinearConv")
+def _qlinear_conv(n, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point=None, bias=None):
+    acc = _conv_integer(n, x, w, x_zero_point, w_zero_point, bias)
+    ws = w_scale if math.prod(_shape(w_scale)) == 1 else \
+        op("reshape", w_scale, shape=(-1,) + (1,) * (len(_shape(x)) - 2))
+    factor = op("div", op("mul", x_scale, ws), y_scale)
+    return _requantize(acc, factor, y_zero_point, x)
+
+
 # ----------------------------------------------------------------------------- opsets 1 to 6
 # What older versions of ops spell differently, adapted before the current converter
 # runs: binary ops broadcast only when asked (broadcast=1), aligning the second
@@ -1493,6 +1622,7 @@ def _expand(n, *args):
 
 # (AffineGrid's body uses If, LinearAttention's Scan: they wait for control flow.)
 _FUNCTION_OPS = ("RMSNormalization", "CenterCropPad", "SpaceToDepth", "DepthToSpace", "Swish", "SwiGLU",
+                 "DynamicQuantizeLinear",
                  "BlackmanWindow", "HammingWindow", "HannWindow", "GroupNormalization", "MeanVarianceNormalization",
                  "RotaryEmbedding", "CausalConvWithState")
 for _name in _FUNCTION_OPS:

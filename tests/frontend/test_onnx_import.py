@@ -427,3 +427,33 @@ def test_losses_attention_and_resize_match_onnx_reference():
               [vi("x", [1, 2, 3, 4])], [vi("y", [1, 2, 5, 7])], [sizes], opset=19)
     with pytest.raises(OnnxImportError, match="Resize's mode 'area' is not nearest, linear or cubic"):
         from_onnx(m)
+
+
+def test_quantize_dequantize_per_block_and_qlinear_matmul_match_onnx_reference():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 5)) * 200).astype(np.float32)
+    scale = numpy_helper.from_array(np.array([[0.5, 1.0, 2.0]] * 3, np.float32), "s")   # blocks of 2 along axis 1
+    zp = numpy_helper.from_array(np.array([[3, -2, 0]] * 3, np.int8), "z")
+    m = model([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1, block_size=2),
+               helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1, block_size=2)],
+              [vi("x", [3, 5])], [vi("q", [3, 5], TensorProto.INT8), vi("y", [3, 5])], [scale, zp], opset=21)
+    got = mlc.compile(from_onnx(m))(x)
+    want = onnx.reference.ReferenceEvaluator(m).run(None, {"x": x})
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+    assert got[0].min() == -128 and got[0].max() == 127   # saturated
+
+    a = rng.integers(0, 255, (2, 4), dtype=np.uint8)
+    b = rng.integers(0, 255, (4, 3), dtype=np.uint8)
+    consts = [numpy_helper.from_array(np.array(v, dt), k) for k, v, dt in
+              (("as", [0.02], np.float32), ("az", [120], np.uint8), ("bs", [0.03], np.float32),
+               ("bz", [130], np.uint8), ("ys", [0.2], np.float32), ("yz", [128], np.uint8))]
+    m = model([helper.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"])],
+              [vi("a", [2, 4], TensorProto.UINT8), vi("b", [4, 3], TensorProto.UINT8)],
+              [vi("y", [2, 3], TensorProto.UINT8)], consts, opset=21)
+    want = onnx.reference.ReferenceEvaluator(m).run(None, {"a": a, "b": b})[0]
+    np.testing.assert_array_equal(mlc.compile(from_onnx(m))(a, b), want)
+    m = model([helper.make_node("QuantizeLinear", ["x", "s"], ["q"], output_dtype=TensorProto.INT32)],
+              [vi("x", [3, 5])], [vi("q", [3, 5], TensorProto.INT32)], [scale], opset=21)
+    with pytest.raises(OnnxImportError, match="QuantizeLinear to int32: mlc quantizes to uint8, int8, uint16 and int16"):
+        from_onnx(m)
