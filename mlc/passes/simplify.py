@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .. import ops
-from ..ir.graph import Graph, GraphBuilder, Node, Value, format_attr
+from ..ir.graph import Graph, GraphBuilder, Node, Value, format_attr, print_graph
 
 # A folded constant larger than this is kept only when it replaces its inputs (they
 # have no other reader), so folding never duplicates weights.
@@ -84,14 +84,51 @@ def _attr_key(attrs: dict) -> str:
     return ",".join(items)
 
 
+def _scan_key(n: Node, outputs: int) -> tuple:
+    """What a scan computes for its first ``outputs`` results: its operands, attributes
+    and the body returning only those (under a fixed name)."""
+    body = n.attrs["body"]
+    attrs = {k: v for k, v in n.attrs.items() if k != "body"}
+    text = print_graph(Graph("body", body.inputs, body.nodes, body.outputs[:outputs]))
+    return tuple(id(v) for v in n.inputs), _attr_key(attrs), text
+
+
+def _extended_scans(graph: Graph) -> dict[int, Node]:
+    """id(scan) -> a later scan on the same operands whose results begin with all of its
+    results: the forward loop a gradient runs again to save the carries each step
+    started from (``ops/control.py``), which can replace the first one."""
+    first: dict[tuple, Node] = {}
+    extended: dict[int, Node] = {}
+    for n in graph.nodes:
+        if n.op != "scan":
+            continue
+        for j in range(len(n.outputs) - 1, n.attrs["num_carry"] - 1, -1):
+            earlier = first.get(_scan_key(n, j))
+            if earlier is not None and id(earlier) not in extended:
+                extended[id(earlier)] = n
+                break
+        first.setdefault(_scan_key(n, len(n.outputs)), n)
+    return extended
+
+
 def eliminate_common_subexpressions(graph: Graph) -> Graph:
     """Nodes with the same op, inputs and attributes (constants: the same bytes) merged
-    into the first of them."""
+    into the first of them; a scan whose results a later scan of the same operands also
+    computes (and more) runs once, as the later one, at the first one's place."""
     seen: dict[tuple, list[Value]] = {}
+    extended = _extended_scans(graph)
+    merged: dict[int, list[Value]] = {}   # id(later scan) -> its results, emitted early
 
     def rule(n: Node, ins, b):
         if ops.communicates(n.op):   # two sends of one value are two messages
             return None
+        if id(n) in merged:
+            return merged[id(n)]
+        if id(n) in extended:
+            later = extended[id(n)]
+            outs = b.node(later.op, ins, later.attrs, [o.type for o in later.outputs], later.loc)
+            merged[id(later)] = outs
+            return outs[:len(n.outputs)]
         key = (n.op, tuple(id(v) for v in ins), _attr_key(n.attrs))
         if key in seen:
             return seen[key]

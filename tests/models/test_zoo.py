@@ -376,3 +376,37 @@ def test_ncf_matches_torch_compiles_and_trains(tmp_path):
     assert losses[-1] < 0.8 * losses[0], losses
     with pytest.raises(ValueError, match=r"ncf: items has shape \(31,\), expected \(32,\)"):
         model(params, users, items[:31])
+
+
+# ----------------------------------------------------------------------------- the LSTM language model
+
+class TorchLSTMLM(tnn.Module):
+    def __init__(self, vocab, hidden, layers):
+        super().__init__()
+        self.embedding = tnn.Embedding(vocab, hidden)
+        self.lstm = tnn.LSTM(hidden, hidden, num_layers=layers, batch_first=True)
+        self.decoder = tnn.Linear(hidden, vocab)
+
+    def forward(self, ids):
+        return self.decoder(self.lstm(self.embedding(ids))[0])
+
+
+def test_lstm_lm_matches_torch_compiles_and_trains(tmp_path):
+    ref = randomize(TorchLSTMLM(30, 16, 2), seed=6)
+    model = models.lstm_lm(30, 16, layers=2)
+    params, _ = model.params_from_state_dict(ref.state_dict())
+    ids = R.integers(0, 30, (4, 12))
+    logits = mlc.jit(lambda p, ids: model(p, ids))(params, ids)
+    assert logits.shape == (4, 12, 30)
+    assert_close(logits, ref(torch.from_numpy(ids)))
+    roundtrip_safetensors(tmp_path, params)
+
+    text = np.tile(np.arange(10), 8)[None, :].repeat(4, 0)   # a sequence the model can learn to continue
+    params, _ = model.init(seed=0)
+
+    def loss(p, ids):
+        return nn.cross_entropy(model(p, ids[:, :-1]).reshape(-1, 30), ids[:, 1:].reshape(-1))
+    losses = train(loss, params, (text,), steps=15, opt=optim.Adam(0.02))
+    assert losses[-1] < 0.7 * losses[0], losses
+    with pytest.raises(TypeError, match=r"lstm_lm: ids must be integer token ids \[batch, time\], got float32\[4\]"):
+        model(params, np.zeros(4, np.float32))
