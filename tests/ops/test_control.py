@@ -252,3 +252,26 @@ def test_a_model_library_with_a_loop_runs_from_c(tmp_path):
     np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ys, want_ys, rtol=1e-5, atol=1e-6)
     assert ctypes.CDLL(str(path))   # a plain shared library
+
+
+def test_cse_runs_the_forward_loop_once_when_a_gradient_saves_its_carries():
+    """The gradient re-runs the forward scan saving each step's carry; CSE makes that
+    scan the only forward one, at the first one's place."""
+    from mlc.passes.simplify import eliminate_common_subexpressions
+
+    def loss(w, xs, h0):
+        h, ys = rnn(w, w, h0, xs)
+        return (h * h).sum() + ys.sum()
+    g = mlc.trace(mlc.grad(loss), rand(4, 4), rand(3, 2, 4), rand(2, 4))
+    before = [n for n in g.nodes if n.op == "scan"]
+    # forward; forward saving carries; backward: (dh, dw) carried, dxs stacked
+    assert [len(n.outputs) for n in before] == [2, 3, 3]
+    after = eliminate_common_subexpressions(g)
+    scans = [n for n in after.nodes if n.op == "scan"]
+    assert [len(n.outputs) for n in scans] == [3, 3] and scans[1].attrs["reverse"] is True
+    assert scans[0].attrs["body"].name == "step_saved"
+    ops.verify(after)
+    args = [rand(4, 4).astype(np.float64), rand(3, 2, 4).astype(np.float64), rand(2, 4).astype(np.float64)]
+    g64 = mlc.trace(mlc.grad(loss), *args)
+    np.testing.assert_allclose(ops.run_reference(eliminate_common_subexpressions(g64), *args)[0],
+                               ops.run_reference(g64, *args)[0], rtol=1e-12)
