@@ -1477,6 +1477,139 @@ def _qlinear_conv(n, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale
     return _requantize(acc, factor, y_zero_point, x)
 
 
+# ----------------------------------------------------------------------------- GatherND, ScatterElements, ScatterND
+
+def _wrap_negative(idx, sizes):
+    """Indices below 0 count from the end (sizes broadcast against idx)."""
+    idx = op("cast", idx, dtype="int64")
+    return op("where", op("less", idx, np.int64(0)), op("add", idx, sizes), idx)
+
+
+def _row_index(n, data_shape, indices, batch_dims: int = 0):
+    """ND indices [..., k] into data's axes batch_dims .. batch_dims+k, as one index into
+    data viewed as [B * P, R] (B, P, R: the products of the batch, indexed and rest axes)."""
+    ishape = _shape(indices)
+    k = ishape[-1]
+    if k > len(data_shape) - batch_dims:
+        raise OnnxImportError(f"{n.op_type}: indices of depth {k} index data {list(data_shape)} past its rank")
+    dims = np.asarray(data_shape[batch_dims:batch_dims + k], np.int64)
+    idx = _wrap_negative(indices, dims)
+    strides = np.asarray([math.prod(data_shape[batch_dims + i + 1:batch_dims + k]) for i in range(k)], np.int64)
+    lin = op("sum", op("mul", idx, strides), axis=-1) if k else np.zeros(ishape[:-1], np.int64)
+    if batch_dims:
+        batch = np.arange(math.prod(data_shape[:batch_dims]), dtype=np.int64).reshape(
+            data_shape[:batch_dims] + (1,) * (len(ishape) - 1 - batch_dims)) * math.prod(dims.tolist())
+        lin = op("add", lin, batch)
+    return lin, k
+
+
+@converter("GatherND")
+def _gather_nd(n, data, indices):
+    b = int(n.attr("batch_dims", 0))
+    shape, ishape = _shape(data), _shape(indices)
+    if ishape[:b] != shape[:b]:
+        raise OnnxImportError(f"GatherND: the {b} batch axes of indices {list(ishape)} and data {list(shape)} differ")
+    lin, k = _row_index(n, shape, indices, b)
+    rest = shape[b + k:]
+    rows = op("reshape", data, shape=(-1, math.prod(rest)))
+    return op("reshape", op("gather", rows, lin, axis=0), shape=ishape[:-1] + rest)
+
+
+_SCATTER_IDENTITY = {"mul": 1, "max": -np.inf, "min": np.inf}
+
+
+def _identity_value(reduction, dt):
+    v = _SCATTER_IDENTITY[reduction]
+    if dt.kind in "iu" and not np.isfinite(v):
+        v = np.iinfo(dt).min if v < 0 else np.iinfo(dt).max
+    return np.asarray(v, dt)
+
+
+def _scatter_combine(reduction, data, hits, mask):
+    """data where nothing lands, else data combined (mul/max/min) with what lands there."""
+    fn = {"mul": "mul", "max": "maximum", "min": "minimum"}[reduction]
+    return op("where", mask, op(fn, data, hits), data)
+
+
+def _scatter_rows(n, rows, lin, upd, reduction):
+    """Scatter update rows upd [M, R] into rows [P, R] at row indices lin [M]."""
+    dt = np.dtype(rows.dtype)
+    if reduction == "add":
+        return op("scatter_add", rows, lin, upd, axis=0)
+    p = _shape(rows)[0]
+    if reduction == "none":   # the rows that are written, and what is written there
+        written = op("greater", op("scatter_add", np.zeros((p,), np.int32), lin,
+                                   np.ones(_shape(lin), np.int32), axis=0), np.int32(0))
+        values = op("scatter_add", np.zeros(_shape(rows), dt), lin, upd, axis=0)
+        return op("where", op("reshape", written, shape=(p, 1)), values, rows)
+    # mul/max/min: each row reduces the updates aimed at it (a dense [M, P] match)
+    match = op("equal", op("reshape", lin, shape=(-1, 1)), np.arange(p, dtype=np.int64))
+    ident = _identity_value(reduction, dt)
+    picked = op("where", op("expand_dims", match, axis=(2,)), op("expand_dims", upd, axis=(1,)), ident)
+    hits = op({"mul": "prod", "max": "max", "min": "min"}[reduction], picked, axis=0)
+    hits = op("cast", hits, dtype=dt) if np.dtype(hits.dtype) != dt else hits
+    mask = op("greater", op("sum", op("cast", match, dtype="int32"), axis=0), np.int32(0))
+    return _scatter_combine(reduction, rows, hits, op("reshape", mask, shape=(p, 1)))
+
+
+def _reduction(n):
+    r = n.attr("reduction", "none")
+    if r not in ("none", "add", "mul", "max", "min"):
+        raise OnnxImportError(f"{n.op_type}'s reduction must be none, add, mul, max or min, got {r!r}")
+    return r
+
+
+@converter("ScatterND")
+def _scatter_nd(n, data, indices, updates):
+    shape = _shape(data)
+    lin, k = _row_index(n, shape, indices)
+    rest = shape[k:]
+    if _shape(updates) != _shape(indices)[:-1] + rest:
+        raise OnnxImportError(f"ScatterND: updates {list(_shape(updates))} must have shape "
+                              f"{list(_shape(indices)[:-1] + rest)}")
+    r = math.prod(rest)
+    out = _scatter_rows(n, op("reshape", data, shape=(-1, r)), op("reshape", lin, shape=(-1,)),
+                        op("reshape", updates, shape=(-1, r)), _reduction(n))
+    return op("reshape", out, shape=shape)
+
+
+@converter("ScatterElements", "Scatter")
+def _scatter_elements(n, data, indices, updates):
+    """Each update goes to its own position with the axis coordinate replaced by its index."""
+    shape, ishape = _shape(data), _shape(indices)
+    rank = len(shape)
+    axis = _axis(n.attr("axis", 0), rank, f"{n.op_type}'s axis")
+    if len(ishape) != rank or _shape(updates) != ishape or any(i > d for i, d in zip(ishape, shape)):
+        raise OnnxImportError(f"{n.op_type}: indices {list(ishape)} and updates {list(_shape(updates))} must have "
+                              f"one shape, of data's rank and within data {list(shape)}")
+    reduction = _reduction(n)
+    idx = _wrap_negative(indices, np.int64(shape[axis]))
+    dt = np.dtype(data.dtype)
+    if reduction == "add":
+        return op("scatter_elements_add", data, idx, updates, axis=axis)
+    if reduction == "none":
+        written = op("greater", op("scatter_elements_add", np.zeros(shape, np.int32), idx,
+                                   np.ones(ishape, np.int32), axis=axis), np.int32(0))
+        values = op("scatter_elements_add", np.zeros(shape, dt), idx, updates, axis=axis)
+        return op("where", written, values, data)
+    # mul/max/min: a new axis after `axis` spans data's extent there; each update matches one entry
+    d = shape[axis]
+    iota = np.arange(d, dtype=np.int64).reshape((d,) + (1,) * (rank - axis - 1))
+    match = op("equal", op("expand_dims", idx, axis=(axis + 1,)), iota)
+    ident = _identity_value(reduction, dt)
+    picked = op("where", match, op("expand_dims", updates, axis=(axis + 1,)), ident)
+    hits = op({"mul": "prod", "max": "max", "min": "min"}[reduction], picked, axis=axis)
+    hits = op("cast", hits, dtype=dt) if np.dtype(hits.dtype) != dt else hits
+    mask = op("greater", op("sum", op("cast", match, dtype="int32"), axis=axis), np.int32(0))
+    # hits and mask cover indices' extent on the other axes: widen them to data's
+    widen = tuple(0 for _ in range(rank)) + tuple(0 if a == axis else s - i for a, (i, s) in
+                                                   enumerate(zip(ishape, shape)))
+    if any(widen):
+        hits = op("pad", hits, pads=widen, value=ident.item())
+        mask = op("pad", mask, pads=widen, value=False)
+    return _scatter_combine(reduction, data, hits, mask)
+
+
 # ----------------------------------------------------------------------------- opsets 1 to 6
 # What older versions of ops spell differently, adapted before the current converter
 # runs: binary ops broadcast only when asked (broadcast=1), aligning the second
