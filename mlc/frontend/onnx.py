@@ -1610,6 +1610,32 @@ def _scatter_elements(n, data, indices, updates):
     return _scatter_combine(reduction, data, hits, mask)
 
 
+# ----------------------------------------------------------------------------- BatchNormalization in training mode
+
+def _batch_norm_any(n, x, scale, bias, mean, var, _inference=CONVERTERS["BatchNormalization"]):
+    """training_mode=1 (opset 14 and newer): normalized with the batch's own mean and
+    (population) variance over every axis but 1; the optional outputs are the running
+    statistics, momentum * given + (1 - momentum) * the batch's."""
+    if n.opset < 14 or not n.flag("training_mode", 0):
+        return _inference(n, x, scale, bias, mean, var)
+    rank = len(_shape(x))
+    axes = (0,) + tuple(range(2, rank))
+    dt = np.dtype(x.dtype)
+    m = op("cast", op("mean", x, axis=axes), dtype=dt)
+    centered = op("sub", x, op("reshape", m, shape=(-1,) + (1,) * (rank - 2)))
+    v = op("cast", op("mean", op("mul", centered, centered), axis=axes), dtype=dt)
+    y = op("batch_norm", x, scale, bias, m, v, epsilon=float(n.attr("epsilon", 1e-5)))
+    momentum = float(n.attr("momentum", 0.9))
+
+    def running(given, batch):
+        return op("add", op("mul", given, np.asarray(momentum, np.dtype(given.dtype))),
+                  op("mul", op("cast", batch, dtype=given.dtype), np.asarray(1 - momentum, np.dtype(given.dtype))))
+    return y, running(mean, m), running(var, v)
+
+
+CONVERTERS["BatchNormalization"] = _batch_norm_any
+
+
 # ----------------------------------------------------------------------------- opsets 1 to 6
 # What older versions of ops spell differently, adapted before the current converter
 # runs: binary ops broadcast only when asked (broadcast=1), aligning the second

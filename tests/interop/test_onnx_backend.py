@@ -77,13 +77,12 @@ def rule_reason(model: onnx.ModelProto) -> str | None:
            if (n.domain or "ai.onnx") != "ai.onnx" or n.op_type not in mlc_onnx.CONVERTERS}
     if ops:
         return "op not supported: " + ", ".join(sorted(ops))
+    # training-mode statistics outputs are imported from opset 14 on (training_mode); the
+    # older spelling (is_test, saved mean and variance outputs) is not
     extra_outputs = {n.op_type for n in model.graph.node if len([o for o in n.output if o]) > 1
                      and n.op_type == "BatchNormalization"}
-    if extra_outputs:
+    if extra_outputs and opset < 14:
         return "op output not supported (saved statistics): " + ", ".join(sorted(extra_outputs))
-    if any(n.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in n.attribute)
-           for n in model.graph.node):
-        return "op mode not supported: BatchNormalization in training mode"
     elem_types = [vi.type.tensor_type.elem_type for vi in list(model.graph.input) + list(model.graph.output)
                   if vi.type.HasField("tensor_type")]
     elem_types += [t.data_type for t in model.graph.initializer]
