@@ -171,12 +171,13 @@ def _short(e: Exception) -> str:
 class _Node:
     """What a converter sees of one ONNX node."""
 
-    def __init__(self, proto, opset: int):
+    def __init__(self, proto, opset: int, env=None):
         from onnx import helper
         self.proto = proto
         self.op_type = proto.op_type
         self.name = proto.name
         self.opset = opset
+        self.env = env   # the values in scope: what a subgraph (Loop, Scan, If) may read from outside
         self.attrs = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
         for k, v in list(self.attrs.items()):
             if isinstance(v, bytes):
@@ -1636,6 +1637,29 @@ def _batch_norm_any(n, x, scale, bias, mean, var, _inference=CONVERTERS["BatchNo
 CONVERTERS["BatchNormalization"] = _batch_norm_any
 
 
+# ----------------------------------------------------------------------------- LpPool
+
+@converter("LpPool", "GlobalLpPool")
+def _lp_pool(n, x):
+    """(the sum of |x|^p over each window)^(1/p)."""
+    p = float(n.attr("p", 2))
+    rank = len(_shape(x))
+    xp = op("pow", op("abs", x), np.asarray(p, x.dtype))
+    if n.op_type == "GlobalLpPool":
+        kernel = _shape(x)[2:]
+        avg = op("global_avg_pool", xp)
+    else:
+        attrs = _spatial_attrs(n, ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"))
+        kernel = attrs.get("kernel_shape") or ()
+        if len(kernel) != rank - 2:
+            raise OnnxImportError(f"LpPool's kernel_shape {list(kernel)} does not match the input's "
+                                  f"{rank - 2} spatial axes")
+        # the sum over the window, padding counting as 0: the average over the whole window
+        avg = op("avg_pool", xp, count_include_pad=True, **attrs)
+    total = op("mul", avg, np.asarray(math.prod(kernel), np.dtype(avg.dtype)))
+    return op("cast", op("pow", total, np.asarray(1.0 / p, np.dtype(avg.dtype))), dtype=x.dtype)
+
+
 # ----------------------------------------------------------------------------- opsets 1 to 6
 # What older versions of ops spell differently, adapted before the current converter
 # runs: binary ops broadcast only when asked (broadcast=1), aligning the second
@@ -1814,11 +1838,11 @@ def _node_label(i: int, node) -> str:
     return f"node {i} {node.name!r} ({node.op_type})"
 
 
-def _check_graph(graph, opset: int) -> list:
+def _check_graph(graph, opset: int, outer=()) -> list:
     """What onnx.checker and ONNX Runtime refuse, refused before import: a name given
     twice, a value written by two nodes (one would silently win), a graph output
     that nothing computes, nodes that do not fit their op's schema. Returns each
-    node's schema."""
+    node's schema. ``outer``: the names a subgraph may also read (its scope's)."""
     inputs, inits, produced, schemas = set(), set(), {}, []
     for vi in graph.input:
         if vi.name in inputs:
@@ -1839,7 +1863,7 @@ def _check_graph(graph, opset: int) -> list:
             if o:
                 produced[o] = _node_label(i, node)
     for vi in graph.output:
-        if vi.name not in produced and vi.name not in inputs and vi.name not in inits:
+        if vi.name not in produced and vi.name not in inputs and vi.name not in inits and vi.name not in outer:
             raise OnnxImportError(f"graph output {vi.name!r} is computed by no node and is no input or initializer")
     return schemas
 
@@ -1926,6 +1950,39 @@ def _check_result(label: str, name: str, r) -> None:
                                   f"more than any memory holds")
 
 
+def run_nodes(graph, env, opset: int, schemas: list, where: str = "") -> None:
+    """Convert ``graph``'s nodes in order, reading and writing values by name in ``env``
+    (a subgraph's env sees its enclosing graphs' values). ``where`` prefixes the node
+    labels of a subgraph ("node 3 'loop' (Loop), body: ")."""
+    for i, node in enumerate(graph.node):
+        label = where + _node_label(i, node)
+        if (node.domain or "ai.onnx") != "ai.onnx" or node.op_type not in CONVERTERS:
+            raise OnnxImportError(f"{label}: op type {node.op_type} (domain {node.domain or 'ai.onnx'}) is not "
+                                  "supported")
+        try:
+            args = [env[x] for x in node.input]
+        except KeyError as e:
+            raise OnnxImportError(f"{label} uses {e.args[0]!r}, which no earlier node or input defines") from None
+        _check_input_types(label, schemas[i], args)
+        while args and args[-1] is None:
+            args.pop()
+        # The node's attributes and inputs are whatever the file says: an error they cause in
+        # the converter or the op is the model's, reported with the node named.
+        try:
+            result = CONVERTERS[node.op_type](_Node(node, opset, env), *args)
+        except (TraceError, OnnxImportError, TypeError, ValueError, IndexError, OverflowError,
+                ZeroDivisionError) as e:
+            raise OnnxImportError(f"{label}: {e}") from None
+        results = result if isinstance(result, (tuple, list)) else (result,)
+        wanted = [k for k, o in enumerate(node.output) if o]
+        if wanted and wanted[-1] >= len(results):
+            raise OnnxImportError(f"{label}: mlc computes {len(results)} of its {len(node.output)} outputs")
+        for out_name, r in zip(node.output, results):
+            if out_name:
+                _check_result(label, out_name, r)
+                env[out_name] = r
+
+
 def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None = None,
               constant_inputs: dict | None = None) -> Graph:
     """Import an ONNX model (a path, bytes or onnx.ModelProto) as an mlc Graph.
@@ -1993,30 +2050,7 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
         env: dict = dict(weights)
         env.update({vi.name: t for vi, t in zip(inputs, tracers)})
         env[""] = None   # an omitted optional input
-        for i, node in enumerate(graph.node):
-            label = _node_label(i, node)
-            try:
-                args = [env[x] for x in node.input]
-            except KeyError as e:
-                raise OnnxImportError(f"{label} uses {e.args[0]!r}, which no earlier node or input defines") from None
-            _check_input_types(label, schemas[i], args)
-            while args and args[-1] is None:
-                args.pop()
-            # The node's attributes and inputs are whatever the file says: an error they cause in
-            # the converter or the op is the model's, reported with the node named.
-            try:
-                result = CONVERTERS[node.op_type](_Node(node, opset), *args)
-            except (TraceError, OnnxImportError, TypeError, ValueError, IndexError, OverflowError,
-                    ZeroDivisionError) as e:
-                raise OnnxImportError(f"{label}: {e}") from None
-            results = result if isinstance(result, (tuple, list)) else (result,)
-            wanted = [k for k, o in enumerate(node.output) if o]
-            if wanted and wanted[-1] >= len(results):
-                raise OnnxImportError(f"{label}: mlc computes {len(results)} of its {len(node.output)} outputs")
-            for out_name, r in zip(node.output, results):
-                if out_name:
-                    _check_result(label, out_name, r)
-                    env[out_name] = r
+        run_nodes(graph, env, opset, schemas)
         return tuple(env[o.name] for o in graph.output)
 
     try:
@@ -2041,3 +2075,7 @@ def _check_declared_outputs(graph, g: Graph) -> None:
                 or dims and all(isinstance(d, int) for d in dims) and tuple(dims) != v.shape:
             raise OnnxImportError(f"output {vi.name!r} is declared with shape {dims} but the model computes "
                                   f"{list(v.shape)}")
+
+
+# Loop, Scan, If, RNN, GRU and LSTM: their converters register themselves from there
+from . import onnx_control  # noqa: E402, F401
