@@ -20,6 +20,7 @@ at import, int64 bytes for any value). An error in a node's conversion names the
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from typing import Callable
@@ -1235,7 +1236,7 @@ def _resize(n, x, roi=None, scales=None, sizes=None):
     return y
 
 
-# ----------------------------------------------------------------------------- masks, one-hot, norms, inverse hyperbolics
+# ----------------------------------------------------------------------------- masks, one-hot, norms, more
 
 @converter("Trilu")
 def _trilu(n, x, k=None):
@@ -1658,6 +1659,114 @@ def _lp_pool(n, x):
         avg = op("avg_pool", xp, count_include_pad=True, **attrs)
     total = op("mul", avg, np.asarray(math.prod(kernel), np.dtype(avg.dtype)))
     return op("cast", op("pow", total, np.asarray(1.0 / p, np.dtype(avg.dtype))), dtype=x.dtype)
+
+
+# ----------------------------------------------------------------------------- GridSample
+
+def _reflect(x, lo: float, hi: float):
+    """x folded back into [lo, hi] by reflecting at the borders as often as needed."""
+    span = np.asarray(hi - lo, np.dtype(x.dtype))
+
+    def fold(dx, near, far):   # dx >= 0 past the `near` border
+        k = op("floor", op("div", dx, span))
+        r = op("sub", dx, op("mul", k, span))
+        even = op("equal", op("sub", k, op("mul", op("floor", op("mul", k, 0.5)), 2.0)), 0.0)
+        return op("where", even, op("add" if near == lo else "sub", np.asarray(near, x.dtype), r),
+                  op("sub" if near == lo else "add", np.asarray(far, x.dtype), r))
+    below = fold(op("sub", np.asarray(lo, x.dtype), x), lo, hi)
+    above = fold(op("sub", x, np.asarray(hi, x.dtype)), hi, lo)
+    return op("where", op("less", x, np.asarray(lo, x.dtype)), below,
+              op("where", op("greater", x, np.asarray(hi, x.dtype)), above, x))
+
+
+def _cubic_weights(t):
+    a = -0.75   # Keys' cubic convolution, as ONNX's GridSample uses
+
+    def near(d):   # |d| <= 1
+        return op("add", op("mul", op("mul", op("sub", op("mul", d, a + 2), a + 3), d), d), 1.0)
+
+    def far(d):    # 1 < |d| < 2
+        return op("sub", op("mul", op("add", op("mul", op("sub", op("mul", d, a), 5 * a), d), 8 * a), d), 4 * a)
+    one = np.asarray(1.0, np.dtype(t.dtype))
+    return [far(op("add", t, one)), near(t), near(op("sub", one, t)), far(op("sub", np.asarray(2.0, t.dtype), t))]
+
+
+@converter("GridSample")
+def _grid_sample(n, x, grid):
+    """Samples of x [N, C, *D] at grid [N, *out, k] (normalized coordinates, last axis
+    first): nearest, linear or cubic, with zeros / border / reflection padding. Every
+    tap is a gather_elements of x flattened over its spatial axes."""
+    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(n.attr("mode", "linear"), n.attr("mode", "linear"))
+    pad_mode = n.attr("padding_mode", "zeros")
+    if mode not in ("nearest", "linear", "cubic") or pad_mode not in ("zeros", "border", "reflection"):
+        raise OnnxImportError(f"GridSample's mode {mode!r} / padding_mode {pad_mode!r} is not one ONNX defines")
+    align = n.flag("align_corners", 0)
+    xs, gs = _shape(x), _shape(grid)
+    nd = len(xs) - 2
+    if gs[0] != xs[0] or gs[-1] != nd or len(gs) != nd + 2:
+        raise OnnxImportError(f"GridSample: grid {list(gs)} must be [N, *out, {nd}] for input {list(xs)}")
+    dims, out = xs[2:], gs[1:-1]
+    p = math.prod(out)
+    gdt = np.dtype(grid.dtype)
+    taps = []   # per spatial axis: [(index, weight)], index and weight [N, P]
+    for i, d in enumerate(dims):
+        g = op("reshape", op("slice", grid, begin=(0,) * (nd + 1) + (nd - 1 - i,), end=(None,) * (nd + 1) + (nd - i,),
+                             step=(1,) * (nd + 2)), shape=(xs[0], p))
+        if align:   # -1 and 1 are the centers of the corner pixels
+            c = op("mul", op("add", g, 1.0), (d - 1) / 2)
+        else:       # -1 and 1 are the outer edges of the corner pixels
+            c = op("div", op("sub", op("mul", op("add", g, 1.0), float(d)), 1.0), 2.0)
+        c = op("cast", c, dtype=gdt)
+        if mode == "nearest":
+            c = op("round", c)
+        lo, hi = (0.0, d - 1.0) if align else (-0.5, d - 0.5)
+        if pad_mode == "border":
+            outside = op("where", op("less", c, lo), True, op("greater", c, hi))
+            c = op("where", outside, op("clip", c, min=0.0, max=d - 1.0), c)
+        elif pad_mode == "reflection":
+            c = _reflect(c, lo, hi)
+        if mode == "nearest":
+            idx = [op("cast", c, dtype="int64")]
+            w = [None]
+        else:
+            base = op("floor", c)
+            t = op("sub", c, base)
+            base = op("cast", base, dtype="int64")
+            offsets = (0, 1) if mode == "linear" else (-1, 0, 1, 2)
+            idx = [op("add", base, np.int64(o)) for o in offsets]
+            w = [op("sub", 1.0, t), t] if mode == "linear" else _cubic_weights(t)
+        axis_taps = []
+        for k, wk in zip(idx, w):
+            valid = None
+            if pad_mode == "zeros":
+                valid = op("where", op("less", k, np.int64(0)), False, op("less", k, np.int64(d)))
+                k = op("clip", k, min=0, max=d - 1)
+            elif pad_mode == "border":
+                k = op("clip", k, min=0, max=d - 1)
+            else:
+                k = op("cast", _reflect(op("cast", k, dtype=gdt), lo, hi), dtype="int64")
+                k = op("clip", k, min=0, max=d - 1)
+            if valid is not None:
+                zero = np.zeros((), gdt)
+                wk = op("where", valid, np.ones((), gdt) if wk is None else wk, zero)
+            axis_taps.append((k, wk))
+        taps.append(axis_taps)
+    flat = op("reshape", x, shape=(xs[0], xs[1], math.prod(dims)))
+    strides = [math.prod(dims[i + 1:]) for i in range(nd)]
+    total = None
+    for combo in itertools.product(*taps):
+        index, weight = None, None
+        for (k, wk), s in zip(combo, strides):
+            term = op("mul", k, np.int64(s)) if s != 1 else k
+            index = term if index is None else op("add", index, term)
+            if wk is not None:
+                weight = wk if weight is None else op("mul", weight, wk)
+        index = op("broadcast_to", op("reshape", index, shape=(xs[0], 1, p)), shape=(xs[0], xs[1], p))
+        v = op("gather_elements", flat, index, axis=2)
+        if weight is not None:
+            v = op("mul", v, op("cast", op("reshape", weight, shape=(xs[0], 1, p)), dtype=x.dtype))
+        total = v if total is None else op("add", total, v)
+    return op("reshape", total, shape=(xs[0], xs[1]) + tuple(out))
 
 
 # ----------------------------------------------------------------------------- opsets 1 to 6
