@@ -464,7 +464,7 @@ def _range(n, start, limit, delta):
         raise OnnxImportError(f"Range's start, limit and delta must be scalars, got shapes {s.shape}, {l.shape}, {d.shape}")
     if d == 0:
         raise OnnxImportError("Range's delta is 0")
-    span = (float(l) - float(s)) / float(d)
+    span = (l.item() - s.item()) / d.item()   # .item(): a one-element 1-D input too (ONNX Runtime takes them)
     if not math.isfinite(span):
         raise OnnxImportError(f"Range({s.item()}, {l.item()}, {d.item()}) has no finite length")
     count = max(math.ceil(span), 0)
@@ -1769,6 +1769,120 @@ def _grid_sample(n, x, grid):
     return op("reshape", total, shape=(xs[0], xs[1]) + tuple(out))
 
 
+# ----------------------------------------------------------------------------- DFT, CumProd, ReverseSequence, MaxUnpool
+
+@converter("DFT")
+def _dft(n, x, dft_length=None, axis=None):
+    """The discrete Fourier transform along one axis of a real ([..., 1]) or complex
+    ([..., 2]) signal as matmuls with cos/sin matrices computed at import (float64,
+    rounded to x's dtype); onesided keeps the first n//2 + 1 frequencies, and an
+    inverse of a onesided spectrum is the real signal whose spectrum it is."""
+    shape = _shape(x)
+    rank = len(shape)
+    if shape[-1] not in (1, 2):
+        raise OnnxImportError(f"DFT: the last axis holds the real and imaginary parts (1 or 2), got {list(shape)}")
+    if n.opset >= 20:
+        ax = -2 if axis is None else int(_const(axis, "DFT's axis").reshape(-1)[0])
+    else:
+        ax = n.attr("axis", 1)
+    ax = _axis(ax, rank, "DFT's axis")
+    if ax == rank - 1:
+        raise OnnxImportError("DFT's axis cannot be the last axis (real and imaginary parts)")
+    inverse, onesided = n.flag("inverse", 0), n.flag("onesided", 0)
+    m = shape[ax]
+    length = int(_const(dft_length, "DFT's dft_length").reshape(-1)[0]) if dft_length is not None else \
+        (2 * (m - 1) if inverse and onesided else m)
+    if length < 1:
+        raise OnnxImportError(f"DFT's length must be positive, got {length}")
+    dt = np.dtype(x.dtype)
+    parts = [op("reshape", op("slice", x, begin=(0,) * (rank - 1) + (i,), end=(None,) * (rank - 1) + (i + 1,),
+                              step=(1,) * rank), shape=shape[:-1]) for i in range(shape[-1])]
+    a, b = parts[0], (parts[1] if len(parts) > 1 else None)
+    if inverse and onesided:   # bins k < n//2 + 1 of a Hermitian spectrum -> the real signal
+        k = np.arange(m)[:, None]
+        t = np.arange(length)[None, :]
+        theta = 2 * np.pi * ((k * t) % length) / length
+        w = np.where((k == 0) | (2 * k == length), 1.0, 2.0) * (k <= length // 2) / length
+        cos, sin = w * np.cos(theta), w * np.sin(theta)
+        re = _along(a, ax, lambda v: op("matmul", v, cos.astype(dt)))
+        if b is not None:
+            re = op("sub", re, _along(b, ax, lambda v: op("matmul", v, sin.astype(dt))))
+        return op("expand_dims", re, axis=(rank - 1,))
+    bins = length // 2 + 1 if onesided and not inverse else length
+    t = np.arange(m)[:, None]
+    k = np.arange(bins)[None, :]
+    theta = 2 * np.pi * ((t * k) % length) / length
+    keep = (t < length) / (length if inverse else 1)   # samples past the length are cut
+    cos, sin = (keep * np.cos(theta)).astype(dt), (keep * np.sin(theta) * (1 if inverse else -1)).astype(dt)
+
+    def mm(v, mat):
+        return _along(v, ax, lambda u: op("matmul", u, mat))
+    # (a + ib)(cos + i sin): sin carries the transform's sign
+    re, im = mm(a, cos), mm(a, sin)
+    if b is not None:
+        re, im = op("sub", re, mm(b, sin)), op("add", im, mm(b, cos))
+    return op("concatenate", [op("expand_dims", re, axis=(rank - 1,)), op("expand_dims", im, axis=(rank - 1,))],
+              axis=-1)
+
+
+@converter("CumProd")
+def _cumprod(n, x, axis):
+    """Products of the prefixes along axis (exclusive: without the entry itself; reverse:
+    of the suffixes), as a masked product over a second copy of the axis: O(n^2) along it,
+    as mlc's cumsum is."""
+    rank = len(_shape(x))
+    a = _axis(int(_const(axis, "CumProd's axis").reshape(-1)[0]), rank, "CumProd's axis")
+    m = _shape(x)[a]
+    i, j = np.arange(m)[:, None], np.arange(m)[None, :]
+    exclusive, reverse = n.flag("exclusive", 0), n.flag("reverse", 0)
+    take = {(0, 0): j <= i, (1, 0): j < i, (0, 1): j >= i, (1, 1): j > i}[(int(exclusive), int(reverse))]
+
+    def scan(v):   # v [..., m] -> [..., m]
+        picked = op("where", take, op("expand_dims", v, axis=(len(_shape(v)) - 1,)), np.ones((), v.dtype))
+        out = op("prod", picked, axis=-1)
+        return op("cast", out, dtype=v.dtype) if np.dtype(out.dtype) != np.dtype(v.dtype) else out
+    return _along(x, a, scan)
+
+
+@converter("ReverseSequence")
+def _reverse_sequence(n, x, lens):
+    """For each batch entry b, its first lens[b] steps along time_axis reversed."""
+    shape = _shape(x)
+    rank = len(shape)
+    t_ax = _axis(n.attr("time_axis", 0), rank, "ReverseSequence's time_axis")
+    b_ax = _axis(n.attr("batch_axis", 1), rank, "ReverseSequence's batch_axis")
+    if {t_ax, b_ax} != {0, 1}:
+        raise OnnxImportError("ReverseSequence's time_axis and batch_axis must be 0 and 1")
+    t = np.arange(shape[t_ax], dtype=np.int64).reshape((-1, 1) if t_ax == 0 else (1, -1))
+    length = op("reshape", op("cast", lens, dtype="int64"), shape=(1, -1) if t_ax == 0 else (-1, 1))
+    idx = op("where", op("less", t, length), op("sub", op("sub", length, np.int64(1)), t), t)
+    idx = op("broadcast_to", op("reshape", idx, shape=shape[:2] + (1,) * (rank - 2)), shape=shape)
+    return op("gather_elements", x, idx, axis=t_ax)
+
+
+@converter("MaxUnpool")
+def _max_unpool(n, x, indices, output_shape=None):
+    """Each value placed at its flat index (as MaxPool's indices output gives it) in a
+    zero tensor of the unpooled shape (padded with zeros at the end to output_shape)."""
+    shape = _shape(x)
+    kernel = list(n.attr("kernel_shape"))
+    nd = len(kernel)
+    strides = list(n.attr("strides") or [1] * nd)
+    pads = list(n.attr("pads") or [0] * (2 * nd))
+    unpooled = shape[:2] + tuple((shape[2 + i] - 1) * strides[i] - pads[i] - pads[nd + i] + kernel[i]
+                                 for i in range(nd))
+    out = tuple(_ints(output_shape, "MaxUnpool's output_shape")) if output_shape is not None else unpooled
+    if len(out) != len(shape) or any(o < u for o, u in zip(out, unpooled)):
+        raise OnnxImportError(f"MaxUnpool's output shape {list(out)} is smaller than the unpooled shape "
+                              f"{list(unpooled)}")
+    flat = op("scatter_add", np.zeros((math.prod(unpooled),), x.dtype), op("reshape", indices, shape=(-1,)),
+              op("reshape", x, shape=(-1,)), axis=0)
+    y = op("reshape", flat, shape=unpooled)
+    if out != unpooled:   # a larger output_shape: zeros after the unpooled values, as ONNX's reference does
+        y = op("pad", y, pads=(0,) * len(out) + tuple(o - u for o, u in zip(out, unpooled)))
+    return y
+
+
 # ----------------------------------------------------------------------------- opsets 1 to 6
 # What older versions of ops spell differently, adapted before the current converter
 # runs: binary ops broadcast only when asked (broadcast=1), aligning the second
@@ -2043,7 +2157,7 @@ def _check_input_types(label: str, schema, args) -> None:
         if t not in allowed.get(formal.type_str, [formal.type_str]):
             raise OnnxImportError(f"{label}: input {k} ({formal.name}) is a {t}, which the op does not take "
                                   f"(it takes {', '.join(allowed.get(formal.type_str, [formal.type_str]))})")
-        if formal.type_str in allowed:
+        if formal.type_str in allowed and formal.is_homogeneous:   # Loop's carried values may differ in type
             first = bound.setdefault(formal.type_str, (k, t))
             if first[1] != t:
                 raise OnnxImportError(f"{label}: input {k} ({formal.name}) is a {t} but input {first[0]} is a "

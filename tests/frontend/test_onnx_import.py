@@ -457,3 +457,38 @@ def test_quantize_dequantize_per_block_and_qlinear_matmul_match_onnx_reference()
               [vi("x", [3, 5])], [vi("q", [3, 5], TensorProto.INT32)], [scale], opset=21)
     with pytest.raises(OnnxImportError, match="QuantizeLinear to int32: mlc quantizes to uint8, int8, uint16 and int16"):
         from_onnx(m)
+
+
+def _single_node_matches_reference(node, inputs, out_shape, out_type=TensorProto.FLOAT, opset=22, consts=()):
+    m = model([node], [vi(k, list(v.shape), helper.np_dtype_to_tensor_dtype(v.dtype)) for k, v in inputs.items()],
+              [vi("y", out_shape, out_type)], list(consts), opset=opset)
+    want = onnx.reference.ReferenceEvaluator(m).run(None, inputs)[0]
+    got = mlc.compile(from_onnx(m))(*inputs.values())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=node.op_type)
+
+
+def test_more_converters_match_onnx_reference():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    grid = rng.uniform(-1.2, 1.2, (2, 3, 2, 2)).astype(np.float32)
+    for mode, pad in (("linear", "zeros"), ("cubic", "border"), ("nearest", "reflection")):
+        _single_node_matches_reference(helper.make_node("GridSample", ["x", "g"], ["y"], mode=mode, padding_mode=pad),
+                                       {"x": x, "g": grid}, [2, 3, 3, 2])
+    sig = rng.standard_normal((1, 8, 3, 1)).astype(np.float32)
+    _single_node_matches_reference(helper.make_node("DFT", ["x"], ["y"], axis=1, onesided=1),
+                                   {"x": sig}, [1, 5, 3, 2], opset=19)
+    spec = rng.standard_normal((1, 5, 3, 2)).astype(np.float32)
+    _single_node_matches_reference(helper.make_node("DFT", ["x"], ["y"], axis=1, inverse=1, onesided=1),
+                                   {"x": spec}, [1, 8, 3, 1], opset=19)
+    axis = numpy_helper.from_array(np.array(1, np.int64), "axis")
+    _single_node_matches_reference(helper.make_node("CumProd", ["x", "axis"], ["y"], exclusive=1, reverse=1),
+                                   {"x": x}, [2, 3, 5, 4], opset=26, consts=[axis])
+    m = model([helper.make_node("GlobalLpPool", ["x"], ["y"], p=3)], [vi("x", [2, 3, 5, 4])], [vi("y", [2, 3, 1, 1])])
+    want = np.cbrt(np.sum(np.abs(x.astype(np.float64)) ** 3, axis=(2, 3), keepdims=True))
+    np.testing.assert_allclose(mlc.compile(from_onnx(m))(x), want, rtol=1e-5)
+    data = rng.standard_normal((4, 3)).astype(np.float32)
+    idx = numpy_helper.from_array(np.array([[1], [-1], [1]], np.int64), "i")
+    upd = rng.standard_normal((3, 3)).astype(np.float32)
+    _single_node_matches_reference(helper.make_node("ScatterND", ["x", "i", "u"], ["y"], reduction="max"),
+                                   {"x": data, "u": upd}, [4, 3], consts=[idx])
+    _single_node_matches_reference(helper.make_node("Trilu", ["x"], ["y"], upper=0), {"x": x}, [2, 3, 5, 4])

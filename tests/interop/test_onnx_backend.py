@@ -41,6 +41,10 @@ KNOWN_FAILURES: dict[str, list[str]] = {
         "test_range_float16_type_positive_delta", "test_range_float_type_positive_delta",
     ],
     "an input without a static shape (optional-typed input)": ["test_identity_opt"],
+    "Loop whose body slices with bounds computed from the iteration number (a size known only at run time)": [
+        "test_loop11",
+    ],
+    "Scan of opset 8 (a batch axis and sequence_lens), refused at import with a message naming it": ["test_scan_sum"],
     "Einsum taking a diagonal (a repeated index in one operand) is refused at import": ["test_einsum_batch_diagonal"],
     "float16 attention expanded into primitive ops: mlc computes each op on float16 exactly as "
     "numpy does, the reference accumulates differently; outside the test's tolerance": [
@@ -51,6 +55,10 @@ KNOWN_FAILURES: dict[str, list[str]] = {
         "test_attention_4d_causal_fp16",
     ],
     "Col2Im over 3 spatial axes: mlc's col2im op is 2-D (refused at import with that message)": ["test_col2im_5d"],
+    "inverse DFT of a real signal's spectrum: the stored imaginary parts hold numpy's FFT rounding residue "
+    "(1.9e-7) where mlc's cos/sin matmul gives ~3e-15; the test's absolute tolerance is 1e-7": [
+        "test_dft_inverse", "test_dft_inverse_opset19",
+    ],
 }
 
 
@@ -66,6 +74,15 @@ def _elem_name(elem_type: int) -> str:
     return helper.tensor_dtype_to_string(elem_type).replace("TensorProto.", "")
 
 
+def _all_nodes(graph):
+    """The graph's nodes and, depth first, those of its subgraphs (Loop, Scan, If bodies)."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _all_nodes(g)
+
+
 def rule_reason(model: onnx.ModelProto) -> str | None:
     """Why this model cannot run on mlc, judged from the model alone (None: it should)."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -73,7 +90,7 @@ def rule_reason(model: onnx.ModelProto) -> str | None:
         return "domain not supported: the model uses only non-default (e.g. training) domains"
     if opset < mlc_onnx.MIN_OPSET:
         return f"opset not supported: opset {opset} is older than {mlc_onnx.MIN_OPSET}"
-    ops = {n.op_type for n in model.graph.node
+    ops = {n.op_type for n in _all_nodes(model.graph)
            if (n.domain or "ai.onnx") != "ai.onnx" or n.op_type not in mlc_onnx.CONVERTERS}
     if ops:
         return "op not supported: " + ", ".join(sorted(ops))
