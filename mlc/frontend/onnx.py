@@ -1883,6 +1883,23 @@ def _max_unpool(n, x, indices, output_shape=None):
     return y
 
 
+@converter("AffineGrid")
+def _affine_grid(n, theta, size):
+    """The sampling grid [N, *dims, k] (GridSample's input) of the affine maps theta
+    [N, k, k+1]: each output position's normalized coordinates (x along the last axis
+    first, then 1) times theta."""
+    dims = _ints(size, "AffineGrid's size")[2:]
+    k = len(dims)
+    if k not in (2, 3) or _shape(theta)[1:] != (k, k + 1):
+        raise OnnxImportError(f"AffineGrid: theta {list(_shape(theta))} must be [N, {k}, {k + 1}] for size {dims}")
+    align = n.flag("align_corners", 0)
+    axes = [np.linspace(-1.0, 1.0, d) if align else (2 * np.arange(d) + 1) / d - 1 for d in dims]
+    mesh = np.meshgrid(*axes, indexing="ij")   # mesh[i] varies along spatial axis i
+    base = np.stack([m.reshape(-1) for m in reversed(mesh)] + [np.ones(math.prod(dims))], axis=1)
+    grid = op("matmul", base.astype(np.dtype(theta.dtype)), op("transpose", theta, axes=(0, 2, 1)))
+    return op("reshape", grid, shape=(_shape(theta)[0], *dims, k))
+
+
 # ----------------------------------------------------------------------------- opsets 1 to 6
 # What older versions of ops spell differently, adapted before the current converter
 # runs: binary ops broadcast only when asked (broadcast=1), aligning the second
@@ -1916,7 +1933,8 @@ def _legacy_broadcast(n, args):
     if axis is not None and rb:   # b's dims line up with a's from axis on
         axis = _axis(axis, ra, f"{n.op_type}'s axis")
         if axis + rb > ra:
-            raise OnnxImportError(f"{n.op_type}: operand {list(_shape(b))} does not fit {list(_shape(a))} at axis {axis}")
+            raise OnnxImportError(f"{n.op_type}: operand {list(_shape(b))} does not fit {list(_shape(a))} "
+                                  f"at axis {axis}")
         args[1] = op("reshape", b, shape=_shape(b) + (1,) * (ra - axis - rb))
     return args
 
@@ -2026,7 +2044,7 @@ def _expand(n, *args):
     return tuple(env[o] for o in f.output)
 
 
-# (AffineGrid's body uses If, LinearAttention's Scan: they wait for control flow.)
+# (LinearAttention's body uses Scan: it waits for control flow.)
 _FUNCTION_OPS = ("RMSNormalization", "CenterCropPad", "SpaceToDepth", "DepthToSpace", "Swish", "SwiGLU",
                  "DynamicQuantizeLinear",
                  "BlackmanWindow", "HammingWindow", "HannWindow", "GroupNormalization", "MeanVarianceNormalization",
