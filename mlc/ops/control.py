@@ -87,7 +87,20 @@ def with_carry_outputs(body: Graph, k: int) -> Graph:
     return Graph(g.name + "_saved", g.inputs, g.nodes, g.outputs + g.inputs[:k])
 
 
+def _matmul_factors(g) -> tuple | None:
+    """(P, Q) when the gradient ``g`` is one 2-D product P @ Q built in the step's graph."""
+    n = g.value.producer
+    if n is None or n.op != "matmul" or any(len(v.shape) != 2 for v in n.inputs):
+        return None
+    return tuple(g.em.wrap(v) for v in n.inputs)
+
+
 def _scan_vjp(em, ins, outs, cts, num_carry, num_xs, length, reverse, body):
+    """A reverse scan over the carries each forward step started from. A const's
+    gradient is summed over the steps: in a carry, or -- where one step's share is a
+    matrix product P_t @ Q_t (a weight the body multiplies by) -- as P_t and Q_t stacked
+    by the loop and multiplied once after it, sum_t P_t Q_t = [P_1 .. P_T] [Q_1; ..; Q_T]:
+    one large product instead of a small one and an accumulation every step."""
     from .autodiff import backprop, differentiable, zeros_like
     from .builder import build_graph
     k, m = num_carry, num_xs
@@ -100,29 +113,47 @@ def _scan_vjp(em, ins, outs, cts, num_carry, num_xs, length, reverse, body):
 
     float_in = [i for i, v in enumerate(body.inputs) if differentiable(v.type)]
     dc_at = [i for i in range(k) if differentiable(body.inputs[i].type)]            # carries with gradients
-    dk_at = [i for i in range(k + m, len(body.inputs)) if differentiable(body.inputs[i].type)]   # consts
+    consts_at = [i for i in range(k + m, len(body.inputs)) if differentiable(body.inputs[i].type)]
     dx_at = [i for i in range(k, k + m) if differentiable(body.inputs[i].type)]      # xs
     dy_at = [j for j in range(n_ys) if cts[k + j] is not None]
-    types = [body.inputs[i].type for i in dc_at + dk_at] + [body.inputs[i].type for i in range(k + m)] \
-        + [body.outputs[k + j].type for j in dy_at] + [body.inputs[i].type for i in range(k + m, len(body.inputs))]
-    names = [f"dc{i}" for i in dc_at] + [f"dk{i}" for i in dk_at] + [f"c{i}" for i in range(k)] \
-        + [f"x{i}" for i in range(m)] + [f"dy{j}" for j in dy_at] + [f"k{i}" for i in range(n_consts)]
 
-    def step(em2, *args):
-        args = list(args)
-        dc, dk = args[:len(dc_at)], args[len(dc_at):len(dc_at) + len(dk_at)]
-        rest = args[len(dc_at) + len(dk_at):]
-        c, x, dy, consts = rest[:k], rest[k:k + m], rest[k + m:k + m + len(dy_at)], rest[k + m + len(dy_at):]
-        cot = [None] * len(body.outputs)
-        for i, g in zip(dc_at, dc):
-            cot[i] = g
-        for j, g in zip(dy_at, dy):
-            cot[k + j] = g
-        _, grads = backprop(em2, body, c + x + consts, float_in, cot)
-        grad = dict(zip(float_in, grads))
-        return [grad[i] for i in dc_at] + [a + grad[i] for a, i in zip(dk, dk_at)] + [grad[i] for i in dx_at]
+    def backward_graph(dk_at, hoisted):
+        types = [body.inputs[i].type for i in dc_at + dk_at] + [body.inputs[i].type for i in range(k + m)] \
+            + [body.outputs[k + j].type for j in dy_at] + [body.inputs[i].type for i in range(k + m, len(body.inputs))]
+        names = [f"dc{i}" for i in dc_at] + [f"dk{i}" for i in dk_at] + [f"c{i}" for i in range(k)] \
+            + [f"x{i}" for i in range(m)] + [f"dy{j}" for j in dy_at] + [f"k{i}" for i in range(n_consts)]
 
-    step_graph = build_graph(f"{body.name}_vjp", types, names, step)
+        def step(em2, *args):
+            args = list(args)
+            dc, dk = args[:len(dc_at)], args[len(dc_at):len(dc_at) + len(dk_at)]
+            rest = args[len(dc_at) + len(dk_at):]
+            c, x, dy, consts = rest[:k], rest[k:k + m], rest[k + m:k + m + len(dy_at)], rest[k + m + len(dy_at):]
+            cot = [None] * len(body.outputs)
+            for i, g in zip(dc_at, dc):
+                cot[i] = g
+            for j, g in zip(dy_at, dy):
+                cot[k + j] = g
+            _, grads = backprop(em2, body, c + x + consts, float_in, cot)
+            grad = dict(zip(float_in, grads))
+            factors = [f for i in hoisted for f in _matmul_factors(grad[i])]
+            return [grad[i] for i in dc_at] + [a + grad[i] for a, i in zip(dk, dk_at)] + [grad[i] for i in dx_at] \
+                + factors, grad
+        return types, names, step
+
+    # which consts' per-step gradients are one matrix product (traced once to find out)
+    types, names, step = backward_graph(consts_at, [])
+    probe = {}
+
+    def probe_step(em2, *args):
+        outs, grad = step(em2, *args)
+        probe.update(grad)
+        return outs
+    build_graph("probe", types, names, probe_step)
+    hoisted = [i for i in consts_at if _matmul_factors(probe[i]) is not None] if length > 0 else []
+    dk_at = [i for i in consts_at if i not in hoisted]
+    types, names, step = backward_graph(dk_at, hoisted)
+    step_graph = build_graph(f"{body.name}_vjp", types, names, lambda em2, *a: step(em2, *a)[0])
+
     init = [cts[i] if cts[i] is not None else zeros_like(em, outs[i]) for i in dc_at]
     init += [zeros_like(em, ins[i]) for i in dk_at]
     res = em.emit("scan", init + stacked_carries + list(ins[k:k + m])
@@ -133,6 +164,13 @@ def _scan_vjp(em, ins, outs, cts, num_carry, num_xs, length, reverse, body):
     grads = [None] * len(ins)
     for i, g in zip(dc_at + dk_at + dx_at, res):
         grads[i] = g
+    stacked = res[len(dc_at) + len(dk_at) + len(dx_at):]
+    for n, i in enumerate(hoisted):   # [T, a, b] and [T, b, c] -> [a, T*b] @ [T*b, c]
+        p, q = stacked[2 * n], stacked[2 * n + 1]
+        _, a, b = p.shape
+        _, _, c = q.shape
+        p = em.emit("reshape", em.emit("transpose", p, axes=(1, 0, 2)), shape=(a, length * b))
+        grads[i] = em.emit("matmul", p, em.emit("reshape", q, shape=(length * b, c)))
     return grads
 
 

@@ -53,17 +53,19 @@ PASSES: dict[str, Pass] = {p.name: p for p in (
     Pass("simplify", graph_rules.simplify, "algebraic identities, transpose/reshape chains, batch_norm folding "
          "(the rule tables of graph_rules.py)"),
     Pass("cse", simplify.eliminate_common_subexpressions, "merge identical nodes and constants"),
+    Pass("hoist_loop_invariants", simplify.hoist_loop_invariants, "compute what a scan or while_loop body reads "
+         "only from outside the loop once, before it"),
     Pass("dce", simplify.eliminate_dead_code, "drop nodes whose results are never used"),
     Pass("conv_layout", layout.select_conv_layout, "narrow or 1x1 convolutions as matrix products",
          takes_target=True),
 )}
 
-_SIMPLIFY = ["infer_types", "fold_constants", "simplify", "cse", "dce"]
+_SIMPLIFY = ["infer_types", "fold_constants", "simplify", "cse", "hoist_loop_invariants", "dce"]
 PIPELINES: dict[int, list[str]] = {
     0: [],
     1: _SIMPLIFY,
     2: _SIMPLIFY + ["conv_layout"],
-    3: ["infer_types", "fold_all_constants", "simplify", "cse", "dce", "conv_layout"],
+    3: ["infer_types", "fold_all_constants", "simplify", "cse", "hoist_loop_invariants", "dce", "conv_layout"],
 }
 FUSION_LEVEL = 2   # the first level that fuses ops into kernels
 

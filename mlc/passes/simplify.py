@@ -177,3 +177,88 @@ def _fold_once(graph: Graph, max_bytes: int) -> tuple[int, Graph]:
 
     out = eliminate_dead_code(rebuild(graph, rule))
     return folded, out
+
+
+def hoist_loop_invariants(graph: Graph) -> Graph:
+    """Loop-invariant code motion: a node of a ``scan`` or ``while_loop`` body whose
+    operands are all the loop's constants (what the body reads from outside, and
+    constants) is computed once before the loop, its result passed in as another
+    constant -- a weight transposed for the recurrent product, a mask built from a
+    length. (``cond`` branches keep theirs: hoisting would compute what the branch not
+    taken needs.) Bodies nested inside are left to their own compile."""
+    def rule(n: Node, ins, b):
+        if n.op not in ("scan", "while_loop"):
+            return None
+        fixed = n.attrs["num_carry"] + n.attrs.get("num_xs", 0)   # carries and xs change every step
+        bodies = {key: g for key, g in n.attrs.items() if isinstance(g, Graph)}
+        plans = {key: _invariants(g, fixed) for key, g in bodies.items()}
+        if not any(hoisted for hoisted, _ in plans.values()):
+            return None
+        outer: list[Value] = []          # the new constant operands, in order
+        extra: dict[str, list] = {}      # body key -> its values that become those operands
+        for key, g in bodies.items():
+            hoisted, needed = plans[key]
+            vmap = {v: ins[fixed + j] for j, v in enumerate(g.inputs[fixed:])}
+            for node in g.nodes:
+                if node.op == "constant" and any(o in needed or any(o in h.inputs for h in hoisted)
+                                                 for o in node.outputs):
+                    vmap[node.output] = b.constant(node.attrs["value"])
+            for node in hoisted:
+                outs = b.node(node.op, [vmap[v] for v in node.inputs], node.attrs, [o.type for o in node.outputs],
+                              node.loc)
+                vmap.update(zip(node.outputs, outs))
+            extra[key] = needed
+            outer += [vmap[v] for v in needed]
+        attrs = dict(n.attrs)
+        offsets, total = {}, 0
+        for key in bodies:
+            offsets[key] = total
+            total += len(extra[key])
+        for key, g in bodies.items():   # every body takes every new operand (unused where not its own)
+            attrs[key] = _with_hoisted(g, plans[key][0], extra, key, offsets)
+        return b.node(n.op, list(ins) + outer, attrs, [o.type for o in n.outputs], n.loc)
+
+    return rebuild(graph, rule)
+
+
+def _invariants(g: Graph, fixed: int) -> tuple[list[Node], list[Value]]:
+    """The body's nodes computable before the loop (not constants themselves, nor
+    collectives or nested control flow), and those of their results the rest reads."""
+    invariant = set(g.inputs[fixed:])
+    hoisted = []
+    for node in g.nodes:
+        if node.op == "constant":
+            invariant.update(node.outputs)
+        elif node.inputs and all(v in invariant for v in node.inputs) and ops.get(node.op).kind not in (
+                "collective", "control", "opaque"):
+            hoisted.append(node)
+            invariant.update(node.outputs)
+    produced = {o for h in hoisted for o in h.outputs}
+    kept = [node for node in g.nodes if node not in hoisted]
+    needed = list(dict.fromkeys([v for node in kept for v in node.inputs if v in produced]
+                                + [v for v in g.outputs if v in produced]))
+    return hoisted, needed
+
+
+def _with_hoisted(g: Graph, hoisted: list[Node], extra: dict, key: str, offsets: dict) -> Graph:
+    """``g`` without ``hoisted``, taking the loop's new operands (all bodies' hoisted
+    results, ``extra``) after its own inputs; its own ones replace what it computed."""
+    b = GraphBuilder(g.name, ops.infer)
+    vmap = {v: b.input(v.name, v.type) for v in g.inputs}
+    taken = {v.name for v in g.inputs}
+    for other, values in extra.items():
+        for j, v in enumerate(values):
+            name = f"hoisted{offsets[other] + j}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            new = b.input(name, v.type)
+            if other == key:
+                vmap[v] = new
+    skip = set(map(id, hoisted))
+    for node in g.nodes:
+        if id(node) in skip:
+            continue
+        outs = b.node(node.op, [vmap[v] for v in node.inputs], node.attrs, [o.type for o in node.outputs], node.loc)
+        vmap.update(zip(node.outputs, outs))
+    return b.build([vmap[v] for v in g.outputs])

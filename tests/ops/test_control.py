@@ -275,3 +275,35 @@ def test_cse_runs_the_forward_loop_once_when_a_gradient_saves_its_carries():
     g64 = mlc.trace(mlc.grad(loss), *args)
     np.testing.assert_allclose(ops.run_reference(eliminate_common_subexpressions(g64), *args)[0],
                                ops.run_reference(g64, *args)[0], rtol=1e-12)
+
+
+def test_loop_invariant_work_moves_before_the_loop():
+    """A body's transpose of a weight it reads from outside runs once, before the loop,
+    and the loop gets its result as another operand; the numbers stay."""
+    from mlc.passes.simplify import hoist_loop_invariants
+
+    def f(w, h0, xs):
+        return mlc.scan(lambda h, x: (mlc.tanh(x + h @ w.T * 2.0), h), h0, xs)
+    args = [rand(4, 4), rand(2, 4), rand(5, 2, 4)]
+    g = mlc.trace(f, *args)
+    body_ops = [n.op for n in g.nodes[0].attrs["body"].nodes]
+    assert "transpose" in body_ops
+    after = hoist_loop_invariants(g)
+    ops.verify(after)
+    assert [n.op for n in after.nodes] == ["transpose", "scan"]
+    scan = after.nodes[1]
+    assert scan.inputs[-1] is after.nodes[0].output   # the transposed weight, a new trailing operand
+    assert "transpose" not in [n.op for n in scan.attrs["body"].nodes]
+    for a, b in zip(ops.run_reference(after, *args), ops.run_reference(g, *args)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # a while_loop's condition and body share the new operands
+    def w_loop(x, lim):
+        return mlc.while_loop(lambda c: c.sum() < (lim * 2.0).sum(), lambda c: c + mlc.exp(lim), x)
+    g = mlc.trace(w_loop, np.ones(3, F32), np.full(3, 2.0, F32))
+    after = hoist_loop_invariants(g)
+    ops.verify(after)
+    node = after.nodes[-1]
+    # the carry, lim (captured by each of cond and body), then the hoisted sum (cond) and exp (body)
+    assert node.op == "while_loop" and len(node.inputs) == 1 + 2 + 2
+    np.testing.assert_allclose(ops.run_reference(after, np.ones(3, F32), np.full(3, 2.0, F32))[0],
+                               ops.run_reference(g, np.ones(3, F32), np.full(3, 2.0, F32))[0])

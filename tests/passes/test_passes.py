@@ -294,13 +294,14 @@ def test_dumps_every_stage_in_order(tmp_path):
     mlc.compile(_mlp, *args, pm=pm)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00-input.graph.txt", "01-infer_types.graph.txt", "02-fold_constants.graph.txt",
-                     "03-simplify.graph.txt", "04-cse.graph.txt", "05-dce.graph.txt", "06-conv_layout.graph.txt",
-                     "07-fuse.graph.txt", "08-lower.tensor.txt", "09-inline.tensor.txt",
-                     "10-simplify_indices.tensor.txt", "11-reindex_reductions.tensor.txt", "12-schedule.loop.txt",
-                     "13-partition.loop.txt", "14-lower_accumulate.loop.txt", "15-simplify_loops.loop.txt",
-                     "16-plan.memory.txt", "17-codegen.llvm.txt"]
-    assert "kernel @matmul_add_relu_0" in (tmp_path / "07-fuse.graph.txt").read_text()
-    assert "define void @\"mlc_entry\"" in (tmp_path / "17-codegen.llvm.txt").read_text()
+                     "03-simplify.graph.txt", "04-cse.graph.txt", "05-hoist_loop_invariants.graph.txt",
+                     "06-dce.graph.txt", "07-conv_layout.graph.txt",
+                     "08-fuse.graph.txt", "09-lower.tensor.txt", "10-inline.tensor.txt",
+                     "11-simplify_indices.tensor.txt", "12-reindex_reductions.tensor.txt", "13-schedule.loop.txt",
+                     "14-partition.loop.txt", "15-lower_accumulate.loop.txt", "16-simplify_loops.loop.txt",
+                     "17-plan.memory.txt", "18-codegen.llvm.txt"]
+    assert "kernel @matmul_add_relu_0" in (tmp_path / "08-fuse.graph.txt").read_text()
+    assert "define void @\"mlc_entry\"" in (tmp_path / "18-codegen.llvm.txt").read_text()
     report = pm.timing_report()
     for name in ("fold_constants", "fuse", "lower", "schedule", "codegen", "total"):
         assert name in report
@@ -325,7 +326,7 @@ def test_cli_compile_reports_kernels_and_times_passes(tmp_path):
     text = out.getvalue()
     assert "5 ops -> 5 after graph passes -> 3 kernels" in text
     assert "fold_constants" in text and "workspace:" in text
-    assert (tmp_path / "ir" / "07-fuse.graph.txt").exists()
+    assert (tmp_path / "ir" / "08-fuse.graph.txt").exists()
     with pytest.raises(SystemExit, match="neither an .onnx file nor a bundled example"):
         main(["compile", "nosuchmodel"])
 
