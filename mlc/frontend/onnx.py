@@ -1903,9 +1903,9 @@ def _affine_grid(n, theta, size):
 # ----------------------------------------------------------------------------- opsets 1 to 6
 # What older versions of ops spell differently, adapted before the current converter
 # runs: binary ops broadcast only when asked (broadcast=1), aligning the second
-# operand at ``axis``; PRelu's one-axis slope is per channel (axis 1); Concat's axis
-# defaults to 1; Cast names its target type; Pad's pads are "paddings"; Tile-1 repeats
-# along one axis.
+# operand at ``axis``; AveragePool counts the padding; PRelu's one-axis slope is per
+# channel (axis 1); Concat's axis defaults to 1; Cast names its target type; Pad's pads
+# are "paddings"; Tile-1 repeats along one axis.
 
 _LEGACY_BROADCAST = ("Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Xor", "Equal", "Less", "Greater", "Gemm")
 
@@ -1978,7 +1978,13 @@ def _legacy_prelu(n, args):
     return args
 
 
+def _legacy_avg_pool(n, args):
+    n.attrs.setdefault("count_include_pad", 1)   # before count_include_pad, padding counted (ONNX's reference)
+    return args
+
+
 _legacy(_LEGACY_BROADCAST, _legacy_broadcast)
+_legacy(("AveragePool",), _legacy_avg_pool)
 _legacy(("PRelu",), _legacy_prelu)
 _legacy(("Concat",), _legacy_concat)
 _legacy(("Cast",), _legacy_cast)
@@ -2003,15 +2009,18 @@ def _function_body(n, args):
     node.attribute.extend(spec.default_value for k, spec in schema.attributes.items()
                           if k not in given and spec.default_value.name)
     f = FunctionProto()
-    if built and (not plain or max(built) >= max(plain)):
-        types = [helper.make_tensor_type_proto(helper.np_dtype_to_tensor_dtype(np.dtype(a.dtype)), _shape(a))
-                 if a is not None else TypeProto() for a in args]
-        f.ParseFromString(schema.get_context_dependent_function_with_opset_version(
-            max(built), node.SerializeToString(), [t.SerializeToString() for t in types]))
-    elif plain:
-        f.ParseFromString(schema.get_function_with_opset_version(max(plain)))
-    else:
+    if not built and not plain:
         raise OnnxImportError(f"{n.op_type} has no ONNX function body at opset {n.opset}")
+    try:
+        if built and (not plain or max(built) >= max(plain)):
+            types = [helper.make_tensor_type_proto(helper.np_dtype_to_tensor_dtype(np.dtype(a.dtype)), _shape(a))
+                     if a is not None else TypeProto() for a in args]
+            f.ParseFromString(schema.get_context_dependent_function_with_opset_version(
+                max(built), node.SerializeToString(), [t.SerializeToString() for t in types]))
+        else:
+            f.ParseFromString(schema.get_function_with_opset_version(max(plain)))
+    except Exception as e:   # ONNX refuses to build the body for these attributes or input types
+        raise OnnxImportError(f"ONNX cannot build {n.op_type}'s function body for this node: {_short(e)}") from None
     return f, {a.name: a for a in node.attribute}
 
 
@@ -2034,6 +2043,9 @@ def _expand(n, *args):
         if (node.domain or "ai.onnx") != "ai.onnx" or node.op_type not in CONVERTERS:
             raise OnnxImportError(f"{n.op_type} is defined by an ONNX function that uses {node.op_type}, "
                                   "which mlc does not import")
+        missing = [x for x in node.input if x not in env]
+        if missing:
+            raise OnnxImportError(f"{n.op_type}'s ONNX function body uses {missing[0]!r} before computing it")
         ins = [env[x] for x in node.input]
         while ins and ins[-1] is None:
             ins.pop()

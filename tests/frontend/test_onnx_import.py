@@ -492,3 +492,13 @@ def test_more_converters_match_onnx_reference():
     _single_node_matches_reference(helper.make_node("ScatterND", ["x", "i", "u"], ["y"], reduction="max"),
                                    {"x": data, "u": upd}, [4, 3], consts=[idx])
     _single_node_matches_reference(helper.make_node("Trilu", ["x"], ["y"], upper=0), {"x": x}, [2, 3, 5, 4])
+
+
+def test_opset_6_average_pool_counts_padding_as_onnx_reference_does():
+    x = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
+    m = model([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+              [vi("x", [1, 1, 3, 3])], [vi("y", [1, 1, 3, 3])], opset=6)
+    want = onnx.reference.ReferenceEvaluator(m).run(None, {"x": x})[0]
+    got = mlc.compile(from_onnx(m))(x)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0, 0, 0, 0] == np.float32((1 + 2 + 4 + 5) / 9)   # the corner window: 4 values over 9 places
