@@ -2056,7 +2056,7 @@ def _expand(n, *args):
     return tuple(env[o] for o in f.output)
 
 
-# (LinearAttention's body uses Scan: it waits for control flow.)
+# (LinearAttention's body uses Scan, whose subgraph needs the control-flow importer's scope.)
 _FUNCTION_OPS = ("RMSNormalization", "CenterCropPad", "SpaceToDepth", "DepthToSpace", "Swish", "SwiGLU",
                  "DynamicQuantizeLinear",
                  "BlackmanWindow", "HammingWindow", "HannWindow", "GroupNormalization", "MeanVarianceNormalization",
