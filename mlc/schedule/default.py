@@ -30,6 +30,7 @@ from .primitives import Schedule, replay
 
 PARALLEL_MIN_WORK = 1 << 15     # elementwise operations below which threads cost more than they give
 MICRO_ROWS = 6                  # extent from which an axis fills the register tile's rows
+TRANSPOSE_TILE = 16              # elements per side of a transposition's tiles: a cache line of float32
 PACK_MIN_ROWS = 48              # rows that must share a cache block for blocking and packing to pay off
 
 
@@ -164,6 +165,16 @@ def _injective(s: Schedule, c: Compute, k: dict) -> None:
     big = _work(c) >= PARALLEL_MIN_WORK and k["parallel"]
     par = next((d for d in range(rank - 1) if c.shape[d] > 1), None) if big else None
     outer = names[-1]
+    if rank >= 2 and min(c.shape[-2:]) >= TRANSPOSE_TILE and not _contiguous(c.body, c.axes[-1]) \
+            and _contiguous(c.body, c.axes[-1 - 1]):
+        # a transposition: square tiles, so that each cache line read (along the second-to-last
+        # axis) is used whole while it is in L1, instead of one element per line per row written
+        io, _, _, ji = s.tile(names[-2], names[-1], TRANSPOSE_TILE, TRANSPOSE_TILE)
+        if lanes > 1:
+            _vector_inner(s, ji, TRANSPOSE_TILE, lanes, True)
+        if big:
+            s.parallel(names[par] if par is not None and par < rank - 2 else io)
+        return
     if c.shape[-1] >= lanes > 1 and _contiguous(c.body, c.axes[-1]):
         outer = _vector_inner(s, names[-1], c.shape[-1], lanes, False)
     if par is not None:

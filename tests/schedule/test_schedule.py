@@ -55,3 +55,18 @@ def test_elementwise_is_vectorized_and_parallel_when_large(target, lanes):
     assert "parallel i in [0, 256)" in big_loops and f"vector jv in [0, {lanes})" in big_loops
     assert f"vector jv in [0, {300 % lanes})" in big_loops   # the peeled tail: 300 = 37 * 8 + 4 = 18 * 16 + 12
     assert "parallel" not in small_loops
+
+
+@pytest.mark.parametrize("target, lanes", [("znver3", 8), ("skylake-avx512", 16)])
+def test_transposition_runs_in_square_tiles(target, lanes):
+    """A transpose reads along the axis it does not write along: 16 x 16 tiles use each
+    cache line read whole, the writes in vectors; tails (1000 = 62 * 16 + 8) included."""
+    for shape in [(1024, 256), (1000, 250)]:
+        x = rand(shape)
+        loops = mlc.compile(lambda x: x.T, x, target=target).ir("loop")
+        assert "parallel io in [0, 16)" in loops if shape[1] == 256 else "parallel io" in loops
+        assert "for ii in [0, 16)" in loops   # the tile's writes: 2 vectors of 8 on AVX2, one of 16 on AVX-512
+        assert ("vector jiv in [0, 8)" if lanes == 8 else "vector ji in [0, 16)") in loops
+        np.testing.assert_array_equal(mlc.compile(lambda x: x.T, x)(x), x.T)
+    small = mlc.compile(lambda x: x.T, rand((8, 5)), target=target).ir("loop")
+    assert "ii" not in small   # too small to tile
