@@ -2049,16 +2049,16 @@ def _expand(n, *args):
         ins = [env[x] for x in node.input]
         while ins and ins[-1] is None:
             ins.pop()
-        result = CONVERTERS[node.op_type](_Node(node, opset), *ins)
+        # env: a Scan, Loop or If in the body reads the body's values from its subgraph
+        result = CONVERTERS[node.op_type](_Node(node, opset, env), *ins)
         for name, r in zip(node.output, result if isinstance(result, (tuple, list)) else (result,)):
             if name:
                 env[name] = r
     return tuple(env[o] for o in f.output)
 
 
-# (LinearAttention's body uses Scan, whose subgraph needs the control-flow importer's scope.)
 _FUNCTION_OPS = ("RMSNormalization", "CenterCropPad", "SpaceToDepth", "DepthToSpace", "Swish", "SwiGLU",
-                 "DynamicQuantizeLinear",
+                 "DynamicQuantizeLinear", "LinearAttention",
                  "BlackmanWindow", "HammingWindow", "HannWindow", "GroupNormalization", "MeanVarianceNormalization",
                  "RotaryEmbedding", "CausalConvWithState")
 for _name in _FUNCTION_OPS:
