@@ -639,6 +639,7 @@ class JitFunction:
         self._cache: dict = {}
         self._fast: dict = {}   # (shape, dtype) per argument -> Executable, for calls of plain arrays
         self._hot = None   # the fast call (Executable.fast_call) of the last plain call's Executable
+        self._last_tree = None   # (structure, (shape, dtype) per leaf, Executable) of the last pytree call
         resolved = Target.get(target)
         self._target_key = resolved.key
         self._on_device = resolved.kind == "cuda" and not emulating()
@@ -686,6 +687,14 @@ class JitFunction:
             if exe is not None:
                 self._hot = exe.fast_call()
                 return exe.call_flat(args)
+        # a pytree call (parameters in dicts and lists) of the structure, shapes and dtypes of
+        # the last one: its leaves collected by the structure's generated extractor
+        last = self._last_tree
+        if last is not None:
+            leaves = last[0].leaves_of(args)
+            if leaves is not None and all(type(a) is np.ndarray and a.shape == shape and a.dtype == dt
+                                          for a, (shape, dt) in zip(leaves, last[1])):
+                return last[2].call_flat(leaves)
         leaves, tree = flatten(args)
         if any(isinstance(a, Tracer) for a in leaves):   # called inside another trace: inline it
             return self.fn(*args)
@@ -693,6 +702,8 @@ class JitFunction:
         if plain and len(leaves) == len(args):
             self._fast[key] = exe
             self._hot = exe.fast_call()
+        elif not any(_is_static(a) for a in leaves):
+            self._last_tree = (tree, tuple((a.shape, a.dtype) for a in leaves), exe)
         return exe.call_flat([a for a in leaves if not _is_static(a)])
 
 

@@ -14,13 +14,14 @@ from typing import Any, Callable
 class TreeDef:
     """The structure of a pytree without its leaves."""
 
-    __slots__ = ("kind", "keys", "children", "_hash")
+    __slots__ = ("kind", "keys", "children", "_hash", "_extract")
 
     def __init__(self, kind: str, keys: tuple = (), children: tuple = ()):
         self.kind = kind            # "leaf", "none", "dict", "list" or "tuple"
         self.keys = keys            # dict keys, in order
         self.children = children   # child TreeDefs
         self._hash = None           # computed once: compiled functions look executables up by structure
+        self._extract = None        # leaves_of's generated function, made on first use
 
     @property
     def num_leaves(self) -> int:
@@ -36,6 +37,16 @@ class TreeDef:
         if self._hash is None:
             self._hash = hash((self.kind, self.keys, self.children))
         return self._hash
+
+    def leaves_of(self, tree: Any) -> list | None:
+        """``flatten(tree)[0]`` when ``tree`` has exactly this structure, else None: checked
+        and collected by straight-line code generated once per structure, without building
+        ``tree``'s own TreeDef (what a compiled function does on every call with the
+        structure it was compiled for)."""
+        extract = self._extract
+        if extract is None:
+            extract = self._extract = _extractor(self)
+        return extract(tree)
 
     def to_json(self, path: str = ""):
         """The structure as JSON (``docs/formats.md``, checkpoints): a leaf is ``"*"``,
@@ -83,6 +94,58 @@ class TreeDef:
             return "{" + ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.keys, self.children)) + "}"
         inner = ", ".join(map(repr, self.children))
         return f"[{inner}]" if self.kind == "list" else f"({inner}{',' if len(self.children) == 1 else ''})"
+
+
+def _is_leaf(t) -> bool:
+    return not (t is None or isinstance(t, (dict, list)) or (isinstance(t, tuple) and not hasattr(t, "_fields")))
+
+
+def _extractor(treedef: TreeDef):
+    """A function ``tree -> leaves or None`` for ``treedef``: its checks and lookups as one
+    straight-line body (no recursion, no TreeDef objects), generated from the structure."""
+    lines, consts, leaves = [], {}, []
+    counter = [0]
+
+    def var() -> str:
+        counter[0] += 1
+        return f"v{counter[0]}"
+
+    def emit(d: TreeDef, v: str) -> None:
+        if d.kind == "leaf":
+            lines.append(f"if type({v}) is not ndarray and not is_leaf({v}): return None")
+            leaves.append(v)
+        elif d.kind == "none":
+            lines.append(f"if {v} is not None: return None")
+        elif d.kind == "dict":
+            k = f"k{len(consts)}"
+            consts[k] = d.keys
+            lines.append(f"if not isinstance({v}, dict) or tuple({v}) != {k}: return None")
+            for j, c in enumerate(d.children):
+                w = var()
+                lines.append(f"{w} = {v}[{k}[{j}]]")
+                emit(c, w)
+        else:
+            check = f"not isinstance({v}, list)" if d.kind == "list" else \
+                f"not isinstance({v}, tuple) or hasattr({v}, '_fields')"
+            lines.append(f"if {check} or len({v}) != {len(d.children)}: return None")
+            for j, c in enumerate(d.children):
+                w = var()
+                lines.append(f"{w} = {v}[{j}]")
+                emit(c, w)
+
+    emit(treedef, "v0")
+    body = "\n    ".join(lines + [f"return [{', '.join(leaves)}]"])
+    namespace = {"is_leaf": _is_leaf, "ndarray": _ndarray(), **consts}
+    exec(f"def extract(v0):\n    {body}\n", namespace)   # the source is made of names and indices only
+    return namespace["extract"]
+
+
+def _ndarray():
+    try:
+        import numpy
+        return numpy.ndarray
+    except ImportError:   # pytrees without numpy: every leaf takes the full check
+        return type(None)
 
 
 def flatten(tree: Any) -> tuple[list, TreeDef]:

@@ -148,9 +148,12 @@ class Signature:
         self.out_tree = out_tree
 
     def flatten_args(self, args, fn_name: str) -> list:
-        leaves, tree = flatten(tuple(args))
-        if tree != self.in_tree:
-            raise TypeError(f"{fn_name}(): arguments have structure {tree!r}, compiled for {self.in_tree!r}")
+        leaves = self.in_tree.leaves_of(tuple(args))
+        if leaves is None:
+            raise TypeError(f"{fn_name}(): arguments have structure {flatten(tuple(args))[1]!r}, compiled for "
+                            f"{self.in_tree!r}")
+        if not any(s is not None for s in self.static):
+            return leaves
         out = []
         for a, s in zip(leaves, self.static):
             if s is None:

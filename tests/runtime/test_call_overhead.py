@@ -145,3 +145,38 @@ def test_fast_call_takes_a_tuple_only_and_keeps_single_output():
     first_only = mlc.driver.compile_graph(graph, single_output=True)   # two outputs, the first returned
     np.testing.assert_allclose(first_only(a), a + 1, rtol=1e-6)
     np.testing.assert_allclose(first_only.call_flat([a]), a + 1, rtol=1e-6)
+
+
+def test_pytree_calls_reuse_the_last_structure_and_follow_changes():
+    """Parameters in dicts and lists: a call of the last call's structure, shapes and dtypes
+    takes the structure's generated extractor; anything else takes the full path."""
+    f = mlc.jit(lambda p, x: p["w"][0] * x + p["w"][1] - p["b"])
+    p, x = {"w": [f32(3), f32(3, seed=1)], "b": f32(3, seed=2)}, f32(3, seed=3)
+    want = p["w"][0] * x + p["w"][1] - p["b"]
+    for _ in range(3):
+        np.testing.assert_allclose(f(p, x), want, rtol=1e-6)
+    assert f._last_tree is not None
+    p2 = {"w": [f32(3, seed=4), f32(3, seed=5)], "b": f32(3, seed=6)}   # new arrays, same structure
+    np.testing.assert_allclose(f(p2, x), p2["w"][0] * x + p2["w"][1] - p2["b"], rtol=1e-6)
+    swapped = {"b": p["b"], "w": p["w"]}                               # other key order: other structure
+    np.testing.assert_allclose(f(swapped, x), want, rtol=1e-6)
+    wide = {"w": [f32(2, 3), f32(2, 3, seed=1)], "b": f32(2, 3, seed=2)}   # other shapes: compiled for them
+    np.testing.assert_allclose(f(wide, f32(2, 3, seed=3)), wide["w"][0] * f32(2, 3, seed=3) + wide["w"][1]
+                               - wide["b"], rtol=1e-6)
+    np.testing.assert_allclose(f(p, x.astype(np.float64)), want.astype(np.float64), rtol=1e-6)   # another dtype
+    with pytest.raises(IndexError):   # a list of another length: traced again, where the function fails
+        f({"w": [p["w"][0]], "b": p["b"]}, x)
+
+
+def test_leaves_of_agrees_with_flatten():
+    import collections
+    from mlc.tree import flatten
+    point = collections.namedtuple("Point", "x y")
+    trees = [{"a": 1, "b": [2, (3, None)]}, (1, 2), [1], None, {"x": {"y": 1}}, ((),), point(1, 2),
+             {"b": 1, "a": 2}, np.zeros(2), [np.zeros(1), {"q": np.ones(1)}], [[1], [2, 3]], [(1,), [2]]]
+    for t in trees:
+        leaves, structure = flatten(t)
+        got = structure.leaves_of(t)
+        assert got is not None and len(got) == len(leaves) and all(a is b for a, b in zip(got, leaves)), t
+        for other in trees:
+            assert (structure.leaves_of(other) is not None) == (flatten(other)[1] == structure), (t, other)
