@@ -225,3 +225,23 @@ def test_loop_scan_outputs_with_a_data_dependent_exit_are_refused():
     with pytest.raises(OnnxImportError, match="node 0 '' \\(Loop\\): Loop with scan outputs whose body may end "
                                               "the loop early"):
         from_onnx(m)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_pytorch_exported_recurrent_models_import_and_match(kind, tmp_path):
+    """What PyTorch's exporter writes for a 2-layer bidirectional LSTM/GRU (its own gate
+    reordering, Squeeze/Concat around the ONNX op) imports, compiles and matches it."""
+    torch = pytest.importorskip("torch", reason="checked against PyTorch's exporter (pip install torch)")
+    import warnings
+    torch.manual_seed(0)
+    m = getattr(torch.nn, kind)(6, 10, num_layers=2, bidirectional=True).eval()
+    x = torch.randn(7, 3, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x,), str(tmp_path / "m.onnx"), dynamo=False, input_names=["x"])
+    g = from_onnx(str(tmp_path / "m.onnx"))
+    assert ops_of(g).count("scan") == 4   # 2 layers x 2 directions
+    got = mlc.compile(g)(x.numpy())
+    with torch.no_grad():
+        want = m(x)
+    np.testing.assert_allclose(got[0], want[0].numpy(), rtol=1e-5, atol=1e-6)

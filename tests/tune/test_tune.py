@@ -495,6 +495,26 @@ def test_workload_key_ignores_the_name_only():
     assert workload_key(k0, renamed) == workload_key(k0, host)
 
 
+def test_tasks_include_loop_bodies_weighted_by_their_steps(tmp_path):
+    """A scan's body kernels are tuning tasks, weighted by the steps they run; a tuned
+    record for one applies when the model compiles (the body compiles with the database)."""
+    host = Target.get("host")
+    rng = np.random.default_rng(0)
+    w, h0, xs = (rng.standard_normal(s).astype(np.float32) for s in ((32, 32), (4, 32), (9, 4, 32)))
+    w *= 0.05   # a contracting recurrence: a summation order's rounding does not grow step by step
+
+    def rnn(w, h0, xs):
+        return mlc.scan(lambda h, x: (mlc.tanh(x + h @ w), h), h0, xs)[1]
+    tasks = extract_tasks(mlc.trace(rnn, w, h0, xs), host)
+    body = [t.kernel.kind for t in tasks if t.weight == 9]   # the step's product and the copy of its output
+    assert sorted(body) == ["contraction", "injective"]
+    path = str(tmp_path / "t.db")
+    tune(mlc.trace(rnn, w, h0, xs), host, path, trials=6)
+    exe = mlc.compile(rnn, w, h0, xs, db=path)
+    assert exe.stats["tuned_kernels"] >= 1
+    np.testing.assert_allclose(exe(w, h0, xs), rnn(w, h0, xs), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("target, registers", [("znver3", 16), ("neoverse-n1", 16), ("skylake-avx512", 32)])
 def test_search_space_respects_the_register_budget(target, registers):
     t = Target.get(target)
