@@ -747,7 +747,8 @@ class FuncEmitter:
         signed = dt.kind == "int"
         if op in ("and", "or") or (dt.is_bool and op in ("max", "min")):
             return bld.and_(a, b) if op in ("and", "min") else bld.or_(a, b)
-        simple = {"add": bld.add, "sub": bld.sub, "mul": bld.mul, "xor": bld.xor, "shr": bld.lshr}
+        simple = {"add": bld.add, "sub": bld.sub, "mul": bld.mul, "xor": bld.xor, "shr": bld.lshr,
+                  "bitand": bld.and_, "bitor": bld.or_, "shl": bld.shl, "sar": bld.ashr}
         if op in simple:
             return simple[op](a, b)
         if op == "pow":
@@ -830,7 +831,7 @@ class FuncEmitter:
             name = {"abs": "fabs", "round": "roundeven"}.get(fn, fn)
             f = self.mb.declare(f"llvm.{name}.{_suffix(x.type)}", x.type, [x.type])
             return b.call(f, [x])
-        if fn in ("tanh", "erf"):
+        if fn in ("tanh", "erf", "acos", "asin", "atan"):
             return self.libm(fn, dt, x)
         raise ValueError(f"unknown function {fn}")
 

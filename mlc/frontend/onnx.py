@@ -260,7 +260,7 @@ _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Pow": "pow", "Equal": "equ
            "Greater": "greater"}
 _UNARY = {"Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Tanh": "tanh",
           "Sigmoid": "sigmoid", "Relu": "relu", "Sin": "sin", "Cos": "cos", "Erf": "erf", "Floor": "floor",
-          "Ceil": "ceil", "Round": "round"}
+          "Ceil": "ceil", "Round": "round", "Acos": "acos", "Asin": "asin", "Atan": "atan"}
 
 
 @converter(*_BINARY)
@@ -392,6 +392,24 @@ def _shrink(n, x):
 @converter("Tan")
 def _tan(n, x):
     return op("div", op("sin", x), op("cos", x))
+
+
+@converter("BitwiseAnd", "BitwiseOr", "BitwiseXor")
+def _bitwise(n, a, b):
+    return op({"BitwiseAnd": "bitwise_and", "BitwiseOr": "bitwise_or", "BitwiseXor": "bitwise_xor"}[n.op_type], a, b)
+
+
+@converter("BitwiseNot")
+def _bitwise_not(n, x):
+    return op("bitwise_not", x)
+
+
+@converter("BitShift")
+def _bit_shift(n, x, k):
+    direction = n.attr("direction")
+    if direction not in ("LEFT", "RIGHT"):
+        raise OnnxImportError(f"BitShift's direction must be 'LEFT' or 'RIGHT', got {direction!r}")
+    return op("left_shift" if direction == "LEFT" else "right_shift", x, k)
 
 
 @converter("Sinh", "Cosh")

@@ -17,10 +17,13 @@ BINARY_OPS = {
     "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
     "and": "&&", "or": "||",
     "xor": "^", "shr": ">>",   # integer bit operations; shr is a logical (unsigned) shift
+    # integer bit operations, printed as calls; sar is an arithmetic (signed) shift right
+    "bitand": None, "bitor": None, "shl": None, "sar": None,
 }
 COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
 # unary math functions understood by codegen
-UNARY_FUNCS = {"neg", "abs", "exp", "log", "sqrt", "tanh", "sin", "cos", "erf", "not", "floor", "ceil", "round"}
+UNARY_FUNCS = {"neg", "abs", "exp", "log", "sqrt", "tanh", "sin", "cos", "erf", "not", "floor", "ceil", "round",
+               "acos", "asin", "atan"}
 
 
 class Expr:

@@ -57,6 +57,9 @@ _UNARY = {
     "floor": (np.floor, lambda x: E.call("floor", x) if x.dtype.is_float else x),
     "ceil": (np.ceil, lambda x: E.call("ceil", x) if x.dtype.is_float else x),
     "round": (np.round, lambda x: E.call("round", x) if x.dtype.is_float else x),
+    "acos": (np.arccos, lambda x: E.call("acos", x)),
+    "asin": (np.arcsin, lambda x: E.call("asin", x)),
+    "atan": (np.arctan, lambda x: E.call("atan", x)),
 }
 
 
@@ -144,6 +147,62 @@ def _binary(name: str, ref, scalar) -> OpDef:
                  doc=f"Elementwise {name} with numpy broadcasting.", elementwise=True)
 
 
+# ----------------------------------------------------------------------------- bit operations
+
+def _bitwise(name: str, ref, bool_op: str, int_op: str) -> OpDef:
+    """and/or/xor of the bits of integers (of bools: the logical op), dtypes as numpy
+    promotes them (numpy refuses floats, and so does the type rule)."""
+    def infer(ins):
+        a, b = ins
+        return [TensorType(broadcast_shapes(a.shape, b.shape), numpy_result_dtype(ref, a.dtype, b.dtype))]
+
+    def lower(ins, outs):
+        (a, b), (o,) = ins, outs
+        bop = bool_op if o.dtype.is_bool else int_op
+        return [compute(o.shape, lambda *i: E.binop(bop, cast(o.dtype, broadcast_load(a, i)),
+                                                     cast(o.dtype, broadcast_load(b, i))))]
+
+    return OpDef(name, "injective", infer, ref, lower, params=("a", "b"),
+                 vjp=lambda em, ins, outs, cts: [None, None],
+                 doc=f"Elementwise {name} (numpy.{ref.__name__}) of integers or bools, with numpy broadcasting.",
+                 elementwise=True)
+
+
+def _shift(name: str, ref, left: bool) -> OpDef:
+    """a shifted by b bits, as numpy shifts (and ONNX's BitShift): a signed a shifts right
+    arithmetically; a shift by the type's width or more, or by a negative amount, gives
+    what the sign fill alone gives (-1 shifting a negative a right, else 0). An LLVM
+    shift that far is undefined, so the amount is checked first."""
+    def infer(ins):
+        a, b = ins
+        dt = numpy_result_dtype(ref, a.dtype, b.dtype)
+        check(dt.kind in ("int", "uint"), f"{name}: shifts integers, got {a.dtype} and {b.dtype}")
+        return [TensorType(broadcast_shapes(a.shape, b.shape), dt)]
+
+    def lower(ins, outs):
+        (a, b), (o,) = ins, outs
+        dt = o.dtype
+        udt = to_dtype(f"uint{dt.bits}")
+
+        def scalar(*i):
+            x, k = cast(dt, broadcast_load(a, i)), cast(dt, broadcast_load(b, i))
+            in_range = E.binop("lt", cast(udt, k), Const(dt.bits, udt))   # a negative k reads as a huge one
+            if not left and dt.kind == "int":   # shifting by width - 1 leaves the sign fill
+                return E.binop("sar", x, E.select(in_range, k, Const(dt.bits - 1, dt)))
+            return E.select(in_range, E.binop("shl" if left else "shr", x, k), Const(0, dt))
+        return [compute(o.shape, scalar)]
+
+    return OpDef(name, "injective", infer, ref, lower, params=("a", "b"),
+                 vjp=lambda em, ins, outs, cts: [None, None],
+                 doc=f"Elementwise {name} (numpy.{ref.__name__}) of integers, with numpy broadcasting.",
+                 elementwise=True)
+
+
+def _bitwise_not_infer(ins):
+    (x,) = ins
+    return [TensorType(x.shape, numpy_result_dtype(np.invert, x.dtype))]
+
+
 # ----------------------------------------------------------------------------- where, cast, copy
 
 def _where_infer(ins):
@@ -188,6 +247,9 @@ _UNARY_VJP = {
     "floor": lambda em, x, y, g: g * 0.0,
     "ceil": lambda em, x, y, g: g * 0.0,
     "round": lambda em, x, y, g: g * 0.0,
+    "acos": lambda em, x, y, g: -g * em("rsqrt", 1.0 - x * x),
+    "asin": lambda em, x, y, g: g * em("rsqrt", 1.0 - x * x),
+    "atan": lambda em, x, y, g: g / (1.0 + x * x),
 }
 
 
@@ -255,6 +317,15 @@ def _with_vjp(op: OpDef, vjp) -> OpDef:
 OPS = [
     *[_with_vjp(_unary(n, r, s), _unary_vjp(n)) for n, (r, s) in _UNARY.items()],
     *[_with_vjp(_binary(n, r, s), _binary_vjp(n)) for n, (r, s) in _BINARY.items()],
+    _bitwise("bitwise_and", np.bitwise_and, "and", "bitand"),
+    _bitwise("bitwise_or", np.bitwise_or, "or", "bitor"),
+    _bitwise("bitwise_xor", np.bitwise_xor, "xor", "xor"),
+    OpDef("bitwise_not", "injective", _bitwise_not_infer, np.invert,
+          lambda ins, outs: [compute(outs[0].shape, lambda *i: E.call("not", cast(outs[0].dtype, ins[0][i])))],
+          vjp=lambda em, ins, outs, cts: [None], doc="Elementwise bitwise not (numpy.invert) of integers or bools.",
+          elementwise=True),
+    _shift("left_shift", np.left_shift, True),
+    _shift("right_shift", np.right_shift, False),
     OpDef("where", "injective", _where_infer, lambda c, a, b: np.where(c, a, b), _where_lower,
           params=("cond", "a", "b"), vjp=_where_vjp, doc="Select a where cond is true, else b (numpy broadcasting).",
           elementwise=True),
