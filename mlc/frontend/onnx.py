@@ -329,7 +329,8 @@ def _identity(n, x):
 def _dropout(n, x, ratio=None, training_mode=None):
     """Inference: the identity, and a mask of all true."""
     if training_mode is not None and _const(training_mode, "Dropout's training_mode").reshape(-1).any():
-        raise OnnxImportError("Dropout in training mode (random) is not supported")
+        if ratio is None or _const(ratio, "Dropout's ratio").reshape(-1)[0] != 0:   # ratio 0 drops nothing
+            raise OnnxImportError("Dropout in training mode (random) is not supported")
     if len(n.proto.output) < 2 or not n.proto.output[1]:
         return x
     return x, op("broadcast_to", np.array(True), shape=_shape(x))
@@ -354,10 +355,33 @@ def _mod(n, a, b):
     """fmod=0: the result takes the divisor's sign (Python's %); fmod=1: the dividend's (C fmod).
     Integers are computed exactly through float64 (|values| < 2**53)."""
     dt = a.dtype
+    if np.dtype(dt).kind == "f":
+        return _float_mod(a, b, n.flag("fmod", 0))
     fa, fb = (op("cast", a, dtype="float64"), op("cast", b, dtype="float64")) if np.dtype(dt).kind in "iu" else (a, b)
     q = op("div", fa, fb)
     q = op("floor", q) if not n.flag("fmod", 0) else op("where", op("less", q, 0.0), op("ceil", q), op("floor", q))
     return op("cast", op("sub", fa, op("mul", q, fb)), dtype=dt)
+
+
+def _float_mod(a, b, fmod: bool):
+    """C's fmod, or numpy's mod (fmod=0) built on it as numpy builds it: a nonzero
+    remainder of the other sign than b moves by b, a zero one takes b's sign. fmod(a, b)
+    is a - trunc(a/b)*b, and a itself where b is infinite and a finite. float16 computes
+    in float32, as numpy's does (a float16 quotient rounds to the wrong integer too often)."""
+    dt = np.dtype(a.dtype)
+    if dt == np.float16:
+        wide = (op("cast", v, dtype="float32") for v in (a, b))
+        return op("cast", _float_mod(*wide, fmod), dtype="float16")
+    q = op("div", a, b)
+    r = op("sub", a, op("mul", op("where", op("less", q, 0.0), op("ceil", q), op("floor", q)), b))
+    a_finite = op("equal", op("sub", a, a), 0.0)   # inf - inf and NaN - NaN are NaN
+    r = op("where", op("where", op("equal", op("abs", b), np.array(np.inf, dt)), a_finite, False), a, r)
+    if fmod:   # a zero remainder takes a's sign
+        return op("where", op("equal", r, 0.0), op("mul", a, 0.0), r)
+    b_neg = op("less", b, 0.0)
+    other_sign = op("where", b_neg, op("greater", r, 0.0), op("less", r, 0.0))
+    r = op("where", other_sign, op("add", r, b), r)
+    return op("where", op("equal", r, 0.0), op("where", b_neg, np.array(-0.0, dt), np.array(0.0, dt)), r)
 
 
 @converter("Sign")
