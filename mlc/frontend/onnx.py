@@ -436,6 +436,41 @@ def _bit_shift(n, x, k):
     return op("left_shift" if direction == "LEFT" else "right_shift", x, k)
 
 
+@converter("TensorScatter")
+def _tensor_scatter(n, past, update, write_indices=None):
+    """A KV-cache write: batch row b's update lands along ``axis`` from write_indices[b]
+    (wrapping around in circular mode). Each cache position reads the update row that
+    lands on it (s - w, mod the length when circular), or keeps the past value."""
+    shape, ushape = _shape(past), _shape(update)
+    rank = len(shape)
+    axis = _axis(n.attr("axis", -2), rank, "TensorScatter's axis")
+    mode = n.attr("mode", "linear")
+    if mode not in ("linear", "circular"):
+        raise OnnxImportError(f"TensorScatter's mode must be 'linear' or 'circular', got {mode!r}")
+    if axis == 0:
+        raise OnnxImportError("TensorScatter's axis must not be 0 (the batch axis)")
+    if len(ushape) != rank or any(u != p for k, (u, p) in enumerate(zip(ushape, shape)) if k != axis) \
+            or ushape[axis] > shape[axis]:
+        raise OnnxImportError(f"TensorScatter: update {list(ushape)} must have the cache's shape {list(shape)} "
+                              f"but along axis {axis}, at most as long")
+    batch, m, length = shape[0], shape[axis], ushape[axis]
+    w = np.zeros((batch,), np.int64) if write_indices is None else op("cast", write_indices, dtype="int64")
+    if _shape(w) != (batch,):
+        raise OnnxImportError(f"TensorScatter: write_indices has shape {list(_shape(w))}, the cache's batch is {batch}")
+    if mode == "circular":   # w mod m, exact through float64
+        wf = op("cast", w, dtype="float64")
+        w = op("cast", op("sub", wf, op("mul", op("floor", op("div", wf, float(m))), float(m))), dtype="int64")
+    j = op("sub", np.arange(m, dtype=np.int64)[None, :], op("reshape", w, shape=(batch, 1)))   # [batch, m]
+    if mode == "circular":
+        j = op("where", op("less", j, np.int64(0)), op("add", j, np.int64(m)), j)
+    valid = op("where", op("less", j, np.int64(0)), False, op("less", j, np.int64(length)))
+    along = tuple(batch if k == 0 else m if k == axis else 1 for k in range(rank))
+    idx = op("broadcast_to", op("reshape", op("where", valid, j, np.int64(0)), shape=along),
+             shape=tuple(shape[:axis]) + (m,) + tuple(ushape[axis + 1:]))
+    rows = op("gather_elements", update, idx, axis=axis)
+    return op("where", op("reshape", valid, shape=along), rows, past)
+
+
 @converter("Sinh", "Cosh")
 def _sinh_cosh(n, x):
     e, em = op("exp", x), op("exp", op("neg", x))
