@@ -813,6 +813,31 @@ def _gather(n, data, indices):
     return op("gather", data, indices, axis=n.attr("axis", 0))
 
 
+@converter("Compress")
+def _compress(n, x, condition):
+    """The slices of x where condition is true: the output's shape depends on the
+    condition's values, so it must be known at import time."""
+    cond = _const(condition, "Compress's condition").reshape(-1).astype(bool)
+    axis = n.attr("axis")
+    if axis is None:   # over the flattened input
+        x, axis = op("reshape", x, shape=(-1,)), 0
+    axis = _axis(axis, len(_shape(x)), "Compress's axis")
+    if cond.size > _shape(x)[axis]:
+        raise OnnxImportError(f"Compress's condition has {cond.size} entries, more than axis {axis}'s "
+                              f"{_shape(x)[axis]}")
+    return op("gather", x, np.nonzero(cond)[0].astype(np.int64), axis=axis)
+
+
+@converter("NonZero")
+def _nonzero(n, x):
+    """The indices of x's nonzero elements, [rank, count]: the count depends on x's
+    values, so x must be known at import time."""
+    v = _const(x, "NonZero's input")
+    if v.ndim == 0:
+        return np.zeros((0, int(v != 0)), np.int64)
+    return np.stack(np.nonzero(v)).astype(np.int64)
+
+
 @converter("GatherElements")
 def _gather_elements(n, data, indices):
     _check_indices(n, data, indices)

@@ -20,7 +20,7 @@ class MlcBackendRep(BackendRep):
     Inputs that decide shapes or attributes (an ``axes`` or ``shape`` tensor, a
     Clip bound, given as a graph input) cannot stay inputs of a statically shaped
     program: such a model is compiled at ``run``, specialized on the values of
-    its integer and one-element inputs and of float inputs that decide shapes
+    its integer, bool and one-element inputs and of float inputs that decide shapes
     (FLOAT_SHAPE_INPUTS: Resize's scales)."""
 
     def __init__(self, model, exe, output_names):
@@ -42,7 +42,7 @@ class MlcBackendRep(BackendRep):
         inputs = [np.asarray(inputs[n]) for n in self.input_names]
         exe, args = self.exe, inputs
         if exe is None:
-            fixed = {n: x for n, x in zip(self.input_names, inputs) if x.dtype.kind in "iu" or x.size <= 1
+            fixed = {n: x for n, x in zip(self.input_names, inputs) if x.dtype.kind in "iub" or x.size <= 1
                      or n in self._shape_deciding}
             key = tuple((n, x.dtype.str, x.shape, x.tobytes()) for n, x in fixed.items())
             exe = self._specialized.get(key)
