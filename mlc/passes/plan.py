@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from .. import ops
 from ..ir import expr as E
 from ..ir.graph import Node, Value
-from ..ir.loop import Func
+from ..ir.loop import Accumulate, Alloc, For, Func, If, Seq, Store
+from ..ir.stmt import walk_stmts
 from ..ir.plan import ALIGN, ControlCall, EntryCall, Frame, Slot
 from ..ir.tensor import Kernel, Placeholder, Reduce
 from ..ops.registry import MAX_NBYTES
@@ -170,8 +171,11 @@ def place_aliases(lowered: LoweredGraph, aliases: dict[int, int]) -> None:
             dropped.add(id(writer))   # the output is a copy of the input itself: already in place
             continue
         readers = [c for c in calls if c is not writer and inp in c.inputs]
-        reads_in_place = inp not in writer.inputs or any(
-            writer.inputs[i] is inp and writer.outputs[o] is out for i, o in in_place_pairs(writer.kernel))
+        # a kernel with a reduction may keep partial results in its output (a matrix product
+        # blocked along its reduction, a weight's update in the last block's epilogue): over
+        # the input it still has to read, only where it reads no reduction at all
+        reads_in_place = inp not in writer.inputs or (writer.kernel.kind == "injective" and any(
+            writer.inputs[i] is inp and writer.outputs[o] is out for i, o in in_place_pairs(writer.kernel)))
         if reads_in_place and not any(reaches(writer, r) for r in readers):
             after[id(writer)].update(id(r) for r in readers)
             continue
@@ -191,6 +195,31 @@ def place_aliases(lowered: LoweredGraph, aliases: dict[int, int]) -> None:
         else:
             raise RuntimeError("internal error: aliased outputs left a cycle in the kernel order")
     lowered.calls = order + late_copies
+
+
+def writes_after_reading(func: Func, out, inp) -> bool:
+    """Whether the scheduled ``func`` may write ``out`` over ``inp``: it never reads ``out``
+    back, and every store to ``out`` reads ``inp`` (the epilogue that consumes the input
+    element it overwrites). A schedule that keeps partial sums in its output (a matrix
+    product blocked along its reduction, the residual added in the last block) does not:
+    its partials would overwrite the input before the epilogue reads it."""
+    for st, _ in walk_stmts(func.body):
+        if isinstance(st, For):
+            exprs = [st.start, st.extent]
+        elif isinstance(st, (Store, Accumulate)):
+            if st.buffer is out and (isinstance(st, Accumulate) or not any(
+                    isinstance(x, E.Load) and x.source is inp for x in E.walk(st.value))):
+                return False
+            exprs = list(st.indices) + [st.value]
+        elif isinstance(st, If):
+            exprs = [st.cond]
+        elif isinstance(st, (Seq, Alloc)):
+            continue
+        else:   # warp-wide and extern statements: not judged, not shared
+            return False
+        if any(isinstance(x, E.Load) and x.source is out for e in exprs for x in E.walk(e)):
+            return False
+    return True
 
 
 def _release(arena: _Arena, scratch, call: KernelCall, t: int, where: dict, last_use: dict) -> None:
@@ -283,7 +312,8 @@ def plan_memory(lowered: LoweredGraph, funcs: list[Func | None], aliases: dict[i
         for i_idx, o_idx in in_place_pairs(call.kernel):
             v = call.inputs[i_idx]
             if (o_idx not in reuse and i_idx not in reuse.values() and v in where and last_use.get(v) == t
-                    and call.inputs.count(v) == 1 and call.outputs[o_idx] not in fixed):
+                    and call.inputs.count(v) == 1 and call.outputs[o_idx] not in fixed
+                    and writes_after_reading(func, func.outputs[o_idx], func.inputs[i_idx])):
                 reuse[o_idx] = i_idx
         outs = []
         for o_idx, v in enumerate(call.outputs):

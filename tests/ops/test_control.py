@@ -307,3 +307,10 @@ def test_loop_invariant_work_moves_before_the_loop():
     assert node.op == "while_loop" and len(node.inputs) == 1 + 2 + 2
     np.testing.assert_allclose(ops.run_reference(after, np.ones(3, F32), np.full(3, 2.0, F32))[0],
                                ops.run_reference(g, np.ones(3, F32), np.full(3, 2.0, F32))[0])
+
+
+def test_cuda_targets_refuse_control_flow_clearly(monkeypatch):
+    monkeypatch.setenv("MLC_CUDA_EMULATE", "1")   # the pipeline, without a device
+    with pytest.raises(NotImplementedError, match=r"scan \(kernel scan_0\) is not compiled for cuda targets yet.*"
+                                                  r"compile this model for a cpu target"):
+        mlc.compile(rnn, rand(4, 4), rand(4, 4), rand(2, 4), rand(3, 2, 4), target="cuda-sm90").ir("ptx")

@@ -89,3 +89,37 @@ def test_in_place_argument_passed_twice_is_refused():
     y = np.full(3, 2.0)
     assert exe(x, y) == 6.0
     np.testing.assert_array_equal(x, [3.0, 3.0, 3.0])
+
+
+def test_a_blocked_matrix_product_never_overwrites_what_it_still_reads():
+    """A product blocked along a long reduction keeps partial sums in its output before its
+    epilogue reads the input being updated (a weight's SGD step fused into its gradient's
+    product, a residual added to a product). Neither may share the input's memory then."""
+    r = np.random.default_rng(1)
+    x = r.standard_normal((1024, 64)).astype(np.float32)   # 1024 rows: the weight gradient's reduction
+    y = r.standard_normal((1024, 32)).astype(np.float32)
+    w0 = (r.standard_normal((64, 32)) * 0.1).astype(np.float32)
+
+    def step(w, x, y):
+        value, g = mlc.value_and_grad(lambda w: mlc.mean((x @ w - y) ** 2))(w)
+        return value, w - 0.1 * g
+    w = w0.copy()
+    mlc.compile(step, w, x, y, in_place=(0,))(w, x, y)
+    want = w0 - 0.1 * (2 * x.T @ (x @ w0 - y) / y.size)
+    np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-6)
+
+    # a residual added to a product with a 1024-long reduction, the residual dying there
+    # (BERT's feed-forward block: r + relu(r @ w1) @ w2, then a normalization)
+    x, w1, w2 = (r.standard_normal(s).astype(np.float32) for s in ((2, 64, 256), (256, 1024), (1024, 256)))
+    w1, w2 = w1 * 0.05, w2 * 0.05
+
+    def ffn(x, w1, w2):
+        res = mlc.softmax(x, axis=-1)
+        return mlc.softmax(res + mlc.relu(res @ w1) @ w2, axis=-1)
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    res = softmax(x.astype(np.float64))
+    want = softmax(res + np.maximum(res @ w1, 0) @ w2)
+    np.testing.assert_allclose(mlc.compile(ffn, x, w1, w2)(x, w1, w2), want, rtol=1e-4, atol=1e-7)
