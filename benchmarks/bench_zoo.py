@@ -2,9 +2,12 @@
 forward latency against ONNX Runtime (the PyTorch module of the same weights exported
 with torch.onnx) and one training step against PyTorch eager.
 
-    python benchmarks/bench_zoo.py [--repeat N] [--models lstm_lm,lstm,ncf,wide_deep]
+    python benchmarks/bench_zoo.py [--repeat N] [--models resnet18,resnet50,bert,lstm_lm,lstm,ncf,wide_deep]
 
 Models (float32, 2 threads everywhere):
+  resnet18   mlc.models.resnet18(1000) at 224x224, forward only: ONNX Runtime runs mlc's own
+  resnet50   ONNX export of the model (mlc.interop.onnx_export, the same weights and ops)
+  bert       mlc.models.bert(4 layers, hidden 256, 4 heads, vocab 8000), 64 tokens, forward only
   lstm_lm    mlc.models.lstm_lm(vocab=1000, hidden=256): token ids [batch, 35] -> logits
   lstm       mlc.nn.LSTM(128, 256, num_layers=2): [35, batch, 128] -> outputs and states
   ncf        mlc.models.ncf(1000 users, 2000 items, dim 32, mlp 64-32-16)
@@ -100,6 +103,36 @@ def cases(torch, batch: int, rng):
     }
 
 
+EXPORTED = {   # forward only, against ONNX Runtime on mlc's own export (no PyTorch module here)
+    "resnet18": (lambda: models.resnet18(1000), lambda rng, b: (rng.standard_normal((b, 3, 224, 224))
+                                                                 .astype(np.float32),)),
+    "resnet50": (lambda: models.resnet50(1000), lambda rng, b: (rng.standard_normal((b, 3, 224, 224))
+                                                                 .astype(np.float32),)),
+    "bert": (lambda: models.bert(4, 256, 4, 8000), lambda rng, b: (rng.integers(0, 8000, (b, 64)),)),
+}
+
+
+def exported_forward(name, args, ort, rng):
+    """Forward latency of a zoo model against ONNX Runtime on mlc's ONNX export of it."""
+    from mlc.interop.onnx_export import export
+    make, inputs = EXPORTED[name]
+    model = make()
+    params, state = model.init(seed=0)
+    fn = (lambda *x: model(params, *x, state=state)) if state else (lambda *x: model(params, *x))
+    for b in (1, 8):
+        xs = inputs(rng, b)
+        sess = ort_session(ort, export(fn, *xs).SerializeToString())
+        feeds = dict(zip([i.name for i in sess.get_inputs()], xs))
+        forward = mlc.jit(fn)
+        err = float(np.abs(forward(*xs) - sess.run(None, feeds)[0]).max())
+        pairs = []
+        for _ in range(args.repeat):
+            pairs.append((timed(lambda: forward(*xs), 3), timed(lambda: sess.run(None, feeds), 3)))
+        print(f"{name:<11}{f'forward b{b}':<14}{statistics.median(a for a, _ in pairs) * 1e3:>9.3f}"
+              f"{statistics.median(c for _, c in pairs) * 1e3:>9.3f}{ratio_of(pairs):>10.2f}  ONNX Runtime on "
+              f"mlc's export (max |diff| {err:.1e})")
+
+
 def params_of(name, model, module):
     if name == "lstm":   # an mlc.nn layer: PyTorch's state dict is its parameters
         return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
@@ -127,7 +160,7 @@ def ratio_of(pairs):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--models", default="lstm_lm,lstm,ncf,wide_deep")
+    ap.add_argument("--models", default="resnet18,resnet50,bert,lstm_lm,lstm,ncf,wide_deep")
     args = ap.parse_args(argv)
     prepare_openmp()
     import onnxruntime as ort
@@ -137,6 +170,9 @@ def main(argv=None):
     table = cases(torch, 32, rng)
     print(f"{'model':<11}{'work':<14}{'mlc ms':>9}{'peer ms':>9}{'mlc/peer':>10}  peer")
     for name in args.models.split(","):
+        if name in EXPORTED:
+            exported_forward(name, args, ort, rng)
+            continue
         model, module, inputs, loss_kind = table[name]
         module.eval()
         params = params_of(name, model, module)
