@@ -813,6 +813,39 @@ def _gather(n, data, indices):
     return op("gather", data, indices, axis=n.attr("axis", 0))
 
 
+@converter("Det")
+def _det(n, x):
+    """Determinants of the trailing square matrices, by Gaussian elimination with partial
+    pivoting (as LAPACK's LU, which numpy's det uses): the product of the pivots, its
+    sign flipped for each row swap. float16 is computed in float32."""
+    shape = _shape(x)
+    if len(shape) < 2 or shape[-1] != shape[-2]:
+        raise OnnxImportError(f"Det takes square matrices [..., n, n], got shape {list(shape)}")
+    dt = np.dtype(x.dtype)
+    a = op("cast", x, dtype="float32") if dt == np.float16 else x
+    size, batch, r = shape[-1], tuple(shape[:-2]), len(shape)
+    rows = np.arange(size)
+    det = np.ones((), np.dtype(a.dtype))
+    for c in range(size):
+        col = op("gather", a, np.array(c, np.int64), axis=r - 1)                          # [..., n]
+        p = op("argmax", op("where", rows >= c, op("abs", col), -1.0), axis=r - 2, keepdims=True)
+        is_p = op("equal", rows, p)                                                        # [..., n]
+        row_p = op("sum", op("where", op("reshape", is_p, shape=batch + (size, 1)), a, 0.0), axis=r - 2)
+        row_c = op("gather", a, np.array(c, np.int64), axis=r - 2)
+        a = op("where", (rows == c)[:, None], op("reshape", row_p, shape=batch + (1, size)),
+               op("where", op("reshape", is_p, shape=batch + (size, 1)), op("reshape", row_c, shape=batch + (1, size)),
+                  a))
+        pivot = op("gather", row_p, np.array(c, np.int64), axis=r - 2)                    # [...]
+        kept = op("reshape", op("equal", p, np.int64(c)), shape=batch)   # no row swap: the sign stays
+        det = op("mul", det, op("where", kept, pivot, op("neg", pivot)))
+        factor = op("div", op("gather", a, np.array(c, np.int64), axis=r - 1),
+                    op("reshape", op("where", op("equal", pivot, 0.0), 1.0, pivot), shape=batch + (1,)))
+        factor = op("where", rows > c, factor, 0.0)                                        # rows below the pivot
+        a = op("sub", a, op("mul", op("reshape", factor, shape=batch + (size, 1)),
+                                   op("reshape", row_p, shape=batch + (1, size))))
+    return op("cast", det, dtype=dt) if np.dtype(det.dtype) != dt else det
+
+
 @converter("Compress")
 def _compress(n, x, condition):
     """The slices of x where condition is true: the output's shape depends on the
