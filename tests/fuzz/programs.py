@@ -479,6 +479,16 @@ def matmul(p: Program):
     rng = p.rng
     if rng.random() < 0.08:   # big enough for the default schedule's cache blocks and packing, with tails
         dt = rng.choice([F32, F64])
+        if rng.random() < 0.4:   # a residual added to a blocked product, dying there and read by a
+            k = rng.choice([300, 520])   # reduction: the epilogue must not share memory with the partial
+            c = p.input((rng.choice([49, 67]), k), dt)   # sums
+            w = p.input((k, k), dt)
+            bound = k * 2.0 + 1
+            p.add([c, w], c.shape[:1], dt, bound, _round(dt, bound) * (2 * math.sqrt(k) + 4), False,
+                  lambda c, w: (np.tanh(c) + (np.tanh(c) * 0.5) @ w).max(axis=-1),
+                  lambda c, w: (mlc.tanh(c) + (mlc.tanh(c) * 0.5) @ w).max(axis=-1),
+                  f"max(tanh(c) + (tanh(c) * 0.5) @ w) {c.shape} @ {w.shape}", from_mul=True)
+            return
         a = p.input((rng.choice([49, 67]), rng.choice([300, 520])), dt)
         b = p.input((a.shape[1], rng.choice([17, 70])), dt)
         bound = a.shape[1] * 4.0
