@@ -2127,6 +2127,104 @@ _legacy(("Pad",), _legacy_pad)
 _legacy(("Tile",), _legacy_tile)
 
 
+# ----------------------------------------------------------------------------- sequences
+# A sequence whose length and positions are known at import time is a Python list of
+# values; each op on it builds a new list (ONNX sequences are values). A converter
+# returns it wrapped in a 1-tuple: a bare list would read as the node's outputs.
+
+def _seq(v, what: str) -> list:
+    if not isinstance(v, list):
+        raise OnnxImportError(f"{what} must be a sequence")
+    return v
+
+
+def _seq_position(seq: list, pos, what: str, insert: bool = False) -> int:
+    """A position in [-len, len) (or [-len, len] to insert), made non-negative; absent: the end."""
+    if pos is None:
+        return len(seq) if insert else len(seq) - 1
+    p, k = int(_const(pos, what).reshape(-1)[0]), len(seq)
+    if not -k <= p < k + insert:
+        raise OnnxImportError(f"{what} {p} is out of range for a sequence of {k} tensors")
+    return p + k if p < 0 else p
+
+
+@converter("SequenceConstruct")
+def _sequence_construct(n, *xs):
+    return (list(xs),)
+
+
+@converter("SequenceEmpty")
+def _sequence_empty(n):
+    return ([],)
+
+
+@converter("SequenceLength")
+def _sequence_length(n, seq):
+    return np.array(len(_seq(seq, "SequenceLength's input")), np.int64)
+
+
+@converter("SequenceAt")
+def _sequence_at(n, seq, pos):
+    s = _seq(seq, "SequenceAt's input")
+    if not s:
+        raise OnnxImportError("SequenceAt of an empty sequence")
+    return s[_seq_position(s, pos, "SequenceAt's position")]
+
+
+@converter("SequenceInsert")
+def _sequence_insert(n, seq, t, pos=None):
+    s = list(_seq(seq, "SequenceInsert's input"))
+    s.insert(_seq_position(s, pos, "SequenceInsert's position", insert=True), t)
+    return (s,)
+
+
+@converter("SequenceErase")
+def _sequence_erase(n, seq, pos=None):
+    s = list(_seq(seq, "SequenceErase's input"))
+    if not s:
+        raise OnnxImportError("SequenceErase of an empty sequence")
+    del s[_seq_position(s, pos, "SequenceErase's position")]
+    return (s,)
+
+
+@converter("ConcatFromSequence")
+def _concat_from_sequence(n, seq):
+    s = _seq(seq, "ConcatFromSequence's input")
+    if not s:
+        raise OnnxImportError("ConcatFromSequence of an empty sequence")
+    rank = len(_shape(s[0]))
+    if n.flag("new_axis", 0):   # stacked along a new axis, which may also be the last
+        axis = _axis(n.attr("axis"), rank + 1, "ConcatFromSequence's axis")
+        s = [op("expand_dims", x, axis=(axis,)) for x in s]
+    else:
+        axis = _axis(n.attr("axis"), rank, "ConcatFromSequence's axis")
+    return op("concatenate", list(s), axis=axis)
+
+
+@converter("SplitToSequence")
+def _split_to_sequence(n, x, split=None):
+    shape = _shape(x)
+    axis = _axis(n.attr("axis", 0), len(shape), "SplitToSequence's axis")
+    dim = shape[axis]
+    if split is None:   # pieces of 1, the axis kept or dropped
+        parts = [op("slice", x, begin=tuple(k if a == axis else 0 for a in range(len(shape))),
+                    end=tuple(k + 1 if a == axis else None for a in range(len(shape))),
+                    step=(1,) * len(shape)) for k in range(dim)]
+        return ([op("squeeze", p, axis=(axis,)) for p in parts] if not n.flag("keepdims", 1) else parts,)
+    sp = _const(split, "SplitToSequence's split")
+    if sp.ndim == 0:   # pieces of that length, the last one shorter
+        chunk = int(sp)
+        if chunk <= 0:
+            raise OnnxImportError(f"SplitToSequence's split must be positive, got {chunk}")
+        sizes = [chunk] * (dim // chunk) + ([dim % chunk] if dim % chunk else [])
+    else:
+        sizes = [int(v) for v in sp.reshape(-1)]
+        if any(v < 0 for v in sizes) or sum(sizes) != dim:
+            raise OnnxImportError(f"SplitToSequence's split {sizes} must be >= 0 and add up to {dim}")
+    outs = op("split", x, axis=axis, sizes=tuple(sizes))
+    return (list(outs) if isinstance(outs, tuple) else [outs],)
+
+
 # ----------------------------------------------------------------------------- ops ONNX defines as functions
 # ONNX defines some ops as a function of other ops (a body in the op's schema, or one
 # built for the node's attributes and input types). Those listed here import as their
@@ -2318,6 +2416,10 @@ def _check_input_types(label: str, schema, args) -> None:
         if a is None:
             continue
         formal = schema.inputs[min(k, len(schema.inputs) - 1)]
+        if isinstance(a, list):   # a sequence: where the op takes one (its converter checks what it holds)
+            if not any(t.startswith("seq(") for t in allowed.get(formal.type_str, [formal.type_str])):
+                raise OnnxImportError(f"{label}: input {k} ({formal.name}) is a sequence, which the op does not take")
+            continue
         t = _onnx_type(a.dtype)
         if t not in allowed.get(formal.type_str, [formal.type_str]):
             raise OnnxImportError(f"{label}: input {k} ({formal.name}) is a {t}, which the op does not take "
@@ -2439,6 +2541,10 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
         env.update({vi.name: t for vi, t in zip(inputs, tracers)})
         env[""] = None   # an omitted optional input
         run_nodes(graph, env, opset, schemas)
+        seqs = [o.name for o in graph.output if isinstance(env[o.name], list)]
+        if seqs:
+            raise OnnxImportError(f"graph output {seqs[0]!r} is a sequence; mlc imports sequences inside a graph, "
+                                  "its outputs must be tensors")
         return tuple(env[o.name] for o in graph.output)
 
     try:
