@@ -322,7 +322,7 @@ def _cast(n, x):
 
 @converter("Identity")
 def _identity(n, x):
-    return x
+    return (x,) if isinstance(x, list) else x   # a sequence (a list) would read as the node's outputs
 
 
 @converter("Dropout")
@@ -2474,13 +2474,19 @@ def run_nodes(graph, env, opset: int, schemas: list, where: str = "") -> None:
 
 
 def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None = None,
-              constant_inputs: dict | None = None) -> Graph:
+              constant_inputs: dict | None = None, sequence_inputs: dict | None = None) -> Graph:
     """Import an ONNX model (a path, bytes or onnx.ModelProto) as an mlc Graph.
 
     ``input_shapes`` gives shapes for inputs whose declared shape has symbolic
     dimensions (e.g. a batch dimension ``N``). ``constant_inputs`` binds graph inputs
     to values known now (inputs that decide shapes, such as axes or a target shape
-    passed as an input), which then leave the graph's signature."""
+    passed as an input), which then leave the graph's signature.
+
+    A sequence-typed input takes its tensors' (shape, dtype) pairs from
+    ``sequence_inputs`` ({name: [(shape, dtype), ...]}) and becomes one graph input per
+    tensor, named ``name_k``; a sequence output becomes one graph output per tensor.
+    ``graph.onnx_outputs`` then says how they group: (name, count) per ONNX output, the
+    count None for a tensor."""
     onnx = _onnx()
     model = load_model(model_or_path)
     graph = model.graph
@@ -2515,8 +2521,24 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
         weights[k] = np.asarray(v)
     inputs = data_inputs(graph, weights)
     input_shapes = dict(input_shapes or {})
-    types = []
+    seq_inputs = dict(sequence_inputs or {})
+    types, names, counts = [], [], []   # counts: per ONNX input, its tensors (None: a tensor input)
     for vi in inputs:
+        if vi.type.HasField("sequence_type"):
+            if vi.name not in seq_inputs:
+                raise OnnxImportError(f"input {vi.name!r} is a sequence; pass sequence_inputs={{{vi.name!r}: "
+                                      "[(shape, dtype), ...]} for the tensors it holds")
+            elems = list(seq_inputs.pop(vi.name))
+            for k, (shape, dt) in enumerate(elems):
+                try:
+                    types.append(TensorType(list(shape), np.dtype(dt)))
+                except (TypeError, ValueError) as e:
+                    raise OnnxImportError(f"input {vi.name!r}, tensor {k}: {e}") from None
+                names.append(f"{vi.name}_{k}")
+            counts.append(len(elems))
+            continue
+        counts.append(None)
+        names.append(vi.name)
         dims, dtype = _value_type(vi)
         if vi.name in input_shapes:
             dims = list(input_shapes.pop(vi.name))
@@ -2535,27 +2557,36 @@ def from_onnx(model_or_path, input_shapes: dict | None = None, name: str | None 
                                   "memory holds")
     if input_shapes:
         raise OnnxImportError(f"input_shapes names unknown inputs: {', '.join(input_shapes)}")
+    if seq_inputs:
+        raise OnnxImportError(f"sequence_inputs names unknown sequence inputs: {', '.join(seq_inputs)}")
+    out_counts: list = []
 
     def build(*tracers):
         env: dict = dict(weights)
-        env.update({vi.name: t for vi, t in zip(inputs, tracers)})
+        it = iter(tracers)
+        for vi, count in zip(inputs, counts):
+            env[vi.name] = next(it) if count is None else [next(it) for _ in range(count)]
         env[""] = None   # an omitted optional input
         run_nodes(graph, env, opset, schemas)
-        seqs = [o.name for o in graph.output if isinstance(env[o.name], list)]
-        if seqs:
-            raise OnnxImportError(f"graph output {seqs[0]!r} is a sequence; mlc imports sequences inside a graph, "
-                                  "its outputs must be tensors")
-        return tuple(env[o.name] for o in graph.output)
+        flat = []
+        for o in graph.output:
+            v = env[o.name]
+            out_counts.append(len(v) if isinstance(v, list) else None)
+            flat.extend(v if isinstance(v, list) else [v])
+        return tuple(flat)
 
     try:
-        g = trace_info(build, types, name=name or graph.name or "onnx_model",
-                       input_names=[vi.name for vi in inputs]).graph
+        g = trace_info(build, types, name=name or graph.name or "onnx_model", input_names=names).graph
     except TraceError as e:
         raise OnnxImportError(str(e)) from None
-    _check_declared_outputs(graph, g)
-    for vi, v in zip(graph.output, g.outputs):   # exported libraries and printouts name outputs as ONNX does
+    g.onnx_outputs = [(o.name, c) for o, c in zip(graph.output, out_counts)]
+    if all(c is None for c in out_counts):
+        _check_declared_outputs(graph, g)
+    out_names = [o.name if c is None else f"{o.name}_{k}" for o, c in zip(graph.output, out_counts)
+                 for k in range(1 if c is None else c)]
+    for n_, v in zip(out_names, g.outputs):   # exported libraries and printouts name outputs as ONNX does
         if v.name is None and v.producer is not None:
-            v.name = vi.name
+            v.name = n_
     return g
 
 

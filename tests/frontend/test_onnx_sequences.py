@@ -8,6 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mlc.driver import compile_graph
 from mlc.frontend.onnx import OnnxImportError, from_onnx
+from mlc.interop.onnx_backend import MlcBackend
 
 
 def build(nodes, inputs, outputs, inits=()):
@@ -64,12 +65,30 @@ def test_sequence_refusals_name_the_problem():
     m = build(nodes, [("x", [2])], [("y", TensorProto.FLOAT, [2])], [("p", i64(2))])
     with pytest.raises(OnnxImportError, match="SequenceAt's position 2 is out of range for a sequence of 2 tensors"):
         from_onnx(m)
-    m = build([helper.make_node("SplitToSequence", ["x"], ["s"])], [("x", [2])],
-              [("s", TensorProto.FLOAT, [1])])
-    m.graph.output[0].CopyFrom(helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, [1]))
-    with pytest.raises(OnnxImportError, match="graph output 's' is a sequence; mlc imports sequences inside a graph, "
-                                              "its outputs must be tensors"):
+    m = build([helper.make_node("SequenceInsert", ["s", "x"], ["t"])], [("x", [2])], [("t", TensorProto.FLOAT, [2])])
+    m.graph.input.append(helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, [2]))
+    with pytest.raises(OnnxImportError, match=r"input 's' is a sequence; pass sequence_inputs=\{'s': \[\(shape, "
+                                              r"dtype\), \.\.\.\]\} for the tensors it holds"):
         from_onnx(m)
+
+
+def test_sequence_inputs_and_outputs_through_the_backend():
+    """A sequence input becomes one graph input per tensor, a sequence output one graph
+    output per tensor; the ONNX backend takes and returns lists of arrays."""
+    nodes = [helper.make_node("SequenceInsert", ["s", "x"], ["t"]),
+             helper.make_node("SplitToSequence", ["x"], ["u"], axis=0),
+             helper.make_node("SequenceLength", ["t"], ["n"])]
+    m = build(nodes, [("x", [2])], [("n", TensorProto.INT64, [])])
+    m.graph.input.insert(0, helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, None))
+    m.graph.output.extend([helper.make_tensor_sequence_value_info("t", TensorProto.FLOAT, None),
+                           helper.make_tensor_sequence_value_info("u", TensorProto.FLOAT, None)])
+    g = from_onnx(m, sequence_inputs={"s": [((3,), np.float32), ((1,), np.float32)]})
+    assert [v.name for v in g.inputs] == ["s_0", "s_1", "x"]
+    assert g.onnx_outputs == [("n", None), ("t", 3), ("u", 2)] and len(g.outputs) == 6
+    a, b, x = np.arange(3, dtype=np.float32), np.array([7], np.float32), np.array([5, 6], np.float32)
+    n, t, u = MlcBackend.prepare(m).run([[a, b], x])
+    assert n == 3
+    assert [list(v) for v in t] == [[0, 1, 2], [7], [5, 6]] and [list(v) for v in u] == [[5], [6]]
 
 
 def test_a_sequence_where_a_tensor_is_taken_is_refused():
