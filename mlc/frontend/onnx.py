@@ -846,6 +846,37 @@ def _det(n, x):
     return op("cast", det, dtype=dt) if np.dtype(det.dtype) != dt else det
 
 
+@converter("MelWeightMatrix")
+def _mel_weight_matrix(n, num_mel_bins, dft_length, sample_rate, lower_edge_hertz, upper_edge_hertz):
+    """The [dft_length // 2 + 1, num_mel_bins] matrix of triangular mel filters, a constant
+    computed from its scalar parameters as ONNX's reference computes it."""
+    bins, length, rate = (int(_const(v, f"MelWeightMatrix's {w}").reshape(-1)[0])
+                          for v, w in ((num_mel_bins, "num_mel_bins"), (dft_length, "dft_length"),
+                                       (sample_rate, "sample_rate")))
+    lo, hi = (float(_const(v, "MelWeightMatrix's edge frequencies").reshape(-1)[0])
+              for v in (lower_edge_hertz, upper_edge_hertz))
+    if bins <= 0 or length <= 0 or rate <= 0:
+        raise OnnxImportError(f"MelWeightMatrix's num_mel_bins ({bins}), dft_length ({length}) and sample_rate "
+                              f"({rate}) must be positive")
+    spectrogram_bins = length // 2 + 1
+    lo_mel, hi_mel = (2595 * np.log1p(f / 700) / np.log(10) for f in (lo, hi))
+    mels = np.arange(bins + 2) * ((hi_mel - lo_mel) / (bins + 2)) + lo_mel
+    edges = (((length + 1) * (700 * np.expm1(mels / 2595 * np.log(10)))) // rate).astype(np.int64)
+    if edges.min() < 0 or edges.max() >= spectrogram_bins:
+        raise OnnxImportError(f"MelWeightMatrix's edge frequencies fall outside the {spectrogram_bins} spectrogram "
+                              "bins")
+    out = np.zeros((spectrogram_bins, bins))
+    for i in range(bins):
+        left, center, right = edges[i], edges[i + 1], edges[i + 2]
+        if center == left:
+            out[center, i] = 1
+        else:
+            out[left:center + 1, i] = (np.arange(left, center + 1) - left) / (center - left)
+        if right > center:
+            out[center:right, i] = (right - np.arange(center, right)) / (right - center)
+    return out.astype(_np_dtype(n.attr("output_datatype", 1), "MelWeightMatrix's output_datatype"))
+
+
 @converter("Compress")
 def _compress(n, x, condition):
     """The slices of x where condition is true: the output's shape depends on the
