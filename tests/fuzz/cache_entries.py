@@ -81,14 +81,16 @@ def fuzz(seed: int, iterations: int) -> FuzzResult:
         x = np.linspace(-1, 1, 33, dtype=np.float32)
         functions = [(lambda x: x + 1.0, x + 1), (lambda x: x * 10.0, x * 10), (lambda x: mlc.tanh(x), np.tanh(x))]
         compiled = {}
+        def entry_keys() -> set:   # every entry, whichever key-prefix folder it went to
+            return {n[:-2] for sub in os.listdir(folder) if os.path.isdir(os.path.join(folder, sub))
+                    for n in os.listdir(os.path.join(folder, sub)) if n.endswith(".o")}
         for fn, want in functions:
-            before = set(os.listdir(folder))
+            before = entry_keys()
             mlc.compile(fn, x)
-            (sub,) = set(os.listdir(folder)) - before or [None]
-            key = next(n[:-2] for n in os.listdir(os.path.join(folder, sub)) if n.endswith(".o")) if sub else None
-            if key is None or key in compiled:
-                raise RuntimeError("each function must write one new cache entry")
-            compiled[key] = (fn, want)
+            new = entry_keys() - before
+            if len(new) != 1 or next(iter(new)) in compiled:
+                raise RuntimeError(f"each function must write one new cache entry; {fn} wrote {len(new)}")
+            compiled[new.pop()] = (fn, want)
         code_entries = {}
         for key in compiled:
             with open(_entry_path(folder, key), "rb") as f:
