@@ -232,7 +232,7 @@ def run_ort(model, ins):
 
 
 def _pct(a: int, b: int) -> str:
-    return f"{100.0 * a / b:.1f}%" if b else "-"
+    return f"{100.0 * a / b:.2f}%" if b else "-"
 
 
 def main(argv=None):
