@@ -30,6 +30,7 @@ from .primitives import Schedule, replay
 
 PARALLEL_MIN_WORK = 1 << 15     # elementwise operations below which threads cost more than they give
 MICRO_ROWS = 6                  # extent from which an axis fills the register tile's rows
+GEMV_VECTORS = 12                # at most this many column vectors in a matrix-vector product's tile
 TRANSPOSE_TILE = 16              # elements per side of a transposition's tiles: a cache line of float32
 PACK_MIN_ROWS = 48              # rows that must share a cache block for blocking and packing to pay off
 
@@ -50,9 +51,20 @@ def default_knobs(kernel: Kernel, target: Target) -> dict:
     # accumulators + one row operand + one vector of the other fit the register file:
     # 16 vector registers on AVX2 and NEON -> 6 rows x 2 vectors; 32 on AVX-512 -> 8 x 3
     rows, vectors = (8, 3) if target.vector_bytes >= 64 else (6, 2)
+    if any(_one_row(c) for c in kernel.stages):
+        # a matrix-vector product (an RNN step at batch 1): one row of accumulators, so the
+        # tile takes as many column vectors as the registers hold (2v + 1 of 16 or 32), each
+        # row of the matrix read in longer contiguous runs
+        rows, vectors = 1, min(GEMV_VECTORS, ((32 if target.vector_bytes >= 64 else 16) - 1) // 2)
     return {"rows": rows, "vectors": vectors, "block_n": nc, "block_k": kc, "pack": 1,
             "parallel": 1 if target.cores > 1 else 0,
             "row_axis": 0, "lanes": lanes}
+
+
+def _one_row(c: Compute) -> bool:
+    """Whether ``c`` is a product whose register tile has one row: a vector times a matrix
+    ([1, k] @ [k, n]; a reduction to a vector of rank 1 keeps the rules' usual tile)."""
+    return c.is_reduction and len(c.shape) >= 2 and c.shape[_row_axis(c)] == 1
 
 
 def flat_offset(indices, shape) -> Expr:

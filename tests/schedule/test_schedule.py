@@ -70,3 +70,16 @@ def test_transposition_runs_in_square_tiles(target, lanes):
         np.testing.assert_array_equal(mlc.compile(lambda x: x.T, x)(x), x.T)
     small = mlc.compile(lambda x: x.T, rand((8, 5)), target=target).ir("loop")
     assert "ii" not in small   # too small to tile
+
+
+@pytest.mark.parametrize("target, width", [("znver3", 56), ("skylake-avx512", 192)])
+def test_a_vector_times_a_matrix_takes_a_wide_one_row_tile(target, width):
+    """One row of accumulators (an RNN step at batch 1): the tile takes as many column
+    vectors as the registers hold (7 of 8 lanes on AVX2, 12 of 16 on AVX-512), so each row
+    of the matrix is read in long contiguous runs; tails included (1000 = 17 * 56 + 48)."""
+    a, b = rand((1, 256)), rand((256, 1000), seed=1)
+    loops = mlc.compile(lambda a, b: a @ b, a, b, target=target).ir("loop")
+    assert f"alloc acc: f32[1,{width}] local" in loops
+    np.testing.assert_allclose(mlc.compile(lambda a, b: a @ b, a, b)(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    rows = mlc.compile(lambda a, b: a @ b, rand((8, 256)), b, target=target).ir("loop")
+    assert f"alloc acc: f32[1,{width}] local" not in rows   # several rows: the usual tile
