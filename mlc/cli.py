@@ -359,9 +359,12 @@ def _compile_for_file(graph, target, pm, db=None, profile: bool = False):
     from .driver import Compiled
     from .runtime.executable import Executable
     with codegen.LOCK:
-        c = Compiled(graph, target, pm, db=db, profile=profile)
-        # a cuda target's code is PTX (codegen.nvptx), whatever runs the compiled functions here
-        c.generate(gpu=target.kind == "cuda")
+        try:
+            c = Compiled(graph, target, pm, db=db, profile=profile)
+            # a cuda target's code is PTX (codegen.nvptx), whatever runs the compiled functions here
+            c.generate(gpu=target.kind == "cuda")
+        except NotImplementedError as e:   # a part of the model this target has no code for yet
+            raise SystemExit(f"mlc compile: {e}")
     st = c.stats()
     # the report reads only these three, none of which needs the code loaded
     report = Executable.memory_report(SimpleNamespace(stats=st, workspace_bytes=c.plan.workspace_bytes,

@@ -121,10 +121,11 @@ class Compiled:
             kernel = call.kernel
             if kernel.kind != "control":
                 continue
-            if self.target.kind == "cuda":
+            if self.target.kind == "cuda" and not emulating():
                 raise NotImplementedError(
                     f"{kernel.op} (kernel {kernel.name}) is not compiled for cuda targets yet: its loop runs in the "
-                    f"entry function, which GPU code does not have; compile this model for a cpu target")
+                    f"entry function, which GPU code does not have (MLC_CUDA_EMULATE=1 runs it on the CPU); compile "
+                    f"this model for a cpu target")
             frames[kernel.name] = []
             for attr, graph in kernel.bodies():
                 body = Compiled(graph, self.target, self.pm.for_body(f"{kernel.name}.{attr}"), db=db)
@@ -179,7 +180,7 @@ class Compiled:
         if self.emulated:   # the same calls, each running its function's emulation
             emulated = {id(f): emulate_gpu(f) for f in funcs}
             funcs = [emulated[id(f)] for f in funcs]
-            calls = [dataclasses.replace(c, func=emulated.get(id(c.func), c.func)) for c in calls]
+            calls = _with_funcs(calls, emulated)
         return codegen.Program(self.graph.name, funcs, calls, self.parallel, self.bounds_check,
                                self.plan.workspace_bytes, self.profile)
 
@@ -196,6 +197,12 @@ class Compiled:
             raise ValueError(f"IR level 'ptx' is for cuda targets; {self.target.name} is a {self.target.kind} "
                              "target (its assembly is level 'asm')")
         from .codegen.nvptx import build_gpu
+        control = next((c for c in self.plan.calls if isinstance(c, ControlCall)), None)
+        if control is not None:
+            raise NotImplementedError(
+                f"{control.op} (kernel {control.name}) has no GPU code yet: its loop runs in the entry function, "
+                f"which GPU code does not have (MLC_CUDA_EMULATE=1 runs it on the CPU); compile this model for a "
+                f"cpu target")
         program = codegen.Program(self.graph.name, list(self.funcs), self.plan.calls, False, self.bounds_check,
                                   self.plan.workspace_bytes)
         return build_gpu(program, self.target)
@@ -296,6 +303,19 @@ class Compiled:
         if level == "ptx":
             return self.ptx
         raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt, asm or ptx")
+
+
+def _with_funcs(calls: list, funcs: dict) -> list:
+    """The plan's calls with each function replaced by ``funcs[id(function)]`` where given,
+    control-flow bodies' calls included."""
+    out = []
+    for c in calls:
+        if isinstance(c, ControlCall):
+            frames = [dataclasses.replace(f, calls=_with_funcs(f.calls, funcs)) for f in c.frames]
+            out.append(dataclasses.replace(c, frames=frames))
+        else:
+            out.append(dataclasses.replace(c, func=funcs.get(id(c.func), c.func)))
+    return out
 
 
 def _stage_done(pm: PassManager, what: str) -> None:

@@ -245,3 +245,16 @@ def test_pytorch_exported_recurrent_models_import_and_match(kind, tmp_path):
     with torch.no_grad():
         want = m(x)
     np.testing.assert_allclose(got[0], want[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_mlc_compile_for_cuda_names_the_loop_it_cannot_generate(tmp_path):
+    import onnx
+    from mlc.cli import main
+    h = 4
+    node = helper.make_node("GRU", ["X", "W", "R"], ["Y"], hidden_size=h)
+    m = model([node], [vi("X", F, [3, 1, 2]), vi("W", F, [1, 3 * h, 2]), vi("R", F, [1, 3 * h, h])],
+              [vi("Y", F, None)])
+    onnx.save(m, str(tmp_path / "gru.onnx"))
+    with pytest.raises(SystemExit, match=r"mlc compile: scan \(kernel scan_\d+\) is not compiled for cuda targets "
+                                         r"yet.*compile this model for a cpu target"):
+        main(["compile", str(tmp_path / "gru.onnx"), "--target", "cuda-sm90", "-o", str(tmp_path / "gru.ptx")])

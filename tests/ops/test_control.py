@@ -309,8 +309,18 @@ def test_loop_invariant_work_moves_before_the_loop():
                                ops.run_reference(g, np.ones(3, F32), np.full(3, 2.0, F32))[0])
 
 
-def test_cuda_targets_refuse_control_flow_clearly(monkeypatch):
-    monkeypatch.setenv("MLC_CUDA_EMULATE", "1")   # the pipeline, without a device
-    with pytest.raises(NotImplementedError, match=r"scan \(kernel scan_0\) is not compiled for cuda targets yet.*"
+def test_gpu_schedules_of_loop_bodies_run_in_emulation_and_ptx_refuses_clearly(monkeypatch):
+    """A cuda compile schedules the bodies' kernels with the GPU rules; under
+    MLC_CUDA_EMULATE=1 they run (the loop in the CPU entry) and match numpy, while asking
+    for GPU code names what is missing."""
+    monkeypatch.setenv("MLC_CUDA_EMULATE", "1")
+    w, u, h0, xs = rand(4, 4), rand(4, 4), rand(2, 4), rand(6, 2, 4)
+    exe = mlc.compile(rnn, w, u, h0, xs, target="cuda-sm90")
+    assert "blockIdx" in exe.ir("loop")   # the bodies' kernels have GPU schedules
+    h, ys = exe(w, u, h0, xs)
+    want_h, want_ys = rnn_numpy(w, u, h0, xs)
+    np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ys, want_ys, rtol=1e-5, atol=1e-6)
+    with pytest.raises(NotImplementedError, match=r"scan \(kernel scan_0\) has no GPU code yet.*"
                                                   r"compile this model for a cpu target"):
-        mlc.compile(rnn, rand(4, 4), rand(4, 4), rand(2, 4), rand(3, 2, 4), target="cuda-sm90").ir("ptx")
+        exe.ir("ptx")
