@@ -123,9 +123,8 @@ def train(torch, name, case, args, rng):
     model, make, inputs, batch_size, loss_kind, _ = case
     module = make().train()
     params, state = weights_of(name, model, module)
-    xs = inputs(batch_size if name != "resnet18" else batch_size)
-    if name == "resnet18":
-        xs = (rng.standard_normal((batch_size, 3, 32, 32)).astype(np.float32),)
+    xs = (rng.standard_normal((batch_size, 3, 32, 32)).astype(np.float32),) if name == "resnet18" \
+        else inputs(batch_size)   # ResNet-18 trains on 32x32 images
     F = torch.nn.functional
     if loss_kind == "lm":
         vocab = 1000

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 
 class TreeDef:
     """The structure of a pytree without its leaves."""
@@ -135,17 +137,9 @@ def _extractor(treedef: TreeDef):
 
     emit(treedef, "v0")
     body = "\n    ".join(lines + [f"return [{', '.join(leaves)}]"])
-    namespace = {"is_leaf": _is_leaf, "ndarray": _ndarray(), **consts}
+    namespace = {"is_leaf": _is_leaf, "ndarray": np.ndarray, **consts}
     exec(f"def extract(v0):\n    {body}\n", namespace)   # the source is made of names and indices only
     return namespace["extract"]
-
-
-def _ndarray():
-    try:
-        import numpy
-        return numpy.ndarray
-    except ImportError:   # pytrees without numpy: every leaf takes the full check
-        return type(None)
 
 
 def flatten(tree: Any) -> tuple[list, TreeDef]:

@@ -97,29 +97,22 @@ def extract_tasks(graph, target: Target, opt_level: int = 2) -> list[Task]:
     tasks: dict[str, Task] = {}
 
     def visit(c: Compiled, weight: int) -> None:
-        trips = iter(_trip_counts(c))
+        bodies = iter(c.bodies)   # each control op's bodies, in call order (Compiled._compile_bodies)
         for call in c.lowered.calls:
             if call.kernel.kind == "collective":   # a runtime call: nothing to schedule
                 continue
             if call.kernel.kind == "control":   # its bodies' kernels, weighted by the steps they run
-                trip = next(trips)
+                trip = call.kernel.attrs.get("length", 1) or 1   # a while_loop's is unknown: once
                 for _ in call.kernel.bodies():
-                    visit(c.bodies.pop(0), weight * trip)
+                    visit(next(bodies), weight * trip)
                 continue
             key = workload_key(call.kernel, target)
             if key in tasks:
                 tasks[key].weight += weight
             else:
                 tasks[key] = Task(call.kernel.name, call.kernel, key, weight, search_space(call.kernel, target))
-    c.bodies = list(c.bodies)
     visit(c, 1)
     return list(tasks.values())
-
-
-def _trip_counts(c) -> list[int]:
-    """How many times each control-flow op of ``c`` runs its bodies per call, as far as
-    known before running: a scan its length, a while_loop (unknown) and a cond once."""
-    return [call.kernel.attrs.get("length", 1) or 1 for call in c.lowered.calls if call.kernel.kind == "control"]
 
 
 def search_space(kernel: Kernel, target: Target):
