@@ -567,6 +567,11 @@ def _end_to_end_check(graph, args) -> None:
               "machine?); tune longer on a quiet machine, or compile without --db")
 
 
+def cmd_serve(args) -> int:
+    from .serve import main as serve_main
+    return serve_main(args)
+
+
 def cmd_rpc_server(args) -> int:
     from .tune.rpc import main_rpc_server
     return main_rpc_server(args.port, args.host)
@@ -678,6 +683,39 @@ def main(argv=None) -> int:
     rpc.add_argument("--port", type=int, default=9190, help="port to listen on (default 9190)")
     rpc.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     rpc.set_defaults(func=cmd_rpc_server)
+    serve = sub.add_parser("serve", help="serve models over HTTP and gRPC (the Open Inference Protocol, KServe v2) "
+                                         "with dynamic batching and metrics (pip install 'mlc[serve]')")
+    serve.add_argument("models", nargs="*", metavar="MODEL", help="model files (.onnx, or a model library .so); "
+                                                                  "a model's name is its file's stem, its version 1")
+    serve.add_argument("--model-repository", metavar="DIR", help="serve DIR/<name>/<version>/model.onnx (or model.so); "
+                                                                 "DIR/<name>/config.json may set max_batch_size, "
+                                                                 "max_delay_ms and instances")
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    serve.add_argument("--http-port", type=int, default=8000, help="REST port (default 8000; 0 any free port, -1 off)")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 any, -1 off)")
+    serve.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics port (default 8002; "
+                                                                      "0 any, -1 off)")
+    serve.add_argument("--max-batch", type=int, default=8, help="rows one batch may hold (default 8); a model with "
+                                                                "a symbolic first dimension is compiled for 1, 2, 4, "
+                                                                "... up to it; 1 turns batching off")
+    serve.add_argument("--max-delay-ms", type=float, default=2.0, help="how long a request waits for others to "
+                                                                       "batch with (default 2)")
+    serve.add_argument("--instances", type=int, default=1, help="worker threads running each model (default 1)")
+    serve.add_argument("--max-request-bytes", type=int, default=64 << 20, help="largest request body or gRPC "
+                                                                                "message (default 64 MiB)")
+    serve.add_argument("--api-key", default=os.environ.get("MLC_SERVE_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' (gRPC: metadata authorization) on every request "
+                            "but the health checks (default: $MLC_SERVE_API_KEY; none: no auth)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS and gRPC over TLS with this certificate chain")
+    serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    serve.add_argument("--target", metavar="T", help="compile for this target (default host)")
+    serve.add_argument("--backend", choices=["mlc", "onnxruntime"], default="mlc",
+                       help="run ONNX models with mlc (default) or ONNX Runtime (a baseline for comparisons)")
+    serve.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long requests in flight "
+                                                                         "may take to finish (default 30)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help="the server's log level (debug: one line per request and per batch; default info)")
+    serve.set_defaults(func=cmd_serve)
     insp = sub.add_parser("inspect", help="show a model's fused kernels, as text or as a picture; or describe an "
                                           "exported model library (MODEL.so)")
     _add_compile_options(insp)
