@@ -102,13 +102,14 @@ def test_close_finishes_queued_requests_then_refuses():
 
 
 def test_server_batches_concurrent_requests(model_dir):
-    """Through the server: with a wide batching window, concurrent clients' requests
-    share batches (the batch-size metric sees batches of more than one row)."""
+    """Through the server (two instances of the model): with a wide batching window,
+    concurrent clients' requests share batches (the batch-size metric sees batches of
+    more than one row), and each client gets its own rows back."""
     from concurrent.futures import ThreadPoolExecutor
 
     from conftest import mlp_ref, start_server
     tg = pytest.importorskip("tritonclient.grpc", reason="the test talks to the server with tritonclient[grpc]")
-    s = start_server([model_dir["mlp"]], max_batch=8, max_delay_ms=200, http_port=-1)
+    s = start_server([model_dir["mlp"]], max_batch=8, max_delay_ms=200, instances=2, http_port=-1)
     try:
         def client(i):
             c = tg.InferenceServerClient(f"127.0.0.1:{s.ports['grpc']}")
