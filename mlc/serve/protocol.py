@@ -90,6 +90,12 @@ def from_json_data(name: str, datatype, shape, data) -> np.ndarray:
             raise ValueError("not booleans")
         if dt.kind in "iub" and arr.dtype.kind == "f":
             raise ValueError("not integers")
+        if dt.kind in "iu" and arr.size:
+            info = np.iinfo(dt)
+            lo, hi = arr.min(), arr.max()
+            if lo < info.min or hi > info.max:
+                raise InferError(f"input '{name}': value {lo if lo < info.min else hi} is out of {datatype}'s range "
+                                 f"[{info.min}, {info.max}]")
         arr = arr.astype(dt, copy=False)
     except (ValueError, TypeError, OverflowError):
         raise InferError(f"input '{name}': 'data' must hold {datatype} values" +
