@@ -194,3 +194,18 @@ def test_repository_rejects_two_files_with_one_name(tmp_path):
     b = shutil.copy(a, tmp_path / "b" / "mlp.onnx")
     with pytest.raises(LoadError, match="two models named 'mlp'"):
         Repository([a, str(b)])
+
+
+def test_names_mlc_sanitizes_are_served_as_the_model_spells_them(tmp_path):
+    """ONNX names such as 'data:0' (TensorFlow's exporters) reach the compiled code,
+    which holds them sanitized, in the right order."""
+    a = helper.make_tensor_value_info("data:0", TensorProto.FLOAT, ["N", 3])
+    b = helper.make_tensor_value_info("scale/1", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("out:0", TensorProto.FLOAT, ["N", 3])
+    g = helper.make_graph([helper.make_node("Sub", ["scale/1", "data:0"], ["out:0"])], "g", [a, b], [y])
+    p = tmp_path / "tf.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    m = load_onnx(str(p), "tf", "1", max_batch=2)
+    assert [s.name for s in m.inputs] == ["data:0", "scale/1"] and m.outputs[0].name == "out:0"
+    x, s = np.array([[1, 2, 3]], np.float32), np.array([[10, 20, 30]], np.float32)
+    np.testing.assert_array_equal(m.run([x, s], 1)[0], s - x)
