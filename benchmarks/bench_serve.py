@@ -75,20 +75,33 @@ def make_cnn(path: str) -> None:
 def start_server(model: str, extra: list[str]):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "mlc.serve", model, "--host", "127.0.0.1", "--http-port", "0",
-                          "--grpc-port", "-1", "--metrics-port", "-1", *extra],
+                          "--grpc-port", "-1", "--metrics-port", "0", *extra],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    port, seen = None, []
+    port, metrics, seen = None, None, []
     for line in p.stdout:
         seen.append(line)
-        m = re.search(r"HTTP http://[\d.]+:(\d+)", line)
+        m = re.search(r"HTTP http://[\d.]+:(\d+).*metrics http://[\d.]+:(\d+)", line)
         if m:
-            port = int(m.group(1))
+            port, metrics = int(m.group(1)), int(m.group(2))
         if "mlc serve: ready" in line:
-            return p, port
+            return p, port, metrics
         if "not ready" in line:
             break
     p.kill()
     raise SystemExit("the server did not start:\n" + "".join(seen))
+
+
+def batch_totals(metrics_port: int) -> tuple[float, float]:
+    """(rows run, batches run) so far, from the server's batch-size histogram."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    found = {}
+    for line in text.splitlines():
+        for key in ("sum", "count"):
+            if line.startswith(f'mlc_serve_batch_size_{key}{{model="cnn"}}'):
+                found[key] = float(line.split()[-1])
+    return found.get("sum", 0.0), found.get("count", 0.0)
 
 
 async def load(port: int, images: np.ndarray, want: np.ndarray, clients: int, seconds: float):
@@ -159,11 +172,14 @@ def main(argv=None) -> int:
           f"(batch dimension dynamic), one image per request, {os.cpu_count()} CPUs")
     rows = {}
     for name in names:
-        p, port = start_server(model, CONFIGS[name])
+        p, port, metrics = start_server(model, CONFIGS[name])
         try:
             if args.warmup > 0:
                 asyncio.run(load(port, images, want, args.clients, args.warmup))
+            rows0, batches0 = batch_totals(metrics)
             lat, errors, wall = asyncio.run(load(port, images, want, args.clients, args.seconds))
+            rows1, batches1 = batch_totals(metrics)
+            mean_batch = (rows1 - rows0) / max(1.0, batches1 - batches0)
         finally:
             p.send_signal(signal.SIGTERM)
             out, _ = p.communicate(timeout=120)
@@ -171,14 +187,15 @@ def main(argv=None) -> int:
                 print(out)
                 print(f"  the server of {name} exited {p.returncode}")
         n = len(lat)
-        rows[name] = (n / wall, *(np.percentile(lat, [50, 99]) * 1e3 if n else (float("nan"),) * 2), errors, n)
+        rows[name] = (n / wall, *(np.percentile(lat, [50, 99]) * 1e3 if n else (float("nan"),) * 2), errors, n,
+                      mean_batch)
         print(f"  {name:12s} {rows[name][0]:8.1f} req/s  p50 {rows[name][1]:7.2f} ms  p99 {rows[name][2]:7.2f} ms  "
-              f"errors {errors}  ({n} answered)", flush=True)
+              f"errors {errors}  ({n} answered, {mean_batch:.1f} rows per batch)", flush=True)
     print()
-    print("| configuration | requests/s | p50 ms | p99 ms | p99/p50 | errors | answered |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, (tput, p50, p99, errors, n) in rows.items():
-        print(f"| {name} | {tput:.1f} | {p50:.2f} | {p99:.2f} | {p99 / p50:.1f} | {errors} | {n} |")
+    print("| configuration | requests/s | p50 ms | p99 ms | p99/p50 | errors | answered | rows/batch |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, (tput, p50, p99, errors, n, mean_batch) in rows.items():
+        print(f"| {name} | {tput:.1f} | {p50:.2f} | {p99:.2f} | {p99 / p50:.1f} | {errors} | {n} | {mean_batch:.1f} |")
     for engine in ("mlc", "ort"):
         a, b = rows.get(f"{engine}-batch"), rows.get(f"{engine}-nobatch")
         if a and b:
