@@ -446,7 +446,7 @@ def compile_graph(graph: Graph, target="host", single_output: bool | None = None
         if key is not None:
             graph_cache.store(key, graph_cache.Entry(obj, list(c.lowered.param_data),
                                                      [v.type for v in c.lowered.outputs], c.plan.workspace_bytes,
-                                                     c.stats(), _loop_digest(c)))
+                                                     c.stats(), _loop_digest(c)), background=True)
     log.info("compiled @%s for %s: %d kernels in %.2f s (%s)", graph.name, target.name, len(c.funcs),
              sum(t for _, t in pm.timings), ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in pm.timings))
     return _executable(Executable, c, code, single_output, traced)

@@ -43,7 +43,8 @@ import llvmlite
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
-from ..ir.expr import BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, substitute, uses_var
+from ..ir.expr import (BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_atoms, linear_coefficient,
+                       structural_key, substitute, uses_var, walk)
 from ..ir.loop import GPU_KINDS, Alloc, Buffer, CallExtern, For, Func, If, Seq, Stmt, Store
 from ..ir.plan import ControlCall, Frame, entry_calls
 from ..ir.types import DType, float64
@@ -427,6 +428,8 @@ class FuncEmitter:
         self.env = dict(env)               # Var -> i64 value
         self.vec: tuple[Var, int] | None = None
         self.in_parallel = in_parallel
+        self._linear: dict = {}   # an access's index expressions -> its offset's linear form (_linear_offset)
+        self._sums: dict = {}     # (basic block, terms) -> their sum emitted in that block (_sum)
 
     # --------------------------------------------------------------- statements
     def stmt(self, s: Stmt) -> None:
@@ -509,7 +512,10 @@ class FuncEmitter:
                 raise ValueError(f"unrolled loop {s.var.name} needs a constant extent")
             start = self.expr(s.start)
             for k in range(s.extent.value):
-                self.env[s.var] = self.builder.add(start, ir.Constant(I64, k)) if k else start
+                if isinstance(start, ir.Constant):   # each copy's variable a constant its addresses fold
+                    self.env[s.var] = ir.Constant(I64, start.constant + k)
+                else:
+                    self.env[s.var] = self.builder.add(start, ir.Constant(I64, k)) if k else start
                 self.stmt(s.body)
             del self.env[s.var]
             return
@@ -580,31 +586,117 @@ class FuncEmitter:
         b.call(gomp, [outlined, data, ir.Constant(I32, 0), ir.Constant(I32, 0)])
 
     # --------------------------------------------------------------- memory
-    def _address(self, buf: Buffer, indices) -> tuple[Expr, int | None]:
-        """Flat element offset, and its stride along the vector lane (None: not affine)."""
+    def _linear_offset(self, buf: Buffer, indices):
+        """The flat element offset of ``buf[indices]`` as ([(atom, coefficient)], constant),
+        atoms being variables or non-linear subexpressions (``x // 7``); None when an index
+        is not a linear form. Memoized by the index expressions, which an unrolled body
+        shares across its copies."""
+        key = (id(buf), *map(id, indices))
+        hit = self._linear.get(key)
+        if hit is not None:
+            return hit[0]
+        terms: dict = {}
+        const, stride, lin = 0, 1, None
+        for i, n in zip(reversed(indices), reversed(buf.shape)):
+            form = linear_atoms(i)
+            if form is None:
+                break
+            for k, (atom, c) in form[0].items():
+                terms[k] = (atom, terms.get(k, (atom, 0))[1] + c * stride)
+            const += form[1] * stride
+            stride *= n
+        else:
+            lin = ([(atom, c) for atom, c in terms.values() if c], const)
+        self._linear[key] = (lin, indices)   # the indices kept alive: their ids stay theirs
+        return lin
+
+    def _sum(self, terms, const: int):
+        """sum(coefficient * atom) + const as an i64 (vector of i64 when an atom is one).
+        Atoms that are compile-time constants (an unrolled copy's variable) fold into
+        ``const``; the rest is summed once per basic block and reused, so the copies of an
+        unrolled body share their address arithmetic."""
+        b = self.builder
+        parts = []
+        for atom, c in terms:
+            v = self.env.get(atom) if isinstance(atom, Var) else None
+            if v is None:
+                v = self._atom(atom)
+            if isinstance(v, ir.Constant) and not isinstance(v.type, ir.VectorType):
+                const += c * v.constant
+            else:
+                parts.append((v, c))
+        total = None
+        for n in range(len(parts)):
+            key = (b.block, *((id(v), c) for v, c in parts[:n + 1]))
+            hit = self._sums.get(key)
+            if hit is None:
+                v, c = parts[n]
+                term = v if c == 1 else b.mul(v, self._like(v, c))
+                hit = term if total is None else b.add(*self._match(total, term))
+                self._sums[key] = hit
+            total = hit
+        if total is None:
+            return ir.Constant(I64, const)
+        return b.add(total, self._like(total, const)) if const else total
+
+    def _atom(self, atom: Expr):
+        """A non-linear atom's value, once per block and binding of its variables (each time
+        when it reads memory, which a store between two uses could change)."""
+        nodes = list(walk(atom))
+        if any(isinstance(x, Load) for x in nodes):
+            return self.expr(atom)
+        bound = tuple(id(self.env.get(x)) for x in nodes if isinstance(x, Var))   # an unrolled copy's own values
+        key = (self.builder.block, structural_key(atom), bound)
+        v = self._sums.get(key)
+        if v is None:
+            v = self._sums[key] = self.expr(atom)
+        return v
+
+    @staticmethod
+    def _like(v, c: int):
+        return ir.Constant(v.type, [c] * v.type.count) if isinstance(v.type, ir.VectorType) else ir.Constant(I64, c)
+
+    def _offsets(self, buf: Buffer, indices) -> tuple[list[tuple], int | None]:
+        """The access's pieces (first element offset, element count): one scalar, one
+        contiguous vector, or one per lane of a gather/scatter; and the offset's stride along
+        the vector lane (0: the same element in every lane, None: not affine in the lane)."""
+        lin = self._linear_offset(buf, indices)
+        var = self.vec[0] if self.vec is not None else None
+        if lin is None or (var is not None and any(a is not var and uses_var(a, var) for a, _ in lin[0])):
+            return self._offsets_of_expr(buf, indices)
+        terms, const = lin
+        stride = sum(c for a, c in terms if a is var) if var is not None else 0
+        rest = [(a, c) for a, c in terms if a is not var]
+        if stride == 0:
+            return [(self._sum(rest, const), 1)], 0
+        lanes = self.vec[1]
+        if stride == 1:
+            return [(self._sum(rest, const), lanes)], 1
+        base = self._sum(rest, const)
+        return [(self.builder.add(base, ir.Constant(I64, l * stride)) if l else base, 1) for l in range(lanes)], stride
+
+    def scalar_offset(self, buf: Buffer, indices) -> ir.Value:
+        """The flat element offset of ``buf[indices]`` outside any vector loop."""
+        if self.vec is not None:
+            raise ValueError(f"a scalar access to {buf.name} inside vector loop {self.vec[0].name}")
+        (off, _), = self._offsets(buf, indices)[0]
+        return off
+
+    def _offsets_of_expr(self, buf: Buffer, indices) -> tuple[list[tuple], int | None]:
+        """``_offsets`` for an index that is not a linear form: the expression emitted as it is."""
         off: Expr = Const(0)
         for i, n in zip(indices, buf.shape):
             off = off * n + i
         if self.vec is None or not uses_var(off, self.vec[0]):
-            return off, 0
-        return off, linear_coefficient(off, self.vec[0])
-
-    def _lane_offsets(self, off: Expr):
+            return [(self.expr(off), 1)], 0
         var, lanes = self.vec
-        return [self.expr(substitute(off, {var: Const(l)})) for l in range(lanes)]
+        stride = linear_coefficient(off, var)
+        if stride == 1:
+            return [(self.expr(substitute(off, {var: Const(0)})), lanes)], 1
+        return [(self.expr(substitute(off, {var: Const(l)})), 1) for l in range(lanes)], stride
 
     def _ptr(self, buf: Buffer, offset_value) -> ir.Value:
         return self.builder.gep(self.buffers[buf], [offset_value], source_etype=memory_type(buf.dtype))
-
-    def _offsets(self, off: Expr, stride) -> list[tuple]:
-        """The access's (first element offset, element count) pieces: one scalar, one
-        contiguous vector, or one per lane of a gather/scatter."""
-        if stride == 0:
-            return [(self.expr(off), 1)]
-        var, lanes = self.vec
-        if stride == 1:
-            return [(self.expr(substitute(off, {var: Const(0)})), lanes)]
-        return [(o, 1) for o in self._lane_offsets(off)]
 
     def _guarded(self, buf: Buffer, pieces, kind: int, access):
         """Run ``access()`` (which emits the load or store); under bounds checking only
@@ -644,8 +736,7 @@ class FuncEmitter:
             raise KeyError(f"buffer {buf.name} is not in scope")
         b = self.builder
         mt = memory_type(buf.dtype)
-        off, stride = self._address(buf, e.indices)
-        pieces = self._offsets(off, stride)
+        pieces, stride = self._offsets(buf, e.indices)
         align = buf.dtype.itemsize
 
         def access():
@@ -666,7 +757,7 @@ class FuncEmitter:
         buf = s.buffer
         b = self.builder
         value = self.expr(s.value)
-        off, stride = self._address(buf, s.indices)
+        pieces, stride = self._offsets(buf, s.indices)
         is_vec = isinstance(value.type, ir.VectorType)
         if buf.dtype.is_bool:
             value = b.zext(value, ir.VectorType(I8, value.type.count) if is_vec else I8)
@@ -674,7 +765,6 @@ class FuncEmitter:
             raise ValueError(f"store to {buf.name}: every vector lane writes the same element")
         if stride != 0 and not is_vec:
             value = self.splat(value, self.vec[1])
-        pieces = self._offsets(off, stride)
         align = buf.dtype.itemsize
 
         def access():

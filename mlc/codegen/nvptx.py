@@ -388,8 +388,7 @@ class GPUFuncEmitter(FuncEmitter):
                                   "reduces across its warps has whole warps (a multiple of 32 threads, or a power "
                                   "of two below 32)")
         b, buf, dt = self.builder, s.buffer, s.buffer.dtype
-        off, _ = self._address(buf, s.indices)
-        ptr = self._ptr(buf, self.expr(off))
+        ptr = self._ptr(buf, self.scalar_offset(buf, s.indices))
         v = b.load(ptr, typ=memory_type(dt))
         op = {"sum": "add", "prod": "mul", "max": "max", "min": "min"}[s.combiner]
         mask = ir.Constant(I32, 0xFFFFFFFF if width == 32 else (1 << width) - 1)
@@ -431,8 +430,7 @@ class GPUFuncEmitter(FuncEmitter):
         a_regs = [pair(s.a, b.add(a0, b.add(g, i64(8 * (j & 1)))), b.add(a1, b.add(c2, i64(8 * (j >> 1)))), False)
                   for j in range(4)]
         b_regs = [pair(s.b, b.add(b0, b.add(c2, i64(8 * j))), b.add(b1, g), True) for j in range(2)]
-        off, _ = self._address(s.acc, s.indices)
-        base = self.expr(off)
+        base = self.scalar_offset(s.acc, s.indices)
         f32 = ir.FloatType()
         ptrs = [self._ptr(s.acc, b.add(base, i64(q))) for q in range(4)]
         acc = [b.load(p, typ=f32) for p in ptrs]

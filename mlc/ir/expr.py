@@ -257,8 +257,8 @@ def affine_expr(coeffs: dict, const: int = 0) -> Expr:
 
 def affine(e: Expr):
     """({var: coefficient}, constant) for an affine integer expression, else None: the
-    linear form of ``_atoms`` when every atom is a variable."""
-    lin = _atoms(e)
+    linear form of ``linear_atoms`` when every atom is a variable."""
+    lin = linear_atoms(e)
     if lin is None or not all(isinstance(atom, Var) for atom, _ in lin[0].values()):
         return None
     return {atom: c for atom, c in lin[0].values() if c}, lin[1]
@@ -309,20 +309,20 @@ def simplify_int(e: Expr, ranges: dict) -> Expr:
                 return out
         out = binop(e.op, a, b) if (a is not e.a or b is not e.b) else e
         if e.op in ("add", "sub", "mul") and out.dtype is int64:
-            lin = _atoms(out)
+            lin = linear_atoms(out)
             if lin is not None:
                 return _from_atoms(*_merge_divmod(*lin))
         return out
     return simplify_index(e, ranges)
 
 
-def _atoms(e: Expr):
+def linear_atoms(e: Expr):
     """e as ({key: (atom, coefficient)}, constant): a linear combination of atoms
     (variables, or any non-linear subexpression such as x // 7), or None."""
     if isinstance(e, Const):
         return ({}, int(e.value)) if e.dtype.is_int else None
     if isinstance(e, BinOp) and e.op in ("add", "sub"):
-        x, y = _atoms(e.a), _atoms(e.b)
+        x, y = linear_atoms(e.a), linear_atoms(e.b)
         if x is None or y is None:
             return None
         sign = 1 if e.op == "add" else -1
@@ -332,14 +332,14 @@ def _atoms(e: Expr):
         return terms, x[1] + sign * y[1]
     if isinstance(e, BinOp) and e.op == "mul" and (isinstance(e.a, Const) or isinstance(e.b, Const)):
         k, other = (e.a.value, e.b) if isinstance(e.a, Const) else (e.b.value, e.a)
-        x = _atoms(other)
+        x = linear_atoms(other)
         if x is None:
             return None
         return {key: (atom, c * int(k)) for key, (atom, c) in x[0].items()}, x[1] * int(k)
-    return {_key(e): (e, 1)}, 0
+    return {structural_key(e): (e, 1)}, 0
 
 
-def _key(e: Expr):
+def structural_key(e: Expr):
     """A structural key: equal for equal expressions, variables by identity (two
     variables may share a name)."""
     if isinstance(e, Var):
@@ -347,15 +347,15 @@ def _key(e: Expr):
     if isinstance(e, Const):
         return ("const", e.value, e.dtype.name)
     if isinstance(e, Load):
-        return ("load", id(e.source), *(_key(i) for i in e.indices))
+        return ("load", id(e.source), *(structural_key(i) for i in e.indices))
     if isinstance(e, BinOp):
-        return (e.op, _key(e.a), _key(e.b))
+        return (e.op, structural_key(e.a), structural_key(e.b))
     if isinstance(e, Call):
-        return ("call", e.fn, *(_key(a) for a in e.args))
+        return ("call", e.fn, *(structural_key(a) for a in e.args))
     if isinstance(e, Select):
-        return ("select", _key(e.cond), _key(e.a), _key(e.b))
+        return ("select", structural_key(e.cond), structural_key(e.a), structural_key(e.b))
     if isinstance(e, Cast):
-        return ("cast", e.dtype.name, _key(e.value))
+        return ("cast", e.dtype.name, structural_key(e.value))
     return ("?", id(e))
 
 
@@ -373,13 +373,13 @@ def _merge_divmod(terms: dict, const: int):
         if key not in terms or not (isinstance(atom, BinOp) and atom.op == "floordiv" and isinstance(atom.b, Const)):
             continue
         a = int(atom.b.value)
-        mod_key = ("mod", _key(atom.a), _key(atom.b))
+        mod_key = ("mod", structural_key(atom.a), structural_key(atom.b))
         if mod_key in terms and c % a == 0 and terms[mod_key][1] * a == c and c:
             k = c // a
             del terms[key], terms[mod_key]
-            inner = _atoms(atom.a)
+            inner = linear_atoms(atom.a)
             if inner is None:
-                inner = ({_key(atom.a): (atom.a, 1)}, 0)
+                inner = ({structural_key(atom.a): (atom.a, 1)}, 0)
             for ik, (iatom, ic) in inner[0].items():
                 terms[ik] = (iatom, terms.get(ik, (iatom, 0))[1] + k * ic)
             const += k * inner[1]
@@ -426,7 +426,7 @@ def _simplify_divmod(op: str, a: Expr, f: int, ranges: dict) -> Expr | None:
     if op == "floordiv" and isinstance(a, BinOp) and a.op == "floordiv" and isinstance(a.b, Const) and a.b.value > 0:
         return _simplify_divmod("floordiv", a.a, int(a.b.value) * f, ranges) or binop(
             "floordiv", a.a, Const(int(a.b.value) * f))
-    lin = _atoms(a)
+    lin = linear_atoms(a)
     if lin is None:
         return None
     terms, c0 = lin

@@ -97,16 +97,24 @@ def load(key: str) -> bytes | None:
     return payload
 
 
-def store(key: str, payload: bytes) -> None:
+def store(key: str, payload) -> None:
+    """Write an entry; ``payload`` is bytes or a list of bytes-like pieces written one after
+    the other (a model's weights are then neither joined nor copied)."""
     path = _path(key)
     if path is None:
         return
+    pieces = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else list(payload)
+    h = hashlib.sha256(key.encode() + b"\0")
+    for piece in pieces:
+        h.update(piece)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + _checksum(key, payload) + payload)
+            f.write(MAGIC + h.digest())
+            for piece in pieces:
+                f.write(piece)
         os.replace(tmp, path)
-        log.debug("cache store %s (%d bytes)", key[:16], len(payload))
+        log.debug("cache store %s (%d bytes)", key[:16], sum(memoryview(p).nbytes for p in pieces))
     except OSError as e:   # a read-only or full disk costs the cache, not the compile
         warnings.warn(f"mlc could not write its cache entry {path}: {e}", RuntimeWarning)

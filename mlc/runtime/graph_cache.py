@@ -13,6 +13,7 @@ again; an entry whose checksum holds but that does not decode is compiled again 
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -100,6 +101,12 @@ _DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32
 def encode(entry: Entry) -> bytes:
     """The entry's bytes: magic, header length, JSON header, then each array and the
     object code at 64-byte aligned offsets of the data that follows the header."""
+    return b"".join(encode_pieces(entry))
+
+
+def encode_pieces(entry: Entry) -> list:
+    """``encode``'s bytes as pieces to write one after the other; the arrays' pieces are
+    views of their memory, not copies."""
     chunks, at, arrays = [], 0, []
     for p in entry.params:
         a = np.ascontiguousarray(p)
@@ -108,7 +115,7 @@ def encode(entry: Entry) -> bytes:
         if not a.dtype.isnative:
             a = a.astype(a.dtype.newbyteorder("="))
         arrays.append({"dtype": a.dtype.name, "shape": list(a.shape), "offset": at, "nbytes": a.nbytes})
-        chunks.append(a.tobytes())
+        chunks.append(memoryview(a.reshape(-1)).cast("B") if a.size else b"")
         at += a.nbytes
         chunks.append(bytes(-at % _ALIGN))
         at += -at % _ALIGN
@@ -119,7 +126,7 @@ def encode(entry: Entry) -> bytes:
     chunks.append(entry.object_code)
     header = json.dumps(meta).encode()
     header += b" " * (-(len(header) + _PREAMBLE.size) % _ALIGN)
-    return _PREAMBLE.pack(_MAGIC, len(header)) + header + b"".join(chunks)
+    return [_PREAMBLE.pack(_MAGIC, len(header)) + header, *chunks]
 
 
 def decode(blob: bytes) -> Entry:
@@ -163,6 +170,7 @@ def decode(blob: bytes) -> Entry:
 
 def load(key: str) -> Entry | None:
     """The entry stored under ``key``, or None (a miss, or a damaged entry: removed)."""
+    wait_for_stores()
     blob = cache.load(key)   # checks the entry's checksum against the key
     if blob is None:
         COUNTS["misses"] += 1
@@ -180,9 +188,34 @@ def load(key: str) -> Entry | None:
     return entry
 
 
-def store(key: str, entry: Entry) -> None:
+_PENDING: list[threading.Thread] = []   # stores still writing (store(background=True))
+_PENDING_LOCK = threading.Lock()
+
+
+def store(key: str, entry: Entry, background: bool = False) -> None:
+    """Store ``entry`` under ``key``. In the background, the write (hashing and writing the
+    constants, 100 MB for ResNet-50) overlaps the first call instead of delaying the
+    compile's return; the next ``load`` and the interpreter's exit wait for it."""
     try:
-        blob = encode(entry)
+        pieces = encode_pieces(entry)
     except ValueError:   # a constant this format does not hold: the graph compiles each time
         return
-    cache.store(key, blob)
+    if not background:
+        cache.store(key, pieces)
+        return
+    t = threading.Thread(target=cache.store, args=(key, pieces), name="mlc-cache-store", daemon=True)
+    with _PENDING_LOCK:
+        _PENDING.append(t)
+    t.start()
+
+
+def wait_for_stores() -> None:
+    """Return once every background store has written its entry."""
+    with _PENDING_LOCK:
+        pending = list(_PENDING)
+        _PENDING.clear()
+    for t in pending:
+        t.join()
+
+
+atexit.register(wait_for_stores)

@@ -139,3 +139,39 @@ def test_kernels_with_equal_loops_share_one_function():
     import dataclasses
     checked = codegen.source(dataclasses.replace(c.program, bounds_check=True), c.target)
     assert checked.count("define internal void @\"mlc_") == 2   # bounds errors name their own kernel
+
+
+def _body_instructions(llvm_ir: str, op: str) -> int:
+    return sum(1 for line in llvm_ir.splitlines() if f"= {op} i64" in line)
+
+
+def test_unrolled_copies_share_their_address_arithmetic():
+    """A register tile unrolled 8 x 4: every copy's address is the same sum of the loop
+    variables plus its own constant, so the i64 multiplies do not grow with the copies."""
+    def tile(rows, cols):
+        a = Buffer("a", [16, 64], float32)
+        out = Buffer("out", [16, 64], float32)
+        i, j, r, c, v = Var("i"), Var("j"), Var("r"), Var("c"), Var("v")
+        idx_i, idx_j = i * rows + r, j * (4 * cols) + c * 4 + v
+        body = For(r, rows, For(c, cols, For(v, 4, Store(out, [idx_i, idx_j], Load(a, [idx_i, idx_j]) * 3.0),
+                                              "vector"), "unroll"), "unroll")
+        return Func(f"tile{rows}x{cols}", [a], [out], For(i, 16 // rows, For(j, 64 // (4 * cols), body)))
+    x = np.arange(16 * 64, dtype=np.float32).reshape(16, 64)
+    counts = []
+    for rows, cols in ((1, 1), (8, 4)):
+        (got,), llvm_ir = run_func(tile(rows, cols), x, parallel=False)
+        np.testing.assert_array_equal(got, x * 3)
+        counts.append(_body_instructions(llvm_ir, "mul"))
+    assert counts[1] == counts[0], counts   # 32 copies, no more multiplies than one
+
+
+def test_unrolled_copies_keep_their_own_non_linear_indices():
+    # out[i, j] = a[i, j // 3] with j unrolled: j // 3 is an atom of each copy, not shared
+    a = Buffer("a", [4, 3], int32)
+    out = Buffer("out", [4, 9], int32)
+    i, j = Var("i"), Var("j")
+    f = Func("widen", [a], [out], For(i, 4, For(j, 9, Store(out, [i, j], Load(a, [i, E.binop("floordiv", j, Const(3))])),
+                                               "unroll")))
+    x = np.arange(12, dtype=np.int32).reshape(4, 3)
+    (got,), _ = run_func(f, x, parallel=False)
+    np.testing.assert_array_equal(got, np.repeat(x, 3, axis=1))
