@@ -5,8 +5,10 @@
 """Generated protocol buffer code (grpc_predict_v2.proto), then edited by hand in two places:
 the messages live in a private descriptor pool, not the default one, so that another copy of
 the same protocol (tritonclient's, KServe's) can be imported into the same process; and the
-gencode's runtime-version check is left out, so that any protobuf runtime >= 4.21 loads it
-(the builder API it uses has not changed since)."""
+gencode's runtime-version check (protobuf >= 7.35, the generator's own version) is left out,
+so that older runtimes, which have the builder API it uses, load it too (tested with 7.36).
+To regenerate: python -m grpc_tools.protoc -I mlc/serve --python_out=mlc/serve
+mlc/serve/grpc_predict_v2.proto, then make the same two edits."""
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import symbol_database as _symbol_database
