@@ -6,7 +6,7 @@
 the messages live in a private descriptor pool, not the default one, so that another copy of
 the same protocol (tritonclient's, KServe's) can be imported into the same process; and the
 gencode's runtime-version check (protobuf >= 7.35, the generator's own version) is left out,
-so that older runtimes, which have the builder API it uses, load it too (tested with 7.36).
+so that older runtimes, which have the builder API it uses, load it too (tested with 4.25, 5.29, 7.36).
 To regenerate: python -m grpc_tools.protoc -I mlc/serve --python_out=mlc/serve
 mlc/serve/grpc_predict_v2.proto, then make the same two edits."""
 from google.protobuf import descriptor as _descriptor
