@@ -145,3 +145,26 @@ def test_auth_and_message_limit(tmp_path):
         assert e.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     finally:
         s.stop()
+
+
+def test_generated_module_matches_the_proto(tmp_path):
+    """grpc_predict_v2_pb2 holds exactly what grpcio-tools makes of grpc_predict_v2.proto."""
+    protoc = pytest.importorskip("grpc_tools.protoc", reason="regenerating the messages needs grpcio-tools")
+    import importlib.util
+    import os
+
+    from mlc.serve import grpc_predict_v2_pb2 as pb
+    folder = os.path.dirname(pb.__file__)
+    assert protoc.main(["protoc", f"-I{folder}", f"--python_out={tmp_path}",
+                        os.path.join(folder, "grpc_predict_v2.proto")]) == 0
+    text = (tmp_path / "grpc_predict_v2_pb2.py").read_text()
+    start = text.index("AddSerializedFile(") + len("AddSerializedFile(")
+    fresh = eval(text[start:text.index(")\n", start)])   # the serialized FileDescriptorProto, a bytes literal
+    assert fresh == pb.DESCRIPTOR.serialized_pb
+    spec = importlib.util.find_spec("tritonclient.grpc.service_pb2")
+    if spec is not None:   # and Triton's copy of the protocol numbers its fields the same
+        from tritonclient.grpc import service_pb2 as triton
+        for name, mine in pb.DESCRIPTOR.message_types_by_name.items():
+            theirs = triton.DESCRIPTOR.message_types_by_name[name]
+            assert [(f.name, f.number, f.type) for f in mine.fields] == \
+                   [(f.name, f.number, f.type) for f in theirs.fields[:len(mine.fields)]], name
