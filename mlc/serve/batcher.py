@@ -47,6 +47,7 @@ class Batcher:
         self._queue: queue.Queue = queue.Queue()
         self._carry = None          # a request taken while gathering that did not fit the batch
         self._gather = threading.Lock()
+        self._count = threading.Lock()
         self._closed = False
         self._workers = [threading.Thread(target=self._work, name=f"mlc-serve-{model.name}-{i}", daemon=True)
                          for i in range(max(1, instances))]
@@ -144,8 +145,9 @@ class Batcher:
                 self.metrics.batch(model.name, rows, [t0 - p.t_enqueue for p in batch], time.perf_counter() - t0)
             return
         t1 = time.perf_counter()
-        self.batches += 1
-        self.requests += len(batch)
+        with self._count:
+            self.batches += 1
+            self.requests += len(batch)
         if self.metrics:
             self.metrics.batch(model.name, rows, [t0 - p.t_enqueue for p in batch], t1 - t0)
         log.debug("batch model=%s requests=%d rows=%d padded=%d run_ms=%.3f", model.name, len(batch), rows, size,

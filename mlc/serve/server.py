@@ -143,10 +143,9 @@ class Server:
         from aiohttp import web
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, port, ssl_context=tls)
-        await site.start()
+        await web.TCPSite(runner, self.config.host, port, ssl_context=tls).start()
         self._runners.append(runner)
-        return site._server.sockets[0].getsockname()[1]
+        return runner.addresses[-1][1]
 
     def _metrics_app(self, web):
         async def page(request):
