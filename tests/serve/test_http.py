@@ -275,3 +275,16 @@ def test_fixed_shape_model_is_not_batched(tmp_path):
         np.testing.assert_allclose(np.array(r["outputs"][0]["data"]).reshape(2, 5), mlp_ref(x, 0)[0], rtol=1e-5)
     finally:
         s.stop()
+
+
+def test_draining_server_is_unready_and_refuses_new_requests(server):
+    svc = server.server.service
+    svc.draining = True
+    try:
+        assert jhttp(server, "GET", "/v2/health/ready") == (503, {"ready": False})
+        assert jhttp(server, "GET", "/v2/health/live") == (200, {"live": True})
+        status, r = jhttp(server, "POST", "/v2/models/mlp/infer", _mlp_body())
+        assert status == 503 and r["error"] == "the server is shutting down"
+    finally:
+        svc.draining = False
+    assert jhttp(server, "POST", "/v2/models/mlp/infer", _mlp_body())[0] == 200
