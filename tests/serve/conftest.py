@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("aiohttp", reason="mlc serve needs aiohttp (pip install 'mlc[serve]')")
-pytest.importorskip("grpc", reason="mlc serve needs grpcio (pip install 'mlc[serve]')")
-pytest.importorskip("prometheus_client", reason="mlc serve needs prometheus-client (pip install 'mlc[serve]')")
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-import onnx  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+def require_serve_libraries():
+    """Skip the calling test module when the serve extra is not installed."""
+    for module, package in (("aiohttp", "aiohttp"), ("grpc", "grpcio"), ("prometheus_client", "prometheus-client")):
+        pytest.importorskip(module, reason=f"mlc serve needs {package} (pip install 'mlc[serve]')")
 
 RNG = np.random.default_rng(0)
 W1 = RNG.standard_normal((6, 5)).astype(np.float32)

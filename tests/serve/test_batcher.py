@@ -107,7 +107,8 @@ def test_server_batches_concurrent_requests(model_dir):
     more than one row), and each client gets its own rows back."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from conftest import mlp_ref, start_server
+    from conftest import mlp_ref, require_serve_libraries, start_server
+    require_serve_libraries()
     tg = pytest.importorskip("tritonclient.grpc", reason="the test talks to the server with tritonclient[grpc]")
     s = start_server([model_dir["mlp"]], max_batch=8, max_delay_ms=200, instances=2, http_port=-1)
     try:

@@ -16,7 +16,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import make_mlp, mlp_ref
+from conftest import make_mlp, mlp_ref, require_serve_libraries
+
+require_serve_libraries()
 
 import mlc.cli
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_mlp, mlp_ref, reference, start_server
+from conftest import make_mlp, mlp_ref, reference, start_server, require_serve_libraries
+
+require_serve_libraries()
 
 grpc = pytest.importorskip("grpc")
 tg = pytest.importorskip("tritonclient.grpc", reason="the tests talk to the server with tritonclient[grpc]")

@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import make_mlp, mlp_ref, reference, start_server
+from conftest import make_mlp, mlp_ref, reference, start_server, require_serve_libraries
+
+require_serve_libraries()
 
 
 def http(server, method, path, body=None, headers=None):

@@ -14,7 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import make_cnn, make_mlp, mlp_ref, reference, start_server
+from conftest import make_cnn, make_mlp, mlp_ref, reference, start_server, require_serve_libraries
+
+require_serve_libraries()
 from mlc.serve.models import LoadError, load_onnx
 
 
