@@ -208,7 +208,10 @@ def _describe(server: Server) -> str:
 
 async def _serve(config: ServeConfig) -> int:
     server = Server(config)
-    await server.start()
+    try:
+        await server.start()
+    except (OSError, RuntimeError) as e:   # a port taken, an address not here, a bad certificate
+        raise SystemExit(f"mlc serve: cannot start listening on {config.host}: {e}")
     print(f"mlc serve: listening: {_describe(server)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -88,3 +88,16 @@ def test_missing_libraries_name_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_aiohttp)
     with pytest.raises(SystemExit, match=r"mlc serve needs aiohttp: pip install 'mlc\[serve\]'"):
         mlc.cli.main(["serve", make_mlp(tmp_path / "mlp.onnx")])
+
+
+def test_a_port_in_use_is_an_error_not_a_traceback(tmp_path):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "mlc.serve", make_mlp(tmp_path / "mlp.onnx"), "--host", "127.0.0.1",
+                            "--http-port", str(port), "--grpc-port", "0", "--metrics-port", "0"],
+                           capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "mlc serve: cannot start listening on 127.0.0.1:" in p.stderr and "address already in use" in p.stderr
