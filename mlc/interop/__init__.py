@@ -2,3 +2,12 @@
 backend (``onnx.backend.base.Backend``), so ONNX's conformance suite and tools that
 drive a backend run models through mlc; ``onnx_export`` writes mlc graphs (a traced
 function, a zoo model with its weights) as ONNX models."""
+
+_LAZY = {"to_relax": "relax", "from_relax": "relax"}   # imported on first use: `import mlc` never imports tvm
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
