@@ -3,7 +3,8 @@ backend (``onnx.backend.base.Backend``), so ONNX's conformance suite and tools t
 drive a backend run models through mlc; ``onnx_export`` writes mlc graphs (a traced
 function, a zoo model with its weights) as ONNX models."""
 
-_LAZY = {"to_relax": "relax", "from_relax": "relax"}   # imported on first use: `import mlc` never imports tvm
+_LAZY = {"to_relax": "relax", "from_relax": "relax",   # imported on first use: `import mlc` never imports tvm
+         "to_mlir": "mlir", "from_mlir": "mlir_import"}   # nor xdsl
 
 
 def __getattr__(name):
