@@ -1,0 +1,123 @@
+"""The xDSL pieces the MLIR exporters and importer share: type conversion, affine maps,
+dense attributes, the parsing context, and upstream's ``linalg.pooling_nchw_sum``, which
+xDSL does not define. Imported only when MLIR exchange is used (the ``mlir`` extra)."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from xdsl.builder import Builder, ImplicitBuilder  # noqa: F401
+from xdsl.context import Context
+from xdsl.dialects import arith, bufferization, func, math, memref, scf, tensor, vector  # noqa: F401
+from xdsl.dialects import linalg as _linalg_dialect
+from xdsl.dialects.builtin import (  # noqa: F401
+    AffineMapAttr, ArrayAttr, BytesAttr, DenseArrayBase, DenseIntOrFPElementsAttr, Float16Type, Float32Type,
+    Float64Type, FloatAttr, IndexType, IntegerAttr, IntegerType, MemRefType, ModuleOp, TensorType, i64,
+)
+from xdsl.dialects.linalg import ops as linalg  # noqa: F401
+from xdsl.dialects.linalg.abstract_ops import PoolingOperation
+from xdsl.dialects.linalg.attrs import IteratorTypeAttr
+from xdsl.ir import Block, BlockArgument, Region, SSAValue  # noqa: F401
+from xdsl.ir.affine import AffineConstantExpr, AffineDimExpr, AffineExpr, AffineMap
+from xdsl.irdl import irdl_op_definition
+
+from ..ir import types as T
+
+
+@irdl_op_definition
+class PoolingNchwSumOp(PoolingOperation):
+    """Upstream's ``linalg.pooling_nchw_sum`` (sum pooling; average pooling divides after)."""
+
+    name = "linalg.pooling_nchw_sum"
+
+    @classmethod
+    def get_hidden_region(cls, inputs, outputs) -> Region:
+        arg_types = cls.body_arg_types((*inputs, *outputs))
+        add = arith.AddfOp if isinstance(arg_types[-1], (Float16Type, Float32Type, Float64Type)) else arith.AddiOp
+
+        @Builder.implicit_region(arg_types)
+        def hidden_region(args: tuple[BlockArgument, ...]) -> None:
+            linalg.YieldOp(add(args[1], args[0]))
+
+        return hidden_region
+
+    def get_default_indexing_maps(self):
+        n, c, oh, ow, kh, kw = (AffineDimExpr(d) for d in range(6))
+        sh, sw = self.strides.get_values()
+        dh, dw = self.dilations.get_values()
+        return (AffineMap(6, 0, (n, c, oh * sh + kh * dh, ow * sw + kw * dw)),
+                AffineMap(6, 0, (kh, kw)), AffineMap(6, 0, (n, c, oh, ow)))
+
+    ORDER: ClassVar = None
+
+
+_FLOATS = {16: Float16Type, 32: Float32Type, 64: Float64Type}
+
+
+def elem_type(dt: T.DType):
+    if dt.is_float:
+        return _FLOATS[dt.bits]()
+    if dt.is_bool:
+        return IntegerType(1)
+    return IntegerType(dt.bits)
+
+
+def tensor_type(dt: T.DType, shape):
+    return TensorType(elem_type(dt), list(shape))
+
+
+def memref_type(dt: T.DType, shape):
+    return MemRefType(elem_type(dt), list(shape))
+
+
+def expr(r) -> AffineExpr:
+    """An indexing-map result: a loop index (int), the constant 0 (None), or an AffineExpr."""
+    if r is None:
+        return AffineConstantExpr(0)
+    if isinstance(r, int):
+        return AffineDimExpr(r)
+    return r
+
+
+def d(i: int) -> AffineExpr:
+    return AffineDimExpr(i)
+
+
+def affine_map(n: int, results) -> AffineMapAttr:
+    return AffineMapAttr(AffineMap(n, 0, tuple(results)))
+
+
+def parallel():
+    return IteratorTypeAttr.parallel()
+
+
+def reduction():
+    return IteratorTypeAttr.reduction()
+
+
+def dense(value: np.ndarray, ty):
+    """A dense elements attribute holding ``value``'s bytes (little-endian, C order)."""
+    value = np.asarray(value)
+    if value.dtype == np.bool_:
+        return DenseIntOrFPElementsAttr.from_list(ty, [int(v) for v in value.reshape(-1)])
+    data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+    return DenseIntOrFPElementsAttr(ty, BytesAttr(data))
+
+
+def dense_i64(values):
+    return DenseIntOrFPElementsAttr.from_list(TensorType(i64, [len(values)]), list(values))
+
+
+def reassoc(groups):
+    return ArrayAttr([ArrayAttr([IntegerAttr(i, i64) for i in g]) for g in groups])
+
+
+def context() -> Context:
+    """A context with every dialect the importer reads (and mlc's extra linalg op)."""
+    from xdsl.dialects.builtin import Builtin
+    ctx = Context(allow_unregistered=True)
+    for dialect in (Builtin, func.Func, arith.Arith, math.Math, tensor.Tensor, _linalg_dialect.Linalg,
+                    bufferization.Bufferization, memref.MemRef, scf.Scf):
+        ctx.load_dialect(dialect)
+    ctx.load_op(PoolingNchwSumOp)
+    return ctx
