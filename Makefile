@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: demo test bench fuzz clean
+.PHONY: demo test bench fuzz docs clean
 demo: $(STAMP)
 	$(VENV)/bin/mlc demo
 
@@ -24,8 +24,13 @@ test: $(STAMP)
 fuzz: $(STAMP)
 	cd tests && ../$(PY) -m fuzz --iterations 2000
 
+# the documentation site into site/ (mkdocs.yml; docs/gen_ref.py generates the reference pages)
+docs: $(STAMP)
+	$(PY) -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || $(PY) -m pip install --quiet -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_spine.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
