@@ -15,7 +15,7 @@ from xdsl.dialects.builtin import (  # noqa: F401
     Float64Type, FloatAttr, IndexType, IntegerAttr, IntegerType, MemRefType, ModuleOp, TensorType, i64,
 )
 from xdsl.dialects.linalg import ops as linalg  # noqa: F401
-from xdsl.dialects.linalg.abstract_ops import PoolingOperation
+from xdsl.dialects.linalg.abstract_ops import NamedOperation, PoolingOperation
 from xdsl.dialects.linalg.attrs import IteratorTypeAttr
 from xdsl.ir import Block, BlockArgument, Region, SSAValue  # noqa: F401
 from xdsl.ir.affine import AffineConstantExpr, AffineDimExpr, AffineExpr, AffineMap
@@ -120,4 +120,32 @@ def context() -> Context:
                     bufferization.Bufferization, memref.MemRef, scf.Scf):
         ctx.load_dialect(dialect)
     ctx.load_op(PoolingNchwSumOp)
+    ctx.load_op(BatchMatmulOp)
     return ctx
+
+
+@irdl_op_definition
+class BatchMatmulOp(NamedOperation):
+    """Upstream's ``linalg.batch_matmul`` (C[b] += A[b] @ B[b]), which xDSL does not define."""
+
+    name = "linalg.batch_matmul"
+
+    PRINT_ATTRS_IN_FRONT: ClassVar[bool] = True
+
+    def __init__(self, inputs, outputs=(), res=None, attributes=None):
+        super().__init__(ins=inputs, outs=outputs, result_types=[o.type for o in outputs] if res is None else res,
+                         attributes=attributes, hidden_region=self.get_hidden_region(inputs, outputs))
+
+    @classmethod
+    def get_hidden_region(cls, inputs, outputs) -> Region:
+        return linalg.MatmulOp.get_hidden_region.__func__(cls, inputs, outputs)
+
+    def get_default_indexing_maps(self):
+        b, i, j, k = (AffineDimExpr(d) for d in range(4))
+        return (AffineMap(4, 0, (b, i, k)), AffineMap(4, 0, (b, k, j)), AffineMap(4, 0, (b, i, j)))
+
+    def get_indexing_maps(self):
+        return ArrayAttr([AffineMapAttr(m) for m in self.get_default_indexing_maps()])
+
+    def get_iterator_types(self):
+        return ArrayAttr([parallel(), parallel(), parallel(), reduction()])

@@ -11,11 +11,7 @@ from mlc.interop.mlir import MlirExportError, build_module, print_module, to_mli
 
 import mlir_tools as mt  # noqa: E402
 
-rng = np.random.default_rng(0)
-
-
-def f32(*shape, lo=-1.0, hi=1.0):
-    return rng.uniform(lo, hi, shape).astype(np.float32)
+from mlir_cases import CASES, f32  # noqa: E402
 
 
 def check(fn, *args, rtol=2e-4, atol=2e-5):
@@ -30,36 +26,6 @@ def check(fn, *args, rtol=2e-4, atol=2e-5):
     for gv, wv in zip(got, want):
         np.testing.assert_allclose(gv, wv, rtol=rtol, atol=atol)
     return text
-
-
-CASES = {
-    "binary_broadcast": (lambda a, b: (a + b) * (a - b) / (b * b + 1.0), f32(3, 4), f32(4)),
-    "max_min_pow": (lambda a, b: mlc.maximum(a, b) + mlc.minimum(a, b) + mlc.pow(mlc.abs(a) + 0.5, b),
-                    f32(2, 3, 4), f32(3, 1)),
-    "unary": (lambda a: mlc.exp(a) + mlc.log(mlc.abs(a) + 1.0) + mlc.tanh(a) + mlc.sqrt(mlc.abs(a))
-              + mlc.rsqrt(mlc.abs(a) + 1.0) + mlc.sin(a) + mlc.cos(a) + mlc.floor(a * 3) + mlc.ceil(a * 3)
-              - a, f32(5, 6)),
-    "activations": (lambda a: mlc.relu(a) + mlc.sigmoid(a) + mlc.gelu(a) + mlc.gelu(a, approximate="tanh")
-                    + mlc.leaky_relu(a, 0.2) + mlc.elu(a) + mlc.softplus(a) + mlc.erf(a), f32(4, 7, lo=-3, hi=3)),
-    "where_compare": (lambda a, b: mlc.where(a < b, a, b * 2.0) + mlc.where(a > 0.0, 1.0, 0.0), f32(4, 5), f32(5)),
-    "reductions": (lambda a: (mlc.sum(a, axis=1), mlc.mean(a, axis=(0, 2), keepdims=True), mlc.max(a),
-                              mlc.min(a, axis=-1)), f32(3, 4, 5)),
-    "softmax": (lambda a: mlc.softmax(a, axis=-1) + mlc.log_softmax(a, axis=0), f32(4, 6)),
-    "matmul_2d": (lambda a, b: a @ b, f32(5, 7), f32(7, 3)),
-    "matmul_batched": (lambda a, b: a @ b, f32(2, 5, 7), f32(7, 3)),
-    "matmul_vector": (lambda a, b: a @ b, f32(7), f32(2, 7, 3)),
-    "conv": (lambda x, w: mlc.conv(x, w, strides=(2, 1), pads=(1, 2, 1, 0)), f32(1, 3, 9, 8), f32(4, 3, 3, 3)),
-    "conv_grouped": (lambda x, w: mlc.conv(x, w, pads=(1, 1, 1, 1), group=3), f32(2, 6, 5, 5), f32(6, 2, 3, 3)),
-    "max_pool": (lambda x: mlc.max_pool(x, kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), f32(1, 2, 7, 7)),
-    "avg_pool": (lambda x: mlc.avg_pool(x, kernel_shape=(2, 2), strides=(2, 2)), f32(2, 3, 6, 6)),
-    "avg_pool_padded": (lambda x: mlc.avg_pool(x, kernel_shape=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1)),
-                        f32(1, 2, 5, 5)),
-    "shapes": (lambda a: mlc.reshape(mlc.transpose(a, (2, 0, 1)), (4, 6)) + 1.0, f32(2, 3, 4)),
-    "broadcast_slice_concat": (lambda a, b: mlc.concatenate([mlc.broadcast_to(b, (3, 4)), a[1:, ::2]], axis=0),
-                               f32(3, 8), f32(1, 4)),
-    "layer_norm": (lambda x, s, b: mlc.layer_norm(x, s, b, axis=-1), f32(3, 8), f32(8), f32(8)),
-    "constant": (lambda a: a * np.arange(12, dtype=np.float32).reshape(3, 4) + np.float32(2.0), f32(3, 4)),
-}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
