@@ -12,7 +12,8 @@ from xdsl.dialects import arith, bufferization, func, math, memref, scf, tensor,
 from xdsl.dialects import linalg as _linalg_dialect
 from xdsl.dialects.builtin import (  # noqa: F401
     AffineMapAttr, ArrayAttr, BytesAttr, DenseArrayBase, DenseIntOrFPElementsAttr, Float16Type, Float32Type,
-    Float64Type, FloatAttr, IndexType, IntegerAttr, IntegerType, MemRefType, ModuleOp, TensorType, i64,
+    Float64Type, FloatAttr, IndexType, IntegerAttr, IntegerType, MemRefType, ModuleOp, StringAttr, TensorType,
+    UnitAttr, i64,
 )
 from xdsl.dialects.linalg import ops as linalg  # noqa: F401
 from xdsl.dialects.linalg.abstract_ops import NamedOperation, PoolingOperation
