@@ -469,6 +469,9 @@ class _Exporter:
         if p.rank == 2 and q.rank == 2:
             init = self.filled(oshape, dt, 0)
             return _T(x.linalg.MatmulOp([p.v, q.v], [init]).results[0], oshape, dt)
+        if p.rank == 3 and q.rank == 3 and p.shape[0] == q.shape[0]:
+            init = self.filled(oshape, dt, 0)
+            return _T(x.BatchMatmulOp([p.v, q.v], [init]).results[0], oshape, dt)
         # numpy matmul: 1-D operands gain (and lose) a unit axis; batch axes broadcast
         pr, qr = max(p.rank, 2), max(q.rank, 2)
         pv = self.reshape(p, (1,) + p.shape) if p.rank == 1 else p

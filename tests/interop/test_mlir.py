@@ -39,6 +39,7 @@ def test_named_ops_appear():
     assert "linalg.conv_2d_nchw_fchw" in text and "linalg.pooling_nchw_max" in text
     text = to_mlir(lambda a, b: a @ b, f32(2, 3), f32(3, 4))
     assert "linalg.matmul" in text and "func.func @" in text
+    assert "linalg.batch_matmul" in to_mlir(lambda a, b: a @ b, f32(2, 2, 3), f32(2, 3, 4))
 
 
 @pytest.mark.parametrize("name", ["mlp", "gelu"])
