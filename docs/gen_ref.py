@@ -592,13 +592,13 @@ def c_api_page() -> str:
     out += ["", "## Functions", ""]
     # a function: optional comment block(s) just above, then MLC_API ... ;
     pending = []
-    for chunk in re.finditer(r"/\*(.*?)\*/|(MLC_API[^;]*;)|\n\s*\n", body, re.S):
+    for chunk in re.finditer(r"/\*(.*?)\*/|(?m:^(MLC_API[^;]*;))|\n\s*\n", body, re.S):
         if chunk.group(1) is not None:
             pending.append(" ".join(ln.strip().lstrip("*").strip() for ln in chunk.group(1).splitlines()).strip())
         elif chunk.group(2):
             decl = " ".join(chunk.group(2).split()).replace("MLC_API ", "")
             fname = re.search(r"(\w+)\s*\(", decl).group(1)
-            out += [f"### `{fname}`", "", "```c", decl, "```", ""]
+            out += [f"### `{fname}` {{ #{fname} }}", "", "```c", decl, "```", ""]
             if pending:
                 out += [" ".join(pending), ""]
             pending = []
@@ -638,18 +638,78 @@ def tutorial_title(fname: str) -> str:
     return first.split(":", 1)[1].strip() if first.lower().startswith("tutorial") and ":" in first else first
 
 
-def tutorial_page(fname: str) -> str:
+RUN_TUTORIALS = "MLC_DOCS_RUN_TUTORIALS"   # =1: run each tutorial at build time, show its output and pictures
+
+
+def run_tutorial(fname: str) -> tuple[str, dict[str, bytes]]:
+    """Run a tutorial as a user would; its output and the pictures it writes (.png in its
+    --out folder, for the tutorials that take one)."""
+    import subprocess
+    import tempfile
+    path = os.path.join(ROOT, "tutorials", fname)
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, path] + (["--out", out] if "--out" in open(path).read() else [])
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=out,
+                           env=dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="Agg"))
+        text = r.stdout + (f"\n(exit status {r.returncode})\n{r.stderr[-2000:]}" if r.returncode else "")
+        pics = {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out)) if f.endswith(".png")}
+    return text, pics
+
+
+def tutorial_pictures(fname: str) -> tuple[dict[str, bytes], list[str]]:
+    """Pictures drawn at every build for a tutorial (cheap ones), and markdown to show
+    what could not be drawn here: for the first tutorial, its model's roofline and its
+    fused graph (SVG with Graphviz's dot, else the DOT text)."""
+    if not fname.startswith("01_"):
+        return {}, []
+    import tempfile
+    import numpy as np
+    import mlc
+    from mlc.driver import Compiled
+    from mlc.viz import write_graph
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 64)).astype(np.float32)
+    w1 = (rng.standard_normal((64, 32)) * 0.1).astype(np.float32)
+    b1 = np.zeros(32, dtype=np.float32)
+    w2 = (rng.standard_normal((32, 10)) * 0.1).astype(np.float32)
+
+    def mlp(x, w1, b1, w2):
+        h = mlc.relu(x @ w1 + b1)
+        return mlc.softmax(h @ w2, axis=-1)
+
+    pics, md = {}, []
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            mlc.compile(mlp, x, w1, b1, w2).profile(x, w1, b1, w2, runs=5).roofline(os.path.join(d, "roofline.png"))
+            pics["roofline.png"] = open(os.path.join(d, "roofline.png"), "rb").read()
+        except ImportError as e:   # matplotlib is missing
+            md += [f"(The roofline picture is not drawn in this build: {e}.)", ""]
+        fused = Compiled(mlc.trace(mlp, x, w1, b1, w2), mlc.Target.host()).fused
+        written, _ = write_graph(fused, os.path.join(d, "fused_graph.svg"), title="mlp -O2")
+        if written.endswith(".svg"):
+            pics["fused_graph.svg"] = open(written, "rb").read()
+        else:
+            md += ["The fused graph (`mlc inspect --graph`) as Graphviz DOT text (Graphviz's `dot` was not "
+                   "found when this site was built, so it is not drawn):", "", "```dot", open(written).read().strip(),
+                   "```", ""]
+    return pics, md
+
+
+def tutorial_page(fname: str, output: str | None = None, pictures=(), extra_md=()) -> str:
     """The tutorial's source as a page: its docstring and its comment blocks as text, its code
-    as code blocks, in order."""
+    as code blocks, in order; then its output (when it was run) and its pictures."""
     src = open(os.path.join(ROOT, "tutorials", fname)).read()
     tree = ast.parse(src)
     doc = ast.get_docstring(tree) or ""
     lines = src.splitlines()
     start = tree.body[0].end_lineno if doc else 0
     first, _, rest = doc.partition("\n")
+    how = ("run when this site was built; its output and pictures are below" if output is not None else
+           f"shown as its source with its comments as text (`{RUN_TUTORIALS}=1 make docs` also runs it and "
+           "shows its output)")
     out = [f"# {tutorial_title(fname)}", "",
-           f"`tutorials/{fname}`, shown as its source with its comments as text; the test suite runs it "
-           "end to end (`tests/test_tutorials.py`).", "", rest.strip().replace("\n    ", "\n\n    ", 1), ""]
+           f"`tutorials/{fname}`, {how}. The test suite runs it end to end (`tests/test_tutorials.py`).", "",
+           rest.strip(), ""]
     block: list[str] = []
     prose: list[str] = []
 
@@ -676,10 +736,13 @@ def tutorial_page(fname: str) -> str:
     if prose:
         out.extend([" ".join(prose), ""])
     flush_code()
-    pictures = os.path.join(DOCS, "images", "tutorials", fname[:-3])
-    if os.path.isdir(pictures):
-        for p in sorted(os.listdir(pictures)):
-            out += [f"![{p}](../images/tutorials/{fname[:-3]}/{p})", ""]
+    if output is not None:
+        out += ["## Output", "", "```text", output.rstrip(), "```", ""]
+    if pictures or extra_md:
+        out += ["## Pictures", ""]
+        for p in pictures:
+            out += [f"![{p}](images/{fname[:-3]}/{p})", ""]
+        out += list(extra_md)
     return "\n".join(out)
 
 
@@ -695,7 +758,7 @@ def tutorials_index() -> str:
 # ----------------------------------------------------------------------------- the pages
 
 def pages() -> dict[str, str]:
-    """src path under docs/ -> markdown, for every generated page."""
+    """src path under docs/ -> markdown (or a picture's bytes), for every generated file."""
     with contextlib.redirect_stdout(io.StringIO()):
         out = {f"reference/api/{m.split('.')[-1]}.md": api_page(m) for m in API_MODULES}
         out["reference/ops.md"] = ops_page()
@@ -703,8 +766,16 @@ def pages() -> dict[str, str]:
         out["reference/cli.md"] = cli_page()
         out["reference/c_api.md"] = c_api_page()
         out["tutorials/index.md"] = tutorials_index()
+        run = os.environ.get(RUN_TUTORIALS, "").strip() not in ("", "0")
         for f in tutorials():
-            out[f"tutorials/{f[:-3]}.md"] = tutorial_page(f)
+            pics, md = tutorial_pictures(f)
+            output = None
+            if run:
+                output, ran = run_tutorial(f)
+                pics.update(ran)
+            for name, data in pics.items():
+                out[f"tutorials/images/{f[:-3]}/{name}"] = data
+            out[f"tutorials/{f[:-3]}.md"] = tutorial_page(f, output, sorted(pics), md)
     return out
 
 
@@ -749,9 +820,10 @@ if __name__ == "__main__":
     ap_ = argparse.ArgumentParser(description="write the generated pages into a folder")
     ap_.add_argument("out")
     args = ap_.parse_args()
-    for src, text in pages().items():
+    generated = pages()
+    for src, content in generated.items():
         path = os.path.join(args.out, src)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-    print(f"{len(pages())} pages in {args.out}", file=sys.stderr)
+        with open(path, "wb") as f:
+            f.write(content if isinstance(content, bytes) else content.encode())
+    print(f"{len(generated)} files in {args.out}", file=sys.stderr)
