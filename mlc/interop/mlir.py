@@ -430,11 +430,30 @@ class _Exporter:
                 dest = x.tensor.InsertSliceOp.from_static_parameters(t.v, dest, off, list(t.shape)).result
                 start += t.shape[axis]
             return [_T(dest, oshape, odt)]
+        if op == "gather":
+            return [self.gather(ins[0], ins[1], a["axis"] % max(ins[0].rank, 1), oshape)]
         if op == "pad":
             pads = list(a["pads"])
             r = ins[0].rank
             return [self.pad(ins[0], pads[:r], pads[r:], a["value"])]
         raise AssertionError(op)
+
+    def gather(self, data: _T, idx: _T, axis: int, oshape) -> _T:
+        """A linalg.generic over the output reading ``data`` with ``tensor.extract`` (as
+        torch-mlir writes embeddings): negative indices wrap, then clamp, as in mlc."""
+        x = self.x
+        r = idx.rank
+        n = data.shape[axis]
+
+        def body(s, i, _acc):
+            si = _Scalar(x, idx.dtype)
+            i = si.select(si.cmp("lt", i, si.const(0)), si.bin("add", i, si.const(n)), i)
+            i = si.bin("min", si.bin("max", i, si.const(0)), si.const(n - 1))
+            at = x.arith.IndexCastOp(i, x.IndexType()).result
+            pos = [x.linalg.IndexOp(d).result for d in range(axis)] + [at] + \
+                [x.linalg.IndexOp(axis + r + d).result for d in range(data.rank - axis - 1)]
+            return x.tensor.ExtractOp(data.v, pos, x.elem_type(data.dtype)).result
+        return self.generic([(idx, tuple(range(axis, axis + r)))], oshape, data.dtype, body)
 
     def softmax(self, v: _T, axis: int, log: bool) -> _T:
         m = self.reduce(v, [axis], "max", True)
@@ -578,7 +597,7 @@ def _refusal(n: Node) -> str | None:
         pass
     elif op in ("where", "cast", "prelu", "softmax", "log_softmax", "layer_norm", "batch_norm", "matmul",
                 "reshape", "expand_dims", "squeeze", "transpose", "broadcast_to", "concatenate", "split",
-                "global_avg_pool", "global_max_pool"):
+                "global_avg_pool", "global_max_pool", "gather"):
         pass
     elif op == "conv":
         if n.inputs[0].type.rank != 4:

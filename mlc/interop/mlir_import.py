@@ -4,9 +4,9 @@ output, ``to_mlir``'s own) compile with mlc.
 
 What is read: ``func.func``/``func.call`` (callees inlined)/``func.return``;
 ``linalg.generic`` whose indexing maps are projected permutations (a map result may be
-the constant 0 on a unit axis) and whose body uses ``arith``/``math`` and
-``linalg.index``, with parallel iterators or reductions whose body ends in one combiner
-(add, mul, max, min) of the accumulator; the named ops ``matmul``, ``batch_matmul``,
+the constant 0 on a unit axis) and whose body uses ``arith``/``math``, ``linalg.index``
+and ``tensor.extract`` (a gather), with parallel iterators or reductions whose body
+ends in one combiner (add, mul, max, min) of the accumulator; the named ops ``matmul``, ``batch_matmul``,
 ``conv_2d_nchw_fchw``, ``conv_2d_ngchw_gfchw``, ``pooling_nchw_max``/``_sum``,
 ``transpose``, ``broadcast``, ``fill``, ``copy``, ``reduce`` and the elementwise
 ``add``/``sub``/``mul``/``max``/``min``/``exp``/``log``/``sqrt``/``select``; ``tensor``
@@ -57,7 +57,7 @@ _IDENTITY = {"add": 0.0, "mul": 1.0}
 
 _BODY_OPS = set(_BIN) | set(_UN) | set(_CAST) | {"arith.constant", "arith.select", "arith.cmpf", "arith.cmpi",
                                                  "linalg.index", "linalg.yield", "math.log1p", "tensor.yield",
-                                                 "linalg.yield"}
+                                                 "tensor.extract"}
 _TOP_OPS = {"func.func", "func.call", "func.return", "arith.constant", "linalg.generic", "linalg.matmul",
             "linalg.batch_matmul", "linalg.conv_2d_nchw_fchw", "linalg.conv_2d_ngchw_gfchw",
             "linalg.pooling_nchw_max", "linalg.pooling_nchw_sum", "linalg.transpose", "linalg.broadcast",
@@ -331,6 +331,8 @@ class _Importer:
                 shape = [1] * n
                 shape[d] = sizes[d]
                 benv[b.results[0]] = self._constant(np.arange(sizes[d], dtype=np.int64).reshape(shape))
+            elif b.name == "tensor.extract":
+                benv[b.results[0]] = self.extract(b, benv, full_shape=tuple(sizes))
             else:
                 if red and accs[0] in b.operands:
                     self.fail(op, "the accumulator is used before the reduction's combiner")
@@ -358,6 +360,24 @@ class _Importer:
                 r = self.accumulate(r, op, env, kind)
             results.append(r)
         return results
+
+    def extract(self, b, benv, full_shape) -> Sym:
+        """``tensor.extract`` in a linalg body (a gather, as torch-mlir writes embeddings):
+        the flattened tensor gathered at the linear index, over the loop space."""
+        em = self.em
+        data = self.val(benv, b.tensor)
+        if any(v not in benv for v in b.indices):
+            self.fail(b, "indices must come from the body")
+        stride, lin = 1, None
+        for v, d in reversed(list(zip(b.indices, data.shape))):
+            term = em("mul", em("cast", benv[v], dtype=T.int64), stride) if stride != 1 else \
+                em("cast", benv[v], dtype=T.int64)
+            lin = term if lin is None else em("add", lin, term)
+            stride *= d
+        if lin is None:
+            return self.reshape(data, ())
+        flat = self.reshape(data, (int(np.prod(data.shape)),))
+        return em("gather", flat, em("broadcast_to", lin, shape=full_shape), axis=0)
 
     def reduce_op(self, op, env) -> Sym:
         body = list(op.region.block.ops)
