@@ -56,8 +56,8 @@ def need_runner() -> tuple[str, list[str]]:
 
 LOWER = ["--one-shot-bufferize=bufferize-function-boundaries", "--convert-linalg-to-loops",
          "--convert-scf-to-cf", "--expand-strided-metadata", "--lower-affine", "--finalize-memref-to-llvm",
-         "--convert-math-to-llvm", "--convert-math-to-libm", "--convert-arith-to-llvm", "--convert-func-to-llvm",
-         "--convert-cf-to-llvm", "--reconcile-unrealized-casts"]
+         "--convert-math-to-llvm", "--convert-math-to-libm", "--convert-vector-to-llvm", "--convert-arith-to-llvm",
+         "--convert-func-to-llvm", "--convert-cf-to-llvm", "--reconcile-unrealized-casts"]
 
 
 def mlir_opt(text: str, *args: str) -> str:

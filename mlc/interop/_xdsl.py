@@ -13,7 +13,7 @@ from xdsl.dialects import linalg as _linalg_dialect
 from xdsl.dialects.builtin import (  # noqa: F401
     AffineMapAttr, ArrayAttr, BytesAttr, DenseArrayBase, DenseIntOrFPElementsAttr, Float16Type, Float32Type,
     Float64Type, FloatAttr, IndexType, IntegerAttr, IntegerType, MemRefType, ModuleOp, StringAttr, TensorType,
-    UnitAttr, i64,
+    UnitAttr, VectorType, i64,
 )
 from xdsl.dialects.linalg import ops as linalg  # noqa: F401
 from xdsl.dialects.linalg.abstract_ops import NamedOperation, PoolingOperation

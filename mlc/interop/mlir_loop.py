@@ -3,9 +3,11 @@
 The graph is compiled as ``mlc.compile`` compiles it (fusion, the schedule rules or
 the tuning database, the loop passes, the memory plan); each kernel becomes a
 ``func.func`` on ``memref``s (its inputs, then outputs, then scratch buffers) whose
-loops are ``scf.for`` (``serial``, and ``vector``/``unroll`` loops, as plain scalar
-code: the loop order and tiling are kept, the vector width and unrolling are the
-backend's to redo) or ``scf.parallel`` (``parallel``), with ``memref.load``/``store``,
+loops are ``scf.for`` (``serial``, ``unroll``: the loop order and tiling are kept, the
+unrolling is the backend's to redo) or ``scf.parallel`` (``parallel``); a ``vector``
+loop whose stores and loads move one element per lane along the last axis becomes
+``vector.load``/``vector.store``/``vector.broadcast`` and arithmetic on vectors (any
+other stays a scalar ``scf.for``), with ``memref.load``/``store``,
 ``memref.alloca`` for local buffers, ``scf.if`` for guards and ``arith``/``math`` for
 the expressions. Index arithmetic is ``i64``, as in mlc, cast to ``index`` where it
 addresses memory. An entry function named after the graph takes the graph's inputs
@@ -50,6 +52,8 @@ class _Kernel:
         if isinstance(s, L.Seq):
             for t in s.stmts:
                 self.stmt(t)
+        elif isinstance(s, L.For) and s.kind == "vector" and self.vectorizable(s):
+            self.vector_loop(s)
         elif isinstance(s, L.For):
             lo = self.index(s.start)
             hi = self.index(E.binop("add", s.start, s.extent))
@@ -90,6 +94,73 @@ class _Kernel:
         else:
             raise MlirExportError(f"kernel @{self.func.name}: {type(s).__name__} statements have no scf/memref "
                                   f"export")
+
+    # --- vector loops ------------------------------------------------------------------------
+
+    def vectorizable(self, s) -> bool:
+        """Whether vector loop ``s`` becomes ``vector`` ops: its body is stores whose
+        address moves by one element per lane along the last axis, whose values read
+        such addresses or lane-invariant ones, with arithmetic and float math between."""
+        var = s.var
+        if not isinstance(s.extent, E.Const) or s.extent.value < 2:
+            return False
+        stores = s.body.stmts if isinstance(s.body, L.Seq) else [s.body]
+        return all(isinstance(t, L.Store) and _contiguous(t.indices, var) and self._vector_ok(t.value, var)
+                   for t in stores)
+
+    def _vector_ok(self, e, var) -> bool:
+        if not E.uses_var(e, var):
+            return True
+        if isinstance(e, E.Var):
+            return e is var
+        if isinstance(e, E.Load):
+            return _contiguous(e.indices, var)
+        if isinstance(e, E.BinOp):
+            ok = e.op in (("add", "sub", "mul", "div", "max", "min", "pow") if e.a.dtype.is_float
+                          else ("add", "sub", "mul", "xor", "bitand", "bitor", "shl", "sar", "shr"))
+            return ok and self._vector_ok(e.a, var) and self._vector_ok(e.b, var)
+        if isinstance(e, E.Call):
+            return e.dtype.is_float and e.fn in _VECTOR_MATH and self._vector_ok(e.args[0], var)
+        if isinstance(e, E.Cast):
+            src, dst = e.value.dtype, e.dtype
+            return not src.is_bool and not dst.is_bool and (src.is_float or dst.is_float) and \
+                self._vector_ok(e.value, var)
+        return False
+
+    def vector_loop(self, s):
+        x = self.x
+        lanes = s.extent.value
+        self.vars[id(s.var)] = self.expr(s.start)   # addresses at the first lane
+        stores = s.body.stmts if isinstance(s.body, L.Seq) else [s.body]
+        for t in stores:
+            v = self.vexpr(t.value, s.var, lanes)
+            x.vector.StoreOp(v, self.buf(t.buffer), [self.index(i) for i in t.indices])
+
+    def vexpr(self, e, var, lanes):
+        x = self.x
+        vt = x.VectorType(x.elem_type(e.dtype), [lanes])
+        if not E.uses_var(e, var):
+            return x.vector.BroadcastOp(self.expr(e), vt).vector
+        if isinstance(e, E.Var):
+            iota = x.arith.ConstantOp(x.DenseIntOrFPElementsAttr.from_list(vt, list(range(lanes))), vt).result
+            base = x.vector.BroadcastOp(self.vars[id(var)], vt).vector
+            return x.arith.AddiOp(base, iota).result
+        if isinstance(e, E.Load):
+            return x.vector.LoadOp(self.buf(e.source), [self.index(i) for i in e.indices], vt).result
+        if isinstance(e, E.BinOp):
+            a, b = self.vexpr(e.a, var, lanes), self.vexpr(e.b, var, lanes)
+            return self.binop(e.op, e.a.dtype, a, b)
+        if isinstance(e, E.Call):
+            return self.call(e.fn, e.dtype, self.vexpr(e.args[0], var, lanes))
+        if isinstance(e, E.Cast):
+            v = self.vexpr(e.value, var, lanes)
+            src, dst, ar = e.value.dtype, e.dtype, x.arith
+            if src.is_float and dst.is_float:
+                return (ar.ExtFOp if dst.bits > src.bits else ar.TruncFOp)(v, vt).result
+            if src.is_float:
+                return (ar.FPToUIOp if dst.kind == "uint" else ar.FPToSIOp)(v, vt).result
+            return (ar.UIToFPOp if src.kind == "uint" else ar.SIToFPOp)(v, vt).result
+        raise AssertionError(type(e).__name__)
 
     def buf(self, b):
         try:
@@ -170,6 +241,15 @@ class _Kernel:
                   "asin", "atan") and dt.is_float:
             return s.un(fn, a)
         raise MlirExportError(f"kernel @{self.func.name}: function {fn} on {dt}")
+
+
+_VECTOR_MATH = ("exp", "log", "sqrt", "sin", "cos", "floor", "ceil", "round", "abs", "tanh", "erf", "neg")
+
+
+def _contiguous(indices, var) -> bool:
+    """An access whose last index moves by one per lane and whose others do not move."""
+    *outer, last = indices
+    return all(not E.uses_var(i, var) for i in outer) and E.linear_coefficient(last, var) == 1
 
 
 def compiled(graph: Graph, target=None):

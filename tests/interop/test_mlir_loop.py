@@ -41,6 +41,7 @@ def test_parallel_vector_unroll_loops():
     loops = "\n".join(map(str, c.funcs))
     assert "parallel " in loops and "vector " in loops and "unroll " in loops   # the host schedule's loops
     assert "scf.parallel" in text and "memref.alloca" in text
+    assert "vector.load" in text and "vector.store" in text and "vector<" in text
 
 
 def test_elementwise_math():
