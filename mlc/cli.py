@@ -251,6 +251,38 @@ def _load_graph(spec: str, shapes, command: str):
     return mlc.trace(fn, *make_inputs())
 
 
+EXPORT_FORMATS = ("onnx", "mlir", "mlir-loop", "relax")
+
+
+def cmd_export(args) -> int:
+    """Write a model's graph in another framework's format (mlc.interop)."""
+    graph = _load_graph(args.model, args.shape, "export")
+    fmt, out = args.format, args.output
+    try:
+        if fmt == "onnx":
+            from .interop.onnx_export import export
+            export(graph, path=out)
+        elif fmt == "relax":
+            from .interop.relax import to_relax
+            text = to_relax(graph).script(show_meta=True)   # TVMScript; tvm.script.from_source reads it back
+        else:
+            try:
+                from .interop.mlir import to_mlir
+            except ImportError as e:
+                raise ImportError(f"the MLIR exporter is unavailable ({e}); it needs the mlir extra: "
+                                  "pip install 'mlc[mlir]'") from None
+            text = to_mlir(graph, level="loop" if fmt == "mlir-loop" else "graph")
+    except ImportError as e:
+        raise SystemExit(f"mlc export --format {fmt}: {e}")
+    except ValueError as e:   # the exporters' refusals (an op with no mapping, ...)
+        raise SystemExit(f"mlc export --format {fmt}: {e}")
+    if fmt != "onnx":
+        with open(out, "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    print(f"{args.model} -> {out} ({fmt})")
+    return 0
+
+
 def _pass_manager(args, **kw):
     from .passes.manager import PassManager
     try:
@@ -735,6 +767,16 @@ def main(argv=None) -> int:
                                                                  "(default: 'private' in the name becomes 'public', "
                                                                  "else NAME.pub.pem)")
     sign.set_defaults(func=cmd_sign)
+    exp = sub.add_parser("export", help="write a model as ONNX, MLIR (graph or loop level) or TVM Relax "
+                                        "(TVMScript)")
+    exp.add_argument("model", help="an .onnx file, a module:function entry point or a bundled example's name")
+    exp.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                     help="onnx (a model file), mlir (func + linalg on tensors), mlir-loop (the scheduled loops: "
+                          "scf/affine + memref; needs the mlir extra for both) or relax (TVMScript; the tvm extra)")
+    exp.add_argument("-o", dest="output", required=True, metavar="FILE", help="the file to write")
+    exp.add_argument("--shape", action="append", metavar="NAME=D0,D1,...",
+                     help="a static shape for an ONNX input declared with symbolic dimensions")
+    exp.set_defaults(func=cmd_export)
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
         p.print_help()
