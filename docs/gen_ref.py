@@ -55,6 +55,14 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-")
 
 
+def module_doc(mod) -> str:
+    """A module's docstring as Markdown: mlc's module docstrings start their text at the
+    margin and indent examples by four (a code block), so the indentation is kept; a
+    reST ``::`` before an example becomes ``:``."""
+    doc = (mod.__doc__ or "").strip("\n")
+    return re.sub(r"::\n", ":\n", doc)
+
+
 def public_names(modname: str) -> list[str]:
     """A module's public names: its ``__all__``, else what it defines (not what it imports)."""
     mod = importlib.import_module(modname)
@@ -99,7 +107,7 @@ def _static_kind(modname: str, name: str) -> str | None:
 def api_page(modname: str) -> str:
     from mlc import ops
     mod = importlib.import_module(modname)
-    doc = inspect.getdoc(mod) or ""
+    doc = module_doc(mod)
     out = [f"# `{modname}`", "", doc, ""]
     opts = "    options:\n      show_root_heading: true\n      show_root_full_path: true\n      heading_level: 2\n"
     if modname == "mlc.interop":
@@ -358,16 +366,15 @@ def ops_page() -> str:
         o = ops.REGISTRY[name]
         sig = f"{name}{signature_of(o)}"
         attrs = ", ".join(f"{k}={v!r}" for k, v in o.attrs.items()) or "—"
-        fn = "" if name == "constant" or o.kind == "control" else f" ([`mlc.{name}`](api/mlc.md#mlc.{name}))"
-        if o.kind == "control":
-            fn = f" ([`mlc.{name}`](api/mlc.md#mlc.{name}))"
-        rows.append(f"| <span id=\"op-{name}\"></span>{_code(sig)}{fn} | {o.kind} | {_md_cell(attrs)} | "
+        cell = _code(sig) if name == "constant" else f"[{_code(sig)}](api/mlc.md#mlc.{name})"
+        rows.append(f"| <span id=\"op-{name}\"></span>{cell} | {o.kind} | {_md_cell(attrs)} | "
                     f"{_md_cell(type_rule(o))} | {_code(_reference_name(o.reference))} | "
                     f"{'yes' if o.vjp is not None else 'no'} | "
                     f"{', '.join(onnx.get(name, [])) or '—'} | {_md_cell(o.doc)} |")
     n_grad = sum(o.vjp is not None for o in ops.REGISTRY.values())
     from mlc.frontend.onnx import CONVERTERS
     return "\n".join([
+        "---", "hide:", "  - navigation", "  - toc", "---", "",   # the table takes the page's width
         "# Op reference", "",
         f"All {len(ops.REGISTRY)} ops of the registry (`mlc/ops/`), {n_grad} with a gradient rule, and the "
         f"{len(CONVERTERS)} ONNX op types the importer converts. This page is generated from the op records at "
@@ -425,6 +432,25 @@ def _design_section(start: str) -> str:
     return text[i:j if j >= 0 else len(text)].strip()
 
 
+def layer_diagram() -> str:
+    """The layers of pyproject.toml's import-linter contract (what ``lint-imports`` enforces),
+    top to bottom: a module imports only from its own row and the rows below."""
+    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    m = re.search(r'type = "layers"\s*layers = \[(.*?)\]', text, re.S)
+    rows = re.findall(r'"([^"]+)"', m.group(1)) if m else []
+    if not rows:
+        return ""
+    rows = [r.replace("mlc.", "") for r in rows]
+    width = max(len(r) for r in rows) + 2
+    out = []
+    for i, r in enumerate(rows):
+        out += ["+" + "-" * width + "+", "|" + r.center(width) + "|", "+" + "-" * width + "+"]
+        if i < len(rows) - 1:
+            out.append(" " * (width // 2) + "|")
+            out.append(" " * (width // 2) + "v")
+    return "\n".join(out)
+
+
 def ir_page() -> str:
     from mlc.ir import graph, loop, tensor
     from mlc.passes import manager
@@ -442,9 +468,12 @@ def ir_page() -> str:
            "print(exe.ir(\"fused\"), exe.ir(\"tensor\"), exe.ir(\"loop\"))",
            "```", "",
            "## The architecture", "",
+           "The layers, from pyproject.toml's import-linter contract (`lint-imports` checks it in `make test`; "
+           "`:` separates modules of a row that may import each other, `|` those that may not):", "",
+           "```text", layer_diagram(), "```", "",
            "From [the design](../design.md), §2:", "",
            _design_section("Data flows one way"), "",
-           "## Graph level (`mlc.ir.graph`)", "", inspect.getdoc(graph), "",
+           "## Graph level (`mlc.ir.graph`)", "", module_doc(graph), "",
            "```", ex["graph"], "```", "",
            "A constant (small constants print as `dense<...>`):", "", "```", ex["graph_constant"], "```", "",
            "A control-flow node with its body printed nested (`mlc.scan`):", "", "```", ex["graph_scan"], "```", "",
@@ -461,7 +490,7 @@ def ir_page() -> str:
         ("kernel group", r"^\s+kernel @", "the nodes fused into one kernel"),
         ("return", r"^\s+return ", "the graph's results"),
     ])
-    out += ["", "## Tensor level (`mlc.ir.tensor`)", "", inspect.getdoc(tensor), "",
+    out += ["", "## Tensor level (`mlc.ir.tensor`)", "", module_doc(tensor), "",
             "```", ex["tensor"], "```", "", "| construct | meaning | example |", "| --- | --- | --- |"]
     out += _constructs(ex["tensor"], [
         ("kernel header", r"kernel @", "kind, name, placeholder inputs -> outputs"),
@@ -470,7 +499,7 @@ def ir_page() -> str:
         ("temporary", r"\] : f\d+\[", "an intermediate stage with its type"),
         ("scalar constant", r"^\s+\w+ = [-\d.e]+ ?: ", "a named scalar"),
     ])
-    out += ["", "## Loop level (`mlc.ir.loop`)", "", inspect.getdoc(loop), "",
+    out += ["", "## Loop level (`mlc.ir.loop`)", "", module_doc(loop), "",
             "```", ex["loop"], "```", "", "| construct | meaning | example |", "| --- | --- | --- |"]
     out += _constructs(ex["loop"], [
         ("func header", r"^func @", "buffers: inputs, outputs, scratch"),
@@ -488,7 +517,7 @@ def ir_page() -> str:
             "From the pass manager's registry (`mlc/passes/manager.py`). Every pass is timed "
             "(`mlc compile --time-passes`), dumped (`--dump-ir DIR`), verified under `MLC_VERIFY=1` and can "
             "be switched off by name (`--disable-pass NAME`) unless code generation needs it.", "",
-            inspect.getdoc(manager).split("\n\n", 1)[1] if "\n\n" in (inspect.getdoc(manager) or "") else "", "",
+            module_doc(manager).split("\n\n", 1)[-1], "",
             "| pass | level | what it does | can be disabled | optimization levels |",
             "| --- | --- | --- | --- | --- |"]
     for p in manager.ALL_PASSES.values():
@@ -610,6 +639,8 @@ def c_api_page() -> str:
 def _header_comment_md(text: str) -> str:
     lines, out, in_code = text.splitlines(), [], False
     for ln in lines:
+        if ln.startswith("- ") and out and out[-1].strip() and not out[-1].startswith(("- ", "  ")):
+            out.append("")   # a list after a paragraph needs a blank line in Markdown
         if ln.startswith("    ") and ln.strip():
             if not in_code:
                 out += ["", "```c"]
@@ -635,7 +666,8 @@ def tutorials() -> list[str]:
 def tutorial_title(fname: str) -> str:
     doc = ast.get_docstring(ast.parse(open(os.path.join(ROOT, "tutorials", fname)).read())) or fname
     first = doc.splitlines()[0].rstrip(".")
-    return first.split(":", 1)[1].strip() if first.lower().startswith("tutorial") and ":" in first else first
+    title = first.split(":", 1)[1].strip() if first.lower().startswith("tutorial") and ":" in first else first
+    return title[:1].upper() + title[1:]
 
 
 RUN_TUTORIALS = "MLC_DOCS_RUN_TUTORIALS"   # =1: run each tutorial at build time, show its output and pictures
@@ -695,21 +727,26 @@ def tutorial_pictures(fname: str) -> tuple[dict[str, bytes], list[str]]:
     return pics, md
 
 
+def _prose(lines: list[str]) -> str:
+    """A comment block as a paragraph; "1. Data" stays a numbered step, not a list restarting at 1."""
+    return re.sub(r"^(\d+)\. ", r"\1\\. ", " ".join(lines))
+
+
 def tutorial_page(fname: str, output: str | None = None, pictures=(), extra_md=()) -> str:
     """The tutorial's source as a page: its docstring and its comment blocks as text, its code
     as code blocks, in order; then its output (when it was run) and its pictures."""
     src = open(os.path.join(ROOT, "tutorials", fname)).read()
     tree = ast.parse(src)
-    doc = ast.get_docstring(tree) or ""
+    doc = ast.get_docstring(tree, clean=False) or ""   # uncleaned: the usage line keeps its indent (code)
     lines = src.splitlines()
     start = tree.body[0].end_lineno if doc else 0
-    first, _, rest = doc.partition("\n")
+    first, _, rest = doc.strip("\n").partition("\n")
     how = ("run when this site was built; its output and pictures are below" if output is not None else
            f"shown as its source with its comments as text (`{RUN_TUTORIALS}=1 make docs` also runs it and "
            "shows its output)")
     out = [f"# {tutorial_title(fname)}", "",
            f"`tutorials/{fname}`, {how}. The test suite runs it end to end (`tests/test_tutorials.py`).", "",
-           rest.strip(), ""]
+           rest.strip("\n"), ""]
     block: list[str] = []
     prose: list[str] = []
 
@@ -730,11 +767,11 @@ def tutorial_page(fname: str, output: str | None = None, pictures=(), extra_md=(
             prose.append(s.lstrip("#").strip())
             continue
         if prose:
-            out.extend([" ".join(prose), ""])
+            out.extend([_prose(prose), ""])
             prose = []
         block.append(ln)
     if prose:
-        out.extend([" ".join(prose), ""])
+        out.extend([_prose(prose), ""])
     flush_code()
     if output is not None:
         out += ["## Output", "", "```text", output.rstrip(), "```", ""]
@@ -788,8 +825,10 @@ def on_config(config, **kwargs):
             guides = section["Guides"]
             listed = {next(iter(g.values())) if isinstance(g, dict) else g for g in guides}
             for title, page in OPTIONAL_GUIDES:
-                if os.path.exists(os.path.join(config["docs_dir"], page)) and page not in listed:
-                    guides.append({title: page})
+                path = os.path.join(config["docs_dir"], page)
+                if os.path.exists(path) and page not in listed:
+                    h1 = next((ln[2:].strip() for ln in open(path) if ln.startswith("# ")), None)
+                    guides.append({h1.replace("`", "") if h1 else title: page})
         if isinstance(section, dict) and "Tutorials" in section:
             section["Tutorials"] = [{"Overview": "tutorials/index.md"}] + [
                 {tutorial_title(f): f"tutorials/{f[:-3]}.md"} for f in tutorials()]

@@ -279,7 +279,7 @@ def server(site):
 PAGES = [   # (name, path, texts the rendered DOM must hold)
     ("start", "/", ["mlc", "Getting started", "Guides"]),
     ("guide", "/guides/tracing/", ["Tracing and jit", "mlc.trace", "value_and_grad"]),
-    ("api_jit", "/reference/api/mlc/#mlc.jit", ["mlc.jit", "jit("]),
+    ("api_jit", "/reference/api/mlc/", ['id="mlc.jit"', "mlc.jit", "Contents"]),
     ("op_table", "/reference/ops/", ["Op reference", "conv(x, w", "numpy.add", "gradient"]),
 ]
 
