@@ -4,7 +4,8 @@ drive a backend run models through mlc; ``onnx_export`` writes mlc graphs (a tra
 function, a zoo model with its weights) as ONNX models."""
 
 _LAZY = {"to_relax": "relax", "from_relax": "relax",   # imported on first use: `import mlc` never imports tvm
-         "to_mlir": "mlir", "from_mlir": "mlir_import"}   # nor xdsl
+         "to_mlir": "mlir", "from_mlir": "mlir_import",   # nor xdsl
+         "to_onnx": "onnx_export"}
 
 
 def __getattr__(name):
