@@ -39,5 +39,8 @@ CASES = {
     "layer_norm": (lambda x, s, b: mlc.layer_norm(x, s, b, axis=-1), f32(3, 8), f32(8), f32(8)),
     "gather": (lambda e, i: mlc.gather(e, i, axis=0) * 2.0, f32(10, 4), np.array([[3, 0, -1], [9, 9, 2]], np.int64)),
     "gather_inner": (lambda e, i: mlc.gather(e, i, axis=1), f32(3, 5, 2), np.array([4, 0], np.int32)),
+    "argmax_argmin": (lambda a: (mlc.argmax(a, axis=1), mlc.argmin(a, axis=0, keepdims=False),
+                                 mlc.argmax(a, axis=0, select_last_index=True, keepdims=False)),
+                      np.round(f32(5, 6) * 2) / 2),   # ties, which the index rule decides
     "constant": (lambda a: a * np.arange(12, dtype=np.float32).reshape(3, 4) + np.float32(2.0), f32(3, 4)),
 }

@@ -113,13 +113,56 @@ def reassoc(groups):
     return ArrayAttr([ArrayAttr([IntegerAttr(i, i64) for i in g]) for g in groups])
 
 
+class _GenericOp(linalg.GenericOp):
+    """``linalg.generic`` whose parser also reads several results, ``-> (t1, t2)``, as
+    upstream prints them (xDSL 0.75 reads only one)."""
+
+    @classmethod
+    def parse(cls, parser):
+        from xdsl.dialects.linalg.attrs import IteratorType
+        attrs = dict(parser.parse_optional_attr_dict())
+        maps = attrs.pop("indexing_maps", None)
+        its = attrs.pop("iterator_types", None)
+        if maps is None or its is None:
+            parser.raise_error("expected indexing_maps and iterator_types for linalg.generic")
+        its = [IteratorTypeAttr(IteratorType(t.data)) if isinstance(t, StringAttr) else t for t in its]
+        doc, library_call = attrs.pop("doc", None), attrs.pop("library_call", None)
+
+        def group(keyword):
+            pos = parser.pos
+            if not parser.parse_optional_characters(keyword):
+                return ()
+            parser.parse_punctuation("(")
+            names = parser.parse_comma_separated_list(parser.Delimiter.NONE, parser.parse_unresolved_operand)
+            parser.parse_punctuation(":")
+            types = parser.parse_comma_separated_list(parser.Delimiter.NONE, parser.parse_type)
+            parser.parse_punctuation(")")
+            return parser.resolve_operands(names, types, pos)
+        ins, outs = group("ins"), group("outs")
+        if parser.parse_optional_keyword("attrs"):
+            parser.parse_punctuation("=")
+            attrs |= parser.expect(parser.parse_optional_attr_dict, "expected extra attributes")
+        body = parser.parse_region()
+        results = ()
+        if parser.parse_optional_punctuation("->"):
+            paren = parser.parse_optional_punctuation("(") is not None
+            results = parser.parse_comma_separated_list(parser.Delimiter.NONE, parser.parse_type)
+            if paren:
+                parser.parse_punctuation(")")
+        op = cls(ins, outs, body, maps, its, results, doc, library_call)
+        op.attributes |= attrs
+        return op
+
+
 def context() -> Context:
-    """A context with every dialect the importer reads (and mlc's extra linalg op)."""
+    """A context with every dialect the importer reads (and mlc's extra linalg ops)."""
     from xdsl.dialects.builtin import Builtin
     ctx = Context(allow_unregistered=True)
-    for dialect in (Builtin, func.Func, arith.Arith, math.Math, tensor.Tensor, _linalg_dialect.Linalg,
-                    bufferization.Bufferization, memref.MemRef, scf.Scf):
+    for dialect in (Builtin, func.Func, arith.Arith, math.Math, tensor.Tensor, bufferization.Bufferization,
+                    memref.MemRef, scf.Scf):
         ctx.load_dialect(dialect)
+    for op in _linalg_dialect.Linalg.operations:
+        ctx.load_op(_GenericOp if op is linalg.GenericOp else op)
     ctx.load_op(PoolingNchwSumOp)
     ctx.load_op(BatchMatmulOp)
     return ctx

@@ -430,6 +430,9 @@ class _Exporter:
                 dest = x.tensor.InsertSliceOp.from_static_parameters(t.v, dest, off, list(t.shape)).result
                 start += t.shape[axis]
             return [_T(dest, oshape, odt)]
+        if op in ("argmax", "argmin"):
+            return [self.argext(ins[0], a["axis"] % ins[0].rank, op == "argmax", a["keepdims"],
+                                a["select_last_index"])]
         if op == "gather":
             return [self.gather(ins[0], ins[1], a["axis"] % max(ins[0].rank, 1), oshape)]
         if op == "pad":
@@ -437,6 +440,29 @@ class _Exporter:
             r = ins[0].rank
             return [self.pad(ins[0], pads[:r], pads[r:], a["value"])]
         raise AssertionError(op)
+
+    def argext(self, v: _T, axis: int, is_max: bool, keepdims: bool, last: bool) -> _T:
+        """argmax/argmin: one linalg.generic with two outputs (the running extreme and its
+        index, from ``linalg.index``), reducing over ``axis``."""
+        x = self.x
+        kept = [d for d in range(v.rank) if d != axis]
+        shape = tuple(v.shape[d] for d in kept)
+        vals = self.filled(shape, v.dtype, _identity("max" if is_max else "min", v.dtype))
+        idxs = self.filled(shape, T.int64, 0)
+        block = x.Block(arg_types=[x.elem_type(v.dtype), x.elem_type(v.dtype), x.elem_type(T.int64)])
+        s = _Scalar(x, v.dtype)
+        with x.ImplicitBuilder(block):
+            e, acc, acc_i = block.args
+            i = x.arith.IndexCastOp(x.linalg.IndexOp(axis).result, x.IntegerType(64)).result
+            better = s.cmp(("ge" if last else "gt") if is_max else ("le" if last else "lt"), e, acc)
+            x.linalg.YieldOp(s.select(better, e, acc), s.select(better, i, acc_i))
+        maps = [x.affine_map(v.rank, [x.expr(d) for d in range(v.rank)])] + \
+            [x.affine_map(v.rank, [x.expr(d) for d in kept])] * 2
+        its = [x.reduction() if d == axis else x.parallel() for d in range(v.rank)]
+        op = x.linalg.GenericOp([v.v], [vals, idxs], x.Region(block), maps, its,
+                                [x.tensor_type(v.dtype, shape), x.tensor_type(T.int64, shape)])
+        r = _T(op.results[1], shape, T.int64)
+        return self.reshape(r, tuple(1 if d == axis else v.shape[d] for d in range(v.rank))) if keepdims else r
 
     def gather(self, data: _T, idx: _T, axis: int, oshape) -> _T:
         """A linalg.generic over the output reading ``data`` with ``tensor.extract`` (as
@@ -597,7 +623,7 @@ def _refusal(n: Node) -> str | None:
         pass
     elif op in ("where", "cast", "prelu", "softmax", "log_softmax", "layer_norm", "batch_norm", "matmul",
                 "reshape", "expand_dims", "squeeze", "transpose", "broadcast_to", "concatenate", "split",
-                "global_avg_pool", "global_max_pool", "gather"):
+                "global_avg_pool", "global_max_pool", "gather", "argmax", "argmin"):
         pass
     elif op == "conv":
         if n.inputs[0].type.rank != 4:

@@ -6,7 +6,8 @@ What is read: ``func.func``/``func.call`` (callees inlined)/``func.return``;
 ``linalg.generic`` whose indexing maps are projected permutations (a map result may be
 the constant 0 on a unit axis) and whose body uses ``arith``/``math``, ``linalg.index``
 and ``tensor.extract`` (a gather), with parallel iterators or reductions whose body
-ends in one combiner (add, mul, max, min) of the accumulator; the named ops ``matmul``, ``batch_matmul``,
+ends in one combiner (add, mul, max, min) of the accumulator, or the two-output
+argmax/argmin form; the named ops ``matmul``, ``batch_matmul``,
 ``conv_2d_nchw_fchw``, ``conv_2d_ngchw_gfchw``, ``pooling_nchw_max``/``_sum``,
 ``transpose``, ``broadcast``, ``fill``, ``copy``, ``reduce`` and the elementwise
 ``add``/``sub``/``mul``/``max``/``min``/``exp``/``log``/``sqrt``/``select``; ``tensor``
@@ -308,9 +309,11 @@ class _Importer:
         ops = list(body.ops)
         yielded = list(ops[-1].operands)
         combiners = {}
+        if red and len(op.outputs) == 2 and len(red) == 1 and n_in == 1:
+            return self.arg_reduce(op, env, benv[body.args[0]], red[0], maps, sizes)
         if red:
             if len(op.outputs) != 1:
-                self.fail(op, "a reduction with several outputs (e.g. argmax) is not supported")
+                self.fail(op, "a reduction with several outputs other than argmax/argmin is not supported")
             y = yielded[0].owner
             kind = _BIN.get(getattr(y, "name", None))
             if kind not in _COMBINE or accs[0] not in y.operands:
@@ -360,6 +363,40 @@ class _Importer:
                 r = self.accumulate(r, op, env, kind)
             results.append(r)
         return results
+
+    def arg_reduce(self, op, env, xin: Sym, axis: int, maps, sizes) -> list:
+        """The argmax/argmin form (torch-mlir's too): two outputs, the running extreme
+        ``select(cmp(in, acc), in, acc)`` and its index ``select(cmp(in, acc), i, acc_i)``
+        with ``i`` from ``linalg.index`` of the reduced loop."""
+        from xdsl.ir.affine import AffineDimExpr
+        em = self.em
+        body = op.body.block
+        e, acc, acc_i = body.args
+        yv, yi = (v.owner for v in list(body.ops)[-1].operands)
+        ok = getattr(yv, "name", None) == "arith.select" and getattr(yi, "name", None) == "arith.select" \
+            and yv.cond is yi.cond and yv.lhs is e and yv.rhs is acc and yi.rhs is acc_i
+        cmp = yv.cond.owner if ok else None
+        ok = ok and getattr(cmp, "name", None) in ("arith.cmpf", "arith.cmpi") and cmp.lhs is e and cmp.rhs is acc
+        i = yi.lhs.owner if ok else None
+        while ok and getattr(i, "name", None) in _CAST:
+            i = i.operands[0].owner
+        ok = ok and getattr(i, "name", None) == "linalg.index" and i.dim.value.data == axis
+        kind = (_CMP_F if cmp.name == "arith.cmpf" else _CMP_I).get(_predicate(cmp)) if ok else None
+        if kind not in ("gt", "ge", "lt", "le"):
+            self.fail(op, "a reduction with two outputs must be the argmax/argmin form")
+        name = "argmax" if kind in ("gt", "ge") else "argmin"
+        idx = em(name, xin, axis=axis, keepdims=False, select_last_index=kind in ("ge", "le"))
+        val = em("max" if name == "argmax" else "min", xin, axis=axis, keepdims=False)
+        par = [d for d in range(len(sizes)) if d != axis]
+        out = []
+        for r, v, m in zip((val, idx), op.outputs, maps[1:]):
+            tt = _ttype(v.type)
+            dims = [rr.position for rr in m.results if isinstance(rr, AffineDimExpr)]
+            order = [par.index(d) for d in dims]
+            if order != list(range(len(order))):
+                r = em("transpose", r, axes=order)
+            out.append(em("cast", self.reshape(r, tt.shape), dtype=tt.dtype))
+        return out
 
     def extract(self, b, benv, full_shape) -> Sym:
         """``tensor.extract`` in a linalg body (a gather, as torch-mlir writes embeddings):
