@@ -1,5 +1,6 @@
 """Programs covering the op families, shared by the MLIR exchange tests."""
 import numpy as np
+import pytest
 
 import mlc
 
@@ -44,3 +45,23 @@ CASES = {
                       np.round(f32(5, 6) * 2) / 2),   # ties, which the index rule decides
     "constant": (lambda a: a * np.arange(12, dtype=np.float32).reshape(3, 4) + np.float32(2.0), f32(3, 4)),
 }
+
+
+def zoo(name):
+    """A zoo model with its weights as a function of its data inputs, and those inputs."""
+    from mlc import models
+    r = np.random.default_rng(3)
+    model, inputs = {
+        "resnet18": lambda: (models.resnet18(num_classes=10), (r.standard_normal((1, 3, 32, 32)).astype(np.float32),)),
+        "bert": lambda: (models.bert(2, 32, 4, 100, num_classes=3), (r.integers(0, 100, (2, 8)),)),
+        "wide_deep": lambda: (models.wide_deep(6, [10, 7], 3), ((r.random((4, 6)) > 0.5).astype(np.float32),
+                                                                r.integers(0, 7, (4, 2)),
+                                                                r.standard_normal((4, 3)).astype(np.float32))),
+        "ncf": lambda: (models.ncf(20, 30, dim=8, mlp=(16, 8)), (r.integers(0, 20, 4), r.integers(0, 30, 4))),
+    }[name]()
+    params, state = model.init(seed=1)
+    fn = (lambda *x: model(params, *x, state=state)) if state else (lambda *x: model(params, *x))
+    return fn, inputs
+
+
+ZOO = ["bert", "wide_deep", "ncf", pytest.param("resnet18", marks=pytest.mark.slow)]   # resnet18: ~35 s upstream

@@ -11,7 +11,7 @@ from mlc.interop.mlir import MlirExportError, build_module, print_module, to_mli
 
 import mlir_tools as mt  # noqa: E402
 
-from mlir_cases import CASES, f32  # noqa: E402
+from mlir_cases import CASES, ZOO, f32, zoo  # noqa: E402
 
 
 def check(fn, *args, rtol=2e-4, atol=2e-5):
@@ -55,6 +55,14 @@ def test_transformer_example_small():
     fn, inputs = EXAMPLES["transformer"]
     args = inputs(seq=8, hidden=48, heads=12, ffn=64)
     check(fn, *args, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_models_run_upstream(name):
+    """mlc's model zoo with its weights (embeddings, attention, batch norm, residual convs)
+    as dense constants in MLIR."""
+    fn, inputs = zoo(name)
+    check(fn, *inputs, rtol=1e-4, atol=1e-5)
 
 
 def test_onnx_model_runs_upstream():

@@ -12,7 +12,7 @@ from mlc.interop.mlir_import import MlirImportError, from_mlir  # noqa: E402
 
 import mlir_tools as mt  # noqa: E402
 
-from mlir_cases import CASES, f32  # noqa: E402
+from mlir_cases import CASES, ZOO, f32, zoo  # noqa: E402
 
 
 def run(g, *args):
@@ -37,6 +37,14 @@ def test_round_trip_examples(name):
     args = inputs()
     g = mlc.trace(fn, *args)
     np.testing.assert_allclose(run(from_mlir(to_mlir(g)), *args)[0], run(g, *args)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_round_trip_zoo(name):
+    fn, inputs = zoo(name)
+    g = mlc.trace(fn, *inputs)
+    for got, want in zip(run(from_mlir(to_mlir(g)), *inputs), run(g, *inputs)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 # linalg on tensors in the shape torch-mlir's linalg backend writes it (MLIR 19 syntax)
