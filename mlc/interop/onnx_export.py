@@ -1,9 +1,10 @@
-"""mlc graphs out as ONNX models: ``to_onnx(graph)`` or ``export(fn, *example_args, path=...)``.
+"""mlc graphs out as ONNX models: ``to_onnx(fn_or_graph, *example_args)`` or ``export(fn, *example_args, path=...)``.
 
     model = mlc.interop.onnx_export.export(lambda p, x: net(p, x), params, x, path="net.onnx")
 
 Each graph op maps onto the ONNX operator of the same meaning (opset ``OPSET``);
-constants become initializers; ``scan`` becomes ONNX ``Scan``, ``while_loop`` a
+constants become initializers (written beside the model as external data when they
+pass ``EXTERNAL_DATA_BYTES``, as a protobuf cannot exceed 2 GiB); ``scan`` becomes ONNX ``Scan``, ``while_loop`` a
 ``Loop`` (its condition evaluated before the loop and after each step, as ONNX's Loop
 expects it from the body), ``cond`` an ``If``, their bodies subgraphs that read the
 enclosing graph's values by name. An op with no mapping is refused with its name, never
@@ -29,9 +30,20 @@ _SAME = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow", "
          "relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "exp": "Exp", "log": "Log", "sqrt": "Sqrt",
          "neg": "Neg", "abs": "Abs", "erf": "Erf", "floor": "Floor", "ceil": "Ceil", "sin": "Sin", "cos": "Cos",
          "copy": "Identity", "global_avg_pool": "GlobalAveragePool", "softsign": "Softsign",
-         "softplus": "Softplus"}
+         "softplus": "Softplus", "global_max_pool": "GlobalMaxPool", "prelu": "PRelu", "round": "Round",
+         "hard_swish": "HardSwish", "mish": "Mish"}
+_ALPHA = {"elu": "Elu", "celu": "Celu", "thresholded_relu": "ThresholdedRelu"}   # one float attribute, alpha
 _REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin", "prod": "ReduceProd"}
+_OTHER = {"constant", "rsqrt", "softmax", "log_softmax", "gelu", "leaky_relu", "batch_norm", "layer_norm", "conv",
+          "max_pool", "avg_pool", "gather", "gather_elements", "concatenate", "reshape", "broadcast_to", "transpose",
+          "expand_dims", "squeeze", "slice", "cast", "clip", "argmax", "argmin", "pad", "tile", "cumsum", "split",
+          "selu", "hard_sigmoid", "lrn", "scan", "while_loop", "cond"}
+EXPORTED = frozenset(_SAME) | frozenset(_REDUCE) | frozenset(_ALPHA) | _OTHER
+"""The graph ops ``to_onnx`` writes."""
 INT64_MAX, INT64_MIN = 2 ** 63 - 1, -2 ** 63
+EXTERNAL_DATA_BYTES = 2 ** 31 - 2 ** 26
+"""``export`` writes the initializers to a separate file when they hold more bytes than
+this: a protobuf (a whole .onnx file) cannot exceed 2 GiB."""
 
 
 class OnnxExportError(ValueError):
@@ -108,6 +120,32 @@ class _Exporter:
             return self.emit("Reciprocal", self.emit("Sqrt", ins))
         if op in ("softmax", "log_softmax"):
             return self.emit("Softmax" if op == "softmax" else "LogSoftmax", ins, axis=a["axis"])
+        if op in _ALPHA:
+            return self.emit(_ALPHA[op], ins, alpha=float(a["alpha"]))
+        if op == "selu":
+            return self.emit("Selu", ins, alpha=float(a["alpha"]), gamma=float(a["gamma"]))
+        if op == "hard_sigmoid":
+            return self.emit("HardSigmoid", ins, alpha=float(a["alpha"]), beta=float(a["beta"]))
+        if op == "lrn":
+            return self.emit("LRN", ins, size=int(a["size"]), alpha=float(a["alpha"]), beta=float(a["beta"]),
+                             bias=float(a["bias"]))
+        if op in ("argmax", "argmin"):
+            return self.emit("ArgMax" if op == "argmax" else "ArgMin", ins, axis=int(a["axis"]),
+                             keepdims=int(a["keepdims"]), select_last_index=int(a["select_last_index"]))
+        if op == "pad":
+            value = self.const(np.asarray(a["value"], n.inputs[0].dtype.np))
+            return self.emit("Pad", ins + [self.ints(a["pads"]), value], mode=a["mode"])
+        if op == "tile":
+            return self.emit("Tile", ins + [self.ints(a["repeats"])])
+        if op == "cumsum":
+            return self.emit("CumSum", ins + [self.const(np.int64(a["axis"]), "axis")],
+                             exclusive=int(a["exclusive"]), reverse=int(a["reverse"]))
+        if op == "split":
+            axis = int(a["axis"])
+            sizes = [o.shape[axis] for o in n.outputs]
+            return self.emit("Split", ins + [self.ints(sizes)], len(n.outputs), axis=axis)
+        if op == "gather_elements":
+            return self.emit("GatherElements", ins, axis=a["axis"])
         if op == "gelu":
             return self.emit("Gelu", ins, approximate=a["approximate"])
         if op == "leaky_relu":
@@ -215,28 +253,73 @@ class _Exporter:
                          else_branch=branches["false_body"])
 
 
-def to_onnx(graph: Graph, name: str | None = None):
-    """``graph`` as an ``onnx.ModelProto`` (opset ``OPSET``), checked by ``onnx.checker``;
-    its inputs keep their names."""
+def _refusals(graph: Graph) -> list[str]:
+    """Every op of ``graph`` (and of its bodies) with no ONNX export, with its location."""
+    from ..ir.graph import walk_nodes
+    bad = []
+    for n in walk_nodes(graph):
+        if n.op not in EXPORTED:
+            bad.append(f"op {n.op} has no ONNX export yet" + (f" (at {n.loc})" if n.loc else ""))
+    return list(dict.fromkeys(bad))
+
+
+def _check(model_or_path, name: str):
     import onnx
+    try:
+        onnx.checker.check_model(model_or_path, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise OnnxExportError(f"internal error: the exported model of @{name} fails onnx.checker: "
+                              f"{str(e).splitlines()[0]}") from None
+
+
+def initializer_bytes(model) -> int:
+    """The bytes ``model``'s initializers hold (the main graph's)."""
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def to_onnx(fn_or_graph: Callable | Graph, *example_args, name: str | None = None, check: bool | None = None):
+    """A graph (or ``fn`` traced on the example arguments) as an ``onnx.ModelProto``
+    (opset ``OPSET``), checked by ``onnx.checker``
+    (full check, with shape inference); its inputs keep their names. Every op without an
+    ONNX export is named at once. A model whose initializers pass ``EXTERNAL_DATA_BYTES``
+    is too large for the in-memory check (a protobuf holds at most 2 GiB): ``check=None``
+    skips it then, and ``export`` checks the written files instead."""
+    graph = fn_or_graph if isinstance(fn_or_graph, Graph) else trace(fn_or_graph, *example_args)
+    bad = _refusals(graph)
+    if bad:
+        raise OnnxExportError("; ".join(bad))
     ex = _Exporter(reserved=[v.name for v in graph.inputs])
     g = ex.graph(graph, name or graph.name, {}, graph.inputs, keep_names=True)
     model = ex.h.make_model(g, opset_imports=[ex.h.make_opsetid("", OPSET)], producer_name="mlc")
     model.graph.initializer.extend(ex.initializers)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise OnnxExportError(f"internal error: the exported model of @{graph.name} fails onnx.checker: "
-                              f"{str(e).splitlines()[0]}") from None
+    if check or (check is None and initializer_bytes(model) <= EXTERNAL_DATA_BYTES):
+        _check(model, graph.name)
     return model
 
 
-def export(fn: Callable | Graph, *example_args, path: str | os.PathLike | None = None):
+def export(fn: Callable | Graph, *example_args, path: str | os.PathLike | None = None,
+           external_data_bytes: int = EXTERNAL_DATA_BYTES):
     """Trace ``fn`` on the example arguments (or take a Graph) and return its ONNX model,
-    written to ``path`` when given."""
+    written to ``path`` when given. When the initializers hold more than
+    ``external_data_bytes`` (default ``EXTERNAL_DATA_BYTES``, below protobuf's 2 GiB),
+    they go to ``PATH.data`` beside the model (ONNX external data: ``onnx.load(path)``
+    and ONNX Runtime read them back), the written model is what onnx.checker checks, and
+    the returned model refers to that file for its initializers' data."""
     import onnx
     graph = fn if isinstance(fn, Graph) else trace(fn, *example_args)
-    model = to_onnx(graph)
+    model = to_onnx(graph, check=False)
+    external = initializer_bytes(model) > external_data_bytes
+    if not external:
+        _check(model, graph.name)
     if path is not None:
-        onnx.save(model, os.fspath(path))
+        path = os.fspath(path)
+        if external:
+            location = os.path.basename(path) + ".data"
+            if os.path.exists(os.path.join(os.path.dirname(path), location)):
+                os.remove(os.path.join(os.path.dirname(path), location))   # save_model appends to it
+            onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=location, size_threshold=1024)
+            _check(path, graph.name)   # by path: the checker reads the external data
+        else:
+            onnx.save(model, path)
     return model
