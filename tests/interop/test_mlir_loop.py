@@ -11,7 +11,7 @@ from mlc.interop.mlir import MlirExportError, print_module, to_mlir  # noqa: E40
 from mlc.interop.mlir_loop import compiled, loop_module  # noqa: E402
 
 import mlir_tools as mt  # noqa: E402
-from mlir_cases import f32  # noqa: E402
+from mlir_cases import f32, zoo  # noqa: E402
 
 
 def check(fn, *args, rtol=2e-4, atol=2e-5):
@@ -60,6 +60,22 @@ def test_conv_pool_with_constants():
 def test_examples_mlp():
     from mlc.examples import mlp, mlp_inputs
     check(mlp, *mlp_inputs(batch=4), rtol=1e-3, atol=1e-4)
+
+
+def test_examples_transformer_and_gelu():
+    from mlc.examples import EXAMPLES
+    fn, inputs = EXAMPLES["transformer"]
+    check(fn, *inputs(seq=8, hidden=48, heads=12, ffn=64), rtol=1e-3, atol=1e-4)
+    fn, inputs = EXAMPLES["gelu"]
+    check(fn, *inputs(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["bert", "wide_deep", "ncf"])
+def test_zoo_models(name):
+    """Whole models: embeddings (integer inputs), attention, many fused kernels sharing
+    the workspace."""
+    fn, inputs = zoo(name)
+    check(fn, *inputs, rtol=1e-4, atol=1e-5)
 
 
 def test_to_mlir_loop_level_text():
