@@ -52,6 +52,9 @@ class _Kernel:
         if isinstance(s, L.Seq):
             for t in s.stmts:
                 self.stmt(t)
+        elif isinstance(s, L.For) and s.kind in L.GPU_KINDS:
+            raise MlirExportError(f"kernel @{self.func.name}: loop {s.var.name} is bound to {s.kind}; the loop-level "
+                                  f"MLIR export writes CPU schedules (compile for a cpu target)")
         elif isinstance(s, L.For) and s.kind == "vector" and self.vectorizable(s):
             self.vector_loop(s)
         elif isinstance(s, L.For):

@@ -89,3 +89,8 @@ def test_control_flow_is_refused():
         return mlc.scan(lambda c, xi: (c + xi, c * 2.0), x[0] * 0.0, x)[0]
     with pytest.raises(MlirExportError, match="control flow"):
         to_mlir(fn, f32(4, 3), level="loop")
+
+
+def test_gpu_schedules_are_refused():
+    with pytest.raises(MlirExportError, match="bound to blockIdx|bound to threadIdx"):
+        to_mlir(lambda a: a * 2.0 + 1.0, f32(64, 64), level="loop", target="cuda-sm80")
