@@ -8,12 +8,13 @@ the constant 0 on a unit axis) and whose body uses ``arith``/``math``, ``linalg.
 and ``tensor.extract`` (a gather), with parallel iterators or reductions whose body
 ends in one combiner (add, mul, max, min) of the accumulator, or the two-output
 argmax/argmin form; the named ops ``matmul``, ``batch_matmul``,
-``conv_2d_nchw_fchw``, ``conv_2d_ngchw_gfchw``, ``pooling_nchw_max``/``_sum``,
+``conv_2d_nchw_fchw``, ``conv_2d_ngchw_gfchw``/``fgchw``, ``conv_2d_nhwc_hwcf``,
+``pooling_nchw_max``/``_sum``,
 ``transpose``, ``broadcast``, ``fill``, ``copy``, ``reduce`` and the elementwise
 ``add``/``sub``/``mul``/``max``/``min``/``exp``/``log``/``sqrt``/``select``; ``tensor``
 ``empty``, ``extract_slice``, ``insert_slice``, ``expand_shape``, ``collapse_shape``,
-``pad`` (a constant pad value), ``cast``; ``arith`` constants (dense tensors and scalars)
-and ``arith``/``math`` ops on tensors. Anything else is refused: every unsupported op is
+``reshape``, ``concat``, ``pad`` (a constant pad value), ``cast``; ``arith`` constants
+(dense tensors and scalars) and ``arith``/``math`` ops on tensors. Anything else is refused: every unsupported op is
 listed at once with its line in the text.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from ..ir import types as T
 from ..ir.graph import Graph
-from ..ops.builder import Emitter, Sym
+from ..ops.builder import Emitter, Sym, TraceError
 
 
 class MlirImportError(ValueError):
@@ -53,6 +54,8 @@ _CMP_I = {"slt": "lt", "ult": "lt", "sgt": "gt", "ugt": "gt", "eq": "eq", "sle":
 _NAMED_EW = {"linalg.add": "add", "linalg.sub": "sub", "linalg.mul": "mul", "linalg.max": "maximum",
              "linalg.min": "minimum", "linalg.exp": "exp", "linalg.log": "log", "linalg.sqrt": "sqrt",
              "linalg.copy": "copy", "linalg.select": "where"}
+_CONVS = ("linalg.conv_2d_nchw_fchw", "linalg.conv_2d_ngchw_gfchw", "linalg.conv_2d_ngchw_fgchw",
+          "linalg.conv_2d_nhwc_hwcf")
 _COMBINE = {"add": "sum", "mul": "prod", "maximum": "max", "minimum": "min"}
 _IDENTITY = {"add": 0.0, "mul": 1.0}
 
@@ -60,15 +63,16 @@ _BODY_OPS = set(_BIN) | set(_UN) | set(_CAST) | {"arith.constant", "arith.select
                                                  "linalg.index", "linalg.yield", "math.log1p", "tensor.yield",
                                                  "tensor.extract"}
 _TOP_OPS = {"func.func", "func.call", "func.return", "arith.constant", "linalg.generic", "linalg.matmul",
-            "linalg.batch_matmul", "linalg.conv_2d_nchw_fchw", "linalg.conv_2d_ngchw_gfchw",
-            "linalg.pooling_nchw_max", "linalg.pooling_nchw_sum", "linalg.transpose", "linalg.broadcast",
+            "linalg.batch_matmul", *_CONVS, "linalg.pooling_nchw_max", "linalg.pooling_nchw_sum",
+            "linalg.transpose", "linalg.broadcast",
             "linalg.fill", "linalg.reduce", "tensor.empty", "tensor.extract_slice", "tensor.insert_slice",
-            "tensor.expand_shape", "tensor.collapse_shape", "tensor.pad", "tensor.cast",
+            "tensor.expand_shape", "tensor.collapse_shape", "tensor.pad", "tensor.cast", "tensor.reshape",
+            "tensor.concat",
             "builtin.module"} | set(_NAMED_EW) | set(_BIN) | set(_UN) | set(_CAST) | {"arith.select",
                                                                                       "arith.cmpf", "arith.cmpi"}
 # a named op's body is implied by its name: its own ops are not checked
-_OPAQUE_BODIES = {"linalg.matmul", "linalg.batch_matmul", "linalg.conv_2d_nchw_fchw", "linalg.conv_2d_ngchw_gfchw",
-                  "linalg.pooling_nchw_max", "linalg.pooling_nchw_sum", "linalg.transpose", "linalg.broadcast",
+_OPAQUE_BODIES = {"linalg.matmul", "linalg.batch_matmul", *_CONVS, "linalg.pooling_nchw_max",
+                  "linalg.pooling_nchw_sum", "linalg.transpose", "linalg.broadcast",
                   "linalg.fill", "linalg.copy", "linalg.reduce"} | set(_NAMED_EW)
 
 
@@ -160,7 +164,11 @@ class _Importer:
         for op in fn.body.block.ops:
             if op.name == "func.return":
                 return [env[v] for v in op.operands]
-            env.update(zip(op.results, self.op(op, env)))
+            try:
+                results = self.op(op, env)
+            except TraceError as e:   # an op's type rule refused what the MLIR op says
+                raise MlirImportError(f"{op.name}{self.where(op)}: {e}") from None
+            env.update(zip(op.results, results))
         raise MlirImportError(f"func @{fn.sym_name.data} has no func.return")
 
     def op(self, op, env) -> list:
@@ -179,10 +187,12 @@ class _Importer:
             return [_Empty(_ttype(op.tensor.type))]
         if name == "tensor.cast":
             return [self.val(env, op.operands[0])]
-        if name in ("tensor.expand_shape", "tensor.collapse_shape"):
+        if name in ("tensor.expand_shape", "tensor.collapse_shape", "tensor.reshape"):
             return [self.reshape(self.val(env, op.operands[0]), _ttype(op.results[0].type).shape)]
         if name == "tensor.extract_slice":
             return [self.extract_slice(op, env)]
+        if name == "tensor.concat":
+            return [em("concatenate", [self.val(env, v) for v in op.inputs], axis=op.dim.value.data)]
         if name == "tensor.insert_slice":
             return [self.insert_slice(op, env)]
         if name == "tensor.pad":
@@ -203,7 +213,7 @@ class _Importer:
         if name in ("linalg.matmul", "linalg.batch_matmul"):
             a, b = (self.val(env, v) for v in op.inputs)
             return [self.accumulate(em("matmul", a, b), op, env, "add")]
-        if name in ("linalg.conv_2d_nchw_fchw", "linalg.conv_2d_ngchw_gfchw"):
+        if name in _CONVS:
             return [self.conv(op, env)]
         if name in ("linalg.pooling_nchw_max", "linalg.pooling_nchw_sum"):
             return [self.pool(op, env)]
@@ -433,7 +443,13 @@ class _Importer:
         d = [int(v) for v in op.dilations.get_values()]
         if op.name == "linalg.conv_2d_nchw_fchw":
             r = em("conv", x, w, strides=s, dilations=d)
-        else:   # (N, G, C, H, W) x (G, F, C, kh, kw) -> (N, G, F, oh, ow)
+        elif op.name == "linalg.conv_2d_nhwc_hwcf":   # channels last: through NCHW and back
+            r = em("conv", em("transpose", x, axes=[0, 3, 1, 2]), em("transpose", w, axes=[3, 2, 0, 1]),
+                   strides=s, dilations=d)
+            r = em("transpose", r, axes=[0, 2, 3, 1])
+        else:   # (N, G, C, H, W) x (G, F, C, kh, kw) -> (N, G, F, oh, ow); fgchw: (F, G, C, kh, kw)
+            if op.name == "linalg.conv_2d_ngchw_fgchw":
+                w = em("transpose", w, axes=[1, 0, 2, 3, 4])
             N, G, C, H, W = x.shape
             _, F, _, kh, kw = w.shape
             r = em("conv", self.reshape(x, (N, G * C, H, W)), self.reshape(w, (G * F, C, kh, kw)),

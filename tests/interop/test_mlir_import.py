@@ -206,3 +206,50 @@ def test_upstream_printed_and_optimized_forms_import(name):
     text = mt.mlir_opt(to_mlir(g), "--linalg-fuse-elementwise-ops", "--canonicalize", "--cse")
     for got, want in zip(run(from_mlir(text), *args), run(g, *args)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_and_grouped_convs_concat_reshape():
+    text = """
+func.func @f(%x: tensor<1x5x5x2xf32>, %w: tensor<3x3x2x4xf32>, %g: tensor<1x2x3x4x4xf32>, %k: tensor<2x2x3x3x3xf32>, %s: tensor<4xi64>) -> (tensor<1x3x3x4xf32>, tensor<1x2x2x2x2xf32>, tensor<2x4x2xf32>) {
+  %cst = arith.constant 0.000000e+00 : f32
+  %e = tensor.empty() : tensor<1x3x3x4xf32>
+  %z = linalg.fill ins(%cst : f32) outs(%e : tensor<1x3x3x4xf32>) -> tensor<1x3x3x4xf32>
+  %c = linalg.conv_2d_nhwc_hwcf {dilations = dense<1> : tensor<2xi64>, strides = dense<1> : tensor<2xi64>} ins(%x, %w : tensor<1x5x5x2xf32>, tensor<3x3x2x4xf32>) outs(%z : tensor<1x3x3x4xf32>) -> tensor<1x3x3x4xf32>
+  %e2 = tensor.empty() : tensor<1x2x2x2x2xf32>
+  %z2 = linalg.fill ins(%cst : f32) outs(%e2 : tensor<1x2x2x2x2xf32>) -> tensor<1x2x2x2x2xf32>
+  %gc = linalg.conv_2d_ngchw_fgchw {dilations = dense<1> : tensor<2xi64>, strides = dense<1> : tensor<2xi64>} ins(%g, %k : tensor<1x2x3x4x4xf32>, tensor<2x2x3x3x3xf32>) outs(%z2 : tensor<1x2x2x2x2xf32>) -> tensor<1x2x2x2x2xf32>
+  %r = tensor.reshape %c(%s) : (tensor<1x3x3x4xf32>, tensor<4xi64>) -> tensor<1x9x2x2xf32>
+  %r2 = tensor.collapse_shape %r [[0, 1], [2], [3]] : tensor<1x9x2x2xf32> into tensor<9x2x2xf32>
+  %a = tensor.extract_slice %r2[0, 0, 0] [2, 2, 2] [1, 1, 1] : tensor<9x2x2xf32> to tensor<2x2x2xf32>
+  %b = tensor.extract_slice %r2[3, 0, 0] [2, 2, 2] [1, 1, 1] : tensor<9x2x2xf32> to tensor<2x2x2xf32>
+  %cat = tensor.concat dim(1) %a, %b : (tensor<2x2x2xf32>, tensor<2x2x2xf32>) -> tensor<2x4x2xf32>
+  return %c, %gc, %cat : tensor<1x3x3x4xf32>, tensor<1x2x2x2x2xf32>, tensor<2x4x2xf32>
+}
+"""
+    mt.verify(text)
+    x, w, gx, k = f32(1, 5, 5, 2), f32(3, 3, 2, 4), f32(1, 2, 3, 4, 4), f32(2, 2, 3, 3, 3)
+    shape = np.array([1, 9, 2, 2], np.int64)
+    got = run(from_mlir(text), x, w, gx, k, shape)
+    conv = lambda a, b, **kw: np.asarray(mlc.compile(lambda a, b: mlc.conv(a, b, **kw), a, b)(a, b))  # noqa: E731
+    nhwc = conv(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)).transpose(0, 2, 3, 1)
+    grouped = conv(gx.reshape(1, 6, 4, 4), k.transpose(1, 0, 2, 3, 4).reshape(4, 3, 3, 3), group=2)
+    flat = nhwc.reshape(9, 2, 2)
+    for g_, want in zip(got, [nhwc, grouped.reshape(1, 2, 2, 2, 2), np.concatenate([flat[:2], flat[3:5]], 1)]):
+        np.testing.assert_allclose(g_, want, rtol=1e-5, atol=1e-5)
+    # the grouped conv against numpy: output channel f of group g reads input channels of g only
+    ref = np.zeros((1, 2, 2, 2, 2), np.float32)
+    for g in range(2):
+        for f in range(2):
+            for i in range(2):
+                for j in range(2):
+                    ref[0, g, f, i, j] = (gx[0, g, :, i:i + 3, j:j + 3] * k[f, g]).sum()
+    np.testing.assert_allclose(got[1], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_inconsistent_op_is_an_import_error_with_its_line():
+    text = """func.func @f(%a: tensor<9x2xf32>) -> tensor<2x6xf32> {
+  %b = tensor.extract_slice %a[3, 0] [2, 6] [1, 1] : tensor<9x2xf32> to tensor<2x6xf32>
+  return %b : tensor<2x6xf32>
+}"""
+    with pytest.raises(MlirImportError, match=r"tensor.extract_slice \(line 2\): .*reshape"):
+        from_mlir(text)
