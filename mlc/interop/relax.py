@@ -71,14 +71,19 @@ class _ToRelax:
             return self.const(a["value"])
         if name == "copy":
             return ins[0]
-        if name in _BINARY:
+        if name in _BINARY:   # Relax takes one dtype: mlc's promotion (an int / an int is a float) made explicit
+            out = n.outputs[0].dtype
+            common = out if not out.is_bool else to_dtype(np.result_type(*[v.dtype.np for v in n.inputs]))
+            ins = [x if v.dtype == common else op.astype(x, common.name) for x, v in zip(ins, n.inputs)]
             return getattr(op, _BINARY[name])(*ins)
         if name in _UNARY:
             return getattr(op, _UNARY[name])(ins[0])
         if name in _NN_UNARY:
             return getattr(op.nn, _NN_UNARY[name])(ins[0])
         if name == "where":
-            return op.where(*ins)
+            out = n.outputs[0].dtype
+            return op.where(ins[0], *[x if v.dtype == out else op.astype(x, out.name)
+                                      for x, v in zip(ins[1:], n.inputs[1:])])
         if name == "matmul":
             return op.matmul(*ins)
         if name == "gelu":
@@ -219,6 +224,21 @@ def _attr_ints(x):
 
 def _binary(op):
     return lambda em, c, args: em(op, *args)
+
+
+def _divide(floor: bool):
+    """Relax's divide truncates integers (floor_divide floors); mlc's div is true division."""
+    def f(em, c, args):
+        a, b = args
+        if not floor and a.dtype.kind == "f":
+            return em("div", a, b)
+        q = em("div", a, b)
+        if floor:
+            r = em("floor", q)
+        else:
+            r = em("where", em("less", q, 0.0), em("ceil", q), em("floor", q))
+        return r if r.dtype == a.dtype else em("cast", r, dtype=to_dtype(a.dtype))
+    return f
 
 
 def _unary(op, **attrs):
@@ -411,9 +431,10 @@ def _matmul(em, c, args):
 
 
 FROM_RELAX = {
-    **{f"relax.{k}": _binary(v) for k, v in {"add": "add", "subtract": "sub", "multiply": "mul", "divide": "div",
+    **{f"relax.{k}": _binary(v) for k, v in {"add": "add", "subtract": "sub", "multiply": "mul",
                                               "power": "pow", "maximum": "maximum", "minimum": "minimum",
                                               "less": "less", "greater": "greater", "equal": "equal"}.items()},
+    "relax.divide": _divide(False), "relax.floor_divide": _divide(True),
     "relax.less_equal": _compare_or("less"), "relax.greater_equal": _compare_or("greater"),
     "relax.where": _binary("where"),
     **{f"relax.{k}": _unary(v) for k, v in {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp", "log": "log",

@@ -77,6 +77,8 @@ FAMILIES = {
                              x[1, 2:, ::-2], mlc.pad(x, pads=(0, 1, 2, 1, 0, 0)), mlc.tile(x, repeats=(1, 2, 1)),
                              mlc.cumsum(x, axis=2)),
                (f32(2, 3, 4), np.array([[2, 0], [1, -1]], np.int64))),
+    "integers": (lambda a, b, f: (a / b, a + f, a < f, mlc.where(a < b, a, f), a * b - a, mlc.maximum(a, b)),
+                 (np.array([7, -7, 7, -7], np.int32), np.array([2, 2, -2, -3], np.int32), f32(4))),
     "constants": (lambda x: (x + np.arange(4, dtype=np.float32), np.float32(2.5) * x,
                              mlc.where(x > 0, x, np.float32(-1.0))),
                   (f32(3, 4),)),
@@ -99,12 +101,29 @@ def test_op_families_built_by_tvm_compute_what_mlc_computes_and_round_trip(famil
     close(list(compiled) if isinstance(compiled, tuple) else [compiled], want)
 
 
-def test_the_exported_module_is_tvmscript_that_parses_back():
-    fn, args = FAMILIES["conv"]
+@pytest.mark.parametrize("family", ["conv", "constants"])
+def test_the_exported_module_is_tvmscript_that_parses_back(family):
+    fn, args = FAMILIES[family]
     mod = to_relax(mlc.trace(fn, *args))
-    again = tvm.script.from_source(mod.script(show_meta=True))
+    again = tvm.script.from_source(mod.script(show_meta=True))   # the constants travel as metadata
     tvm.ir.assert_structural_equal(again, mod)
     close(run_tvm(again, args), [np.asarray(w) for w in ops.run_reference(mlc.trace(fn, *args), *args)])
+
+
+def test_relax_integer_division_truncates_and_floor_division_floors_in_mlc_too():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4,), "int32"))
+    y = relax.Var("y", relax.TensorType((4,), "int32"))
+    with bb.function("main", [x, y]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.Tuple([bb.emit(relax.op.divide(x, y)), bb.emit(relax.op.floor_divide(x, y))]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    a, b = np.array([7, -7, 7, -7], np.int32), np.array([2, 2, -2, -3], np.int32)
+    want = run_tvm(mod, [a, b])
+    np.testing.assert_array_equal(want[0], [3, -3, -3, 2])
+    np.testing.assert_array_equal(want[1], [3, -4, -4, 2])
+    close([np.asarray(r) for r in ops.run_reference(from_relax(mod), a, b)], want)
 
 
 def test_a_trained_model_exports_with_its_weights():
@@ -199,6 +218,18 @@ def test_tvm_onnx_importer_output_for_light_models_compiles_with_mlc_and_matches
     assert len(g.inputs) == 1 and g.inputs[0].shape == x.shape
     got = mlc.compile(g)(x)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_onnx_model_imported_by_mlc_exports_to_relax_and_tvm_matches_onnxruntime():
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime", reason="the reference here is ONNX Runtime")
+    from mlc.frontend.onnx import from_onnx
+    model = weighted(onnx.load(os.path.join(LIGHT, "light_squeezenet.onnx")))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = f32(*sess.get_inputs()[0].shape)
+    want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    close(run_tvm(to_relax(from_onnx(model)), [x]), [want], rtol=1e-3, atol=1e-5)
 
 
 def test_tvm_pytorch_exported_program_importer_output_compiles_with_mlc():
