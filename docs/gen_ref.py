@@ -680,7 +680,7 @@ def run_tutorial(fname: str) -> tuple[str, dict[str, bytes]]:
     import tempfile
     path = os.path.join(ROOT, "tutorials", fname)
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, path] + (["--out", out] if "--out" in open(path).read() else [])
+        cmd = [sys.executable, path] + (["--out", out] if '"--out"' in open(path).read() else [])
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=out,
                            env=dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="Agg"))
         text = r.stdout + (f"\n(exit status {r.returncode})\n{r.stderr[-2000:]}" if r.returncode else "")

@@ -5,7 +5,9 @@ broken, and the key pages render in headless Chromium.
 The ```python blocks of the start page, getting started and the guides run as the
 tests (one process per page, the blocks in order, sharing their names). A block whose
 first line is ``# docs-test: skip (reason)`` is not run; ``# docs-test: needs MODULE ...``
-runs only where every MODULE can be imported.
+runs only where every MODULE can be imported. A block whose first line is
+``// docs-test: file NAME`` (C) or ``# docs-test: file NAME`` (Python) is saved as NAME
+where the examples run (a C program they build, a script they start under mpirun).
 
 Set MLC_DOCS_SCREENSHOTS=DIR to keep the screenshots Chromium takes.
 """
@@ -37,13 +39,14 @@ CHROMIUM = "/usr/bin/chromium"
 EXAMPLE_PAGES = ["index.md", "getting_started.md"] + sorted(
     os.path.join("guides", f) for f in os.listdir(os.path.join(DOCS, "guides")) if f.endswith(".md"))
 MARKER = re.compile(r"#\s*docs-test:\s*(skip|needs)\b\s*(.*)")
+FILE_MARKER = re.compile(r"(?:#|//)\s*docs-test:\s*file\s+(\S+)")
 
 
-def code_blocks(page: str) -> list[tuple[int, str]]:
-    """(line number, source) of each ```python block of a page."""
+def code_blocks(page: str, lang: str = "python") -> list[tuple[int, str]]:
+    """(line number, source) of each ```python (or other ``lang``) block of a page."""
     blocks, current, start = [], None, 0
     for i, line in enumerate(open(os.path.join(DOCS, page)).read().splitlines(), 1):
-        if current is None and re.match(r"^```python\s*$", line):
+        if current is None and re.match(rf"^```{lang}\s*$", line):
             current, start = [], i + 1
         elif current is not None and line.startswith("```"):
             blocks.append((start, "\n".join(current)))
@@ -67,6 +70,8 @@ def runnable(page: str) -> tuple[str, list[str]]:
     lines, skipped = [], []
     for start, src in code_blocks(page):
         first = src.splitlines()[0] if src else ""
+        if FILE_MARKER.match(first.strip()):
+            continue   # a file the examples use (page_files)
         m = MARKER.match(first.strip())
         if m and m.group(1) == "skip":
             skipped.append(f"line {start}: {m.group(2)}")
@@ -78,8 +83,22 @@ def runnable(page: str) -> tuple[str, list[str]]:
     return "\n".join(lines), skipped
 
 
+def page_files(page: str) -> dict[str, str]:
+    """The page's files for its examples: a ```c or ```python block whose first line is
+    ``// docs-test: file NAME`` (``# docs-test: file NAME``) is written as NAME where the
+    examples run."""
+    files = {}
+    for lang in ("c", "python"):
+        for _, src in code_blocks(page, lang):
+            m = FILE_MARKER.match(src.strip())
+            if m:
+                files[m.group(1)] = src
+    return files
+
+
 def test_example_markers_are_few():
-    """Blocks left out of the checks stay the exception: one needs a GPU."""
+    """Blocks left out of the checks stay the exception: one needs a GPU (blocks that need an
+    optional package run where it is installed)."""
     skipped = [s for p in EXAMPLE_PAGES for s in runnable(p)[1] if "needs" not in s]
     assert len(skipped) <= 2, skipped
     assert all(code_blocks(p) for p in EXAMPLE_PAGES), "every guide shows code"
@@ -101,6 +120,8 @@ def test_page_examples_run(page, tmp_path):
     assert src.strip(), f"{page} has no runnable example"
     script = tmp_path / (page.replace("/", "_") + ".py")
     script.write_text(src)
+    for name, text in page_files(page).items():
+        (tmp_path / name).write_text(text)
     env = dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="Agg")
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                        env=env)
@@ -117,19 +138,47 @@ def test_op_functions_have_real_signatures():
 
 # ----------------------------------------------------------------------------- the built site
 
-@pytest.fixture(scope="module")
-def site():
-    pytest.importorskip("mkdocs", reason="the site needs mkdocs: pip install -e '.[docs]'")
-    pytest.importorskip("material", reason="the site needs mkdocs-material: pip install -e '.[docs]'")
-    pytest.importorskip("mkdocstrings_handlers.python", reason="the site needs mkdocstrings[python]")
+def _have_mkdocs() -> str | None:
+    for mod, why in (("mkdocs", "mkdocs"), ("material", "mkdocs-material"),
+                     ("mkdocstrings_handlers.python", "mkdocstrings[python]")):
+        if not _importable(mod):
+            return f"the site needs {why}: pip install -e '.[docs]'"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _site_build():
+    """Starts building the site when the module's first test starts, so the build runs
+    beside the examples; ``site`` waits for it."""
+    if _have_mkdocs():
+        yield None
+        return
     out = tempfile.mkdtemp(prefix="mlc_site_")
-    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", out], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, NO_MKDOCS_2_WARNING="1", MPLBACKEND="Agg"))
-    assert r.returncode == 0, r.stderr[-4000:]
-    assert "WARNING" not in r.stderr, r.stderr[-4000:]
-    yield out
+    log = open(os.path.join(out, "..", os.path.basename(out) + ".log"), "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", out], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, NO_MKDOCS_2_WARNING="1", MPLBACKEND="Agg"))
+    yield proc, out, log
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.close()
+    os.unlink(log.name)
     shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site(_site_build):
+    why = _have_mkdocs()
+    if why:
+        pytest.skip(why)
+    proc, out, log = _site_build
+    proc.wait(timeout=300)
+    log.seek(0)
+    text = log.read()
+    assert proc.returncode == 0, text[-4000:]
+    assert "WARNING" not in text, text[-4000:]
+    return out
 
 
 class Page(html.parser.HTMLParser):
@@ -200,8 +249,9 @@ def page_text(site, rel) -> str:
 
 def test_site_has_the_pages(site):
     for rel in ["", "getting_started", "guides/tracing", "guides/onnx", "guides/training", "guides/tuning",
-                "deploy", "distributed", "guides/gpu", "guides/interop", "guides/profiling", "design",
-                "reference/ops", "reference/ir", "reference/cli", "reference/c_api", "tutorials"]:
+                "guides/deploy", "guides/distributed", "deploy", "distributed", "guides/gpu", "guides/interop",
+                "guides/profiling", "design", "reference/ops", "reference/ir", "reference/cli", "reference/c_api",
+                "tutorials"]:
         assert os.path.exists(os.path.join(site, rel, "index.html")), rel
     for page in ("serving", "mlir", "relax"):   # other work's pages: in the site when they exist
         if os.path.exists(os.path.join(DOCS, f"{page}.md")):
