@@ -30,6 +30,10 @@ CASES = {
     "matmul_vector": (lambda a, b: a @ b, f32(7), f32(2, 7, 3)),
     "conv": (lambda x, w: mlc.conv(x, w, strides=(2, 1), pads=(1, 2, 1, 0)), f32(1, 3, 9, 8), f32(4, 3, 3, 3)),
     "conv_grouped": (lambda x, w: mlc.conv(x, w, pads=(1, 1, 1, 1), group=3), f32(2, 6, 5, 5), f32(6, 2, 3, 3)),
+    "conv_1d": (lambda x, w: mlc.conv(x, w, strides=(2,), pads=(1, 1), dilations=(2,)), f32(2, 3, 11), f32(4, 3, 3)),
+    "conv_3d": (lambda x, w: mlc.conv(x, w, pads=(1, 0, 1, 1, 0, 0)), f32(1, 2, 4, 5, 4), f32(3, 2, 3, 2, 2)),
+    "pool_1d": (lambda x: mlc.max_pool(x, kernel_shape=(3,), strides=(2,), pads=(1, 1))
+                + mlc.avg_pool(x, kernel_shape=(3,), strides=(2,), pads=(1, 1)), f32(2, 3, 9)),
     "max_pool": (lambda x: mlc.max_pool(x, kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), f32(1, 2, 7, 7)),
     "avg_pool": (lambda x: mlc.avg_pool(x, kernel_shape=(2, 2), strides=(2, 2)), f32(2, 3, 6, 6)),
     "avg_pool_padded": (lambda x: mlc.avg_pool(x, kernel_shape=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1)),

@@ -1,6 +1,7 @@
 """The xDSL pieces the MLIR exporters and importer share: type conversion, affine maps,
-dense attributes, the parsing context, and upstream's ``linalg.pooling_nchw_sum``, which
-xDSL does not define. Imported only when MLIR exchange is used (the ``mlir`` extra)."""
+dense attributes, the parsing context, and the upstream linalg named ops xDSL does not
+define (``batch_matmul``, ``conv_1d_ncw_fcw``, ``conv_3d_ncdhw_fcdhw``,
+``pooling_nchw_sum``, ``pooling_ncw_max``/``_sum``). Imported only when MLIR exchange is used (the ``mlir`` extra)."""
 from __future__ import annotations
 
 from typing import ClassVar
@@ -163,8 +164,8 @@ def context() -> Context:
         ctx.load_dialect(dialect)
     for op in _linalg_dialect.Linalg.operations:
         ctx.load_op(_GenericOp if op is linalg.GenericOp else op)
-    ctx.load_op(PoolingNchwSumOp)
-    ctx.load_op(BatchMatmulOp)
+    for op in EXTRA_OPS:
+        ctx.load_op(op)
     return ctx
 
 
@@ -193,3 +194,74 @@ class BatchMatmulOp(NamedOperation):
 
     def get_iterator_types(self):
         return ArrayAttr([parallel(), parallel(), parallel(), reduction()])
+
+
+def _spatial_maps(n_spatial: int, strides, dilations, with_channels_in: bool):
+    """Indexing maps of an N-d conv (``with_channels_in``) or pooling: loops are
+    (n, f|c, out spatial..., [c], kernel spatial...)."""
+    k = n_spatial
+    if with_channels_in:
+        n, f, *rest = (AffineDimExpr(i) for i in range(3 + 2 * k))
+        out, c, ker = rest[:k], rest[k], rest[k + 1:]
+        total = 3 + 2 * k
+        image = tuple(o * s + q * d for o, q, s, d in zip(out, ker, strides, dilations))
+        return (AffineMap(total, 0, (n, c) + image), AffineMap(total, 0, (f, c, *ker)),
+                AffineMap(total, 0, (n, f, *out)))
+    n, c, *rest = (AffineDimExpr(i) for i in range(2 + 2 * k))
+    out, ker = rest[:k], rest[k:]
+    total = 2 + 2 * k
+    image = tuple(o * s + q * d for o, q, s, d in zip(out, ker, strides, dilations))
+    return (AffineMap(total, 0, (n, c) + image), AffineMap(total, 0, tuple(ker)), AffineMap(total, 0, (n, c, *out)))
+
+
+class _NdConv(linalg.Conv2DNchwFchwOp.__mro__[1]):   # xDSL's ConvOperation
+    SPATIAL: ClassVar[int] = 2
+
+    def get_default_indexing_maps(self):
+        return _spatial_maps(self.SPATIAL, self.strides.get_values(), self.dilations.get_values(), True)
+
+    def get_iterator_types(self):
+        k = self.SPATIAL
+        return ArrayAttr([parallel()] * (2 + k) + [reduction()] * (1 + k))
+
+
+@irdl_op_definition
+class Conv1DNcwFcwOp(_NdConv):
+    """Upstream's ``linalg.conv_1d_ncw_fcw``."""
+    name = "linalg.conv_1d_ncw_fcw"
+    SPATIAL: ClassVar[int] = 1
+
+
+@irdl_op_definition
+class Conv3DNcdhwFcdhwOp(_NdConv):
+    """Upstream's ``linalg.conv_3d_ncdhw_fcdhw``."""
+    name = "linalg.conv_3d_ncdhw_fcdhw"
+    SPATIAL: ClassVar[int] = 3
+
+
+class _Pool1d(PoolingOperation):
+    def get_default_indexing_maps(self):
+        return _spatial_maps(1, self.strides.get_values(), self.dilations.get_values(), False)
+
+
+@irdl_op_definition
+class PoolingNcwMaxOp(_Pool1d):
+    """Upstream's ``linalg.pooling_ncw_max``."""
+    name = "linalg.pooling_ncw_max"
+
+    @classmethod
+    def get_hidden_region(cls, inputs, outputs) -> Region:
+        return linalg.PoolingNchwMaxOp.get_hidden_region.__func__(cls, inputs, outputs)
+
+
+@irdl_op_definition
+class PoolingNcwSumOp(_Pool1d):
+    """Upstream's ``linalg.pooling_ncw_sum``."""
+    name = "linalg.pooling_ncw_sum"
+
+    @classmethod
+    def get_hidden_region(cls, inputs, outputs) -> Region:
+        return PoolingNchwSumOp.get_hidden_region.__func__(cls, inputs, outputs)
+
+
+EXTRA_OPS = (PoolingNchwSumOp, BatchMatmulOp, Conv1DNcwFcwOp, Conv3DNcdhwFcdhwOp, PoolingNcwMaxOp, PoolingNcwSumOp)

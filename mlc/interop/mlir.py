@@ -564,7 +564,8 @@ class _Exporter:
         g = n.attrs["group"]
         if g == 1:
             init = self.filled(oshape, dt, 0)
-            op = x.linalg.Conv2DNchwFchwOp([pv.v, w.v], [init], [x.tensor_type(dt, oshape)], strides=x.dense_i64(s),
+            cls = {1: x.Conv1DNcwFcwOp, 2: x.linalg.Conv2DNchwFchwOp, 3: x.Conv3DNcdhwFcdhwOp}[v.rank - 2]
+            op = cls([pv.v, w.v], [init], [x.tensor_type(dt, oshape)], strides=x.dense_i64(s),
                                             dilations=x.dense_i64(d))
             return _T(op.results[0], oshape, dt)
         N, C = pv.shape[:2]
@@ -585,7 +586,11 @@ class _Exporter:
         pv, k, s, d, pads = self._window(n, v, -np.inf if is_max else 0)
         window = self.empty(k, dt)
         init = self.filled(oshape, dt, -np.inf if is_max else 0)
-        cls = x.linalg.PoolingNchwMaxOp if is_max else x.PoolingNchwSumOp
+        if v.rank == 3:
+            cls = x.PoolingNcwMaxOp if is_max else x.PoolingNcwSumOp
+        else:
+            cls = x.linalg.PoolingNchwMaxOp if is_max else x.PoolingNchwSumOp
+        sum_cls = x.PoolingNcwSumOp if v.rank == 3 else x.PoolingNchwSumOp
         r = _T(cls([pv.v, window], [init], [x.tensor_type(dt, oshape)], strides=x.dense_i64(s),
                    dilations=x.dense_i64(d)).results[0], oshape, dt)
         if is_max:
@@ -599,7 +604,7 @@ class _Exporter:
         ones = self.filled(v.shape, dt, 1)
         pones, *_ = self._window(n, _T(ones, v.shape, dt), 0)
         init2 = self.filled(oshape, dt, 0)
-        cnt = _T(x.PoolingNchwSumOp([pones.v, self.empty(k, dt)], [init2], [x.tensor_type(dt, oshape)],
+        cnt = _T(sum_cls([pones.v, self.empty(k, dt)], [init2], [x.tensor_type(dt, oshape)],
                                     strides=x.dense_i64(s), dilations=x.dense_i64(d)).results[0], oshape, dt)
         return self.ew(lambda sc, p, q: sc.bin("div", p, q), [r, cnt], oshape, dt)
 
@@ -626,11 +631,13 @@ def _refusal(n: Node) -> str | None:
                 "global_avg_pool", "global_max_pool", "gather", "argmax", "argmin"):
         pass
     elif op == "conv":
-        if n.inputs[0].type.rank != 4:
-            return "conv: only 2-D convolutions (NCHW) map onto linalg"
+        if n.inputs[0].type.rank not in (3, 4, 5):
+            return "conv: only 1-D, 2-D and 3-D convolutions (NCW, NCHW, NCDHW) map onto linalg"
+        if a["group"] != 1 and n.inputs[0].type.rank != 4:
+            return "conv: grouped convolutions map onto linalg in 2-D only"
     elif op in ("max_pool", "avg_pool"):
-        if n.inputs[0].type.rank != 4:
-            return f"{op}: only 2-D pooling (NCHW) maps onto linalg"
+        if n.inputs[0].type.rank not in (3, 4):
+            return f"{op}: only 1-D and 2-D pooling (NCW, NCHW) map onto linalg"
         if len(n.outputs) != 1:
             return f"{op}: the indices output has no linalg form"
     elif op == "slice":

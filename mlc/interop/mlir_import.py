@@ -8,8 +8,9 @@ the constant 0 on a unit axis) and whose body uses ``arith``/``math``, ``linalg.
 and ``tensor.extract`` (a gather), with parallel iterators or reductions whose body
 ends in one combiner (add, mul, max, min) of the accumulator, or the two-output
 argmax/argmin form; the named ops ``matmul``, ``batch_matmul``,
-``conv_2d_nchw_fchw``, ``conv_2d_ngchw_gfchw``/``fgchw``, ``conv_2d_nhwc_hwcf``,
-``pooling_nchw_max``/``_sum``,
+``conv_1d_ncw_fcw``, ``conv_2d_nchw_fchw``, ``conv_3d_ncdhw_fcdhw``,
+``conv_2d_ngchw_gfchw``/``fgchw``, ``conv_2d_nhwc_hwcf``, ``pooling_nchw_max``/``_sum``,
+``pooling_ncw_max``/``_sum``,
 ``transpose``, ``broadcast``, ``fill``, ``copy``, ``reduce`` and the elementwise
 ``add``/``sub``/``mul``/``max``/``min``/``exp``/``log``/``sqrt``/``select``; ``tensor``
 ``empty``, ``extract_slice``, ``insert_slice``, ``expand_shape``, ``collapse_shape``,
@@ -54,8 +55,9 @@ _CMP_I = {"slt": "lt", "ult": "lt", "sgt": "gt", "ugt": "gt", "eq": "eq", "sle":
 _NAMED_EW = {"linalg.add": "add", "linalg.sub": "sub", "linalg.mul": "mul", "linalg.max": "maximum",
              "linalg.min": "minimum", "linalg.exp": "exp", "linalg.log": "log", "linalg.sqrt": "sqrt",
              "linalg.copy": "copy", "linalg.select": "where"}
-_CONVS = ("linalg.conv_2d_nchw_fchw", "linalg.conv_2d_ngchw_gfchw", "linalg.conv_2d_ngchw_fgchw",
-          "linalg.conv_2d_nhwc_hwcf")
+_CONVS = ("linalg.conv_1d_ncw_fcw", "linalg.conv_2d_nchw_fchw", "linalg.conv_3d_ncdhw_fcdhw",
+          "linalg.conv_2d_ngchw_gfchw", "linalg.conv_2d_ngchw_fgchw", "linalg.conv_2d_nhwc_hwcf")
+_POOLS = ("linalg.pooling_nchw_max", "linalg.pooling_nchw_sum", "linalg.pooling_ncw_max", "linalg.pooling_ncw_sum")
 _COMBINE = {"add": "sum", "mul": "prod", "maximum": "max", "minimum": "min"}
 _IDENTITY = {"add": 0.0, "mul": 1.0}
 
@@ -63,16 +65,14 @@ _BODY_OPS = set(_BIN) | set(_UN) | set(_CAST) | {"arith.constant", "arith.select
                                                  "linalg.index", "linalg.yield", "math.log1p", "tensor.yield",
                                                  "tensor.extract"}
 _TOP_OPS = {"func.func", "func.call", "func.return", "arith.constant", "linalg.generic", "linalg.matmul",
-            "linalg.batch_matmul", *_CONVS, "linalg.pooling_nchw_max", "linalg.pooling_nchw_sum",
-            "linalg.transpose", "linalg.broadcast",
+            "linalg.batch_matmul", *_CONVS, *_POOLS, "linalg.transpose", "linalg.broadcast",
             "linalg.fill", "linalg.reduce", "tensor.empty", "tensor.extract_slice", "tensor.insert_slice",
             "tensor.expand_shape", "tensor.collapse_shape", "tensor.pad", "tensor.cast", "tensor.reshape",
             "tensor.concat",
             "builtin.module"} | set(_NAMED_EW) | set(_BIN) | set(_UN) | set(_CAST) | {"arith.select",
                                                                                       "arith.cmpf", "arith.cmpi"}
 # a named op's body is implied by its name: its own ops are not checked
-_OPAQUE_BODIES = {"linalg.matmul", "linalg.batch_matmul", *_CONVS, "linalg.pooling_nchw_max",
-                  "linalg.pooling_nchw_sum", "linalg.transpose", "linalg.broadcast",
+_OPAQUE_BODIES = {"linalg.matmul", "linalg.batch_matmul", *_CONVS, *_POOLS, "linalg.transpose", "linalg.broadcast",
                   "linalg.fill", "linalg.copy", "linalg.reduce"} | set(_NAMED_EW)
 
 
@@ -215,7 +215,7 @@ class _Importer:
             return [self.accumulate(em("matmul", a, b), op, env, "add")]
         if name in _CONVS:
             return [self.conv(op, env)]
-        if name in ("linalg.pooling_nchw_max", "linalg.pooling_nchw_sum"):
+        if name in _POOLS:
             return [self.pool(op, env)]
         if name == "linalg.transpose":
             perm = [int(p) for p in op.permutation.get_values()]
@@ -441,7 +441,7 @@ class _Importer:
         x, w = (self.val(env, v) for v in op.inputs)
         s = [int(v) for v in op.strides.get_values()]
         d = [int(v) for v in op.dilations.get_values()]
-        if op.name == "linalg.conv_2d_nchw_fchw":
+        if op.name in ("linalg.conv_1d_ncw_fcw", "linalg.conv_2d_nchw_fchw", "linalg.conv_3d_ncdhw_fcdhw"):
             r = em("conv", x, w, strides=s, dilations=d)
         elif op.name == "linalg.conv_2d_nhwc_hwcf":   # channels last: through NCHW and back
             r = em("conv", em("transpose", x, axes=[0, 3, 1, 2]), em("transpose", w, axes=[3, 2, 0, 1]),
@@ -463,9 +463,9 @@ class _Importer:
         k = list(_ttype(op.inputs[1].type).shape)
         s = [int(v) for v in op.strides.get_values()]
         d = [int(v) for v in op.dilations.get_values()]
-        if op.name == "linalg.pooling_nchw_max":
+        if op.name.endswith("_max"):
             return self.accumulate(em("max_pool", x, kernel_shape=k, strides=s, dilations=d), op, env, "maximum")
-        if d != [1, 1]:
+        if any(v != 1 for v in d):
             self.fail(op, "dilated sum pooling is not supported")
         r = em("mul", em("avg_pool", x, kernel_shape=k, strides=s, count_include_pad=True), float(np.prod(k)))
         return self.accumulate(r, op, env, "add")
