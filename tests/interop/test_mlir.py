@@ -102,3 +102,13 @@ def test_unsupported_ops_listed_at_once():
 def test_level_is_checked():
     with pytest.raises(ValueError, match="level"):
         to_mlir(lambda a: a + 1.0, f32(2), level="tensor")
+
+
+def test_missing_tools_skip_with_the_reason(monkeypatch):
+    monkeypatch.setattr(mt, "tool", lambda name: None)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install mlir-19-tools"):
+        mt.verify("func.func @f() { return }")
+    monkeypatch.setattr(mt, "runner_libs", lambda: [])
+    monkeypatch.setattr(mt, "tool", lambda name: "/bin/true")
+    with pytest.raises(pytest.skip.Exception, match="libmlir-19"):
+        mt.need_runner()

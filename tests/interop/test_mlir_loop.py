@@ -94,3 +94,9 @@ def test_control_flow_is_refused():
 def test_gpu_schedules_are_refused():
     with pytest.raises(MlirExportError, match="bound to blockIdx|bound to threadIdx"):
         to_mlir(lambda a: a * 2.0 + 1.0, f32(64, 64), level="loop", target="cuda-sm80")
+
+
+@pytest.mark.parametrize("fn", [lambda a: a, lambda a: mlc.reshape(a, (4, 3)),
+                                lambda a: (mlc.reshape(a * 2.0, (2, 6)), a + 1.0)], ids=["identity", "reshape", "two"])
+def test_outputs_that_are_copies_and_views(fn):
+    check(fn, f32(3, 4))
