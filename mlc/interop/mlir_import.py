@@ -3,8 +3,9 @@ tensors as an mlc Graph, so programs from other MLIR front ends (torch-mlir's li
 output, ``to_mlir``'s own) compile with mlc.
 
 What is read: ``func.func``/``func.call`` (callees inlined)/``func.return``;
-``linalg.generic`` whose indexing maps are projected permutations (a map result may be
-the constant 0 on a unit axis) and whose body uses ``arith``/``math``, ``linalg.index``
+``linalg.generic`` whose output indexing maps are projected permutations (a map result
+may be the constant 0 on a unit axis; an input map may be any affine map — windows,
+strides — and is read by a gather) and whose body uses ``arith``/``math``, ``linalg.index``
 and ``tensor.extract`` (a gather), with parallel iterators or reductions whose body
 ends in one combiner (add, mul, max, min) of the accumulator, or the two-output
 argmax/argmin form; the named ops ``matmul``, ``batch_matmul``,
@@ -291,17 +292,55 @@ class _Importer:
             self.fail(op, f"iterator types {iters}")
         operands = list(op.inputs) + list(op.outputs)
         sizes = [None] * n
-        for v, m in zip(operands, maps):
+        def projected(m, shape) -> bool:
+            return all(isinstance(r, AffineDimExpr) or (isinstance(r, AffineConstantExpr) and r.value == 0
+                                                        and shape[k] == 1) for k, r in enumerate(m.results))
+
+        for i, (v, m) in enumerate(zip(operands, maps)):
             shape = _ttype(v.type).shape
+            if not projected(m, shape):
+                if i >= len(op.inputs):
+                    self.fail(op, f"output indexing map {m} is not a projected permutation")
+                continue   # an input read through general affine indices (a window, a stride): gathered
             for k, r in enumerate(m.results):
                 if isinstance(r, AffineDimExpr):
                     sizes[r.position] = shape[k]
-                elif not (isinstance(r, AffineConstantExpr) and r.value == 0 and shape[k] == 1):
-                    self.fail(op, f"indexing map {m} is not a projected permutation")
         if any(s is None for s in sizes):
             self.fail(op, "a loop's range is not given by any operand")
 
+        def affine(e) -> Sym | int:
+            """An affine expression of the loop indices, as an int64 tensor over the loop space."""
+            if isinstance(e, AffineConstantExpr):
+                return e.value
+            if isinstance(e, AffineDimExpr):
+                shape = [1] * n
+                shape[e.position] = sizes[e.position]
+                return self._constant(np.arange(sizes[e.position], dtype=np.int64).reshape(shape))
+            a, b = affine(e.lhs), affine(e.rhs)
+            kind = e.kind.name
+            if kind == "Add":
+                return em("add", a, b) if isinstance(a, Sym) or isinstance(b, Sym) else a + b
+            if kind == "Mul":
+                return em("mul", a, b) if isinstance(a, Sym) or isinstance(b, Sym) else a * b
+            q = em("cast", em("floor", em("div", em("cast", a, dtype=T.float64), float(b))), dtype=T.int64)
+            if kind == "FloorDiv":
+                return q
+            if kind == "Mod":
+                return em("sub", a, em("mul", q, b))
+            return em("cast", em("ceil", em("div", em("cast", a, dtype=T.float64), float(b))), dtype=T.int64)
+
         def to_loops(x: Sym, m) -> Sym:
+            if not projected(m, x.shape):   # gather at the linear index the map computes
+                lin, stride = 0, 1
+                for r, d in reversed(list(zip(m.results, x.shape))):
+                    term = affine(r)
+                    lin = em("add", em("mul", term, stride), lin) if isinstance(term, Sym) else \
+                        (em("add", lin, term * stride) if isinstance(lin, Sym) else lin + term * stride)
+                    stride *= d
+                flat = self.reshape(x, (int(np.prod(x.shape)),))
+                if not isinstance(lin, Sym):
+                    lin = self._constant(np.array(lin, np.int64))
+                return em("gather", flat, em("broadcast_to", lin, shape=tuple(sizes)), axis=0)
             dims = [r.position for r in m.results if isinstance(r, AffineDimExpr)]
             x = self.reshape(x, [sizes[d] for d in dims])
             order = sorted(range(len(dims)), key=lambda i: dims[i])

@@ -197,13 +197,19 @@ def test_bad_text_and_entry():
     assert from_mlir(two, entry="g").name == "g"
 
 
+@pytest.mark.parametrize("passes", ["--linalg-fuse-elementwise-ops --canonicalize --cse",
+                                    "--linalg-generalize-named-ops --canonicalize"], ids=["fused", "generalized"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_upstream_printed_and_optimized_forms_import(name):
+def test_upstream_printed_and_optimized_forms_import(name, passes):
     """What upstream mlir-opt prints (its syntax, #map aliases), after fusing the
-    elementwise generics and canonicalizing, imports and computes the same."""
+    elementwise generics and canonicalizing, or with every named op generalized (convs
+    and pools as generics reading windows through affine maps), imports and computes
+    the same."""
     fn, *args = CASES[name]
     g = mlc.trace(fn, *args)
-    text = mt.mlir_opt(to_mlir(g), "--linalg-fuse-elementwise-ops", "--canonicalize", "--cse")
+    text = mt.mlir_opt(to_mlir(g), *passes.split())
+    if "generalize" in passes:
+        assert "linalg.conv" not in text and "linalg.matmul" not in text and "linalg.pooling" not in text
     for got, want in zip(run(from_mlir(text), *args), run(g, *args)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
