@@ -42,6 +42,7 @@ CASES = {
     "broadcast_slice_concat": (lambda a, b: mlc.concatenate([mlc.broadcast_to(b, (3, 4)), a[1:, ::2]], axis=0),
                                f32(3, 8), f32(1, 4)),
     "layer_norm": (lambda x, s, b: mlc.layer_norm(x, s, b, axis=-1), f32(3, 8), f32(8), f32(8)),
+    "reversed_slice_tile": (lambda a: (a[::-1, 4:0:-2] * 1.0, mlc.tile(a, (2, 3)) + 1.0), f32(3, 7)),
     "gather": (lambda e, i: mlc.gather(e, i, axis=0) * 2.0, f32(10, 4), np.array([[3, 0, -1], [9, 9, 2]], np.int64)),
     "gather_inner": (lambda e, i: mlc.gather(e, i, axis=1), f32(3, 5, 2), np.array([4, 0], np.int32)),
     "argmax_argmin": (lambda a: (mlc.argmax(a, axis=1), mlc.argmin(a, axis=0, keepdims=False),

@@ -410,7 +410,15 @@ class _Exporter:
             return [self.ew(lambda s, v: v, ins, oshape, odt)]
         if op == "slice":
             x0 = ins[0]
-            return [self.extract(x0, _slice_offsets(x0.shape, a), oshape, a["step"])]
+            if all(st > 0 for st in a["step"]):
+                return [self.extract(x0, _slice_offsets(x0.shape, a), oshape, a["step"])]
+            x = self.x   # a reversed axis: read through the map begin + i * step
+            idx = tuple(x.d(i) * st + b for i, (b, st) in enumerate(zip(a["begin"], a["step"])))
+            return [self.generic([(x0, idx)], oshape, odt, lambda s, v, _acc: v)]
+        if op == "tile":
+            x = self.x   # read through the map i mod n on each repeated axis
+            idx = tuple(x.d(i) % d if r != 1 else i for i, (d, r) in enumerate(zip(ins[0].shape, a["repeats"])))
+            return [self.generic([(ins[0], idx)], oshape, odt, lambda s, v, _acc: v)]
         if op == "split":
             axis = a["axis"] % ins[0].rank
             res, start = [], 0
@@ -628,7 +636,7 @@ def _refusal(n: Node) -> str | None:
         pass
     elif op in ("where", "cast", "prelu", "softmax", "log_softmax", "layer_norm", "batch_norm", "matmul",
                 "reshape", "expand_dims", "squeeze", "transpose", "broadcast_to", "concatenate", "split",
-                "global_avg_pool", "global_max_pool", "gather", "argmax", "argmin"):
+                "global_avg_pool", "global_max_pool", "gather", "argmax", "argmin", "slice"):
         pass
     elif op == "conv":
         if n.inputs[0].type.rank not in (3, 4, 5):
@@ -640,9 +648,8 @@ def _refusal(n: Node) -> str | None:
             return f"{op}: only 1-D and 2-D pooling (NCW, NCHW) map onto linalg"
         if len(n.outputs) != 1:
             return f"{op}: the indices output has no linalg form"
-    elif op == "slice":
-        if any(s <= 0 for s in a["step"]):
-            return "slice: negative steps have no tensor.extract_slice form"
+    elif op == "tile":
+        pass
     elif op == "pad":
         if a["mode"] != "constant" or any(p < 0 for p in a["pads"]):
             return f"pad: mode {a['mode']!r} or negative pads have no tensor.pad form"
