@@ -441,6 +441,10 @@ class _Exporter:
         if op in ("argmax", "argmin"):
             return [self.argext(ins[0], a["axis"] % ins[0].rank, op == "argmax", a["keepdims"],
                                 a["select_last_index"])]
+        if op == "cumsum":
+            return [self.cumsum(ins[0], a["axis"] % ins[0].rank, a["exclusive"], a["reverse"])]
+        if op == "lrn":
+            return [self.lrn(ins[0], **a)]
         if op == "gather":
             return [self.gather(ins[0], ins[1], a["axis"] % max(ins[0].rank, 1), oshape)]
         if op == "pad":
@@ -471,6 +475,40 @@ class _Exporter:
                                 [x.tensor_type(v.dtype, shape), x.tensor_type(T.int64, shape)])
         r = _T(op.results[1], shape, T.int64)
         return self.reshape(r, tuple(1 if d == axis else v.shape[d] for d in range(v.rank))) if keepdims else r
+
+    def cumsum(self, v: _T, axis: int, exclusive: bool, reverse: bool) -> _T:
+        """A reduction over a second loop ``j`` along ``axis``: out[.., i, ..] sums
+        v[.., j, ..] where ``j <= i`` (``<`` exclusive; ``>=``/``>`` reversed)."""
+        x = self.x
+        r = v.rank
+        pred = {(False, False): "le", (True, False): "lt", (False, True): "ge", (True, True): "gt"}[
+            (exclusive, reverse)]
+
+        def body(s, e, acc):
+            i, j = x.linalg.IndexOp(axis).result, x.linalg.IndexOp(r).result
+            take = _Scalar(x, T.int64).cmp(pred, j, i)
+            return s.bin("add", acc, s.select(take, e, s.const(0)))
+        idx = tuple(r if d == axis else d for d in range(r))
+        return self.generic([(v, idx)], v.shape, v.dtype, body, n_loops=r + 1, reduction_dims=(r,),
+                            init=self.filled(v.shape, v.dtype, 0), out_map=tuple(range(r)))
+
+    def lrn(self, v: _T, size: int, alpha: float, beta: float, bias: float) -> _T:
+        """Local response normalization: the squares summed over a window of channels
+        (zero-padded; the window a loop read through the map c + k, its range given by an
+        empty window tensor as in upstream's pooling), then
+        x / (bias + alpha / size * sum) ** beta."""
+        x = self.x
+        before, after = (size - 1) // 2, -(-(size - 1) // 2)
+        sq = self.ew(lambda s, p: s.bin("mul", p, p), [v], v.shape, v.dtype)
+        padded = self.pad(sq, [0, before] + [0] * (v.rank - 2), [0, after] + [0] * (v.rank - 2), 0)
+        r = v.rank
+        idx = tuple(x.d(1) + x.d(r) if d == 1 else d for d in range(r))
+        window = _T(self.empty((size,), v.dtype), (size,), v.dtype)   # gives the window loop its range
+        total = self.generic([(padded, idx), (window, (r,))], v.shape, v.dtype,
+                             lambda s, e, _w, acc: s.bin("add", acc, e), n_loops=r + 1, reduction_dims=(r,),
+                             init=self.filled(v.shape, v.dtype, 0), out_map=tuple(range(r)))
+        return self.ew(lambda s, p, q: s.bin("div", p, s.bin("pow", s.bin("add", s.const(bias), s.bin(
+            "mul", s.const(alpha / size), q)), s.const(beta))), [v, total], v.shape, v.dtype)
 
     def gather(self, data: _T, idx: _T, axis: int, oshape) -> _T:
         """A linalg.generic over the output reading ``data`` with ``tensor.extract`` (as
@@ -636,7 +674,7 @@ def _refusal(n: Node) -> str | None:
         pass
     elif op in ("where", "cast", "prelu", "softmax", "log_softmax", "layer_norm", "batch_norm", "matmul",
                 "reshape", "expand_dims", "squeeze", "transpose", "broadcast_to", "concatenate", "split",
-                "global_avg_pool", "global_max_pool", "gather", "argmax", "argmin", "slice"):
+                "global_avg_pool", "global_max_pool", "gather", "argmax", "argmin", "slice", "cumsum"):
         pass
     elif op == "conv":
         if n.inputs[0].type.rank not in (3, 4, 5):
@@ -650,6 +688,9 @@ def _refusal(n: Node) -> str | None:
             return f"{op}: the indices output has no linalg form"
     elif op == "tile":
         pass
+    elif op == "lrn":
+        if n.inputs[0].type.rank < 2 or not n.inputs[0].dtype.is_float:
+            return "lrn: only on float tensors with a channel axis"
     elif op == "pad":
         if a["mode"] != "constant" or any(p < 0 for p in a["pads"]):
             return f"pad: mode {a['mode']!r} or negative pads have no tensor.pad form"
