@@ -52,6 +52,8 @@ CASES = {
     "argmax_argmin": (lambda a: (mlc.argmax(a, axis=1), mlc.argmin(a, axis=0, keepdims=False),
                                  mlc.argmax(a, axis=0, select_last_index=True, keepdims=False)),
                       np.round(f32(5, 6) * 2) / 2),   # ties, which the index rule decides
+    "gather_elements": (lambda d, i: mlc.gather_elements(d, i, axis=1) + 1.0, f32(3, 4),
+                        np.array([[3, 0], [-1, 1], [2, 2]], np.int64)),
     "constant": (lambda a: a * np.arange(12, dtype=np.float32).reshape(3, 4) + np.float32(2.0), f32(3, 4)),
 }
 

@@ -447,6 +447,8 @@ class _Exporter:
             return [self.lrn(ins[0], **a)]
         if op == "gather":
             return [self.gather(ins[0], ins[1], a["axis"] % max(ins[0].rank, 1), oshape)]
+        if op == "gather_elements":
+            return [self.gather(ins[0], ins[1], a["axis"] % ins[0].rank, oshape, elements=True)]
         if op == "pad":
             pads = list(a["pads"])
             r = ins[0].rank
@@ -510,11 +512,13 @@ class _Exporter:
         return self.ew(lambda s, p, q: s.bin("div", p, s.bin("pow", s.bin("add", s.const(bias), s.bin(
             "mul", s.const(alpha / size), q)), s.const(beta))), [v, total], v.shape, v.dtype)
 
-    def gather(self, data: _T, idx: _T, axis: int, oshape) -> _T:
+    def gather(self, data: _T, idx: _T, axis: int, oshape, elements: bool = False) -> _T:
         """A linalg.generic over the output reading ``data`` with ``tensor.extract`` (as
-        torch-mlir writes embeddings): negative indices wrap, then clamp, as in mlc."""
+        torch-mlir writes embeddings): negative indices wrap, then clamp, as in mlc.
+        ``elements`` (gather_elements): the index replaces the output's own position on
+        ``axis`` only."""
         x = self.x
-        r = idx.rank
+        r = 1 if elements else idx.rank
         n = data.shape[axis]
 
         def body(s, i, _acc):
@@ -525,7 +529,8 @@ class _Exporter:
             pos = [x.linalg.IndexOp(d).result for d in range(axis)] + [at] + \
                 [x.linalg.IndexOp(axis + r + d).result for d in range(data.rank - axis - 1)]
             return x.tensor.ExtractOp(data.v, pos, x.elem_type(data.dtype)).result
-        return self.generic([(idx, tuple(range(axis, axis + r)))], oshape, data.dtype, body)
+        imap = tuple(range(idx.rank)) if elements else tuple(range(axis, axis + r))
+        return self.generic([(idx, imap)], oshape, data.dtype, body)
 
     def softmax(self, v: _T, axis: int, log: bool) -> _T:
         m = self.reduce(v, [axis], "max", True)
@@ -674,7 +679,8 @@ def _refusal(n: Node) -> str | None:
         pass
     elif op in ("where", "cast", "prelu", "softmax", "log_softmax", "layer_norm", "batch_norm", "matmul",
                 "reshape", "expand_dims", "squeeze", "transpose", "broadcast_to", "concatenate", "split",
-                "global_avg_pool", "global_max_pool", "gather", "argmax", "argmin", "slice", "cumsum"):
+                "global_avg_pool", "global_max_pool", "gather", "gather_elements", "argmax", "argmin", "slice",
+                "cumsum"):
         pass
     elif op == "conv":
         if n.inputs[0].type.rank not in (3, 4, 5):
