@@ -54,6 +54,10 @@ CASES = {
                       np.round(f32(5, 6) * 2) / 2),   # ties, which the index rule decides
     "gather_elements": (lambda d, i: mlc.gather_elements(d, i, axis=1) + 1.0, f32(3, 4),
                         np.array([[3, 0], [-1, 1], [2, 2]], np.int64)),
+    "integers": (lambda a, b: (a + b * 3 - mlc.maximum(a, b), mlc.bitwise_and(a, b) + mlc.bitwise_xor(a, b),
+                               mlc.left_shift(a, 1), mlc.cast(a, "float32") * 0.5 + mlc.where(a < b, 1.0, 0.0),
+                               mlc.cast(mlc.abs(a), "int64") + mlc.sum(b, axis=0)),
+                 np.array([[3, -7, 12], [0, 5, -2]], np.int32), np.array([[1, 2, 3], [-4, 5, 6]], np.int32)),
     "constant": (lambda a: a * np.arange(12, dtype=np.float32).reshape(3, 4) + np.float32(2.0), f32(3, 4)),
 }
 

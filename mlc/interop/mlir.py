@@ -702,9 +702,6 @@ def _refusal(n: Node) -> str | None:
             return f"pad: mode {a['mode']!r} or negative pads have no tensor.pad form"
     else:
         return op
-    dts = [v.dtype for v in list(n.inputs) + list(n.outputs)]
-    if any(d.is_float and d.bits == 16 and d.name != "float16" for d in dts):
-        return f"{op} on {dts}"
     if op in ("div", "pow") and not n.outputs[0].dtype.is_float:
         return f"{op} on integers (numpy's floor semantics)"
     if op in _UNARY and op not in ("relu", "neg", "copy", "abs", "bitwise_not") and not n.outputs[0].dtype.is_float:
