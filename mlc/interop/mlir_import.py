@@ -21,7 +21,9 @@ listed at once with its line in the text.
 """
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -623,9 +625,12 @@ def _unsupported(module, text: str) -> list[str]:
     return [name + _locate(text, name) for name in seen]
 
 
-def from_mlir(text: str, entry: str | None = None) -> Graph:
-    """The function ``entry`` of the MLIR module ``text`` (by default the one public
-    function no other calls) as an mlc Graph on its tensor arguments."""
+def from_mlir(text, entry: str | None = None) -> Graph:
+    """The function ``entry`` of the MLIR module ``text`` (MLIR text, or a path to a
+    ``.mlir`` file; by default the one public function no other calls) as an mlc Graph
+    on its tensor arguments, named as in the text."""
+    if isinstance(text, os.PathLike):
+        text = Path(text).read_text()
     try:
         import xdsl  # noqa: F401
     except ImportError:
@@ -645,9 +650,12 @@ def from_mlir(text: str, entry: str | None = None) -> Graph:
     name = re.sub(r"[^A-Za-z0-9_.]", "_", fn.sym_name.data) or "mlir"
     em = Emitter(name)
     imp.em = em
-    args = []
-    for i, a in enumerate(fn.body.block.args):
-        args.append(em.input(f"arg{i}", _ttype(a.type)))
+    args, taken = [], set()
+    for i, a in enumerate(fn.body.block.args):   # the text's own names (%x) where it has them
+        hint = re.sub(r"[^A-Za-z0-9_.]", "_", a.name_hint or "")
+        arg_name = hint if hint and hint not in taken and not hint[0].isdigit() else f"arg{i}"
+        taken.add(arg_name)
+        args.append(em.input(arg_name, _ttype(a.type)))
     outs = imp.function(fn, args)
     return em.build([imp.val({0: o}, 0) for o in outs])
 

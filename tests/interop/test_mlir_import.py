@@ -122,6 +122,7 @@ def test_torch_style_module():
     args = [f32(2, 3, 4), f32(2, 4, 5), f32(1, 3, 5), f32(5, 3)]
     g = from_mlir(TORCH_STYLE)
     assert g.name == "forward" and [v.shape for v in g.inputs] == [(2, 3, 4), (2, 4, 5), (1, 3, 5), (5, 3)]
+    assert [v.name for v in g.inputs] == ["a", "b", "bias", "w"]
     for got, want in zip(run(g, *args), torch_style_reference(*args)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -195,6 +196,13 @@ def test_bad_text_and_entry():
     with pytest.raises(MlirImportError, match="2 entry functions"):
         from_mlir(two)
     assert from_mlir(two, entry="g").name == "g"
+
+
+def test_reads_a_file(tmp_path):
+    path = tmp_path / "m.mlir"
+    path.write_text(to_mlir(lambda x: mlc.relu(x) * 2.0, f32(3)))
+    x = f32(3)
+    np.testing.assert_allclose(run(from_mlir(path), x)[0], np.maximum(x, 0) * 2, rtol=1e-6)
 
 
 @pytest.mark.parametrize("passes", ["--linalg-fuse-elementwise-ops --canonicalize --cse",
