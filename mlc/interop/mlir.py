@@ -709,6 +709,16 @@ def _refusal(n: Node) -> str | None:
     return None
 
 
+def _name_args(block, names) -> None:
+    """The block's arguments print as ``%name`` where ``name`` is a valid, unique SSA name."""
+    import re
+    seen = set()
+    for arg, name in zip(block.args, names):
+        if name and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name) and name not in seen:
+            arg.name_hint = name
+            seen.add(name)
+
+
 def build_module(graph: Graph, name: str | None = None):
     """``graph`` as an xDSL ``ModuleOp`` holding one ``func.func`` (named after the graph).
     Raises MlirExportError naming every op that has no mapping."""
@@ -725,6 +735,7 @@ def build_module(graph: Graph, name: str | None = None):
     in_types = [x.tensor_type(v.dtype, v.shape) for v in graph.inputs]
     out_types = [x.tensor_type(v.dtype, v.shape) for v in graph.outputs]
     block = x.Block(arg_types=in_types)
+    _name_args(block, [v.name for v in graph.inputs])
     ex = _Exporter(x)
     env: dict[Value, _T] = {v: _T(arg, v.shape, v.dtype) for v, arg in zip(graph.inputs, block.args)}
     with x.ImplicitBuilder(block):

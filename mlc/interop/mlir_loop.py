@@ -22,7 +22,7 @@ from ..ir import expr as E
 from ..ir import loop as L
 from ..ir import types as T
 from ..ir.graph import Graph
-from .mlir import MlirExportError, _Scalar, _x
+from .mlir import MlirExportError, _name_args, _Scalar, _x
 
 
 class _Kernel:
@@ -38,6 +38,7 @@ class _Kernel:
         x, f = self.x, self.func
         types = [x.memref_type(b.dtype, b.shape) for b in f.params]
         block = x.Block(arg_types=types)
+        _name_args(block, [b.name for b in f.params])
         for b, arg in zip(f.params, block.args):
             self.bufs[id(b)] = arg
         with x.ImplicitBuilder(block):
@@ -62,6 +63,7 @@ class _Kernel:
             hi = self.index(E.binop("add", s.start, s.extent))
             one = x.arith.ConstantOp(x.IntegerAttr(1, x.IndexType()), x.IndexType()).result
             body = x.Block(arg_types=[x.IndexType()])
+            _name_args(body, [s.var.name])
             with x.ImplicitBuilder(body):
                 self.vars[id(s.var)] = x.arith.IndexCastOp(body.args[0], x.IntegerType(64)).result
                 self.stmt(s.body)
