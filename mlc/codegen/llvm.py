@@ -45,7 +45,7 @@ import llvmlite
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
-from ..ir.expr import (BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_atoms, linear_coefficient,
+from ..ir.expr import (BinOp, Call, Cast, Const, Expr, Load, Select, Var, linear_coefficient, offset_form,
                        structural_key, substitute, uses_var, walk)
 from ..ir.loop import GPU_KINDS, Alloc, Buffer, CallExtern, For, Func, If, Seq, Stmt, Store
 from ..ir.plan import ControlCall, Frame, entry_calls
@@ -597,18 +597,8 @@ class FuncEmitter:
         hit = self._linear.get(key)
         if hit is not None:
             return hit[0]
-        terms: dict = {}
-        const, stride, lin = 0, 1, None
-        for i, n in zip(reversed(indices), reversed(buf.shape)):
-            form = linear_atoms(i)
-            if form is None:
-                break
-            for k, (atom, c) in form[0].items():
-                terms[k] = (atom, terms.get(k, (atom, 0))[1] + c * stride)
-            const += form[1] * stride
-            stride *= n
-        else:
-            lin = ([(atom, c) for atom, c in terms.values() if c], const)
+        form = offset_form(indices, buf.shape)
+        lin = None if form is None else (list(form[0].values()), form[1])
         self._linear[key] = (lin, indices)   # the indices kept alive: their ids stay theirs
         return lin
 

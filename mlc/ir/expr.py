@@ -367,6 +367,40 @@ def _from_atoms(terms: dict, const: int) -> Expr:
     return out
 
 
+def offset_form(indices, shape):
+    """The flat element offset of ``indices`` into a row-major ``shape`` as ({key: (atom,
+    coefficient)}, constant), with each pair ``(x // a) * a + x % a`` (what a reshape leaves
+    behind) merged back into ``x`` -- an identity under floor and truncating division alike;
+    None when an index is not a linear combination of atoms."""
+    terms: dict = {}
+    const, stride = 0, 1
+    for i, n in zip(reversed(indices), reversed(shape)):
+        form = linear_atoms(i)
+        if form is None:
+            return None
+        for k, (atom, c) in form[0].items():
+            terms[k] = (atom, terms.get(k, (atom, 0))[1] + c * stride)
+        const += form[1] * stride
+        stride *= n
+    terms, const = _merge_divmod(terms, const)
+    return {k: (atom, c) for k, (atom, c) in terms.items() if c}, const
+
+
+def offset_stride(indices, shape, var: Var):
+    """The coefficient of ``var`` in ``offset_form(indices, shape)``: 0 when the offset does
+    not depend on it, None when it is not linear in it."""
+    form = offset_form(indices, shape)
+    if form is None:
+        return 0 if not any(uses_var(i, var) for i in indices) else None
+    c = 0
+    for atom, k in form[0].values():
+        if atom is var:
+            c += k
+        elif uses_var(atom, var):
+            return None
+    return c
+
+
 def _merge_divmod(terms: dict, const: int):
     """c * a * (x // a) + c * (x % a) -> c * x."""
     for key, (atom, c) in list(terms.items()):

@@ -21,7 +21,7 @@ result never goes through memory.
 from __future__ import annotations
 
 from ..ir import expr as E
-from ..ir.expr import Const, Expr, Load, Var, linear_coefficient
+from ..ir.expr import Const, Expr, Load, Var, linear_coefficient, offset_stride
 from ..ir.loop import Func
 from ..ir.tensor import Compute, Kernel
 from ..target import Target
@@ -79,7 +79,7 @@ def load_stride(e: Expr, var: Var) -> set:
     out = set()
     for x in E.walk(e):
         if isinstance(x, Load):
-            out.add(linear_coefficient(flat_offset(x.indices, x.source.shape), var))
+            out.add(offset_stride(x.indices, x.source.shape, var))
     return out
 
 
