@@ -83,3 +83,18 @@ def test_a_vector_times_a_matrix_takes_a_wide_one_row_tile(target, width):
     np.testing.assert_allclose(mlc.compile(lambda a, b: a @ b, a, b)(a, b), a @ b, rtol=1e-4, atol=1e-4)
     rows = mlc.compile(lambda a, b: a @ b, rand((8, 256)), b, target=target).ir("loop")
     assert f"alloc acc: f32[1,{width}] local" not in rows   # several rows: the usual tile
+
+
+@pytest.mark.parametrize("target, lanes", [("znver3", 8), ("skylake-avx512", 16)])
+def test_reads_through_a_reshape_are_contiguous_vectors(target, lanes):
+    """[64, 56, 56] read as [64, 3136]: the index (k // 56, k % 56) is the flat offset k,
+    so the loop is a vector loop and its loads one contiguous vector each, not a gather."""
+    x, s = rand((64, 56, 56)), rand((64, 1), seed=1)
+    f = lambda x, s: mlc.relu(mlc.reshape(x, (64, 3136)) * s + 1.0)
+    exe = mlc.compile(f, x, s, target=target)
+    assert f"vector jv in [0, {lanes})" in exe.ir("loop")
+    llvm_ir = exe.ir("llvm")
+    assert f"load <{lanes} x float>" in llvm_ir
+    assert llvm_ir.count("= load float") == 1   # the row's scale, broadcast; no per-lane gather of x
+    want = np.maximum(x.reshape(64, 3136) * s + 1, 0)
+    np.testing.assert_allclose(mlc.compile(f, x, s)(x, s), want, rtol=1e-5, atol=1e-6)
