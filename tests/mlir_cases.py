@@ -61,6 +61,16 @@ CASES = {
     "constant": (lambda a: a * np.arange(12, dtype=np.float32).reshape(3, 4) + np.float32(2.0), f32(3, 4)),
 }
 
+# control flow (exported as scf on tensors; from_mlir does not read scf)
+CONTROL = {
+    "scan": (lambda x: mlc.scan(lambda c, xi: (c * 0.5 + xi, mlc.tanh(c + xi)), x[0] * 0.0, x), f32(5, 3)),
+    "scan_reverse": (lambda x: mlc.scan(lambda c, xi: (c + xi, c * 2.0), x[0] * 0.0, x, reverse=True), f32(4, 2)),
+    "while_loop": (lambda x: mlc.while_loop(lambda c: mlc.sum(c) < 100.0, lambda c: c * 2.0 + 1.0, mlc.abs(x)),
+                   f32(5, 3)),
+    "cond": (lambda x: (mlc.cond(mlc.sum(x) > 0.0, lambda a: a * 2.0, lambda a: a - 1.0, x),
+                        mlc.cond(mlc.sum(x) <= 0.0, lambda a: a * 2.0, lambda a: a - 1.0, x)), f32(5, 3)),
+}
+
 
 def zoo(name):
     """A zoo model with its weights as a function of its data inputs, and those inputs."""
@@ -73,6 +83,7 @@ def zoo(name):
                                                                 r.integers(0, 7, (4, 2)),
                                                                 r.standard_normal((4, 3)).astype(np.float32))),
         "ncf": lambda: (models.ncf(20, 30, dim=8, mlp=(16, 8)), (r.integers(0, 20, 4), r.integers(0, 30, 4))),
+        "lstm_lm": lambda: (models.lstm_lm(50, 16, layers=2), (r.integers(0, 50, (2, 8)),)),
     }[name]()
     params, state = model.init(seed=1)
     fn = (lambda *x: model(params, *x, state=state)) if state else (lambda *x: model(params, *x))

@@ -54,7 +54,7 @@ def need_runner() -> tuple[str, list[str]]:
     return p, libs
 
 
-LOWER = ["--one-shot-bufferize=bufferize-function-boundaries", "--convert-linalg-to-loops",
+LOWER = ["--one-shot-bufferize=bufferize-function-boundaries allow-return-allocs-from-loops", "--convert-linalg-to-loops",
          "--convert-scf-to-cf", "--expand-strided-metadata", "--lower-affine", "--finalize-memref-to-llvm",
          "--convert-math-to-llvm", "--convert-math-to-libm", "--convert-vector-to-llvm", "--convert-arith-to-llvm",
          "--convert-func-to-llvm", "--convert-cf-to-llvm", "--reconcile-unrealized-casts"]

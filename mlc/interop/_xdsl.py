@@ -12,6 +12,7 @@ from xdsl.context import Context
 from xdsl.dialects import arith, bufferization, func, math, memref, scf, tensor, vector  # noqa: F401
 from xdsl.dialects import linalg as _linalg_dialect
 from xdsl.dialects.builtin import (  # noqa: F401
+    DYNAMIC_INDEX,
     AffineMapAttr, ArrayAttr, BytesAttr, DenseArrayBase, DenseIntOrFPElementsAttr, Float16Type, Float32Type,
     Float64Type, FloatAttr, IndexType, IntegerAttr, IntegerType, MemRefType, ModuleOp, StringAttr, TensorType,
     UnitAttr, VectorType, i64,

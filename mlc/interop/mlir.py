@@ -27,7 +27,7 @@ import numpy as np
 
 from ..frontend.trace import trace
 from ..ir import types as T
-from ..ir.graph import Graph, Node, Value
+from ..ir.graph import Graph, Node, Value, walk_nodes
 
 
 class MlirExportError(ValueError):
@@ -449,6 +449,12 @@ class _Exporter:
             return [self.gather(ins[0], ins[1], a["axis"] % max(ins[0].rank, 1), oshape)]
         if op == "gather_elements":
             return [self.gather(ins[0], ins[1], a["axis"] % ins[0].rank, oshape, elements=True)]
+        if op == "cond":
+            return self.cond(n, ins)
+        if op == "while_loop":
+            return self.while_loop(n, ins)
+        if op == "scan":
+            return self.scan(n, ins)
         if op == "pad":
             pads = list(a["pads"])
             r = ins[0].rank
@@ -531,6 +537,101 @@ class _Exporter:
             return x.tensor.ExtractOp(data.v, pos, x.elem_type(data.dtype)).result
         imap = tuple(range(idx.rank)) if elements else tuple(range(axis, axis + r))
         return self.generic([(idx, imap)], oshape, data.dtype, body)
+
+    # --- control flow: scf on tensors ------------------------------------------------------
+
+    def inline(self, g: Graph, args: list[_T]) -> list[_T]:
+        """``g``'s nodes written at the current insertion point on ``args``."""
+        env = dict(zip(g.inputs, args))
+        for node in g.nodes:
+            env.update(zip(node.outputs, self.node(node, [env[v] for v in node.inputs])))
+        return [env[v] for v in g.outputs]
+
+    def region(self, g: Graph, args: list[_T], block=None, terminator=None):
+        """A region whose block runs ``g`` on ``args`` and ends in ``terminator(results)``
+        (``scf.yield`` by default)."""
+        x = self.x
+        block = block if block is not None else x.Block()
+        with x.ImplicitBuilder(block):
+            outs = self.inline(g, args)
+            (terminator or (lambda vs: x.scf.YieldOp(*vs)))([o.v for o in outs])
+        return x.Region(block)
+
+    def scalar(self, t: _T):
+        """The element of a 0-d tensor."""
+        return self.x.tensor.ExtractOp(t.v, [], self.x.elem_type(t.dtype)).result
+
+    def cond(self, n: Node, ins: list[_T]) -> list[_T]:
+        x = self.x
+        types = [x.tensor_type(o.dtype, o.shape) for o in n.outputs]
+        op = x.scf.IfOp(self.scalar(ins[0]), types, self.region(n.attrs["true_body"], ins[1:]),
+                        self.region(n.attrs["false_body"], ins[1:]))
+        return [_T(r, o.shape, o.dtype) for r, o in zip(op.results, n.outputs)]
+
+    def while_loop(self, n: Node, ins: list[_T]) -> list[_T]:
+        """``scf.while``: the condition graph in the before region (``scf.condition``), the
+        body in the after region, the carries as its arguments, the rest read from outside."""
+        x = self.x
+        k = n.attrs["num_carry"]
+        carries, consts = ins[:k], ins[k:]
+        types = [x.tensor_type(t.dtype, t.shape) for t in carries]
+        before, after = x.Block(arg_types=types), x.Block(arg_types=types)
+        wrap = lambda block: [_T(a, t.shape, t.dtype) for a, t in zip(block.args, carries)]  # noqa: E731
+        cond_g, body_g = n.attrs["cond"], n.attrs["body"]
+        with x.ImplicitBuilder(before):
+            c = self.inline(cond_g, wrap(before) + consts)[0]
+            x.scf.ConditionOp(self.scalar(c), *before.args)
+        op = x.scf.WhileOp([t.v for t in carries], types, x.Region(before),
+                           self.region(body_g, wrap(after) + consts, block=after))
+        return [_T(r, t.shape, t.dtype) for r, t in zip(op.results, carries)]
+
+    def scan(self, n: Node, ins: list[_T]) -> list[_T]:
+        """``scf.for`` over the steps: carries and the stacked outputs as iteration
+        arguments, each step's xs read with ``tensor.extract_slice`` at the step and its ys
+        written with ``tensor.insert_slice``."""
+        x = self.x
+        a = n.attrs
+        k, m, length = a["num_carry"], a["num_xs"], a["length"]
+        carries, xs, consts = ins[:k], ins[k:k + m], ins[k + m:]
+        ys = n.outputs[k:]
+        accs = [_T(self.empty(o.shape, o.dtype), o.shape, o.dtype) for o in ys]
+        state = carries + accs
+        idx = x.IndexType()
+        block = x.Block(arg_types=[idx] + [x.tensor_type(t.dtype, t.shape) for t in state])
+        with x.ImplicitBuilder(block):
+            i = block.args[0]
+            if a["reverse"]:
+                last = x.arith.ConstantOp(x.IntegerAttr(length - 1, idx), idx).result
+                i = x.arith.SubiOp(last, i).result
+            cur = [_T(v, t.shape, t.dtype) for v, t in zip(block.args[1:], state)]
+            slices = [self.reshape(self.dynamic_slice(t, i), t.shape[1:]) for t in xs]
+            outs = self.inline(a["body"], cur[:k] + slices + consts)
+            stacked = [self.dynamic_insert(self.reshape(y, (1,) + y.shape), acc, i)
+                       for y, acc in zip(outs[k:], cur[k:])]
+            x.scf.YieldOp(*[t.v for t in outs[:k] + stacked])
+        c = [x.arith.ConstantOp(x.IntegerAttr(v, idx), idx).result for v in (0, length, 1)]
+        op = x.scf.ForOp(c[0], c[1], c[2], [t.v for t in state], block)
+        return [_T(r, t.shape, t.dtype) for r, t in zip(op.results, state)]
+
+    def dynamic_slice(self, t: _T, i) -> _T:
+        """``t[i:i+1]`` along the leading axis, ``i`` an index value."""
+        x = self.x
+        sizes = (1,) + t.shape[1:]
+        op = x.tensor.ExtractSliceOp.build(
+            operands=[t.v, [i], [], []], result_types=[x.tensor_type(t.dtype, sizes)],
+            properties={"static_offsets": x.DenseArrayBase.from_list(x.i64, [x.DYNAMIC_INDEX] + [0] * (t.rank - 1)),
+                        "static_sizes": x.DenseArrayBase.from_list(x.i64, list(sizes)),
+                        "static_strides": x.DenseArrayBase.from_list(x.i64, [1] * t.rank)})
+        return _T(op.result, sizes, t.dtype)
+
+    def dynamic_insert(self, src: _T, dest: _T, i) -> _T:
+        x = self.x
+        op = x.tensor.InsertSliceOp.build(
+            operands=[src.v, dest.v, [i], [], []], result_types=[dest.v.type],
+            properties={"static_offsets": x.DenseArrayBase.from_list(x.i64, [x.DYNAMIC_INDEX] + [0] * (dest.rank - 1)),
+                        "static_sizes": x.DenseArrayBase.from_list(x.i64, list(src.shape)),
+                        "static_strides": x.DenseArrayBase.from_list(x.i64, [1] * dest.rank)})
+        return _T(op.result, dest.shape, dest.dtype)
 
     def softmax(self, v: _T, axis: int, log: bool) -> _T:
         m = self.reduce(v, [axis], "max", True)
@@ -680,7 +781,7 @@ def _refusal(n: Node) -> str | None:
     elif op in ("where", "cast", "prelu", "softmax", "log_softmax", "layer_norm", "batch_norm", "matmul",
                 "reshape", "expand_dims", "squeeze", "transpose", "broadcast_to", "concatenate", "split",
                 "global_avg_pool", "global_max_pool", "gather", "gather_elements", "argmax", "argmin", "slice",
-                "cumsum"):
+                "cumsum", "cond", "while_loop", "scan"):
         pass
     elif op == "conv":
         if n.inputs[0].type.rank not in (3, 4, 5):
@@ -723,7 +824,7 @@ def build_module(graph: Graph, name: str | None = None):
     """``graph`` as an xDSL ``ModuleOp`` holding one ``func.func`` (named after the graph).
     Raises MlirExportError naming every op that has no mapping."""
     bad: dict[str, list[str]] = {}
-    for n in graph.nodes:
+    for n in walk_nodes(graph):   # control flow's bodies too
         why = _refusal(n)
         if why is not None:
             bad.setdefault(why, []).append(n.loc or "?")

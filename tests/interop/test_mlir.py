@@ -11,7 +11,7 @@ from mlc.interop.mlir import MlirExportError, build_module, print_module, to_mli
 
 import mlir_tools as mt  # noqa: E402
 
-from mlir_cases import CASES, ZOO, f32, zoo  # noqa: E402
+from mlir_cases import CASES, CONTROL, ZOO, f32, zoo  # noqa: E402
 
 
 def check(fn, *args, rtol=2e-4, atol=2e-5):
@@ -32,6 +32,15 @@ def check(fn, *args, rtol=2e-4, atol=2e-5):
 def test_op_family_runs_upstream(name):
     fn, *args = CASES[name]
     check(fn, *args)
+
+
+@pytest.mark.parametrize("name", sorted(CONTROL))
+def test_control_flow_runs_upstream(name):
+    """scan as scf.for (carries and stacked outputs as iteration arguments), while_loop as
+    scf.while, cond as scf.if, on tensors."""
+    fn, *args = CONTROL[name]
+    text = check(fn, *args, rtol=1e-4, atol=1e-4)
+    assert {"scan": "scf.for", "scan_reverse": "scf.for", "while_loop": "scf.while", "cond": "scf.if"}[name] in text
 
 
 def test_named_ops_appear():
@@ -57,7 +66,7 @@ def test_transformer_example_small():
     check(fn, *args, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO + ["lstm_lm"])
 def test_zoo_models_run_upstream(name):
     """mlc's model zoo with its weights (embeddings, attention, batch norm, residual convs)
     as dense constants in MLIR."""
