@@ -158,6 +158,17 @@ class _ToRelax:
             return op.nn.pad(ins[0], width, a["mode"], float(a["value"]))
         if name == "tile":
             return op.tile(ins[0], _ints(a["repeats"]))
+        if name == "lrn":   # Relax has no LRN: the window sum over channels of the zero-padded squares
+            x, size, channels = ins[0], int(a["size"]), n.inputs[0].shape[1]
+            dt = n.inputs[0].dtype.np
+            before = (size - 1) // 2
+            width = [0, 0, before, size - 1 - before] + [0, 0] * (rank - 2)
+            sq = op.nn.pad(op.multiply(x, x), width, "constant", 0.0)
+            total = op.strided_slice(sq, [1], [0], [channels])
+            for k in range(1, size):
+                total = op.add(total, op.strided_slice(sq, [1], [k], [k + channels]))
+            scale = op.add(self.const(a["bias"], dt), op.multiply(self.const(a["alpha"] / size, dt), total))
+            return op.divide(x, op.power(scale, self.const(a["beta"], dt)))
         if name == "cumsum":
             return op.cumsum(ins[0], axis=int(a["axis"]))
         raise AssertionError(name)
@@ -167,7 +178,7 @@ TO_RELAX = sorted(set(_BINARY) | set(_UNARY) | set(_NN_UNARY) | set(_REDUCE) | {
     "constant", "copy", "where", "matmul", "gelu", "leaky_relu", "prelu", "softmax", "log_softmax", "argmax",
     "argmin", "conv", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "batch_norm", "layer_norm",
     "reshape", "broadcast_to", "transpose", "concatenate", "expand_dims", "squeeze", "gather", "slice", "cast",
-    "clip", "pad", "tile", "cumsum"})
+    "clip", "pad", "tile", "cumsum", "lrn"})
 """The graph ops ``to_relax`` writes."""
 
 

@@ -124,7 +124,8 @@ FAMILIES = {
     "shapes": (lambda x, i, j: (x.reshape(6, -1), x.transpose(2, 0, 1), mlc.concatenate([x, x * 2.0], axis=1),
                                 mlc.expand_dims(x, axis=(0, 3)), mlc.squeeze(x[:, :1], axis=1),
                                 mlc.broadcast_to(x[:, :1], (2, 3, 4)), mlc.gather(x, i, axis=1), x[:, ::-1, 1:3],
-                                mlc.pad(x, pads=(0, 1, 2, 1, 0, 0)), mlc.pad(x, pads=(0, 1, 1, 0, 2, 2), mode="reflect"),
+                                mlc.pad(x, pads=(0, 1, 2, 1, 0, 0)),
+                                mlc.pad(x, pads=(0, 1, 1, 0, 2, 2), mode="reflect"),
                                 mlc.pad(x, pads=(1, 0, 0, 0, 1, -1), mode="edge", value=0),
                                 mlc.tile(x, repeats=(1, 2, 1)), mlc.cumsum(x, axis=2),
                                 mlc.cumsum(x, axis=1, exclusive=True, reverse=True), mlc.gather_elements(x, j, axis=2))
@@ -209,7 +210,8 @@ LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light")
 
 def weighted(model, seed=0):
     """The light model with its ConstantOfShape weights (one value each, so that its
-    output does not depend on its input) replaced by random initializers."""
+    output does not depend on its input) replaced by random initializers, and its
+    closing softmax left out (the logits are what is compared)."""
     from onnx import numpy_helper
     rng = np.random.default_rng(seed)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -224,6 +226,9 @@ def weighted(model, seed=0):
             m.graph.initializer.append(numpy_helper.from_array(w.astype(np.float32), n.output[0]))
         else:
             keep.append(n)
+        if n.op_type == "Softmax" and n.output[0] in {o.name for o in m.graph.output}:
+            n.op_type = "Identity"   # compare the logits: a saturated softmax would hide differences
+            del n.attribute[:]
     del m.graph.node[:]
     m.graph.node.extend(keep)
     return m
@@ -244,7 +249,8 @@ def test_light_onnx_models_re_exported_after_import_match_the_original_in_onnxru
     re_exported = export(g, path=path)
     onnx.checker.check_model(str(path), full_check=True)
     assert re_exported.opset_import[0].version >= 17
-    assert [i.name for i in re_exported.graph.input] == [v.name for v in g.inputs]   # data inputs; weights are initializers
+    # the data inputs only: the weights are initializers
+    assert [i.name for i in re_exported.graph.input] == [v.name for v in g.inputs]
     again = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = again.run(None, {g.inputs[0].name: x})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())   # logits far from 1
