@@ -154,3 +154,15 @@ def test_the_mlc_command_exports(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     check_onnx_file(out, *example_graph("gelu"))
+
+
+def test_a_missing_extra_ends_the_command_with_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tvm", None)   # as if apache-tvm were not installed
+    with pytest.raises(SystemExit, match=r"mlc export --format relax: .*needs TVM: pip install 'mlc\[tvm\]'"):
+        main(["export", "mlp", "--format", "relax", "-o", str(tmp_path / "m.py")])
+    monkeypatch.setitem(sys.modules, "mlc.interop.mlir", None)   # as if the MLIR exporter were missing
+    for fmt in ("mlir", "mlir-loop"):
+        with pytest.raises(SystemExit, match=rf"mlc export --format {fmt}: the MLIR exporter is unavailable .*"
+                                             r"needs the mlir extra: pip install 'mlc\[mlir\]'"):
+            main(["export", "mlp", "--format", fmt, "-o", str(tmp_path / "m.mlir")])
+    assert not list(tmp_path.iterdir())
