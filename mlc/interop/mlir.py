@@ -9,7 +9,9 @@ dialects: ``linalg`` named ops where upstream has them (``matmul``,
 elementwise ops (numpy broadcasting through the indexing maps), reductions and the
 composite ops (softmax, layer/batch norm, the activations), ``tensor`` for shapes
 (``collapse_shape``/``expand_shape``, ``extract_slice``, ``insert_slice``, ``pad``)
-and ``arith.constant`` dense tensors for constants. At ``level="loop"``
+and ``arith.constant`` dense tensors for constants; control flow is ``scf`` on tensors
+(``scan`` an ``scf.for``, ``while_loop`` an ``scf.while``, ``cond`` an ``scf.if``). At
+``level="loop"``
 (``mlir_loop.py``) the compiled, scheduled loop nests become ``scf`` + ``memref``.
 
 The module is built with xDSL's IR builders and printed by xDSL; upstream

@@ -2,22 +2,29 @@
 tensors as an mlc Graph, so programs from other MLIR front ends (torch-mlir's linalg
 output, ``to_mlir``'s own) compile with mlc.
 
-What is read: ``func.func``/``func.call`` (callees inlined)/``func.return``;
-``linalg.generic`` whose output indexing maps are projected permutations (a map result
-may be the constant 0 on a unit axis; an input map may be any affine map — windows,
-strides — and is read by a gather) and whose body uses ``arith``/``math``, ``linalg.index``
-and ``tensor.extract`` (a gather), with parallel iterators or reductions whose body
-ends in one combiner (add, mul, max, min) of the accumulator, or the two-output
-argmax/argmin form; the named ops ``matmul``, ``batch_matmul``,
-``conv_1d_ncw_fcw``, ``conv_2d_nchw_fchw``, ``conv_3d_ncdhw_fcdhw``,
-``conv_2d_ngchw_gfchw``/``fgchw``, ``conv_2d_nhwc_hwcf``, ``pooling_nchw_max``/``_sum``,
-``pooling_ncw_max``/``_sum``,
-``transpose``, ``broadcast``, ``fill``, ``copy``, ``reduce`` and the elementwise
-``add``/``sub``/``mul``/``max``/``min``/``exp``/``log``/``sqrt``/``select``; ``tensor``
-``empty``, ``extract_slice``, ``insert_slice``, ``expand_shape``, ``collapse_shape``,
-``reshape``, ``concat``, ``pad`` (a constant pad value), ``cast``; ``arith`` constants
-(dense tensors and scalars) and ``arith``/``math`` ops on tensors. Anything else is refused: every unsupported op is
-listed at once with its line in the text.
+What is read:
+
+- ``func.func``, ``func.call`` (callees inlined), ``func.return``;
+- ``scf.if``, ``scf.while`` and ``scf.for`` on tensors as ``cond``, ``while_loop`` and
+  ``scan`` (their regions as body graphs that take what they read from outside as inputs);
+- ``linalg.generic`` whose output indexing maps are projected permutations (a result may
+  be the constant 0 on a unit axis; an input map may be any affine map -- windows,
+  strides -- and is read by a gather), whose body uses ``arith``/``math``,
+  ``linalg.index`` and ``tensor.extract`` (a gather), with parallel iterators, or
+  reductions ending in one combiner (add, mul, max, min) of the accumulator, or the
+  two-output argmax/argmin form;
+- the named ops ``matmul``, ``batch_matmul``, ``conv_1d_ncw_fcw``, ``conv_2d_nchw_fchw``,
+  ``conv_3d_ncdhw_fcdhw``, ``conv_2d_ngchw_gfchw``/``fgchw``, ``conv_2d_nhwc_hwcf``,
+  ``pooling_nchw_max``/``_sum``, ``pooling_ncw_max``/``_sum``, ``transpose``,
+  ``broadcast``, ``fill``, ``copy``, ``reduce`` and the elementwise
+  ``add``/``sub``/``mul``/``max``/``min``/``exp``/``log``/``sqrt``/``select``;
+- ``tensor`` ``empty``, ``extract``, ``extract_slice``/``insert_slice`` (static or
+  run-time offsets), ``expand_shape``, ``collapse_shape``, ``reshape``, ``concat``,
+  ``pad`` (a constant pad value), ``cast``;
+- ``arith`` constants (dense tensors and scalars) and ``arith``/``math`` ops on tensors.
+
+Anything else is refused: every unsupported op is listed at once with its lines in the
+text.
 """
 from __future__ import annotations
 
@@ -71,7 +78,7 @@ _TOP_OPS = {"func.func", "func.call", "func.return", "arith.constant", "linalg.g
             "linalg.batch_matmul", *_CONVS, *_POOLS, "linalg.transpose", "linalg.broadcast",
             "linalg.fill", "linalg.reduce", "tensor.empty", "tensor.extract_slice", "tensor.insert_slice",
             "tensor.expand_shape", "tensor.collapse_shape", "tensor.pad", "tensor.cast", "tensor.reshape",
-            "tensor.concat",
+            "tensor.concat", "tensor.extract", "scf.if", "scf.while", "scf.for", "scf.yield", "scf.condition",
             "builtin.module"} | set(_NAMED_EW) | set(_BIN) | set(_UN) | set(_CAST) | {"arith.select",
                                                                                       "arith.cmpf", "arith.cmpi"}
 # a named op's body is implied by its name: its own ops are not checked
@@ -210,6 +217,10 @@ class _Importer:
             return [r]
         if name == "linalg.generic":
             return self.generic(op, env)
+        if name in ("scf.if", "scf.while", "scf.for"):
+            return self.scf(op, env)
+        if name == "tensor.extract":   # an element (a predicate, a loop's bound) as a 0-d tensor
+            return [self.extract(op, env, full_shape=())]
         if name in _NAMED_EW:
             ins = [self.val(env, v) for v in op.inputs]
             return [em(_NAMED_EW[name], *ins)]
@@ -513,29 +524,59 @@ class _Importer:
 
     # --- tensor -------------------------------------------------------------------------------
 
+    def offsets(self, op, env) -> list:
+        """The slice's offsets: ints, or 0-d int64 Syms where they are dynamic."""
+        from xdsl.dialects.builtin import DYNAMIC_INDEX
+        if op.sizes or op.strides:
+            self.fail(op, "dynamic sizes or strides")
+        dyn = iter(op.offsets)
+        return [self.em("cast", self.val(env, next(dyn)), dtype=T.int64) if o == DYNAMIC_INDEX else int(o)
+                for o in op.static_offsets.get_values()]
+
     def extract_slice(self, op, env) -> Sym:
-        if op.offsets or op.sizes or op.strides:
-            self.fail(op, "dynamic offsets, sizes or strides")
         x = self.val(env, op.source)
-        offs = [int(v) for v in op.static_offsets.get_values()]
+        offs = self.offsets(op, env)
         sizes = [int(v) for v in op.static_sizes.get_values()]
         steps = [int(v) for v in op.static_strides.get_values()]
-        ends = [o + (n - 1) * st + 1 for o, n, st in zip(offs, sizes, steps)]
-        r = self.em("slice", x, begin=offs, end=ends, step=steps)
+        if all(isinstance(o, int) for o in offs):
+            ends = [o + (n - 1) * st + 1 for o, n, st in zip(offs, sizes, steps)]
+            r = self.em("slice", x, begin=offs, end=ends, step=steps)
+        else:   # a slice at a run-time position (a loop's step): a gather at the linear index
+            em, lin, stride = self.em, 0, 1
+            for k in reversed(range(len(sizes))):
+                shape = [1] * len(sizes)
+                shape[k] = sizes[k]
+                pos = em("add", self._constant(np.arange(sizes[k], dtype=np.int64).reshape(shape) * steps[k]),
+                         offs[k])
+                lin = em("add", em("mul", pos, stride), lin)
+                stride *= x.shape[k]
+            r = em("gather", self.reshape(x, (int(np.prod(x.shape)),)), em("broadcast_to", lin, shape=tuple(sizes)),
+                   axis=0)
         return self.reshape(r, _ttype(op.results[0].type).shape)
 
     def insert_slice(self, op, env) -> Sym:
         em = self.em
-        if op.offsets or op.sizes or op.strides:
-            self.fail(op, "dynamic offsets, sizes or strides")
         steps = [int(v) for v in op.static_strides.get_values()]
         if any(st != 1 for st in steps):
             self.fail(op, "strided insert_slice is not supported")
+        offs = self.offsets(op, env)
         dest = self.val(env, op.dest)
         tt = _ttype(op.dest.type)
-        offs = [int(v) for v in op.static_offsets.get_values()]
         sizes = [int(v) for v in op.static_sizes.get_values()]
         src = self.reshape(self.val(env, op.source), sizes)
+        if not all(isinstance(o, int) for o in offs):   # where each position falls in the slice, gathered
+            inside, lin, stride = None, 0, 1
+            for k in reversed(range(len(sizes))):
+                shape = [1] * len(sizes)
+                shape[k] = tt.shape[k]
+                q = em("sub", self._constant(np.arange(tt.shape[k], dtype=np.int64).reshape(shape)), offs[k])
+                ok = em("bitwise_and", em("greater", q, -1), em("less", q, sizes[k]))
+                inside = ok if inside is None else em("bitwise_and", inside, ok)
+                lin = em("add", em("mul", em("minimum", em("maximum", q, 0), sizes[k] - 1), stride), lin)
+                stride *= sizes[k]
+            flat = self.reshape(src, (int(np.prod(sizes)),))
+            picked = em("gather", flat, em("broadcast_to", lin, shape=tt.shape), axis=0)
+            return em("where", em("broadcast_to", inside, shape=tt.shape), picked, dest)
         pads = offs + [d - o - n for d, o, n in zip(tt.shape, offs, sizes)]
         padded = em("pad", src, pads=pads)
         if isinstance(env[op.dest], _Empty) or tuple(sizes) == tt.shape:
@@ -543,6 +584,86 @@ class _Importer:
         mask = np.zeros(tt.shape, bool)
         mask[tuple(slice(o, o + n) for o, n in zip(offs, sizes))] = True
         return em("where", self._constant(mask), padded, dest)
+
+    # --- scf: control flow as mlc's cond, while_loop and scan --------------------------------
+
+    def captured(self, *regions) -> list:
+        """The values the regions read from outside them, in first-use order."""
+        inside, out = set(), {}
+        for region in regions:
+            for o in region.walk():
+                inside.update(o.results)
+                for r in o.regions:
+                    for b in r.blocks:
+                        inside.update(b.args)
+            for b in region.blocks:
+                inside.update(b.args)
+        for region in regions:
+            for o in region.walk():
+                for v in o.operands:
+                    if v not in inside:
+                        out.setdefault(v, None)
+        return list(out)
+
+    def body_graph(self, name: str, params: list, types: list, ops: list, outputs) -> Graph:
+        """``ops`` as a closed mlc graph: ``params`` (block arguments, then the values read
+        from outside) become its inputs of ``types``; ``outputs(terminator)`` its outputs."""
+        saved = self.em, self.fills
+        em = self.em = Emitter(name)
+        self.fills = {}
+        try:
+            env = {v: em.input(f"in{i}", t) for i, (v, t) in enumerate(zip(params, types))}
+            for o in ops[:-1]:
+                env.update(zip(o.results, self.op(o, env)))
+            return em.build([self.val(env, v) for v in outputs(ops[-1])])
+        finally:
+            self.em, self.fills = saved
+
+    def scf(self, op, env) -> list:
+        em = self.em
+        yields = lambda t: list(t.operands)  # noqa: E731
+        if op.name == "scf.if":
+            if not op.false_region.blocks:
+                self.fail(op, "an scf.if without an else region has no results to import")
+            consts = self.captured(op.true_region, op.false_region)
+            outer = [self.val(env, v) for v in consts]
+            types = [s.value.type for s in outer]
+            gt = self.body_graph("then", consts, types, list(op.true_region.block.ops), yields)
+            gf = self.body_graph("else", consts, types, list(op.false_region.block.ops), yields)
+            r = em("cond", [self.val(env, op.cond), *outer], true_body=gt, false_body=gf)
+            return list(r) if isinstance(r, tuple) else [r]
+        if op.name == "scf.while":
+            before, after = op.before_region.block, op.after_region.block
+            cond_op = list(before.ops)[-1]
+            if list(cond_op.operands[1:]) != list(before.args) or len(after.args) != len(before.args):
+                self.fail(op, "only loops whose scf.condition forwards the before region's arguments are read")
+            consts = self.captured(op.before_region, op.after_region)
+            carries = [self.val(env, v) for v in op.arguments]
+            outer = [self.val(env, v) for v in consts]
+            types = [s.value.type for s in carries + outer]
+            gc = self.body_graph("cond", list(before.args) + consts, types, list(before.ops),
+                                 lambda t: [t.operands[0]])
+            gb = self.body_graph("body", list(after.args) + consts, types, list(after.ops), yields)
+            r = em("while_loop", [*carries, *outer], num_carry=len(carries), cond=gc, body=gb)
+            return list(r) if isinstance(r, tuple) else [r]
+        # scf.for: a scan over the induction values (a constant xs), the iteration arguments carried
+        bounds = [_scalar_value(self.val(env, v)) for v in (op.lb, op.ub, op.step)]
+        if any(b is None for b in bounds):
+            self.fail(op, "loop bounds must be constants")
+        ivs = np.arange(*(int(b) for b in bounds), dtype=np.int64)
+        block = op.body.block
+        consts = self.captured(op.body)
+        carries = [self.val(env, v) for v in op.iter_args]
+        outer = [self.val(env, v) for v in consts]
+        k = len(carries)
+        # the step's graph takes scan's order: carries, the step's induction value, the values read
+        params = list(block.args[1:]) + [block.args[0]] + consts
+        types = [s.value.type for s in carries] + [T.TensorType((), T.int64)] + [s.value.type for s in outer]
+        g = self.body_graph("step", params, types, list(block.ops), yields)
+        r = em("scan", [*carries, self._constant(ivs), *outer], num_carry=k, num_xs=1, length=len(ivs),
+               reverse=False, body=g)
+        r = list(r) if isinstance(r, tuple) else [r]
+        return r[:k]
 
     def pad(self, op, env) -> Sym:
         if op.low or op.high:
