@@ -25,7 +25,7 @@ def f32(*shape, lo=None):
 
 def run_tvm(mod, args):
     vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
-    out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args])
+    out = vm["main"](*[tvm.runtime.tensor(np.array(a, order="C")) for a in args])   # 0-d stays 0-d
     return [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
 
 
@@ -81,6 +81,8 @@ FAMILIES = {
                (f32(2, 3, 4), np.array([[2, 0], [1, -1]], np.int64))),
     "integers": (lambda a, b, f: (a / b, a + f, a < f, mlc.where(a < b, a, f), a * b - a, mlc.maximum(a, b)),
                  (np.array([7, -7, 7, -7], np.int32), np.array([2, 2, -2, -3], np.int32), f32(4))),
+    "scalars_bools": (lambda s, b, x: (s * x, mlc.where(b, x, s), x.sum(), np.float32([5, 6]), x),
+                      (np.float32(2.0), np.array([True, False, True]), f32(3))),
     "constants": (lambda x: (x + np.arange(4, dtype=np.float32), np.float32(2.5) * x,
                              mlc.where(x > 0, x, np.float32(-1.0))),
                   (f32(3, 4),)),
