@@ -9,7 +9,7 @@
 walks the function's binding blocks and records each ``relax.Call`` as mlc ops, on
 static shapes. Either direction refuses what it has no mapping for, naming every
 unsupported op at once; nothing is approximated. The op families are the tables
-``TO_RELAX`` and ``FROM_RELAX`` below (``docs/design.md`` lists them too).
+``TO_RELAX`` and ``FROM_RELAX`` below (docs/relax.md describes them).
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ _UNARY = {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp", "log": "log", "sqr
           "cos": "cos"}
 _NN_UNARY = {"relu": "relu", "softplus": "softplus"}
 _REDUCE = ("sum", "mean", "max", "min", "prod")
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}   # mlc: Relax
 
 
 def _ints(xs):
@@ -152,10 +153,8 @@ class _ToRelax:
             return x
         if name == "pad":
             pads = _ints(a["pads"])
-            if min(pads) < 0:
-                raise RelaxExportError("pad with negative pads has no Relax export")
             width = [p for i in range(rank) for p in (pads[i], pads[rank + i])]
-            return op.nn.pad(ins[0], width, a["mode"], float(a["value"]))
+            return op.nn.pad(ins[0], width, _PAD_MODES[a["mode"]], float(a["value"]))
         if name == "tile":
             return op.tile(ins[0], _ints(a["repeats"]))
         if name == "lrn":   # Relax has no LRN: the window sum over channels of the zero-padded squares
@@ -194,8 +193,8 @@ def _export_refusals(graph: Graph) -> list[str]:
             why = f"{n.op} (select_last_index)"
         elif n.op in ("conv", "max_pool", "avg_pool") and not 3 <= len(n.inputs[0].shape) <= 5:
             why = f"{n.op} on a rank-{len(n.inputs[0].shape)} input"
-        elif n.op == "pad" and a.get("mode", "constant") not in ("constant", "reflect", "edge"):
-            why = f"pad (mode {a['mode']})"
+        elif n.op == "pad" and min(a["pads"]) < 0:
+            why = "pad (negative pads)"
         if why:
             bad.append(why + (f" (at {n.loc})" if n.loc else ""))
     return bad
@@ -220,7 +219,7 @@ def to_relax(graph: Graph, name: str = "main"):
         with bb.dataflow():
             for n in graph.nodes:
                 expr = conv.node(n, [env[v] for v in n.inputs])
-                env[n.outputs[0]] = expr if n.op in ("copy",) else bb.emit(expr)
+                env[n.outputs[0]] = expr if n.op == "copy" else bb.emit(expr)
             outs = [env[v] for v in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
@@ -277,11 +276,6 @@ def _compare_or(op):   # a <= b as (a < b) or (a == b), as mlc's tracer writes i
     def f(em, c, args):
         return em("where", em(op, *args), True, em("equal", *args))
     return f
-
-
-def _layouts(c, want: tuple[str, ...], keys: tuple[str, ...]):
-    got = tuple(str(getattr(c.attrs, k)) for k in keys if getattr(c.attrs, k, None) is not None)
-    return all(g == w for g, w in zip(got, want))
 
 
 def _conv(d):
@@ -359,7 +353,9 @@ def _pad(em, c, args):
     pads = width[0::2] + width[1::2]
     assert len(pads) == 2 * rank
     value = float(args[1]) if len(args) > 1 else float(getattr(a, "pad_value", 0.0) or 0.0)
-    return em("pad", args[0], pads=tuple(pads), mode=str(a.pad_mode), value=value)
+    # Relax's legalization pads with the constant for any mode but these three
+    mode = {v: k for k, v in _PAD_MODES.items()}.get(str(a.pad_mode), "constant")
+    return em("pad", args[0], pads=tuple(pads), mode=mode, value=value)
 
 
 def _split(em, c, args):
