@@ -62,7 +62,12 @@ FAMILIES = {
                            mlc.avg_pool(x, kernel_shape=(3, 3), pads=(1, 1, 1, 1), count_include_pad=True),
                            mlc.avg_pool(x, kernel_shape=(3, 3), pads=(1, 1, 1, 1)),
                            mlc.global_avg_pool(x), mlc.global_max_pool(x), mlc.lrn(x, size=3),
-                           mlc.lrn(x, size=2, alpha=0.1, beta=0.5, bias=2.0)),
+                           mlc.lrn(x, size=2, alpha=0.1, beta=0.5, bias=2.0), mlc.copy(x),
+                           mlc.max_pool(x[:, :, 0], kernel_shape=(3,), strides=(2,), pads=(1, 0)),
+                           mlc.avg_pool(x[:, :, 0], kernel_shape=(2,)),
+                           mlc.max_pool(x[:, :, None, :4, :4], kernel_shape=(1, 2, 2)),
+                           mlc.avg_pool(x[:, :, None, :4, :4], kernel_shape=(1, 3, 3), pads=(0, 1, 1, 0, 1, 1),
+                                        count_include_pad=True)),
                 (f32(2, 3, 7, 7),)),
     "normalization": (lambda x, s, b, m, v, t, g, h: (mlc.batch_norm(x, s, b, m, v, epsilon=1e-3),
                                                       mlc.layer_norm(t, g, h), mlc.softmax(t, axis=1),
@@ -275,3 +280,31 @@ def test_tvm_pytorch_fx_importer_output_compiles_with_mlc():
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(mlc.compile(g)(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_relax_ops_mlc_never_writes_import_with_tvms_meaning():
+    """The Relax ops TVM's importers write that to_relax does not: each checked against TVM's VM."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 3, 4, 4), "float32"))
+    y = relax.Var("y", relax.TensorType((2, 3, 4, 4), "float32"))
+    op = relax.op
+    with bb.function("main", [x, y]):
+        with bb.dataflow():
+            outs = [bb.emit(e) for e in (
+                op.astype(op.less_equal(x, y), "float32"), op.astype(op.greater_equal(x, y), "int32"),
+                op.clip(x, relax.prim_value(-0.5), relax.prim_value(0.25)), op.flatten(x),
+                op.nn.softplus(x, beta=2.0), op.nn.silu(x), op.nn.adaptive_avg_pool2d(x, output_size=1),
+                op.argmax(x), op.argmin(x, axis=1, keepdims=True), op.stack([x, y], axis=2),
+                op.squeeze(op.sum(x, axis=[2, 3], keepdims=True)), op.ones_like(x), op.zeros((3, 2), "int64"),
+                op.take(op.flatten(x), relax.const(np.array([5, 0, 95], np.int64))), op.nn.log_softmax(x, axis=1),
+                op.floor_divide(x, y))]
+            parts = bb.emit(op.split(x, indices_or_sections=[1, 3], axis=3))
+            outs += [bb.emit(relax.TupleGetItem(parts, i)) for i in range(3)]
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    a, b = f32(2, 3, 4, 4), f32(2, 3, 4, 4)
+    b[0, 0] = a[0, 0]   # some equal elements, for <= and >=
+    want = run_tvm(mod, [a, b])
+    g = from_relax(mod)
+    close([np.asarray(r) for r in ops.run_reference(g, a, b)], want)
