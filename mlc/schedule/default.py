@@ -187,12 +187,29 @@ def _injective(s: Schedule, c: Compute, k: dict) -> None:
         if big:
             s.parallel(names[par] if par is not None and par < rank - 2 else io)
         return
-    if c.shape[-1] >= lanes > 1 and _contiguous(c.body, c.axes[-1]):
-        outer = _vector_inner(s, names[-1], c.shape[-1], lanes, False)
+    shape, contiguous = list(c.shape), _contiguous(c.body, c.axes[-1])
+    if rank >= 2 and 1 < shape[-1] < lanes > 1 and shape[-2] > 1 and _rows_contiguous(c):
+        # rows shorter than a vector (7 x 7 feature maps) that follow each other in memory:
+        # one loop over both axes, vectorized
+        names = list(names[:-2]) + [s.fuse(names[-2], names[-1])]
+        shape[-2:] = [shape[-2] * shape[-1]]
+        contiguous, outer = True, names[-1]
+        par = next((d for d in range(len(shape) - 1) if shape[d] > 1), None) if big else None
+    if shape[-1] >= lanes > 1 and contiguous:
+        outer = _vector_inner(s, names[-1], shape[-1], lanes, False)
     if par is not None:
         s.parallel(names[par])
-    elif big and (rank == 1 or all(n == 1 for n in c.shape[:-1])):
+    elif big and (len(shape) == 1 or all(n == 1 for n in shape[:-1])):
         s.parallel(outer)
+
+
+def _rows_contiguous(c: Compute) -> bool:
+    """Whether ``c``'s last two axes, as one, read every operand contiguously (or not at all)."""
+    row, col = c.axes[-2], c.axes[-1]
+    flat = Var("flat")
+    n = Const(c.shape[-1])
+    body = E.substitute(c.body, {row: E.binop("floordiv", flat, n), col: E.binop("mod", flat, n)})
+    return load_stride(body, flat) <= {0, 1}
 
 
 def _reduction(s: Schedule, c: Compute, epilogue: Compute | None, k: dict) -> None:

@@ -98,3 +98,16 @@ def test_reads_through_a_reshape_are_contiguous_vectors(target, lanes):
     assert llvm_ir.count("= load float") == 1   # the row's scale, broadcast; no per-lane gather of x
     want = np.maximum(x.reshape(64, 3136) * s + 1, 0)
     np.testing.assert_allclose(mlc.compile(f, x, s)(x, s), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target, lanes", [("znver3", 8), ("skylake-avx512", 16)])
+def test_rows_shorter_than_a_vector_are_fused_and_vectorized(target, lanes):
+    """A 7 x 7 feature map: its rows follow each other in memory, so the two axes run as one
+    loop of 49 in vectors (and a tail), instead of scalar rows of 7."""
+    x, s = rand((1, 64, 7, 7)), rand((1, 64, 1, 1), seed=1)
+    f = lambda x, s: mlc.relu(x * s + 1.0)
+    loops = mlc.compile(f, x, s, target=target).ir("loop")
+    assert f"vector k_lv in [0, {lanes})" in loops and f"vector k_lv in [0, {49 % lanes})" in loops
+    np.testing.assert_allclose(mlc.compile(f, x, s)(x, s), np.maximum(x * s + 1, 0), rtol=1e-5, atol=1e-6)
+    t = lambda x: mlc.relu(mlc.transpose(x, (0, 1, 3, 2)))   # the rows do not follow each other: not fused
+    assert "k_l" not in mlc.compile(t, x, target=target).ir("loop")
