@@ -58,6 +58,7 @@ CASES = {
                                mlc.left_shift(a, 1), mlc.cast(a, "float32") * 0.5 + mlc.where(a < b, 1.0, 0.0),
                                mlc.cast(mlc.abs(a), "int64") + mlc.sum(b, axis=0)),
                  np.array([[3, -7, 12], [0, 5, -2]], np.int32), np.array([[1, 2, 3], [-4, 5, 6]], np.int32)),
+    "bool_constant": (lambda a: mlc.where(np.arange(600).reshape(200, 3) % 3 == 1, a, a * 3.0), f32(200, 3)),
     "constant": (lambda a: a * np.arange(12, dtype=np.float32).reshape(3, 4) + np.float32(2.0), f32(3, 4)),
 }
 

@@ -339,6 +339,9 @@ class _Exporter:
 
     def const(self, value: np.ndarray) -> _T:
         x = self.x
+        if value.dtype == np.bool_ and value.size > 1:   # i1 data: as i8 (its hex form differs between tools)
+            i8 = self.const(value.astype(np.int8))
+            return self.ew(lambda s, v: s.cast(v, T.int8, T.bool_), [i8], value.shape, T.bool_)
         dt = T.dtype(value.dtype)
         ty = x.tensor_type(dt, value.shape)
         return _T(x.arith.ConstantOp(x.dense(value, ty), ty).result, value.shape, dt)

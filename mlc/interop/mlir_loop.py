@@ -18,6 +18,8 @@ tensor-core MMAs), runtime calls (collectives) and control-flow ops are refused.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir import expr as E
 from ..ir import loop as L
 from ..ir import types as T
@@ -297,9 +299,15 @@ def loop_module(graph: Graph, target=None, compiled_graph=None):
                 if slot.space == "param":
                     data = c.lowered.param_data[slot.index]
                     name = f"__mlc_param{slot.index}"
-                    pt = x.memref_type(T.dtype(data.dtype), data.shape)
-                    globals_[name] = (pt, data)
-                    v, have = x.memref.GetGlobalOp(name, pt).memref, data.shape
+                    if data.dtype == np.bool_:   # i1 data as i8 (its hex form differs between tools), then compared
+                        pt = x.memref_type(T.int8, data.shape)
+                        globals_[name] = (pt, data.astype(np.int8))
+                        v = _to_bool(x, x.memref.GetGlobalOp(name, pt).memref, data.shape)
+                    else:
+                        pt = x.memref_type(T.dtype(data.dtype), data.shape)
+                        globals_[name] = (pt, data)
+                        v = x.memref.GetGlobalOp(name, pt).memref
+                    have = data.shape
                 else:
                     k = slot.index if slot.space == "input" else len(ins) + slot.index
                     v, have = block.args[k], (ins + outs)[k].shape
@@ -319,6 +327,25 @@ def loop_module(graph: Graph, target=None, compiled_graph=None):
     mod = x.ModuleOp([*globals_ops, *funcs, entry])
     mod.verify()
     return mod
+
+
+def _to_bool(x, src, shape):
+    """A new i1 buffer holding ``src != 0`` (an i8 buffer of ``shape``), by one flat loop."""
+    n = int(np.prod(shape))
+    flat8, flat1 = x.memref_type(T.int8, (n,)), x.memref_type(T.bool_, (n,))
+    out = x.memref.AllocOp([], [], x.memref_type(T.bool_, shape)).memref
+    a = x.memref.ReinterpretCastOp(src, [], [], [], [0], [n], [1], flat8).result
+    b = x.memref.ReinterpretCastOp(out, [], [], [], [0], [n], [1], flat1).result
+    idx = x.IndexType()
+    c = [x.arith.ConstantOp(x.IntegerAttr(v, idx), idx).result for v in (0, n, 1)]
+    body = x.Block(arg_types=[idx])
+    with x.ImplicitBuilder(body):
+        v = x.memref.LoadOp.get(a, [body.args[0]]).res
+        zero = x.arith.ConstantOp(x.IntegerAttr(0, x.IntegerType(8)), x.IntegerType(8)).result
+        x.memref.StoreOp.get(x.arith.CmpiOp(v, zero, "ne").result, b, [body.args[0]])
+        x.scf.YieldOp()
+    x.scf.ForOp(c[0], c[1], c[2], [], body)
+    return out
 
 
 def _strides(shape):

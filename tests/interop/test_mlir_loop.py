@@ -100,3 +100,8 @@ def test_gpu_schedules_are_refused():
                                 lambda a: (mlc.reshape(a * 2.0, (2, 6)), a + 1.0)], ids=["identity", "reshape", "two"])
 def test_outputs_that_are_copies_and_views(fn):
     check(fn, f32(3, 4))
+
+
+def test_bool_constant_parameter():
+    mask = np.arange(600).reshape(200, 3) % 3 == 1   # a bool param of the kernel, as an i8 global compared
+    check(lambda a: mlc.where(mask, a, a * 3.0), f32(200, 3))
