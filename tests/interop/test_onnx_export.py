@@ -1,7 +1,6 @@
 """mlc graphs out as ONNX: every zoo model, and control flow, exported, accepted by
 onnx.checker (full check), and computing what mlc computes in ONNX's reference
 evaluator (and ONNX Runtime where installed); imported back, the same numbers."""
-import os
 import re
 
 import numpy as np
@@ -13,6 +12,7 @@ import mlc
 from mlc import models, ops
 from mlc.frontend.onnx import from_onnx
 from mlc.interop.onnx_export import OnnxExportError, export
+from onnx_reference import light_model  # noqa: E402
 
 R = np.random.default_rng(0)
 
@@ -205,40 +205,13 @@ def test_a_trained_model_exports_and_runs_in_onnxruntime(tmp_path):
     np.testing.assert_allclose(mlc.compile(from_onnx(str(path)))(x), mlc.jit(predict)(x), rtol=1e-4, atol=1e-5)
 
 
-LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light")
-
-
-def weighted(model, seed=0):
-    """The light model with its ConstantOfShape weights (one value each, so that its
-    output does not depend on its input) replaced by random initializers, and its
-    closing softmax left out (the logits are what is compared)."""
-    from onnx import numpy_helper
-    rng = np.random.default_rng(seed)
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    keep = []
-    for n in m.graph.node:
-        if n.op_type == "ConstantOfShape" and n.input[0] in inits:
-            shape = tuple(int(d) for d in inits[n.input[0]])
-            w = (rng.standard_normal(shape) * np.sqrt(2.0 / int(np.prod(shape[1:])))) if len(shape) > 1 \
-                else rng.uniform(0.5, 1.5, shape)   # a bias, a scale, a batch norm's mean or (positive) variance
-            m.graph.initializer.append(numpy_helper.from_array(w.astype(np.float32), n.output[0]))
-        else:
-            keep.append(n)
-        if n.op_type == "Softmax" and n.output[0] in {o.name for o in m.graph.output}:
-            n.op_type = "Identity"   # compare the logits: a saturated softmax would hide differences
-            del n.attribute[:]
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    return m
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["squeezenet", "resnet50"])
 def test_light_onnx_models_re_exported_after_import_match_the_original_in_onnxruntime(name, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="the reference here is ONNX Runtime")
-    original = weighted(onnx.load(os.path.join(LIGHT, f"light_{name}.onnx")))
+    original = light_model(name)
     sess = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = sess.get_inputs()[0]
     x = f32(*feed.shape)

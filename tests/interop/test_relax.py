@@ -2,7 +2,6 @@
 by ``tvm.compile`` and its VM computes what mlc computes; TVM's front ends' output
 (ONNX importer on the light ONNX models, the PyTorch ExportedProgram importer) comes
 back through ``from_relax`` and, compiled by mlc, matches ONNX Runtime / PyTorch."""
-import os
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import mlc  # noqa: E402
 from mlc import ops  # noqa: E402
 from mlc.interop import from_relax, to_relax  # noqa: E402
 from mlc.interop.relax import RelaxExportError, RelaxImportError  # noqa: E402
+from onnx_reference import light_model  # noqa: E402
 
 R = np.random.default_rng(0)
 
@@ -187,45 +187,14 @@ def test_from_relax_takes_graphs_only_in_to_relax():
 
 # ----------------------------------------------------------------------------- TVM's front ends
 
-LIGHT = os.path.join(os.path.dirname(pytest.importorskip("onnx").__file__), "backend/test/data/light")
-
-
-def weighted(model, seed=0):
-    """The light model with its ConstantOfShape weights (all one value, so its output
-    does not depend on its input) replaced by random initializers of the same shapes,
-    and its closing softmax left out (the logits are what is compared)."""
-    import onnx
-    from onnx import numpy_helper
-    rng = np.random.default_rng(seed)
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    keep = []
-    for n in m.graph.node:
-        if n.op_type == "ConstantOfShape" and n.input[0] in inits:
-            shape = tuple(int(d) for d in inits[n.input[0]])
-            if len(shape) > 1:   # a weight, He-scaled
-                w = rng.standard_normal(shape) * np.sqrt(2.0 / int(np.prod(shape[1:])))
-            else:                # a bias, a scale, a batch norm's mean or (positive) variance
-                w = rng.uniform(0.5, 1.5, shape)
-            m.graph.initializer.append(numpy_helper.from_array(w.astype(np.float32), n.output[0]))
-        else:
-            keep.append(n)
-        if n.op_type == "Softmax" and n.output[0] in {o.name for o in m.graph.output}:
-            n.op_type = "Identity"   # compare the logits: a saturated softmax would hide differences
-            del n.attribute[:]
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    return m
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["squeezenet", "resnet50"])
 def test_tvm_onnx_importer_output_for_light_models_compiles_with_mlc_and_matches_onnxruntime(name):
-    onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime", reason="the reference here is ONNX Runtime")
     from tvm.relax.frontend.onnx import from_onnx as tvm_from_onnx
-    model = weighted(onnx.load(os.path.join(LIGHT, f"light_{name}.onnx")))
+    model = light_model(name)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = f32(*sess.get_inputs()[0].shape)
     want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
@@ -238,10 +207,9 @@ def test_tvm_onnx_importer_output_for_light_models_compiles_with_mlc_and_matches
 
 @pytest.mark.slow
 def test_an_onnx_model_imported_by_mlc_exports_to_relax_and_tvm_matches_onnxruntime():
-    onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime", reason="the reference here is ONNX Runtime")
     from mlc.frontend.onnx import from_onnx
-    model = weighted(onnx.load(os.path.join(LIGHT, "light_squeezenet.onnx")))
+    model = light_model("squeezenet")
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = f32(*sess.get_inputs()[0].shape)
     want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
