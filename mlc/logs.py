@@ -26,6 +26,23 @@ _HANDLER: logging.Handler | None = None
 logging.getLogger(ROOT).addHandler(logging.NullHandler())
 
 
+class _Stderr(logging.StreamHandler):
+    """Records to ``sys.stderr`` as it is when each one is written (a redirect, a test's
+    capture, a server's), not the stream that was stderr when logging was configured --
+    which may be closed by then, while a background thread still logs."""
+
+    def __init__(self):
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):   # StreamHandler.setStream: the current stderr is always the stream
+        pass
+
+
 def configure(spec: str | None = None, stream=None) -> None:
     """Apply a level spec (``MLC_LOG``'s syntax: ``LEVEL`` or ``name=LEVEL``, comma-separated)
     and send mlc's records to ``stream`` (default stderr). ValueError for an unknown level."""
@@ -48,12 +65,11 @@ def configure(spec: str | None = None, stream=None) -> None:
                              "error)")
         levels[name] = value
     root = logging.getLogger(ROOT)
-    if _HANDLER is None:
-        _HANDLER = logging.StreamHandler(stream or sys.stderr)
-        _HANDLER.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
-        root.addHandler(_HANDLER)
-    elif stream is not None:
-        _HANDLER.setStream(stream)
+    if _HANDLER is not None:
+        root.removeHandler(_HANDLER)
+    _HANDLER = logging.StreamHandler(stream) if stream is not None else _Stderr()
+    _HANDLER.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(_HANDLER)
     for name, value in levels.items():
         logging.getLogger(name).setLevel(value)
 

@@ -84,3 +84,19 @@ def test_cli_export_verbose_shows_the_library_build(tmp_path, capsys):
     assert main(["compile", "mlp", "-v", "-o", str(tmp_path / "m.so")]) == 0
     err = capsys.readouterr().err
     assert f"mlc: export: building {tmp_path / 'm.so'}" in err and "mlc: export done in" in err
+
+
+def test_the_default_stream_is_stderr_at_the_time_of_each_record(monkeypatch):
+    """A server configured in-process (mlc serve under a test's capture) must not keep a
+    stderr that is closed later, while a background thread still logs."""
+    before = logging.getLogger("mlc").level
+    first, later = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        logs.configure("info")
+        first.close()   # the stderr of configure time goes away
+        monkeypatch.setattr(sys, "stderr", later)
+        logging.getLogger("mlc.driver").info("after the swap")
+        assert "mlc.driver INFO: after the swap" in later.getvalue()
+    finally:
+        logging.getLogger("mlc").setLevel(before)
