@@ -77,8 +77,7 @@ def _move(x, src: int, dst: int):
 @converter("Scan")
 def _scan(n, *args):
     if n.opset < 9:
-        raise OnnxImportError("Scan of opset 8 (a batch axis and sequence_lens) is not supported; the model can be "
-                              "converted to opset 9 or later (onnx.version_converter)")
+        return _scan_8(n, *args)
     body, run = _subgraph(n, "body")
     m = n.attr("num_scan_inputs")
     k = len(args) - m
@@ -101,6 +100,37 @@ def _scan(n, *args):
         y = _flip(y) if d else y
         outs.append(_move(y, 0, axis + len(y.shape) if axis < 0 else axis))
     return tuple(final) + tuple(outs)
+
+
+def _scan_8(n, sequence_lens=None, *args):
+    """Scan of opset 8: every state and scan input has a batch axis first (the scan axis is
+    the second), which the body does not see. The batch is static: each element is scanned
+    by itself and the results are stacked. ``sequence_lens`` may only say what the shapes
+    say (every sequence whole)."""
+    body, run = _subgraph(n, "body")
+    m = n.attr("num_scan_inputs")
+    k = len(args) - m
+    if not args:
+        raise OnnxImportError("Scan (opset 8) without states or scan inputs")
+    directions = list(n.attr("directions", [0] * m))
+    states, inputs = args[:k], args[k:]
+    batch = int(args[0].shape[0])
+    if sequence_lens is not None:
+        length = int(inputs[0].shape[1]) if inputs else 0
+        if isinstance(sequence_lens, Sym) or (np.asarray(sequence_lens) != length).any():
+            raise OnnxImportError(f"Scan (opset 8) with sequence_lens {NEEDS_CONSTANT} and equal to the sequence "
+                                  f"length {length} (sequences of different lengths in one batch are not supported)")
+
+    def step(carry, x):
+        outs = run(*carry, *x)
+        return tuple(outs[:k]), tuple(outs[k:])
+    per_batch = []
+    for b in range(batch):
+        xs = tuple(_flip(x[b]) if d else x[b] for x, d in zip(inputs, directions))
+        final, ys = scan(step, tuple(s[b] for s in states), xs)
+        per_batch.append(tuple(final) + tuple(ys))
+    return tuple(op("concatenate", [op("expand_dims", r[i], axis=0) for r in per_batch], axis=0)
+                 for i in range(len(per_batch[0])))
 
 
 # ----------------------------------------------------------------------------- Loop

@@ -214,6 +214,31 @@ def test_scan_over_other_axes_and_directions():
     np.testing.assert_allclose(ys, np.stack(want[::-1], axis=1), rtol=1e-6)   # output direction 1, axis 1
 
 
+def test_scan_of_opset_8_scans_each_batch_element():
+    """Opset 8: a batch axis first on the states and scan inputs, the scan axis second; a
+    reversed input; sequence_lens given whole (and refused when shorter)."""
+    body = helper.make_graph([helper.make_node("Add", ["s_in", "x"], ["s_out"]),
+                              helper.make_node("Mul", ["s_out", "x"], ["y"])],
+                             "body", [vi("s_in", F, [3]), vi("x", F, [3])], [vi("s_out", F, [3]), vi("y", F, [3])])
+    node = helper.make_node("Scan", ["lens", "s0", "xs"], ["s", "ys"], body=body, num_scan_inputs=1, directions=[1])
+    s0, xs = R.standard_normal((2, 3)).astype(np.float32), R.standard_normal((2, 4, 3)).astype(np.float32)
+    for lens, ok in (([4, 4], True), ([4, 2], False)):
+        m = model([node], [vi("s0", F, [2, 3]), vi("xs", F, [2, 4, 3])], [vi("s", F, [2, 3]), vi("ys", F, [2, 4, 3])],
+                  opset=8, initializers=[helper.make_tensor("lens", TensorProto.INT64, [2], lens)])
+        if not ok:
+            with pytest.raises(OnnxImportError, match="sequence_lens .* equal to the sequence length 4"):
+                from_onnx(m)
+            continue
+        s, ys = mlc.compile(from_onnx(m))(s0, xs)
+        for b in range(2):
+            want_s, want = s0[b], []
+            for t in reversed(range(4)):   # direction 1: from the end; outputs in the order computed
+                want_s = want_s + xs[b, t]
+                want.append(want_s * xs[b, t])
+            np.testing.assert_allclose(s[b], want_s, rtol=1e-6)
+            np.testing.assert_allclose(ys[b], np.stack(want), rtol=1e-6)
+
+
 def test_loop_scan_outputs_with_a_data_dependent_exit_are_refused():
     body = helper.make_graph([helper.make_node("Less", ["i", "three"], ["c"]),
                               helper.make_node("Identity", ["i"], ["out"])],

@@ -44,7 +44,6 @@ KNOWN_FAILURES: dict[str, list[str]] = {
     "Loop whose body slices with bounds computed from the iteration number (a size known only at run time)": [
         "test_loop11", "test_loop13_seq",
     ],
-    "Scan of opset 8 (a batch axis and sequence_lens), refused at import with a message naming it": ["test_scan_sum"],
     "Einsum taking a diagonal (a repeated index in one operand) is refused at import": ["test_einsum_batch_diagonal"],
     "float16 attention expanded into primitive ops: mlc computes each op on float16 exactly as "
     "numpy does, the reference accumulates differently; outside the test's tolerance": [
