@@ -14,11 +14,13 @@ strided and narrower than its ``conv_strided_direct_min_width`` (``mlc.target``:
 defaults are the widths measured here, a target file may set others); the
 reshapes into and out of that layout are inserted once, around the convolution,
 and fuse with its neighbours.
-A grouped 1x1 convolution (ShuffleNet's) is a batch of matrix products, one per
-group: ``W[G, M/G, C/G] @ X[N, G, C/G, H*W]``; its direct kernel vectorizes along the
-width too, and at 7x7 ran at 4.5 GFLOP/s against 40+ in the batched matrix form.
-Other grouped convolutions (depthwise among them) and weights that are not constants
-stay direct.
+A grouped convolution is a batch of matrix products, one per group,
+``W[G, M/G, C/G*KH*KW] @ im2col(X)[N, G, C/G*KH*KW, OH*OW]`` (for a 1x1 one, ShuffleNet's,
+X itself reshaped): its direct kernel ran at 4.5 GFLOP/s at 7x7 (1x1) and on AlexNet's
+grouped 3x3 on 13x13, against 40+ in the batched matrix form. Depthwise convolutions
+(one channel per group) stay direct. Weights that are not constants (a training
+step's) take the same forms through a reshape, a view: a 3x3 convolution on 13x13
+with its weights an input ran scalar at 4.0 GFLOP/s, 110 in the matrix form.
 """
 from __future__ import annotations
 
@@ -35,16 +37,25 @@ def use_matrix_form(n: Node, target: Target | None = None) -> bool:
     if n.op != "conv":
         return False
     x, w = n.inputs
-    if x.type.rank != 4 or constant_value(w) is None:
+    if x.type.rank != 4:
         return False
-    if n.attrs["group"] != 1:   # grouped: only 1x1 with several channels per group (not depthwise)
-        return _pointwise(n) and w.shape[1] > 1
+    if constant_value(w) is None and target is not None and target.kind == "cuda":
+        return False   # on a GPU the direct kernel is an implicit GEMM already
+    if n.attrs["group"] != 1 and w.shape[1] == 1:   # depthwise: one channel per group, stays direct
+        return False
     pointwise = _pointwise(n)
     width = n.outputs[0].shape[3]
     strided = any(s > 1 for s in n.attrs["strides"])
     widths = target.layout_thresholds() if target is not None else LAYOUT_DEFAULTS
     return pointwise or width < widths["conv_direct_min_width"] or \
         (strided and width < widths["conv_strided_direct_min_width"])
+
+
+def _weights(b, w, shape, loc):
+    """The weights as the matrix form's left operand: a constant reshaped now, or (the
+    weights of a training step, a graph input) a reshape, which is a view."""
+    value = constant_value(w)
+    return b.constant(value.reshape(shape)) if value is not None else emit(b, "reshape", [w], loc, shape=list(shape))
 
 
 def select_conv_layout(graph: Graph, target: Target | None = None) -> Graph:
@@ -58,20 +69,20 @@ def select_conv_layout(graph: Graph, target: Target | None = None) -> Graph:
         _, _, OH, OW = n.outputs[0].shape
         G = n.attrs["group"]
         loc = n.loc
-        if G != 1:   # one matrix product per group, batched: [G, M/G, C/G] @ [N, G, C/G, H*W]
-            cols = emit(b, "reshape", [x], loc, shape=[N, G, C // G, OH * OW])
-            weights = b.constant(constant_value(w).reshape(G, M // G, C // G))
-            y = emit(b, "matmul", [weights, cols], loc)
-            return [emit(b, "reshape", [y], loc, shape=[N, M, OH, OW])]
         sh, sw = n.attrs["strides"]
         dh, dw = n.attrs["dilations"]
         pads = list(n.attrs["pads"])
         if (KH, KW) == (1, 1) and (sh, sw) == (1, 1) and not any(pads):
             cols = emit(b, "reshape", [x], loc, shape=[N, C, OH * OW])
-        else:
+        else:   # rows c * KH * KW + kh * KW + kw, as the weights [M, C/G, KH, KW] flatten
             cols = emit(b, "im2col", [x], loc, kernel_shape=[KH, KW], strides=[sh, sw], pads=pads,
                         dilations=[dh, dw])
-        weights = b.constant(constant_value(w).reshape(M, C * KH * KW))
+        K = C // G * KH * KW
+        if G != 1:   # one matrix product per group, batched: [G, M/G, K] @ [N, G, K, OH*OW]
+            cols = emit(b, "reshape", [cols], loc, shape=[N, G, K, OH * OW])
+            weights = _weights(b, w, (G, M // G, K), loc)
+        else:
+            weights = _weights(b, w, (M, K), loc)
         y = emit(b, "matmul", [weights, cols], loc)
         return [emit(b, "reshape", [y], loc, shape=[N, M, OH, OW])]
 

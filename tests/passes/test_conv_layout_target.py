@@ -38,3 +38,37 @@ def test_a_target_file_sets_the_widths_and_the_pass_manager_passes_the_target(tm
 def test_a_bad_width_is_refused_naming_the_key():
     with pytest.raises(ValueError, match="'conv_strided_direct_min_width' must be a whole number >= 1"):
         Target.from_json({"base": "znver3", "name": "b", "conv_strided_direct_min_width": 0})
+
+
+def test_weights_given_as_an_input_take_the_matrix_form_through_a_view():
+    """A training step's weights are inputs, not constants: a narrow convolution still runs
+    as im2col and a matrix product (its weights reshaped, a view), not a scalar direct loop."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 16, 13, 13)).astype(np.float32)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    f = lambda x, w: mlc.conv(x, w, pads=(1, 1, 1, 1))
+    g = select_conv_layout(mlc.trace(f, x, w), Target.get("znver3"))
+    assert sorted(ops_of(g)) == ["im2col", "matmul", "reshape", "reshape"]
+    exe = mlc.compile(f, x, w)
+    assert "im2col" in exe.ir("fused")
+    cols = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), axis=(2, 3))
+    want = np.einsum("nchwij,mcij->nmhw", cols, w)
+    np.testing.assert_allclose(exe(x, w), want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_grouped_convolution_is_a_batch_of_matrix_products():
+    """AlexNet's grouped 3x3 convolutions on 13x13: im2col, then one matrix product per
+    group, batched; depthwise convolutions stay direct."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 8, 13, 13)).astype(np.float32)
+    w = rng.standard_normal((12, 4, 3, 3)).astype(np.float32)
+    f = lambda x, w: mlc.conv(x, w, pads=(1, 1, 1, 1), group=2)
+    assert "im2col" in ops_of(select_conv_layout(mlc.trace(f, x, w), Target.get("znver3")))
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    cols = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+    want = np.concatenate([np.einsum("nchwij,mcij->nmhw", cols[:, 4 * g:4 * g + 4], w[6 * g:6 * g + 6])
+                           for g in range(2)], axis=1)
+    np.testing.assert_allclose(mlc.compile(f, x, w)(x, w), want, rtol=1e-4, atol=1e-4)
+    dw = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    depthwise = mlc.trace(lambda x: mlc.conv(x, dw, pads=(1, 1, 1, 1), group=8), x)
+    assert ops_of(select_conv_layout(depthwise, Target.get("znver3"))) == ["conv"]

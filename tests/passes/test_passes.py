@@ -342,7 +342,8 @@ def test_default_level_verifies_under_tests():
     ((2, 8, 9, 9), (6, 8, 3, 2), {"strides": [2, 1], "pads": [1, 0, 0, 1], "dilations": [1, 2]}, True),
     ((1, 16, 20, 20), (8, 16, 1, 1), {}, True),                                  # pointwise
     ((1, 4, 20, 20), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}, False),               # wide rows stay direct
-    ((1, 8, 7, 7), (8, 2, 3, 3), {"pads": [1, 1, 1, 1], "group": 4}, False),     # grouped 3x3 stays direct
+    ((1, 8, 7, 7), (8, 2, 3, 3), {"pads": [1, 1, 1, 1], "group": 4}, True),      # grouped 3x3, narrow: batched
+    ((1, 8, 20, 20), (8, 2, 3, 3), {"pads": [1, 1, 1, 1], "group": 4}, False),   # grouped 3x3, wide: direct
     ((2, 12, 7, 5), (8, 3, 1, 1), {"group": 4}, True),                           # grouped 1x1: batched matmul
     ((1, 8, 6, 6), (8, 1, 1, 1), {"group": 8}, False),                           # depthwise 1x1 stays direct
 ])
