@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import mlc
+from mlc.passes.manager import PassManager
 from mlc import codegen
 from mlc.driver import Compiled
 from mlc.ir import expr as E
@@ -113,8 +114,8 @@ def total_sum_kernel():
 SUM_IN = rand(SUM_R, SUM_C, seed=6)
 
 
-def traced_kernel(fn, *args):
-    return Compiled(mlc.trace(fn, *args), HOST).lowered.calls[0].kernel
+def traced_kernel(fn, *args, pm=None):
+    return Compiled(mlc.trace(fn, *args), HOST, pm).lowered.calls[0].kernel
 
 
 SM_IN = rand(7, 13, seed=7)
@@ -133,8 +134,10 @@ CONV_X, CONV_W = rand(1, 3, 9, 9, seed=8), rand(4, 3, 3, 3, seed=9)
 
 
 def conv_kernel():
-    """T0 = the zero-padded input (injective), out = the convolution over T0."""
-    return traced_kernel(lambda x, w: mlc.conv(x, w, pads=[1, 1, 1, 1]), CONV_X, CONV_W)
+    """T0 = the zero-padded input (injective), out = the convolution over T0: the direct
+    kernel (rows this narrow would otherwise take the matrix form, conv_layout)."""
+    return traced_kernel(lambda x, w: mlc.conv(x, w, pads=[1, 1, 1, 1]), CONV_X, CONV_W,
+                         pm=PassManager(disabled=("conv_layout",)))
 
 
 def conv_ref(x, w):
