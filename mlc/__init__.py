@@ -24,6 +24,17 @@ from .target import Target  # noqa: E402
 from .runtime.library import LibraryError, load  # noqa: E402
 from . import checkpoint, data, dist, models, nn, optim  # noqa: E402
 
+def _mlir_level(level: str):
+    def text(compiled):   # imported when asked for: xdsl is the optional extra mlir
+        from .interop.mlir import compiled_text
+        return compiled_text(compiled, level)
+    return text
+
+
+from .driver import register_ir_level as _register_ir_level  # noqa: E402
+_register_ir_level("mlir", _mlir_level("graph"))        # exe.ir("mlir"): interop sits above the driver,
+_register_ir_level("mlir-loop", _mlir_level("loop"))    # which therefore learns these levels from here
+
 globals().update(_OPS)   # mlc.exp, mlc.matmul, mlc.sum, ... one per registered op
 globals().update({k: getattr(dist, k) for k in ("allreduce", "allgather", "reduce_scatter", "broadcast", "send",
                                                "recv")})  # collectives: mlc.dist's, which know the job's ranks

@@ -302,7 +302,20 @@ class Compiled:
                 return codegen.backend(self.code_target).text(self.llvm_module, self.code_target, level)
         if level == "ptx":
             return self.ptx
-        raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt, asm or ptx")
+        if level in IR_LEVELS:
+            return IR_LEVELS[level](self)
+        raise ValueError(f"unknown IR level {level!r}: use graph, fused, tensor, loop, llvm, llvm-opt, asm, ptx"
+                         + "".join(f", {k}" for k in IR_LEVELS))
+
+
+# IR levels that packages above the driver print (``register_ir_level``): ``mlir`` and
+# ``mlir-loop`` from ``interop``, which the driver may not import
+IR_LEVELS: dict[str, Callable] = {}
+
+
+def register_ir_level(name: str, text: Callable) -> None:
+    """``exe.ir(name)`` gives ``text(compiled)``, ``compiled`` the compilation's ``Compiled``."""
+    IR_LEVELS[name] = text
 
 
 def _with_funcs(calls: list, funcs: dict) -> list:

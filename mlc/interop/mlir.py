@@ -872,3 +872,13 @@ def to_mlir(fn_or_graph: Callable | Graph, *example_args, level: str = "graph", 
         from .mlir_loop import loop_module
         return print_module(loop_module(graph, target=target))
     return print_module(build_module(graph))
+
+
+def compiled_text(compiled, level: str) -> str:
+    """``exe.ir("mlir")`` / ``exe.ir("mlir-loop")``: the MLIR of a compilation (mlc's
+    ``Compiled``), its graph after the graph passes or its scheduled loops as they were
+    compiled."""
+    if level == "loop":
+        from .mlir_loop import loop_module
+        return print_module(loop_module(compiled.source, compiled_graph=compiled))
+    return print_module(build_module(compiled.graph))

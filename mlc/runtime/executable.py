@@ -365,7 +365,8 @@ class Executable:
         return profile(self, args, runs, warmup, infos, code, ceilings, target)
 
     def ir(self, level: str = "graph") -> str:
-        """The program at ``graph``, ``tensor``, ``loop``, ``llvm`` or ``asm`` level, as text."""
+        """The program at ``graph``, ``fused``, ``tensor``, ``loop``, ``llvm``, ``llvm-opt`` or ``asm``
+        level (``ptx`` for cuda targets; ``mlir`` and ``mlir-loop`` with the mlir extra), as text."""
         return self._ir_text(level)
 
     def memory_report(self) -> str:

@@ -124,3 +124,19 @@ def test_missing_tools_skip_with_the_reason(monkeypatch):
     monkeypatch.setattr(mt, "tool", lambda name: "/bin/true")
     with pytest.raises(pytest.skip.Exception, match="libmlir-19"):
         mt.need_runner()
+
+
+def test_an_executable_prints_its_mlir_at_both_levels():
+    """exe.ir("mlir") is the graph after mlc's passes in linalg; exe.ir("mlir-loop") the loops
+    it compiled. Both verify upstream, and the graph level imports back to the same numbers."""
+    from mlc.interop import from_mlir
+    x = f32(4, 6)
+    exe = mlc.compile(lambda x: mlc.softmax(mlc.relu(x * 2.0), axis=-1), x)
+    graph_text, loop_text = exe.ir("mlir"), exe.ir("mlir-loop")
+    assert "linalg.generic" in graph_text and "scf." in loop_text and "memref<4x6xf32>" in loop_text
+    np.testing.assert_allclose(mlc.compile(from_mlir(graph_text))(x), exe(x), rtol=1e-6)
+    if mt.tool("mlir-opt") is not None:
+        mt.verify(graph_text)
+        mt.verify(loop_text)
+    with pytest.raises(ValueError, match="unknown IR level 'mlir-affine'.*mlir, mlir-loop"):
+        exe.ir("mlir-affine")
