@@ -603,8 +603,8 @@ class FuncEmitter:
         return lin
 
     def _sum(self, terms, const: int):
-        """sum(coefficient * atom) + const as an i64 (vector of i64 when an atom is one).
-        Atoms that are compile-time constants (an unrolled copy's variable) fold into
+        """sum(coefficient * atom) + const as an i64 (no atom is the vector lane: ``_offsets``
+        takes it out). Atoms that are compile-time constants (an unrolled copy's variable) fold into
         ``const``; the rest is summed once per basic block and reused, so the copies of an
         unrolled body share their address arithmetic."""
         b = self.builder
@@ -613,7 +613,7 @@ class FuncEmitter:
             v = self.env.get(atom) if isinstance(atom, Var) else None
             if v is None:
                 v = self._atom(atom)
-            if isinstance(v, ir.Constant) and not isinstance(v.type, ir.VectorType):
+            if isinstance(v, ir.Constant):
                 const += c * v.constant
             else:
                 parts.append((v, c))
@@ -623,13 +623,13 @@ class FuncEmitter:
             hit = self._sums.get(key)
             if hit is None:
                 v, c = parts[n]
-                term = v if c == 1 else b.mul(v, self._like(v, c))
-                hit = term if total is None else b.add(*self._match(total, term))
+                term = v if c == 1 else b.mul(v, ir.Constant(I64, c))
+                hit = term if total is None else b.add(total, term)
                 self._sums[key] = hit
             total = hit
         if total is None:
             return ir.Constant(I64, const)
-        return b.add(total, self._like(total, const)) if const else total
+        return b.add(total, ir.Constant(I64, const)) if const else total
 
     def _atom(self, atom: Expr):
         """A non-linear atom's value, once per block and binding of its variables (each time
@@ -643,10 +643,6 @@ class FuncEmitter:
         if v is None:
             v = self._sums[key] = self.expr(atom)
         return v
-
-    @staticmethod
-    def _like(v, c: int):
-        return ir.Constant(v.type, [c] * v.type.count) if isinstance(v.type, ir.VectorType) else ir.Constant(I64, c)
 
     def _offsets(self, buf: Buffer, indices) -> tuple[list[tuple], int | None]:
         """The access's pieces (first element offset, element count): one scalar, one

@@ -74,6 +74,14 @@ def _move(x, src: int, dst: int):
     return op("transpose", x, axes=tuple(perm))
 
 
+def _scan_step(run, k: int):
+    """A Scan body as ``scan``'s step: its first ``k`` outputs the carry, the rest the step's outputs."""
+    def step(carry, x):
+        outs = run(*carry, *x)
+        return tuple(outs[:k]), tuple(outs[k:])
+    return step
+
+
 @converter("Scan")
 def _scan(n, *args):
     if n.opset < 9:
@@ -91,10 +99,7 @@ def _scan(n, *args):
         x = _move(x, axis + len(x.shape) if axis < 0 else axis, 0)
         xs.append(_flip(x) if d else x)
 
-    def step(carry, x):
-        outs = run(*carry, *x)
-        return tuple(outs[:k]), tuple(outs[k:])
-    final, ys = scan(step, tuple(args[:k]), tuple(xs))
+    final, ys = scan(_scan_step(run, k), tuple(args[:k]), tuple(xs))
     outs = []
     for y, axis, d in zip(ys, out_axes, out_dirs):
         y = _flip(y) if d else y
@@ -121,9 +126,7 @@ def _scan_8(n, sequence_lens=None, *args):
             raise OnnxImportError(f"Scan (opset 8) with sequence_lens {NEEDS_CONSTANT} and equal to the sequence "
                                   f"length {length} (sequences of different lengths in one batch are not supported)")
 
-    def step(carry, x):
-        outs = run(*carry, *x)
-        return tuple(outs[:k]), tuple(outs[k:])
+    step = _scan_step(run, k)
     per_batch = []
     for b in range(batch):
         xs = tuple(_flip(x[b]) if d else x[b] for x, d in zip(inputs, directions))
